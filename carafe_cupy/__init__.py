@@ -1,0 +1,105 @@
+"""CARAFE (content-aware reassembly of features) for PyTorch and CuPy.
+
+``carafe(features, masks, kernel_size, group_size, scale_factor)`` takes torch
+tensors or cupy arrays. Neither torch nor CuPy is needed to import the package.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ._launch import KernelCompileError, KernelsUnavailableError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CARAFE",
+    "KernelCompileError",
+    "KernelsUnavailableError",
+    "__version__",
+    "carafe",
+    "carafe_backward",
+]
+
+if TYPE_CHECKING:
+    from .nn import CARAFE
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _front_end(function: str, **inputs: Any) -> Any:
+    """The module that handles these inputs: torch or CuPy, never a mix."""
+    from . import _launch
+
+    kinds = {
+        name: "torch" if _is_torch_tensor(value) else "cupy" if _launch.is_cupy_array(value) else None
+        for name, value in inputs.items()
+    }
+    found = {kind for kind in kinds.values() if kind is not None}
+    if len(found) > 1:
+        listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
+        raise TypeError(f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}")
+    if found == {"torch"}:
+        from . import _torch_ops
+
+        return _torch_ops
+    if found == {"cupy"}:
+        from . import _cupy_api
+
+        return _cupy_api
+    first = next(iter(inputs))
+    value = inputs[first]
+    raise TypeError(
+        f"{function}: {first} must be a torch.Tensor or cupy.ndarray, "
+        f"got {type(value).__module__}.{type(value).__name__}"
+    )
+
+
+def carafe(
+    features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int
+) -> Any:
+    """Reassemble ``features`` (N, C, H, W) with ``masks`` (N, G*k*k, H*s, W*s).
+
+    Returns (N, C, H*s, W*s) of the promoted dtype. Arguments follow
+    ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on
+    CuPy's current stream (see :func:`carafe_backward` for their gradients).
+    """
+    front_end = _front_end("carafe", features=features, masks=masks)
+    return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
+
+
+def carafe_backward(
+    grad_output: Any,
+    features: Any,
+    masks: Any,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[Any, Any]:
+    """Gradients ``(grad_features, grad_masks)`` of :func:`carafe`, for CuPy users.
+
+    Also accepts torch tensors (it then calls the same op autograd uses).
+    """
+    front_end = _front_end(
+        "carafe_backward", grad_output=grad_output, features=features, masks=masks
+    )
+    if front_end.__name__.endswith("_torch_ops"):
+        return front_end.carafe_backward_public(
+            grad_output, features, masks, kernel_size, group_size, scale_factor
+        )
+    return front_end.carafe_backward(
+        grad_output, features, masks, kernel_size, group_size, scale_factor
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # The nn.Modules need torch; load them only when asked for.
+    if name == "CARAFE":
+        from . import nn
+
+        return getattr(nn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

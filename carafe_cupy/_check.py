@@ -1,0 +1,241 @@
+"""Self-test behind ``python -m carafe_cupy check`` and the ``info`` report."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, _launch
+
+# (N, C, H, W, kernel_size, group_size, scale_factor): common, odd and tiny shapes
+CHECK_CONFIGS = (
+    (2, 8, 6, 7, 5, 2, 2),
+    (1, 4, 5, 4, 3, 1, 3),
+    (2, 6, 3, 2, 7, 3, 1),
+    (1, 4, 4, 4, 1, 4, 4),
+)
+# Worst relative error allowed per storage dtype (against a float64 reference).
+TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 3e-2}
+
+
+def numpy_reference(
+    features: np.ndarray, masks: np.ndarray, grad_output: np.ndarray, k: int, g: int, s: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(output, grad_features, grad_masks) in float64, one tap at a time."""
+    n, c, h, w = features.shape
+    r = (k - 1) // 2
+    features = features.astype(np.float64)
+    masks = masks.astype(np.float64).reshape(n, g, k * k, h * s, w * s)
+    grad_output = grad_output.astype(np.float64).reshape(n, g, c // g, h * s, w * s)
+    padded = np.zeros((n, g, c // g, h + 2 * r, w + 2 * r))
+    padded[..., r : r + h, r : r + w] = features.reshape(n, g, c // g, h, w)
+    grad_padded = np.zeros_like(padded)
+    output = np.zeros_like(grad_output)
+    grad_masks = np.zeros_like(masks)
+    for i in range(k):
+        for j in range(k):
+            window = padded[..., i : i + h, j : j + w].repeat(s, axis=3).repeat(s, axis=4)
+            weight = masks[:, :, None, i * k + j]
+            output += weight * window
+            grad_masks[:, :, i * k + j] = (grad_output * window).sum(axis=2)
+            contribution = (grad_output * weight).reshape(n, g, c // g, h, s, w, s).sum((4, 6))
+            grad_padded[..., i : i + h, j : j + w] += contribution
+    grad_features = grad_padded[..., r : r + h, r : r + w].reshape(n, c, h, w)
+    return (
+        output.reshape(n, c, h * s, w * s),
+        grad_features,
+        grad_masks.reshape(n, g * k * k, h * s, w * s),
+    )
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    return float(np.abs(actual.astype(np.float64) - expected).max(initial=0.0)) / scale
+
+
+@dataclass
+class CheckResult:
+    backend: str
+    dtype: str
+    config: tuple[int, ...]
+    error: float
+    passed: bool
+    note: str = ""
+
+
+# A backend maps numpy float64 inputs to numpy outputs (output, grad_features, grad_masks).
+Backend = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int], str], tuple]
+
+
+def _torch_backend(device: str) -> Backend:
+    import torch
+
+    import carafe_cupy
+
+    def run(features, masks, grad_output, params, dtype):
+        torch_dtype = getattr(torch, dtype)
+
+        def load(array):
+            return torch.from_numpy(array).to(device=device, dtype=torch_dtype)
+
+        features_t = load(features).requires_grad_()
+        masks_t = load(masks).requires_grad_()
+        output = carafe_cupy.carafe(features_t, masks_t, *params)
+        output.backward(load(grad_output))
+        return tuple(
+            tensor.detach().double().cpu().numpy()
+            for tensor in (output, features_t.grad, masks_t.grad)
+        )
+
+    return run
+
+
+def _cupy_backend() -> Backend:
+    cupy = _launch.cupy_module()
+
+    import carafe_cupy
+
+    def run(features, masks, grad_output, params, dtype):
+        if dtype == "bfloat16":
+            raise _Skip("CuPy arrays have no bfloat16 dtype")
+        features_c, masks_c, grad_c = (cupy.asarray(a.astype(dtype)) for a in (features, masks, grad_output))
+        output = carafe_cupy.carafe(features_c, masks_c, *params)
+        grads = carafe_cupy.carafe_backward(grad_c, features_c, masks_c, *params)
+        return tuple(cupy.asnumpy(a).astype(np.float64) for a in (output, *grads))
+
+    return run
+
+
+class _Skip(Exception):
+    pass
+
+
+def available_backends() -> tuple[dict[str, Backend], list[str]]:
+    """Backends to check, and notes on those that are not available here."""
+    backends: dict[str, Backend] = {}
+    notes: list[str] = []
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        notes.append("torch is not installed: the torch CPU and CUDA paths were not checked")
+    if torch is not None:
+        backends["torch cpu"] = _torch_backend("cpu")
+        if torch.cuda.is_available():
+            backends["torch cuda"] = _torch_backend("cuda")
+        else:
+            notes.append("no CUDA GPU visible to torch: the torch GPU path was not checked")
+    if _launch.gpu_kernels_available():
+        backends["cupy"] = _cupy_backend()
+    else:
+        notes.append("CuPy with a GPU and NVRTC is not available: the CuPy path was not checked")
+    return backends, notes
+
+
+def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:
+    backends, notes = available_backends()
+    rng = np.random.default_rng(seed)
+    results = []
+    for config in CHECK_CONFIGS:
+        n, c, h, w, k, g, s = config
+        features = rng.standard_normal((n, c, h, w))
+        masks = rng.random((n, g * k * k, h * s, w * s))
+        grad_output = rng.standard_normal((n, c, h * s, w * s))
+        for dtype in _launch.SUPPORTED_DTYPES:
+            # The reference sees the inputs after rounding to the storage dtype.
+            rounded = [_round_to(a, dtype) for a in (features, masks, grad_output)]
+            expected = numpy_reference(*rounded, k, g, s)
+            for name, backend in backends.items():
+                try:
+                    actual = backend(*rounded, (k, g, s), dtype)
+                except _Skip as skip:
+                    results.append(CheckResult(name, dtype, config, float("nan"), True, str(skip)))
+                    continue
+                error = max(_relative_error(a, e) for a, e in zip(actual, expected))
+                results.append(
+                    CheckResult(name, dtype, config, error, error <= TOLERANCES[dtype])
+                )
+    return results, notes
+
+
+def _round_to(array: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        bits = array.astype(np.float32).view(np.uint32)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+    return array.astype(dtype).astype(np.float64)
+
+
+def format_check_table(results: list[CheckResult]) -> str:
+    lines = [
+        "| backend | dtype | N,C,H,W,k,G,s | max rel. error | result |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in results:
+        verdict = "pass" if result.passed else "FAIL"
+        if result.note:
+            verdict = f"skipped ({result.note})"
+        config = ",".join(str(v) for v in result.config)
+        lines.append(
+            f"| {result.backend} | {result.dtype} | {config} | {result.error:.2e} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def _version(module: str) -> str:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception as error:  # not installed, or fails to import
+        return f"not available ({type(error).__name__})"
+
+
+def cache_dir() -> str:
+    return os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache"))
+
+
+def info_lines() -> list[str]:
+    lines = [
+        f"carafe_cupy {__version__}",
+        f"python {platform.python_version()} ({platform.machine()})",
+        f"numpy {_version('numpy')}",
+        f"torch {_version('torch')}",
+        f"cupy {_version('cupy')}",
+    ]
+    nvrtc = "not available"
+    gpus: list[str] = []
+    if _launch.cupy_importable():
+        cupy = _launch.cupy_module()
+        try:
+            nvrtc = ".".join(str(v) for v in cupy.cuda.nvrtc.getVersion())
+        except Exception as error:
+            nvrtc = f"not available ({type(error).__name__})"
+        try:
+            for index in range(cupy.cuda.runtime.getDeviceCount()):
+                name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+                gpus.append(f"cuda:{index} {name.decode() if isinstance(name, bytes) else name}")
+        except Exception:
+            pass
+    lines.append(f"NVRTC {nvrtc}")
+    lines.append(f"GPUs: {', '.join(gpus) if gpus else 'none visible'}")
+    lines.append(f"kernel sources: {_launch.cuda_source_dir()}")
+    lines.append(f"kernel cache (CUPY_CACHE_DIR): {cache_dir()}")
+    lines.append(f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}")
+    try:
+        import torch
+
+        from ._torch_ops import backend_name
+
+        lines.append(f"torch CPU tensors use: {backend_name(torch.device('cpu'))}")
+        if torch.cuda.is_available():
+            lines.append(f"torch CUDA tensors use: {backend_name(torch.device('cuda'))}")
+    except ImportError:
+        pass
+    cupy_path = "cuda kernels" if _launch.gpu_kernels_available() else "unavailable (no GPU/CuPy)"
+    lines.append(f"cupy arrays use: {cupy_path}")
+    return lines

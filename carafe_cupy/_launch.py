@@ -1,0 +1,381 @@
+"""Compile and launch the CUDA kernels in ``cuda_src/``.
+
+This is the only module that imports CuPy. Front ends describe their tensors
+as :class:`TensorRef` (raw pointer, element strides, dtype name) and call
+:func:`launch_forward` / :func:`launch_backward`; this module picks the kernel,
+computes the launch shape, marshals the arguments and hands them to a runtime:
+CuPy/NVRTC on a GPU, or the CPU simulator when ``CARAFE_CUPY_SIMULATOR=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+KERNEL_MODULE = "carafe"
+SUPPORTED_DTYPES = ("float32", "float64", "float16", "bfloat16")
+THREADS_PER_BLOCK = 256
+# Kernels use grid-stride loops, so the grid can be capped without losing work.
+MAX_BLOCKS = 1 << 20
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC (or the simulator's compiler) rejected a kernel source."""
+
+
+class KernelsUnavailableError(RuntimeError):
+    """CuPy or NVRTC cannot be used on this machine."""
+
+
+# ---------------------------------------------------------------- sources
+
+
+def cuda_source_dir() -> Path:
+    """Where the ``.cu`` files are: inside the installed package, or the repository."""
+    packaged = Path(__file__).resolve().parent / "cuda_src"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "cuda_src"
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(module_name: str = KERNEL_MODULE) -> str:
+    """The module's source with local ``#include "..."`` expanded.
+
+    Expanding here keeps the compiler free of include paths and makes the
+    source text (CuPy's disk-cache key) change whenever a header does.
+    """
+    directory = cuda_source_dir()
+    included: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in included:
+            return ""
+        included.add(name)
+        text = (directory / name).read_text()
+        text = text.replace("#pragma once", "")
+        return _INCLUDE.sub(lambda match: expand(match.group(1)), text)
+
+    return expand(f"{module_name}.cu")
+
+
+def kernel_names(dtype: str) -> tuple[str, str, str]:
+    """Forward, grad-features and grad-masks kernel names for a storage dtype."""
+    return (
+        f"carafe_forward_{dtype}",
+        f"carafe_backward_features_{dtype}",
+        f"carafe_backward_masks_{dtype}",
+    )
+
+
+def all_kernel_names() -> list[str]:
+    return [name for dtype in SUPPORTED_DTYPES for name in kernel_names(dtype)]
+
+
+# ---------------------------------------------------------------- launch plan
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one CARAFE problem (already validated)."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel_size: int
+    group_size: int
+    scale_factor: int
+
+    @property
+    def out_height(self) -> int:
+        return self.height * self.scale_factor
+
+    @property
+    def out_width(self) -> int:
+        return self.width * self.scale_factor
+
+    @property
+    def mask_channels(self) -> int:
+        return self.group_size * self.kernel_size * self.kernel_size
+
+    def as_args(self) -> tuple[np.int64, ...]:
+        return tuple(
+            np.int64(value)
+            for value in (
+                self.batch,
+                self.channels,
+                self.height,
+                self.width,
+                self.kernel_size,
+                self.group_size,
+                self.scale_factor,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A 4-D array as the kernels see it: address, element strides, dtype."""
+
+    pointer: int
+    strides: tuple[int, int, int, int]
+    dtype: str
+
+
+def _tensor_args(ref: TensorRef) -> tuple[np.int64, ...]:
+    return tuple(np.int64(stride) for stride in ref.strides)
+
+
+def _grid_for(total: int) -> tuple[int, int, int]:
+    blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
+    return (blocks, 1, 1)
+
+
+class Runtime(Protocol):
+    def launch(
+        self,
+        module_name: str,
+        source: str,
+        kernel_name: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: tuple,
+        shared_mem: int = 0,
+        device: int = 0,
+        stream: int = 0,
+    ) -> None: ...
+
+
+def _launch_elementwise(
+    kernel_name: str,
+    total: int,
+    pointers: tuple[TensorRef, TensorRef, TensorRef],
+    geometry: Geometry,
+    device: int,
+    stream: int,
+) -> None:
+    if total == 0:
+        return
+    args = tuple(np.uint64(ref.pointer) for ref in pointers) + geometry.as_args()
+    for ref in pointers:
+        args += _tensor_args(ref)
+    get_runtime().launch(
+        KERNEL_MODULE,
+        kernel_source(KERNEL_MODULE),
+        kernel_name,
+        _grid_for(total),
+        (THREADS_PER_BLOCK, 1, 1),
+        args,
+        0,
+        device,
+        stream,
+    )
+
+
+def launch_forward(
+    geometry: Geometry,
+    features: TensorRef,
+    masks: TensorRef,
+    output: TensorRef,
+    device: int = 0,
+    stream: int = 0,
+) -> None:
+    """output = carafe(features, masks); all three share one dtype."""
+    forward, _, _ = kernel_names(features.dtype)
+    total = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
+    _launch_elementwise(forward, total, (features, masks, output), geometry, device, stream)
+
+
+def launch_backward(
+    geometry: Geometry,
+    grad_output: TensorRef,
+    features: TensorRef,
+    masks: TensorRef,
+    grad_features: TensorRef | None,
+    grad_masks: TensorRef | None,
+    device: int = 0,
+    stream: int = 0,
+) -> None:
+    """Write whichever of grad_features / grad_masks is given."""
+    _, backward_features, backward_masks = kernel_names(grad_output.dtype)
+    if grad_features is not None:
+        total = geometry.batch * geometry.channels * geometry.height * geometry.width
+        _launch_elementwise(
+            backward_features, total, (grad_output, masks, grad_features), geometry, device, stream
+        )
+    if grad_masks is not None:
+        total = geometry.batch * geometry.mask_channels * geometry.out_height * geometry.out_width
+        _launch_elementwise(
+            backward_masks, total, (grad_output, features, grad_masks), geometry, device, stream
+        )
+
+
+# ---------------------------------------------------------------- runtimes
+
+
+def simulator_enabled() -> bool:
+    return os.environ.get("CARAFE_CUPY_SIMULATOR", "") not in ("", "0")
+
+
+def get_runtime() -> Runtime:
+    if simulator_enabled():
+        from ._sim.runtime import get_runtime as get_simulator
+
+        return get_simulator()
+    return _cupy_runtime()
+
+
+@functools.lru_cache(maxsize=None)
+def _import_cupy() -> Any:
+    try:
+        import cupy
+    except Exception as error:  # ImportError, or a broken CUDA install
+        raise KernelsUnavailableError(f"CuPy could not be imported: {error}") from error
+    return cupy
+
+
+def cupy_importable() -> bool:
+    try:
+        _import_cupy()
+    except KernelsUnavailableError:
+        return False
+    return True
+
+
+def gpu_kernels_available() -> bool:
+    """True when CuPy imports, sees a GPU and NVRTC can be loaded."""
+    if not cupy_importable():
+        return False
+    cupy = _import_cupy()
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        cupy.cuda.nvrtc.getVersion()
+    except Exception:
+        return False
+    return True
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` in the CUDA stream protocol."""
+
+    def __init__(self, pointer: int) -> None:
+        self.pointer = pointer
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.pointer)
+
+
+class CupyRuntime:
+    """NVRTC through ``cupy.RawModule``: compiled once per (device, module).
+
+    CuPy keeps the binary in its disk cache (``CUPY_CACHE_DIR``); the lock
+    makes concurrent first calls compile once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kernels: dict[tuple[int, str, str], Any] = {}
+        self.compile_count = 0
+
+    def kernel(self, module_name: str, source: str, kernel_name: str, device: int) -> Any:
+        key = (device, module_name, kernel_name)
+        kernel = self._kernels.get(key)
+        if kernel is not None:
+            return kernel
+        cupy = _import_cupy()
+        with self._lock:
+            kernel = self._kernels.get(key)
+            if kernel is None:
+                with cupy.cuda.Device(device):
+                    module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+                    try:
+                        kernel = module.get_function(kernel_name)
+                        kernel.attributes  # noqa: B018 - forces the load onto this device
+                    except cupy.cuda.compiler.CompileException as error:
+                        raise KernelCompileError(
+                            f"NVRTC failed to compile kernel {kernel_name!r} from "
+                            f"{module_name}.cu:\n{error}"
+                        ) from error
+                self.compile_count += 1
+                self._kernels[key] = kernel
+        return kernel
+
+    def launch(
+        self,
+        module_name: str,
+        source: str,
+        kernel_name: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: tuple,
+        shared_mem: int = 0,
+        device: int = 0,
+        stream: int = 0,
+    ) -> None:
+        cupy = _import_cupy()
+        kernel = self.kernel(module_name, source, kernel_name, device)
+        with cupy.cuda.Device(device), _cupy_stream(stream, device):
+            kernel(grid, block, args, shared_mem=shared_mem)
+
+
+@functools.lru_cache(maxsize=64)
+def _cupy_stream(pointer: int, device: int) -> Any:
+    cupy = _import_cupy()
+    if hasattr(cupy.cuda.Stream, "from_external"):
+        return cupy.cuda.Stream.from_external(_StreamHandle(pointer))
+    return cupy.cuda.ExternalStream(pointer, device)
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy_runtime() -> CupyRuntime:
+    return CupyRuntime()
+
+
+# ---------------------------------------------------------------- cupy arrays
+
+
+def cupy_module() -> Any:
+    """CuPy itself, for the CuPy front end (raises KernelsUnavailableError)."""
+    return _import_cupy()
+
+
+def cupy_array_ref(array: Any) -> TensorRef:
+    itemsize = array.dtype.itemsize
+    strides = tuple(stride // itemsize for stride in array.strides)
+    return TensorRef(array.data.ptr, strides, cupy_dtype_name(array.dtype))
+
+
+def cupy_dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def is_cupy_array(value: Any) -> bool:
+    """True for a cupy.ndarray; never imports CuPy just to answer."""
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(value, cupy.ndarray)
+
+
+def cupy_empty(shape: tuple[int, ...], dtype: Any, device: int) -> Any:
+    cupy = _import_cupy()
+    with cupy.cuda.Device(device):
+        return cupy.empty(shape, dtype=dtype)
+
+
+def cupy_current_stream(device: int) -> int:
+    cupy = _import_cupy()
+    with cupy.cuda.Device(device):
+        return cupy.cuda.get_current_stream().ptr

@@ -1,0 +1,216 @@
+"""PyTorch front end: the ``carafe_cupy::carafe_forward/backward`` custom ops.
+
+CUDA tensors go to the NVRTC kernels on the caller's current stream, with
+outputs allocated by torch; CPU tensors (or CUDA without CuPy) go to the
+pure-PyTorch path in ``_reference``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from . import _launch, _reference, _validate
+
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _ref(tensor: torch.Tensor) -> _launch.TensorRef:
+    return _launch.TensorRef(tensor.data_ptr(), tuple(tensor.stride()), dtype_name(tensor.dtype))
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_kernels_available() -> bool:
+    available = _launch.gpu_kernels_available()
+    if not available:
+        warnings.warn(
+            "carafe_cupy: CuPy with NVRTC is not usable here, so CUDA tensors take the slower "
+            "pure-PyTorch path. Install the kernels with `pip install carafe_cupy[cuda12]` or "
+            "`pip install carafe_cupy[cuda13]` (matching your CUDA driver).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return available
+
+
+def uses_kernels(device: torch.device) -> bool:
+    """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
+    if _launch.simulator_enabled():
+        return device.type == "cpu"
+    return device.type == "cuda" and _gpu_kernels_available()
+
+
+def backend_name(device: torch.device) -> str:
+    if _launch.simulator_enabled() and device.type == "cpu":
+        return "cuda kernels on the CPU simulator"
+    if device.type == "cuda" and _launch.gpu_kernels_available():
+        return "cuda kernels (NVRTC via CuPy)"
+    return f"pure PyTorch on {device.type}"
+
+
+def _device_and_stream(device: torch.device) -> tuple[int, int]:
+    if device.type != "cuda":
+        return 0, 0
+    return device.index, torch.cuda.current_stream(device).cuda_stream
+
+
+def _geometry(features: torch.Tensor, kernel_size: int, group_size: int, scale_factor: int):
+    return _launch.Geometry(*features.shape, kernel_size, group_size, scale_factor)
+
+
+def _empty_output(features: torch.Tensor, scale_factor: int) -> torch.Tensor:
+    batch, channels, height, width = features.shape
+    return torch.empty(
+        (batch, channels, height * scale_factor, width * scale_factor),
+        dtype=features.dtype,
+        device=features.device,
+        memory_format=_reference.output_memory_format(features),
+    )
+
+
+@torch.library.custom_op("carafe_cupy::carafe_forward", mutates_args=())
+def carafe_forward(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    if not uses_kernels(features.device):
+        return _reference.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
+    output = _empty_output(features, scale_factor)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_forward(
+        _geometry(features, kernel_size, group_size, scale_factor),
+        _ref(features),
+        _ref(masks),
+        _ref(output),
+        device,
+        stream,
+    )
+    return output
+
+
+@carafe_forward.register_fake
+def _carafe_forward_fake(features, masks, kernel_size, group_size, scale_factor):
+    return _empty_output(features, scale_factor)
+
+
+@torch.library.custom_op("carafe_cupy::carafe_backward", mutates_args=())
+def carafe_backward(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not uses_kernels(features.device):
+        return _reference.carafe_backward(
+            grad_output, features, masks, kernel_size, group_size, scale_factor
+        )
+    grad_features = torch.empty_like(features)
+    grad_masks = torch.empty_like(masks)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_backward(
+        _geometry(features, kernel_size, group_size, scale_factor),
+        _ref(grad_output),
+        _ref(features),
+        _ref(masks),
+        _ref(grad_features),
+        _ref(grad_masks),
+        device,
+        stream,
+    )
+    return grad_features, grad_masks
+
+
+@carafe_backward.register_fake
+def _carafe_backward_fake(grad_output, features, masks, kernel_size, group_size, scale_factor):
+    return torch.empty_like(features), torch.empty_like(masks)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    features, masks, kernel_size, group_size, scale_factor = inputs
+    ctx.save_for_backward(features, masks)
+    ctx.params = (kernel_size, group_size, scale_factor)
+
+
+def _backward(ctx, grad_output):
+    features, masks = ctx.saved_tensors
+    grad_features, grad_masks = carafe_backward(grad_output, features, masks, *ctx.params)
+    return grad_features, grad_masks, None, None, None
+
+
+carafe_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_tensors(**tensors: object) -> None:
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"carafe: {name} must be a torch.Tensor like the other inputs, "
+                f"got {type(tensor).__module__}.{type(tensor).__name__}"
+            )
+        _validate.check_dtype(name, dtype_name(tensor.dtype))
+    devices = {name: tensor.device for name, tensor in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"carafe: all tensors must be on one device, got {listing}")
+
+
+def carafe(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    _check_tensors(features=features, masks=masks)
+    geometry = _validate.check_geometry(
+        features.shape, masks.shape, kernel_size, group_size, scale_factor
+    )
+    dtype = torch.promote_types(features.dtype, masks.dtype)
+    return carafe_forward(
+        features.to(dtype),
+        masks.to(dtype),
+        geometry.kernel_size,
+        geometry.group_size,
+        geometry.scale_factor,
+    )
+
+
+def carafe_backward_public(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_tensors(grad_output=grad_output, features=features, masks=masks)
+    geometry = _validate.check_geometry(
+        features.shape, masks.shape, kernel_size, group_size, scale_factor
+    )
+    _validate.check_grad_output_shape(grad_output.shape, geometry)
+    dtype = torch.promote_types(features.dtype, masks.dtype)
+    grad_features, grad_masks = carafe_backward(
+        grad_output.to(dtype),
+        features.to(dtype),
+        masks.to(dtype),
+        geometry.kernel_size,
+        geometry.group_size,
+        geometry.scale_factor,
+    )
+    return grad_features.to(features.dtype), grad_masks.to(masks.dtype)

@@ -1,0 +1,90 @@
+"""Argument checks shared by every front end (no torch, no CuPy)."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+from ._launch import SUPPORTED_DTYPES, Geometry
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """An integer argument >= minimum. Floats (even 2.0) and bools are refused."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(
+            f"carafe: {name} must be an int, got {type(value).__name__} {value!r}"
+            + (f" (pass int({value!r}))" if isinstance(value, float) else "")
+        )
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"carafe: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_params(kernel_size: Any, group_size: Any, scale_factor: Any) -> tuple[int, int, int]:
+    kernel_size = check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"carafe: kernel_size must be odd, got {kernel_size}")
+    group_size = check_int("group_size", group_size, 1)
+    scale_factor = check_int("scale_factor", scale_factor, 1)
+    return kernel_size, group_size, scale_factor
+
+
+def check_dtype(name: str, dtype_name: str) -> None:
+    if dtype_name not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"carafe: {name} must have a floating dtype ({', '.join(SUPPORTED_DTYPES)}), "
+            f"got {dtype_name}"
+        )
+
+
+def check_geometry(
+    features_shape: Sequence[int],
+    masks_shape: Sequence[int],
+    kernel_size: Any,
+    group_size: Any,
+    scale_factor: Any,
+) -> Geometry:
+    """Check shapes against the parameters and return the problem's geometry."""
+    kernel_size, group_size, scale_factor = check_params(kernel_size, group_size, scale_factor)
+    for name, shape, layout in (
+        ("features", features_shape, "(N, C, H, W)"),
+        ("masks", masks_shape, "(N, G*k*k, H*s, W*s)"),
+    ):
+        if len(shape) != 4:
+            raise ValueError(
+                f"carafe: {name} must be 4-D {layout}, got {len(shape)}-D shape {tuple(shape)}"
+            )
+    batch, channels, height, width = (int(size) for size in features_shape)
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"carafe: features must have H, W >= 1, got shape {tuple(features_shape)}"
+        )
+    if channels < 1 or channels % group_size:
+        raise ValueError(
+            f"carafe: group_size must divide the feature channels C; got C={channels}, "
+            f"group_size={group_size}"
+        )
+    expected = (
+        batch,
+        group_size * kernel_size * kernel_size,
+        height * scale_factor,
+        width * scale_factor,
+    )
+    if tuple(int(size) for size in masks_shape) != expected:
+        raise ValueError(
+            f"carafe: masks must have shape (N, G*k*k, H*s, W*s) = {expected} for features "
+            f"{tuple(features_shape)}, kernel_size={kernel_size}, group_size={group_size}, "
+            f"scale_factor={scale_factor}; got {tuple(masks_shape)}"
+        )
+    return Geometry(batch, channels, height, width, kernel_size, group_size, scale_factor)
+
+
+def check_grad_output_shape(grad_output_shape: Sequence[int], geometry: Geometry) -> None:
+    expected = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
+    if tuple(int(size) for size in grad_output_shape) != expected:
+        raise ValueError(
+            f"carafe_backward: grad_output must have the output's shape {expected}, "
+            f"got {tuple(grad_output_shape)}"
+        )

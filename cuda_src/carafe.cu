@@ -1,0 +1,209 @@
+// CARAFE forward and backward, mmcv semantics.
+//
+//   out[n, c, y, x] = sum_{i, j} masks[n, g*k*k + i*k + j, y, x]
+//                                * features[n, c, y/s + i - r, x/s + j - r]
+//   g = c / (C / G), r = (k - 1) / 2, taps outside the input are zero.
+//
+// One thread per output element (forward), per input element (grad_features)
+// and per mask element (grad_masks). Both gradients are gathers with a fixed
+// summation order, so results are bitwise reproducible (no atomics). Sizes and
+// element strides are arguments: any layout, one compile per dtype.
+#include "carafe_common.cuh"
+
+template <typename scalar_t>
+__device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
+                                    const scalar_t* __restrict__ masks,
+                                    scalar_t* __restrict__ output, const carafe_geometry g,
+                                    const strides4 feature_strides, const strides4 mask_strides,
+                                    const strides4 output_strides) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    const index_t out_height = g.height * g.scale_factor;
+    const index_t out_width = g.width * g.scale_factor;
+    const index_t total = g.batch * g.channels * out_height * out_width;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t taps = g.kernel_size * g.kernel_size;
+    const index_t radius = (g.kernel_size - 1) / 2;
+
+    for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
+        const index_t x = index % out_width;
+        index_t rest = index / out_width;
+        const index_t y = rest % out_height;
+        rest /= out_height;
+        const index_t c = rest % g.channels;
+        const index_t n = rest / g.channels;
+        const index_t group = c / channels_per_group;
+        const index_t center_y = y / g.scale_factor;
+        const index_t center_x = x / g.scale_factor;
+
+        const scalar_t* feature_plane = features + n * feature_strides.n + c * feature_strides.c;
+        const scalar_t* mask_pixel = masks + n * mask_strides.n + group * taps * mask_strides.c +
+                                     y * mask_strides.h + x * mask_strides.w;
+        acc_t sum = 0;
+        for (index_t i = 0; i < g.kernel_size; ++i) {
+            const index_t feature_y = center_y + i - radius;
+            if (feature_y < 0 || feature_y >= g.height) continue;
+            for (index_t j = 0; j < g.kernel_size; ++j) {
+                const index_t feature_x = center_x + j - radius;
+                if (feature_x < 0 || feature_x >= g.width) continue;
+                const acc_t weight =
+                    storage<scalar_t>::load(mask_pixel + (i * g.kernel_size + j) * mask_strides.c);
+                const acc_t value = storage<scalar_t>::load(
+                    feature_plane + feature_y * feature_strides.h + feature_x * feature_strides.w);
+                sum += weight * value;
+            }
+        }
+        storage<scalar_t>::store(output + n * output_strides.n + c * output_strides.c +
+                                     y * output_strides.h + x * output_strides.w,
+                                 sum);
+    }
+}
+
+// grad_features[n, c, h, w]: every output pixel whose window covers (h, w).
+// Tap (i, j) of output (y, x) reads (h, w) iff y/s == h - i + r and x/s == w - j + r.
+template <typename scalar_t>
+__device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_output,
+                                              const scalar_t* __restrict__ masks,
+                                              scalar_t* __restrict__ grad_features,
+                                              const carafe_geometry g,
+                                              const strides4 grad_output_strides,
+                                              const strides4 mask_strides,
+                                              const strides4 grad_feature_strides) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    const index_t total = g.batch * g.channels * g.height * g.width;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t taps = g.kernel_size * g.kernel_size;
+    const index_t radius = (g.kernel_size - 1) / 2;
+    const index_t s = g.scale_factor;
+
+    for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
+        const index_t w = index % g.width;
+        index_t rest = index / g.width;
+        const index_t h = rest % g.height;
+        rest /= g.height;
+        const index_t c = rest % g.channels;
+        const index_t n = rest / g.channels;
+        const index_t group = c / channels_per_group;
+
+        const scalar_t* grad_plane =
+            grad_output + n * grad_output_strides.n + c * grad_output_strides.c;
+        const scalar_t* mask_group = masks + n * mask_strides.n + group * taps * mask_strides.c;
+        acc_t sum = 0;
+        for (index_t i = 0; i < g.kernel_size; ++i) {
+            const index_t center_y = h - i + radius;
+            if (center_y < 0 || center_y >= g.height) continue;
+            for (index_t j = 0; j < g.kernel_size; ++j) {
+                const index_t center_x = w - j + radius;
+                if (center_x < 0 || center_x >= g.width) continue;
+                const scalar_t* mask_tap = mask_group + (i * g.kernel_size + j) * mask_strides.c;
+                for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+                    const index_t y = center_y * s + sub_y;
+                    for (index_t sub_x = 0; sub_x < s; ++sub_x) {
+                        const index_t x = center_x * s + sub_x;
+                        sum += storage<scalar_t>::load(grad_plane + y * grad_output_strides.h +
+                                                       x * grad_output_strides.w) *
+                               storage<scalar_t>::load(mask_tap + y * mask_strides.h +
+                                                       x * mask_strides.w);
+                    }
+                }
+            }
+        }
+        storage<scalar_t>::store(grad_features + n * grad_feature_strides.n +
+                                     c * grad_feature_strides.c + h * grad_feature_strides.h +
+                                     w * grad_feature_strides.w,
+                                 sum);
+    }
+}
+
+// grad_masks[n, g*k*k + tap, y, x]: the tap's feature value times grad_output,
+// summed over the group's channels.
+template <typename scalar_t>
+__device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_output,
+                                           const scalar_t* __restrict__ features,
+                                           scalar_t* __restrict__ grad_masks,
+                                           const carafe_geometry g,
+                                           const strides4 grad_output_strides,
+                                           const strides4 feature_strides,
+                                           const strides4 grad_mask_strides) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    const index_t out_height = g.height * g.scale_factor;
+    const index_t out_width = g.width * g.scale_factor;
+    const index_t taps = g.kernel_size * g.kernel_size;
+    const index_t mask_channels = g.group_size * taps;
+    const index_t total = g.batch * mask_channels * out_height * out_width;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t radius = (g.kernel_size - 1) / 2;
+
+    for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
+        const index_t x = index % out_width;
+        index_t rest = index / out_width;
+        const index_t y = rest % out_height;
+        rest /= out_height;
+        const index_t mask_channel = rest % mask_channels;
+        const index_t n = rest / mask_channels;
+        const index_t group = mask_channel / taps;
+        const index_t tap = mask_channel % taps;
+        const index_t feature_y = y / g.scale_factor + tap / g.kernel_size - radius;
+        const index_t feature_x = x / g.scale_factor + tap % g.kernel_size - radius;
+
+        acc_t sum = 0;
+        if (feature_y >= 0 && feature_y < g.height && feature_x >= 0 && feature_x < g.width) {
+            const index_t first_channel = group * channels_per_group;
+            const scalar_t* grad_pixel = grad_output + n * grad_output_strides.n +
+                                         first_channel * grad_output_strides.c +
+                                         y * grad_output_strides.h + x * grad_output_strides.w;
+            const scalar_t* feature_pixel = features + n * feature_strides.n +
+                                            first_channel * feature_strides.c +
+                                            feature_y * feature_strides.h +
+                                            feature_x * feature_strides.w;
+            for (index_t c = 0; c < channels_per_group; ++c) {
+                sum += storage<scalar_t>::load(grad_pixel + c * grad_output_strides.c) *
+                       storage<scalar_t>::load(feature_pixel + c * feature_strides.c);
+            }
+        }
+        storage<scalar_t>::store(grad_masks + n * grad_mask_strides.n +
+                                     mask_channel * grad_mask_strides.c +
+                                     y * grad_mask_strides.h + x * grad_mask_strides.w,
+                                 sum);
+    }
+}
+
+// Flat extern "C" entry points: 3 pointers, 7 sizes, then 3 x 4 element strides.
+#define CARAFE_GEOMETRY_PARAMS                                                          \
+    index_t batch, index_t channels, index_t height, index_t width, index_t kernel_size, \
+        index_t group_size, index_t scale_factor
+#define CARAFE_STRIDE_PARAMS(prefix) \
+    index_t prefix##_sn, index_t prefix##_sc, index_t prefix##_sh, index_t prefix##_sw
+#define CARAFE_GEOMETRY \
+    carafe_geometry { batch, channels, height, width, kernel_size, group_size, scale_factor }
+#define CARAFE_STRIDES(prefix) \
+    strides4 { prefix##_sn, prefix##_sc, prefix##_sh, prefix##_sw }
+
+#define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                \
+    extern "C" __global__ void carafe_forward_##suffix(                                        \
+        const scalar_t* features, const scalar_t* masks, scalar_t* output,                     \
+        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
+        CARAFE_STRIDE_PARAMS(o)) {                                                             \
+        carafe_forward_impl<scalar_t>(features, masks, output, CARAFE_GEOMETRY,                \
+                                      CARAFE_STRIDES(a), CARAFE_STRIDES(b), CARAFE_STRIDES(o)); \
+    }                                                                                          \
+    extern "C" __global__ void carafe_backward_features_##suffix(                              \
+        const scalar_t* grad_output, const scalar_t* masks, scalar_t* grad_features,           \
+        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
+        CARAFE_STRIDE_PARAMS(o)) {                                                             \
+        carafe_backward_features_impl<scalar_t>(grad_output, masks, grad_features,             \
+                                                CARAFE_GEOMETRY, CARAFE_STRIDES(a),            \
+                                                CARAFE_STRIDES(b), CARAFE_STRIDES(o));         \
+    }                                                                                          \
+    extern "C" __global__ void carafe_backward_masks_##suffix(                                 \
+        const scalar_t* grad_output, const scalar_t* features, scalar_t* grad_masks,           \
+        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
+        CARAFE_STRIDE_PARAMS(o)) {                                                             \
+        carafe_backward_masks_impl<scalar_t>(grad_output, features, grad_masks,                \
+                                             CARAFE_GEOMETRY, CARAFE_STRIDES(a),               \
+                                             CARAFE_STRIDES(b), CARAFE_STRIDES(o));            \
+    }
+
+CARAFE_DEFINE_KERNELS(float32, float)
+CARAFE_DEFINE_KERNELS(float64, double)
+CARAFE_DEFINE_KERNELS(float16, half_bits)
+CARAFE_DEFINE_KERNELS(bfloat16, bfloat16_bits)
