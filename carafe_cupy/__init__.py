@@ -36,13 +36,19 @@ def _front_end(function: str, **inputs: Any) -> Any:
     from . import _launch
 
     kinds = {
-        name: "torch" if _is_torch_tensor(value) else "cupy" if _launch.is_cupy_array(value) else None
+        name: "torch"
+        if _is_torch_tensor(value)
+        else "cupy"
+        if _launch.is_cupy_array(value)
+        else None
         for name, value in inputs.items()
     }
     found = {kind for kind in kinds.values() if kind is not None}
     if len(found) > 1:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
-        raise TypeError(f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}")
+        raise TypeError(
+            f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
+        )
     if found == {"torch"}:
         from . import _torch_ops
 
@@ -59,9 +65,7 @@ def _front_end(function: str, **inputs: Any) -> Any:
     )
 
 
-def carafe(
-    features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int
-) -> Any:
+def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int) -> Any:
     """Reassemble ``features`` (N, C, H, W) with ``masks`` (N, G*k*k, H*s, W*s).
 
     Returns (N, C, H*s, W*s) of the promoted dtype. Arguments follow

@@ -104,7 +104,9 @@ def _cupy_backend() -> Backend:
     def run(features, masks, grad_output, params, dtype):
         if dtype == "bfloat16":
             raise _Skip("CuPy arrays have no bfloat16 dtype")
-        features_c, masks_c, grad_c = (cupy.asarray(a.astype(dtype)) for a in (features, masks, grad_output))
+        features_c, masks_c, grad_c = (
+            cupy.asarray(a.astype(dtype)) for a in (features, masks, grad_output)
+        )
         output = carafe_cupy.carafe(features_c, masks_c, *params)
         grads = carafe_cupy.carafe_backward(grad_c, features_c, masks_c, *params)
         return tuple(cupy.asnumpy(a).astype(np.float64) for a in (output, *grads))
@@ -158,9 +160,7 @@ def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:
                     results.append(CheckResult(name, dtype, config, float("nan"), True, str(skip)))
                     continue
                 error = max(_relative_error(a, e) for a, e in zip(actual, expected))
-                results.append(
-                    CheckResult(name, dtype, config, error, error <= TOLERANCES[dtype])
-                )
+                results.append(CheckResult(name, dtype, config, error, error <= TOLERANCES[dtype]))
     return results, notes
 
 
@@ -225,7 +225,9 @@ def info_lines() -> list[str]:
     lines.append(f"GPUs: {', '.join(gpus) if gpus else 'none visible'}")
     lines.append(f"kernel sources: {_launch.cuda_source_dir()}")
     lines.append(f"kernel cache (CUPY_CACHE_DIR): {cache_dir()}")
-    lines.append(f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}")
+    lines.append(
+        f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}"
+    )
     try:
         import torch
 

@@ -50,7 +50,7 @@ def cuda_source_dir() -> Path:
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_source(module_name: str = KERNEL_MODULE) -> str:
     """The module's source with local ``#include "..."`` expanded.
 
@@ -238,7 +238,7 @@ def get_runtime() -> Runtime:
     return _cupy_runtime()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_cupy() -> Any:
     try:
         import cupy

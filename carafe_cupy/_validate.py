@@ -58,9 +58,7 @@ def check_geometry(
             )
     batch, channels, height, width = (int(size) for size in features_shape)
     if height < 1 or width < 1:
-        raise ValueError(
-            f"carafe: features must have H, W >= 1, got shape {tuple(features_shape)}"
-        )
+        raise ValueError(f"carafe: features must have H, W >= 1, got shape {tuple(features_shape)}")
     if channels < 1 or channels % group_size:
         raise ValueError(
             f"carafe: group_size must divide the feature channels C; got C={channels}, "
