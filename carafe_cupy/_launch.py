@@ -379,3 +379,28 @@ def cupy_current_stream(device: int) -> int:
     cupy = _import_cupy()
     with cupy.cuda.Device(device):
         return cupy.cuda.get_current_stream().ptr
+
+
+# ---------------------------------------------------------------- offline build
+
+
+def compile_offline(arch: str, module_name: str = KERNEL_MODULE) -> str:
+    """Compile a module for ``arch`` (e.g. "sm_80") without a GPU; return ptxas' report.
+
+    Uses NVRTC's C API through ``cupy.cuda.nvrtc``, which needs no device
+    (``RawModule`` does). Raises KernelCompileError with the log on failure.
+    """
+    nvrtc = _import_cupy().cuda.nvrtc
+    program = nvrtc.createProgram(kernel_source(module_name), f"{module_name}.cu", [], [])
+    options = [f"--gpu-architecture={arch}", "-Xptxas=-v", *NVRTC_OPTIONS]
+    failure = None
+    try:
+        nvrtc.compileProgram(program, options)
+    except nvrtc.NVRTCError as error:
+        failure = error
+    log = nvrtc.getProgramLog(program)
+    nvrtc.destroyProgram(program)
+    if failure is not None:
+        message = f"NVRTC failed on {module_name}.cu for {arch}:\n{log}"
+        raise KernelCompileError(message) from failure
+    return log

@@ -1,0 +1,50 @@
+"""The configuration matrix shared by the CPU, simulator and GPU tests."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+KERNEL_SIZES = (1, 3, 5, 7)
+GROUP_SIZES = (1, 2, 4)
+SCALE_FACTORS = (1, 2, 3, 4)
+# (H, W): square, non-square, and smaller than the kernel
+SPATIAL = ((3, 3), (2, 5), (4, 1), (5, 3))
+
+# Relative tolerance against the float64 naive reference, per storage dtype.
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 3e-2}
+
+
+def config_matrix() -> list[tuple[int, int, int, int, int, int, int]]:
+    """(N, C, H, W, k, G, s) covering every k x G x s with varied shapes and N in {0, 1, 2}."""
+    configs = []
+    for index, (k, g, s) in enumerate(itertools.product(KERNEL_SIZES, GROUP_SIZES, SCALE_FACTORS)):
+        h, w = SPATIAL[index % len(SPATIAL)]
+        n = (1, 2, 1, 0)[index % 4]
+        c = g * (1 + index % 3)
+        configs.append((n, c, h, w, k, g, s))
+    return configs
+
+
+def config_id(config) -> str:
+    n, c, h, w, k, g, s = config
+    return f"N{n}C{c}_{h}x{w}_k{k}G{g}s{s}"
+
+
+def make_inputs(config, seed: int = 0):
+    """float64 numpy features, masks and grad_output for one configuration."""
+    n, c, h, w, k, g, s = config
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n, c, h, w))
+    masks = rng.random((n, g * k * k, h * s, w * s))
+    grad_output = rng.standard_normal((n, c, h * s, w * s))
+    return features, masks, grad_output
+
+
+def assert_close(actual, expected, dtype: str, what: str) -> None:
+    actual = np.asarray(actual, dtype=np.float64)
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    error = float(np.abs(actual - expected).max(initial=0.0)) / scale
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"

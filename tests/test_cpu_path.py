@@ -1,0 +1,165 @@
+"""The pure-PyTorch path against the naive reference (runs everywhere)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import carafe_cupy  # noqa: E402
+
+from cases import assert_close, config_id, config_matrix, make_inputs  # noqa: E402
+from naive import naive_carafe, naive_carafe_backward  # noqa: E402
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def rounded(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(array).to(dtype)
+
+
+def run(features, masks, grad_output, params, device="cpu"):
+    features = features.detach().to(device).clone().requires_grad_()
+    masks = masks.detach().to(device).clone().requires_grad_()
+    output = carafe_cupy.carafe(features, masks, *params)
+    output.backward(grad_output.to(device))
+    return output, features.grad, masks.grad
+
+
+@pytest.mark.parametrize("config", config_matrix(), ids=config_id)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matrix_matches_naive(config, dtype):
+    *_, k, g, s = config
+    inputs = [rounded(a, DTYPES[dtype]) for a in make_inputs(config)]
+    output, grad_features, grad_masks = run(*inputs, (k, g, s))
+    f, m, go = (t.double().numpy() for t in inputs)
+    assert output.dtype == DTYPES[dtype]
+    assert_close(output.detach(), naive_carafe(f, m, k, g, s), dtype, "output")
+    expected_gf, expected_gm = naive_carafe_backward(go, f, m, k, g, s)
+    assert_close(grad_features, expected_gf, dtype, "grad_features")
+    assert_close(grad_masks, expected_gm, dtype, "grad_masks")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("config", config_matrix()[::7], ids=config_id)
+def test_half_precision_matches_naive(config, dtype):
+    *_, k, g, s = config
+    inputs = [rounded(a, DTYPES[dtype]) for a in make_inputs(config)]
+    output, grad_features, grad_masks = run(*inputs, (k, g, s))
+    f, m, go = (t.double().numpy() for t in inputs)
+    assert output.dtype == grad_features.dtype == grad_masks.dtype == DTYPES[dtype]
+    assert_close(output.detach().double(), naive_carafe(f, m, k, g, s), dtype, "output")
+    expected_gf, expected_gm = naive_carafe_backward(go, f, m, k, g, s)
+    assert_close(grad_features.double(), expected_gf, dtype, "grad_features")
+    assert_close(grad_masks.double(), expected_gm, dtype, "grad_masks")
+
+
+@pytest.mark.parametrize("params", [(3, 1, 2), (5, 2, 2), (1, 1, 3), (7, 2, 1)])
+def test_gradcheck_float64(params):
+    k, g, s = params
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 2 * g, 3, 4, dtype=torch.float64, generator=generator)
+    masks = torch.rand(2, g * k * k, 3 * s, 4 * s, dtype=torch.float64, generator=generator)
+    features.requires_grad_()
+    masks.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: carafe_cupy.carafe(a, b, k, g, s), (features, masks)
+    )
+
+
+def test_non_contiguous_inputs():
+    config = (2, 4, 5, 6, 5, 2, 2)
+    features, masks, grad_output = (torch.from_numpy(a) for a in make_inputs(config))
+    # transposed storage and strided slices of larger tensors
+    features_nc = features.transpose(2, 3).contiguous().transpose(2, 3)
+    masks_nc = torch.zeros(2, 100, 10, 24, dtype=torch.float64)[:, ::2, :, ::2]
+    masks_nc.copy_(masks)
+    grad_nc = grad_output.expand(2, 4, 10, 12)[:, :, :, :]
+    assert not features_nc.is_contiguous() and not masks_nc.is_contiguous()
+    output, grad_features, grad_masks = run(features_nc, masks_nc, grad_nc, (5, 2, 2))
+    assert_close(output.detach(), naive_carafe(*make_inputs(config)[:2], 5, 2, 2), "float64", "out")
+    expected_gf, expected_gm = naive_carafe_backward(
+        grad_output.numpy(), features.numpy(), masks.numpy(), 5, 2, 2
+    )
+    assert_close(grad_features, expected_gf, "float64", "grad_features")
+    assert_close(grad_masks, expected_gm, "float64", "grad_masks")
+
+
+def test_broadcast_grad_output_from_sum():
+    features = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    masks = torch.rand(1, 9, 6, 6, dtype=torch.float64, requires_grad=True)
+    carafe_cupy.carafe(features, masks, 3, 1, 2).sum().backward()
+    _, expected_gm = naive_carafe_backward(
+        np.ones((1, 2, 6, 6)), features.detach().numpy(), masks.detach().numpy(), 3, 1, 2
+    )
+    assert_close(masks.grad, expected_gm, "float64", "grad_masks")
+
+
+def test_channels_last_in_channels_last_out():
+    features = torch.randn(2, 8, 5, 4).to(memory_format=torch.channels_last)
+    masks = torch.rand(2, 2 * 9, 10, 8).to(memory_format=torch.channels_last)
+    output = carafe_cupy.carafe(features, masks, 3, 2, 2)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    expected = naive_carafe(features.numpy(), masks.numpy(), 3, 2, 2)
+    assert_close(output, expected, "float32", "output")
+    contiguous_out = carafe_cupy.carafe(features.contiguous(), masks, 3, 2, 2)
+    assert contiguous_out.is_contiguous()
+
+
+def test_empty_batch():
+    features = torch.randn(0, 4, 3, 3, requires_grad=True)
+    masks = torch.rand(0, 2 * 25, 6, 6, requires_grad=True)
+    output = carafe_cupy.carafe(features, masks, 5, 2, 2)
+    assert output.shape == (0, 4, 6, 6)
+    output.sum().backward()
+    assert features.grad.shape == features.shape and masks.grad.shape == masks.shape
+
+
+def test_mixed_dtypes_follow_type_promotion():
+    features = torch.randn(1, 2, 3, 3, dtype=torch.float16, requires_grad=True)
+    masks = torch.rand(1, 9, 6, 6, dtype=torch.float32, requires_grad=True)
+    output = carafe_cupy.carafe(features, masks, 3, 1, 2)
+    assert output.dtype == torch.promote_types(torch.float16, torch.float32)
+    output.sum().backward()
+    assert features.grad.dtype == torch.float16 and masks.grad.dtype == torch.float32
+
+
+def test_inputs_are_not_modified():
+    features = torch.randn(1, 4, 3, 3)
+    masks = torch.rand(1, 2 * 9, 6, 6)
+    before = features.clone(), masks.clone()
+    carafe_cupy.carafe(features, masks, 3, 2, 2)
+    assert torch.equal(features, before[0]) and torch.equal(masks, before[1])
+
+
+def test_module_matches_functional():
+    features = torch.randn(1, 4, 3, 3)
+    masks = torch.rand(1, 2 * 9, 6, 6)
+    module = carafe_cupy.CARAFE(3, 2, 2)
+    expected = carafe_cupy.carafe(features, masks, 3, 2, 2)
+    torch.testing.assert_close(module(features, masks), expected)
+
+
+def test_backward_function_matches_autograd():
+    config = (2, 4, 3, 4, 3, 2, 2)
+    features, masks, grad_output = (torch.from_numpy(a) for a in make_inputs(config))
+    grad_features, grad_masks = carafe_cupy.carafe_backward(grad_output, features, masks, 3, 2, 2)
+    expected_gf, expected_gm = naive_carafe_backward(
+        grad_output.numpy(), features.numpy(), masks.numpy(), 3, 2, 2
+    )
+    assert_close(grad_features, expected_gf, "float64", "grad_features")
+    assert_close(grad_masks, expected_gm, "float64", "grad_masks")
+
+
+def test_backward_is_deterministic():
+    config = (2, 8, 6, 5, 5, 4, 3)
+    inputs = [torch.from_numpy(a).float() for a in make_inputs(config)]
+    first = carafe_cupy.carafe_backward(inputs[2], inputs[0], inputs[1], 5, 4, 3)
+    second = carafe_cupy.carafe_backward(inputs[2], inputs[0], inputs[1], 5, 4, 3)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

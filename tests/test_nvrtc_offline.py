@@ -1,0 +1,75 @@
+"""Every kernel and dtype compiles with NVRTC for each target, without a GPU, and does not spill."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from carafe_cupy import _launch
+
+pytest.importorskip("cupy")
+try:
+    from cupy.cuda import nvrtc
+
+    nvrtc.getVersion()
+except Exception as error:  # no NVRTC library on this machine
+    pytest.skip(f"NVRTC not loadable: {error}", allow_module_level=True)
+
+ARCHS = ["sm_75", "sm_80", "sm_90"]
+# Register budget per kernel: more would cut occupancy of these memory-bound kernels.
+REGISTER_BUDGET = 96
+SHARED_MEMORY_LIMIT = 48 * 1024
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_USAGE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def ptxas_report(log: str) -> dict[str, dict[str, int]]:
+    """Per kernel: registers, spill bytes, static shared memory."""
+    report: dict[str, dict[str, int]] = {}
+    current = None
+    for line in log.splitlines():
+        if match := _ENTRY.search(line):
+            current = report.setdefault(match.group(1), {"registers": 0, "spill": 0, "smem": 0})
+        elif current is not None and (match := _SPILLS.search(line)):
+            current["spill"] = int(match.group(1)) + int(match.group(2))
+        elif current is not None and (match := _USAGE.search(line)):
+            current["registers"] = int(match.group(1))
+            current["smem"] = int(match.group(2) or 0)
+    return report
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def compiled(request):
+    return request.param, ptxas_report(_launch.compile_offline(request.param))
+
+
+def test_every_kernel_is_built(compiled):
+    arch, report = compiled
+    assert set(_launch.all_kernel_names()) <= set(report), f"missing kernels for {arch}"
+
+
+def test_no_spills_and_within_budgets(compiled):
+    arch, report = compiled
+    for name, usage in report.items():
+        assert usage["spill"] == 0, f"{name} spills {usage['spill']} bytes on {arch}"
+        assert usage["registers"] <= REGISTER_BUDGET, f"{name}: {usage} on {arch}"
+        assert usage["smem"] <= SHARED_MEMORY_LIMIT, f"{name}: {usage} on {arch}"
+
+
+def test_report_parser_sees_spills():
+    # the check above must be able to fail: feed it a log line with spills
+    log = (
+        "ptxas info    : Compiling entry function 'k' for 'sm_80'\n"
+        "ptxas         .     8 bytes stack frame, 16 bytes spill stores, 16 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, 1024 bytes smem, 360 bytes cmem[0]\n"
+    )
+    assert ptxas_report(log) == {"k": {"registers": 255, "spill": 32, "smem": 1024}}
+
+
+def test_compile_errors_carry_the_log(monkeypatch):
+    monkeypatch.setattr(_launch, "kernel_source", lambda name="carafe": "this is not C++;")
+    with pytest.raises(_launch.KernelCompileError, match="carafe.cu for sm_80"):
+        _launch.compile_offline("sm_80")
