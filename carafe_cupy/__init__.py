@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CARAFE",
+    "CARAFEPack",
     "KernelCompileError",
     "KernelsUnavailableError",
     "__version__",
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .nn import CARAFE
+    from .nn import CARAFE, CARAFEPack
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -102,7 +103,7 @@ def carafe_backward(
 
 def __getattr__(name: str) -> Any:
     # The nn.Modules need torch; load them only when asked for.
-    if name == "CARAFE":
+    if name in ("CARAFE", "CARAFEPack"):
         from . import nn
 
         return getattr(nn, name)

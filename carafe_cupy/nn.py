@@ -26,3 +26,62 @@ class CARAFE(nn.Module):
             f"kernel_size={self.kernel_size}, group_size={self.group_size}, "
             f"scale_factor={self.scale_factor}"
         )
+
+
+class CARAFEPack(nn.Module):
+    """The complete CARAFE upsampler, layer for layer as mmcv's ``CARAFEPack``.
+
+    A 1x1 channel compressor and a content encoder predict k*k*G*s*s logits per
+    input pixel; pixel_shuffle spreads them over the s*s sub-pixels and a softmax
+    over each group's k*k taps normalises them; :func:`carafe` reassembles.
+    Submodule names match mmcv's, so its state_dicts load with ``strict=True``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        scale_factor: int,
+        up_kernel: int = 5,
+        up_group: int = 1,
+        encoder_kernel: int = 3,
+        encoder_dilation: int = 1,
+        compressed_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.up_kernel, self.up_group, self.scale_factor = check_params(
+            up_kernel, up_group, scale_factor
+        )
+        self.encoder_kernel = encoder_kernel
+        self.encoder_dilation = encoder_dilation
+        self.compressed_channels = compressed_channels
+        self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
+        self.content_encoder = nn.Conv2d(
+            compressed_channels,
+            up_kernel * up_kernel * up_group * scale_factor * scale_factor,
+            encoder_kernel,
+            padding=(encoder_kernel - 1) * encoder_dilation // 2,
+            dilation=encoder_dilation,
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.content_encoder.weight, std=0.001)
+        nn.init.zeros_(self.content_encoder.bias)
+
+    def kernel_normalizer(self, mask: torch.Tensor) -> torch.Tensor:
+        mask = nn.functional.pixel_shuffle(mask, self.scale_factor)
+        batch, mask_channels, height, width = mask.shape
+        taps = self.up_kernel * self.up_kernel
+        mask = mask.view(batch, mask_channels // taps, taps, height, width)
+        mask = mask.softmax(dim=2, dtype=mask.dtype)
+        return mask.view(batch, mask_channels, height, width).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.content_encoder(self.channel_compressor(x))
+        mask = self.kernel_normalizer(mask)
+        return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)
