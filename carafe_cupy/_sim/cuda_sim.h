@@ -1,9 +1,9 @@
 // cuda_sim.h -- CPU shim that lets CUDA C++ kernel sources compile with g++.
 //
 // Force-included (g++ -include cuda_sim.h) in front of a kernel module by
-// carafe_cupy/_sim/runtime.py. The module is compiled as one translation unit
-// together with cuda_sim_runtime.h (fiber scheduler) and a generated table of
-// its extern "C" __global__ kernels.
+// carafe_cupy/_sim/runtime.py. The module, followed by a generated table of
+// its extern "C" __global__ kernels, is linked with cuda_sim_runtime.cpp (the
+// fiber scheduler, compiled once and cached as an object file).
 //
 // Execution model: blocks run one after another on the calling OS thread; the
 // threads of a block run as fibers, switched at __syncthreads / warp
@@ -32,8 +32,6 @@
 
 #define CARAFE_SIMULATOR 1
 
-#include <algorithm>
-#include <atomic>
 #include <bit>
 #include <climits>
 #include <cmath>
@@ -42,6 +40,7 @@
 #include <cstring>
 #include <source_location>
 #include <type_traits>
+#include <utility>
 
 #define __global__
 #define __device__
@@ -94,12 +93,13 @@ static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint
 #undef CARAFE_SIM_VEC4
 
 // ------------------------------------------------------------ built-in values
-// Plain (non-static) hidden globals: the compiler must assume the opaque
-// context switch can change them, so nothing is cached across a barrier.
-CARAFE_SIM_HIDDEN uint3 threadIdx;
-CARAFE_SIM_HIDDEN uint3 blockIdx;
-CARAFE_SIM_HIDDEN dim3 blockDim;
-CARAFE_SIM_HIDDEN dim3 gridDim;
+// Extern hidden globals (defined in cuda_sim_runtime.cpp): the compiler must
+// assume the opaque context switch changes them, so nothing is cached across
+// a barrier.
+extern CARAFE_SIM_HIDDEN uint3 threadIdx;
+extern CARAFE_SIM_HIDDEN uint3 blockIdx;
+extern CARAFE_SIM_HIDDEN dim3 blockDim;
+extern CARAFE_SIM_HIDDEN dim3 gridDim;
 static constexpr int warpSize = 32;
 
 // --------------------------------------------------- scheduler entry points
@@ -191,64 +191,77 @@ inline unsigned __activemask() { return carafe_sim::active_mask(); }
 
 // Blocks run one at a time on one OS thread, so fences only need to stop the
 // compiler from reordering.
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 [[noreturn]] inline void __trap() { __builtin_trap(); }
 
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 
 // ------------------------------------------------------------------- atomics
-#define CARAFE_SIM_ATOMIC_RMW(NAME, T, EXPR)                        \
-  inline T NAME(T* address, T val) {                                \
-    std::atomic_ref<T> ref(*address);                               \
-    T old = ref.load(std::memory_order_relaxed);                    \
-    while (!ref.compare_exchange_weak(old, (EXPR))) {               \
-    }                                                               \
-    return old;                                                     \
-  }
-#define CARAFE_SIM_ATOMIC_ADD(T) \
-  inline T atomicAdd(T* address, T val) { return std::atomic_ref<T>(*address).fetch_add(val); }
-CARAFE_SIM_ATOMIC_ADD(int)
-CARAFE_SIM_ATOMIC_ADD(unsigned int)
-CARAFE_SIM_ATOMIC_ADD(unsigned long long)
-CARAFE_SIM_ATOMIC_ADD(float)
-CARAFE_SIM_ATOMIC_ADD(double)
-#undef CARAFE_SIM_ATOMIC_ADD
-#define CARAFE_SIM_ATOMIC_INT(T)                                                     \
-  inline T atomicSub(T* a, T v) { return std::atomic_ref<T>(*a).fetch_sub(v); }      \
-  inline T atomicExch(T* a, T v) { return std::atomic_ref<T>(*a).exchange(v); }      \
-  inline T atomicAnd(T* a, T v) { return std::atomic_ref<T>(*a).fetch_and(v); }      \
-  inline T atomicOr(T* a, T v) { return std::atomic_ref<T>(*a).fetch_or(v); }        \
-  inline T atomicXor(T* a, T v) { return std::atomic_ref<T>(*a).fetch_xor(v); }      \
-  CARAFE_SIM_ATOMIC_RMW(atomicMax, T, old < val ? val : old)                         \
-  CARAFE_SIM_ATOMIC_RMW(atomicMin, T, val < old ? val : old)                         \
-  inline T atomicCAS(T* a, T compare, T val) {                                       \
-    std::atomic_ref<T>(*a).compare_exchange_strong(compare, val);                    \
-    return compare;                                                                  \
+// GCC __atomic builtins (what std::atomic_ref compiles to) keep <atomic> out of
+// every module build. Blocks run one at a time, so relaxed ordering suffices.
+namespace carafe_sim {
+template <class T, class F>
+inline T atomic_update(T* address, F f) {
+  T old;
+  __atomic_load(address, &old, __ATOMIC_RELAXED);
+  T desired = f(old);
+  while (!__atomic_compare_exchange(address, &old, &desired, true, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_RELAXED))
+    desired = f(old);
+  return old;
+}
+}  // namespace carafe_sim
+#define CARAFE_SIM_ATOMIC_INT(T)                                                           \
+  inline T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }     \
+  inline T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }     \
+  inline T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }   \
+  inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }     \
+  inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }       \
+  inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }     \
+  inline T atomicMax(T* a, T v) {                                                          \
+    return carafe_sim::atomic_update(a, [v](T o) { return o < v ? v : o; });              \
+  }                                                                                        \
+  inline T atomicMin(T* a, T v) {                                                          \
+    return carafe_sim::atomic_update(a, [v](T o) { return v < o ? v : o; });              \
+  }                                                                                        \
+  inline T atomicCAS(T* a, T compare, T val) {                                             \
+    __atomic_compare_exchange_n(a, &compare, val, false, __ATOMIC_SEQ_CST,                 \
+                                __ATOMIC_SEQ_CST);                                         \
+    return compare;                                                                        \
   }
 CARAFE_SIM_ATOMIC_INT(int)
 CARAFE_SIM_ATOMIC_INT(unsigned int)
 CARAFE_SIM_ATOMIC_INT(unsigned long long)
-CARAFE_SIM_ATOMIC_RMW(atomicMax, long long, old < val ? val : old)
-CARAFE_SIM_ATOMIC_RMW(atomicMin, long long, val < old ? val : old)
 #undef CARAFE_SIM_ATOMIC_INT
-#undef CARAFE_SIM_ATOMIC_RMW
-inline float atomicExch(float* a, float v) { return std::atomic_ref<float>(*a).exchange(v); }
-inline unsigned int atomicInc(unsigned int* a, unsigned int v) {
-  std::atomic_ref<unsigned int> ref(*a);
-  unsigned int old = ref.load();
-  while (!ref.compare_exchange_weak(old, old >= v ? 0u : old + 1u)) {
-  }
+inline long long atomicMax(long long* a, long long v) {
+  return carafe_sim::atomic_update(a, [v](long long o) { return o < v ? v : o; });
+}
+inline long long atomicMin(long long* a, long long v) {
+  return carafe_sim::atomic_update(a, [v](long long o) { return v < o ? v : o; });
+}
+inline unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short val) {
+  __atomic_compare_exchange_n(a, &compare, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return compare;
+}
+inline float atomicAdd(float* a, float v) {
+  return carafe_sim::atomic_update(a, [v](float o) { return o + v; });
+}
+inline double atomicAdd(double* a, double v) {
+  return carafe_sim::atomic_update(a, [v](double o) { return o + v; });
+}
+inline float atomicExch(float* a, float v) {
+  float old;
+  __atomic_exchange(a, &v, &old, __ATOMIC_SEQ_CST);
   return old;
 }
+inline unsigned int atomicInc(unsigned int* a, unsigned int v) {
+  return carafe_sim::atomic_update(a, [v](unsigned o) { return o >= v ? 0u : o + 1u; });
+}
 inline unsigned int atomicDec(unsigned int* a, unsigned int v) {
-  std::atomic_ref<unsigned int> ref(*a);
-  unsigned int old = ref.load();
-  while (!ref.compare_exchange_weak(old, (old == 0u || old > v) ? v : old - 1u)) {
-  }
-  return old;
+  return carafe_sim::atomic_update(a, [v](unsigned o) { return (o == 0u || o > v) ? v : o - 1u; });
 }
 
 // ---------------------------------------------------------- min / max / math
@@ -334,3 +347,80 @@ using std::fabs;
 using std::isfinite;
 using std::isinf;
 using std::isnan;
+
+// ------------------------------------------------------------ kernel table
+namespace carafe_sim {
+struct KernelEntry {
+  const char* name;
+  void* fn;
+  void (*thunk)(void* fn, void** args);
+  int nparams;
+  const unsigned long long* sizes;
+};
+
+template <class T>
+inline T arg_cast(void* p) {
+  if constexpr (std::is_pointer_v<T>) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return reinterpret_cast<T>(static_cast<uintptr_t>(v));
+  } else {
+    T v;
+    std::memcpy(static_cast<void*>(&v), p, sizeof(T));
+    return v;
+  }
+}
+template <class... A, size_t... I>
+inline void invoke_impl(void (*f)(A...), void** a, std::index_sequence<I...>) {
+  f(arg_cast<A>(a[I])...);
+}
+template <class... A>
+void thunk(void* fn, void** args) {
+  invoke_impl(reinterpret_cast<void (*)(A...)>(fn), args, std::index_sequence_for<A...>{});
+}
+template <class... A>
+inline const unsigned long long param_sizes[] = {sizeof(A)..., 0ull};
+template <class... A>
+constexpr KernelEntry make_entry(const char* name, void (*f)(A...)) {
+  return KernelEntry{name, reinterpret_cast<void*>(f), &thunk<A...>, int(sizeof...(A)),
+                     param_sizes<A...>};
+}
+
+}  // namespace carafe_sim
+
+// ------------------------------------------------------ host entry (glue)
+// The generated glue lists the module's kernels in a table and expands this.
+namespace carafe_sim {
+CARAFE_SIM_HIDDEN int launch(const KernelEntry* e, const char* kernel, const unsigned* grid,
+                             const unsigned* block, unsigned long long shared_bytes, void** args,
+                             int order, unsigned long long seed, unsigned long long stack_size,
+                             char* err, unsigned long long err_len, bool may_block);
+}  // namespace carafe_sim
+extern "C" __attribute__((visibility("default"))) int carafe_sim_kernel_params(
+    const char* kernel, unsigned long long* sizes, int max_params);
+extern "C" __attribute__((visibility("default"))) int carafe_sim_launch(
+    const char* kernel, const unsigned* grid, const unsigned* block,
+    unsigned long long shared_bytes, void** args, int order, unsigned long long seed,
+    unsigned long long stack_size, char* err, unsigned long long err_len);
+
+#define CARAFE_SIM_DEFINE_ENTRY_POINTS(TABLE, COUNT, MAY_BLOCK)                              \
+  static const carafe_sim::KernelEntry* carafe_sim_find(const char* name) {                 \
+    for (int i = 0; i < (COUNT); ++i)                                                        \
+      if (std::strcmp((TABLE)[i].name, name) == 0) return &(TABLE)[i];                       \
+    return nullptr;                                                                          \
+  }                                                                                          \
+  int carafe_sim_kernel_params(const char* kernel, unsigned long long* sizes,                \
+                               int max_params) {                                             \
+    const carafe_sim::KernelEntry* e = carafe_sim_find(kernel);                              \
+    if (!e) return -1;                                                                       \
+    for (int i = 0; i < e->nparams && i < max_params; ++i) sizes[i] = e->sizes[i];           \
+    return e->nparams;                                                                       \
+  }                                                                                          \
+  int carafe_sim_launch(const char* kernel, const unsigned* grid, const unsigned* block,     \
+                        unsigned long long shared_bytes, void** args, int order,             \
+                        unsigned long long seed, unsigned long long stack_size, char* err,   \
+                        unsigned long long err_len) {                                        \
+    return carafe_sim::launch(carafe_sim_find(kernel), kernel, grid, block, shared_bytes,    \
+                              args, order, seed, stack_size, err, err_len, (MAY_BLOCK));     \
+  }
+

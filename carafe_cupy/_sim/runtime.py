@@ -42,11 +42,10 @@ import numpy as np
 __all__ = ["SimRuntime", "SimulatorError", "get_runtime"]
 
 _HERE = Path(__file__).resolve().parent
-_SHIM_FILES = ("cuda_sim.h", "cuda_sim_runtime.h")
+_SHIM_FILES = ("cuda_sim.h", "cuda_sim_runtime.cpp")
 _BASE_FLAGS = (
     "-std=c++20",
     "-O2",
-    "-shared",
     "-fPIC",
     # Each module keeps private copies of the scheduler and of its __shared__
     # statics; GNU unique symbols would merge them across modules.
@@ -81,6 +80,7 @@ class SimulatorError(RuntimeError):
 
 # Process-wide state: compiled modules are shared by all SimRuntime instances.
 _state_lock = threading.Lock()
+_runtime_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
 _modules: dict[str, _Module] = {}
 _compile_count = 0
@@ -226,7 +226,6 @@ def _glue(module_name: str, source: str, kernels: tuple[str, ...], may_block: bo
     return (
         f'#line 1 "{fname}"\n{source}\n'
         '#line 1 "carafe_sim_glue.cpp"\n'
-        '#include "cuda_sim_runtime.h"\n'
         "static const carafe_sim::KernelEntry carafe_sim_table[] = {\n"
         f"{table}\n}};\n"
         f"CARAFE_SIM_DEFINE_ENTRY_POINTS(carafe_sim_table, {len(kernels)}, "
@@ -241,7 +240,24 @@ def _shim_digest() -> str:
     return h.hexdigest()
 
 
-def _compile(cxx: list[str], flags: list[str], glue: str, out: Path, module_name: str) -> None:
+def _run_compiler(cmd: list[str], cwd: str, what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
+    except OSError as exc:
+        raise SimulatorError(f"cannot run C++ compiler {cmd[0]!r} for {what}: {exc}") from exc
+    if proc.returncode != 0:
+        log = (proc.stderr + proc.stdout).strip()
+        if len(log) > 20000:
+            log = log[:20000] + "\n... (log truncated)"
+        raise SimulatorError(
+            f"compiling {what} for the CUDA simulator failed (exit {proc.returncode}).\n"
+            f"command: {shlex.join(cmd)}\n{log}"
+        )
+
+
+def _compile(
+    cxx: list[str], flags: list[str], glue: str, out: Path, module_name: str, runtime_obj: Path
+) -> None:
     global _compile_count
     with tempfile.TemporaryDirectory(prefix="carafe_cupy_sim_build-") as build:
         src = Path(build) / "module.cpp"
@@ -249,30 +265,48 @@ def _compile(cxx: list[str], flags: list[str], glue: str, out: Path, module_name
         cmd = [
             *cxx,
             *flags,
+            "-shared",
             "-I",
             str(_HERE),
             "-include",
             str(_HERE / "cuda_sim.h"),
             str(src),
+            str(runtime_obj),
             "-o",
             str(out),
         ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=build, check=False)
-        except OSError as exc:
-            raise SimulatorError(
-                f"cannot run C++ compiler {cxx[0]!r} for module {module_name!r}: {exc}"
-            ) from exc
         with _state_lock:
             _compile_count += 1
-        if proc.returncode != 0:
-            log = (proc.stderr + proc.stdout).strip()
-            if len(log) > 20000:
-                log = log[:20000] + "\n... (log truncated)"
-            raise SimulatorError(
-                f"compiling module {module_name!r} for the CUDA simulator failed "
-                f"(exit {proc.returncode}).\ncommand: {shlex.join(cmd)}\n{log}"
-            )
+        _run_compiler(cmd, build, f"module {module_name!r}")
+
+
+def _build_runtime_object(cxx: list[str], flags: list[str], out: Path) -> None:
+    # The scheduler is the same for every module: build it once, link it often.
+    with tempfile.TemporaryDirectory(prefix="carafe_cupy_sim_build-") as build:
+        cmd = [*cxx, *flags, "-c", str(_HERE / "cuda_sim_runtime.cpp"), "-o", str(out)]
+        _run_compiler(cmd, build, "the simulator runtime (cuda_sim_runtime.cpp)")
+
+
+def _runtime_object(
+    directory: Path, cxx: list[str], flags: list[str], version: str
+) -> tuple[Path, bool]:
+    """Path of the cached scheduler object, and whether it was built just now."""
+    h = hashlib.sha256()
+    for part in (_shim_digest(), "\0".join(flags), version):
+        h.update(part.encode() + b"\0\1\0")
+    final = directory / f"runtime-{h.hexdigest()[:32]}.o"
+    with _runtime_lock:
+        if final.is_file() and final.stat().st_size > 0:
+            return final, False
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".o")
+        os.close(fd)
+        try:
+            _build_runtime_object(cxx, flags, Path(tmp))
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return final, True
 
 
 def _load(path: Path, kernels: tuple[str, ...]) -> _Module:
@@ -284,13 +318,29 @@ def _load(path: Path, kernels: tuple[str, ...]) -> _Module:
 
 
 def _compile_into(
-    directory: Path, final: Path, cxx: list[str], flags: list[str], glue: str, name: str
+    directory: Path,
+    final: Path,
+    cxx: list[str],
+    flags: list[str],
+    glue: str,
+    name: str,
+    version: str,
 ) -> Path:
     # Build next to the final name, then rename: readers never see half a file.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".so")
     os.close(fd)
     try:
-        _compile(cxx, flags, glue, Path(tmp), name)
+        runtime_obj, fresh = _runtime_object(directory, cxx, flags, version)
+        try:
+            _compile(cxx, flags, glue, Path(tmp), name, runtime_obj)
+        except SimulatorError:
+            if fresh:
+                raise
+            # A damaged cached runtime object shows up as a link error: rebuild it
+            # and try once more; a real error in the kernel source fails again.
+            runtime_obj.unlink(missing_ok=True)
+            runtime_obj, _ = _runtime_object(directory, cxx, flags, version)
+            _compile(cxx, flags, glue, Path(tmp), name, runtime_obj)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
@@ -315,8 +365,9 @@ def _get_module(module_name: str, source: str) -> _Module:
     extra = os.environ.get("CARAFE_CUPY_SIM_CXXFLAGS", "")
     flags += shlex.split(extra)
     glue = _glue(module_name, source, kernels, may_block)
+    version = _compiler_version(cxx)
     h = hashlib.sha256()
-    for part in (glue, _shim_digest(), "\0".join(flags), _compiler_version(cxx)):
+    for part in (glue, _shim_digest(), "\0".join(flags), version):
         h.update(part.encode())
         h.update(b"\0\1\0")
     key = h.hexdigest()
@@ -358,7 +409,7 @@ def _get_module(module_name: str, source: str) -> _Module:
                     directory = _fallback_cache()
                     final = directory / fname
         if mod is None:
-            _compile_into(directory, final, cxx, flags, glue, module_name)
+            _compile_into(directory, final, cxx, flags, glue, module_name, version)
             try:
                 mod = _load(final, kernels)
             except OSError as exc:

@@ -1,16 +1,17 @@
-// cuda_sim_runtime.h -- fiber scheduler behind cuda_sim.h.
+// cuda_sim_runtime.cpp -- fiber scheduler behind cuda_sim.h.
 //
-// Included once, after the kernel source, by the glue that runtime.py
-// generates. Everything here is hidden, so every compiled module owns a private
-// copy (modules never share scheduler state).
+// runtime.py compiles this file once per (compiler, flags) into an object file
+// and links it into every kernel module. Everything here is hidden, so every
+// module owns a private copy (modules never share scheduler state).
 //
 // Threads of a block are fibers on the calling OS thread. On x86-64 a small
 // hand-written switch saves callee-saved registers + rsp (~25 ns); elsewhere
 // ucontext is used (portable, but it makes a signal-mask syscall per switch).
 // A kernel module that contains no synchronisation primitive runs every thread
 // straight to completion on the OS stack.
-#pragma once
+#include "cuda_sim.h"
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstdio>
 #include <mutex>
@@ -88,6 +89,11 @@ carafe_sim_fiber_entry:
 )");
 #endif
 
+CARAFE_SIM_HIDDEN uint3 threadIdx;
+CARAFE_SIM_HIDDEN uint3 blockIdx;
+CARAFE_SIM_HIDDEN dim3 blockDim;
+CARAFE_SIM_HIDDEN dim3 gridDim;
+
 namespace carafe_sim {
 
 enum State : int { RUNNABLE = 0, WAIT_BLOCK, WAIT_WARP, DONE, FAILED };
@@ -115,42 +121,6 @@ struct Fiber {
   ucontext_t ctx;
 #endif
 };
-
-struct KernelEntry {
-  const char* name;
-  void* fn;
-  void (*thunk)(void* fn, void** args);
-  int nparams;
-  const unsigned long long* sizes;
-};
-
-template <class T>
-inline T arg_cast(void* p) {
-  if constexpr (std::is_pointer_v<T>) {
-    uint64_t v;
-    std::memcpy(&v, p, sizeof v);
-    return reinterpret_cast<T>(static_cast<uintptr_t>(v));
-  } else {
-    T v;
-    std::memcpy(static_cast<void*>(&v), p, sizeof(T));
-    return v;
-  }
-}
-template <class... A, size_t... I>
-inline void invoke_impl(void (*f)(A...), void** a, std::index_sequence<I...>) {
-  f(arg_cast<A>(a[I])...);
-}
-template <class... A>
-void thunk(void* fn, void** args) {
-  invoke_impl(reinterpret_cast<void (*)(A...)>(fn), args, std::index_sequence_for<A...>{});
-}
-template <class... A>
-inline const unsigned long long param_sizes[] = {sizeof(A)..., 0ull};
-template <class... A>
-constexpr KernelEntry make_entry(const char* name, void (*f)(A...)) {
-  return KernelEntry{name, reinterpret_cast<void*>(f), &thunk<A...>, int(sizeof...(A)),
-                     param_sizes<A...>};
-}
 
 // ------------------------------------------------------------ launch state
 static const KernelEntry* g_entry = nullptr;
@@ -585,37 +555,8 @@ static int run_block(int order, Rng& rng, size_t stack_size) {
 
 }  // namespace carafe_sim
 
-// ------------------------------------------------------------ host entry
-extern "C" __attribute__((visibility("default"))) int carafe_sim_kernel_params(
-    const char* kernel, unsigned long long* sizes, int max_params);
-extern "C" __attribute__((visibility("default"))) int carafe_sim_launch(
-    const char* kernel, const unsigned* grid, const unsigned* block,
-    unsigned long long shared_bytes, void** args, int order, unsigned long long seed,
-    unsigned long long stack_size, char* err, unsigned long long err_len);
-
-#define CARAFE_SIM_DEFINE_ENTRY_POINTS(TABLE, COUNT, MAY_BLOCK)                              \
-  static const carafe_sim::KernelEntry* carafe_sim_find(const char* name) {                 \
-    for (int i = 0; i < (COUNT); ++i)                                                        \
-      if (std::strcmp((TABLE)[i].name, name) == 0) return &(TABLE)[i];                       \
-    return nullptr;                                                                          \
-  }                                                                                          \
-  int carafe_sim_kernel_params(const char* kernel, unsigned long long* sizes,                \
-                               int max_params) {                                             \
-    const carafe_sim::KernelEntry* e = carafe_sim_find(kernel);                              \
-    if (!e) return -1;                                                                       \
-    for (int i = 0; i < e->nparams && i < max_params; ++i) sizes[i] = e->sizes[i];           \
-    return e->nparams;                                                                       \
-  }                                                                                          \
-  int carafe_sim_launch(const char* kernel, const unsigned* grid, const unsigned* block,     \
-                        unsigned long long shared_bytes, void** args, int order,             \
-                        unsigned long long seed, unsigned long long stack_size, char* err,   \
-                        unsigned long long err_len) {                                        \
-    return carafe_sim::launch(carafe_sim_find(kernel), kernel, grid, block, shared_bytes,    \
-                              args, order, seed, stack_size, err, err_len, (MAY_BLOCK));     \
-  }
-
 namespace carafe_sim {
-static int launch(const KernelEntry* e, const char* kernel, const unsigned* grid,
+int launch(const KernelEntry* e, const char* kernel, const unsigned* grid,
                   const unsigned* block, unsigned long long shared_bytes, void** args,
                   int order, unsigned long long seed, unsigned long long stack_size, char* err,
                   unsigned long long err_len, bool may_block) {
