@@ -83,6 +83,7 @@ _state_lock = threading.Lock()
 _runtime_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
 _modules: dict[str, _Module] = {}
+_memo: dict[tuple[str, ...], _Module] = {}
 _compile_count = 0
 _compiler_info: dict[tuple[str, ...], str] = {}
 _fallback_dir: str | None = None
@@ -349,6 +350,25 @@ def _compile_into(
 
 
 def _get_module(module_name: str, source: str) -> _Module:
+    # Hot path: a module already loaded for the same text and build settings
+    # needs no regexes, compiler lookup or hashing (str hashes are cached).
+    memo_key = (
+        module_name,
+        source,
+        os.environ.get("CARAFE_CUPY_SIM_ASAN", ""),
+        os.environ.get("CARAFE_CUPY_SIM_CXXFLAGS", ""),
+        os.environ.get("CXX", ""),
+    )
+    mod = _memo.get(memo_key)
+    if mod is not None:
+        return mod
+    mod = _get_module_slow(module_name, source)
+    with _state_lock:
+        _memo[memo_key] = mod
+    return mod
+
+
+def _get_module_slow(module_name: str, source: str) -> _Module:
     source = rewrite_source(source)
     kernels = _kernel_names(source)
     may_block = bool(_BLOCKING_RE.search(_COMMENT_RE.sub(" ", source)))
@@ -400,8 +420,7 @@ def _get_module(module_name: str, source: str) -> _Module:
                 mod = _load(final, kernels)
             except OSError as exc:
                 warnings.warn(
-                    f"cached simulator module {final} could not be loaded ({exc}); "
-                    "recompiling",
+                    f"cached simulator module {final} could not be loaded ({exc}); recompiling",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -481,7 +500,7 @@ class SimRuntime:
         if kernel_name not in mod.kernels:
             raise SimulatorError(
                 f"kernel {kernel_name!r} not found in module {module_name!r} "
-                f"(extern \"C\" __global__ kernels found: {', '.join(mod.kernels) or 'none'})"
+                f'(extern "C" __global__ kernels found: {", ".join(mod.kernels) or "none"})'
             )
         bufs, ptrs, sizes = _marshal(tuple(args))
         expected = mod.param_sizes(kernel_name)
@@ -517,9 +536,7 @@ class SimRuntime:
         )
         del bufs
         if rc != 0:
-            raise SimulatorError(
-                f"module {module_name!r}: {err.value.decode(errors='replace')}"
-            )
+            raise SimulatorError(f"module {module_name!r}: {err.value.decode(errors='replace')}")
 
     def compile_count(self) -> int:
         """Number of C++ compilations this process has run (all runtimes)."""
