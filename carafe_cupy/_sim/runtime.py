@@ -310,6 +310,29 @@ def _runtime_object(
     return final, True
 
 
+def _digest_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _verify(path: Path) -> None:
+    # dlopen of a truncated library can SIGBUS instead of failing, so check the
+    # digest recorded next to it before mapping it.
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        want = sidecar.read_text().strip()
+    except OSError as exc:
+        raise OSError(f"{sidecar} missing ({exc})") from exc
+    if _digest_file(path) != want:
+        raise OSError(f"{path} does not match its recorded sha256 (damaged cache file)")
+
+
 def _load(path: Path, kernels: tuple[str, ...]) -> _Module:
     lib = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
     try:
@@ -342,7 +365,9 @@ def _compile_into(
             runtime_obj.unlink(missing_ok=True)
             runtime_obj, _ = _runtime_object(directory, cxx, flags, version)
             _compile(cxx, flags, glue, Path(tmp), name, runtime_obj)
+        digest = _digest_file(Path(tmp))
         os.replace(tmp, final)
+        _write_atomic(final.with_name(final.name + ".sha256"), digest + "\n")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -417,6 +442,7 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
         mod = None
         if final.is_file():
             try:
+                _verify(final)
                 mod = _load(final, kernels)
             except OSError as exc:
                 warnings.warn(
