@@ -19,7 +19,14 @@ Environment:
       LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
           CARAFE_CUPY_SIM_ASAN=1 python -m pytest ...
 
+* ``CARAFE_CUPY_SIM_CXXFLAGS``: extra compiler flags (part of the cache key);
+  ``-DCARAFE_SIM_UCONTEXT`` forces the portable ucontext fiber switch.
 * ``CXX``: the C++ compiler (default ``g++``, then ``c++``); it needs C++20.
+
+Compiled modules are cached as ``<module>-<sha256>.so`` (plus a ``.sha256``
+file checked before loading); the scheduler (``cuda_sim_runtime.cpp``) is built
+once per compiler and flag set as ``runtime-<sha256>.o`` and linked into each
+module. :meth:`SimRuntime.compile_count` counts module builds only.
 """
 
 from __future__ import annotations
