@@ -1,0 +1,197 @@
+"""Kernels run by the CPU simulator give CUDA's results; misuse is diagnosed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sim_kernels import BROKEN_SRC, MAIN_SRC, line_of
+
+from carafe_cupy._sim import SimRuntime, SimulatorError, get_runtime
+
+ORDERS = ["forward", "reverse", "random"]
+
+
+def ptr(a: np.ndarray) -> np.uint64:
+    return np.uint64(a.ctypes.data)
+
+
+@pytest.fixture(params=ORDERS)
+def rt(request: pytest.FixtureRequest) -> SimRuntime:
+    return SimRuntime(request.param, seed=7)
+
+
+def test_vector_add_grid_stride(rt: SimRuntime) -> None:
+    n = 1000
+    rng = np.random.default_rng(0)
+    a, b = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+    c = np.zeros(n, np.float32)
+    rt.launch(
+        "main", MAIN_SRC, "vadd", (3, 1, 1), (64, 1, 1), (ptr(a), ptr(b), ptr(c), np.int32(n))
+    )
+    np.testing.assert_array_equal(c, a + b)
+
+
+def test_3d_indices(rt: SimRuntime) -> None:
+    grid, block = (2, 3, 2), (4, 2, 3)
+    nthr = np.prod(block)
+    out = np.full((np.prod(grid) * nthr, 6), -1, np.int32)
+    rt.launch("main", MAIN_SRC, "idx3d", grid, block, (ptr(out),))
+    want = [
+        (tx, ty, tz, bx, by, bz)
+        for bz in range(grid[2])
+        for by in range(grid[1])
+        for bx in range(grid[0])
+        for tz in range(block[2])
+        for ty in range(block[1])
+        for tx in range(block[0])
+    ]
+    np.testing.assert_array_equal(out, np.array(want, np.int32))
+
+
+def test_dynamic_shared_macro(rt: SimRuntime) -> None:
+    x = np.arange(3 * 128, dtype=np.float32)
+    out = np.zeros_like(x)
+    rt.launch("main", MAIN_SRC, "dyn_reverse", (3, 1, 1), (128, 1, 1), (ptr(x), ptr(out)), 128 * 4)
+    np.testing.assert_array_equal(out, x.reshape(3, 128)[:, ::-1].ravel())
+
+
+def test_dynamic_shared_extern_rewrite(rt: SimRuntime) -> None:
+    x = np.arange(2 * 96, dtype=np.float64)
+    out = np.zeros_like(x)
+    rt.launch(
+        "main", MAIN_SRC, "dyn_reverse_extern", (2, 1, 1), (96, 1, 1), (ptr(x), ptr(out)), 96 * 8
+    )
+    np.testing.assert_array_equal(out, x.reshape(2, 96)[:, ::-1].ravel())
+
+
+def test_block_reduction_all_orders(rt: SimRuntime) -> None:
+    n = 5000
+    x = np.random.default_rng(1).random(n, dtype=np.float32)
+    out = np.zeros(4, np.float32)
+    rt.launch("main", MAIN_SRC, "reduce", (4, 1, 1), (256, 1, 1), (ptr(x), ptr(out), np.int32(n)))
+    np.testing.assert_allclose(out.sum(), x.sum(dtype=np.float64), rtol=1e-5)
+
+
+def test_warp_primitives(rt: SimRuntime) -> None:
+    nthreads, nblocks = 96, 2
+    n = nthreads * nblocks
+    x = np.random.default_rng(2).random(n, dtype=np.float32)
+    down = np.zeros(n // 32, np.float32)
+    xr, scan, bcast = (np.zeros(n, np.float32) for _ in range(3))
+    ballot = np.zeros(n // 32, np.uint32)
+    args = (ptr(x), ptr(down), ptr(xr), ptr(scan), ptr(bcast), ptr(ballot))
+    rt.launch("main", MAIN_SRC, "warp_ops", (nblocks, 1, 1), (nthreads, 1, 1), args)
+    w = x.reshape(-1, 32)
+    np.testing.assert_allclose(down, w.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(xr, np.repeat(w.sum(1), 32), rtol=1e-5)
+    np.testing.assert_allclose(scan, np.cumsum(w, axis=1).ravel(), rtol=1e-5)
+    np.testing.assert_array_equal(bcast, np.repeat(x.reshape(-1, 8)[:, 3], 8))
+    bits = (w > 0.5).astype(np.uint64) << np.arange(32, dtype=np.uint64)
+    np.testing.assert_array_equal(ballot, bits.sum(1).astype(np.uint32))
+
+
+def test_atomics(rt: SimRuntime) -> None:
+    n = 777
+    x = np.random.default_rng(3).integers(-1000, 1000, n).astype(np.int32)
+    fsum = np.zeros(1, np.float32)
+    imax = np.array([np.iinfo(np.int32).min], np.int32)
+    imin = np.array([np.iinfo(np.int32).max], np.int32)
+    count = np.zeros(1, np.uint64)
+    dsum = np.zeros(1, np.float64)
+    args = (ptr(x), np.int32(n), ptr(fsum), ptr(imax), ptr(count), ptr(dsum), ptr(imin))
+    rt.launch("main", MAIN_SRC, "atomics", (2, 1, 1), (128, 1, 1), args)
+    assert fsum[0] == x.sum()
+    assert imax[0] == x.max() and imin[0] == x.min()
+    assert count[0] == n
+    assert dsum[0] == x.sum() * 0.5
+
+
+def test_bit_casts_and_math(rt: SimRuntime) -> None:
+    x = np.array([0.0, 1.5, -2.25, 3.0e-3], np.float32)
+    u = np.zeros(4, np.uint32)
+    y = np.zeros(4, np.float32)
+    rt.launch("main", MAIN_SRC, "bits", (1, 1, 1), (4, 1, 1), (ptr(x), ptr(u), ptr(y)))
+    np.testing.assert_array_equal(u, x.view(np.uint32))
+    np.testing.assert_array_equal(y, -x + 1.0)
+
+
+def test_missing_syncthreads_gives_wrong_results() -> None:
+    x = np.arange(64, dtype=np.float32) + 1
+    want = np.roll(x, 1)
+    results = {}
+    for order in ("forward", "reverse"):
+        rt = SimRuntime(order)
+        good = np.zeros(64, np.float32)
+        rt.launch("broken", BROKEN_SRC, "with_sync", (1, 1, 1), (64, 1, 1), (ptr(x), ptr(good)))
+        np.testing.assert_array_equal(good, want)
+        out = np.zeros(64, np.float32)
+        rt.launch("broken", BROKEN_SRC, "no_sync", (1, 1, 1), (64, 1, 1), (ptr(x), ptr(out)))
+        results[order] = out
+    assert any(not np.array_equal(r, want) for r in results.values())
+
+
+def test_barrier_in_divergent_code_is_an_error() -> None:
+    out = np.zeros(32, np.float32)
+    with pytest.raises(SimulatorError, match=r"(?s)exited.*__syncthreads.*broken\.cu:"):
+        SimRuntime().launch("broken", BROKEN_SRC, "divergent", (1, 1, 1), (32, 1, 1), (ptr(out),))
+
+
+def test_different_barrier_sites_are_an_error() -> None:
+    out = np.zeros(32, np.float32)
+    with pytest.raises(SimulatorError) as info:
+        SimRuntime().launch("broken", BROKEN_SRC, "two_sites", (1, 1, 1), (32, 1, 1), (ptr(out),))
+    msg = str(info.value)
+    assert "different __syncthreads" in msg
+    assert f"broken.cu:{line_of(BROKEN_SRC, 'SITE_A')}" in msg
+    assert f"broken.cu:{line_of(BROKEN_SRC, 'SITE_B')}" in msg
+
+
+def test_deadlock_and_bad_mask_are_errors_and_runtime_recovers() -> None:
+    rt = SimRuntime()
+    out = np.zeros(32, np.float32)
+    with pytest.raises(SimulatorError, match="deadlock"):
+        rt.launch("broken", BROKEN_SRC, "warp_deadlock", (1, 1, 1), (32, 1, 1), (ptr(out),))
+    with pytest.raises(SimulatorError, match="not in the member mask"):
+        rt.launch("broken", BROKEN_SRC, "bad_mask", (1, 1, 1), (32, 1, 1), (ptr(out),))
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    rt.launch("broken", BROKEN_SRC, "with_sync", (1, 1, 1), (64, 1, 1), (ptr(x), ptr(out)))
+    np.testing.assert_array_equal(out, np.roll(x, 1))
+
+
+def test_argument_checks() -> None:
+    rt = SimRuntime()
+    c = np.zeros(4, np.float32)
+    with pytest.raises(SimulatorError, match="parameter 3 is 4 bytes"):
+        rt.launch(
+            "main", MAIN_SRC, "vadd", (1, 1, 1), (4, 1, 1), (ptr(c), ptr(c), ptr(c), np.int64(4))
+        )
+    with pytest.raises(SimulatorError, match="takes 4 parameters"):
+        rt.launch("main", MAIN_SRC, "vadd", (1, 1, 1), (4, 1, 1), (ptr(c),))
+    with pytest.raises(TypeError, match="numpy scalar"):
+        rt.launch("main", MAIN_SRC, "vadd", (1, 1, 1), (4, 1, 1), (ptr(c), ptr(c), ptr(c), 4))
+    with pytest.raises(SimulatorError, match="not found"):
+        rt.launch("main", MAIN_SRC, "nope", (1, 1, 1), (4, 1, 1), ())
+    with pytest.raises(ValueError):
+        SimRuntime("sideways")
+
+
+def test_compile_error_names_module_and_line() -> None:
+    src = 'extern "C" __global__ void k(float* x) {\n  x[0] = undefined_name;\n}\n'
+    with pytest.raises(SimulatorError, match=r"(?s)bad_mod.*bad_mod\.cu:2"):
+        SimRuntime().launch("bad_mod", src, "k", (1, 1, 1), (1, 1, 1), (np.uint64(0),))
+
+
+def test_get_runtime_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from carafe_cupy._sim import runtime
+
+    monkeypatch.setattr(runtime, "_runtime", None)
+    monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", "random")
+    monkeypatch.setenv("CARAFE_CUPY_SIM_SEED", "42")
+    rt = get_runtime()
+    assert (rt.order, rt.seed) == ("random", 42)
+    assert get_runtime() is rt
+    monkeypatch.setattr(runtime, "_runtime", None)
+    monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", "bogus")
+    with pytest.raises(SimulatorError, match="CARAFE_CUPY_SIM_ORDER"):
+        get_runtime()
