@@ -36,14 +36,14 @@ def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch or CuPy, never a mix."""
     from . import _launch
 
-    kinds = {
-        name: "torch"
-        if _is_torch_tensor(value)
-        else "cupy"
-        if _launch.is_cupy_array(value)
-        else None
-        for name, value in inputs.items()
-    }
+    def kind(value: Any) -> str | None:
+        if _is_torch_tensor(value):
+            return "torch"
+        if _launch.is_cupy_array(value) or _launch.is_simulated_array(value):
+            return "cupy"
+        return None
+
+    kinds = {name: kind(value) for name, value in inputs.items()}
     found = {kind for kind in kinds.values() if kind is not None}
     if len(found) > 1:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())

@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -144,21 +144,6 @@ def _grid_for(total: int) -> tuple[int, int, int]:
     return (blocks, 1, 1)
 
 
-class Runtime(Protocol):
-    def launch(
-        self,
-        module_name: str,
-        source: str,
-        kernel_name: str,
-        grid: tuple[int, int, int],
-        block: tuple[int, int, int],
-        args: tuple,
-        shared_mem: int = 0,
-        device: int = 0,
-        stream: int = 0,
-    ) -> None: ...
-
-
 def _launch_elementwise(
     kernel_name: str,
     total: int,
@@ -172,17 +157,7 @@ def _launch_elementwise(
     args = tuple(np.uint64(ref.pointer) for ref in pointers) + geometry.as_args()
     for ref in pointers:
         args += _tensor_args(ref)
-    get_runtime().launch(
-        KERNEL_MODULE,
-        kernel_source(KERNEL_MODULE),
-        kernel_name,
-        _grid_for(total),
-        (THREADS_PER_BLOCK, 1, 1),
-        args,
-        0,
-        device,
-        stream,
-    )
+    launch(kernel_name, _grid_for(total), (THREADS_PER_BLOCK, 1, 1), args, 0, device, stream)
 
 
 def launch_forward(
@@ -230,12 +205,31 @@ def simulator_enabled() -> bool:
     return os.environ.get("CARAFE_CUPY_SIMULATOR", "") not in ("", "0")
 
 
-def get_runtime() -> Runtime:
-    if simulator_enabled():
-        from ._sim.runtime import get_runtime as get_simulator
+def launch(
+    kernel_name: str,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: tuple,
+    shared_mem: int,
+    device: int,
+    stream: int,
+) -> None:
+    """The one place a kernel starts: on the GPU, or on the CPU simulator.
 
-        return get_simulator()
-    return _cupy_runtime()
+    Everything before this (kernel choice, grid, arguments, outputs) is the
+    same for both, so the simulator exercises the real launch code.
+    """
+    source = kernel_source(KERNEL_MODULE)
+    if simulator_enabled():
+        from ._sim.runtime import get_runtime as simulator_runtime
+
+        simulator_runtime().launch(
+            KERNEL_MODULE, source, kernel_name, grid, block, args, shared_mem
+        )
+    else:
+        _cupy_runtime().launch(
+            KERNEL_MODULE, source, kernel_name, grid, block, args, shared_mem, device, stream
+        )
 
 
 @functools.cache
@@ -345,22 +339,12 @@ def _cupy_runtime() -> CupyRuntime:
     return CupyRuntime()
 
 
-# ---------------------------------------------------------------- cupy arrays
+# ---------------------------------------------------------------- arrays
 
 
 def cupy_module() -> Any:
-    """CuPy itself, for the CuPy front end (raises KernelsUnavailableError)."""
+    """CuPy itself, for the array front end (raises KernelsUnavailableError)."""
     return _import_cupy()
-
-
-def cupy_array_ref(array: Any) -> TensorRef:
-    itemsize = array.dtype.itemsize
-    strides = tuple(stride // itemsize for stride in array.strides)
-    return TensorRef(array.data.ptr, strides, cupy_dtype_name(array.dtype))
-
-
-def cupy_dtype_name(dtype: Any) -> str:
-    return np.dtype(dtype).name
 
 
 def is_cupy_array(value: Any) -> bool:
@@ -369,15 +353,45 @@ def is_cupy_array(value: Any) -> bool:
     return cupy is not None and isinstance(value, cupy.ndarray)
 
 
-def cupy_empty(shape: tuple[int, ...], dtype: Any, device: int) -> Any:
+def is_simulated_array(value: Any) -> bool:
+    """numpy arrays stand in for device arrays when the simulator is on."""
+    return simulator_enabled() and isinstance(value, np.ndarray)
+
+
+def array_module(array: Any) -> Any:
+    return np if isinstance(array, np.ndarray) else _import_cupy()
+
+
+def array_device(array: Any) -> int:
+    return 0 if isinstance(array, np.ndarray) else array.device.id
+
+
+def array_dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def array_ref(array: Any) -> TensorRef:
+    itemsize = array.dtype.itemsize
+    strides = tuple(stride // itemsize for stride in array.strides)
+    pointer = array.ctypes.data if isinstance(array, np.ndarray) else array.data.ptr
+    return TensorRef(pointer, strides, array_dtype_name(array.dtype))
+
+
+def array_empty(like: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised array from the same module, on the same device, as ``like``."""
+    if isinstance(like, np.ndarray):
+        return np.empty(shape, dtype=dtype)
     cupy = _import_cupy()
-    with cupy.cuda.Device(device):
+    with cupy.cuda.Device(like.device.id):
         return cupy.empty(shape, dtype=dtype)
 
 
-def cupy_current_stream(device: int) -> int:
+def array_stream(array: Any) -> int:
+    """CuPy's current stream on the array's device (0 under the simulator)."""
+    if isinstance(array, np.ndarray):
+        return 0
     cupy = _import_cupy()
-    with cupy.cuda.Device(device):
+    with cupy.cuda.Device(array.device.id):
         return cupy.cuda.get_current_stream().ptr
 
 

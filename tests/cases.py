@@ -48,3 +48,14 @@ def assert_close(actual, expected, dtype: str, what: str) -> None:
     error = float(np.abs(actual - expected).max(initial=0.0)) / scale
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"
+
+
+def make_exact_inputs(config, seed: int = 0):
+    """Inputs on a coarse dyadic grid: exact in every storage dtype, so one float64
+    reference serves float64, float32, float16 and bfloat16 alike."""
+    n, c, h, w, k, g, s = config
+    rng = np.random.default_rng(seed)
+    features = rng.integers(-64, 65, (n, c, h, w)) / 32.0
+    masks = rng.integers(0, 65, (n, g * k * k, h * s, w * s)) / 64.0
+    grad_output = rng.integers(-64, 65, (n, c, h * s, w * s)) / 32.0
+    return features, masks, grad_output

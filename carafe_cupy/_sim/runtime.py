@@ -216,9 +216,28 @@ def rewrite_source(source: str) -> str:
     )
 
 
-def _kernel_names(source: str) -> tuple[str, ...]:
-    names = dict.fromkeys(_KERNEL_RE.findall(_COMMENT_RE.sub(" ", source)))
-    return tuple(names)
+def _kernel_names(source: str, cxx: list[str], flags: list[str]) -> tuple[str, ...]:
+    text = _COMMENT_RE.sub(" ", source)
+    if "#define" in text:
+        # Kernels stamped out by macros only get their names after preprocessing.
+        text = _preprocess(source, cxx, flags)
+    return tuple(dict.fromkeys(_KERNEL_RE.findall(text)))
+
+
+def _preprocess(source: str, cxx: list[str], flags: list[str]) -> str:
+    defines = [flag for flag in flags if flag.startswith(("-D", "-U", "-std"))]
+    # Without the shim, so that __global__ and extern "C" survive for the regex.
+    cmd = [*cxx, *defines, "-E", "-P", "-x", "c++", "-"]
+    try:
+        proc = subprocess.run(cmd, input=source, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise SimulatorError(f"cannot run C++ compiler {cmd[0]!r}: {exc}") from exc
+    if proc.returncode != 0:
+        raise SimulatorError(
+            f"preprocessing for the CUDA simulator failed.\ncommand: {shlex.join(cmd)}\n"
+            f"{proc.stderr.strip()[:20000]}"
+        )
+    return proc.stdout
 
 
 def _safe_name(module_name: str) -> str:
@@ -402,7 +421,6 @@ def _get_module(module_name: str, source: str) -> _Module:
 
 def _get_module_slow(module_name: str, source: str) -> _Module:
     source = rewrite_source(source)
-    kernels = _kernel_names(source)
     may_block = bool(_BLOCKING_RE.search(_COMMENT_RE.sub(" ", source)))
     asan = _asan_requested()
     if asan and not _asan_loaded():
@@ -416,6 +434,7 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
     flags = list(_BASE_FLAGS) + (list(_ASAN_FLAGS) if asan else [])
     extra = os.environ.get("CARAFE_CUPY_SIM_CXXFLAGS", "")
     flags += shlex.split(extra)
+    kernels = _kernel_names(source, cxx, flags)
     glue = _glue(module_name, source, kernels, may_block)
     version = _compiler_version(cxx)
     h = hashlib.sha256()

@@ -1,0 +1,145 @@
+"""The real cuda_src kernels, through the real launch code, on the CPU simulator.
+
+``CARAFE_CUPY_SIMULATOR=1`` swaps only the final launch call; kernel choice,
+grid, argument marshalling and output allocation are the GPU path's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+import numpy as np
+import pytest
+
+from cases import assert_close, config_id, config_matrix, make_exact_inputs
+from naive import naive_carafe, naive_carafe_backward
+
+torch = pytest.importorskip("torch")
+
+import carafe_cupy  # noqa: E402
+from carafe_cupy._sim import runtime as sim_runtime  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
+)
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+ORDERS = ("forward", "reverse")
+
+
+@pytest.fixture(params=ORDERS)
+def simulator(request, monkeypatch):
+    """The simulator, scheduling threads in the given order between barriers."""
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    runtime = sim_runtime.SimRuntime(request.param)
+    monkeypatch.setattr(sim_runtime, "_runtime", runtime)
+    return runtime
+
+
+@functools.cache
+def expected(config):
+    *_, k, g, s = config
+    features, masks, grad_output = make_exact_inputs(config)
+    output = naive_carafe(features, masks, k, g, s)
+    return output, *naive_carafe_backward(grad_output, features, masks, k, g, s)
+
+
+@pytest.mark.parametrize("config", config_matrix(), ids=config_id)
+def test_kernels_match_naive_in_every_dtype(simulator, config):
+    *_, k, g, s = config
+    want_output, want_grad_features, want_grad_masks = expected(config)
+    for dtype_name, dtype in DTYPES.items():
+        features, masks, grad_output = (
+            torch.from_numpy(a).to(dtype) for a in make_exact_inputs(config)
+        )
+        features.requires_grad_()
+        masks.requires_grad_()
+        output = carafe_cupy.carafe(features, masks, k, g, s)
+        output.backward(grad_output)
+        assert output.dtype == features.grad.dtype == masks.grad.dtype == dtype
+        assert_close(output.detach().double(), want_output, dtype_name, "output")
+        assert_close(features.grad.double(), want_grad_features, dtype_name, "grad_features")
+        assert_close(masks.grad.double(), want_grad_masks, dtype_name, "grad_masks")
+
+
+def test_golden_data(simulator):
+    from test_golden import GROUP_SIZE, KERNEL_SIZE, SCALE_FACTOR, load
+
+    features = load("feat").requires_grad_()
+    masks = load("mask").requires_grad_()
+    output = carafe_cupy.carafe(features, masks, KERNEL_SIZE, GROUP_SIZE, SCALE_FACTOR)
+    output.sum().backward()
+    torch.testing.assert_close(output.detach(), load("output"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.grad, load("feat_grad"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(masks.grad, load("mask_grad"), atol=1e-5, rtol=0)
+
+
+def test_launch_goes_through_the_simulator(simulator, monkeypatch):
+    calls = []
+    original = simulator.launch
+
+    def counting_launch(*args, **kwargs):
+        calls.append(args[2])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(simulator, "launch", counting_launch)
+    features = torch.randn(1, 4, 3, 3, requires_grad=True)
+    masks = torch.rand(1, 18, 6, 6, requires_grad=True)
+    carafe_cupy.carafe(features, masks, 3, 2, 2).sum().backward()
+    assert calls == [
+        "carafe_forward_float32",
+        "carafe_backward_features_float32",
+        "carafe_backward_masks_float32",
+    ]
+
+
+def test_non_contiguous_and_channels_last(simulator):
+    config = (2, 8, 5, 6, 5, 2, 2)
+    features, masks, grad_output = make_exact_inputs(config)
+    want_output, want_gf, want_gm = expected(config)
+    f = torch.from_numpy(features).float().to(memory_format=torch.channels_last)
+    m = torch.from_numpy(masks).float().transpose(2, 3).contiguous().transpose(2, 3)
+    go = torch.from_numpy(grad_output).float()[:, :, :, :].transpose(0, 1).contiguous()
+    go = go.transpose(0, 1)
+    output = carafe_cupy.carafe(f, m, 5, 2, 2)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    assert_close(output, want_output, "float32", "output")
+    grad_features, grad_masks = carafe_cupy.carafe_backward(go, f, m, 5, 2, 2)
+    assert_close(grad_features, want_gf, "float32", "grad_features")
+    assert_close(grad_masks, want_gm, "float32", "grad_masks")
+
+
+def test_numpy_arrays_take_the_array_front_end(simulator):
+    config = (2, 4, 3, 5, 3, 2, 3)
+    features, masks, grad_output = (a.astype(np.float32) for a in make_exact_inputs(config))
+    want_output, want_gf, want_gm = expected(config)
+    output = carafe_cupy.carafe(features, masks, 3, 2, 3)
+    assert isinstance(output, np.ndarray) and output.dtype == np.float32
+    assert_close(output, want_output, "float32", "output")
+    grad_features, grad_masks = carafe_cupy.carafe_backward(grad_output, features, masks, 3, 2, 3)
+    assert_close(grad_features, want_gf, "float32", "grad_features")
+    assert_close(grad_masks, want_gm, "float32", "grad_masks")
+
+
+def test_empty_batch_launches_nothing(simulator, monkeypatch):
+    monkeypatch.setattr(simulator, "launch", lambda *a, **k: pytest.fail("launched"))
+    features = torch.randn(0, 4, 3, 3, requires_grad=True)
+    masks = torch.rand(0, 18, 6, 6, requires_grad=True)
+    output = carafe_cupy.carafe(features, masks, 3, 2, 2)
+    output.sum().backward()
+    assert output.shape == (0, 4, 6, 6)
+
+
+def test_backward_is_bitwise_deterministic(simulator):
+    config = (1, 8, 4, 4, 5, 4, 2)
+    features, masks, grad_output = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
+    features += 1e-3 * torch.randn_like(features)  # inexact sums: order would matter
+    first = carafe_cupy.carafe_backward(grad_output, features, masks, 5, 4, 2)
+    second = carafe_cupy.carafe_backward(grad_output, features, masks, 5, 4, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
