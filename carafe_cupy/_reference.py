@@ -83,49 +83,62 @@ def carafe_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_features, grad_masks), each shaped, typed and laid out like its input."""
+    """(grad_features, grad_masks), each shaped, typed and laid out like its input.
+
+    Per input pixel and group, with W the (Cg, k*k) window of features around it,
+    M the (s*s, k*k) masks of its s*s outputs and G their (s*s, Cg) grad_output:
+    grad_masks = G @ W and grad_window = M^T @ G. Done as batched matmuls over a
+    band of rows at a time, so the unfolded windows never exceed a fixed budget.
+    """
     batch, channels, height, width = features.shape
     s, k = scale_factor, kernel_size
     radius = (k - 1) // 2
     taps = k * k
     acc = accumulation_dtype(features.dtype)
     channels_per_group = channels // group_size
-    pixels = (batch, height, width, group_size)
 
     window_source = _padded_channels_last(features, radius, acc)
-    mask_taps = _masks_by_tap(masks, group_size, k, s, acc)
-    # grad_output as one (s*s, Cg) matrix per (n, h, w, g), made contiguous once
-    grad_tiles = (
-        grad_output.to(acc)
-        .reshape(batch, group_size, channels_per_group, height, s, width, s)
-        .permute(0, 3, 5, 1, 4, 6, 2)
-        .reshape(*pixels, s * s, channels_per_group)
+    # (N, H, W, C, k, k): every pixel's window, as a view
+    windows = window_source.unfold(1, k, 1).unfold(2, k, 1)
+    # (N, H, W, G, s, s, k*k) and (N, H, W, G, s, s, Cg): grouped by source pixel
+    masks_by_pixel = masks.to(acc).reshape(batch, group_size, taps, height, s, width, s)
+    masks_by_pixel = masks_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
+    grad_by_pixel = grad_output.to(acc).reshape(
+        batch, group_size, channels_per_group, height, s, width, s
     )
+    grad_by_pixel = grad_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
 
-    grad_window_source = torch.zeros_like(window_source)
-    grad_mask_taps = torch.empty(
-        (batch, height, s, width, s, group_size, taps), dtype=acc, device=features.device
+    grad_masks = torch.empty(
+        (batch, group_size, taps, height, s, width, s), dtype=acc, device=features.device
     )
-    for i in range(k):
-        for j in range(k):
-            tap = i * k + j
-            window = window_source[:, i : i + height, j : j + width, :]
-            window = window.reshape(*pixels, channels_per_group, 1)
-            # d out / d mask: dot product over the group's channels
-            grad_mask_tap = torch.matmul(grad_tiles, window).view(*pixels, s, s)
-            grad_mask_taps[..., tap] = grad_mask_tap.permute(0, 1, 4, 2, 5, 3)
-            # d out / d features: mask-weighted sum over the tap's s*s outputs
-            weights = mask_taps[..., tap].permute(0, 1, 3, 5, 2, 4).reshape(*pixels, 1, s * s)
-            grad_window = torch.matmul(weights, grad_tiles).view(batch, height, width, channels)
-            grad_window_source[:, i : i + height, j : j + width, :] += grad_window
+    grad_masks_by_pixel = grad_masks.permute(0, 3, 5, 1, 4, 6, 2)
+    grad_window_source = torch.zeros_like(window_source)
+
+    for top in range(0, height, _rows_per_band(batch, width, channels, taps)):
+        bottom = min(height, top + _rows_per_band(batch, width, channels, taps))
+        band = (batch, bottom - top, width, group_size)
+        window = windows[:, top:bottom].reshape(*band, channels_per_group, taps)
+        weights = masks_by_pixel[:, top:bottom].reshape(*band, s * s, taps)
+        upstream = grad_by_pixel[:, top:bottom].reshape(*band, s * s, channels_per_group)
+
+        grad_masks_by_pixel[:, top:bottom] = torch.matmul(upstream, window).view(*band, s, s, taps)
+        grad_windows = torch.matmul(weights.transpose(-1, -2), upstream)  # (..., k*k, Cg)
+        for i in range(k):
+            for j in range(k):
+                grad_window_source[:, top + i : bottom + i, j : j + width] += grad_windows[
+                    ..., i * k + j, :
+                ].reshape(batch, bottom - top, width, channels)
 
     grad_features = grad_window_source[:, radius : radius + height, radius : radius + width, :]
-    grad_features = grad_features.permute(0, 3, 1, 2)
-    grad_masks = grad_mask_taps.permute(0, 5, 6, 1, 2, 3, 4).reshape(masks.shape)
     return (
-        _like(grad_features, features),
-        _like(grad_masks, masks),
+        _like(grad_features.permute(0, 3, 1, 2), features),
+        _like(grad_masks.view(masks.shape), masks),
     )
+
+
+def _rows_per_band(batch: int, width: int, channels: int, taps: int) -> int:
+    """Rows whose unfolded windows fit in about 4M elements."""
+    return max(1, (1 << 22) // max(1, batch * width * channels * taps))
 
 
 def _like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
