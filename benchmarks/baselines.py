@@ -12,7 +12,7 @@ column ``j``; taps outside the input are zero and masks are not renormalised.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +103,9 @@ def _authors() -> CarafeFn:
     raise ImportError(f"carafe_ext found but no Python wrapper: {last}")
 
 
-def optional_baselines() -> dict[str, Union[CarafeFn, str]]:
+def optional_baselines() -> dict[str, CarafeFn | str]:
     """Third-party CUDA implementations: a callable if importable, else a skip note."""
-    found: dict[str, Union[CarafeFn, str]] = {}
+    found: dict[str, CarafeFn | str] = {}
     for name, loader in (("mmcv", _mmcv), ("carafe_ext", _authors)):
         try:
             found[name] = loader()
