@@ -545,6 +545,7 @@ def run_benchmark(
     progress: bool = True,
     verbose: bool = True,
     threads: int | None = None,
+    total_budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and write results.md / results.json / PNG plots to ``out_dir``.
 
@@ -570,6 +571,8 @@ def run_benchmark(
     for d in dnames:
         if d not in DTYPES:
             raise ValueError(f"unknown dtype {d!r}; choose from {sorted(DTYPES)}")
+    if total_budget_s is None and quick:
+        total_budget_s = 45.0  # --quick must stay short even on a loaded 2-core machine
     budget = (
         budget_s if budget_s is not None else (5.0 if quick else (10.0 if dev == "cuda" else 30))
     )
@@ -593,6 +596,7 @@ def run_benchmark(
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
         "budget_s": budget,
+        "total_budget_s": total_budget_s,
         "timing": "CUDA events, median after warm-up" if dev == "cuda" else "perf_counter median",
         "memory": (
             "torch.cuda.max_memory_allocated after reset, minus allocated before the call "
@@ -639,6 +643,9 @@ def run_benchmark(
                     if why:
                         row["status"] = f"skipped ({why})"
                         continue
+                    if total_budget_s and time.perf_counter() - t_start > total_budget_s:
+                        row["status"] = f"skipped (whole-run budget {total_budget_s:.0f} s spent)"
+                        continue
                     if need > 0.8 * avail:
                         row["status"] = (
                             f"skipped (needs ~{need / 2**30:.1f} GiB, "
@@ -674,7 +681,9 @@ def run_benchmark(
             del ins_fwd, ins_bwd
             gc.collect()
         if dev == "cpu" and measure_memory:
-            mem = cpu_peak_bytes(case, mem_runs, timeout_s=max(120.0, 20 * budget))
+            left = total_budget_s - (time.perf_counter() - t_start) if total_budget_s else None
+            timeout = max(120.0, 20 * budget) if left is None else max(10.0, left + 10.0)
+            mem = cpu_peak_bytes(case, mem_runs, timeout_s=timeout)
             for row in results:
                 if row["case"] != case.name or row.get("status") != "ok":
                     continue
