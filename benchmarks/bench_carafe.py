@@ -682,7 +682,7 @@ def run_benchmark(
             gc.collect()
         if dev == "cpu" and measure_memory:
             left = total_budget_s - (time.perf_counter() - t_start) if total_budget_s else None
-            timeout = max(120.0, 20 * budget) if left is None else max(10.0, left + 10.0)
+            timeout = max(120.0, 20 * budget) if left is None else max(20.0, left + 15.0)
             mem = cpu_peak_bytes(case, mem_runs, timeout_s=timeout)
             for row in results:
                 if row["case"] != case.name or row.get("status") != "ok":
