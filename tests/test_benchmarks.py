@@ -1,0 +1,181 @@
+"""The benchmark's reference implementations and its report format (CPU only, fast)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _load(name: str, path: Path):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # registered first so the module can find itself while loading
+    spec.loader.exec_module(mod)
+    return mod
+
+
+baselines = _load("carafe_bench_baselines", BENCH / "baselines.py")
+bench = _load("carafe_bench", BENCH / "bench_carafe.py")
+
+IMPLS = [baselines.carafe_unfold, baselines.carafe_shift]
+# (N, C, H, W, k, G, s): groups, odd scale, H/W smaller than the kernel, scale 1.
+CONFIGS = [
+    (2, 8, 3, 4, 5, 2, 2),
+    (1, 6, 2, 5, 3, 1, 3),
+    (2, 8, 3, 3, 5, 4, 2),
+    (1, 4, 2, 2, 7, 1, 1),
+    (1, 3, 4, 3, 3, 3, 2),
+]
+
+
+def naive_carafe(feat: np.ndarray, masks: np.ndarray, k: int, g: int, s: int) -> np.ndarray:
+    """Straight from the definition, one output pixel and tap at a time."""
+    n, c, h, w = feat.shape
+    r, cg = (k - 1) // 2, c // g
+    out = np.zeros((n, c, h * s, w * s), dtype=np.float64)
+    for y in range(h * s):
+        for x in range(w * s):
+            for i in range(k):
+                for j in range(k):
+                    yy, xx = y // s + i - r, x // s + j - r
+                    if not (0 <= yy < h and 0 <= xx < w):
+                        continue
+                    for gi in range(g):
+                        cs = slice(gi * cg, (gi + 1) * cg)
+                        m = masks[:, gi * k * k + i * k + j, y, x]
+                        out[:, cs, y, x] += m[:, None] * feat[:, cs, yy, xx]
+    return out
+
+
+def _inputs(cfg, seed=0, dtype=torch.float64):
+    n, c, h, w, k, g, s = cfg
+    gen = torch.Generator().manual_seed(seed)
+    feat = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    masks = torch.randn(n, g * k * k, h * s, w * s, generator=gen, dtype=dtype)
+    return feat, masks
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+def test_baseline_matches_naive_loop(fn, cfg):
+    feat, masks = _inputs(cfg)
+    k, g, s = cfg[4:]
+    want = naive_carafe(feat.numpy(), masks.numpy(), k, g, s)
+    got = fn(feat, masks, k, g, s).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_baseline_gradients_agree(cfg):
+    feat, masks = _inputs(cfg, seed=1)
+    k, g, s = cfg[4:]
+    grads = []
+    for fn in IMPLS:
+        f = feat.clone().requires_grad_(True)
+        m = masks.clone().requires_grad_(True)
+        out = fn(f, m, k, g, s)
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+        grads.append(torch.autograd.grad(out, (f, m), gout))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_shift_gradcheck():
+    feat, masks = _inputs((1, 4, 3, 2, 3, 2, 2), seed=3)
+    feat.requires_grad_(True)
+    masks.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda f, m: baselines.carafe_shift(f, m, 3, 2, 2), (feat, masks)
+    )
+
+
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+def test_baseline_matches_mmcv_golden(fn):
+    def load(name, shape):
+        return torch.from_numpy(np.fromfile(DATA / name, dtype=np.float32).reshape(shape))
+
+    feat = load("carafe_feat.bin", (2, 64, 3, 3)).requires_grad_(True)
+    masks = load("carafe_mask.bin", (2, 100, 6, 6)).requires_grad_(True)
+    out = fn(feat, masks, 5, 4, 2)
+    gf, gm = torch.autograd.grad(out.sum(), (feat, masks))
+    torch.testing.assert_close(out, load("carafe_output.bin", (2, 64, 6, 6)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(gf, load("carafe_feat_grad.bin", (2, 64, 3, 3)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(gm, load("carafe_mask_grad.bin", (2, 100, 6, 6)), atol=1e-3, rtol=0)
+
+
+def test_baseline_rejects_bad_shapes():
+    feat, masks = _inputs((1, 4, 3, 3, 3, 1, 2))
+    with pytest.raises(ValueError):
+        baselines.carafe_shift(feat, masks, 3, 3, 2)  # 4 channels, 3 groups
+    with pytest.raises(ValueError):
+        baselines.carafe_unfold(feat, masks[:, :, :-1], 3, 1, 2)
+
+
+def test_minimal_bytes():
+    case = bench.Case("t", 2, 8, 3, 4, k=5, g=2, s=2)
+    feat, masks, out = 2 * 8 * 3 * 4, 2 * 50 * 6 * 8, 2 * 8 * 6 * 8
+    assert bench.minimal_bytes(case, torch.float32, "fwd") == 4 * (feat + masks + out)
+    assert bench.minimal_bytes(case, torch.float16, "fwd+bwd") == 2 * 2 * (feat + masks + out)
+
+
+def test_slugify():
+    assert bench.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert bench.slugify("Intel(R) Xeon(R) CPU @ 2.20GHz") == "intel-xeon-cpu-2-20ghz"
+
+
+def test_run_benchmark_quick_cpu_report(tmp_path):
+    tiny = [bench.Case("tiny-a", 1, 4, 3, 4, k=3, g=2, s=2), bench.Case("tiny-b", 1, 4, 2, 2)]
+    report = bench.run_benchmark(
+        quick=True,
+        device="cpu",
+        out_dir=tmp_path,
+        plot=False,
+        shapes=tiny,
+        dtypes=["fp32"],
+        progress=False,
+        verbose=False,
+    )
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    md = (tmp_path / "results.md").read_text()
+    for rep in (report, on_disk):
+        assert rep["schema"] == 1
+        assert set(rep["meta"]) >= {"date", "commit", "device", "device_name", "versions"}
+        assert rep["meta"]["device"] == "cpu"
+        assert set(rep["meta"]["versions"]) >= {"python", "torch", "cupy", "carafe_cupy"}
+        assert rep["copy_bandwidth_gbps"] > 0
+        assert rep["first_call"].startswith("not applicable")
+        assert list(rep["cases"]) == ["tiny-a", "tiny-b"]
+        impls = rep["implementations"]
+        assert impls["unfold"] == "ok" and impls["shift"] == "ok"
+        assert {"carafe_cupy", "mmcv", "carafe_ext"} <= set(impls)
+        rows = rep["results"]
+        run = [i for i, v in impls.items() if v == "ok"]
+        assert len(rows) == 2 * len(run) * 2  # cases x impls x modes
+        for row in rows:
+            assert row["mode"] in ("fwd", "fwd+bwd")
+            assert row["dtype"] == "fp32"
+            assert isinstance(row["status"], str)
+            if row["impl"] in ("unfold", "shift"):
+                assert row["status"] == "ok", row
+            if row["status"] == "ok":
+                assert row["median_ms"] > 0 and row["reps"] >= 1
+                assert row["gbps"] > 0 and row["pct_copy_bw"] > 0
+                assert "peak_mem_bytes" in row
+        if impls["carafe_cupy"] == "ok":
+            assert any("carafe_cupy_speedup" in r for r in rows)
+    assert report["plots"] == ["plot disabled"]
+    assert "| shape | dtype | impl | fwd ms |" in md
+    for name in ("tiny-a", "tiny-b"):
+        assert f"| {name} | fp32 | shift |" in md
