@@ -413,6 +413,11 @@ def cpu_peak_bytes(case: Case, runs: list[tuple[str, str, str]], timeout_s: floa
         return {}
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    package = sys.modules.get("carafe_cupy")
+    if package is not None and package.__file__:
+        # the child must import the same carafe_cupy, installed or not
+        root = str(Path(package.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     spec = json.dumps({"case": list(case), "runs": runs})
     try:
         proc = subprocess.run(

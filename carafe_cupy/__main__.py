@@ -1,9 +1,11 @@
-"""``python -m carafe_cupy {info,check}``."""
+"""``python -m carafe_cupy {info,check,bench}``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from pathlib import Path
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -29,6 +31,29 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
+def _benchmark_script() -> Path:
+    """benchmarks/bench_carafe.py: shipped in the wheel, or in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "benchmarks", package.parent / "benchmarks"):
+        if (candidate / "bench_carafe.py").is_file():
+            return candidate / "bench_carafe.py"
+    raise SystemExit("carafe_cupy: benchmarks/bench_carafe.py not found in this install")
+
+
+def _bench(bench_args: list[str]) -> int:
+    path = _benchmark_script()
+    spec = importlib.util.spec_from_file_location("carafe_cupy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses and pickling look the module up
+    spec.loader.exec_module(bench)
+    forwarded = list(bench_args)
+    if "--full" in forwarded:
+        forwarded.remove("--full")
+    elif "--quick" not in forwarded:
+        forwarded.insert(0, "--quick")
+    return bench.main(forwarded)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carafe_cupy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="run every available backend against a float64 reference"
     )
     check.add_argument("--seed", type=int, default=0)
+    commands.add_parser(
+        "bench",
+        help="benchmark against the unfold and shift baselines (short run; --full for all; "
+        "other options go to benchmarks/bench_carafe.py)",
+    )
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])  # its options are the benchmark script's own
     args = parser.parse_args(argv)
     handlers = {"info": _info, "check": _check}
     return handlers[args.command](args)
