@@ -59,6 +59,6 @@ def carafe_forward(
 
 def decompositions() -> dict:
     """``{carafe_cupy::carafe_forward: carafe_forward}`` for ``run_decompositions``."""
-    from . import _torch_ops
+    from . import _torch_ops  # noqa: F401  (registers the op)
 
-    return {_torch_ops.carafe_forward._opoverload: carafe_forward}
+    return {torch.ops.carafe_cupy.carafe_forward.default: carafe_forward}
