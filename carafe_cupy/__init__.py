@@ -21,6 +21,7 @@ __all__ = [
     "__version__",
     "carafe",
     "carafe_backward",
+    "decompositions",
 ]
 
 if TYPE_CHECKING:
@@ -99,6 +100,18 @@ def carafe_backward(
     return front_end.carafe_backward(
         grad_output, features, masks, kernel_size, group_size, scale_factor
     )
+
+
+def decompositions() -> dict:
+    """``{carafe_cupy::carafe_forward: standard-op version}`` for exporters.
+
+    ``torch.export.export(model, args).run_decompositions(carafe_cupy.decompositions())``
+    replaces every CARAFE call with Pad/Slice/Reshape/Mul/Add, which any exporter
+    (ONNX included) understands. Needs torch.
+    """
+    from ._decomposed import decompositions as carafe_decompositions
+
+    return carafe_decompositions()
 
 
 def __getattr__(name: str) -> Any:

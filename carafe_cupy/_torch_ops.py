@@ -156,6 +156,40 @@ def _backward(ctx, grad_output):
 carafe_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Autocast: floating inputs are cast to the region's dtype (fp64 is left alone, as
+# autocast does for its own ops) and the op runs with autocast off. The dtype is
+# read when the op runs, so one registration serves fp16 and bf16 regions alike;
+# torch.library.register_autocast would fix a single dtype per device.
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+_autocast_library = torch.library.Library("carafe_cupy", "FRAGMENT")
+
+
+def _autocast_forward(device_type: str):
+    def kernel(features, masks, kernel_size, group_size, scale_factor):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(tensor: torch.Tensor) -> torch.Tensor:
+            eligible = (
+                tensor.is_floating_point()
+                and tensor.device.type == device_type
+                and tensor.dtype != torch.float64
+            )
+            return tensor.to(dtype) if eligible else tensor
+
+        with torch.autocast(device_type, enabled=False):
+            return carafe_forward(
+                cast(features), cast(masks), kernel_size, group_size, scale_factor
+            )
+
+    return kernel
+
+
+for _device_type in _AUTOCAST_DEVICE_TYPES:
+    _autocast_library.impl(
+        "carafe_forward", _autocast_forward(_device_type), f"Autocast{_device_type.upper()}"
+    )
+
+
 def _check_tensors(**tensors: object) -> None:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
@@ -168,6 +202,11 @@ def _check_tensors(**tensors: object) -> None:
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"carafe: all tensors must be on one device, got {listing}")
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # no cast node at all when none is needed keeps traced graphs minimal
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def carafe(
@@ -183,8 +222,8 @@ def carafe(
     )
     dtype = torch.promote_types(features.dtype, masks.dtype)
     return carafe_forward(
-        features.to(dtype),
-        masks.to(dtype),
+        _as_dtype(features, dtype),
+        _as_dtype(masks, dtype),
         geometry.kernel_size,
         geometry.group_size,
         geometry.scale_factor,

@@ -81,7 +81,10 @@ class CARAFEPack(nn.Module):
         mask = mask.softmax(dim=2, dtype=mask.dtype)
         return mask.view(batch, mask_channels, height, width).contiguous()
 
+    def feature_reassemble(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.content_encoder(self.channel_compressor(x))
         mask = self.kernel_normalizer(mask)
-        return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)
+        return self.feature_reassemble(x, mask)
