@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -59,3 +60,14 @@ def make_exact_inputs(config, seed: int = 0):
     masks = rng.integers(0, 65, (n, g * k * k, h * s, w * s)) / 64.0
     grad_output = rng.integers(-64, 65, (n, c, h * s, w * s)) / 32.0
     return features, masks, grad_output
+
+
+@functools.cache
+def exact_expected(config):
+    """Naive float64 (output, grad_features, grad_masks) for make_exact_inputs(config)."""
+    from naive import naive_carafe, naive_carafe_backward
+
+    *_, k, g, s = config
+    features, masks, grad_output = make_exact_inputs(config)
+    output = naive_carafe(features, masks, k, g, s)
+    return output, *naive_carafe_backward(grad_output, features, masks, k, g, s)

@@ -6,14 +6,12 @@ grid, argument marshalling and output allocation are the GPU path's own.
 
 from __future__ import annotations
 
-import functools
 import shutil
 
 import numpy as np
 import pytest
 
-from cases import assert_close, config_id, config_matrix, make_exact_inputs
-from naive import naive_carafe, naive_carafe_backward
+from cases import assert_close, config_id, config_matrix, exact_expected, make_exact_inputs
 
 torch = pytest.importorskip("torch")
 
@@ -42,18 +40,10 @@ def simulator(request, monkeypatch):
     return runtime
 
 
-@functools.cache
-def expected(config):
-    *_, k, g, s = config
-    features, masks, grad_output = make_exact_inputs(config)
-    output = naive_carafe(features, masks, k, g, s)
-    return output, *naive_carafe_backward(grad_output, features, masks, k, g, s)
-
-
 @pytest.mark.parametrize("config", config_matrix(), ids=config_id)
 def test_kernels_match_naive_in_every_dtype(simulator, config):
     *_, k, g, s = config
-    want_output, want_grad_features, want_grad_masks = expected(config)
+    want_output, want_grad_features, want_grad_masks = exact_expected(config)
     for dtype_name, dtype in DTYPES.items():
         features, masks, grad_output = (
             torch.from_numpy(a).to(dtype) for a in make_exact_inputs(config)
@@ -102,7 +92,7 @@ def test_launch_goes_through_the_simulator(simulator, monkeypatch):
 def test_non_contiguous_and_channels_last(simulator):
     config = (2, 8, 5, 6, 5, 2, 2)
     features, masks, grad_output = make_exact_inputs(config)
-    want_output, want_gf, want_gm = expected(config)
+    want_output, want_gf, want_gm = exact_expected(config)
     f = torch.from_numpy(features).float().to(memory_format=torch.channels_last)
     m = torch.from_numpy(masks).float().transpose(2, 3).contiguous().transpose(2, 3)
     go = torch.from_numpy(grad_output).float()[:, :, :, :].transpose(0, 1).contiguous()
@@ -118,7 +108,7 @@ def test_non_contiguous_and_channels_last(simulator):
 def test_numpy_arrays_take_the_array_front_end(simulator):
     config = (2, 4, 3, 5, 3, 2, 3)
     features, masks, grad_output = (a.astype(np.float32) for a in make_exact_inputs(config))
-    want_output, want_gf, want_gm = expected(config)
+    want_output, want_gf, want_gm = exact_expected(config)
     output = carafe_cupy.carafe(features, masks, 3, 2, 3)
     assert isinstance(output, np.ndarray) and output.dtype == np.float32
     assert_close(output, want_output, "float32", "output")
