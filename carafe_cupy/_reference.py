@@ -2,7 +2,8 @@
 
 Work happens in a channels-last view, where an output tile (N, H, s, W, s, G, Cg)
 and the input window (N, H, 1, W, 1, G, Cg) line up, so each of the k*k taps is
-one broadcast multiply-add over contiguous channels:
+one broadcast multiply-add over contiguous channels, restricted to the centers
+whose tap lies inside the input:
 
     out[n, h, a, w, b, g, :] += masks[n, g*k*k + tap, h*s + a, w*s + b]
                                 * features[n, g*Cg:(g+1)*Cg, h + i - r, w + j - r]
@@ -13,7 +14,6 @@ Inputs in fp16/bf16 are accumulated in fp32 (fp64 stays fp64).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -27,9 +27,18 @@ def output_memory_format(features: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _padded_channels_last(features: torch.Tensor, radius: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, H + 2r, W + 2r, C) with zeros outside the input."""
-    return F.pad(features.to(dtype).permute(0, 2, 3, 1), (0, 0, radius, radius, radius, radius))
+def _channels_last(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, H, W, C), contiguous, in the accumulation dtype."""
+    return features.to(dtype).permute(0, 2, 3, 1).contiguous()
+
+
+def _tap_ranges(offset: int, size: int) -> tuple[int, int]:
+    """Centers [start, stop) whose tap at ``offset`` lands inside [0, size).
+
+    Taps outside the input are skipped rather than read as zero padding, so a
+    mask or gradient of Inf/NaN there does not turn into NaN (Inf * 0).
+    """
+    return max(0, -offset), min(size, size - offset)
 
 
 def _masks_by_tap(
@@ -56,7 +65,7 @@ def carafe_forward(
     s, k = scale_factor, kernel_size
     radius = (k - 1) // 2
     acc = accumulation_dtype(features.dtype)
-    window_source = _padded_channels_last(features, radius, acc)
+    features_cl = _channels_last(features, acc)
     mask_taps = _masks_by_tap(masks, group_size, k, s, acc)
 
     channels_per_group = channels // group_size
@@ -66,10 +75,18 @@ def carafe_forward(
         device=features.device,
     )
     for i in range(k):
+        h0, h1 = _tap_ranges(i - radius, height)
         for j in range(k):
-            window = window_source[:, i : i + height, j : j + width, :]
-            window = window.reshape(batch, height, 1, width, 1, group_size, channels_per_group)
-            out.addcmul_(window, mask_taps[..., i * k + j, None])
+            w0, w1 = _tap_ranges(j - radius, width)
+            if h0 >= h1 or w0 >= w1:
+                continue
+            source_rows = slice(h0 + i - radius, h1 + i - radius)
+            source_cols = slice(w0 + j - radius, w1 + j - radius)
+            window = features_cl[:, source_rows, source_cols].reshape(
+                batch, h1 - h0, 1, w1 - w0, 1, group_size, channels_per_group
+            )
+            weights = mask_taps[:, h0:h1, :, w0:w1, :, :, i * k + j, None]
+            out[:, h0:h1, :, w0:w1].addcmul_(window, weights)
 
     out = out.view(batch, height * s, width * s, channels).permute(0, 3, 1, 2)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
@@ -90,37 +107,45 @@ def carafe_backward(
     taps = k * k
     acc = accumulation_dtype(features.dtype)
     channels_per_group = channels // group_size
-    pixels = (batch, height, width, group_size)
 
-    window_source = _padded_channels_last(features, radius, acc)
+    features_cl = _channels_last(features, acc)
     mask_taps = _masks_by_tap(masks, group_size, k, s, acc)
     # grad_output as one (s*s, Cg) matrix per (n, h, w, g), made contiguous once
     grad_tiles = (
         grad_output.to(acc)
         .reshape(batch, group_size, channels_per_group, height, s, width, s)
         .permute(0, 3, 5, 1, 4, 6, 2)
-        .reshape(*pixels, s * s, channels_per_group)
+        .reshape(batch, height, width, group_size, s * s, channels_per_group)
     )
 
-    grad_window_source = torch.zeros_like(window_source)
-    grad_mask_taps = torch.empty(
+    grad_features_cl = torch.zeros_like(features_cl)
+    # taps outside the input stay zero
+    grad_mask_taps = torch.zeros(
         (batch, height, s, width, s, group_size, taps), dtype=acc, device=features.device
     )
     for i in range(k):
+        h0, h1 = _tap_ranges(i - radius, height)
         for j in range(k):
+            w0, w1 = _tap_ranges(j - radius, width)
+            if h0 >= h1 or w0 >= w1:
+                continue
             tap = i * k + j
-            window = window_source[:, i : i + height, j : j + width, :]
+            pixels = (batch, h1 - h0, w1 - w0, group_size)
+            source_rows = slice(h0 + i - radius, h1 + i - radius)
+            source_cols = slice(w0 + j - radius, w1 + j - radius)
+            tiles = grad_tiles[:, h0:h1, w0:w1]
+            window = features_cl[:, source_rows, source_cols]
             window = window.reshape(*pixels, channels_per_group, 1)
             # d out / d mask: dot product over the group's channels
-            grad_mask_tap = torch.matmul(grad_tiles, window).view(*pixels, s, s)
-            grad_mask_taps[..., tap] = grad_mask_tap.permute(0, 1, 4, 2, 5, 3)
+            grad_mask_tap = torch.matmul(tiles, window).view(*pixels, s, s)
+            grad_mask_taps[:, h0:h1, :, w0:w1, :, :, tap] = grad_mask_tap.permute(0, 1, 4, 2, 5, 3)
             # d out / d features: mask-weighted sum over the tap's s*s outputs
-            weights = mask_taps[..., tap].permute(0, 1, 3, 5, 2, 4).reshape(*pixels, 1, s * s)
-            grad_window = torch.matmul(weights, grad_tiles).view(batch, height, width, channels)
-            grad_window_source[:, i : i + height, j : j + width, :] += grad_window
+            weights = mask_taps[:, h0:h1, :, w0:w1, :, :, tap]
+            weights = weights.permute(0, 1, 3, 5, 2, 4).reshape(*pixels, 1, s * s)
+            grad_window = torch.matmul(weights, tiles).view(*pixels[:3], channels)
+            grad_features_cl[:, source_rows, source_cols] += grad_window
 
-    grad_features = grad_window_source[:, radius : radius + height, radius : radius + width, :]
-    grad_features = grad_features.permute(0, 3, 1, 2)
+    grad_features = grad_features_cl.permute(0, 3, 1, 2)
     grad_masks = grad_mask_taps.permute(0, 5, 6, 1, 2, 3, 4).reshape(masks.shape)
     return (
         _like(grad_features, features),
