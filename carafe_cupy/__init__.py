@@ -88,7 +88,8 @@ def carafe_backward(
 ) -> tuple[Any, Any]:
     """Gradients ``(grad_features, grad_masks)`` of :func:`carafe`, for CuPy users.
 
-    Also accepts torch tensors (it then calls the same op autograd uses).
+    Also accepts torch tensors: it then calls the same op autograd uses and
+    returns plain values (not differentiable, even if the inputs require grad).
     """
     front_end = _front_end(
         "carafe_backward", grad_output=grad_output, features=features, masks=masks

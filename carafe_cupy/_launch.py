@@ -9,11 +9,14 @@ CuPy/NVRTC on a GPU, or the CPU simulator when ``CARAFE_CUPY_SIMULATOR=1``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
+import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,11 +237,41 @@ def launch(
 
 @functools.cache
 def _import_cupy() -> Any:
+    if "cupy" not in sys.modules:
+        _ensure_cupy_cache_dir()
     try:
         import cupy
     except Exception as error:  # ImportError, or a broken CUDA install
         raise KernelsUnavailableError(f"CuPy could not be imported: {error}") from error
     return cupy
+
+
+def cupy_cache_dir() -> str:
+    """The directory CuPy's disk cache uses (the same rule as CuPy's own)."""
+    return os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
+
+
+def _ensure_cupy_cache_dir() -> None:
+    """Make sure ``import cupy`` can create its kernel cache directory.
+
+    CuPy creates ``CUPY_CACHE_DIR`` while it is imported, and the import fails
+    if it cannot (a path under a file, a read-only mount). An unusable cache
+    must not cost the GPU kernels, so CuPy gets a private temporary directory
+    instead, with a warning.
+    """
+    directory = cupy_cache_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        fallback = tempfile.mkdtemp(prefix="carafe_cupy_kernel_cache_")
+        warnings.warn(
+            f"carafe_cupy: CuPy's kernel cache directory {directory!r} cannot be created "
+            f"({error}); compiled kernels go to {fallback!r} for this process. Set "
+            "CUPY_CACHE_DIR to a writable directory to keep them between runs.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        os.environ["CUPY_CACHE_DIR"] = fallback
 
 
 def cupy_importable() -> bool:
@@ -283,6 +316,7 @@ class CupyRuntime:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kernels: dict[tuple[int, str, str], Any] = {}
+        self._disk_cache_warned = False
         self.compile_count = 0
 
     def kernel(self, module_name: str, source: str, kernel_name: str, device: int) -> Any:
@@ -294,19 +328,39 @@ class CupyRuntime:
         with self._lock:
             kernel = self._kernels.get(key)
             if kernel is None:
-                with cupy.cuda.Device(device):
-                    module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
-                    try:
-                        kernel = module.get_function(kernel_name)
-                        kernel.attributes  # noqa: B018 - forces the load onto this device
-                    except cupy.cuda.compiler.CompileException as error:
-                        raise KernelCompileError(
-                            f"NVRTC failed to compile kernel {kernel_name!r} from "
-                            f"{module_name}.cu:\n{error}"
-                        ) from error
+                kernel = self._compile(cupy, module_name, source, kernel_name, device)
                 self.compile_count += 1
                 self._kernels[key] = kernel
         return kernel
+
+    def _compile(
+        self, cupy: Any, module_name: str, source: str, kernel_name: str, device: int
+    ) -> Any:
+        try:
+            try:
+                return _load_kernel(cupy, source, kernel_name, device)
+            except OSError as error:
+                # CuPy could not read or write its disk cache (CUPY_CACHE_DIR);
+                # compiling in memory still gives a working kernel.
+                self._warn_disk_cache_unusable(error)
+                with _cupy_cache_in_memory():
+                    return _load_kernel(cupy, source, kernel_name, device)
+        except cupy.cuda.compiler.CompileException as error:
+            raise KernelCompileError(
+                f"NVRTC failed to compile kernel {kernel_name!r} from {module_name}.cu:\n{error}"
+            ) from error
+
+    def _warn_disk_cache_unusable(self, error: OSError) -> None:
+        if self._disk_cache_warned:
+            return
+        self._disk_cache_warned = True
+        warnings.warn(
+            f"carafe_cupy: CuPy's kernel cache in {cupy_cache_dir()!r} is unusable ({error}); "
+            "kernels are compiled in memory, and again in every process. Point "
+            "CUPY_CACHE_DIR at a writable directory to keep them.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
     def launch(
         self,
@@ -324,6 +378,34 @@ class CupyRuntime:
         kernel = self.kernel(module_name, source, kernel_name, device)
         with cupy.cuda.Device(device), _cupy_stream(stream, device):
             kernel(grid, block, args, shared_mem=shared_mem)
+
+
+def _load_kernel(cupy: Any, source: str, kernel_name: str, device: int) -> Any:
+    """Compile (or take from CuPy's cache) one kernel and load it onto ``device``."""
+    with cupy.cuda.Device(device):
+        module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+        kernel = module.get_function(kernel_name)
+        kernel.attributes  # noqa: B018 - forces the load onto this device
+    return kernel
+
+
+@contextlib.contextmanager
+def _cupy_cache_in_memory():
+    """Have CuPy compile without its disk cache (``CUPY_CACHE_IN_MEMORY=1``).
+
+    CuPy reads the variable at each compile. It is process-wide, so a CuPy
+    compile in another thread meanwhile also skips the disk cache, which costs
+    that compile nothing but its caching.
+    """
+    previous = os.environ.get("CUPY_CACHE_IN_MEMORY")
+    os.environ["CUPY_CACHE_IN_MEMORY"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["CUPY_CACHE_IN_MEMORY"]
+        else:
+            os.environ["CUPY_CACHE_IN_MEMORY"] = previous
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,7 +2,8 @@
 
 Work happens in a channels-last view, where an output tile (N, H, s, W, s, G, Cg)
 and the input window (N, H, 1, W, 1, G, Cg) line up, so each of the k*k taps is
-one broadcast multiply-add over contiguous channels:
+one broadcast multiply-add over contiguous channels, restricted to the centers
+whose tap lies inside the input:
 
     out[n, h, a, w, b, g, :] += masks[n, g*k*k + tap, h*s + a, w*s + b]
                                 * features[n, g*Cg:(g+1)*Cg, h + i - r, w + j - r]
@@ -27,9 +28,18 @@ def output_memory_format(features: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _padded_channels_last(features: torch.Tensor, radius: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, H + 2r, W + 2r, C) with zeros outside the input."""
-    return F.pad(features.to(dtype).permute(0, 2, 3, 1), (0, 0, radius, radius, radius, radius))
+def _channels_last(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, H, W, C), contiguous, in the accumulation dtype."""
+    return features.to(dtype).permute(0, 2, 3, 1).contiguous()
+
+
+def _tap_ranges(offset: int, size: int) -> tuple[int, int]:
+    """Centers [start, stop) whose tap at ``offset`` lands inside [0, size).
+
+    Taps outside the input are skipped rather than read as zero padding, so a
+    mask or gradient of Inf/NaN there does not turn into NaN (Inf * 0).
+    """
+    return max(0, -offset), min(size, size - offset)
 
 
 def _masks_by_tap(
@@ -56,7 +66,7 @@ def carafe_forward(
     s, k = scale_factor, kernel_size
     radius = (k - 1) // 2
     acc = accumulation_dtype(features.dtype)
-    window_source = _padded_channels_last(features, radius, acc)
+    features_cl = _channels_last(features, acc)
     mask_taps = _masks_by_tap(masks, group_size, k, s, acc)
 
     channels_per_group = channels // group_size
@@ -66,10 +76,18 @@ def carafe_forward(
         device=features.device,
     )
     for i in range(k):
+        h0, h1 = _tap_ranges(i - radius, height)
         for j in range(k):
-            window = window_source[:, i : i + height, j : j + width, :]
-            window = window.reshape(batch, height, 1, width, 1, group_size, channels_per_group)
-            out.addcmul_(window, mask_taps[..., i * k + j, None])
+            w0, w1 = _tap_ranges(j - radius, width)
+            if h0 >= h1 or w0 >= w1:
+                continue
+            source_rows = slice(h0 + i - radius, h1 + i - radius)
+            source_cols = slice(w0 + j - radius, w1 + j - radius)
+            window = features_cl[:, source_rows, source_cols].reshape(
+                batch, h1 - h0, 1, w1 - w0, 1, group_size, channels_per_group
+            )
+            weights = mask_taps[:, h0:h1, :, w0:w1, :, :, i * k + j, None]
+            out[:, h0:h1, :, w0:w1].addcmul_(window, weights)
 
     out = out.view(batch, height * s, width * s, channels).permute(0, 3, 1, 2)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
@@ -97,9 +115,8 @@ def carafe_backward(
     acc = accumulation_dtype(features.dtype)
     channels_per_group = channels // group_size
 
-    window_source = _padded_channels_last(features, radius, acc)
-    # (N, H, W, C, k, k): every pixel's window, as a view
-    windows = window_source.unfold(1, k, 1).unfold(2, k, 1)
+    padded = F.pad(_channels_last(features, acc), (0, 0, radius, radius, radius, radius))
+    windows = padded.unfold(1, k, 1).unfold(2, k, 1)  # (N, H, W, C, k, k), a view
     # (N, H, W, G, s, s, k*k) and (N, H, W, G, s, s, Cg): grouped by source pixel
     masks_by_pixel = masks.to(acc).reshape(batch, group_size, taps, height, s, width, s)
     masks_by_pixel = masks_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
@@ -107,33 +124,52 @@ def carafe_backward(
         batch, group_size, channels_per_group, height, s, width, s
     )
     grad_by_pixel = grad_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
+    # Taps outside the input read padding; their mask gradient is exactly zero
+    # (not grad_output * 0, which is NaN where grad_output is infinite).
+    outside = _taps_outside(height, width, k, features.device)
 
     grad_masks = torch.empty(
         (batch, group_size, taps, height, s, width, s), dtype=acc, device=features.device
     )
     grad_masks_by_pixel = grad_masks.permute(0, 3, 5, 1, 4, 6, 2)
-    grad_window_source = torch.zeros_like(window_source)
+    grad_padded = torch.zeros_like(padded)
 
-    for top in range(0, height, _rows_per_band(batch, width, channels, taps)):
-        bottom = min(height, top + _rows_per_band(batch, width, channels, taps))
+    rows = _rows_per_band(batch, width, channels, taps)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
         band = (batch, bottom - top, width, group_size)
         window = windows[:, top:bottom].reshape(*band, channels_per_group, taps)
         weights = masks_by_pixel[:, top:bottom].reshape(*band, s * s, taps)
         upstream = grad_by_pixel[:, top:bottom].reshape(*band, s * s, channels_per_group)
 
-        grad_masks_by_pixel[:, top:bottom] = torch.matmul(upstream, window).view(*band, s, s, taps)
+        band_grad_masks = torch.matmul(upstream, window).view(*band, s, s, taps)
+        band_outside = outside[top:bottom].view(1, bottom - top, width, 1, 1, 1, taps)
+        grad_masks_by_pixel[:, top:bottom] = band_grad_masks.masked_fill(band_outside, 0)
+
         grad_windows = torch.matmul(weights.transpose(-1, -2), upstream)  # (..., k*k, Cg)
         for i in range(k):
             for j in range(k):
-                grad_window_source[:, top + i : bottom + i, j : j + width] += grad_windows[
+                grad_padded[:, top + i : bottom + i, j : j + width] += grad_windows[
                     ..., i * k + j, :
                 ].reshape(batch, bottom - top, width, channels)
 
-    grad_features = grad_window_source[:, radius : radius + height, radius : radius + width, :]
+    grad_features = grad_padded[:, radius : radius + height, radius : radius + width, :]
     return (
         _like(grad_features.permute(0, 3, 1, 2), features),
         _like(grad_masks.view(masks.shape), masks),
     )
+
+
+def _taps_outside(height: int, width: int, kernel_size: int, device: torch.device) -> torch.Tensor:
+    """(H, W, k*k) bool: tap (i, j) of pixel (h, w) falls outside the input."""
+    radius = (kernel_size - 1) // 2
+    offsets = torch.arange(kernel_size, device=device) - radius
+    rows = torch.arange(height, device=device)[:, None] + offsets  # (H, k)
+    cols = torch.arange(width, device=device)[:, None] + offsets  # (W, k)
+    row_outside = (rows < 0) | (rows >= height)
+    col_outside = (cols < 0) | (cols >= width)
+    outside = row_outside[:, None, :, None] | col_outside[None, :, None, :]  # (H, W, k, k)
+    return outside.reshape(height, width, kernel_size * kernel_size)
 
 
 def _rows_per_band(batch: int, width: int, channels: int, taps: int) -> int:

@@ -244,12 +244,15 @@ def carafe_backward_public(
     )
     _validate.check_grad_output_shape(grad_output.shape, geometry)
     dtype = torch.promote_types(features.dtype, masks.dtype)
-    grad_features, grad_masks = carafe_backward(
-        grad_output.to(dtype),
-        features.to(dtype),
-        masks.to(dtype),
-        geometry.kernel_size,
-        geometry.group_size,
-        geometry.scale_factor,
-    )
+    # Gradients as plain values: this op has no derivative of its own, so the
+    # results must not join the caller's graph (a later .backward() would fail).
+    with torch.no_grad():
+        grad_features, grad_masks = carafe_backward(
+            grad_output.to(dtype),
+            features.to(dtype),
+            masks.to(dtype),
+            geometry.kernel_size,
+            geometry.group_size,
+            geometry.scale_factor,
+        )
     return grad_features.to(features.dtype), grad_masks.to(masks.dtype)

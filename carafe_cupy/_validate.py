@@ -76,7 +76,29 @@ def check_geometry(
             f"{tuple(features_shape)}, kernel_size={kernel_size}, group_size={group_size}, "
             f"scale_factor={scale_factor}; got {tuple(masks_shape)}"
         )
-    return Geometry(batch, channels, height, width, kernel_size, group_size, scale_factor)
+    geometry = Geometry(batch, channels, height, width, kernel_size, group_size, scale_factor)
+    check_index_range(geometry)
+    return geometry
+
+
+# The kernels index with signed 64-bit integers (sizes, strides, flat indices).
+INDEX_MAX = 2**63 - 1
+
+
+def check_index_range(geometry: Geometry) -> None:
+    """Every element count the kernels iterate over must fit in int64."""
+    out_pixels = geometry.out_height * geometry.out_width
+    counts = (
+        ("output", "N*C*(H*s)*(W*s)", geometry.batch * geometry.channels * out_pixels),
+        ("masks", "N*G*k*k*(H*s)*(W*s)", geometry.batch * geometry.mask_channels * out_pixels),
+    )
+    for name, formula, count in counts:
+        if count > INDEX_MAX:
+            raise ValueError(
+                f"carafe: the {name} would have {formula} = {count} elements, more than the "
+                f"kernels' 64-bit indices address (at most 2**63 - 1 = {INDEX_MAX}); "
+                f"got {geometry}"
+            )
 
 
 def check_grad_output_shape(grad_output_shape: Sequence[int], geometry: Geometry) -> None:

@@ -43,30 +43,132 @@ CASES = [
     (F, M.numpy(), 3, 2, 2, TypeError, ["masks"]),
     ([1.0], [2.0], 3, 2, 2, TypeError, ["features", "torch.Tensor or cupy.ndarray", "list"]),
     (torch.randn(1, 4, 0, 3), torch.rand(1, 18, 0, 6), 3, 2, 2, ValueError, ["H, W >= 1"]),
+    (F[None], M, 3, 2, 2, ValueError, ["features", "4-D", "5-D"]),
+    (F, M, None, 2, 2, TypeError, ["kernel_size", "int", "NoneType"]),
+    (F, M, np.float64(3.0), 2, 2, TypeError, ["kernel_size", "int", "float64"]),
+    (F, M, 3, 2.0, 2, TypeError, ["group_size", "int", "float"]),
+    (F, M, 3, -2, 2, ValueError, ["group_size", ">= 1", "-2"]),
+    (F, M, 3, 2, 2.5, TypeError, ["scale_factor", "int", "2.5"]),
+    (F, M, 3, 2, np.float32(2.0), TypeError, ["scale_factor", "int", "float32"]),
+    (F, M.long(), 3, 2, 2, TypeError, ["masks", "floating", "int64"]),
+    (F.to(torch.uint8), M, 3, 2, 2, TypeError, ["features", "floating", "uint8"]),
+    (F, M.to(torch.complex128), 3, 2, 2, TypeError, ["masks", "floating", "complex128"]),
+    (F.to("meta"), M, 3, 2, 2, ValueError, ["device", "features on meta", "masks on cpu"]),
+    (F, [[2.0]], 3, 2, 2, TypeError, ["masks", "torch.Tensor", "list"]),
+    # sizes whose element count passes what 64-bit indices address (meta: no memory)
+    (
+        torch.empty(1, 2**20, 2**20, 2**20, device="meta"),
+        torch.empty(1, 1, 2**22, 2**22, device="meta"),
+        *(1, 1, 4),
+        ValueError,
+        ["output", "N*C*(H*s)*(W*s)", str(2**64), "64-bit"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: " ".join(case[-1])[:40])
 def test_bad_input_raises_clear_error(case):
     features, masks, k, g, s, error, words = case
-    snapshot = [
-        x.clone() if isinstance(x, torch.Tensor) and x.device.type == "cpu" else None
-        for x in (features, masks)
-    ]
+    snapshot = _cpu_snapshot((features, masks))
     with pytest.raises(error) as info:
         carafe_cupy.carafe(features, masks, k, g, s)
     message = str(info.value)
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
-    for before, after in zip(snapshot, (features, masks)):
+    _assert_unchanged(snapshot, (features, masks))
+
+
+G = torch.ones(1, 4, 6, 6)
+
+BACKWARD_CASES = [
+    # (grad_output, features, masks, k, G, s, error type, words the message must contain)
+    (torch.ones(1, 4, 5, 5), F, M, 3, 2, 2, ValueError, ["grad_output", "(1, 4, 6, 6)", "5, 5"]),
+    (G[0], F, M, 3, 2, 2, ValueError, ["grad_output", "(1, 4, 6, 6)", "(4, 6, 6)"]),
+    (G.int(), F, M, 3, 2, 2, TypeError, ["grad_output", "floating", "int32"]),
+    (G.bool(), F, M, 3, 2, 2, TypeError, ["grad_output", "floating", "bool"]),
+    (G.to("meta"), F, M, 3, 2, 2, ValueError, ["device", "grad_output on meta"]),
+    (G.numpy(), F, M, 3, 2, 2, TypeError, ["grad_output", "torch.Tensor", "numpy.ndarray"]),
+    (None, F, M, 3, 2, 2, TypeError, ["grad_output", "torch.Tensor", "NoneType"]),
+    (G, F, M, 4, 2, 2, ValueError, ["kernel_size", "odd"]),
+    (G, F, M, 3, 2, 2.0, TypeError, ["scale_factor", "int", "2.0"]),
+    (G, F, M[:, :9], 3, 2, 2, ValueError, ["masks", "(1, 18, 6, 6)"]),
+]
+
+
+def _cpu_snapshot(values):
+    return [
+        x.clone() if isinstance(x, torch.Tensor) and x.device.type == "cpu" else None
+        for x in values
+    ]
+
+
+def _assert_unchanged(snapshot, values):
+    for before, after in zip(snapshot, values):
         if before is not None:
             assert torch.equal(before, after), "input was modified"
 
 
-def test_backward_checks_grad_output_shape():
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda case: " ".join(case[-1])[:40])
+def test_backward_bad_input_raises_clear_error(case):
+    *tensors, k, g, s, error, words = case
+    snapshot = _cpu_snapshot(tensors)
+    with pytest.raises(error) as info:
+        carafe_cupy.carafe_backward(*tensors, k, g, s)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+    _assert_unchanged(snapshot, tensors)
+
+
+def test_backward_of_tensors_that_require_grad_gives_plain_values():
+    features = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    masks = torch.rand(1, 18, 6, 6, dtype=torch.float64, requires_grad=True)
+    grad_output = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+    grad_features, grad_masks = carafe_cupy.carafe_backward(grad_output, features, masks, 3, 2, 2)
+    assert not grad_features.requires_grad and not grad_masks.requires_grad
+    carafe_cupy.carafe(features, masks, 3, 2, 2).backward(grad_output)
+    assert torch.equal(grad_features, features.grad)
+    assert torch.equal(grad_masks, masks.grad)
+
+
+def test_cupy_front_end_refuses_torch_tensors():
+    from carafe_cupy import _cupy_api
+
     features, masks = good_inputs()
-    with pytest.raises(ValueError, match="grad_output"):
-        carafe_cupy.carafe_backward(torch.ones(1, 4, 5, 5), features, masks, 3, 2, 2)
+    features.requires_grad_()
+    with pytest.raises(TypeError, match=r"features must be a cupy\.ndarray.*torch\.Tensor"):
+        _cupy_api.carafe(features, masks, 3, 2, 2)
+    with pytest.raises(TypeError, match=r"grad_output must be a cupy\.ndarray.*torch\.Tensor"):
+        _cupy_api.carafe_backward(G, features, masks, 3, 2, 2)
+
+
+def test_index_range_check_is_exact():
+    from carafe_cupy import _validate
+
+    # N*C*(H*s)*(W*s) == 2**63 - 1 exactly still fits; one more batch does not
+    fits = _validate.check_geometry((1, _validate.INDEX_MAX, 1, 1), (1, 1, 1, 1), 1, 1, 1)
+    assert fits.channels == _validate.INDEX_MAX
+    with pytest.raises(ValueError, match=r"output would have N\*C"):
+        _validate.check_geometry((2, _validate.INDEX_MAX, 1, 1), (2, 1, 1, 1), 1, 1, 1)
+    # the masks can overflow on their own: G*k*k channels per pixel
+    huge_kernel = 2**31 + 1
+    with pytest.raises(ValueError, match=r"masks would have N\*G\*k\*k"):
+        _validate.check_geometry((1, 1, 2, 2), (1, huge_kernel**2, 2, 2), huge_kernel, 1, 1)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not carafe_cupy._launch.cupy_importable(),
+    reason="needs a CUDA GPU with CuPy",
+)
+@pytest.mark.gpu
+def test_torch_and_cupy_inputs_are_not_mixed():
+    import cupy
+
+    features = torch.randn(1, 4, 3, 3, device="cuda")
+    masks = cupy.random.rand(1, 18, 6, 6, dtype=cupy.float32)
+    with pytest.raises(TypeError, match="all torch tensors or all cupy arrays.*masks is cupy"):
+        carafe_cupy.carafe(features, masks, 3, 2, 2)
+    with pytest.raises(TypeError, match="features is torch"):
+        carafe_cupy.carafe_backward(cupy.ones((1, 4, 6, 6)), features, masks, 3, 2, 2)
 
 
 def test_module_validates_at_construction():

@@ -1,0 +1,71 @@
+"""A vectorised float64 CARAFE in NumPy, for property tests (much faster than naive.py).
+
+Independent of ``carafe_cupy._reference``: it works in NCHW, computes every
+output's source index per tap, selects with ``np.where`` instead of padding,
+and scatters feature gradients with ``np.add.at``. Taps outside the input are
+skipped (not multiplied by zero), as in naive.py, so Inf/NaN in a mask or
+gradient there does not reach the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _taps(height: int, width: int, kernel_size: int, scale_factor: int):
+    """Per tap (i, j): the source row/col of every output pixel and whether it is inside."""
+    radius = (kernel_size - 1) // 2
+    out_rows = np.arange(height * scale_factor) // scale_factor
+    out_cols = np.arange(width * scale_factor) // scale_factor
+    for i in range(kernel_size):
+        rows = out_rows + i - radius
+        rows_inside = (rows >= 0) & (rows < height)
+        for j in range(kernel_size):
+            cols = out_cols + j - radius
+            cols_inside = (cols >= 0) & (cols < width)
+            inside = rows_inside[:, None] & cols_inside[None, :]
+            yield (
+                i * kernel_size + j,
+                np.clip(rows, 0, height - 1)[:, None],
+                np.clip(cols, 0, width - 1)[None, :],
+                inside,
+            )
+
+
+def gather_carafe(features, masks, kernel_size, group_size, scale_factor):
+    features = np.asarray(features, dtype=np.float64)
+    masks = np.asarray(masks, dtype=np.float64)
+    batch, channels, height, width = features.shape
+    taps = kernel_size * kernel_size
+    group_of_channel = np.arange(channels) // (channels // group_size)
+    output = np.zeros((batch, channels, height * scale_factor, width * scale_factor))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for tap, rows, cols, inside in _taps(height, width, kernel_size, scale_factor):
+            gathered = features[:, :, rows, cols]
+            weights = masks[:, group_of_channel * taps + tap]
+            output += np.where(inside, weights * gathered, 0.0)
+    return output
+
+
+def gather_carafe_backward(grad_output, features, masks, kernel_size, group_size, scale_factor):
+    grad_output = np.asarray(grad_output, dtype=np.float64)
+    features = np.asarray(features, dtype=np.float64)
+    masks = np.asarray(masks, dtype=np.float64)
+    batch, channels, height, width = features.shape
+    taps = kernel_size * kernel_size
+    out_shape = (height * scale_factor, width * scale_factor)
+    group_of_channel = np.arange(channels) // (channels // group_size)
+    grad_features = np.zeros((batch, channels, height * width))
+    grad_masks = np.zeros_like(masks)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for tap, rows, cols, inside in _taps(height, width, kernel_size, scale_factor):
+            gathered = features[:, :, rows, cols]
+            per_channel = np.where(inside, grad_output * gathered, 0.0)
+            grad_masks[:, tap::taps] = per_channel.reshape(
+                batch, group_size, channels // group_size, *out_shape
+            ).sum(axis=2)
+            weights = masks[:, group_of_channel * taps + tap]
+            targets = np.broadcast_to(rows * width + cols, out_shape)[inside]
+            contributions = (grad_output * weights)[:, :, inside]
+            np.add.at(grad_features, (slice(None), slice(None), targets), contributions)
+    return grad_features.reshape(features.shape), grad_masks

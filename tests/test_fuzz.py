@@ -1,0 +1,161 @@
+"""Property tests: random problems in every dtype and layout against an independent reference.
+
+Profiles (tests/conftest.py): HYPOTHESIS_PROFILE=ci (default, derandomised,
+bounded) or HYPOTHESIS_PROFILE=long (many fresh examples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+hypothesis = pytest.importorskip("hypothesis")
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import carafe_cupy  # noqa: E402
+
+from backends import BACKENDS  # noqa: E402
+from cases import TOLERANCE, config_id, config_matrix, make_inputs  # noqa: E402
+from gather_reference import gather_carafe, gather_carafe_backward  # noqa: E402
+from naive import naive_carafe, naive_carafe_backward  # noqa: E402
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+LAYOUTS = ("contiguous", "strided", "channels_last")
+
+
+@st.composite
+def problems(draw):
+    """(N, C, H, W, k, G, s), dtype, layout and a seed for the values."""
+    group_size = draw(st.integers(1, 4))
+    channels = group_size * draw(st.integers(1, 3))
+    config = (
+        draw(st.integers(0, 2)),
+        channels,
+        draw(st.integers(1, 12)),
+        draw(st.integers(1, 12)),
+        draw(st.sampled_from([1, 3, 5, 7, 9])),
+        group_size,
+        draw(st.integers(1, 4)),
+    )
+    return config, draw(st.sampled_from(sorted(DTYPES))), draw(st.sampled_from(LAYOUTS))
+
+
+def with_layout(values: np.ndarray, dtype: torch.dtype, layout: str, device: str):
+    """A leaf tensor holding ``values`` in the requested memory layout."""
+    tensor = torch.from_numpy(values).to(dtype=dtype, device=device)
+    if layout == "channels_last":
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        # every other column of a wider buffer, and padding between planes
+        n, c, h, w = tensor.shape
+        buffer = torch.zeros((n, c, h + 1, 2 * w), dtype=dtype, device=device)
+        buffer[:, :, :h, ::2] = tensor
+        return buffer[:, :, :h, ::2]
+    return tensor.contiguous()
+
+
+def run_carafe(backend, features, masks, grad_output, params):
+    """Output and both gradients (through autograd) on ``backend``, as float64 numpy."""
+    features = features.detach().requires_grad_()
+    masks = masks.detach().requires_grad_()
+    with backend.active():
+        output = carafe_cupy.carafe(features, masks, *params)
+        output.backward(grad_output)
+    return [t.detach().cpu().double().numpy() for t in (output, features.grad, masks.grad)]
+
+
+def assert_matches(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str) -> None:
+    """Same NaN / +Inf / -Inf positions, and the finite values within the dtype's tolerance."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    for name, predicate in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        mismatch = predicate(actual) != predicate(expected)
+        assert not mismatch.any(), (
+            f"{what} ({dtype}): {name} positions differ at {np.argwhere(mismatch)[:5].tolist()}"
+        )
+    finite = np.isfinite(expected)
+    scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
+    error = float(np.abs(actual[finite] - expected[finite]).max(initial=0.0)) / scale
+    assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"
+
+
+def check_problem(backend, config, dtype, layout, seed, special_values=0):
+    *_, k, g, s = config
+    arrays = list(make_inputs(config, seed))
+    if special_values:
+        rng = np.random.default_rng(seed + 1)
+        for array in arrays:
+            flat = array.reshape(-1)
+            if flat.size:
+                spots = rng.integers(0, flat.size, size=special_values)
+                flat[spots] = rng.choice([np.nan, np.inf, -np.inf], size=special_values)
+    features, masks, grad_output = (
+        with_layout(array, DTYPES[dtype], layout, backend.device) for array in arrays
+    )
+    # the reference sees exactly the values the op sees (after rounding to dtype)
+    f, m, go = (t.cpu().double().numpy() for t in (features, masks, grad_output))
+    output, grad_features, grad_masks = run_carafe(backend, features, masks, grad_output, (k, g, s))
+    expected_grad_features, expected_grad_masks = gather_carafe_backward(go, f, m, k, g, s)
+    assert_matches(output, gather_carafe(f, m, k, g, s), dtype, "output")
+    assert_matches(grad_features, expected_grad_features, dtype, "grad_features")
+    assert_matches(grad_masks, expected_grad_masks, dtype, "grad_masks")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
+@given(problem=problems(), seed=st.integers(0, 2**16))
+def test_matches_reference(backend, problem, seed):
+    check_problem(backend, *problem, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
+@given(problem=problems(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
+def test_nan_and_inf_propagate_like_the_reference(backend, problem, seed, special_values):
+    check_problem(backend, *problem, seed, special_values)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
+def test_inf_mask_on_an_outside_tap_is_not_nan(backend):
+    # tap (0, 0) of the top-left output reads above and left of the input:
+    # it is skipped, so its Inf weight must not become Inf * 0 = NaN
+    config = (1, 2, 3, 3, 3, 1, 1)
+    features, masks, grad_output = make_inputs(config)
+    masks[0, 0, 0, 0] = np.inf
+    grad_output[0, 0, 0, 0] = np.inf
+    for layout in LAYOUTS:
+        arrays = (features, masks, grad_output)
+        tensors = [with_layout(a, torch.float32, layout, backend.device) for a in arrays]
+        output, _, grad_masks = run_carafe(backend, *tensors, (3, 1, 1))
+        assert np.isfinite(output).all(), layout
+        assert grad_masks[0, 0, 0, 0] == 0.0, layout
+
+
+SPECIALS_CONFIGS = config_matrix()[::6]
+
+
+@pytest.mark.parametrize("config", SPECIALS_CONFIGS, ids=config_id)
+def test_gather_reference_matches_naive(config):
+    """The fast reference agrees with naive.py, NaN/Inf positions included."""
+    *_, k, g, s = config
+    features, masks, grad_output = make_inputs(config, seed=7)
+    rng = np.random.default_rng(3)
+    for array in (features, masks, grad_output):
+        flat = array.reshape(-1)
+        if flat.size:
+            flat[rng.integers(0, flat.size, size=2)] = [np.nan, np.inf]
+    with np.errstate(invalid="ignore"):  # naive.py computes Inf - Inf on purpose here
+        expected_output = naive_carafe(features, masks, k, g, s)
+        expected_grads = naive_carafe_backward(grad_output, features, masks, k, g, s)
+    assert_matches(gather_carafe(features, masks, k, g, s), expected_output, "float64", "output")
+    for actual, expected, what in zip(
+        gather_carafe_backward(grad_output, features, masks, k, g, s),
+        expected_grads,
+        ("grad_features", "grad_masks"),
+    ):
+        assert_matches(actual, expected, "float64", what)

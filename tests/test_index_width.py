@@ -1,0 +1,196 @@
+"""The kernels index with 64-bit integers, so tensors past 2**31 elements work.
+
+Two static checks that need no GPU, each shown to fail on a 32-bit variant:
+the kernel source declares every size, stride and index as the 64-bit
+``index_t``, and the PTX NVRTC makes of it does its index math in 64 bits.
+Plus the launch side: the grid is capped (the kernels loop grid-stride) and
+sizes reach the kernels unchanged as int64.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from carafe_cupy import _launch
+
+SIXTY_FOUR_BIT_TYPEDEF = re.compile(r"typedef\s+(long\s+long|int64_t|std::int64_t)\s+index_t\s*;")
+# integer types that must not appear in kernel code (all index math is index_t)
+NARROW_INTEGER = re.compile(r"\b(unsigned|signed|int|short|long|char|size_t|ptrdiff_t|auto)\b")
+
+
+def _code_only(source: str) -> str:
+    source = re.sub(r"/\*.*?\*/", "", source, flags=re.DOTALL)
+    return re.sub(r"//[^\n]*", "", source)
+
+
+def _struct_body(source: str, name: str) -> str:
+    match = re.search(r"struct\s+" + name + r"\s*\{(.*?)\};", source, re.DOTALL)
+    assert match, f"struct {name} not found"
+    return match.group(1)
+
+
+def source_index_problems(common_header: str, kernels: str) -> list[str]:
+    """What in the source would make sizes, strides or indices narrower than 64 bits."""
+    problems = []
+    header = _code_only(common_header)
+    if not SIXTY_FOUR_BIT_TYPEDEF.search(header):
+        problems.append("index_t is not a 64-bit typedef")
+    for struct in ("carafe_geometry", "strides4"):
+        body = _struct_body(header, struct)
+        declared_types = re.findall(r"(?:^|;)\s*([A-Za-z_][\w:]*)\s+\w", body)
+        for declared in declared_types:
+            if declared != "index_t":
+                problems.append(f"struct {struct} has a {declared} field")
+    for number, line in enumerate(_code_only(kernels).splitlines(), start=1):
+        if match := NARROW_INTEGER.search(line):
+            problems.append(f"carafe.cu:{number}: {match.group(0)} in {line.strip()!r}")
+    return problems
+
+
+def read_sources() -> tuple[str, str]:
+    directory = _launch.cuda_source_dir()
+    return (directory / "carafe_common.cuh").read_text(), (directory / "carafe.cu").read_text()
+
+
+def test_source_declares_every_size_stride_and_index_as_index_t():
+    assert source_index_problems(*read_sources()) == []
+
+
+def test_source_check_flags_32_bit_variants():
+    header, kernels = read_sources()
+    narrowed_typedef = SIXTY_FOUR_BIT_TYPEDEF.sub("typedef int index_t;", header)
+    assert "index_t is not a 64-bit typedef" in source_index_problems(narrowed_typedef, kernels)
+    narrowed_field = header.replace("index_t n, c, h, w;", "int n, c, h, w;")
+    assert narrowed_field != header
+    assert any("strides4" in p for p in source_index_problems(narrowed_field, kernels))
+    first_local = "const index_t x = index % out_width;"
+    assert first_local in kernels
+    narrowed_local = kernels.replace(first_local, "const int x = index % out_width;", 1)
+    assert any("carafe.cu" in p for p in source_index_problems(header, narrowed_local))
+
+
+# ------------------------------------------------------------ PTX
+
+
+_ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(")
+_INTEGER_OP = re.compile(
+    r"^\s*(?:@!?%p\d+\s+)?((?:mul|mad)\.(?:lo|wide)\.[su]\d+|(?:div|rem)\.[su]\d+)"
+)
+
+
+def ptx_integer_ops(ptx: str) -> dict[str, Counter]:
+    """Per kernel entry: how often each integer multiply / divide / remainder occurs."""
+    kernels: dict[str, Counter] = {}
+    current = None
+    for line in ptx.splitlines():
+        if match := _ENTRY.search(line):
+            current = kernels.setdefault(match.group(1), Counter())
+        elif current is not None and (match := _INTEGER_OP.match(line)):
+            current[match.group(1)] += 1
+    return kernels
+
+
+def narrow_index_math(ops: Counter) -> list[str]:
+    """Signs that a kernel's index math is 32-bit.
+
+    With 64-bit indices: the flat index is split with 64-bit div/rem (NVRTC
+    may add an unsigned 32-bit fast path, ``div.u32``, behind a range check,
+    but never a signed 32-bit division), and 64-bit multiplies dominate.
+    """
+    problems = []
+    wide_divisions = sum(ops[op] for op in ("div.s64", "div.u64", "rem.s64", "rem.u64"))
+    if wide_divisions == 0:
+        problems.append("no 64-bit division")
+    if ops["div.s32"] or ops["rem.s32"]:
+        problems.append(f"{ops['div.s32'] + ops['rem.s32']} signed 32-bit div/rem")
+    wide_multiplies = sum(ops[f"{op}.lo.{sign}64"] for op in ("mul", "mad") for sign in "su")
+    narrow_multiplies = sum(ops[f"{op}.lo.{sign}32"] for op in ("mul", "mad") for sign in "su")
+    if wide_multiplies <= narrow_multiplies:
+        problems.append(f"{wide_multiplies} 64-bit vs {narrow_multiplies} 32-bit multiplies")
+    return problems
+
+
+def compile_to_ptx(source: str) -> str:
+    pytest.importorskip("cupy")
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as error:
+        pytest.skip(f"NVRTC not loadable: {error}")
+    program = nvrtc.createProgram(source, "carafe.cu", [], [])
+    try:
+        nvrtc.compileProgram(program, ["--gpu-architecture=compute_80", *_launch.NVRTC_OPTIONS])
+        ptx = nvrtc.getPTX(program)
+    finally:
+        nvrtc.destroyProgram(program)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+@pytest.fixture(scope="module")
+def kernel_ptx():
+    return ptx_integer_ops(compile_to_ptx(_launch.kernel_source()))
+
+
+def test_ptx_index_math_is_64_bit(kernel_ptx):
+    assert set(_launch.all_kernel_names()) <= set(kernel_ptx)
+    problems = {name: narrow_index_math(ops) for name, ops in kernel_ptx.items()}
+    assert not any(problems.values()), problems
+
+
+def test_ptx_check_flags_a_32_bit_index_t():
+    source = _launch.kernel_source()
+    narrowed = SIXTY_FOUR_BIT_TYPEDEF.sub("typedef int index_t;", source)
+    assert narrowed != source
+    flagged = {
+        name: narrow_index_math(ops)
+        for name, ops in ptx_integer_ops(compile_to_ptx(narrowed)).items()
+    }
+    assert set(_launch.all_kernel_names()) <= set(flagged)
+    assert all(flagged.values()), {name: p for name, p in flagged.items() if not p}
+
+
+# ------------------------------------------------------------ launch side
+
+
+def test_grid_is_capped_for_huge_problems():
+    for total in (1, 255, 256, 257, 2**31 * 256, 2**62, _validate_max()):
+        blocks, rows, layers = _launch._grid_for(total)
+        assert 1 <= blocks <= min(_launch.MAX_BLOCKS, 2**31 - 1) and rows == layers == 1
+        assert blocks == min(_launch.MAX_BLOCKS, -(-total // _launch.THREADS_PER_BLOCK))
+
+
+def _validate_max() -> int:
+    from carafe_cupy import _validate
+
+    return _validate.INDEX_MAX
+
+
+class RecordingRuntime:
+    def __init__(self) -> None:
+        self.launches: list[tuple] = []
+
+    def launch(self, module_name, source, kernel_name, grid, block, args, *rest) -> None:
+        self.launches.append((kernel_name, grid, block, args))
+
+
+def test_huge_sizes_reach_the_kernels_as_exact_int64(monkeypatch):
+    runtime = RecordingRuntime()
+    monkeypatch.setattr(_launch, "get_runtime", lambda: runtime)
+    # 2**40 output elements: far past 32 bits, nothing allocated
+    geometry = _launch.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
+    strides = (2**37, 2**23, 2**11, 1)
+    ref = _launch.TensorRef(0x1000, strides, "float16")
+    _launch.launch_forward(geometry, ref, ref, ref)
+    _launch.launch_backward(geometry, ref, ref, ref, ref, ref)
+    assert [launch[0] for launch in runtime.launches] == list(_launch.kernel_names("float16"))
+    for _, grid, block, args in runtime.launches:
+        assert grid[0] == _launch.MAX_BLOCKS and block == (_launch.THREADS_PER_BLOCK, 1, 1)
+        sizes = args[3:10]
+        assert all(isinstance(value, np.int64) for value in args[3:])
+        assert [int(value) for value in sizes] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
+        assert [int(value) for value in args[10:14]] == list(strides)
