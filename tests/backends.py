@@ -36,12 +36,17 @@ class Backend:
 
 
 def available_backends() -> list[Backend]:
-    """The pure-PyTorch CPU path always; the CUDA kernels where a GPU can run them."""
+    """The pure-PyTorch CPU path, the kernels on the CPU simulator, and on a GPU if usable."""
     import torch
 
     from carafe_cupy import _launch
 
+    import shutil
+
     backends = [Backend("cpu", "cpu")]
+    if shutil.which("g++") or shutil.which("c++"):
+        # the real .cu kernels through the real launch code, on the CPU
+        backends.append(Backend("simulator", "cpu", {"CARAFE_CUPY_SIMULATOR": "1"}))
     if torch.cuda.is_available() and _launch.gpu_kernels_available():
         backends.append(Backend("cuda-kernels", "cuda"))
     return backends

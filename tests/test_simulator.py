@@ -133,3 +133,39 @@ def test_backward_is_bitwise_deterministic(simulator):
     first = carafe_cupy.carafe_backward(grad_output, features, masks, 5, 4, 2)
     second = carafe_cupy.carafe_backward(grad_output, features, masks, 5, 4, 2)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_eight_concurrent_first_calls_compile_once(tmp_path, monkeypatch):
+    """Compile-on-first-use through the launch layer: one build, eight right answers."""
+    import threading
+
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    monkeypatch.setenv("CARAFE_CUPY_SIM_CACHE", str(tmp_path))  # empty: a real compile
+    monkeypatch.setattr(sim_runtime, "_runtime", sim_runtime.SimRuntime("random", seed=3))
+    monkeypatch.setattr(sim_runtime, "_modules", {})  # forget what this process loaded
+    monkeypatch.setattr(sim_runtime, "_memo", {})
+    before = sim_runtime.get_runtime().compile_count()
+
+    config = (1, 4, 3, 4, 3, 2, 2)
+    features, masks, _ = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
+    want_output = exact_expected(config)[0]
+    start = threading.Barrier(8)
+    outputs: list = [None] * 8
+    errors: list = []
+
+    def first_call(index: int) -> None:
+        try:
+            start.wait()
+            outputs[index] = carafe_cupy.carafe(features, masks, 3, 2, 2)
+        except Exception as error:  # reported below with the thread's index
+            errors.append((index, error))
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert sim_runtime.get_runtime().compile_count() - before == 1
+    for output in outputs:
+        assert_close(output, want_output, "float32", "output")
