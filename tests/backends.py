@@ -37,11 +37,11 @@ class Backend:
 
 def available_backends() -> list[Backend]:
     """The pure-PyTorch CPU path, the kernels on the CPU simulator, and on a GPU if usable."""
+    import shutil
+
     import torch
 
     from carafe_cupy import _launch
-
-    import shutil
 
     backends = [Backend("cpu", "cpu")]
     if shutil.which("g++") or shutil.which("c++"):
