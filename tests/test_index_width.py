@@ -170,25 +170,21 @@ def _validate_max() -> int:
     return _validate.INDEX_MAX
 
 
-class RecordingRuntime:
-    def __init__(self) -> None:
-        self.launches: list[tuple] = []
-
-    def launch(self, module_name, source, kernel_name, grid, block, args, *rest) -> None:
-        self.launches.append((kernel_name, grid, block, args))
-
-
 def test_huge_sizes_reach_the_kernels_as_exact_int64(monkeypatch):
-    runtime = RecordingRuntime()
-    monkeypatch.setattr(_launch, "get_runtime", lambda: runtime)
+    launches: list[tuple] = []
+
+    def record(kernel_name, grid, block, args, shared_mem, device, stream) -> None:
+        launches.append((kernel_name, grid, block, args))
+
+    monkeypatch.setattr(_launch, "launch", record)
     # 2**40 output elements: far past 32 bits, nothing allocated
     geometry = _launch.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
     strides = (2**37, 2**23, 2**11, 1)
     ref = _launch.TensorRef(0x1000, strides, "float16")
     _launch.launch_forward(geometry, ref, ref, ref)
     _launch.launch_backward(geometry, ref, ref, ref, ref, ref)
-    assert [launch[0] for launch in runtime.launches] == list(_launch.kernel_names("float16"))
-    for _, grid, block, args in runtime.launches:
+    assert [launch[0] for launch in launches] == list(_launch.kernel_names("float16"))
+    for _, grid, block, args in launches:
         assert grid[0] == _launch.MAX_BLOCKS and block == (_launch.THREADS_PER_BLOCK, 1, 1)
         sizes = args[3:10]
         assert all(isinstance(value, np.int64) for value in args[3:])
