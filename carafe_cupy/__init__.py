@@ -22,6 +22,7 @@ __all__ = [
     "carafe",
     "carafe_backward",
     "decompositions",
+    "carafe_from_logits",
 ]
 
 if TYPE_CHECKING:
@@ -122,3 +123,14 @@ def __getattr__(name: str) -> Any:
 
         return getattr(nn, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def carafe_from_logits(
+    features: Any, logits: Any, kernel_size: int, group_size: int, scale_factor: int
+) -> Any:
+    """CARAFE with masks taken from raw encoder logits (N, G*k*k*s*s, H, W):
+    pixel_shuffle and a softmax over each group's k*k taps are applied inside
+    the kernels, as in CARAFEPack. torch tensors only; differentiable."""
+    from ._torch_ops import carafe_from_logits as torch_carafe_from_logits
+
+    return torch_carafe_from_logits(features, logits, kernel_size, group_size, scale_factor)

@@ -10,6 +10,7 @@ CuPy/NVRTC on a GPU, or the CPU simulator when ``CARAFE_CUPY_SIMULATOR=1``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ SUPPORTED_DTYPES = ("float32", "float64", "float16", "bfloat16")
 THREADS_PER_BLOCK = 256
 # Kernels use grid-stride loops, so the grid can be capped without losing work.
 MAX_BLOCKS = 1 << 20
+MAX_GRID_X = 2**31 - 1  # CUDA's limit on gridDim.x
 NVRTC_OPTIONS = ("-std=c++17",)
 
 
@@ -71,7 +74,84 @@ def kernel_source(module_name: str = KERNEL_MODULE) -> str:
         text = text.replace("#pragma once", "")
         return _INCLUDE.sub(lambda match: expand(match.group(1)), text)
 
-    return expand(f"{module_name}.cu")
+    match = _TILED_MODULE.fullmatch(module_name)
+    if match is None:
+        return expand(f"{module_name}.cu")
+    dtype, kernel_size = match.group(1), int(match.group(2))
+    header = (
+        f"#define CARAFE_TILED_SUFFIX {dtype}\n"
+        f"#define CARAFE_TILED_SCALAR {_SCALAR_TYPES[dtype]}\n"
+        f"#define CARAFE_TILED_K {kernel_size}\n"
+        f"#define CARAFE_TILED_PAIRS {int(pairs_instantiated(dtype, kernel_size))}\n"
+        f"#define CARAFE_TILED_FUSED {int(fused_instantiated(dtype, kernel_size))}\n"
+    )
+    return header + expand("carafe_tiled.cu")
+
+
+# ---------------------------------------------------------------- tiled modules
+
+TILED_KERNEL_SIZES = (3, 5, 7)
+_TILED_MODULE = re.compile(r"carafe_tiled_(float32|float64|float16|bfloat16)_k(\d+)")
+_SCALAR_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "float16": "half_bits",
+    "bfloat16": "bfloat16_bits",
+}
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+_ACCUMULATOR_SIZE = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}
+TILE_THREADS = (32, 8)  # CARAFE_TILE_THREADS_X / _Y in carafe_tiled.cuh
+CHANNEL_BATCH_MAX = 4  # CARAFE_CHANNEL_BATCH_MAX
+SHARED_MEMORY_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
+# grad_features blocks hold whole s x s sub-pixel groups within 256 threads.
+MAX_TILED_BACKWARD_SCALE = 8
+
+
+def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
+    """Two pixels per thread doubles the mask registers: built for K <= 5, not fp64."""
+    return dtype != "float64" and kernel_size <= 5
+
+
+def fused_instantiated(dtype: str, kernel_size: int) -> bool:
+    """fp64 with K >= 5 would spill in the fused kernels: it takes the unfused path."""
+    return dtype != "float64" or kernel_size == 3
+
+
+def tiled_module_name(dtype: str, kernel_size: int) -> str:
+    return f"carafe_tiled_{dtype}_k{kernel_size}"
+
+
+def all_module_names() -> list[str]:
+    """Every NVRTC module: the general kernels, then one per (dtype, K) of tiled ones."""
+    return [KERNEL_MODULE] + [
+        tiled_module_name(dtype, k) for dtype in SUPPORTED_DTYPES for k in TILED_KERNEL_SIZES
+    ]
+
+
+def module_kernel_names(module_name: str) -> list[str]:
+    if module_name == KERNEL_MODULE:
+        return all_kernel_names()
+    match = _TILED_MODULE.fullmatch(module_name)
+    if match is None:
+        raise ValueError(f"unknown kernel module {module_name!r}")
+    dtype, k = match.group(1), int(match.group(2))
+    names = [
+        f"carafe_forward_tiled_k{k}_p1_{dtype}",
+        f"carafe_backward_masks_tiled_k{k}_p1_{dtype}",
+        f"carafe_backward_features_tiled_k{k}_{dtype}",
+    ]
+    if fused_instantiated(dtype, k):
+        names += [
+            f"carafe_fused_forward_k{k}_{dtype}",
+            f"carafe_fused_backward_logits_k{k}_{dtype}",
+            f"carafe_fused_backward_features_k{k}_{dtype}",
+        ]
+    if pairs_instantiated(dtype, k):
+        names += [
+            f"carafe_forward_tiled_k{k}_p2_{dtype}",
+            f"carafe_backward_masks_tiled_k{k}_p2_{dtype}",
+        ]
+    return names
 
 
 def kernel_names(dtype: str) -> tuple[str, str, str]:
@@ -163,6 +243,187 @@ def _launch_elementwise(
     launch(kernel_name, _grid_for(total), (THREADS_PER_BLOCK, 1, 1), args, 0, device, stream)
 
 
+# ---------------------------------------------------------------- variants
+
+VARIANTS = ("auto", "general", "tiled", "tiled_pair")
+_variant_override: str | None = None
+
+
+@contextlib.contextmanager
+def forced_variant(name: str) -> Iterator[None]:
+    """Run the kernels of one variant: "general" (one thread per element, any
+    kernel size), "tiled" (one pixel per thread) or "tiled_pair" (two pixels per
+    thread, vector access). A forced variant that cannot run raises ValueError.
+    ``CARAFE_CUPY_KERNEL_VARIANT`` does the same process-wide."""
+    global _variant_override
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
+    previous, _variant_override = _variant_override, name
+    try:
+        yield
+    finally:
+        _variant_override = previous
+
+
+def requested_variant() -> str:
+    name = _variant_override or os.environ.get("CARAFE_CUPY_KERNEL_VARIANT", "") or "auto"
+    if name not in VARIANTS:
+        raise ValueError(
+            f"CARAFE_CUPY_KERNEL_VARIANT must be one of {', '.join(VARIANTS)}, got {name!r}"
+        )
+    return name
+
+
+_NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    module: str
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int
+    tiling: tuple[int, int]  # channels per block, channels per shared-memory batch
+
+
+def _halo_extent(outputs: int, scale: int, kernel_size: int) -> int:
+    return (outputs - 1 + scale - 1) // scale + kernel_size
+
+
+def _pairs_fit(geometry: Geometry, dtype: str, refs: tuple[TensorRef, ...]) -> bool:
+    """Two pixels per thread: even s, and 2-element aligned, x-contiguous tensors."""
+    if not pairs_instantiated(dtype, geometry.kernel_size) or geometry.scale_factor % 2:
+        return False
+    alignment = 2 * _ITEMSIZE[dtype]
+    return all(
+        ref.strides[3] == 1
+        and all(stride % 2 == 0 for stride in ref.strides[:3])
+        and ref.pointer % alignment == 0
+        for ref in refs
+    )
+
+
+def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes: int = 0) -> int:
+    for batch in range(CHANNEL_BATCH_MAX, 0, -1):
+        if batch * (bytes_per_channel + per_batch_bytes) + fixed_bytes <= SHARED_MEMORY_LIMIT:
+            return batch
+    return 0
+
+
+def _channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+    """Split a group's channels over blocks only when the grid would be small;
+    every split re-reads the tile's masks once more."""
+    per_group = geometry.channels // geometry.group_size
+    per_block = per_group
+    while per_block > 8 and blocks_per_slice * -(-per_group // per_block) < 1024:
+        per_block = -(-per_block // 2)
+    return per_block
+
+
+def _output_tile_plan(geometry: Geometry, dtype: str, name: str, pair: bool, slice_channels: bool):
+    """Plan for a kernel whose block owns an output tile (forward, grad_masks)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    pairs = 2 if pair else 1
+    tile_w, tile_h = TILE_THREADS[0] * pairs, TILE_THREADS[1]
+    pitch = (tile_w - 1 + pairs - 1) // pairs + k
+    halo_bytes = _halo_extent(tile_h, s, k) * pitch * _ACCUMULATOR_SIZE[dtype]
+    batch = _channel_batch(halo_bytes)
+    if batch == 0:
+        return None
+    tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_block = _channels_per_block(geometry, blocks) if slice_channels else per_group
+    per_block = max(1, per_block)
+    slices = max(1, -(-per_group // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return _Plan(
+        tiled_module_name(dtype, k),
+        f"{name}_k{k}_p{pairs}_{dtype}",
+        (blocks * slices, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        batch * halo_bytes,
+        (per_block, batch),
+    )
+
+
+def _input_tile_plan(geometry: Geometry, dtype: str, name: str, from_logits: bool):
+    """Plan for grad_features: a tile of input pixels, s x s threads each."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if s > MAX_TILED_BACKWARD_SCALE:
+        return None
+    tile_cols, tile_rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+    threads = tile_cols * s * tile_rows * s
+    accumulator = _ACCUMULATOR_SIZE[dtype]
+    plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
+    batch = _channel_batch(plane * accumulator, per_batch_bytes=threads * accumulator)
+    if batch == 0 or (from_logits and 2 * plane * accumulator > SHARED_MEMORY_LIMIT):
+        return None
+    shared = batch * (plane + threads) * accumulator
+    if from_logits:
+        shared = max(shared, 2 * plane * accumulator)
+    blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
+    blocks *= geometry.batch * geometry.group_size
+    per_block = max(1, _channels_per_block(geometry, blocks))
+    slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return _Plan(
+        tiled_module_name(dtype, k),
+        f"{name}_k{k}_{dtype}",
+        (blocks * slices, 1, 1),
+        (tile_cols * s, tile_rows * s, 1),
+        shared,
+        (per_block, batch),
+    )
+
+
+def _choose(plans: dict[str, Any], what: str) -> _Plan | None:
+    """The requested variant's plan; None means the general kernels."""
+    variant = requested_variant()
+    if variant == "general":
+        return None
+    if variant == "auto":
+        return plans.get("tiled_pair") or plans.get("tiled")
+    plan = plans.get(variant)
+    if plan is None:
+        raise ValueError(f"carafe: the {variant!r} kernel variant cannot run {what}")
+    return plan
+
+
+def _tiled_applies(geometry: Geometry) -> bool:
+    return geometry.kernel_size in TILED_KERNEL_SIZES
+
+
+def _launch_plan(
+    plan: _Plan,
+    refs: tuple[TensorRef, TensorRef, TensorRef, TensorRef],
+    geometry: Geometry,
+    device: int,
+    stream: int,
+) -> None:
+    args = tuple(np.uint64(ref.pointer) for ref in refs) + geometry.as_args()
+    for ref in refs:
+        args += _tensor_args(ref)
+    args += tuple(np.int64(value) for value in plan.tiling)
+    launch(plan.kernel, plan.grid, plan.block, args, plan.shared_mem, device, stream, plan.module)
+
+
+def forward_plan(geometry: Geometry, refs: tuple[TensorRef, ...]) -> _Plan | None:
+    """The tiled forward launch for these tensors, or None for the general kernel."""
+    dtype = refs[0].dtype
+    plans = {}
+    if _tiled_applies(geometry):
+        plans["tiled"] = _output_tile_plan(geometry, dtype, "carafe_forward_tiled", False, True)
+        if _pairs_fit(geometry, dtype, refs[1:]):
+            plans["tiled_pair"] = _output_tile_plan(
+                geometry, dtype, "carafe_forward_tiled", True, True
+            )
+    return _choose({key: plan for key, plan in plans.items() if plan}, "this forward")
+
+
 def launch_forward(
     geometry: Geometry,
     features: TensorRef,
@@ -172,9 +433,15 @@ def launch_forward(
     stream: int = 0,
 ) -> None:
     """output = carafe(features, masks); all three share one dtype."""
-    forward, _, _ = kernel_names(features.dtype)
     total = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
-    _launch_elementwise(forward, total, (features, masks, output), geometry, device, stream)
+    if total == 0:
+        return
+    plan = forward_plan(geometry, (features, masks, output))
+    if plan is None:
+        forward, _, _ = kernel_names(features.dtype)
+        _launch_elementwise(forward, total, (features, masks, output), geometry, device, stream)
+        return
+    _launch_plan(plan, (features, masks, _NO_TENSOR, output), geometry, device, stream)
 
 
 def launch_backward(
@@ -188,17 +455,126 @@ def launch_backward(
     stream: int = 0,
 ) -> None:
     """Write whichever of grad_features / grad_masks is given."""
-    _, backward_features, backward_masks = kernel_names(grad_output.dtype)
+    if geometry.batch * geometry.channels == 0:
+        _, backward_features, backward_masks = kernel_names(grad_output.dtype)
+        if grad_masks is not None:  # zero channels: grad_masks is all zeros
+            total = geometry.batch * geometry.mask_channels * geometry.out_height
+            _launch_elementwise(
+                backward_masks,
+                total * geometry.out_width,
+                (grad_output, features, grad_masks),
+                geometry,
+                device,
+                stream,
+            )
+        return
+    dtype = grad_output.dtype
+    _, backward_features, backward_masks = kernel_names(dtype)
     if grad_features is not None:
-        total = geometry.batch * geometry.channels * geometry.height * geometry.width
-        _launch_elementwise(
-            backward_features, total, (grad_output, masks, grad_features), geometry, device, stream
-        )
+        plans = {}
+        if _tiled_applies(geometry):
+            # one layout only: the pair variant's grad_features is the tiled one
+            plans["tiled"] = plans["tiled_pair"] = _input_tile_plan(
+                geometry, dtype, "carafe_backward_features_tiled", False
+            )
+        plan = _choose({key: plan for key, plan in plans.items() if plan}, "this grad_features")
+        if plan is None:
+            total = geometry.batch * geometry.channels * geometry.height * geometry.width
+            _launch_elementwise(
+                backward_features,
+                total,
+                (grad_output, masks, grad_features),
+                geometry,
+                device,
+                stream,
+            )
+        else:
+            refs = (grad_output, masks, _NO_TENSOR, grad_features)
+            _launch_plan(plan, refs, geometry, device, stream)
     if grad_masks is not None:
-        total = geometry.batch * geometry.mask_channels * geometry.out_height * geometry.out_width
-        _launch_elementwise(
-            backward_masks, total, (grad_output, features, grad_masks), geometry, device, stream
-        )
+        plans = {}
+        if _tiled_applies(geometry):
+            name = "carafe_backward_masks_tiled"
+            plans["tiled"] = _output_tile_plan(geometry, dtype, name, False, False)
+            if _pairs_fit(geometry, dtype, (grad_output, grad_masks)):
+                plans["tiled_pair"] = _output_tile_plan(geometry, dtype, name, True, False)
+        plan = _choose({key: plan for key, plan in plans.items() if plan}, "this grad_masks")
+        if plan is None:
+            total = (
+                geometry.batch * geometry.mask_channels * geometry.out_height * geometry.out_width
+            )
+            _launch_elementwise(
+                backward_masks,
+                total,
+                (grad_output, features, grad_masks),
+                geometry,
+                device,
+                stream,
+            )
+        else:
+            refs = (grad_output, features, _NO_TENSOR, grad_masks)
+            _launch_plan(plan, refs, geometry, device, stream)
+
+
+# ---------------------------------------------------------------- fused normaliser
+
+
+def fused_supported(geometry: Geometry, dtype: str) -> bool:
+    """Whether the fused logits kernels cover this geometry (else compose unfused)."""
+    return (
+        _tiled_applies(geometry)
+        and fused_instantiated(dtype, geometry.kernel_size)
+        and _output_tile_plan(geometry, "float64", "carafe_fused_forward", False, True) is not None
+        and _input_tile_plan(geometry, "float64", "carafe_fused_backward_features", True)
+        is not None
+    )
+
+
+def _fused_forward_plan(geometry: Geometry, dtype: str) -> _Plan:
+    plan = _output_tile_plan(geometry, dtype, "carafe_fused_forward", False, True)
+    assert plan is not None  # fused_supported() was checked by the caller
+    return dataclasses.replace(plan, kernel=f"carafe_fused_forward_k{geometry.kernel_size}_{dtype}")
+
+
+def launch_fused_forward(
+    geometry: Geometry,
+    features: TensorRef,
+    logits: TensorRef,
+    output: TensorRef,
+    device: int = 0,
+    stream: int = 0,
+) -> None:
+    """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored."""
+    if geometry.batch * geometry.channels == 0:
+        return
+    plan = _fused_forward_plan(geometry, features.dtype)
+    _launch_plan(plan, (features, logits, _NO_TENSOR, output), geometry, device, stream)
+
+
+def launch_fused_backward(
+    geometry: Geometry,
+    grad_output: TensorRef,
+    features: TensorRef,
+    logits: TensorRef,
+    grad_features: TensorRef,
+    grad_logits: TensorRef,
+    device: int = 0,
+    stream: int = 0,
+) -> None:
+    """Gradients of the fused forward with respect to features and raw logits."""
+    if geometry.batch == 0:
+        return
+    dtype = grad_output.dtype
+    k = geometry.kernel_size
+    if geometry.channels:
+        plan = _input_tile_plan(geometry, dtype, "carafe_fused_backward_features", True)
+        assert plan is not None
+        refs = (grad_output, logits, _NO_TENSOR, grad_features)
+        _launch_plan(plan, refs, geometry, device, stream)
+    plan = _output_tile_plan(geometry, dtype, "carafe_fused_backward_logits", False, False)
+    assert plan is not None
+    plan = dataclasses.replace(plan, kernel=f"carafe_fused_backward_logits_k{k}_{dtype}")
+    _launch_plan(plan, (grad_output, features, logits, grad_logits), geometry, device, stream)
 
 
 # ---------------------------------------------------------------- runtimes
@@ -216,22 +592,21 @@ def launch(
     shared_mem: int,
     device: int,
     stream: int,
+    module_name: str = KERNEL_MODULE,
 ) -> None:
     """The one place a kernel starts: on the GPU, or on the CPU simulator.
 
     Everything before this (kernel choice, grid, arguments, outputs) is the
     same for both, so the simulator exercises the real launch code.
     """
-    source = kernel_source(KERNEL_MODULE)
+    source = kernel_source(module_name)
     if simulator_enabled():
         from ._sim.runtime import get_runtime as simulator_runtime
 
-        simulator_runtime().launch(
-            KERNEL_MODULE, source, kernel_name, grid, block, args, shared_mem
-        )
+        simulator_runtime().launch(module_name, source, kernel_name, grid, block, args, shared_mem)
     else:
         _cupy_runtime().launch(
-            KERNEL_MODULE, source, kernel_name, grid, block, args, shared_mem, device, stream
+            module_name, source, kernel_name, grid, block, args, shared_mem, device, stream
         )
 
 

@@ -256,3 +256,147 @@ def carafe_backward_public(
             geometry.scale_factor,
         )
     return grad_features.to(features.dtype), grad_masks.to(masks.dtype)
+
+
+# ---------------------------------------------------------------- fused normaliser
+
+
+def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) -> torch.Tensor:
+    """CARAFEPack's kernel normaliser: pixel_shuffle, then softmax over each group's k*k taps."""
+    masks = torch.nn.functional.pixel_shuffle(logits, scale_factor)
+    batch, mask_channels, height, width = masks.shape
+    taps = kernel_size * kernel_size
+    masks = masks.view(batch, mask_channels // taps, taps, height, width)
+    masks = masks.softmax(dim=2, dtype=masks.dtype)
+    return masks.view(batch, mask_channels, height, width).contiguous()
+
+
+def _fused_geometry(features, kernel_size, group_size, scale_factor):
+    return _geometry(features, kernel_size, group_size, scale_factor)
+
+
+@torch.library.custom_op("carafe_cupy::carafe_fused_forward", mutates_args=())
+def carafe_fused_forward(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    geometry = _fused_geometry(features, kernel_size, group_size, scale_factor)
+    if not (
+        uses_kernels(features.device)
+        and _launch.fused_supported(geometry, dtype_name(features.dtype))
+    ):
+        masks = normalize_logits(logits, kernel_size, scale_factor)
+        return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
+    output = _empty_output(features, scale_factor)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_fused_forward(
+        geometry, _ref(features), _ref(logits), _ref(output), device, stream
+    )
+    return output
+
+
+@carafe_fused_forward.register_fake
+def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
+    return _empty_output(features, scale_factor)
+
+
+@torch.library.custom_op("carafe_cupy::carafe_fused_backward", mutates_args=())
+def carafe_fused_backward(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    geometry = _fused_geometry(features, kernel_size, group_size, scale_factor)
+    if not (
+        uses_kernels(features.device)
+        and _launch.fused_supported(geometry, dtype_name(features.dtype))
+    ):
+        masks = normalize_logits(logits, kernel_size, scale_factor)
+        grad_features, grad_masks = carafe_backward(
+            grad_output, features, masks, kernel_size, group_size, scale_factor
+        )
+        # softmax backward per (group, pixel), then undo the pixel_shuffle
+        accumulate = _reference.accumulation_dtype(logits.dtype)
+        batch, mask_channels, height, width = masks.shape
+        taps = kernel_size * kernel_size
+        shape = (batch, mask_channels // taps, taps, height, width)
+        probability = masks.to(accumulate).view(shape)
+        grad = grad_masks.to(accumulate).view(shape)
+        grad = probability * (grad - (probability * grad).sum(dim=2, keepdim=True))
+        grad_logits = torch.nn.functional.pixel_unshuffle(
+            grad.view(batch, mask_channels, height, width), scale_factor
+        ).to(logits.dtype)
+        return grad_features, grad_logits
+    grad_features = torch.empty_like(features)
+    grad_logits = torch.empty_like(logits)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_fused_backward(
+        geometry,
+        _ref(grad_output),
+        _ref(features),
+        _ref(logits),
+        _ref(grad_features),
+        _ref(grad_logits),
+        device,
+        stream,
+    )
+    return grad_features, grad_logits
+
+
+@carafe_fused_backward.register_fake
+def _carafe_fused_backward_fake(grad_output, features, logits, kernel_size, group_size, scale):
+    return torch.empty_like(features), torch.empty_like(logits)
+
+
+def _fused_backward(ctx, grad_output):
+    features, logits = ctx.saved_tensors
+    grad_features, grad_logits = carafe_fused_backward(
+        grad_output.contiguous(), features, logits, *ctx.params
+    )
+    return grad_features, grad_logits, None, None, None
+
+
+carafe_fused_forward.register_autograd(_fused_backward, setup_context=_setup_context)
+
+
+def carafe_from_logits(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    """CARAFE with masks = softmax over taps of pixel_shuffle(logits), fused.
+
+    ``logits`` is the content encoder's raw output, (N, G*k*k*s*s, H, W).
+    """
+    _check_tensors(features=features, logits=logits)
+    kernel_size, group_size, scale_factor = _validate.check_params(
+        kernel_size, group_size, scale_factor
+    )
+    if logits.dim() != 4:
+        raise ValueError(f"carafe: logits must be 4-D (N, G*k*k*s*s, H, W), got {logits.dim()}-D")
+    batch, channels, height, width = logits.shape
+    expected = group_size * kernel_size * kernel_size * scale_factor * scale_factor
+    if channels != expected:
+        raise ValueError(
+            f"carafe: logits must have G*k*k*s*s = {expected} channels, got {channels}"
+        )
+    masks_shape = (batch, group_size * kernel_size**2, height * scale_factor, width * scale_factor)
+    geometry = _validate.check_geometry(
+        features.shape, masks_shape, kernel_size, group_size, scale_factor
+    )
+    dtype = torch.promote_types(features.dtype, logits.dtype)
+    return carafe_fused_forward(
+        features.to(dtype),
+        logits.to(dtype),
+        geometry.kernel_size,
+        geometry.group_size,
+        geometry.scale_factor,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_ops import carafe
+from ._torch_ops import carafe, carafe_from_logits, uses_kernels
 from ._validate import check_params
 
 
@@ -86,5 +86,7 @@ class CARAFEPack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.content_encoder(self.channel_compressor(x))
+        if uses_kernels(x.device):  # pixel_shuffle + softmax inside the kernels
+            return carafe_from_logits(x, mask, self.up_kernel, self.up_group, self.scale_factor)
         mask = self.kernel_normalizer(mask)
         return self.feature_reassemble(x, mask)

@@ -167,17 +167,6 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
     }
 }
 
-// Flat extern "C" entry points: 3 pointers, 7 sizes, then 3 x 4 element strides.
-#define CARAFE_GEOMETRY_PARAMS                                                          \
-    index_t batch, index_t channels, index_t height, index_t width, index_t kernel_size, \
-        index_t group_size, index_t scale_factor
-#define CARAFE_STRIDE_PARAMS(prefix) \
-    index_t prefix##_sn, index_t prefix##_sc, index_t prefix##_sh, index_t prefix##_sw
-#define CARAFE_GEOMETRY \
-    carafe_geometry { batch, channels, height, width, kernel_size, group_size, scale_factor }
-#define CARAFE_STRIDES(prefix) \
-    strides4 { prefix##_sn, prefix##_sc, prefix##_sh, prefix##_sw }
-
 #define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                \
     extern "C" __global__ void carafe_forward_##suffix(                                        \
         const scalar_t* features, const scalar_t* masks, scalar_t* output,                     \
@@ -207,3 +196,4 @@ CARAFE_DEFINE_KERNELS(float32, float)
 CARAFE_DEFINE_KERNELS(float64, double)
 CARAFE_DEFINE_KERNELS(float16, half_bits)
 CARAFE_DEFINE_KERNELS(bfloat16, bfloat16_bits)
+

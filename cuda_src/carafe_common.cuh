@@ -136,3 +136,14 @@ struct carafe_geometry {
 struct strides4 {
     index_t n, c, h, w;
 };
+
+// Flat extern "C" entry points: 3 pointers, 7 sizes, then 3 x 4 element strides.
+#define CARAFE_GEOMETRY_PARAMS                                                          \
+    index_t batch, index_t channels, index_t height, index_t width, index_t kernel_size, \
+        index_t group_size, index_t scale_factor
+#define CARAFE_STRIDE_PARAMS(prefix) \
+    index_t prefix##_sn, index_t prefix##_sc, index_t prefix##_sh, index_t prefix##_sw
+#define CARAFE_GEOMETRY \
+    carafe_geometry { batch, channels, height, width, kernel_size, group_size, scale_factor }
+#define CARAFE_STRIDES(prefix) \
+    strides4 { prefix##_sn, prefix##_sc, prefix##_sh, prefix##_sw }

@@ -170,23 +170,55 @@ def _validate_max() -> int:
     return _validate.INDEX_MAX
 
 
-def test_huge_sizes_reach_the_kernels_as_exact_int64(monkeypatch):
+def record_launches(monkeypatch) -> list[tuple]:
     launches: list[tuple] = []
 
-    def record(kernel_name, grid, block, args, shared_mem, device, stream) -> None:
+    def record(kernel_name, grid, block, args, shared_mem, device, stream, module_name=None):
         launches.append((kernel_name, grid, block, args))
 
     monkeypatch.setattr(_launch, "launch", record)
-    # 2**40 output elements: far past 32 bits, nothing allocated
-    geometry = _launch.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
-    strides = (2**37, 2**23, 2**11, 1)
-    ref = _launch.TensorRef(0x1000, strides, "float16")
-    _launch.launch_forward(geometry, ref, ref, ref)
-    _launch.launch_backward(geometry, ref, ref, ref, ref, ref)
+    return launches
+
+
+# 2**40 output elements: far past 32 bits, nothing allocated
+HUGE = _launch.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
+HUGE_STRIDES = (2**37, 2**23, 2**11, 1)
+
+
+def test_huge_sizes_reach_the_general_kernels_as_exact_int64(monkeypatch):
+    launches = record_launches(monkeypatch)
+    ref = _launch.TensorRef(0x1000, HUGE_STRIDES, "float16")
+    with _launch.forced_variant("general"):
+        _launch.launch_forward(HUGE, ref, ref, ref)
+        _launch.launch_backward(HUGE, ref, ref, ref, ref, ref)
     assert [launch[0] for launch in launches] == list(_launch.kernel_names("float16"))
     for _, grid, block, args in launches:
         assert grid[0] == _launch.MAX_BLOCKS and block == (_launch.THREADS_PER_BLOCK, 1, 1)
-        sizes = args[3:10]
         assert all(isinstance(value, np.int64) for value in args[3:])
-        assert [int(value) for value in sizes] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
-        assert [int(value) for value in args[10:14]] == list(strides)
+        assert [int(value) for value in args[3:10]] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
+        assert [int(value) for value in args[10:14]] == list(HUGE_STRIDES)
+
+
+def test_huge_sizes_reach_the_tiled_kernels_as_exact_int64(monkeypatch):
+    launches = record_launches(monkeypatch)
+    ref = _launch.TensorRef(0x1000, HUGE_STRIDES, "float16")
+    with _launch.forced_variant("tiled"):
+        _launch.launch_forward(HUGE, ref, ref, ref)
+        _launch.launch_backward(HUGE, ref, ref, ref, ref, ref)
+    assert len(launches) == 3
+    for name, grid, _, args in launches:
+        assert "tiled" in name
+        assert 1 <= grid[0] <= 2**31 - 1 and grid[1] <= 65535 and grid[2] <= 65535
+        # 4 pointers, then the sizes and every stride as exact 64-bit values
+        assert [int(value) for value in args[4:11]] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
+        assert all(isinstance(value, np.int64) for value in args[4:11])
+        assert list(HUGE_STRIDES) == [int(value) for value in args[11:15]]
+
+
+def test_tiled_plans_larger_than_a_grid_fall_back_to_general(monkeypatch):
+    launches = record_launches(monkeypatch)
+    # 2**33 x 2**20 input pixels: the tiled grid would need more than 2**31 blocks
+    geometry = _launch.Geometry(1, 1, 2**33, 2**20, 5, 1, 2)
+    ref = _launch.TensorRef(0x1000, (2**53, 2**53, 2**20, 1), "float32")
+    _launch.launch_forward(geometry, ref, ref, ref)
+    assert [launch[0] for launch in launches] == ["carafe_forward_float32"]

@@ -1,0 +1,581 @@
+// Tiled CARAFE kernels: the default wherever they apply (see _launch.py).
+//
+// A block owns a tile of output pixels (32 x 8 threads). The tile's mask
+// values stay in registers for the whole channel loop (K*K per pixel, K a
+// template parameter), and the input window of each channel (the tile's halo,
+// zero outside the image) is staged in shared memory, a batch of channels at a
+// time. Features, masks and outputs therefore cross DRAM about once each.
+//
+//   forward:         out tile, masks in registers, feature halo in smem.
+//   grad_masks:      out tile, K*K sums per pixel in registers over the group's
+//                    channels (ascending, like the general kernel), feature
+//                    halo in smem, grad_output read once, coalesced.
+//   grad_features:   a tile of input pixels; each of its s*s sub-pixel threads
+//                    holds the K*K masks that reach its input pixel, sums over
+//                    the grad_output halo in smem, and the s*s partial sums are
+//                    added in a fixed order through shared memory.
+// No atomics, no scratch memory: every result has one writer and a fixed
+// summation order, so results are bitwise reproducible.
+//
+// PAIR = 2 (even s only): a thread owns two neighbouring output pixels of the
+// same input pixel, so each window value read from smem serves both, and
+// masks / outputs / grad_output / grad_masks move as 2-element vectors. The
+// launcher picks it only when those tensors are x-contiguous and aligned.
+//
+// FROM_LOGITS: masks are computed on the fly from the content encoder's raw
+// output (N, G*K*K*s*s, H, W): pixel_shuffle indexing plus a softmax over the
+// K*K taps of each group, so normalised masks never reach memory.
+#pragma once
+#include "carafe_common.cuh"
+
+#ifndef CARAFE_DYNAMIC_SHARED
+#define CARAFE_DYNAMIC_SHARED(T, name)                                  \
+    extern __shared__ __align__(16) unsigned char name##_raw_[]; \
+    T* name = reinterpret_cast<T*>(name##_raw_)
+#endif
+
+#define CARAFE_TILE_THREADS_X 32
+#define CARAFE_TILE_THREADS_Y 8
+// Channels staged per barrier pair; the launcher may pick fewer (runtime
+// argument) when the halo would not fit in shared memory.
+#define CARAFE_CHANNEL_BATCH_MAX 4
+
+__device__ __forceinline__ float accumulate_exp(float value) { return expf(value); }
+__device__ __forceinline__ double accumulate_exp(double value) { return exp(value); }
+
+// Halo extent along one axis for `outputs` consecutive output pixels: their
+// input pixels span at most ceil((outputs - 1) / s) + 1 values, plus K - 1.
+__device__ __forceinline__ int halo_extent(int outputs, int scale, int kernel_size) {
+    return (outputs - 1 + scale - 1) / scale + kernel_size;
+}
+
+// Two neighbouring elements as one aligned access (x-contiguous, even offset).
+template <typename scalar_t>
+struct pair_access;
+
+template <>
+struct pair_access<float> {
+    static __device__ __forceinline__ void load(const float* p, float& a, float& b) {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        a = v.x;
+        b = v.y;
+    }
+    static __device__ __forceinline__ void store(float* p, float a, float b) {
+        *reinterpret_cast<float2*>(p) = make_float2(a, b);
+    }
+};
+
+template <typename bits_t>
+struct pair_access_16 {
+    static __device__ __forceinline__ void load(const bits_t* p, float& a, float& b) {
+        const unsigned int v = *reinterpret_cast<const unsigned int*>(p);
+        bits_t low, high;
+        low.bits = (unsigned short)(v & 0xFFFFu);
+        high.bits = (unsigned short)(v >> 16);
+        a = storage<bits_t>::load(&low);
+        b = storage<bits_t>::load(&high);
+    }
+    static __device__ __forceinline__ void store(bits_t* p, float a, float b) {
+        bits_t low, high;
+        storage<bits_t>::store(&low, a);
+        storage<bits_t>::store(&high, b);
+        *reinterpret_cast<unsigned int*>(p) = (unsigned int)low.bits | ((unsigned int)high.bits << 16);
+    }
+};
+template <>
+struct pair_access<half_bits> : pair_access_16<half_bits> {};
+template <>
+struct pair_access<bfloat16_bits> : pair_access_16<bfloat16_bits> {};
+
+// Position of a block: tile column, tile row, channel slice, group, image.
+struct tile_position {
+    index_t tile_x, tile_y, slice, group, n;
+};
+
+__device__ __forceinline__ tile_position block_position(index_t tiles_x, index_t tiles_y,
+                                                        index_t slices, index_t groups) {
+    index_t rest = (index_t)blockIdx.x;
+    tile_position p;
+    p.tile_x = rest % tiles_x;
+    rest /= tiles_x;
+    p.tile_y = rest % tiles_y;
+    rest /= tiles_y;
+    p.slice = rest % slices;
+    rest /= slices;
+    p.group = rest % groups;
+    p.n = rest / groups;
+    return p;
+}
+
+// Softmax over the taps of one pixel, in place (max subtracted first). Every
+// fused kernel uses this exact sequence so they agree bitwise on the masks.
+template <int TAPS, typename acc_t>
+__device__ __forceinline__ void softmax_in_place(acc_t (&values)[TAPS]) {
+    acc_t largest = values[0];
+#pragma unroll
+    for (int t = 1; t < TAPS; ++t) largest = values[t] > largest ? values[t] : largest;
+    acc_t total = 0;
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) {
+        values[t] = accumulate_exp(values[t] - largest);
+        total += values[t];
+    }
+    const acc_t inverse = acc_t(1) / total;  // one division: fp64 division is a call
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) values[t] = values[t] * inverse;
+}
+
+// Raw logit for (group, tap) at output pixel (h * s + a, w * s + b):
+// pixel_shuffle indexing. Callers pass the split coordinates so no 64-bit
+// division runs inside the tap loops.
+template <int TAPS, typename scalar_t>
+__device__ __forceinline__ const scalar_t* logit_address(const scalar_t* logits,
+                                                         const strides4& st, index_t n,
+                                                         index_t group, int tap, index_t h,
+                                                         int a, index_t w, int b, index_t s) {
+    const index_t channel = ((group * TAPS + tap) * s + a) * s + b;
+    return logits + n * st.n + channel * st.c + h * st.h + w * st.w;
+}
+
+// Stage `count` channels' windows [row0, row0 + rows) x [col0, col0 + cols) of a
+// plane set into shared memory (row pitch `pitch`), zero outside the image or
+// past `count`.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_halo(acc_t* halo, const scalar_t* base, const strides4& st,
+                                           index_t first_channel, int count, int batch,
+                                           index_t row0, index_t col0, int rows, int cols,
+                                           int pitch, index_t height, index_t width) {
+    const int plane = rows * cols;
+    const int total = batch * plane;
+    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+    const int threads = blockDim.x * blockDim.y;
+    for (int e = thread; e < total; e += threads) {
+        const int cc = e / plane;
+        const int within = e - cc * plane;
+        const int r = within / cols;
+        const int k = within - r * cols;
+        const index_t row = row0 + r;
+        const index_t col = col0 + k;
+        acc_t value = 0;
+        if (cc < count && row >= 0 && row < height && col >= 0 && col < width) {
+            value = storage<scalar_t>::load(base + (first_channel + cc) * st.c + row * st.h +
+                                            col * st.w);
+        }
+        halo[(cc * rows + r) * pitch + k] = value;
+    }
+}
+
+// Row pitch of the forward / grad_masks halo: the widest halo of a tile
+// (s = 1, or s = 2 for pairs), so tap offsets are compile-time constants.
+__device__ __forceinline__ bool tap_inside(index_t row, index_t col, const carafe_geometry& g) {
+    return row >= 0 && row < g.height && col >= 0 && col < g.width;
+}
+
+template <int K, int PAIR>
+__device__ __forceinline__ constexpr int tile_pitch() {
+    return (CARAFE_TILE_THREADS_X * PAIR - 1 + PAIR - 1) / PAIR + K;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
+__device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
+                                          const scalar_t* __restrict__ masks,
+                                          scalar_t* __restrict__ output, const carafe_geometry g,
+                                          const strides4 fs, const strides4 ms,
+                                          const strides4 os, index_t channels_per_block,
+                                          int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    constexpr int TAPS = K * K;
+    constexpr int R = (K - 1) / 2;
+    CARAFE_DYNAMIC_SHARED(acc_t, halo);
+    const index_t s = g.scale_factor;
+    const index_t out_height = g.height * s, out_width = g.width * s;
+    const int tile_w = CARAFE_TILE_THREADS_X * PAIR, tile_h = CARAFE_TILE_THREADS_Y;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t slices = (channels_per_group + channels_per_block - 1) / channels_per_block;
+    const tile_position p = block_position((out_width + tile_w - 1) / tile_w,
+                                           (out_height + tile_h - 1) / tile_h, slices,
+                                           g.group_size);
+    const index_t x0 = p.tile_x * tile_w, y0 = p.tile_y * tile_h;
+    const index_t y = y0 + threadIdx.y, x = x0 + (index_t)threadIdx.x * PAIR;
+    const bool inside = y < out_height && x < out_width;  // PAIR: x + 1 < width too (s even)
+    constexpr int PITCH = tile_pitch<K, PAIR>();
+    const int cols = halo_extent(tile_w, (int)s, K), rows = halo_extent(tile_h, (int)s, K);
+    const int row = (int)(y / s - y0 / s), col = (int)(x / s - x0 / s);
+
+    const index_t centre_y = y / s, centre_x = x / s;
+    const int sub_y = (int)(y - centre_y * s), sub_x = (int)(x - centre_x * s);
+    acc_t weight[PAIR][TAPS];
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) {
+        if (!inside) {
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        } else if constexpr (FROM_LOGITS) {
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q)
+                weight[q][t] = storage<scalar_t>::load(logit_address<TAPS>(
+                    masks, ms, p.n, p.group, t, centre_y, sub_y, centre_x, sub_x + q, s));
+        } else {
+            const scalar_t* m = masks + p.n * ms.n + (p.group * TAPS + t) * ms.c + y * ms.h +
+                                x * ms.w;
+            if constexpr (PAIR == 2) {
+                pair_access<scalar_t>::load(m, weight[0][t], weight[PAIR - 1][t]);
+            } else {
+                weight[0][t] = storage<scalar_t>::load(m);
+            }
+        }
+    }
+    if (FROM_LOGITS && inside) {
+#pragma unroll
+        for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
+    }
+    // Taps outside the input are skipped, not multiplied by the zero halo, so an
+    // Inf or NaN mask there leaves the output finite (as the reference does).
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) {
+        if (!tap_inside(centre_y + t / K - R, centre_x + t % K - R, g)) {
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        }
+    }
+
+    const index_t group_begin = p.group * channels_per_group;
+    const index_t c_begin = group_begin + p.slice * channels_per_block;
+    const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
+    const int plane = rows * PITCH;
+    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
+        const int count = (int)min((index_t)channel_batch, c_end - c0);
+        __syncthreads();  // previous batch fully read
+        stage_halo<scalar_t>(halo, features + p.n * fs.n, fs, c0, count, channel_batch,
+                             y0 / s - R, x0 / s - R, rows, cols, PITCH, g.height, g.width);
+        __syncthreads();
+        if (!inside) continue;
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
+            const acc_t* window = halo + cc * plane + row * PITCH + col;
+            acc_t sum[PAIR];
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) sum[q] = 0;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int j = 0; j < K; ++j) {
+                    const acc_t value = window[i * PITCH + j];
+#pragma unroll
+                    for (int q = 0; q < PAIR; ++q) sum[q] += weight[q][i * K + j] * value;
+                }
+            scalar_t* out = output + p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w;
+            if constexpr (PAIR == 2) {
+                pair_access<scalar_t>::store(out, sum[0], sum[PAIR - 1]);
+            } else {
+                storage<scalar_t>::store(out, sum[0]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- grad_masks
+
+// grad_masks (or, FROM_LOGITS, grad of the raw logits through the softmax):
+// K*K sums per output pixel over all channels of the group, ascending.
+template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
+__device__ void carafe_backward_masks_tiled_impl(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
+    const scalar_t* __restrict__ logits, scalar_t* __restrict__ grad_masks,
+    const carafe_geometry g, const strides4 gs, const strides4 fs, const strides4 ls,
+    const strides4 ms, int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    constexpr int TAPS = K * K;
+    constexpr int R = (K - 1) / 2;
+    CARAFE_DYNAMIC_SHARED(acc_t, halo);
+    const index_t s = g.scale_factor;
+    const index_t out_height = g.height * s, out_width = g.width * s;
+    const int tile_w = CARAFE_TILE_THREADS_X * PAIR, tile_h = CARAFE_TILE_THREADS_Y;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const tile_position p = block_position((out_width + tile_w - 1) / tile_w,
+                                           (out_height + tile_h - 1) / tile_h, 1, g.group_size);
+    const index_t x0 = p.tile_x * tile_w, y0 = p.tile_y * tile_h;
+    const index_t y = y0 + threadIdx.y, x = x0 + (index_t)threadIdx.x * PAIR;
+    const bool inside = y < out_height && x < out_width;
+    constexpr int PITCH = tile_pitch<K, PAIR>();
+    const int cols = halo_extent(tile_w, (int)s, K), rows = halo_extent(tile_h, (int)s, K);
+    const int row = (int)(y / s - y0 / s), col = (int)(x / s - x0 / s);
+    const int plane = rows * PITCH;
+
+    acc_t sum[PAIR][TAPS];
+#pragma unroll
+    for (int q = 0; q < PAIR; ++q)
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t) sum[q][t] = 0;
+
+    const index_t c_begin = p.group * channels_per_group;
+    const index_t c_end = c_begin + channels_per_group;
+    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
+        const int count = (int)min((index_t)channel_batch, c_end - c0);
+        __syncthreads();
+        stage_halo<scalar_t>(halo, features + p.n * fs.n, fs, c0, count, channel_batch,
+                             y0 / s - R, x0 / s - R, rows, cols, PITCH, g.height, g.width);
+        __syncthreads();
+        if (!inside) continue;
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
+            acc_t grad[PAIR];
+            const scalar_t* go = grad_output + p.n * gs.n + (c0 + cc) * gs.c + y * gs.h + x * gs.w;
+            if constexpr (PAIR == 2) {
+                pair_access<scalar_t>::load(go, grad[0], grad[PAIR - 1]);
+            } else {
+                grad[0] = storage<scalar_t>::load(go);
+            }
+            const acc_t* window = halo + cc * plane + row * PITCH + col;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int j = 0; j < K; ++j) {
+                    const acc_t value = window[i * PITCH + j];
+#pragma unroll
+                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[q] * value;
+                }
+        }
+    }
+    if (!inside) return;  // after the last barrier: no thread waits for this one
+    {
+        // A tap outside the input has no effect on the output: its gradient is
+        // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
+        const index_t tap_centre_y = y / s, tap_centre_x = x / s;
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t) {
+            if (!tap_inside(tap_centre_y + t / K - R, tap_centre_x + t % K - R, g)) {
+#pragma unroll
+                for (int q = 0; q < PAIR; ++q) sum[q][t] = 0;
+            }
+        }
+    }
+
+    if constexpr (FROM_LOGITS) {
+        // d logits_t = p_t * (g_t - sum_u p_u g_u), p = softmax(logits); the
+        // logits are re-read (cache hits) instead of held, to save registers.
+        const index_t centre_y = y / s, centre_x = x / s;
+        const int sub_y = (int)(y - centre_y * s), sub_x = (int)(x - centre_x * s);
+#pragma unroll
+        for (int q = 0; q < PAIR; ++q) {
+            acc_t probability[TAPS];
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t)
+                probability[t] = storage<scalar_t>::load(logit_address<TAPS>(
+                    logits, ls, p.n, p.group, t, centre_y, sub_y, centre_x, sub_x + q, s));
+            softmax_in_place<TAPS>(probability);
+            acc_t dot = 0;
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t) dot += probability[t] * sum[q][t];
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t) {
+                const index_t channel = ((p.group * TAPS + t) * s + sub_y) * s + sub_x + q;
+                storage<scalar_t>::store(grad_masks + p.n * ms.n + channel * ms.c +
+                                             centre_y * ms.h + centre_x * ms.w,
+                                         probability[t] * (sum[q][t] - dot));
+            }
+        }
+    } else {
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) {
+        scalar_t* out = grad_masks + p.n * ms.n + (p.group * TAPS + t) * ms.c + y * ms.h + x * ms.w;
+        if constexpr (PAIR == 2) {
+            pair_access<scalar_t>::store(out, sum[0][t], sum[PAIR - 1][t]);
+        } else {
+            storage<scalar_t>::store(out, sum[0][t]);
+        }
+    }
+    }
+}
+
+// ---------------------------------------------------------------- grad_features
+
+// Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
+// a tile of input pixels; the launcher sizes it so both are whole.
+// Tap (i, j) of output (y, x) reads input (y/s + i - R, x/s + j - R), so input
+// (h, w) receives, through sub-pixel (a, b), tap (i, j) of output
+// ((h - i + R) s + a, (w - j + R) s + b).
+template <typename scalar_t, int K, bool FROM_LOGITS>
+__device__ void carafe_backward_features_tiled_impl(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ masks,
+    scalar_t* __restrict__ grad_features, const carafe_geometry g, const strides4 gs,
+    const strides4 ms, const strides4 fs, index_t channels_per_block, int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    constexpr int TAPS = K * K;
+    constexpr int R = (K - 1) / 2;
+    CARAFE_DYNAMIC_SHARED(acc_t, shared);
+    const int s = (int)g.scale_factor;
+    const int tile_cols = blockDim.x / s, tile_rows = blockDim.y / s;
+    const index_t out_height = g.height * s, out_width = g.width * s;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t slices = (channels_per_group + channels_per_block - 1) / channels_per_block;
+    const tile_position p = block_position((g.width + tile_cols - 1) / tile_cols,
+                                           (g.height + tile_rows - 1) / tile_rows, slices,
+                                           g.group_size);
+    const index_t w0 = p.tile_x * tile_cols, h0 = p.tile_y * tile_rows;
+    const int local_w = threadIdx.x / s, sub_x = threadIdx.x % s;
+    const int local_h = threadIdx.y / s, sub_y = threadIdx.y % s;
+    const index_t h = h0 + local_h, w = w0 + local_w;
+    // grad_output halo: centre rows h0 - (K-1-R) .. h0 + tile_rows - 1 + R, times s.
+    const index_t centre_row0 = h0 - (K - 1 - R), centre_col0 = w0 - (K - 1 - R);
+    const int rows = (tile_rows + K - 1) * s, cols = (tile_cols + K - 1) * s;
+    const int plane = rows * cols;
+    const int threads = blockDim.x * blockDim.y;
+    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+
+    if constexpr (FROM_LOGITS) {
+        // Softmax normaliser (max, 1 / sum) of every halo output pixel, in smem.
+        for (int e = thread; e < plane; e += threads) {
+            const int r = e / cols, k = e - (e / cols) * cols;
+            const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
+            acc_t largest = 0, total = 1;
+            if (y >= 0 && y < out_height && x >= 0 && x < out_width) {
+                acc_t values[TAPS];
+#pragma unroll
+                for (int t = 0; t < TAPS; ++t)
+                    values[t] = storage<scalar_t>::load(logit_address<TAPS>(
+                        masks, ms, p.n, p.group, t, centre_row0 + r / s, r % s,
+                        centre_col0 + k / s, k % s, s));
+                largest = values[0];
+#pragma unroll
+                for (int t = 1; t < TAPS; ++t) largest = values[t] > largest ? values[t] : largest;
+                total = 0;
+#pragma unroll
+                for (int t = 0; t < TAPS; ++t) total += accumulate_exp(values[t] - largest);
+            }
+            shared[2 * e] = largest;
+            shared[2 * e + 1] = acc_t(1) / total;
+        }
+        __syncthreads();
+    }
+
+    acc_t weight[TAPS];
+#pragma unroll
+    for (int i = 0; i < K; ++i)
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const index_t centre_h = h - i + R, centre_w = w - j + R;
+            acc_t value = 0;
+            if (centre_h >= 0 && centre_h < g.height && centre_w >= 0 && centre_w < g.width) {
+                const index_t y = centre_h * s + sub_y, x = centre_w * s + sub_x;
+                if constexpr (FROM_LOGITS) {
+                    const int e = (int)((y - centre_row0 * s) * cols + (x - centre_col0 * s));
+                    const acc_t logit = storage<scalar_t>::load(logit_address<TAPS>(
+                        masks, ms, p.n, p.group, i * K + j, centre_h, sub_y, centre_w, sub_x, s));
+                    value = accumulate_exp(logit - shared[2 * e]) * shared[2 * e + 1];
+                } else {
+                    value = storage<scalar_t>::load(masks + p.n * ms.n +
+                                                    (p.group * TAPS + i * K + j) * ms.c +
+                                                    y * ms.h + x * ms.w);
+                }
+            }
+            weight[i * K + j] = value;
+        }
+
+    // grad_output halo split by sub-pixel: plane (a, b) holds the values at
+    // (centre * s + a, centre * s + b), so tap (i, j) is a fixed step of
+    // -(i * centre_cols + j) from the thread's tap (0, 0).
+    const int centre_rows = tile_rows + K - 1, centre_cols = tile_cols + K - 1;
+    const int sub_plane = centre_rows * centre_cols;
+    const int channel_plane = s * s * sub_plane;
+    acc_t* halo = shared;
+    acc_t* partial = shared + channel_batch * channel_plane;
+    const index_t group_begin = p.group * channels_per_group;
+    const index_t c_begin = group_begin + p.slice * channels_per_block;
+    const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
+    const int base = (sub_y * s + sub_x) * sub_plane + (local_h + K - 1) * centre_cols +
+                     (local_w + K - 1);
+    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
+        const int count = (int)min((index_t)channel_batch, c_end - c0);
+        __syncthreads();
+        for (int e = thread; e < channel_batch * plane; e += threads) {
+            const int cc = e / plane;
+            const int within = e - cc * plane;
+            const int r = within / cols, k = within - r * cols;
+            const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
+            acc_t value = 0;
+            if (cc < count && y >= 0 && y < out_height && x >= 0 && x < out_width) {
+                value = storage<scalar_t>::load(grad_output + p.n * gs.n + (c0 + cc) * gs.c +
+                                                y * gs.h + x * gs.w);
+            }
+            halo[cc * channel_plane + ((r % s) * s + k % s) * sub_plane +
+                 (r / s) * centre_cols + k / s] = value;
+        }
+        __syncthreads();
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
+            const acc_t* window = halo + cc * channel_plane + base;
+            acc_t sum = 0;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int j = 0; j < K; ++j) sum += weight[i * K + j] * window[-(i * centre_cols + j)];
+            partial[cc * threads + thread] = sum;
+        }
+        __syncthreads();
+        if (sub_x == 0 && sub_y == 0 && h < g.height && w < g.width) {
+            for (int cc = 0; cc < count; ++cc) {
+                acc_t total = 0;
+                for (int a = 0; a < s; ++a)
+                    for (int b = 0; b < s; ++b)
+                        total += partial[cc * threads + thread + a * blockDim.x + b];
+                storage<scalar_t>::store(
+                    grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- entry points
+// All tiled kernels take 4 pointers (a, b, c, out), the geometry, 4 stride
+// sets and 2 tiling arguments; unused pointers are passed as 0.
+#define CARAFE_TILED_PARAMS(scalar_t)                                                         \
+    const scalar_t *a, const scalar_t *b, const scalar_t *c, scalar_t *out,                   \
+        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),             \
+        CARAFE_STRIDE_PARAMS(c), CARAFE_STRIDE_PARAMS(o), index_t channels_per_block,         \
+        index_t channel_batch
+
+#define CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, PAIR)                                       \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                           \
+        carafe_forward_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
+        carafe_forward_tiled_impl<scalar_t, K, PAIR, false>(                                   \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                           \
+        carafe_backward_masks_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) { \
+        carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
+            a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+    }
+
+#define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \
+    CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, 1)                                              \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                          \
+        carafe_backward_features_tiled_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
+        carafe_backward_features_tiled_impl<scalar_t, K, false>(                               \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }
+
+#define CARAFE_DEFINE_FUSED_K(suffix, scalar_t, K)                                             \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                           \
+        carafe_fused_forward_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {                  \
+        carafe_forward_tiled_impl<scalar_t, K, 1, true>(                                       \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                           \
+        carafe_fused_backward_logits_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {          \
+        carafe_backward_masks_tiled_impl<scalar_t, K, 1, true>(                                \
+            a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                          \
+        carafe_fused_backward_features_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
+        carafe_backward_features_tiled_impl<scalar_t, K, true>(                                \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }
