@@ -21,8 +21,8 @@ ARCHS = ["sm_75", "sm_80", "sm_90"]
 REGISTER_BUDGET = 96
 SHARED_MEMORY_LIMIT = 48 * 1024
 # Tiled kernels hold K*K mask values (or K*K sums) per pixel in registers by
-# design; budgets per (K, accumulator width), measured with ptxas for sm_80/sm_90.
-TILED_ARCHS = ["sm_80", "sm_90"]
+# design; budgets per (K, accumulator width), measured with ptxas for sm_75/80/90.
+TILED_ARCHS = ["sm_75", "sm_80", "sm_90"]
 TILED_REGISTER_BUDGET = {
     (3, "float32"): 128,
     (5, "float32"): 160,
