@@ -455,7 +455,7 @@ def summarize(results: list[UpsamplerResult], reference: dict[str, float]) -> li
                 f"{shape}."
             )
         gain = last_interval_gain(carafe)
-        if gain > 0 and gain >= max(last_interval_gain(r) for r in results):
+        if gain >= 0.01 and gain >= max(last_interval_gain(r) for r in results):
             lines.append(
                 f"CARAFE was still improving fastest at the end (+{gain:.2f} dB over the last "
                 "evaluation interval), so a longer run (--steps) may change the order."
