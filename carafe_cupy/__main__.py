@@ -53,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
-    from .demo import default_threads
+    from .demo import DemoConfig
 
     demo = commands.add_parser(
         "demo",
@@ -67,7 +67,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--threads",
         type=int,
-        default=default_threads(),
+        default=DemoConfig.threads,
         help="torch CPU threads (fixed, so results repeat; default %(default)s)",
     )
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +45,9 @@ class DemoConfig:
     learning_rate: float = 2e-3
     eval_every: int = 60
     seed: int = 0
-    threads: int = 2
+    # One torch CPU thread: results do not depend on the core count, and small convolutions
+    # gain little from more threads (which spin against other work on a busy machine).
+    threads: int = 1
     device: str = "auto"
     out_dir: Path = Path("carafe_demo_out")
     upsamplers: tuple[str, ...] = UPSAMPLERS
@@ -611,8 +612,3 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> list[Ups
     (out_dir / "results.md").write_text(format_table(results, reference) + "\n")
     log(f"\nwrote training_curves.png, reconstructions.png, results.json to {out_dir}")
     return results
-
-
-def default_threads() -> int:
-    """A fixed thread count (not 'all cores'), so CPU results repeat across machines."""
-    return min(2, os.cpu_count() or 1)
