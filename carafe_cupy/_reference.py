@@ -141,6 +141,9 @@ def carafe_backward(
         window = windows[:, top:bottom].reshape(*band, channels_per_group, taps)
         weights = masks_by_pixel[:, top:bottom].reshape(*band, s * s, taps)
         upstream = grad_by_pixel[:, top:bottom].reshape(*band, s * s, channels_per_group)
+        # bmm runs one small matmul at a time on odd strides (e.g. the stride-0
+        # grad_output of out.sum()): hand it dense operands
+        upstream = upstream.contiguous()
 
         band_grad_masks = torch.matmul(upstream, window).view(*band, s, s, taps)
         band_outside = outside[top:bottom].view(1, bottom - top, width, 1, 1, 1, taps)
