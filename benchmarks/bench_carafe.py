@@ -716,6 +716,7 @@ def run_benchmark(
             else ("not applicable (CPU: no run-time compilation)" if dev == "cpu" else "not run")
         ),
         "results": results,
+        "carafepack_fused": carafepack_fused_vs_unfused(cases, dnames, dev),
     }
     md = render_markdown(report)
     (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -731,6 +732,91 @@ def run_benchmark(
             print(f"plot: {p}")
         print(f"results written to {out_dir}")
     return report
+
+
+def carafepack_fused_vs_unfused(
+    cases: list[Case], dtypes: list[str], device: str, reps: int = 20
+) -> list[dict[str, Any]] | str:
+    """CARAFEPack with the fused normaliser against pixel_shuffle + softmax + carafe.
+
+    The fused path exists only in the CUDA kernels, so this runs on a GPU.
+    """
+    if device != "cuda":
+        return "not run: the fused normaliser exists only in the CUDA kernels"
+    import carafe_cupy
+
+    rows = []
+    for case in cases:
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            torch.manual_seed(0)
+            pack = carafe_cupy.CARAFEPack(case.c, case.s, up_kernel=case.k, up_group=case.g)
+            pack = pack.to(device=device, dtype=dtype)
+            x = torch.randn(case.n, case.c, case.h, case.w, device=device, dtype=dtype)
+            x.requires_grad_(True)
+            for fused in (True, False):
+                pack.fuse_normalizer = fused
+                for mode in ("fwd", "fwd+bwd"):
+                    row = {"case": case.name, "dtype": dname, "fused": fused, "mode": mode}
+                    try:
+                        for _ in range(3):
+                            _pack_step(pack, x, mode)
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        base = torch.cuda.memory_allocated()
+                        times = []
+                        for _ in range(reps):
+                            start = torch.cuda.Event(enable_timing=True)
+                            end = torch.cuda.Event(enable_timing=True)
+                            start.record()
+                            _pack_step(pack, x, mode)
+                            end.record()
+                            end.synchronize()
+                            times.append(start.elapsed_time(end))
+                        row["median_ms"] = statistics.median(times)
+                        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
+                        row["status"] = "ok"
+                    except Exception as exc:  # recorded, the run goes on
+                        row["status"] = "OOM" if _is_oom(exc) else f"error: {_short(exc)}"
+                    rows.append(row)
+                    x.grad = None
+                    pack.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _pack_step(pack: Any, x: torch.Tensor, mode: str) -> None:
+    if mode == "fwd":
+        with torch.no_grad():
+            pack(x)
+    else:
+        pack(x).sum().backward()
+
+
+def render_carafepack(rows: list[dict[str, Any]] | str) -> list[str]:
+    lines = ["", "CARAFEPack, fused normaliser vs pixel_shuffle + softmax + carafe:", ""]
+    if isinstance(rows, str):
+        return lines + [f"- {rows}"]
+    lines += [
+        "| shape | dtype | mode | fused ms | unfused ms | speed-up | fused MiB | unfused MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    keyed = {(r["case"], r["dtype"], r["mode"], r["fused"]): r for r in rows}
+    for case, dname, mode, fused in keyed:
+        if not fused:
+            continue
+        a, b = keyed[(case, dname, mode, True)], keyed.get((case, dname, mode, False), {})
+        if a.get("status") != "ok" or b.get("status") != "ok":
+            lines.append(
+                f"| {case} | {dname} | {mode} | {a.get('status')} | {b.get('status')} | - | - | - |"
+            )
+            continue
+        lines.append(
+            f"| {case} | {dname} | {mode} | {a['median_ms']:.3f} | {b['median_ms']:.3f} | "
+            f"{b['median_ms'] / a['median_ms']:.2f} | {a['peak_mem_bytes'] / 2**20:.1f} | "
+            f"{b['peak_mem_bytes'] / 2**20:.1f} |"
+        )
+    return lines
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
@@ -844,6 +930,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"- {label}: {val}")
     else:
         lines.append(f"- {fc}")
+    lines += render_carafepack(report.get("carafepack_fused", "not run"))
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,9 @@ class CARAFEPack(nn.Module):
             padding=(encoder_kernel - 1) * encoder_dilation // 2,
             dilation=encoder_dilation,
         )
+        # Not a constructor argument, so the signature stays mmcv's; set it to False
+        # to run pixel_shuffle + softmax + carafe as separate ops (e.g. to compare).
+        self.fuse_normalizer = True
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -86,7 +89,8 @@ class CARAFEPack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.content_encoder(self.channel_compressor(x))
-        if uses_kernels(x.device):  # pixel_shuffle + softmax inside the kernels
+        if self.fuse_normalizer and uses_kernels(x.device):
+            # pixel_shuffle + softmax inside the kernels: masks never stored
             return carafe_from_logits(x, mask, self.up_kernel, self.up_group, self.scale_factor)
         mask = self.kernel_normalizer(mask)
         return self.feature_reassemble(x, mask)

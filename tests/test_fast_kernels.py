@@ -212,6 +212,19 @@ def test_carafepack_uses_fused_path_and_matches(simulator, monkeypatch):
     assert torch.allclose(fused, pack(x), atol=1e-12)
 
 
+def test_carafepack_unfused_on_request(simulator):
+    torch.manual_seed(0)
+    pack = carafe_cupy.CARAFEPack(4, 2, up_kernel=3, up_group=2, compressed_channels=4).double()
+    torch.nn.init.normal_(pack.content_encoder.weight, std=0.5)
+    x = torch.randn(1, 4, 3, 5, dtype=torch.float64)
+    fused = pack(x)
+    simulator.launched.clear()
+    pack.fuse_normalizer = False
+    unfused = pack(x)
+    assert simulator.launched and not any("fused" in name for name in simulator.launched)
+    assert torch.allclose(fused, unfused, atol=1e-12)
+
+
 def test_from_logits_checks_the_logit_channels():
     with pytest.raises(ValueError, match="G\\*k\\*k\\*s\\*s = 36"):
         carafe_cupy.carafe_from_logits(torch.zeros(1, 2, 3, 3), torch.zeros(1, 9, 3, 3), 3, 1, 2)
