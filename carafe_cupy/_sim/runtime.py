@@ -16,7 +16,8 @@ Environment:
 * ``CARAFE_CUPY_SIM_ASAN=1``: build modules with AddressSanitizer. The Python
   process must start with libasan preloaded, e.g.::
 
-      LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
+      LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" \\
+      ASAN_OPTIONS=detect_leaks=0 \\
           CARAFE_CUPY_SIM_ASAN=1 python -m pytest ...
 
 * ``CARAFE_CUPY_SIM_CXXFLAGS``: extra compiler flags (part of the cache key);
@@ -427,7 +428,8 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
         raise SimulatorError(
             "CARAFE_CUPY_SIM_ASAN=1 needs AddressSanitizer's runtime loaded before Python "
             "starts. Run the process as:\n"
-            "  LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 "
+            '  LD_PRELOAD="$(g++ -print-file-name=libasan.so) '
+            '$(g++ -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 '
             "CARAFE_CUPY_SIM_ASAN=1 python ..."
         )
     cxx = _find_compiler()
