@@ -163,3 +163,40 @@ def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
         assert_close(output.cpu(), expected, "float32", "output")
     finally:
         _torch_ops._gpu_kernels_available.cache_clear()
+
+
+def _free_gpu_bytes() -> int:
+    free, _ = torch.cuda.mem_get_info()
+    return free
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or _free_gpu_bytes() < 12 * 2**30,
+    reason="needs a GPU with 12 GiB free",
+)
+def test_forward_past_2_31_output_elements_in_fp16():
+    """64-bit indexing for real: the last output elements sit past 2**31."""
+    from carafe_cupy import _reference
+
+    n, c, h, w, k, g, s = 1, 64, 2900, 2900, 5, 1, 2
+    r = (k - 1) // 2
+    assert n * c * (h * s) * (w * s) > 2**31
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    features = torch.randn(n, c, h, w, device="cuda", dtype=torch.float16, generator=generator)
+    masks = torch.rand(
+        n, g * k * k, h * s, w * s, device="cuda", dtype=torch.float16, generator=generator
+    )
+    output = carafe_cupy.carafe(features, masks, k, g, s)
+    torch.cuda.synchronize()
+    # Compare bands of rows (first, middle, last) with the pure-PyTorch path on a crop
+    # that holds every input row those outputs read.
+    for top in (0, h // 2, h - 8):
+        bottom = top + 8
+        low, high = max(0, top - r), min(h, bottom + r)
+        for channel in (0, c - 1):
+            crop = features[:, channel : channel + 1, low:high].float()
+            crop_masks = masks[:, :, low * s : high * s].float()
+            expected = _reference.carafe_forward(crop, crop_masks, k, g, s)
+            expected = expected[:, :, (top - low) * s : (bottom - low) * s]
+            got = output[:, channel : channel + 1, top * s : bottom * s].float()
+            torch.testing.assert_close(got, expected, atol=2e-2, rtol=1e-2)
