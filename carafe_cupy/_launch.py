@@ -437,11 +437,26 @@ def launch_forward(
     if total == 0:
         return
     plan = forward_plan(geometry, (features, masks, output))
+    forward, _, _ = kernel_names(features.dtype)
+    refs = (features, masks, output)
+    _launch_plan_or_general(plan, forward, total, refs, geometry, device, stream)
+
+
+def _launch_plan_or_general(
+    plan: _Plan | None,
+    general_kernel: str,
+    total: int,
+    refs: tuple[TensorRef, TensorRef, TensorRef],
+    geometry: Geometry,
+    device: int,
+    stream: int,
+) -> None:
+    """The planned tiled launch, or the general one-thread-per-element kernel."""
     if plan is None:
-        forward, _, _ = kernel_names(features.dtype)
-        _launch_elementwise(forward, total, (features, masks, output), geometry, device, stream)
-        return
-    _launch_plan(plan, (features, masks, _NO_TENSOR, output), geometry, device, stream)
+        _launch_elementwise(general_kernel, total, refs, geometry, device, stream)
+    else:
+        first, second, out = refs
+        _launch_plan(plan, (first, second, _NO_TENSOR, out), geometry, device, stream)
 
 
 def launch_backward(
@@ -478,19 +493,9 @@ def launch_backward(
                 geometry, dtype, "carafe_backward_features_tiled", False
             )
         plan = _choose({key: plan for key, plan in plans.items() if plan}, "this grad_features")
-        if plan is None:
-            total = geometry.batch * geometry.channels * geometry.height * geometry.width
-            _launch_elementwise(
-                backward_features,
-                total,
-                (grad_output, masks, grad_features),
-                geometry,
-                device,
-                stream,
-            )
-        else:
-            refs = (grad_output, masks, _NO_TENSOR, grad_features)
-            _launch_plan(plan, refs, geometry, device, stream)
+        total = geometry.batch * geometry.channels * geometry.height * geometry.width
+        refs = (grad_output, masks, grad_features)
+        _launch_plan_or_general(plan, backward_features, total, refs, geometry, device, stream)
     if grad_masks is not None:
         plans = {}
         if _tiled_applies(geometry):
@@ -499,21 +504,9 @@ def launch_backward(
             if _pairs_fit(geometry, dtype, (grad_output, grad_masks)):
                 plans["tiled_pair"] = _output_tile_plan(geometry, dtype, name, True, False)
         plan = _choose({key: plan for key, plan in plans.items() if plan}, "this grad_masks")
-        if plan is None:
-            total = (
-                geometry.batch * geometry.mask_channels * geometry.out_height * geometry.out_width
-            )
-            _launch_elementwise(
-                backward_masks,
-                total,
-                (grad_output, features, grad_masks),
-                geometry,
-                device,
-                stream,
-            )
-        else:
-            refs = (grad_output, features, _NO_TENSOR, grad_masks)
-            _launch_plan(plan, refs, geometry, device, stream)
+        total = geometry.batch * geometry.mask_channels * geometry.out_height * geometry.out_width
+        refs = (grad_output, features, grad_masks)
+        _launch_plan_or_general(plan, backward_masks, total, refs, geometry, device, stream)
 
 
 # ---------------------------------------------------------------- fused normaliser

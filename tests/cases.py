@@ -17,6 +17,13 @@ SPATIAL = ((3, 3), (2, 5), (4, 1), (5, 3))
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 3e-2}
 
 
+def torch_dtypes() -> dict:
+    """Storage dtype name -> torch dtype, for every dtype the kernels support."""
+    import torch
+
+    return {name: getattr(torch, name) for name in TOLERANCE}
+
+
 def config_matrix() -> list[tuple[int, int, int, int, int, int, int]]:
     """(N, C, H, W, k, G, s) covering every k x G x s with varied shapes and N in {0, 1, 2}."""
     configs = []

@@ -16,15 +16,11 @@ from cases import (  # noqa: E402
     exact_expected,
     make_exact_inputs,
     make_inputs,
+    torch_dtypes,
 )
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 
-DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = torch_dtypes()
 
 
 def rounded(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cases import assert_close, config_id, config_matrix, make_exact_inputs
+from cases import assert_close, config_id, config_matrix, make_exact_inputs, torch_dtypes
 from naive import naive_carafe, naive_carafe_backward
 
 torch = pytest.importorskip("torch")
@@ -22,12 +22,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
 )
 
-DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = torch_dtypes()
 TILED_CONFIGS = [c for c in config_matrix() if c[4] in _launch.TILED_KERNEL_SIZES]
 
 

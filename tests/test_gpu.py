@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import carafe_cupy  # noqa: E402
 from carafe_cupy import _launch  # noqa: E402
 
-from cases import assert_close, config_id, config_matrix, make_inputs  # noqa: E402
+from cases import assert_close, config_id, config_matrix, make_inputs, torch_dtypes  # noqa: E402
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 
 pytestmark = [
@@ -21,12 +21,7 @@ pytestmark = [
     ),
 ]
 
-DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = torch_dtypes()
 
 
 def run(inputs, params, device):
