@@ -114,6 +114,20 @@ def _cupy_backend() -> Backend:
     return run
 
 
+def _numpy_simulator_backend() -> Backend:
+    import carafe_cupy
+
+    def run(features, masks, grad_output, params, dtype):
+        if dtype == "bfloat16":
+            raise _Skip("numpy has no bfloat16 dtype")
+        arrays = [a.astype(dtype) for a in (features, masks, grad_output)]
+        output = carafe_cupy.carafe(arrays[0], arrays[1], *params)
+        grads = carafe_cupy.carafe_backward(arrays[2], arrays[0], arrays[1], *params)
+        return tuple(a.astype(np.float64) for a in (output, *grads))
+
+    return run
+
+
 class _Skip(Exception):
     pass
 
@@ -128,11 +142,14 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
         torch = None
         notes.append("torch is not installed: the torch CPU and CUDA paths were not checked")
     if torch is not None:
-        backends["torch cpu"] = _torch_backend("cpu")
+        simulated = " (kernels on the simulator)" if _launch.simulator_enabled() else ""
+        backends[f"torch cpu{simulated}"] = _torch_backend("cpu")
         if torch.cuda.is_available():
             backends["torch cuda"] = _torch_backend("cuda")
         else:
             notes.append("no CUDA GPU visible to torch: the torch GPU path was not checked")
+    if _launch.simulator_enabled():
+        backends["numpy (kernels on the simulator)"] = _numpy_simulator_backend()
     if _launch.gpu_kernels_available():
         backends["cupy"] = _cupy_backend()
     else:

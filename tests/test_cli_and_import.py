@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -61,3 +62,20 @@ def test_check_passes_and_says_what_was_not_checked():
 
     if not torch.cuda.is_available():
         assert "GPU path was not checked" in result.stdout
+
+
+def test_check_runs_the_kernels_on_the_simulator():
+    pytest.importorskip("torch")
+    environment = dict(os.environ, CARAFE_CUPY_SIMULATOR="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "carafe_cupy", "check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| torch cpu (kernels on the simulator) | float16 |" in result.stdout
+    assert "| numpy (kernels on the simulator) | float32 |" in result.stdout
+    assert " 0 failed" in result.stdout
