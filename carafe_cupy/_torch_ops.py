@@ -271,10 +271,6 @@ def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) 
     return masks.view(batch, mask_channels, height, width).contiguous()
 
 
-def _fused_geometry(features, kernel_size, group_size, scale_factor):
-    return _geometry(features, kernel_size, group_size, scale_factor)
-
-
 @torch.library.custom_op("carafe_cupy::carafe_fused_forward", mutates_args=())
 def carafe_fused_forward(
     features: torch.Tensor,
@@ -283,7 +279,7 @@ def carafe_fused_forward(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
-    geometry = _fused_geometry(features, kernel_size, group_size, scale_factor)
+    geometry = _geometry(features, kernel_size, group_size, scale_factor)
     if not (
         uses_kernels(features.device)
         and _launch.fused_supported(geometry, dtype_name(features.dtype))
@@ -312,7 +308,7 @@ def carafe_fused_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    geometry = _fused_geometry(features, kernel_size, group_size, scale_factor)
+    geometry = _geometry(features, kernel_size, group_size, scale_factor)
     if not (
         uses_kernels(features.device)
         and _launch.fused_supported(geometry, dtype_name(features.dtype))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_ops import carafe, carafe_from_logits, uses_kernels
+from ._torch_ops import carafe, carafe_from_logits, normalize_logits, uses_kernels
 from ._validate import check_params
 
 
@@ -77,12 +77,7 @@ class CARAFEPack(nn.Module):
         nn.init.zeros_(self.content_encoder.bias)
 
     def kernel_normalizer(self, mask: torch.Tensor) -> torch.Tensor:
-        mask = nn.functional.pixel_shuffle(mask, self.scale_factor)
-        batch, mask_channels, height, width = mask.shape
-        taps = self.up_kernel * self.up_kernel
-        mask = mask.view(batch, mask_channels // taps, taps, height, width)
-        mask = mask.softmax(dim=2, dtype=mask.dtype)
-        return mask.view(batch, mask_channels, height, width).contiguous()
+        return normalize_logits(mask, self.up_kernel, self.scale_factor)
 
     def feature_reassemble(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return carafe(x, mask, self.up_kernel, self.up_group, self.scale_factor)
