@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _launch_record
+
 KERNEL_MODULE = "carafe"
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "bfloat16")
 THREADS_PER_BLOCK = 256
@@ -592,6 +594,7 @@ def launch(
     Everything before this (kernel choice, grid, arguments, outputs) is the
     same for both, so the simulator exercises the real launch code.
     """
+    _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = kernel_source(module_name)
     if simulator_enabled():
         from ._sim.runtime import get_runtime as simulator_runtime

@@ -1,0 +1,217 @@
+"""A record of kernel launches, for tests that check which plans actually ran.
+
+:func:`note_launch` is called by the launcher for every launch; it does nothing
+unless a :func:`recording` is active. A :class:`LaunchRecord` says which kernel
+ran and how the planner tiled it (tiles, channel batch, channel slices), decoded
+from the launch arguments themselves, and :func:`plan_branches` names the
+planner decisions the launch shows. ``PLAN_BRANCHES`` lists every such name, so
+a test can demand that each one is taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+_DTYPES = "float32|float64|float16|bfloat16"
+_GENERAL = re.compile(rf"carafe_(forward|backward_features|backward_masks)_({_DTYPES})")
+_TILED = re.compile(
+    r"carafe_(forward_tiled|backward_masks_tiled|backward_features_tiled|fused_forward"
+    rf"|fused_backward_logits|fused_backward_features)_k(\d+)(?:_p(\d))?_({_DTYPES})"
+)
+_OPERATIONS = {
+    "forward": "forward",
+    "backward_features": "grad_features",
+    "backward_masks": "grad_masks",
+    "forward_tiled": "forward",
+    "backward_masks_tiled": "grad_masks",
+    "backward_features_tiled": "grad_features",
+    "fused_forward": "fused_forward",
+    "fused_backward_logits": "fused_grad_logits",
+    "fused_backward_features": "fused_grad_features",
+}
+# Kernels whose block owns a tile of input pixels, s x s threads each.
+_INPUT_TILED = ("grad_features", "fused_grad_features")
+_OUTPUT_TILE = (32, 8)  # threads per output tile (x, y), times 2 in x for pairs
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One kernel launch, as the planner shaped it."""
+
+    module: str
+    kernel: str
+    operation: str  # forward, grad_features, grad_masks, fused_*
+    dtype: str
+    kernel_size: int
+    scale_factor: int
+    variant: str  # general, tiled, tiled_pair, fused
+    requested: str  # the variant asked for: auto, general, tiled, tiled_pair
+    batch: int
+    channels: int
+    group_size: int
+    tiles_x: int = 0
+    tiles_y: int = 0
+    channel_batch: int = 0  # channels staged per shared-memory batch
+    channel_slices: int = 0  # blocks sharing one group's channels
+    channel_batches: int = 0  # staging rounds per block
+    partial_batch: bool = False  # a last batch with fewer channels than channel_batch
+
+    @property
+    def tiles(self) -> int:
+        return self.tiles_x * self.tiles_y
+
+
+_lock = threading.Lock()
+_active: list[list[LaunchRecord]] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[LaunchRecord]]:
+    """Collect a :class:`LaunchRecord` for every launch until the block ends."""
+    records: list[LaunchRecord] = []
+    with _lock:
+        _active.append(records)
+    try:
+        yield records
+    finally:
+        with _lock:
+            _active.remove(records)
+
+
+def note_launch(
+    module: str, kernel: str, block: tuple, args: tuple, requested: Callable[[], str]
+) -> None:
+    """Called by the launcher for each launch; cheap when nothing records.
+    ``requested`` returns the variant asked for (it reads the environment)."""
+    if not _active:
+        return
+    record = decode_launch(module, kernel, block, args, requested())
+    with _lock:
+        for records in _active:
+            records.append(record)
+
+
+def decode_launch(module: str, kernel: str, block: tuple, args: tuple, requested: str):
+    """The :class:`LaunchRecord` of a launch, from its kernel name and arguments."""
+    general = _GENERAL.fullmatch(kernel)
+    if general is not None:
+        # 3 pointers, then batch, channels, height, width, k, G, s
+        n, c, _, _, k, g, s = (int(value) for value in args[3:10])
+        operation, dtype = _OPERATIONS[general.group(1)], general.group(2)
+        return LaunchRecord(module, kernel, operation, dtype, k, s, "general", requested, n, c, g)
+    tiled = _TILED.fullmatch(kernel)
+    if tiled is None:
+        raise ValueError(f"launch record: kernel {kernel!r} is of no known family")
+    # 4 pointers, 7 sizes, 16 strides, then channels per block and channel batch
+    n, c, h, w, k, g, s = (int(value) for value in args[4:11])
+    per_block, channel_batch = int(args[27]), int(args[28])
+    name, pairs = tiled.group(1), int(tiled.group(3) or 1)
+    operation = _OPERATIONS[name]
+    if name.startswith("fused"):
+        variant = "fused"
+    else:
+        variant = "tiled_pair" if pairs == 2 else "tiled"
+    if operation in _INPUT_TILED:
+        tile_cols, tile_rows = block[0] // s, block[1] // s
+        tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
+    else:
+        tiles_x = -(-(w * s) // (_OUTPUT_TILE[0] * pairs))
+        tiles_y = -(-(h * s) // _OUTPUT_TILE[1])
+    per_group = c // g
+    per_block = max(1, min(per_block, per_group))
+    return LaunchRecord(
+        module,
+        kernel,
+        operation,
+        tiled.group(4),
+        k,
+        s,
+        variant,
+        requested,
+        n,
+        c,
+        g,
+        tiles_x,
+        tiles_y,
+        channel_batch,
+        -(-per_group // per_block),
+        -(-per_block // channel_batch) if per_group else 0,
+        per_block % channel_batch != 0 or (per_group % per_block) % channel_batch != 0,
+    )
+
+
+# Every planner decision a launch can show. "why" names say why a launch took
+# a slower variant than the best one built; tiling names say how a tiled
+# launch split its work.
+PLAN_BRANCHES = (
+    "general: forced",
+    "general: kernel size has no tiled kernels",
+    "general: no channels (grad_masks is zeros)",
+    "general: no tiled plan fits (scale too large)",
+    "tiled: forced",
+    "tiled: odd scale, no pairs",
+    "tiled: pairs not built for this dtype and kernel size",
+    "tiled: tensors not pair-aligned",
+    "tiled_pair: auto",
+    "tiled_pair: forced",
+    "fused",
+    "channel batch 1",
+    "channel batch 2",
+    "channel batch 3",
+    "channel batch 4",
+    "partial channel batch",
+    "several channel batches per block",
+    "several channel slices",
+    "several tiles in x",
+    "several tiles in y",
+)
+
+
+def plan_branches(record: LaunchRecord) -> set[str]:
+    """The names (from ``PLAN_BRANCHES``) of the decisions this launch shows."""
+    from ._launch import TILED_KERNEL_SIZES, pairs_instantiated
+
+    branches = set()
+    if record.variant == "general":
+        if record.channels == 0:
+            branches.add("general: no channels (grad_masks is zeros)")
+        elif record.requested == "general":
+            branches.add("general: forced")
+        elif record.kernel_size not in TILED_KERNEL_SIZES:
+            branches.add("general: kernel size has no tiled kernels")
+        else:
+            branches.add("general: no tiled plan fits (scale too large)")
+        return branches
+    if record.variant == "fused":
+        branches.add("fused")
+    elif record.variant == "tiled_pair":
+        branches.add(
+            "tiled_pair: forced" if record.requested == "tiled_pair" else "tiled_pair: auto"
+        )
+    elif record.requested == "tiled":
+        branches.add("tiled: forced")
+    elif record.scale_factor % 2:
+        branches.add("tiled: odd scale, no pairs")
+    elif not pairs_instantiated(record.dtype, record.kernel_size):
+        branches.add("tiled: pairs not built for this dtype and kernel size")
+    else:
+        branches.add("tiled: tensors not pair-aligned")
+    branches.add(f"channel batch {record.channel_batch}")
+    if record.partial_batch:
+        branches.add("partial channel batch")
+    if record.channel_batches > 1:
+        branches.add("several channel batches per block")
+    if record.channel_slices > 1:
+        branches.add("several channel slices")
+    if record.tiles_x > 1:
+        branches.add("several tiles in x")
+    if record.tiles_y > 1:
+        branches.add("several tiles in y")
+    unknown = branches.difference(PLAN_BRANCHES)
+    if unknown:
+        raise ValueError(f"launch record: undeclared plan branches {sorted(unknown)}")
+    return branches

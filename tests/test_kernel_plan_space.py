@@ -1,0 +1,172 @@
+"""The planner's whole plan space, launched on the simulator and checked.
+
+The domain is every input the planner decides on: dtype, kernel size (tiled
+and not), every scale 1..9 with N >= 1, every requested variant, pair-aligned
+and misaligned tensors, no channels, and a shape with several tiles, channel
+slices and batches. A dry run (planner only, no kernels) lists what each domain
+point would launch; a point runs for real when it adds a (kernel, scale) or a
+(kernel, plan branch) not yet launched. Every real run is checked against the
+float64 reference with canaries around every tensor.
+
+Coverage then fails if any kernel a module defines is never launched, any
+dry-run target is not reached, or any declared plan branch is never taken.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import shutil
+
+import numpy as np
+import pytest
+
+from cases import assert_close, make_exact_inputs
+
+torch = pytest.importorskip("torch")
+
+import kernel_harness as harness  # noqa: E402
+
+from carafe_cupy import _launch, _launch_record  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
+)
+
+DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
+KERNEL_SIZES = (*_launch.TILED_KERNEL_SIZES, 1, 9)  # 1, 9: no tiled kernels
+SCALES = tuple(range(1, _launch.MAX_TILED_BACKWARD_SCALE + 2))  # one past the tiled limit
+LAYOUTS = {"aligned": 2, "misaligned": 1}  # frame padding; odd puts pairs off alignment
+# (N, C, H, W, G) before k and s: several tiles in x (also for pairs, W*s > 64)
+# and y, two groups of 10 channels (two slices of 5: a full and a partial batch),
+# and the smallest shapes with and without channels.
+RICH, SMALL, NO_CHANNELS = (1, 10, 9, 33, 1), (1, 2, 2, 3, 2), (1, 0, 2, 3, 1)
+
+
+def domain():
+    """Every point the planner is asked about: (dtype, config, variant, layout)."""
+    shapes = [(RICH, 2)] + [(SMALL, s) for s in SCALES] + [(NO_CHANNELS, 2)]
+    for (shape, s), dtype, k in itertools.product(shapes, DTYPES, KERNEL_SIZES):
+        n, c, h, w, g = shape
+        for variant, layout in itertools.product(_launch.VARIANTS, LAYOUTS):
+            yield dtype, (n, c, h, w, k, g, s), variant, layout
+
+
+def plan_point(dtype, config, variant, layout) -> None:
+    """Launch a domain point's kernels on made-up addresses (under a dry run)."""
+    n, c, h, w, k, g, s = config
+    geometry = _launch.Geometry(n, c, h, w, k, g, s)
+    pad = LAYOUTS[layout]
+    features, output = (
+        harness.framed_ref(shape, dtype, pad) for shape in ((n, c, h, w), (n, c, h * s, w * s))
+    )
+    masks = harness.framed_ref((n, g * k * k, h * s, w * s), dtype, pad)
+    logits = harness.framed_ref((n, g * k * k * s * s, h, w), dtype, pad)
+    try:
+        with _launch.forced_variant(variant):
+            _launch.launch_forward(geometry, features, masks, output)
+            _launch.launch_backward(geometry, output, features, masks, features, masks)
+    except ValueError as error:  # a forced variant that cannot run this
+        assert variant not in ("auto", "general"), error
+        return
+    if variant == "auto" and layout == "aligned" and _launch.fused_supported(geometry, dtype):
+        _launch.launch_fused_forward(geometry, features, logits, output)
+        _launch.launch_fused_backward(geometry, output, features, logits, features, logits)
+
+
+def launch_point(dtype, config, variant, layout):
+    """Run a domain point's kernels; return (what, got, wanted) triples against
+    the float64 reference."""
+    n, c, h, w, k, g, s = config
+    features, masks, grad_output = (
+        torch.from_numpy(a).to(DTYPES[dtype]) for a in make_exact_inputs(config)
+    )
+    pad = LAYOUTS[layout]
+    try:
+        with _launch.forced_variant(variant):
+            output = harness.run_forward(features, masks, k, g, s, pad)
+            grads = harness.run_backward(grad_output, features, masks, k, g, s, pad)
+    except ValueError as error:  # a forced variant that cannot run this
+        assert variant not in ("auto", "general"), error
+        return []
+    want = harness.reference(grad_output, features, masks, k, g, s)
+    checks = list(zip(("output", "grad_features", "grad_masks"), (output, *grads), want))
+    geometry = _launch.Geometry(n, c, h, w, k, g, s)
+    if variant == "auto" and layout == "aligned" and _launch.fused_supported(geometry, dtype):
+        generator = torch.Generator().manual_seed(k * 10 + s)
+        logits = 3 * torch.randn(n, g * k * k * s * s, h, w, generator=generator)
+        logits = logits.to(DTYPES[dtype])
+        fused = harness.run_fused(grad_output, features, logits, k, g, s, pad)
+        want = harness.fused_reference(grad_output, features, logits, k, g, s)
+        checks += zip(("fused output", "fused grad_features", "grad_logits"), fused, want)
+    return checks
+
+
+def targets(records) -> set[tuple]:
+    """What launches cover: (kernel, scale) and (kernel, plan branch)."""
+    covered = set()
+    for record in records:
+        covered.add((record.kernel, f"s={record.scale_factor}"))
+        covered.update((record.kernel, branch) for branch in _launch_record.plan_branches(record))
+    return covered
+
+
+@functools.cache
+def drive(dtype: str):
+    """Plan every domain point of ``dtype`` dry, run those that add targets.
+
+    Returns (planned targets, launch records, failures)."""
+    planned, records, failures = set(), [], []
+    for point in domain():
+        if point[0] != dtype:
+            continue
+        with harness.simulator(dry_run=True), _launch_record.recording() as dry:
+            plan_point(*point)
+        wanted = targets(dry)
+        planned |= wanted
+        if wanted <= targets(records):
+            continue
+        try:
+            with harness.simulator(), _launch_record.recording() as launched:
+                checks = launch_point(*point)
+            records += launched
+            for what, got, want in checks:
+                assert_close(got.double().numpy(), np.asarray(want), dtype, what)
+        except AssertionError as error:
+            failures.append(f"{point}: {error}")
+    return planned, records, failures
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plan_space_matches_the_reference(dtype):
+    _, records, failures = drive(dtype)
+    assert records
+    assert not failures, "\n".join(failures[:10])
+
+
+def defined_kernels() -> dict[str, set[str]]:
+    """Per module, the kernels its source defines (as the simulator finds them)."""
+    from carafe_cupy._sim import runtime as sim_runtime
+
+    compiler = sim_runtime._find_compiler()
+    return {
+        module: set(sim_runtime._kernel_names(_launch.kernel_source(module), compiler, []))
+        for module in _launch.all_module_names()
+    }
+
+
+def test_every_defined_kernel_is_launched():
+    launched = {record.kernel for dtype in DTYPES for record in drive(dtype)[1]}
+    for module, kernels in defined_kernels().items():
+        assert kernels == set(_launch.module_kernel_names(module)), module
+        assert not kernels - launched, f"{module}: never launched {sorted(kernels - launched)}"
+
+
+def test_every_planned_target_and_plan_branch_is_launched():
+    taken = set()
+    for dtype in DTYPES:
+        planned, records, _ = drive(dtype)
+        missing = planned - targets(records)
+        assert not missing, f"{dtype}: planned but not launched: {sorted(missing)[:10]}"
+        taken |= {branch for record in records for branch in _launch_record.plan_branches(record)}
+    assert not set(_launch_record.PLAN_BRANCHES) - taken, "plan branches never taken"
