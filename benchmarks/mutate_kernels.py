@@ -6,10 +6,12 @@
 
 Each mutant is a regular expression matched against one source file (so it
 survives edits elsewhere; a pattern that no longer matches is reported, not
-skipped silently) and its replacement. The mutated file is written in place,
-the kernel tests run with ``-x`` (first failure kills the mutant), and the
-original text is restored whatever happens. Simulator modules go to a private
-cache that is removed at the end. Not part of CI: a full run takes a while.
+skipped silently) and its replacement. The work happens in a scratch copy of
+the package, sources and tests (the checkout is never modified, so work can go
+on meanwhile): the mutated file is written, the kernel tests run with ``-x``
+(the first failure kills the mutant), and the original text is restored before
+the next mutant. Simulator modules go to a private cache; the copy and cache
+are removed at the end. Not part of CI: a full run takes a while.
 Exit status: 0 when every mutant is killed.
 """
 
@@ -27,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ROOT / "cuda_src"
+CHECKOUT = Path(__file__).resolve().parent.parent
+COPIED = ("carafe_cupy", "cuda_src", "tests", "pyproject.toml")
 # Fast, broad tests first: with -x a mutant usually dies in the first file.
 KERNEL_TESTS = (
     "tests/test_kernel_plan_space.py",
@@ -218,9 +220,25 @@ def failing_test(output: str) -> str:
     return match.group(1) if match else ""
 
 
-def run_mutant(mutant: Mutant, tests: list[str], timeout: float, env: dict) -> tuple[str, str]:
-    """Plant the mutant, run the tests, restore. Returns (verdict, detail)."""
-    path = SOURCES / mutant.file
+def scratch_copy(directory: Path) -> Path:
+    """The package, sources and tests copied under ``directory``."""
+    root = directory / "checkout"
+    for name in COPIED:
+        source = CHECKOUT / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(source, root / name, ignore=ignore)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
+
+
+def run_mutant(
+    root: Path, mutant: Mutant, tests: list[str], timeout: float, env: dict
+) -> tuple[str, str]:
+    """Plant the mutant in ``root``, run the tests, restore. Returns (verdict, detail)."""
+    path = root / "cuda_src" / mutant.file
     original = path.read_text()
     mutated = mutant.apply(original)
     try:
@@ -228,7 +246,7 @@ def run_mutant(mutant: Mutant, tests: list[str], timeout: float, env: dict) -> t
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
         try:
             result = subprocess.run(
-                command + tests, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+                command + tests, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
             )
         except subprocess.TimeoutExpired:
             return "killed", f"timed out after {timeout:.0f} s"
@@ -257,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
     for mutant in mutants:  # every pattern must still match before anything runs
-        mutant.apply((SOURCES / mutant.file).read_text())
+        mutant.apply((CHECKOUT / "cuda_src" / mutant.file).read_text())
     if args.list:
         for mutant in mutants:
             print(f"{mutant.name:45} {mutant.file}")
@@ -265,17 +283,24 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM restores the sources too (through the finally in run_mutant).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cache = tempfile.mkdtemp(prefix="carafe_mutants_")
-    env = {**os.environ, "CARAFE_CUPY_SIM_CACHE": cache, "PYTHONDONTWRITEBYTECODE": "1"}
+    scratch = Path(tempfile.mkdtemp(prefix="carafe_mutants_"))
+    root = scratch_copy(scratch)
+    # the copy's package first: it finds the copy's (mutated) cuda_src
+    env = {
+        **os.environ,
+        "CARAFE_CUPY_SIM_CACHE": str(scratch / "sim_cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
     rows = []
     try:
         for mutant in mutants:
             start = time.monotonic()
-            verdict, detail = run_mutant(mutant, args.tests, args.timeout, env)
+            verdict, detail = run_mutant(root, mutant, args.tests, args.timeout, env)
             rows.append((mutant.name, mutant.file, verdict, time.monotonic() - start, detail))
             print(f"{verdict:8} {mutant.name:45} {rows[-1][3]:6.0f} s  {detail}", flush=True)
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     killed = sum(row[2] == "killed" for row in rows)
     print("\n| mutant | file | verdict | seconds | caught by |\n|---|---|---|---|---|")

@@ -1,0 +1,157 @@
+"""Every kernel family with tensor elements past 2**31 and 2**32 elements from
+their base pointer, on the simulator.
+
+Each tensor lives in its own sparse memory mapping of about 2**33 elements
+(anonymous and unreserved, or a sparse file where the system refuses that):
+only the pages the kernels touch take memory. Strides put
+channel 1 (or the last mask channel) past 2**31 and image 1 past 2**32. The
+tensor starts 2**31 elements into its file, so an offset wrapped to 32 bits
+lands on mapped zeros, a wrong answer rather than a crash. Results must equal,
+bit for bit, the same kernels on compact copies.
+"""
+
+from __future__ import annotations
+
+import mmap
+import shutil
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import kernel_harness as harness  # noqa: E402
+
+from carafe_cupy import _launch, _launch_record, _torch_ops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
+)
+
+START = 2**31  # first element of a tensor within its file
+IMAGE_STRIDE = 2**32 + 2**20  # image 1 past 2**32
+CHANNEL_STRIDE = 2**31 + 2**18  # channel 1 of a 2-channel tensor past 2**31
+ELEMENTS = START + IMAGE_STRIDE + CHANNEL_STRIDE + 2**22
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
+DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
+CONFIG = (2, 2, 3, 4, None, 1, 2)  # (N, C, H, W, k, G, s): even s and W for pairs
+
+
+class SparseTensors:
+    """4-D tensors, each in its own sparse file, at offsets past 2**31 and 2**32."""
+
+    def __init__(self, directory) -> None:
+        self.directory = directory
+        self.maps: list[mmap.mmap] = []
+
+    def tensor(self, values: torch.Tensor | None, shape, dtype: torch.dtype) -> torch.Tensor:
+        n, c, h, w = shape
+        pitch = w + 2 + w % 2  # even: pairs need even strides
+        if c == 2:
+            channel_stride = CHANNEL_STRIDE
+        else:  # many channels: the last one just past 2**31
+            channel_stride = max((h + 1) * pitch, (2**31 + 2**10) // max(1, c - 1) // 2 * 2 + 2)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        self.maps.append(self._sparse_mapping(ELEMENTS * itemsize))
+        storage = torch.frombuffer(self.maps[-1], dtype=dtype)
+        view = storage.as_strided(shape, (IMAGE_STRIDE, channel_stride, pitch, 1), START)
+        assert view.data_ptr() % 16 == 0
+        if values is None:
+            view.fill_(float("nan"))
+        else:
+            view.copy_(values)
+        return view
+
+    def _sparse_mapping(self, size: int) -> mmap.mmap:
+        try:  # no swap reserved: untouched pages never exist
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+            return mmap.mmap(-1, size, flags=flags)
+        except OSError:  # strict overcommit: a sparse file instead
+            path = self.directory / f"tensor{len(self.maps)}.bin"
+            with open(path, "wb") as file:
+                file.truncate(size)
+            with open(path, "r+b") as file:
+                return mmap.mmap(file.fileno(), size)
+
+    def close(self) -> None:
+        for mapping in self.maps:
+            try:
+                mapping.close()
+            except BufferError:  # a tensor still points into it; the OS unmaps at exit
+                pass
+
+
+@pytest.fixture
+def sparse(tmp_path):
+    tensors = SparseTensors(tmp_path)
+    yield tensors
+    tensors.close()
+
+
+def launch_all(make, dtype, k, variant):
+    """Run one variant's kernels on tensors made by ``make(values, shape)``."""
+    n, c, h, w, _, g, s = CONFIG
+    generator = torch.Generator().manual_seed(k)
+    shapes = {
+        "features": (n, c, h, w),
+        "second": (
+            n,
+            g * k * k * (s * s if variant == "fused" else 1),
+            *((h, w) if variant == "fused" else (h * s, w * s)),
+        ),
+        "grad_output": (n, c, h * s, w * s),
+    }
+    values = {
+        name: torch.randn(shape, generator=generator).to(dtype) for name, shape in shapes.items()
+    }
+    features, second, grad_output = (make(values[name], shape) for name, shape in shapes.items())
+    output, grad_features, grad_second = (
+        make(None, shape) for shape in (shapes["grad_output"], shapes["features"], shapes["second"])
+    )
+    geometry = _launch.Geometry(n, c, h, w, k, g, s)
+    refs = [
+        _torch_ops._ref(t)
+        for t in (features, second, grad_output, output, grad_features, grad_second)
+    ]
+    if variant == "fused":
+        _launch.launch_fused_forward(geometry, refs[0], refs[1], refs[3])
+        _launch.launch_fused_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
+    else:
+        with _launch.forced_variant(variant):
+            _launch.launch_forward(geometry, refs[0], refs[1], refs[3])
+            _launch.launch_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
+    return [t.clone() for t in (output, grad_features, grad_second)]
+
+
+def variants(dtype: str, k: int) -> list[str]:
+    names = ["general", "tiled"]
+    if _launch.pairs_instantiated(dtype, k):
+        names.append("tiled_pair")
+    if _launch.fused_instantiated(dtype, k):
+        names.append("fused")
+    return names
+
+
+@pytest.mark.parametrize("k", _launch.TILED_KERNEL_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_offsets_past_2_to_the_31_and_32(sparse, dtype, k):
+    torch_dtype = DTYPES[dtype]
+
+    def compact(values, shape):
+        return torch.full(shape, float("nan"), dtype=torch_dtype) if values is None else values
+
+    def far(values, shape):
+        return sparse.tensor(values, shape, torch_dtype)
+
+    with harness.simulator(), _launch_record.recording() as records:
+        for variant in variants(dtype, k):
+            want = launch_all(compact, torch_dtype, k, variant)
+            got = launch_all(far, torch_dtype, k, variant)
+            for name, a, b in zip(("output", "grad_features", "grad_masks/logits"), got, want):
+                bits = harness.BITS[torch_dtype]
+                assert torch.equal(a.view(bits), b.view(bits)), f"{variant} {name}"
+    # every kernel of the module, and the general ones, ran on the far tensors
+    launched = {record.kernel for record in records}
+    wanted = set(_launch.module_kernel_names(_launch.tiled_module_name(dtype, k)))
+    wanted |= set(_launch.kernel_names(dtype))
+    assert launched == wanted
