@@ -78,3 +78,17 @@ def exact_expected(config):
     features, masks, grad_output = make_exact_inputs(config)
     output = naive_carafe(features, masks, k, g, s)
     return output, *naive_carafe_backward(grad_output, features, masks, k, g, s)
+
+
+def assert_matches(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str) -> None:
+    """Same NaN / +Inf / -Inf positions, and the finite values within the dtype's tolerance."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    for name, predicate in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        mismatch = predicate(actual) != predicate(expected)
+        assert not mismatch.any(), (
+            f"{what} ({dtype}): {name} positions differ at {np.argwhere(mismatch)[:5].tolist()}"
+        )
+    finite = np.isfinite(expected)
+    scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
+    error = float(np.abs(actual[finite] - expected[finite]).max(initial=0.0)) / scale
+    assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 import carafe_cupy  # noqa: E402
 
 from backends import BACKENDS  # noqa: E402
-from cases import TOLERANCE, config_id, config_matrix, make_inputs  # noqa: E402
+from cases import assert_matches, config_id, config_matrix, make_inputs  # noqa: E402
 from gather_reference import gather_carafe, gather_carafe_backward  # noqa: E402
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 
@@ -70,20 +70,6 @@ def run_carafe(backend, features, masks, grad_output, params):
         output = carafe_cupy.carafe(features, masks, *params)
         output.backward(grad_output)
     return [t.detach().cpu().double().numpy() for t in (output, features.grad, masks.grad)]
-
-
-def assert_matches(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str) -> None:
-    """Same NaN / +Inf / -Inf positions, and the finite values within the dtype's tolerance."""
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    for name, predicate in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
-        mismatch = predicate(actual) != predicate(expected)
-        assert not mismatch.any(), (
-            f"{what} ({dtype}): {name} positions differ at {np.argwhere(mismatch)[:5].tolist()}"
-        )
-    finite = np.isfinite(expected)
-    scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
-    error = float(np.abs(actual[finite] - expected[finite]).max(initial=0.0)) / scale
-    assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"
 
 
 def check_problem(backend, config, dtype, layout, seed, special_values=0):

@@ -1,8 +1,10 @@
 """The kernels index with 64-bit integers, so tensors past 2**31 elements work.
 
-Two static checks that need no GPU, each shown to fail on a 32-bit variant:
-the kernel source declares every size, stride and index as the 64-bit
-``index_t``, and the PTX NVRTC makes of it does its index math in 64 bits.
+Static checks that need no GPU, each shown to fail on a 32-bit variant: the
+general kernels' source declares every size, stride and index as the 64-bit
+``index_t``; no module (tiled ones included) mixes a stride with a narrow
+integer type; and the PTX NVRTC makes of every module does its index math in
+64 bits.
 Plus the launch side: the grid is capped (the kernels loop grid-stride) and
 sizes reach the kernels unchanged as int64.
 """
@@ -51,6 +53,27 @@ def source_index_problems(common_header: str, kernels: str) -> list[str]:
     return problems
 
 
+# A strides4 parameter or local, and a member access on one (a stride).
+_STRIDES_NAME = re.compile(r"\bstrides4\s*&?\s*(\w+)")
+_NARROW_TYPE = re.compile(r"\b(int|unsigned|short|char)\b")
+
+
+def narrowed_stride_math(source: str) -> list[str]:
+    """Statements that mix a stride with a narrow integer type (a cast or a
+    declaration): the offset they compute would wrap past 2**31. For the tiled
+    kernels, which use int for tile-local indices but must reach memory in 64 bits."""
+    code = _code_only(source)
+    names = set(_STRIDES_NAME.findall(code))
+    if not names:
+        return []
+    stride = re.compile(r"\b(" + "|".join(sorted(names)) + r")\.[nchw]\b")
+    return [
+        " ".join(statement.split())
+        for statement in re.split(r"[;{}]", code)
+        if stride.search(statement) and _NARROW_TYPE.search(statement)
+    ]
+
+
 def read_sources() -> tuple[str, str]:
     directory = _launch.cuda_source_dir()
     return (directory / "carafe_common.cuh").read_text(), (directory / "carafe.cu").read_text()
@@ -71,6 +94,19 @@ def test_source_check_flags_32_bit_variants():
     assert first_local in kernels
     narrowed_local = kernels.replace(first_local, "const int x = index % out_width;", 1)
     assert any("carafe.cu" in p for p in source_index_problems(header, narrowed_local))
+
+
+def test_every_module_does_stride_math_in_64_bits():
+    for module in _launch.all_module_names():
+        assert narrowed_stride_math(_launch.kernel_source(module)) == [], module
+
+
+def test_stride_math_check_flags_a_32_bit_output_offset():
+    source = _launch.kernel_source(_launch.tiled_module_name("float32", 3))
+    offset = "p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w"
+    assert offset in source
+    narrowed = source.replace(offset, f"(int)({offset})")
+    assert any("(int)" in statement for statement in narrowed_stride_math(narrowed))
 
 
 # ------------------------------------------------------------ PTX
@@ -131,15 +167,53 @@ def compile_to_ptx(source: str) -> str:
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
+def narrow_tiled_index_math(ops: Counter) -> list[str]:
+    """Signs that a tiled kernel's block position or offsets are 32-bit. Tile-local
+    indices are int by design, so only the presence of 64-bit math is required:
+    the block position is split with 64-bit div/rem, offsets use 64-bit multiplies."""
+    problems = []
+    if not sum(ops[op] for op in ("div.s64", "div.u64", "rem.s64", "rem.u64")):
+        problems.append("no 64-bit division")
+    if not sum(ops[f"{op}.lo.{sign}64"] for op in ("mul", "mad") for sign in "su"):
+        problems.append("no 64-bit multiply")
+    return problems
+
+
 @pytest.fixture(scope="module")
 def kernel_ptx():
     return ptx_integer_ops(compile_to_ptx(_launch.kernel_source()))
+
+
+@pytest.fixture(scope="module")
+def tiled_ptx():
+    from concurrent.futures import ThreadPoolExecutor
+
+    modules = _launch.all_module_names()[1:]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sources = [_launch.kernel_source(name) for name in modules]
+        ptx = list(pool.map(compile_to_ptx, sources))
+    return {module: ptx_integer_ops(text) for module, text in zip(modules, ptx)}
 
 
 def test_ptx_index_math_is_64_bit(kernel_ptx):
     assert set(_launch.all_kernel_names()) <= set(kernel_ptx)
     problems = {name: narrow_index_math(ops) for name, ops in kernel_ptx.items()}
     assert not any(problems.values()), problems
+
+
+def test_ptx_of_every_tiled_module_indexes_in_64_bits(tiled_ptx):
+    for module, kernels in tiled_ptx.items():
+        assert set(_launch.module_kernel_names(module)) == set(kernels), module
+        problems = {name: narrow_tiled_index_math(ops) for name, ops in kernels.items()}
+        assert not any(problems.values()), problems
+
+
+def test_tiled_ptx_check_flags_a_32_bit_index_t():
+    source = _launch.kernel_source(_launch.tiled_module_name("float16", 5))
+    narrowed = SIXTY_FOUR_BIT_TYPEDEF.sub("typedef int index_t;", source)
+    assert narrowed != source
+    flagged = ptx_integer_ops(compile_to_ptx(narrowed))
+    assert flagged and all(narrow_tiled_index_math(ops) for ops in flagged.values())
 
 
 def test_ptx_check_flags_a_32_bit_index_t():
