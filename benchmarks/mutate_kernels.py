@@ -234,6 +234,13 @@ def scratch_copy(directory: Path) -> Path:
     return root
 
 
+def run_tests(root: Path, tests: list[str], timeout: float, env: dict):
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        command + tests, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_mutant(
     root: Path, mutant: Mutant, tests: list[str], timeout: float, env: dict
 ) -> tuple[str, str]:
@@ -243,11 +250,8 @@ def run_mutant(
     mutated = mutant.apply(original)
     try:
         path.write_text(mutated)
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
         try:
-            result = subprocess.run(
-                command + tests, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
-            )
+            result = run_tests(root, tests, timeout, env)
         except subprocess.TimeoutExpired:
             return "killed", f"timed out after {timeout:.0f} s"
     finally:
@@ -294,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = []
     try:
+        start = time.monotonic()
+        baseline = run_tests(root, args.tests, args.timeout, env)
+        if baseline.returncode != 0:
+            print(baseline.stdout[-4000:] + baseline.stderr[-2000:])
+            print("the unmodified sources fail these tests: no mutant can be judged")
+            return 2
+        print(f"unmodified sources pass in {time.monotonic() - start:.0f} s", flush=True)
         for mutant in mutants:
             start = time.monotonic()
             verdict, detail = run_mutant(root, mutant, args.tests, args.timeout, env)
