@@ -4,7 +4,7 @@ The domain is every input the planner decides on: dtype, kernel size (tiled
 and not), every scale 1..9 with N >= 1, every requested variant, pair-aligned
 and misaligned tensors, no channels, and a shape with several tiles, channel
 slices and batches. A dry run (planner only, no kernels) lists what each domain
-point would launch; a point runs for real when it adds a (kernel, scale) or a
+point would launch; a point runs for real when it adds a (kernel, k, s) or a
 (kernel, plan branch) not yet launched. Every real run is checked against the
 float64 reference with canaries around every tensor.
 
@@ -103,10 +103,11 @@ def launch_point(dtype, config, variant, layout):
 
 
 def targets(records) -> set[tuple]:
-    """What launches cover: (kernel, scale) and (kernel, plan branch)."""
+    """What launches cover: (kernel, kernel size, scale) and (kernel, plan branch);
+    the general kernels serve every kernel size, so k counts for them too."""
     covered = set()
     for record in records:
-        covered.add((record.kernel, f"s={record.scale_factor}"))
+        covered.add((record.kernel, f"k={record.kernel_size} s={record.scale_factor}"))
         covered.update((record.kernel, branch) for branch in _launch_record.plan_branches(record))
     return covered
 
