@@ -24,6 +24,14 @@ from carafe_cupy import _launch, _torch_ops
 
 from gather_reference import gather_carafe, gather_carafe_backward
 
+# (variant, (N, C, H, W, k, G, s)): one small case per kernel family; pairs need even s.
+VARIANT_CASES = [
+    ("general", (1, 4, 3, 5, 3, 2, 2)),
+    ("tiled", (1, 4, 3, 5, 5, 2, 3)),
+    ("tiled", (1, 2, 2, 3, 7, 1, 2)),
+    ("tiled_pair", (1, 4, 3, 5, 3, 2, 2)),
+    ("fused", (1, 4, 3, 5, 3, 2, 2)),
+]
 BITS = {
     torch.float64: torch.int64,
     torch.float32: torch.int32,

@@ -67,15 +67,6 @@ def with_specials(array: np.ndarray, rng, count: int) -> np.ndarray:
     return array
 
 
-VARIANT_CONFIGS = [
-    ("general", (1, 4, 3, 5, 3, 2, 2)),
-    ("tiled", (1, 4, 3, 5, 3, 2, 3)),
-    ("tiled", (1, 2, 3, 4, 5, 1, 2)),
-    ("tiled_pair", (1, 4, 3, 5, 3, 2, 2)),
-    ("fused", (1, 4, 3, 5, 3, 2, 2)),
-]
-
-
 def _built(variant: str, dtype: str, k: int) -> bool:
     if variant == "tiled_pair":
         return _launch.pairs_instantiated(dtype, k)
@@ -84,7 +75,7 @@ def _built(variant: str, dtype: str, k: int) -> bool:
 
 SPECIAL_CASES = [
     (variant, config, dtype)
-    for variant, config in VARIANT_CONFIGS
+    for variant, config in harness.VARIANT_CASES
     for dtype in DTYPES
     if _built(variant, dtype, config[4])
 ]
