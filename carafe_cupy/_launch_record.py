@@ -60,10 +60,6 @@ class LaunchRecord:
     channel_batches: int = 0  # staging rounds per block
     partial_batch: bool = False  # a last batch with fewer channels than channel_batch
 
-    @property
-    def tiles(self) -> int:
-        return self.tiles_x * self.tiles_y
-
 
 _lock = threading.Lock()
 _active: list[list[LaunchRecord]] = []
@@ -95,7 +91,9 @@ def note_launch(
             records.append(record)
 
 
-def decode_launch(module: str, kernel: str, block: tuple, args: tuple, requested: str):
+def decode_launch(
+    module: str, kernel: str, block: tuple, args: tuple, requested: str
+) -> LaunchRecord:
     """The :class:`LaunchRecord` of a launch, from its kernel name and arguments."""
     general = _GENERAL.fullmatch(kernel)
     if general is not None:
