@@ -37,10 +37,12 @@ DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
 KERNEL_SIZES = (*_launch.TILED_KERNEL_SIZES, 1, 9)  # 1, 9: no tiled kernels
 SCALES = tuple(range(1, _launch.MAX_TILED_BACKWARD_SCALE + 2))  # one past the tiled limit
 LAYOUTS = {"aligned": 2, "misaligned": 1}  # frame padding; odd puts pairs off alignment
-# (N, C, H, W, G) before k and s: several tiles in x (also for pairs, W*s > 64)
-# and y, two groups of 10 channels (two slices of 5: a full and a partial batch),
-# and the smallest shapes with and without channels.
-RICH, SMALL, NO_CHANNELS = (1, 10, 9, 33, 1), (1, 2, 2, 3, 2), (1, 0, 2, 3, 1)
+# (N, C, H, W, G) before k and s. RICH: several tiles in x (80 outputs at s = 2,
+# past one 64-wide pair tile) and y, two groups of 11 channels (two slices,
+# 6 + 5: a partial slice and partial batches; the last slice of the last group
+# ends at the last channel). SMALL: two channels per group, so channel -> group
+# is tested. NO_CHANNELS: grad_masks of zero channels.
+RICH, SMALL, NO_CHANNELS = (1, 22, 5, 40, 2), (1, 4, 2, 3, 2), (1, 0, 2, 3, 1)
 
 
 def domain():
