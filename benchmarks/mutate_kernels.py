@@ -168,12 +168,37 @@ MUTANTS = (
         "mask_pixel + (j * g.kernel_size + i) * mask_strides.c",
     ),
     Mutant("pair-store-swapped", TILED, r"make_float2\(a, b\)", "make_float2(b, a)"),
+    Mutant(
+        "general-grad-masks-tap-column",
+        GENERAL,
+        r"x / g\.scale_factor \+ tap % g\.kernel_size - radius",
+        "x / g.scale_factor + tap / g.kernel_size - radius",
+    ),
+    Mutant(
+        "general-forward-single-pass",
+        GENERAL,
+        r"index < total; index \+= grid_stride\(\)",
+        "index < total; index = total",
+    ),
+    # special values
+    Mutant(
+        "forward-outside-tap-weight-kept",
+        TILED,
+        r"if \(!tap_inside\(centre_y \+ t / K - R, centre_x \+ t % K - R, g\)\)",
+        "if (false)",
+    ),
     # softmax of the fused normaliser
     Mutant(
         "softmax-without-max-subtraction",
         TILED,
         r"values\[t\] = accumulate_exp\(values\[t\] - largest\);",
         "values[t] = accumulate_exp(values[t]);",
+    ),
+    Mutant(
+        "fused-grad-logits-without-the-dot-term",
+        TILED,
+        r"probability\[t\] \* \(sum\[q\]\[t\] - dot\)",
+        "probability[t] * sum[q][t]",
     ),
     Mutant(
         "fused-grad-features-normaliser-without-max",

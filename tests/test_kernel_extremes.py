@@ -6,6 +6,7 @@
   positions as the float64 reference, finite values within tolerance.
 * Pair tiles across more than one 64-wide tile (W * s > 64), in both thread
   orders, and the tile edges of the one-pixel variant.
+* The general kernels' grid-stride loop, with the grid capped at one block.
 """
 
 from __future__ import annotations
@@ -134,3 +135,19 @@ def test_tiles_and_edges_write_only_their_outputs(variant, config, order):
     want = harness.reference(grad_output, features, masks, k, g, s)
     for name, actual, expected in zip(("output", "grad_features", "grad_masks"), got, want):
         assert_close(actual.double().numpy(), expected, "float32", f"{variant} {name}")
+
+
+def test_general_kernels_loop_over_a_capped_grid(monkeypatch):
+    """With the grid capped at one block, each thread loops over many elements."""
+    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    config = (1, 4, 9, 8, 3, 2, 2)  # 288 inputs, 1152 outputs: more than 256 threads each
+    *_, k, g, s = config
+    features, masks, grad_output = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
+    with harness.simulator(), _launch.forced_variant("general"):
+        got = (
+            harness.run_forward(features, masks, k, g, s),
+            *harness.run_backward(grad_output, features, masks, k, g, s),
+        )
+    want = harness.reference(grad_output, features, masks, k, g, s)
+    for name, actual, expected in zip(("output", "grad_features", "grad_masks"), got, want):
+        assert_close(actual.double().numpy(), expected, "float32", name)
