@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._launch import KernelCompileError, KernelsUnavailableError
+from ._cupy_runtime import KernelsUnavailableError
+from ._sources import KernelCompileError
 
 __version__ = "0.1.0"
 
@@ -36,12 +37,12 @@ def _is_torch_tensor(value: Any) -> bool:
 
 def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch or CuPy, never a mix."""
-    from . import _launch
+    from . import _arrays
 
     def kind(value: Any) -> str | None:
         if _is_torch_tensor(value):
             return "torch"
-        if _launch.is_cupy_array(value) or _launch.is_simulated_array(value):
+        if _arrays.is_cupy_array(value) or _arrays.is_simulated_array(value):
             return "cupy"
         return None
 

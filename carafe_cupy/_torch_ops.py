@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from . import _launch, _reference, _validate
+from . import _cupy_runtime, _launch, _planner, _reference, _validate
 
 _DTYPE_NAMES = {
     torch.float32: "float32",
@@ -26,13 +26,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def _ref(tensor: torch.Tensor) -> _launch.TensorRef:
-    return _launch.TensorRef(tensor.data_ptr(), tuple(tensor.stride()), dtype_name(tensor.dtype))
+def _ref(tensor: torch.Tensor) -> _planner.TensorRef:
+    return _planner.TensorRef(tensor.data_ptr(), tuple(tensor.stride()), dtype_name(tensor.dtype))
 
 
 @functools.lru_cache(maxsize=1)
 def _gpu_kernels_available() -> bool:
-    available = _launch.gpu_kernels_available()
+    available = _cupy_runtime.gpu_kernels_available()
     if not available:
         warnings.warn(
             "carafe_cupy: CuPy with NVRTC is not usable here, so CUDA tensors take the slower "
@@ -54,7 +54,7 @@ def uses_kernels(device: torch.device) -> bool:
 def backend_name(device: torch.device) -> str:
     if _launch.simulator_enabled() and device.type == "cpu":
         return "cuda kernels on the CPU simulator"
-    if device.type == "cuda" and _launch.gpu_kernels_available():
+    if device.type == "cuda" and _cupy_runtime.gpu_kernels_available():
         return "cuda kernels (NVRTC via CuPy)"
     return f"pure PyTorch on {device.type}"
 
@@ -66,7 +66,7 @@ def _device_and_stream(device: torch.device) -> tuple[int, int]:
 
 
 def _geometry(features: torch.Tensor, kernel_size: int, group_size: int, scale_factor: int):
-    return _launch.Geometry(*features.shape, kernel_size, group_size, scale_factor)
+    return _planner.Geometry(*features.shape, kernel_size, group_size, scale_factor)
 
 
 def _empty_output(features: torch.Tensor, scale_factor: int) -> torch.Tensor:
@@ -282,7 +282,7 @@ def carafe_fused_forward(
     geometry = _geometry(features, kernel_size, group_size, scale_factor)
     if not (
         uses_kernels(features.device)
-        and _launch.fused_supported(geometry, dtype_name(features.dtype))
+        and _planner.fused_supported(geometry, dtype_name(features.dtype))
     ):
         masks = normalize_logits(logits, kernel_size, scale_factor)
         return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
@@ -311,7 +311,7 @@ def carafe_fused_backward(
     geometry = _geometry(features, kernel_size, group_size, scale_factor)
     if not (
         uses_kernels(features.device)
-        and _launch.fused_supported(geometry, dtype_name(features.dtype))
+        and _planner.fused_supported(geometry, dtype_name(features.dtype))
     ):
         masks = normalize_logits(logits, kernel_size, scale_factor)
         grad_features, grad_masks = carafe_backward(

@@ -156,7 +156,7 @@ def test_index_range_check_is_exact():
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or not carafe_cupy._launch.cupy_importable(),
+    not torch.cuda.is_available() or not carafe_cupy._cupy_runtime.cupy_importable(),
     reason="needs a CUDA GPU with CuPy",
 )
 @pytest.mark.gpu
