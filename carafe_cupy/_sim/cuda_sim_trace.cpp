@@ -27,7 +27,6 @@
 
 #include <algorithm>
 #include <iterator>
-#include <tuple>
 #include <vector>
 
 #include "cuda_sim_observer.h"
@@ -52,13 +51,18 @@ struct Site {
   unsigned size[CATEGORIES] = {};
 };
 
-struct Record {
+// One lane's access; size 0 marks a lane that made none.
+struct Access {
   uintptr_t addr;
-  uint32_t site;
-  uint32_t occurrence;
-  uint16_t thread;
-  uint16_t size;
-  uint8_t cat;
+  uint32_t size;
+  uint32_t cat;
+};
+
+// A lane of one request, as the measures see it.
+struct Lane {
+  uintptr_t addr;
+  uint32_t size;
+  uint32_t lane;
 };
 
 struct Range {
@@ -123,7 +127,8 @@ class ByteSet {
   size_t used_ = 0;
 };
 
-constexpr size_t kMaxRecords = size_t(1) << 25;  // ~800 MB between two convergence points
+constexpr size_t kMaxPending = size_t(1) << 26;  // 1 GB between two convergence points
+constexpr unsigned kWarps = 32;                  // 1024 threads at most
 
 // ------------------------------------------------------------- trace state
 bool g_on = false;          // recording the current block
@@ -132,13 +137,17 @@ std::vector<unsigned long long> g_sample;  // sorted linear block ids; empty = a
 Range g_shared_static, g_shared_dyn, g_image, g_pool, g_os_stack;
 std::vector<Range> g_arg_ranges;  // sorted
 std::vector<uintptr_t> g_bases;   // pointer arguments, sorted: the launch's tensors
-std::vector<Record> g_records;
 std::vector<Site> g_sites;
-std::vector<uintptr_t> g_site_keys;  // open addressing: pc -> index + 1 in the high bits
+std::vector<uintptr_t> g_site_keys;  // open addressing: pc -> g_site_vals
 std::vector<uint32_t> g_site_vals;
-std::vector<uint32_t> g_occurrence;  // [thread * g_site_capacity + site]
-size_t g_site_capacity = 0;
 unsigned g_threads = 0;
+// Since the block last converged: how often each thread ran each site
+// ([site * g_threads + thread]) and what each warp accessed there
+// ([site * kWarps + warp], slot occurrence * 32 + lane).
+std::vector<uint32_t> g_occurrence;
+std::vector<std::vector<Access>> g_pending;
+std::vector<uint32_t> g_touched;  // indices of non-empty g_pending entries
+size_t g_pending_count = 0;
 Totals g_totals[CATEGORIES];
 ByteSet g_unique[2];
 uint64_t g_blocks_traced = 0;
@@ -151,9 +160,11 @@ bool excluded(uintptr_t a) {
   return it != g_arg_ranges.begin() && std::prev(it)->contains(a);
 }
 
+size_t site_slot(uintptr_t pc, size_t mask) { return (pc * 0x9E3779B97F4A7C15ull) >> 24 & mask; }
+
 uint32_t site_index(uintptr_t pc) {
   size_t mask = g_site_keys.size() - 1;
-  for (size_t i = (pc * 0x9E3779B97F4A7C15ull) >> 24 & mask;; i = (i + 1) & mask) {
+  for (size_t i = site_slot(pc, mask);; i = (i + 1) & mask) {
     if (g_site_keys[i] == pc) return g_site_vals[i];
     if (g_site_keys[i] != 0) continue;
     uint32_t index = uint32_t(g_sites.size());
@@ -162,36 +173,29 @@ uint32_t site_index(uintptr_t pc) {
       std::vector<uint32_t> vals(keys.size(), 0);
       g_site_keys.swap(keys);
       g_site_vals.swap(vals);
-      for (size_t j = 0; j < keys.size(); ++j)
-        if (keys[j]) {
-          size_t m = g_site_keys.size() - 1;
-          size_t k = (keys[j] * 0x9E3779B97F4A7C15ull) >> 24 & m;
-          while (g_site_keys[k]) k = (k + 1) & m;
-          g_site_keys[k] = keys[j];
-          g_site_vals[k] = vals[j];
-        }
+      mask = g_site_keys.size() - 1;
+      for (size_t j = 0; j < keys.size(); ++j) {
+        if (!keys[j]) continue;
+        size_t k = site_slot(keys[j], mask);
+        while (g_site_keys[k]) k = (k + 1) & mask;
+        g_site_keys[k] = keys[j];
+        g_site_vals[k] = vals[j];
+      }
       return site_index(pc);
     }
     g_site_keys[i] = pc;
     g_site_vals[i] = index;
     g_sites.emplace_back();
     g_sites.back().pc = pc;
-    if (g_sites.size() > g_site_capacity) {
-      size_t cap = std::max<size_t>(64, g_site_capacity * 2);
-      std::vector<uint32_t> occ(size_t(g_threads) * cap, 0);
-      for (unsigned t = 0; t < g_threads; ++t)
-        std::copy_n(g_occurrence.begin() + ptrdiff_t(t * g_site_capacity), g_site_capacity,
-                    occ.begin() + ptrdiff_t(t * cap));
-      g_occurrence.swap(occ);
-      g_site_capacity = cap;
-    }
+    g_occurrence.resize(g_sites.size() * g_threads, 0);
+    g_pending.resize(g_sites.size() * kWarps);
     return index;
   }
 }
 
 inline void on_access(uintptr_t addr, size_t size, bool write, void* ret) {
   if (!g_on || size == 0) return;
-  uint8_t cat;
+  uint32_t cat;
   if (g_shared_static.contains(addr) || g_shared_dyn.contains(addr)) {
     cat = write ? SHARED_STORE : SHARED_LOAD;
   } else if (excluded(addr)) {
@@ -199,16 +203,20 @@ inline void on_access(uintptr_t addr, size_t size, bool write, void* ret) {
   } else {
     cat = write ? GLOBAL_STORE : GLOBAL_LOAD;
   }
-  if (g_records.size() >= kMaxRecords) {
+  if (++g_pending_count > kMaxPending) {
     g_overflow = true;
     return;
   }
   unsigned thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
   // The return address points after the call; one byte back lies inside it.
   uint32_t site = site_index(reinterpret_cast<uintptr_t>(ret) - 1);
-  uint32_t occurrence = g_occurrence[thread * g_site_capacity + site]++;
-  g_records.push_back(Record{addr, site, occurrence, uint16_t(thread),
-                             uint16_t(std::min<size_t>(size, 0xffff)), cat});
+  uint32_t occurrence = g_occurrence[size_t(site) * g_threads + thread]++;
+  size_t index = size_t(site) * kWarps + (thread >> 5);
+  std::vector<Access>& slots = g_pending[index];
+  if (slots.empty()) g_touched.push_back(uint32_t(index));
+  size_t at = size_t(occurrence) * 32 + (thread & 31);
+  if (at >= slots.size()) slots.resize(std::max<size_t>(at / 32 * 32 + 32, 2 * slots.size()));
+  slots[at] = Access{addr, uint32_t(std::min<size_t>(size, UINT32_MAX)), cat};
 }
 
 // ------------------------------------------------------- request measures
@@ -222,7 +230,7 @@ uintptr_t device_address(uintptr_t a) {
   return (uintptr_t(index) << 48) | (a - *std::prev(it));
 }
 
-uint64_t count_sectors(const Record* r, size_t n, std::vector<uintptr_t>& scratch) {
+uint64_t count_sectors(const Lane* r, size_t n, std::vector<uintptr_t>& scratch) {
   scratch.clear();
   for (size_t i = 0; i < n; ++i) {
     uintptr_t a = device_address(r[i].addr);
@@ -233,16 +241,16 @@ uint64_t count_sectors(const Record* r, size_t n, std::vector<uintptr_t>& scratc
 }
 
 // Wavefronts of one shared request and the number of non-empty phases.
-std::pair<uint64_t, uint64_t> count_wavefronts(const Record* r, size_t n,
+std::pair<uint64_t, uint64_t> count_wavefronts(const Lane* r, size_t n,
                                                std::vector<uintptr_t>& scratch) {
   unsigned widest = 0;
-  for (size_t i = 0; i < n; ++i) widest = std::max<unsigned>(widest, r[i].size);
+  for (size_t i = 0; i < n; ++i) widest = std::max<unsigned>(widest, unsigned(r[i].size));
   const unsigned lanes_per_phase = widest <= 4 ? 32 : widest <= 8 ? 16 : 8;
   uint64_t wavefronts = 0, phases = 0;
   for (unsigned phase = 0; phase < 32 / lanes_per_phase; ++phase) {
     scratch.clear();
     for (size_t i = 0; i < n; ++i) {
-      if ((r[i].thread & 31u) / lanes_per_phase != phase) continue;
+      if (r[i].lane / lanes_per_phase != phase) continue;
       for (uintptr_t w = r[i].addr >> 2; w <= (r[i].addr + r[i].size - 1) >> 2; ++w)
         scratch.push_back(((w & 31) << 58) | (w >> 5));  // bank, then word within the bank
     }
@@ -268,41 +276,52 @@ void add(Totals& t, uint64_t bytes, uint64_t sectors, uint64_t conflicts, uint64
   t.accesses += accesses;
 }
 
-void flush() {
-  auto key = [](const Record& r) {
-    return std::make_tuple(r.thread >> 5, r.site, r.occurrence, r.cat, r.thread & 31);
-  };
-  std::sort(g_records.begin(), g_records.end(),
-            [&](const Record& a, const Record& b) { return key(a) < key(b); });
-  std::vector<uintptr_t> scratch;
-  for (size_t i = 0; i < g_records.size();) {
-    const Record& head = g_records[i];
-    size_t j = i + 1;
-    while (j < g_records.size() && (g_records[j].thread >> 5) == (head.thread >> 5) &&
-           g_records[j].site == head.site && g_records[j].occurrence == head.occurrence &&
-           g_records[j].cat == head.cat)
-      ++j;
-    const Record* r = &g_records[i];
-    size_t n = j - i;
-    uint64_t bytes = 0;
-    for (size_t k = 0; k < n; ++k) bytes += r[k].size;
-    uint64_t sectors, conflicts = 0;
-    if (head.cat == GLOBAL_LOAD || head.cat == GLOBAL_STORE) {
-      sectors = count_sectors(r, n, scratch);
-      for (size_t k = 0; k < n; ++k) g_unique[head.cat].add(r[k].addr, r[k].size);
-    } else {
-      auto [wavefronts, phases] = count_wavefronts(r, n, scratch);
-      sectors = wavefronts;
-      conflicts = wavefronts - phases;
-    }
-    Site& site = g_sites[head.site];
-    add(g_totals[head.cat], bytes, sectors, conflicts, n);
-    add(site.cat[head.cat], bytes, sectors, conflicts, n);
-    site.size[head.cat] = std::max<unsigned>(site.size[head.cat], head.size);
-    i = j;
+void measure(uint32_t site_id, uint32_t cat, const Lane* r, size_t n,
+             std::vector<uintptr_t>& scratch) {
+  uint64_t bytes = 0, sectors, conflicts = 0;
+  unsigned widest = 0;
+  for (size_t k = 0; k < n; ++k) {
+    bytes += r[k].size;
+    widest = std::max(widest, r[k].size);
   }
-  g_records.clear();
-  std::fill(g_occurrence.begin(), g_occurrence.end(), 0u);
+  if (cat == GLOBAL_LOAD || cat == GLOBAL_STORE) {
+    sectors = count_sectors(r, n, scratch);
+    for (size_t k = 0; k < n; ++k) g_unique[cat].add(r[k].addr, r[k].size);
+  } else {
+    auto [wavefronts, phases] = count_wavefronts(r, n, scratch);
+    sectors = wavefronts;
+    conflicts = wavefronts - phases;
+  }
+  Site& site = g_sites[site_id];
+  add(g_totals[cat], bytes, sectors, conflicts, n);
+  add(site.cat[cat], bytes, sectors, conflicts, n);
+  site.size[cat] = std::max(site.size[cat], widest);
+}
+
+// Turns everything pending into requests: one per warp, site, occurrence and
+// memory space / direction (a site normally has one).
+void flush() {
+  std::vector<uintptr_t> scratch;
+  Lane lanes[CATEGORIES][32];
+  size_t counts[CATEGORIES];
+  for (uint32_t index : g_touched) {
+    const uint32_t site = index / kWarps, warp = index % kWarps;
+    std::vector<Access>& slots = g_pending[index];
+    for (size_t base = 0; base < slots.size(); base += 32) {
+      std::fill(std::begin(counts), std::end(counts), 0);
+      for (uint32_t lane = 0; lane < 32; ++lane) {
+        const Access& a = slots[base + lane];
+        if (a.size) lanes[a.cat][counts[a.cat]++] = Lane{a.addr, a.size, lane};
+      }
+      for (uint32_t cat = 0; cat < CATEGORIES; ++cat)
+        if (counts[cat]) measure(site, cat, lanes[cat], counts[cat], scratch);
+    }
+    slots.clear();
+    for (unsigned t = warp * 32; t < std::min(g_threads, warp * 32 + 32); ++t)
+      g_occurrence[size_t(site) * g_threads + t] = 0;
+  }
+  g_touched.clear();
+  g_pending_count = 0;
 }
 
 // The module's own mapped image (code, constants, built-in variables).
@@ -346,7 +365,7 @@ struct Tracer final : LaunchObserver {
                     const unsigned* block, char* dyn_shared, size_t dyn_bytes,
                     const char* stacks, size_t stack_bytes) override {
     g_threads = block[0] * block[1] * block[2];
-    g_occurrence.assign(size_t(g_threads) * g_site_capacity, 0);
+    g_occurrence.assign(g_sites.size() * g_threads, 0);
     g_shared_dyn = Range{uintptr_t(dyn_shared), uintptr_t(dyn_shared) + dyn_bytes};
     g_shared_static = Range{uintptr_t(__start_carafe_sim_shared),
                             uintptr_t(__stop_carafe_sim_shared)};
@@ -369,21 +388,19 @@ struct Tracer final : LaunchObserver {
     g_blocks_traced += g_on;
     return g_on || g_run_skipped;
   }
-  void converged() override {
-    if (!g_records.empty()) flush();
-    std::fill(g_occurrence.begin(), g_occurrence.end(), 0u);
-  }
+  void converged() override { flush(); }
 };
 
 Tracer g_tracer;
 
 void reset() {
-  g_records.clear();
   g_sites.clear();
   g_site_keys.assign(1024, 0);
   g_site_vals.assign(1024, 0);
-  g_site_capacity = 0;
   g_occurrence.clear();
+  g_pending.clear();
+  g_touched.clear();
+  g_pending_count = 0;
   for (auto& t : g_totals) t = Totals{};
   for (auto& u : g_unique) u.clear();
   g_blocks_traced = 0;

@@ -17,8 +17,9 @@ it). Its kernel code is compiled by GCC with ``-fsanitize=thread``
 instrumentation, which calls ``__tsan_readN`` / ``__tsan_writeN`` before every
 memory access; ``cuda_sim_trace.cpp`` provides those hooks itself (the thread
 sanitizer's runtime is never linked). Vectorisation and store merging are
-turned off in that build so that each access a thread's code makes stays one
-access of its own width, as on the GPU. Each access is classified:
+turned off in that build, and so is scalar replacement of aggregates, so that
+each access a thread's code makes stays one access of its own width (a
+``float2`` load stays one 8-byte access), as on the GPU. Each access is classified:
 
 * **shared**: the module's ``__shared__`` statics or the launch's dynamic
   shared buffer;
@@ -83,6 +84,7 @@ MODULE_FLAGS = (
     "-fno-tree-vectorize",
     "-fno-tree-slp-vectorize",
     "-fno-store-merging",
+    "-fno-tree-sra",  # keeps float2 / float4 copies whole, as the GPU's vector accesses
     # DWARF 4: binutils' addr2line misnames files of GCC 12's DWARF 5 line tables.
     "-gdwarf-4",
     "-Wno-tsan",
@@ -215,7 +217,7 @@ class _Session:
             from .runtime import SimulatorError
 
             raise SimulatorError(
-                f"tracing kernel {kernel!r}: more than 2**25 memory accesses between two "
+                f"tracing kernel {kernel!r}: more than 2**26 memory accesses between two "
                 "barriers of one block; trace a smaller problem"
             )
         stats = [
