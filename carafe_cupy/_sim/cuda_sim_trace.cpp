@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <tuple>
 #include <vector>
 
 #include "cuda_sim_observer.h"
@@ -134,7 +135,8 @@ constexpr unsigned kWarps = 32;                  // 1024 threads at most
 bool g_on = false;          // recording the current block
 bool g_run_skipped = true;  // run blocks outside the sample (untraced)
 std::vector<unsigned long long> g_sample;  // sorted linear block ids; empty = all
-Range g_shared_static, g_shared_dyn, g_image, g_pool, g_os_stack;
+// g_image: the module's mapped image; g_statics: its writable data past RELRO.
+Range g_shared_static, g_shared_dyn, g_image, g_statics, g_pool, g_os_stack;
 std::vector<Range> g_arg_ranges;  // sorted
 std::vector<uintptr_t> g_bases;   // pointer arguments, sorted: the launch's tensors
 std::vector<Site> g_sites;
@@ -152,6 +154,19 @@ Totals g_totals[CATEGORIES];
 ByteSet g_unique[2];
 uint64_t g_blocks_traced = 0;
 bool g_overflow = false;
+
+bool builtin_variable(uintptr_t a) {
+  auto in = [a](const void* v, size_t n) { return a - uintptr_t(v) < n; };
+  return in(&threadIdx, sizeof threadIdx) || in(&blockIdx, sizeof blockIdx) ||
+         in(&blockDim, sizeof blockDim) || in(&gridDim, sizeof gridDim);
+}
+
+// __shared__ statics of function templates are comdat objects, which GCC will
+// not put in the carafe_sim_shared section: any writable static of the
+// module's own image other than the built-in variables is shared memory.
+bool shared_static(uintptr_t a) {
+  return g_shared_static.contains(a) || (g_statics.contains(a) && !builtin_variable(a));
+}
 
 bool excluded(uintptr_t a) {
   if (g_image.contains(a) || g_pool.contains(a) || g_os_stack.contains(a)) return true;
@@ -196,7 +211,7 @@ uint32_t site_index(uintptr_t pc) {
 inline void on_access(uintptr_t addr, size_t size, bool write, void* ret) {
   if (!g_on || size == 0) return;
   uint32_t cat;
-  if (g_shared_static.contains(addr) || g_shared_dyn.contains(addr)) {
+  if (g_shared_dyn.contains(addr) || shared_static(addr)) {
     cat = write ? SHARED_STORE : SHARED_LOAD;
   } else if (excluded(addr)) {
     return;
@@ -324,30 +339,34 @@ void flush() {
   g_pending_count = 0;
 }
 
-// The module's own mapped image (code, constants, built-in variables).
-Range module_image() {
+// The module's own mapped image, and its writable data after RELRO.
+std::pair<Range, Range> module_image() {
   Dl_info info{};
   if (!dladdr(reinterpret_cast<void*>(&module_image), &info) || !info.dli_fbase) return {};
   struct Search {
     uintptr_t base;
-    Range found;
-  } search{reinterpret_cast<uintptr_t>(info.dli_fbase), {}};
+    Range image, data;
+  } search{reinterpret_cast<uintptr_t>(info.dli_fbase), {}, {}};
   dl_iterate_phdr(
-      [](dl_phdr_info* p, size_t, void* data) {
-        auto* s = static_cast<Search*>(data);
+      [](dl_phdr_info* p, size_t, void* out) {
+        auto* s = static_cast<Search*>(out);
         if (p->dlpi_addr != s->base) return 0;
-        uintptr_t lo = UINTPTR_MAX, hi = 0;
+        uintptr_t lo = UINTPTR_MAX, hi = 0, relro_end = 0;
         for (int k = 0; k < p->dlpi_phnum; ++k) {
           const auto& h = p->dlpi_phdr[k];
+          const uintptr_t start = p->dlpi_addr + h.p_vaddr, end = start + h.p_memsz;
+          if (h.p_type == PT_GNU_RELRO) relro_end = end;
           if (h.p_type != PT_LOAD) continue;
-          lo = std::min<uintptr_t>(lo, p->dlpi_addr + h.p_vaddr);
-          hi = std::max<uintptr_t>(hi, p->dlpi_addr + h.p_vaddr + h.p_memsz);
+          lo = std::min(lo, start);
+          hi = std::max(hi, end);
+          if (h.p_flags & PF_W) s->data = Range{start, end};
         }
-        s->found = Range{lo, hi};
+        s->image = Range{lo, hi};
+        if (relro_end > s->data.lo && relro_end <= s->data.hi) s->data.lo = relro_end;
         return 1;
       },
       &search);
-  return search.found;
+  return {search.image, search.data};
 }
 
 Range current_thread_stack() {
@@ -371,7 +390,7 @@ struct Tracer final : LaunchObserver {
                             uintptr_t(__stop_carafe_sim_shared)};
     g_pool = Range{uintptr_t(stacks), uintptr_t(stacks) + stack_bytes};
     g_os_stack = current_thread_stack();
-    g_image = module_image();
+    std::tie(g_image, g_statics) = module_image();
     g_bases.clear();
     for (int i = 0; i < entry->nparams; ++i)
       if (entry->pointers[i]) g_bases.push_back(arg_cast<uintptr_t>(args[i]));
