@@ -224,12 +224,15 @@ def compile_offline(arch: str, module_name: str = KERNEL_MODULE) -> str:
     return compile_offline_cubin(arch, module_name)[0]
 
 
-def compile_offline_cubin(arch: str, module_name: str = KERNEL_MODULE) -> tuple[str, bytes]:
-    """Like :func:`compile_offline`, and also return the module's cubin for ``arch``."""
+def compile_offline_cubin(
+    arch: str, module_name: str = KERNEL_MODULE, extra_options: tuple[str, ...] = ()
+) -> tuple[str, bytes]:
+    """Like :func:`compile_offline`, and also return the module's cubin for ``arch``
+    (``extra_options``, e.g. ``("--generate-line-info",)``, go to NVRTC too)."""
     nvrtc = _import_cupy().cuda.nvrtc
     source = _sources.kernel_source(module_name)
     program = nvrtc.createProgram(source, f"{module_name}.cu", [], [])
-    options = [f"--gpu-architecture={arch}", "-Xptxas=-v", *NVRTC_OPTIONS]
+    options = [f"--gpu-architecture={arch}", "-Xptxas=-v", *NVRTC_OPTIONS, *extra_options]
     failure = None
     cubin = b""
     try:
