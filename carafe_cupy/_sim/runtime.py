@@ -305,7 +305,16 @@ def _compile(
         if traced:
             # Instrument only the kernel code, and link without the sanitizer's runtime.
             obj = Path(build) / "module.o"
-            compile_cmd = [*cxx, *flags, *_trace.MODULE_FLAGS, *shim, "-c", str(src), "-o", str(obj)]
+            compile_cmd = [
+                *cxx,
+                *flags,
+                *_trace.MODULE_FLAGS,
+                *shim,
+                "-c",
+                str(src),
+                "-o",
+                str(obj),
+            ]
             _run_compiler(compile_cmd, build, f"traced module {module_name!r}")
             link = [*cxx, *flags, "-shared", str(obj), *map(str, objects), "-o", str(out)]
             _run_compiler([*link, *_trace.LINK_FLAGS], build, f"traced module {module_name!r}")

@@ -158,7 +158,9 @@ def test_traced_runs_give_the_untraced_results() -> None:
         args = (ptr(x), ptr(out), np.int32(1024))
         if traced:
             with tracing() as traces:
-                SimRuntime("reverse").launch("main", MAIN_SRC, "reduce", (4, 1, 1), (256, 1, 1), args)
+                SimRuntime("reverse").launch(
+                    "main", MAIN_SRC, "reduce", (4, 1, 1), (256, 1, 1), args
+                )
             assert traces[0].shared_store.requests > 0
         else:
             SimRuntime("reverse").launch("main", MAIN_SRC, "reduce", (4, 1, 1), (256, 1, 1), args)
@@ -171,7 +173,9 @@ def test_traced_and_plain_builds_are_separate_cache_entries(fresh_cache) -> None
     args = (ptr(x), ptr(np.zeros(256, np.float32)))
     SimRuntime().launch("cache_split", TRACE_SRC, "coalesced_load", (2, 1, 1), (128, 1, 1), args)
     with tracing():
-        SimRuntime().launch("cache_split", TRACE_SRC, "coalesced_load", (2, 1, 1), (128, 1, 1), args)
+        SimRuntime().launch(
+            "cache_split", TRACE_SRC, "coalesced_load", (2, 1, 1), (128, 1, 1), args
+        )
     names = sorted(p.name for p in fresh_cache.glob("cache_split*.so"))
     assert len(names) == 2 and sum("-traced-" in n for n in names) == 1
 
