@@ -303,21 +303,14 @@ def _compile(
         with _state_lock:
             _compile_count += 1
         if traced:
-            # Instrument only the kernel code, and link without the sanitizer's runtime.
-            obj = Path(build) / "module.o"
-            compile_cmd = [
-                *cxx,
-                *flags,
-                *_trace.MODULE_FLAGS,
-                *shim,
-                "-c",
-                str(src),
-                "-o",
-                str(obj),
-            ]
-            _run_compiler(compile_cmd, build, f"traced module {module_name!r}")
-            link = [*cxx, *flags, "-shared", str(obj), *map(str, objects), "-o", str(out)]
-            _run_compiler([*link, *_trace.LINK_FLAGS], build, f"traced module {module_name!r}")
+            _trace.compile_module(
+                [*cxx, *flags],
+                shim,
+                src,
+                objects,
+                out,
+                lambda cmd: _run_compiler(cmd, build, f"traced module {module_name!r}"),
+            )
             return
         cmd = [*cxx, *flags, "-shared", *shim, str(src), *map(str, objects), "-o", str(out)]
         _run_compiler(cmd, build, f"module {module_name!r}")

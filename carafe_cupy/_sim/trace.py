@@ -311,6 +311,20 @@ def active_session() -> _Session | None:
     return _sessions[-1] if _sessions else None
 
 
+def compile_module(
+    compiler: list[str],
+    shim: list[str],
+    source: Path,
+    objects: list[Path],
+    out: Path,
+    run: Callable[[list[str]], None],
+) -> None:
+    """Build a traced module: instrument the kernel code only, link without libtsan."""
+    obj = source.with_suffix(".o")
+    run([*compiler, *MODULE_FLAGS, *shim, "-c", str(source), "-o", str(obj)])
+    run([*compiler, "-shared", str(obj), *map(str, objects), "-o", str(out), *LINK_FLAGS])
+
+
 def build_digest() -> str:
     """Everything the traced build adds to a module's cache key."""
     h = hashlib.sha256("\0".join(MODULE_FLAGS + LINK_FLAGS).encode())
