@@ -156,7 +156,13 @@ class SiteStats:
 
     @property
     def location(self) -> str:
+        """``file:line`` of the access itself."""
         return f"{self.frames[0].file}:{self.frames[0].line}" if self.frames else "?"
+
+    @property
+    def call_chain(self) -> str:
+        """The inlined frames, innermost first: helper, loop, kernel."""
+        return " <- ".join(map(str, self.frames)) or f"module offset {self.module_offset:#x}"
 
 
 @dataclass(frozen=True)
@@ -397,8 +403,26 @@ def _parse_addr2line(text: str, path: str, module: str, source: str) -> None:
             elif (_HERE / name).is_file() and line > 0:
                 shim = (_HERE / name).read_text().splitlines()
                 text = shim[line - 1].strip() if line <= len(shim) else ""
-            frames.append(Frame(function, name, line, text))
+            frames.append(Frame(_short_function(function), name, line, text))
         _frames_cache[(path, offset)] = tuple(f for f in frames if f.line)
+
+
+def _short_function(name: str) -> str:
+    """``void f<int>(float const*, int)`` -> ``f<int>``: the name without signature."""
+    name = name.removesuffix(" const")
+    depth = 0
+    if name.endswith(")"):
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i]
+                break
+    depth = start = 0
+    for i, ch in enumerate(name):  # a return type ends at the last space outside <>
+        depth += {"<": 1, ">": -1}.get(ch, 0)
+        if ch == " " and depth == 0:
+            start = i + 1
+    return name[start:] or name
 
 
 def _module_file_stem(module: str) -> str:
