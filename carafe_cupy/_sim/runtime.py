@@ -53,7 +53,14 @@ from . import trace as _trace
 __all__ = ["SimRuntime", "SimulatorError", "get_runtime"]
 
 _HERE = Path(__file__).resolve().parent
-_SHIM_FILES = ("cuda_sim.h", "cuda_sim_observer.h", "cuda_sim_runtime.cpp")
+# Everything the scheduler and the tracer hooks are built from.
+_SHIM_FILES = (
+    "cuda_sim.h",
+    "cuda_sim_observer.h",
+    "cuda_sim_runtime.cpp",
+    "cuda_sim_trace_measure.h",
+    "cuda_sim_trace_hooks.h",
+)
 _BASE_FLAGS = (
     "-std=c++20",
     "-O2",

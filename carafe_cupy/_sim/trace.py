@@ -345,12 +345,10 @@ class _Functions:
     sites: Callable[..., int]
 
 
-_functions_cache: dict[int, _Functions] = {}
-
-
 def _functions(lib: ctypes.CDLL) -> _Functions:
-    key = id(lib)
-    if key not in _functions_cache:
+    # Kept on the library object: an id() could be reused once a module is dropped.
+    fns = lib.__dict__.get("_carafe_trace_functions")
+    if fns is None:
         u64p = ctypes.POINTER(ctypes.c_ulonglong)
         arm = lib.carafe_sim_trace_arm
         arm.argtypes = [u64p, ctypes.c_ulonglong, ctypes.c_int]
@@ -360,8 +358,8 @@ def _functions(lib: ctypes.CDLL) -> _Functions:
         sites.argtypes = [u64p, ctypes.c_int]
         for fn in (arm, totals, sites):
             fn.restype = ctypes.c_int
-        _functions_cache[key] = _Functions(arm, totals, sites)
-    return _functions_cache[key]
+        fns = lib.__dict__["_carafe_trace_functions"] = _Functions(arm, totals, sites)
+    return fns
 
 
 _frames_cache: dict[tuple[str, int], tuple[Frame, ...]] = {}

@@ -169,8 +169,8 @@ def test_traced_runs_give_the_untraced_results() -> None:
 
 
 def test_traced_and_plain_builds_are_separate_cache_entries(fresh_cache) -> None:
-    x = np.zeros(256, np.float32)
-    args = (ptr(x), ptr(np.zeros(256, np.float32)))
+    x, y = np.zeros(256, np.float32), np.zeros(256, np.float32)
+    args = (ptr(x), ptr(y))
     SimRuntime().launch("cache_split", TRACE_SRC, "coalesced_load", (2, 1, 1), (128, 1, 1), args)
     with tracing():
         SimRuntime().launch(
