@@ -15,17 +15,20 @@ How it works. A traced launch uses a separate build of the kernel module (its
 own cache entry, ``<module>-traced-<hash>.so``; untraced launches never load
 it). Its kernel code is compiled by GCC with ``-fsanitize=thread``
 instrumentation, which calls ``__tsan_readN`` / ``__tsan_writeN`` before every
-memory access; ``cuda_sim_trace.cpp`` provides those hooks itself (the thread
-sanitizer's runtime is never linked). Vectorisation and store merging are
+memory access; ``cuda_sim_trace.cpp`` and ``cuda_sim_trace_hooks.h`` provide
+those hooks themselves (the thread sanitizer's runtime is never linked). Vectorisation and store merging are
 turned off in that build, and so is scalar replacement of aggregates, so that
 each access a thread's code makes stays one access of its own width (a
 ``float2`` load stays one 8-byte access), as on the GPU. Each access is classified:
 
 * **shared**: the module's ``__shared__`` statics or the launch's dynamic
-  shared buffer;
+  shared buffer (any writable static of the module counts, since GCC keeps
+  the ``__shared__`` statics of function templates out of their section; a
+  namespace-scope ``__device__`` variable, of which the project has none,
+  would be counted as shared too);
 * **ignored**: stacks (local variables, which live in registers or local
-  memory on a GPU), the module's own image (``threadIdx`` and friends) and the
-  kernel argument buffers;
+  memory on a GPU), the module's own code, constants and built-in variables
+  (``threadIdx`` and friends), and the kernel argument buffers;
 * **global**: everything else, i.e. the tensors the launch was given.
 
 Accesses are grouped into **warp-level requests**: the n-th execution of one
@@ -36,7 +39,9 @@ each request:
 
 * global: bytes asked for, and the distinct 32-byte **sectors** they touch
   (32 lanes reading consecutive floats: 4 sectors; float4: 16; a stride of 32
-  bytes or more: 32);
+  bytes or more: 32). Sectors are counted from the start of the tensor (the
+  pointer argument) an address lies in, as device allocations are 256-byte
+  aligned while numpy's need not be;
 * shared: **wavefronts** for 32 banks of 4 bytes. Accesses up to 4 bytes are
   served for the whole warp at once, 8-byte accesses per half warp and 16-byte
   accesses per quarter warp, as on NVIDIA GPUs since Volta; a phase takes as
@@ -46,7 +51,10 @@ each request:
 
 ``unique_bytes`` counts the distinct global bytes read (loads) or written
 (stores) during the launch: the traffic DRAM cannot avoid. Atomic
-read-modify-writes count as stores.
+read-modify-writes count as stores. ``LaunchTrace.sites`` breaks the totals
+down per access site, each with its inlined call chain from the traced
+build's debug information (``addr2line``), so the loop behind a conflict or
+a re-read is named.
 
 Limits. Sites are instructions of the CPU build: GCC may keep a value in a
 register or unroll a loop differently from NVCC, so counts of requests can
@@ -57,7 +65,9 @@ instrument for both sanitizers at once). A traced launch runs about an order
 of magnitude slower than an untraced one; ``max_blocks`` traces an evenly
 spread sample of a big grid's blocks. By default the other blocks still run,
 untraced, so outputs stay complete; ``run_all_blocks=False`` skips them (their
-outputs are then left unwritten).
+outputs are then left unwritten). Only launches the simulator runs are traced:
+without ``CARAFE_CUPY_SIMULATOR=1`` the kernels run on the GPU and the list
+stays empty.
 """
 
 from __future__ import annotations
