@@ -16,10 +16,11 @@ own cache entry, ``<module>-traced-<hash>.so``; untraced launches never load
 it). Its kernel code is compiled by GCC with ``-fsanitize=thread``
 instrumentation, which calls ``__tsan_readN`` / ``__tsan_writeN`` before every
 memory access; ``cuda_sim_trace.cpp`` and ``cuda_sim_trace_hooks.h`` provide
-those hooks themselves (the thread sanitizer's runtime is never linked). Vectorisation and store merging are
-turned off in that build, and so is scalar replacement of aggregates, so that
-each access a thread's code makes stays one access of its own width (a
-``float2`` load stays one 8-byte access), as on the GPU. Each access is classified:
+those hooks themselves (the thread sanitizer's runtime is never linked).
+Vectorisation, store merging and scalar replacement of aggregates are turned
+off in that build, so that each access a thread's code makes stays one access
+of its own width (a ``float2`` load stays one 8-byte access), as on the GPU.
+Each access is classified:
 
 * **shared**: the module's ``__shared__`` statics or the launch's dynamic
   shared buffer (any writable static of the module counts, since GCC keeps
