@@ -2,17 +2,19 @@
 //
 // A traced module's kernel code is compiled with GCC's -fsanitize=thread
 // instrumentation, which puts a call to __tsan_readN / __tsan_writeN (N bytes)
-// in front of every memory access. This file provides those hooks (libtsan is
-// never linked): each access is classified as shared (the static __shared__
-// section or the launch's dynamic buffer), ignored (stacks, the module's own
-// image, the kernel argument buffers) or global (everything else, i.e. the
-// launch's tensors). The return address of the hook names the access site.
+// in front of every memory access. This file provides those hooks
+// (cuda_sim_trace_hooks.h; libtsan is never linked): each access is classified
+// as shared (__shared__ statics, the launch's dynamic buffer), ignored (stacks,
+// the module's own code, constants and built-in variables, the kernel argument
+// buffers) or global (everything else, i.e. the launch's tensors). The return
+// address of the hook names the access site.
 //
 // A warp-level request is the n-th execution of one site by the lanes of one
 // warp (linear thread id / 32), counted from the last point where the whole
 // block converged (a released __syncthreads, or the block's start). Requests
 // are formed and measured whenever the block converges (cuda_sim_observer.h):
-//   global: 32-byte sectors touched by the request's lanes;
+//   global: 32-byte sectors touched by the request's lanes, counted from the
+//           start of the tensor they lie in (device allocations are aligned);
 //   shared: wavefronts, with 32 banks of 4 bytes. Accesses of up to 4 bytes
 //           are served for the whole warp at once, 8-byte accesses per half
 //           warp (lanes 0-15, 16-31) and 16-byte ones per quarter warp; a
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "cuda_sim_observer.h"
+#include "cuda_sim_trace_measure.h"
 
 extern "C" {
 extern char __start_carafe_sim_shared[] __attribute__((weak, visibility("hidden")));
@@ -39,6 +42,16 @@ extern char __stop_carafe_sim_shared[] __attribute__((weak, visibility("hidden")
 
 namespace carafe_sim {
 namespace {
+
+using trace_measure::ByteSet;
+using trace_measure::count_sectors;
+using trace_measure::count_wavefronts;
+using trace_measure::Lane;
+
+struct Range {
+  uintptr_t lo = 0, hi = 0;
+  bool contains(uintptr_t a) const { return a - lo < hi - lo; }
+};
 
 enum Category : uint8_t { GLOBAL_LOAD = 0, GLOBAL_STORE, SHARED_LOAD, SHARED_STORE, CATEGORIES };
 
@@ -57,75 +70,6 @@ struct Access {
   uintptr_t addr;
   uint32_t size;
   uint32_t cat;
-};
-
-// A lane of one request, as the measures see it.
-struct Lane {
-  uintptr_t addr;
-  uint32_t size;
-  uint32_t lane;
-};
-
-struct Range {
-  uintptr_t lo = 0, hi = 0;
-  bool contains(uintptr_t a) const { return a - lo < hi - lo; }
-};
-
-// Distinct bytes: 32-byte sector -> bit mask of its bytes (open addressing).
-class ByteSet {
- public:
-  void clear() {
-    keys_.assign(1024, 0);
-    masks_.assign(1024, 0);
-    used_ = 0;
-  }
-  void add(uintptr_t addr, size_t size) {
-    while (size) {
-      uintptr_t sector = addr >> 5;
-      unsigned first = unsigned(addr & 31);
-      unsigned n = unsigned(std::min<size_t>(size, 32 - first));
-      uint32_t bits = (n == 32 ? 0xffffffffu : ((1u << n) - 1u)) << first;
-      *slot(sector) |= bits;
-      addr += n;
-      size -= n;
-    }
-  }
-  uint64_t count() const {
-    uint64_t total = 0;
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (keys_[i]) total += unsigned(__builtin_popcount(masks_[i]));
-    return total;
-  }
-
- private:
-  uint32_t* slot(uintptr_t sector) {
-    uintptr_t key = sector + 1;  // 0 marks an empty slot
-    size_t mask = keys_.size() - 1;
-    for (size_t i = (key * 0x9E3779B97F4A7C15ull) >> 20 & mask;; i = (i + 1) & mask) {
-      if (keys_[i] == key) return &masks_[i];
-      if (keys_[i] == 0) {
-        if (2 * (used_ + 1) > keys_.size()) {
-          grow();
-          return slot(sector);
-        }
-        keys_[i] = key;
-        ++used_;
-        return &masks_[i];
-      }
-    }
-  }
-  void grow() {
-    std::vector<uintptr_t> keys(keys_.size() * 2, 0);
-    std::vector<uint32_t> masks(keys.size(), 0);
-    keys.swap(keys_);
-    masks.swap(masks_);
-    used_ = 0;
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (keys[i]) *slot(keys[i] - 1) = masks[i];
-  }
-  std::vector<uintptr_t> keys_;
-  std::vector<uint32_t> masks_;
-  size_t used_ = 0;
 };
 
 constexpr size_t kMaxPending = size_t(1) << 26;  // 1 GB between two convergence points
@@ -235,54 +179,6 @@ inline void on_access(uintptr_t addr, size_t size, bool write, void* ret) {
 }
 
 // ------------------------------------------------------- request measures
-// GPU allocations start on 256-byte boundaries, host ones need not: sectors
-// are counted from the start of the tensor (pointer argument) an address
-// lies in, as they would be on the device.
-uintptr_t device_address(uintptr_t a) {
-  auto it = std::upper_bound(g_bases.begin(), g_bases.end(), a);
-  if (it == g_bases.begin()) return a;
-  size_t index = size_t(it - g_bases.begin());  // 1 + the tensor's index
-  return (uintptr_t(index) << 48) | (a - *std::prev(it));
-}
-
-uint64_t count_sectors(const Lane* r, size_t n, std::vector<uintptr_t>& scratch) {
-  scratch.clear();
-  for (size_t i = 0; i < n; ++i) {
-    uintptr_t a = device_address(r[i].addr);
-    for (uintptr_t s = a >> 5; s <= (a + r[i].size - 1) >> 5; ++s) scratch.push_back(s);
-  }
-  std::sort(scratch.begin(), scratch.end());
-  return uint64_t(std::unique(scratch.begin(), scratch.end()) - scratch.begin());
-}
-
-// Wavefronts of one shared request and the number of non-empty phases.
-std::pair<uint64_t, uint64_t> count_wavefronts(const Lane* r, size_t n,
-                                               std::vector<uintptr_t>& scratch) {
-  unsigned widest = 0;
-  for (size_t i = 0; i < n; ++i) widest = std::max<unsigned>(widest, unsigned(r[i].size));
-  const unsigned lanes_per_phase = widest <= 4 ? 32 : widest <= 8 ? 16 : 8;
-  uint64_t wavefronts = 0, phases = 0;
-  for (unsigned phase = 0; phase < 32 / lanes_per_phase; ++phase) {
-    scratch.clear();
-    for (size_t i = 0; i < n; ++i) {
-      if (r[i].lane / lanes_per_phase != phase) continue;
-      for (uintptr_t w = r[i].addr >> 2; w <= (r[i].addr + r[i].size - 1) >> 2; ++w)
-        scratch.push_back(((w & 31) << 58) | (w >> 5));  // bank, then word within the bank
-    }
-    if (scratch.empty()) continue;
-    std::sort(scratch.begin(), scratch.end());
-    scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
-    uint64_t most = 0, run = 0;
-    for (size_t i = 0; i < scratch.size(); ++i) {
-      run = (i && scratch[i] >> 58 == scratch[i - 1] >> 58) ? run + 1 : 1;
-      most = std::max(most, run);
-    }
-    wavefronts += most;
-    ++phases;
-  }
-  return {wavefronts, phases};
-}
-
 void add(Totals& t, uint64_t bytes, uint64_t sectors, uint64_t conflicts, uint64_t accesses) {
   t.requests += 1;
   t.bytes += bytes;
@@ -300,7 +196,7 @@ void measure(uint32_t site_id, uint32_t cat, const Lane* r, size_t n,
     widest = std::max(widest, r[k].size);
   }
   if (cat == GLOBAL_LOAD || cat == GLOBAL_STORE) {
-    sectors = count_sectors(r, n, scratch);
+    sectors = count_sectors(r, n, g_bases, scratch);
     for (size_t k = 0; k < n; ++k) g_unique[cat].add(r[k].addr, r[k].size);
   } else {
     auto [wavefronts, phases] = count_wavefronts(r, n, scratch);
@@ -493,90 +389,4 @@ CARAFE_TRACE_API int carafe_sim_trace_sites(unsigned long long* out, int max_row
   return rows;
 }
 
-// ------------------------------------------------- -fsanitize=thread hooks
-#define CARAFE_TSAN extern "C" __attribute__((visibility("hidden"), noinline))
-#define CARAFE_TSAN_ACCESS(N)                                                                \
-  CARAFE_TSAN void __tsan_read##N(void* a) {                                                 \
-    on_access(uintptr_t(a), N, false, __builtin_return_address(0));                          \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_write##N(void* a) {                                                \
-    on_access(uintptr_t(a), N, true, __builtin_return_address(0));                           \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_unaligned_read##N(void* a) {                                       \
-    on_access(uintptr_t(a), N, false, __builtin_return_address(0));                          \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_unaligned_write##N(void* a) {                                      \
-    on_access(uintptr_t(a), N, true, __builtin_return_address(0));                           \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_volatile_read##N(void* a) {                                        \
-    on_access(uintptr_t(a), N, false, __builtin_return_address(0));                          \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_volatile_write##N(void* a) {                                       \
-    on_access(uintptr_t(a), N, true, __builtin_return_address(0));                           \
-  }
-CARAFE_TSAN_ACCESS(1)
-CARAFE_TSAN_ACCESS(2)
-CARAFE_TSAN_ACCESS(4)
-CARAFE_TSAN_ACCESS(8)
-CARAFE_TSAN_ACCESS(16)
-#undef CARAFE_TSAN_ACCESS
-
-CARAFE_TSAN void __tsan_read_range(void* a, unsigned long size) {
-  on_access(uintptr_t(a), size, false, __builtin_return_address(0));
-}
-CARAFE_TSAN void __tsan_write_range(void* a, unsigned long size) {
-  on_access(uintptr_t(a), size, true, __builtin_return_address(0));
-}
-CARAFE_TSAN void __tsan_init() {}
-CARAFE_TSAN void __tsan_func_entry(void*) {}
-CARAFE_TSAN void __tsan_func_exit() {}
-CARAFE_TSAN void __tsan_vptr_update(void**, void*) {}
-CARAFE_TSAN void __tsan_vptr_read(void**) {}
-CARAFE_TSAN void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-CARAFE_TSAN void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
-
-// Atomics: do the operation (sequentially consistent), record it as a load or a store.
-#define CARAFE_TSAN_RMW(N, T, NAME, OP)                                                      \
-  CARAFE_TSAN T __tsan_atomic##N##_##NAME(volatile T* a, T v, int) {                         \
-    on_access(uintptr_t(a), sizeof(T), true, __builtin_return_address(0));                   \
-    return OP((T*)a, v, __ATOMIC_SEQ_CST);                                                   \
-  }
-#define CARAFE_TSAN_ATOMICS(N, T)                                                            \
-  CARAFE_TSAN T __tsan_atomic##N##_load(const volatile T* a, int) {                          \
-    on_access(uintptr_t(a), sizeof(T), false, __builtin_return_address(0));                  \
-    return __atomic_load_n((const T*)a, __ATOMIC_SEQ_CST);                                   \
-  }                                                                                          \
-  CARAFE_TSAN void __tsan_atomic##N##_store(volatile T* a, T v, int) {                       \
-    on_access(uintptr_t(a), sizeof(T), true, __builtin_return_address(0));                   \
-    __atomic_store_n((T*)a, v, __ATOMIC_SEQ_CST);                                            \
-  }                                                                                          \
-  CARAFE_TSAN_RMW(N, T, exchange, __atomic_exchange_n)                                       \
-  CARAFE_TSAN_RMW(N, T, fetch_add, __atomic_fetch_add)                                       \
-  CARAFE_TSAN_RMW(N, T, fetch_sub, __atomic_fetch_sub)                                       \
-  CARAFE_TSAN_RMW(N, T, fetch_and, __atomic_fetch_and)                                       \
-  CARAFE_TSAN_RMW(N, T, fetch_or, __atomic_fetch_or)                                         \
-  CARAFE_TSAN_RMW(N, T, fetch_xor, __atomic_fetch_xor)                                       \
-  CARAFE_TSAN_RMW(N, T, fetch_nand, __atomic_fetch_nand)                                     \
-  CARAFE_TSAN int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int,  \
-                                                             int) {                          \
-    on_access(uintptr_t(a), sizeof(T), true, __builtin_return_address(0));                  \
-    return __atomic_compare_exchange_n((T*)a, c, v, false, __ATOMIC_SEQ_CST,                 \
-                                       __ATOMIC_SEQ_CST);                                    \
-  }                                                                                          \
-  CARAFE_TSAN int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int,    \
-                                                           int) {                            \
-    on_access(uintptr_t(a), sizeof(T), true, __builtin_return_address(0));                  \
-    return __atomic_compare_exchange_n((T*)a, c, v, false, __ATOMIC_SEQ_CST,                 \
-                                       __ATOMIC_SEQ_CST);                                    \
-  }                                                                                          \
-  CARAFE_TSAN T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) { \
-    on_access(uintptr_t(a), sizeof(T), true, __builtin_return_address(0));                  \
-    __atomic_compare_exchange_n((T*)a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);    \
-    return c;                                                                                \
-  }
-CARAFE_TSAN_ATOMICS(8, char)
-CARAFE_TSAN_ATOMICS(16, short)
-CARAFE_TSAN_ATOMICS(32, int)
-CARAFE_TSAN_ATOMICS(64, long)
-#undef CARAFE_TSAN_ATOMICS
-#undef CARAFE_TSAN_RMW
+#include "cuda_sim_trace_hooks.h"

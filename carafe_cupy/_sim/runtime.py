@@ -53,7 +53,14 @@ from . import trace as _trace
 __all__ = ["SimRuntime", "SimulatorError", "get_runtime"]
 
 _HERE = Path(__file__).resolve().parent
-_SHIM_FILES = ("cuda_sim.h", "cuda_sim_observer.h", "cuda_sim_runtime.cpp")
+# Everything the scheduler and the tracer hooks are built from.
+_SHIM_FILES = (
+    "cuda_sim.h",
+    "cuda_sim_observer.h",
+    "cuda_sim_runtime.cpp",
+    "cuda_sim_trace_measure.h",
+    "cuda_sim_trace_hooks.h",
+)
 _BASE_FLAGS = (
     "-std=c++20",
     "-O2",
@@ -303,12 +310,14 @@ def _compile(
         with _state_lock:
             _compile_count += 1
         if traced:
-            # Instrument only the kernel code, and link without the sanitizer's runtime.
-            obj = Path(build) / "module.o"
-            compile_cmd = [*cxx, *flags, *_trace.MODULE_FLAGS, *shim, "-c", str(src), "-o", str(obj)]
-            _run_compiler(compile_cmd, build, f"traced module {module_name!r}")
-            link = [*cxx, *flags, "-shared", str(obj), *map(str, objects), "-o", str(out)]
-            _run_compiler([*link, *_trace.LINK_FLAGS], build, f"traced module {module_name!r}")
+            _trace.compile_module(
+                [*cxx, *flags],
+                shim,
+                src,
+                objects,
+                out,
+                lambda cmd: _run_compiler(cmd, build, f"traced module {module_name!r}"),
+            )
             return
         cmd = [*cxx, *flags, "-shared", *shim, str(src), *map(str, objects), "-o", str(out)]
         _run_compiler(cmd, build, f"module {module_name!r}")

@@ -15,17 +15,21 @@ How it works. A traced launch uses a separate build of the kernel module (its
 own cache entry, ``<module>-traced-<hash>.so``; untraced launches never load
 it). Its kernel code is compiled by GCC with ``-fsanitize=thread``
 instrumentation, which calls ``__tsan_readN`` / ``__tsan_writeN`` before every
-memory access; ``cuda_sim_trace.cpp`` provides those hooks itself (the thread
-sanitizer's runtime is never linked). Vectorisation and store merging are
-turned off in that build, and so is scalar replacement of aggregates, so that
-each access a thread's code makes stays one access of its own width (a
-``float2`` load stays one 8-byte access), as on the GPU. Each access is classified:
+memory access; ``cuda_sim_trace.cpp`` and ``cuda_sim_trace_hooks.h`` provide
+those hooks themselves (the thread sanitizer's runtime is never linked).
+Vectorisation, store merging and scalar replacement of aggregates are turned
+off in that build, so that each access a thread's code makes stays one access
+of its own width (a ``float2`` load stays one 8-byte access), as on the GPU.
+Each access is classified:
 
 * **shared**: the module's ``__shared__`` statics or the launch's dynamic
-  shared buffer;
+  shared buffer (any writable static of the module counts, since GCC keeps
+  the ``__shared__`` statics of function templates out of their section; a
+  namespace-scope ``__device__`` variable, of which the project has none,
+  would be counted as shared too);
 * **ignored**: stacks (local variables, which live in registers or local
-  memory on a GPU), the module's own image (``threadIdx`` and friends) and the
-  kernel argument buffers;
+  memory on a GPU), the module's own code, constants and built-in variables
+  (``threadIdx`` and friends), and the kernel argument buffers;
 * **global**: everything else, i.e. the tensors the launch was given.
 
 Accesses are grouped into **warp-level requests**: the n-th execution of one
@@ -36,7 +40,9 @@ each request:
 
 * global: bytes asked for, and the distinct 32-byte **sectors** they touch
   (32 lanes reading consecutive floats: 4 sectors; float4: 16; a stride of 32
-  bytes or more: 32);
+  bytes or more: 32). Sectors are counted from the start of the tensor (the
+  pointer argument) an address lies in, as device allocations are 256-byte
+  aligned while numpy's need not be;
 * shared: **wavefronts** for 32 banks of 4 bytes. Accesses up to 4 bytes are
   served for the whole warp at once, 8-byte accesses per half warp and 16-byte
   accesses per quarter warp, as on NVIDIA GPUs since Volta; a phase takes as
@@ -46,7 +52,10 @@ each request:
 
 ``unique_bytes`` counts the distinct global bytes read (loads) or written
 (stores) during the launch: the traffic DRAM cannot avoid. Atomic
-read-modify-writes count as stores.
+read-modify-writes count as stores. ``LaunchTrace.sites`` breaks the totals
+down per access site, each with its inlined call chain from the traced
+build's debug information (``addr2line``), so the loop behind a conflict or
+a re-read is named.
 
 Limits. Sites are instructions of the CPU build: GCC may keep a value in a
 register or unroll a loop differently from NVCC, so counts of requests can
@@ -57,20 +66,22 @@ instrument for both sanitizers at once). A traced launch runs about an order
 of magnitude slower than an untraced one; ``max_blocks`` traces an evenly
 spread sample of a big grid's blocks. By default the other blocks still run,
 untraced, so outputs stay complete; ``run_all_blocks=False`` skips them (their
-outputs are then left unwritten).
+outputs are then left unwritten). Only launches the simulator runs are traced:
+without ``CARAFE_CUPY_SIMULATOR=1`` the kernels run on the GPU and the list
+stays empty.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sites import Frame, symbolize
 
 __all__ = ["AccessStats", "Frame", "LaunchTrace", "SiteStats", "tracing"]
 
@@ -127,19 +138,6 @@ class AccessStats:
 
 
 @dataclass(frozen=True)
-class Frame:
-    """One source position of an access site, innermost (the access) first."""
-
-    function: str
-    file: str
-    line: int
-    text: str  # the source line, stripped ("" when not found)
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line} ({self.function})"
-
-
-@dataclass(frozen=True)
 class SiteStats:
     """The requests of one access site (one instruction of the traced build)."""
 
@@ -156,7 +154,13 @@ class SiteStats:
 
     @property
     def location(self) -> str:
+        """``file:line`` of the access itself."""
         return f"{self.frames[0].file}:{self.frames[0].line}" if self.frames else "?"
+
+    @property
+    def call_chain(self) -> str:
+        """The inlined frames, innermost first: helper, loop, kernel."""
+        return " <- ".join(map(str, self.frames)) or f"module offset {self.module_offset:#x}"
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,7 @@ class _Session:
             for c in range(4)
         ]
         raw = [tuple(int(v) for v in buf[r * _SITE_ROW : (r + 1) * _SITE_ROW]) for r in range(rows)]
-        frames = _symbolize(path, module, source, sorted({row[0] for row in raw}))
+        frames = symbolize(path, module, source, sorted({row[0] for row in raw}))
         sites = tuple(
             sorted(
                 (
@@ -311,6 +315,20 @@ def active_session() -> _Session | None:
     return _sessions[-1] if _sessions else None
 
 
+def compile_module(
+    compiler: list[str],
+    shim: list[str],
+    source: Path,
+    objects: list[Path],
+    out: Path,
+    run: Callable[[list[str]], None],
+) -> None:
+    """Build a traced module: instrument the kernel code only, link without libtsan."""
+    obj = source.with_suffix(".o")
+    run([*compiler, *MODULE_FLAGS, *shim, "-c", str(source), "-o", str(obj)])
+    run([*compiler, "-shared", str(obj), *map(str, objects), "-o", str(out), *LINK_FLAGS])
+
+
 def build_digest() -> str:
     """Everything the traced build adds to a module's cache key."""
     h = hashlib.sha256("\0".join(MODULE_FLAGS + LINK_FLAGS).encode())
@@ -325,12 +343,10 @@ class _Functions:
     sites: Callable[..., int]
 
 
-_functions_cache: dict[int, _Functions] = {}
-
-
 def _functions(lib: ctypes.CDLL) -> _Functions:
-    key = id(lib)
-    if key not in _functions_cache:
+    # Kept on the library object: an id() could be reused once a module is dropped.
+    fns = lib.__dict__.get("_carafe_trace_functions")
+    if fns is None:
         u64p = ctypes.POINTER(ctypes.c_ulonglong)
         arm = lib.carafe_sim_trace_arm
         arm.argtypes = [u64p, ctypes.c_ulonglong, ctypes.c_int]
@@ -340,54 +356,5 @@ def _functions(lib: ctypes.CDLL) -> _Functions:
         sites.argtypes = [u64p, ctypes.c_int]
         for fn in (arm, totals, sites):
             fn.restype = ctypes.c_int
-        _functions_cache[key] = _Functions(arm, totals, sites)
-    return _functions_cache[key]
-
-
-_frames_cache: dict[tuple[str, int], tuple[Frame, ...]] = {}
-
-
-def _symbolize(
-    path: str, module: str, source: str, offsets: list[int]
-) -> dict[int, tuple[Frame, ...]]:
-    """Source frames of module offsets via addr2line (empty where it is unavailable)."""
-    missing = [o for o in offsets if (path, o) not in _frames_cache]
-    tool = shutil.which("addr2line")
-    if missing and tool:
-        cmd = [tool, "-a", "-f", "-C", "-i", "-e", path, *(hex(o) for o in missing)]
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
-            _parse_addr2line(out.stdout, path, module, source)
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {o: _frames_cache.get((path, o), ()) for o in offsets}
-
-
-def _parse_addr2line(text: str, path: str, module: str, source: str) -> None:
-    lines = text.splitlines()
-    module_lines = source.splitlines()
-    i = 0
-    while i < len(lines):
-        offset = int(lines[i], 16)
-        i += 1
-        frames = []
-        while i + 1 < len(lines) and not lines[i].startswith("0x"):
-            function, where = lines[i], lines[i + 1]
-            i += 2
-            file, _, line_text = where.rpartition(":")
-            line = int(line_text.split()[0]) if line_text.split()[0].isdigit() else 0
-            name = Path(file).name
-            text = ""
-            if name.startswith(_module_file_stem(module)) and 0 < line <= len(module_lines):
-                text = module_lines[line - 1].strip()
-            elif (_HERE / name).is_file() and line > 0:
-                shim = (_HERE / name).read_text().splitlines()
-                text = shim[line - 1].strip() if line <= len(shim) else ""
-            frames.append(Frame(function, name, line, text))
-        _frames_cache[(path, offset)] = tuple(f for f in frames if f.line)
-
-
-def _module_file_stem(module: str) -> str:
-    from .runtime import _safe_name
-
-    return _safe_name(module)
+        fns = lib.__dict__["_carafe_trace_functions"] = _Functions(arm, totals, sites)
+    return fns
