@@ -146,7 +146,7 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         + ". Scaled, not exact: " + (", ".join(inexact) if inexact else "none") + ".",
         "",
         "Host overhead: planning and argument marshalling per call in `_launch`, the launch "
-        "stubbed, median µs on this machine.",
+        "stubbed, best of five batches, µs on this machine.",
     ]
     if unknown:
         lines += ["", "Loops counted once (source line unknown to the model): "
