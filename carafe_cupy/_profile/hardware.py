@@ -3,8 +3,8 @@
 Vendor figures come from NVIDIA's datasheets and architecture whitepapers and
 from the CUDA C++ Programming Guide's table of compute capabilities. L2
 bandwidth and DRAM latency are not published per product; the figures here say
-how they were derived, and ``benchmarks/gpu_validate.sh`` measures both on the
-first GPU run so they can be replaced by measured ones.
+how they were derived. ``benchmarks/gpu_validate.sh --part calibrate`` puts the
+model next to ncu's measurements on a real GPU, which is where to correct them.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ blocks traced, which treats the sampled tiles as typical.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, replace
+from unittest import mock
 
 import numpy as np
 
@@ -112,19 +112,6 @@ def _reduced(launch: Launch, geometry: Geometry) -> tuple[Geometry, Launch, floa
     return small, replace(launch, grid=(blocks, 1, 1)), float(factor), exact
 
 
-@contextlib.contextmanager
-def _simulator_on():
-    previous = os.environ.get("CARAFE_CUPY_SIMULATOR")
-    os.environ["CARAFE_CUPY_SIMULATOR"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["CARAFE_CUPY_SIMULATOR"]
-        else:
-            os.environ["CARAFE_CUPY_SIMULATOR"] = previous
-
-
 def simulate(
     op: str, launch: Launch, geometry: Geometry, dtype: str, max_blocks: int | None = None
 ) -> Traffic:
@@ -142,7 +129,8 @@ def simulate(
         arrays = [array.view(np.uint32).astype(np.uint16) for array in arrays]
     refs = tuple(replace(_arrays.array_ref(array), dtype=dtype) for array in arrays)
     args = _launch.launch_arguments(reduced, small, refs)
-    with _simulator_on(), tracing(max_blocks=max_blocks, run_all_blocks=False) as traces:
+    simulator_on = mock.patch.dict(os.environ, {"CARAFE_CUPY_SIMULATOR": "1"})
+    with simulator_on, tracing(max_blocks=max_blocks, run_all_blocks=False) as traces:
         _launch.launch(
             reduced.kernel, reduced.grid, reduced.block, args, reduced.shared_mem, 0, 0,
             reduced.module,
