@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import carafe_cupy
-from carafe_cupy import _launch
+from carafe_cupy import _planner
 from carafe_cupy._sim.trace import AccessStats, LaunchTrace, tracing
 
 N, C, H, W, K, G, S = 2, 8, 10, 12, 5, 2, 2
@@ -71,10 +71,10 @@ def by_role(traces: list[LaunchTrace]) -> dict[str, LaunchTrace]:
 @pytest.mark.parametrize("variant", ["auto", "general"])
 def test_unique_bytes_are_the_tensor_sizes(inputs, variant: str) -> None:
     features, masks, grad_output = inputs
-    with _launch.forced_variant(variant):
+    with _planner.forced_variant(variant):
         want = carafe_cupy.carafe(features, masks, K, G, S)
         want_grads = carafe_cupy.carafe_backward(grad_output, features, masks, K, G, S)
-    with _launch.forced_variant(variant), tracing() as traces:
+    with _planner.forced_variant(variant), tracing() as traces:
         output = carafe_cupy.carafe(features, masks, K, G, S)
         grad_features, grad_masks = carafe_cupy.carafe_backward(
             grad_output, features, masks, K, G, S
