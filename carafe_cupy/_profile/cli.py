@@ -118,6 +118,7 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
                 f"{r['floor_us']:.1f} | {r['pct_of_floor']:.0f} |"
             )
         lines.append("")
+    lines += loop_table(records)
     lines += [
         "## Summary (the unfused op: forward = carafe, backward = both gradients)",
         "",
@@ -152,6 +153,30 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         lines += ["", "Loops counted once (source line unknown to the model): "
                   + "; ".join(unknown)]
     return "\n".join(lines) + "\n"
+
+
+def loop_table(records: list[dict]) -> list[str]:
+    """SASS per loop, once per kernel and GPU, for the first shape profiled."""
+    lines = [
+        "## SASS loops (instructions in the loop's own body, trips per entry, entries per warp;"
+        " first shape)",
+        "",
+        "| GPU | kernel | straight-line | loops: source line -> instructions x trips (entries) |",
+        "| --- | --- | ---: | --- |",
+    ]
+    seen = set()
+    for r in records:
+        if (r["gpu"], r["kernel"]) in seen:
+            continue
+        seen.add((r["gpu"], r["kernel"]))
+        sass = r["sass_instructions"]
+        loops = "; ".join(
+            f"{loop['line']} `{loop['source'].rstrip(' {')}` -> {loop['instructions']} x "
+            f"{loop['trips']} ({loop['entries_per_warp']:g})"
+            for loop in sass["loops"]
+        )
+        lines.append(f"| {r['gpu']} | {r['kernel']} | {sass['straight_line']} | {loops} |")
+    return lines + [""]
 
 
 def public(records: list[dict]) -> list[dict]:
