@@ -186,3 +186,32 @@ def test_simulated_unique_bytes_are_the_tensors(monkeypatch):
     (trace,) = traces
     assert trace.global_load.unique_bytes == features.nbytes + masks.nbytes
     assert trace.global_store.unique_bytes == output.nbytes
+
+
+def test_reduced_simulation_scales_to_the_full_launch_exactly(monkeypatch):
+    """One image and one channel slice, scaled by images x slices, equals the whole grid."""
+    import numpy as np
+
+    import carafe_cupy
+    from carafe_cupy._profile import traffic
+    from carafe_cupy._sim.trace import tracing
+
+    geometry = _planner.Geometry(2, 32, 6, 10, 5, 2, 2)
+    (launch,) = traffic.planned("forward", geometry, "float32")
+    assert launch.tiling[0] < geometry.channels // geometry.group_size  # sliced channels
+    scaled = traffic.simulate("forward", launch, geometry, "float32")
+    assert scaled.exact
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    rng = np.random.default_rng(1)
+    features = rng.random((2, 32, 6, 10), dtype=np.float32)
+    masks = rng.random((2, 50, 12, 20), dtype=np.float32)
+    with tracing() as traces:
+        carafe_cupy.carafe(features, masks, 5, 2, 2)
+    (full,) = traces
+    assert full.kernel == launch.kernel and full.blocks_total == launch.blocks
+    assert scaled.load_bytes == full.global_load.bytes
+    assert scaled.load_requests == full.global_load.requests
+    assert scaled.load_sectors == full.global_load.sectors
+    assert scaled.store_sectors == full.global_store.sectors
+    conflicts = full.shared_load.bank_conflicts + full.shared_store.bank_conflicts
+    assert scaled.bank_conflicts == conflicts
