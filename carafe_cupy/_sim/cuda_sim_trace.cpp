@@ -63,6 +63,7 @@ struct Site {
   uintptr_t pc = 0;
   Totals cat[CATEGORIES];
   unsigned size[CATEGORIES] = {};
+  ByteSet unique[2];  // global loads, global stores
 };
 
 // One lane's access; size 0 marks a lane that made none.
@@ -197,7 +198,10 @@ void measure(uint32_t site_id, uint32_t cat, const Lane* r, size_t n,
   }
   if (cat == GLOBAL_LOAD || cat == GLOBAL_STORE) {
     sectors = count_sectors(r, n, g_bases, scratch);
-    for (size_t k = 0; k < n; ++k) g_unique[cat].add(r[k].addr, r[k].size);
+    for (size_t k = 0; k < n; ++k) {
+      g_unique[cat].add(r[k].addr, r[k].size);
+      g_sites[site_id].unique[cat].add(r[k].addr, r[k].size);
+    }
   } else {
     auto [wavefronts, phases] = count_wavefronts(r, n, scratch);
     sectors = wavefronts;
@@ -361,8 +365,9 @@ CARAFE_TRACE_API int carafe_sim_trace_totals(unsigned long long* out, int n) {
   return 26;
 }
 
-// Rows of 8: pc offset in the module, category, widest access, requests,
-// bytes, sectors, conflicts, accesses. Returns the number of rows there are.
+// Rows of 9: pc offset in the module, category, widest access, requests,
+// bytes, sectors, conflicts, accesses, unique bytes (global). Returns the
+// number of rows there are.
 CARAFE_TRACE_API int carafe_sim_trace_sites(unsigned long long* out, int max_rows) {
   Dl_info info{};
   uintptr_t base = dladdr(reinterpret_cast<void*>(&carafe_sim_trace_sites), &info)
@@ -373,7 +378,7 @@ CARAFE_TRACE_API int carafe_sim_trace_sites(unsigned long long* out, int max_row
     for (int c = 0; c < CATEGORIES; ++c) {
       if (!s.cat[c].requests) continue;
       if (rows < max_rows) {
-        unsigned long long* row = out + 8 * rows;
+        unsigned long long* row = out + 9 * rows;
         const Totals& t = s.cat[c];
         row[0] = s.pc - base;
         row[1] = unsigned(c);
@@ -383,6 +388,7 @@ CARAFE_TRACE_API int carafe_sim_trace_sites(unsigned long long* out, int max_row
         row[5] = t.sectors;
         row[6] = t.conflicts;
         row[7] = t.accesses;
+        row[8] = c < 2 ? s.unique[c].count() : 0;
       }
       ++rows;
     }

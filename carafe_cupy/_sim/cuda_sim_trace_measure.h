@@ -28,6 +28,7 @@ class ByteSet {
     used_ = 0;
   }
   void add(uintptr_t addr, size_t size) {
+    if (keys_.empty()) clear();
     while (size) {
       uintptr_t sector = addr >> 5;
       unsigned first = unsigned(addr & 31);

@@ -28,6 +28,9 @@ Compiled modules are cached as ``<module>-<sha256>.so`` (plus a ``.sha256``
 file checked before loading); the scheduler (``cuda_sim_runtime.cpp``) is built
 once per compiler and flag set as ``runtime-<sha256>.o`` and linked into each
 module. :meth:`SimRuntime.compile_count` counts module builds only.
+
+Inside :func:`carafe_cupy._sim.trace.tracing` launches run a separately cached
+traced build of the module and report their memory traffic (see ``trace.py``).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ ASAN_REFUSAL = (
 )
 _CATEGORIES = (("global", "load"), ("global", "store"), ("shared", "load"), ("shared", "store"))
 _TOTALS = 26
-_SITE_ROW = 8
+_SITE_ROW = 9
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ class SiteStats:
     requests: int
     bytes: int
     sectors: int  # as in AccessStats
+    unique_bytes: int  # distinct global bytes this site touched (0 for shared)
     bank_conflicts: int
     frames: tuple[Frame, ...]  # inlined call chain, innermost first; empty if unknown
     module_offset: int  # address of the instruction in the module file
@@ -248,6 +249,7 @@ class _Session:
                         sectors=row[5],
                         bank_conflicts=row[6],
                         accesses=row[7],
+                        unique_bytes=row[8],
                         frames=frames.get(row[0], ()),
                         module_offset=row[0],
                     )

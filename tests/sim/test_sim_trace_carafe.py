@@ -121,3 +121,23 @@ def test_sampled_forward_scales_with_the_blocks_traced(inputs) -> None:
     assert part.blocks_total == whole.blocks_total > part.blocks_traced == 2
     assert 0 < part.global_store.bytes < whole.global_store.bytes
     assert part.shared_load.requests < whole.shared_load.requests
+
+
+def test_sites_add_up_to_the_launch(inputs) -> None:
+    features, masks, _ = inputs
+    with tracing() as traces:
+        carafe_cupy.carafe(features, masks, K, G, S)
+    (trace,) = traces
+    for space, direction in [("global", "load"), ("global", "store"), ("shared", "load")]:
+        total = getattr(trace, f"{space}_{direction}")
+        sites = [s for s in trace.sites if (s.space, s.direction) == (space, direction)]
+        assert sum(s.requests for s in sites) == total.requests
+        assert sum(s.bytes for s in sites) == total.bytes
+        assert sum(s.sectors for s in sites) == total.sectors
+        assert sum(s.bank_conflicts for s in sites) == total.bank_conflicts
+        if space == "global":
+            assert max(s.unique_bytes for s in sites) <= total.unique_bytes
+            assert sum(s.unique_bytes for s in sites) >= total.unique_bytes
+    # The kernel's own loops name the sites: the staged halo and the tap loop.
+    texts = " ".join(f.text for s in trace.sites for f in s.frames)
+    assert "halo" in texts and "stage_halo" in " ".join(s.call_chain for s in trace.sites)
