@@ -55,13 +55,9 @@ def _contiguous(shape: tuple[int, ...], dtype: str) -> TensorRef:
 def planned(op: str, geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
     """The launches the launcher makes for ``op`` on contiguous, aligned tensors."""
     refs = [_contiguous(role_shape(role, geometry), dtype) for role in ROLES[op]]
-    if op == "forward":
-        return plan_forward(geometry, *refs)
-    if op == "backward":
-        return plan_backward(geometry, *refs)
-    if op == "fused_forward":
-        return plan_fused_forward(geometry, dtype)
-    return plan_fused_backward(geometry, dtype)
+    if op in ("forward", "backward"):
+        return getattr(_planner, f"plan_{op}")(geometry, *refs)
+    return getattr(_planner, f"plan_{op}")(geometry, dtype)
 
 
 def tensor_bytes(role: str, geometry: Geometry, dtype: str) -> int:
