@@ -131,6 +131,6 @@ def carafe_from_logits(
     """CARAFE with masks taken from raw encoder logits (N, G*k*k*s*s, H, W):
     pixel_shuffle and a softmax over each group's k*k taps are applied inside
     the kernels, as in CARAFEPack. torch tensors only; differentiable."""
-    from ._torch_ops import carafe_from_logits as torch_carafe_from_logits
+    from ._torch_fused import carafe_from_logits as torch_carafe_from_logits
 
     return torch_carafe_from_logits(features, logits, kernel_size, group_size, scale_factor)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_ops import carafe, carafe_from_logits, normalize_logits, uses_kernels
+from ._torch_fused import carafe_from_logits
+from ._torch_ops import carafe, normalize_logits, uses_kernels
 from ._validate import check_params
 
 
