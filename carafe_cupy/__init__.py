@@ -15,18 +15,36 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CARAFE",
+    "CARAFEFunction",
+    "CARAFENaive",
+    "CARAFENaiveFunction",
     "CARAFEPack",
     "KernelCompileError",
     "KernelsUnavailableError",
     "__version__",
     "carafe",
     "carafe_backward",
-    "decompositions",
     "carafe_from_logits",
+    "carafe_naive",
+    "decompositions",
+    "normal_init",
+    "xavier_init",
 ]
 
+# Names that need torch, loaded when first asked for: name -> submodule.
+_TORCH_NAMES = {
+    "CARAFE": "nn",
+    "CARAFENaive": "nn",
+    "CARAFEPack": "nn",
+    "CARAFEFunction": "mmcv_compat",
+    "CARAFENaiveFunction": "mmcv_compat",
+    "normal_init": "mmcv_compat",
+    "xavier_init": "mmcv_compat",
+}
+
 if TYPE_CHECKING:
-    from .nn import CARAFE, CARAFEPack
+    from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
+    from .nn import CARAFE, CARAFENaive, CARAFEPack
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -79,6 +97,10 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
 
 
+# mmcv.ops.carafe's reference op: the same op and results here.
+carafe_naive = carafe
+
+
 def carafe_backward(
     grad_output: Any,
     features: Any,
@@ -117,11 +139,10 @@ def decompositions() -> dict:
 
 
 def __getattr__(name: str) -> Any:
-    # The nn.Modules need torch; load them only when asked for.
-    if name in ("CARAFE", "CARAFEPack"):
-        from . import nn
+    if name in _TORCH_NAMES:
+        import importlib
 
-        return getattr(nn, name)
+        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
