@@ -34,27 +34,47 @@ def _ref(tensor: torch.Tensor) -> _launch.TensorRef:
 def _gpu_kernels_available() -> bool:
     available = _launch.gpu_kernels_available()
     if not available:
+        reason = _launch.gpu_kernels_unavailable_reason() or "CuPy with NVRTC is not usable here"
         warnings.warn(
-            "carafe_cupy: CuPy with NVRTC is not usable here, so CUDA tensors take the slower "
-            "pure-PyTorch path. Install the kernels with `pip install carafe_cupy[cuda12]` or "
-            "`pip install carafe_cupy[cuda13]` (matching your CUDA driver).",
+            f"carafe_cupy: {reason}, so CUDA tensors take the slower pure-PyTorch path. Install "
+            "the kernels with `pip install carafe_cupy[cuda12]` or `pip install "
+            "carafe_cupy[cuda13]` (matching your CUDA driver; cuda12 for sm_70 and older GPUs, "
+            "which NVRTC 13 no longer targets).",
             RuntimeWarning,
             stacklevel=4,
         )
     return available
 
 
+@functools.cache
+def _kernels_target(device_index: int) -> bool:
+    """Whether NVRTC compiles for this GPU (NVRTC 13 does not for sm_70), warning once if not."""
+    reason = _launch.gpu_kernels_unavailable_reason(device_index)
+    if reason is not None:
+        warnings.warn(
+            f"carafe_cupy: {reason}. Until then, CUDA tensors on cuda:{device_index} take "
+            "the slower pure-PyTorch path.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return reason is None
+
+
 def uses_kernels(device: torch.device) -> bool:
     """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
     if _launch.simulator_enabled():
         return device.type == "cpu"
-    return device.type == "cuda" and _gpu_kernels_available()
+    return (
+        device.type == "cuda"
+        and _gpu_kernels_available()
+        and _kernels_target(device.index if device.index is not None else 0)
+    )
 
 
 def backend_name(device: torch.device) -> str:
     if _launch.simulator_enabled() and device.type == "cpu":
         return "cuda kernels on the CPU simulator"
-    if device.type == "cuda" and _launch.gpu_kernels_available():
+    if device.type == "cuda" and _launch.gpu_kernels_available(device.index):
         return "cuda kernels (NVRTC via CuPy)"
     return f"pure PyTorch on {device.type}"
 
