@@ -53,36 +53,39 @@ def _is_torch_tensor(value: Any) -> bool:
 
 
 def _front_end(function: str, **inputs: Any) -> Any:
-    """The module that handles these inputs: torch or CuPy, never a mix."""
-    from . import _launch
+    """The module that handles these inputs: torch, or the array front end
+    (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
+    from . import _dlpack
 
     def kind(value: Any) -> str | None:
         if _is_torch_tensor(value):
             return "torch"
-        if _launch.is_cupy_array(value) or _launch.is_simulated_array(value):
+        if _dlpack.is_kernel_array(value):
             return "cupy"
+        if _dlpack.is_dlpack_array(value):
+            return "dlpack"
         return None
 
     kinds = {name: kind(value) for name, value in inputs.items()}
     found = {kind for kind in kinds.values() if kind is not None}
-    if len(found) > 1:
+    if {"torch", "cupy"} <= found:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
         raise TypeError(
             f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
         )
-    if found == {"torch"}:
+    if "torch" in found:  # its checks name any argument that is not a tensor
         from . import _torch_ops
 
         return _torch_ops
-    if found == {"cupy"}:
+    if found:
         from . import _cupy_api
 
         return _cupy_api
     first = next(iter(inputs))
     value = inputs[first]
     raise TypeError(
-        f"{function}: {first} must be a torch.Tensor or cupy.ndarray, "
-        f"got {type(value).__module__}.{type(value).__name__}"
+        f"{function}: {first} must be a torch.Tensor or cupy.ndarray (or another array with "
+        f"__dlpack__), got {type(value).__module__}.{type(value).__name__}"
     )
 
 
