@@ -154,3 +154,19 @@ def test_the_example_round_trips_torch_and_the_array_side():
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("torch round trip:") == 6
     assert "FAILED" not in result.stdout
+
+
+def test_the_startup_and_dlpack_benchmark_prints_its_figures():
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_startup_dlpack.py")]
+        + ["--runs", "1", "--calls", "50"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("first call", "torch._dynamo loaded by the calls: [False]", "raw pointers"):
+        assert line in result.stdout
+    assert "from_dlpack + array_ref" in result.stdout
