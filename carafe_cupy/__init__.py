@@ -1,7 +1,9 @@
 """CARAFE (content-aware reassembly of features) for PyTorch and CuPy.
 
 ``carafe(features, masks, kernel_size, group_size, scale_factor)`` takes torch
-tensors or cupy arrays. Neither torch nor CuPy is needed to import the package.
+tensors, cupy arrays, or any other DLPack array (JAX, ...). Neither torch nor
+CuPy is needed to import the package. Every public name of ``mmcv.ops.carafe``
+is here too (``CARAFENaive``, ``CARAFEFunction``, ``normal_init``, ...).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
 
     Returns (N, C, H*s, W*s) of the promoted dtype. Arguments follow
     ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on
-    CuPy's current stream (see :func:`carafe_backward` for their gradients).
+    CuPy's current stream (see :func:`carafe_backward` for their gradients);
+    other DLPack arrays run on their device and come back as their own kind.
     """
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
