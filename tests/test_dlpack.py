@@ -165,3 +165,38 @@ def test_the_dlpack_benchmark_prints_its_figures(capsys, monkeypatch):
     printed = capsys.readouterr().out
     for line in ("raw pointers + strides", "from_dlpack + array_ref", "x the raw pointers"):
         assert line in printed
+
+
+def _cuda_ready():
+    torch = pytest.importorskip("torch")
+    if not (torch.cuda.is_available() and _launch.gpu_kernels_available()):
+        pytest.skip("needs a CUDA GPU with CuPy and NVRTC")
+    return torch
+
+
+@pytest.mark.gpu
+def test_torch_cuda_tensors_through_dlpack_follow_the_producers_stream():
+    torch = _cuda_ready()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        # queued on torch's side stream; CuPy must wait for it (stream protocol)
+        features = torch.randn(2, 64, 96, 96, device="cuda").mul_(3.0).add_(1.0)
+        masks = torch.rand(2, 25, 192, 192, device="cuda")
+        out = arrays.carafe(features, masks, 5, 1, 2)
+        expected = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    torch.cuda.synchronize()
+    assert isinstance(out, torch.Tensor) and out.device == features.device
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.gpu
+def test_dlpack_arrays_run_on_their_own_device():
+    torch = _cuda_ready()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    features = torch.randn(1, 8, 6, 6, device="cuda:1")
+    masks = torch.rand(1, 9, 12, 12, device="cuda:1")
+    with torch.cuda.device(0):
+        out = arrays.carafe(features, masks, 3, 1, 2)
+    assert out.device == torch.device("cuda", 1)
+    torch.testing.assert_close(out, carafe_cupy.carafe(features, masks, 3, 1, 2))
