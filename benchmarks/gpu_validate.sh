@@ -185,6 +185,20 @@ if want checks; then
   else
     step pytest_gpu -- "$PY" -m pytest tests -m gpu -q -rs
   fi
+  # CUDA graphs (torch.cuda.graph, reduce-overhead) and DDP on GPUs (NCCL with 2+ GPUs, gloo),
+  # on their own so their result shows in the summary; they are in pytest_gpu too.
+  gpu_step pytest_graphs_ddp -- "$PY" -m pytest tests/test_distributed_and_graphs.py -m gpu -q -rs
+  # a V100 (sm_70) with the cuda13 extra must fall back with one warning naming cuda12
+  gpu_step nvrtc_target_check -- "$PY" -c 'import warnings, torch, carafe_cupy
+from carafe_cupy import _cupy_runtime
+for index in range(torch.cuda.device_count()):
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason(index)
+    print(f"cuda:{index}", torch.cuda.get_device_capability(index), reason or "kernels usable")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(1, 4, 3, 3, device="cuda")
+    print(carafe_cupy.carafe(x, torch.rand(1, 9, 6, 6, device="cuda"), 3, 1, 2).shape)
+print("warnings:", [str(w.message) for w in caught])'
   # No caching allocator under memcheck: out-of-bounds accesses into a neighbouring tensor of
   # the same pool block would otherwise go unseen.
   gpu_step sanitize_memcheck -- env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
@@ -201,6 +215,7 @@ if want tests; then
   step pytest_all -- "$PY" -m pytest tests -q -rs
 fi
 if want bench; then
+  step bench_first_call_and_dlpack -- "$PY" benchmarks/bench_startup_dlpack.py
   if [ "$DRY" = 1 ]; then
     step bench -- "$PY" benchmarks/bench_carafe.py --quick --device cpu --out "$RES" --no-progress
   elif [ "$QUICK" = 1 ]; then

@@ -17,7 +17,7 @@ import threading
 import warnings
 from typing import Any
 
-from . import _sources
+from . import _gpu_checks, _sources
 from ._sources import KERNEL_MODULE, NVRTC_OPTIONS, KernelCompileError
 
 
@@ -72,18 +72,27 @@ def cupy_importable() -> bool:
     return True
 
 
-def gpu_kernels_available() -> bool:
-    """True when CuPy imports, sees a GPU and NVRTC can be loaded."""
+def gpu_kernels_available(device: int | None = None) -> bool:
+    """True when CuPy imports, sees a GPU, NVRTC can be loaded and can compile
+    for that GPU (``device``; by default for at least one visible GPU)."""
+    return gpu_kernels_unavailable_reason(device) is None
+
+
+def gpu_kernels_unavailable_reason(device: int | None = None) -> str | None:
+    """Why :func:`gpu_kernels_available` is False, or None when it is True."""
     if not cupy_importable():
-        return False
+        return "CuPy could not be imported"
     cupy = _import_cupy()
     try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return False
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return "CuPy sees no CUDA GPU"
         cupy.cuda.nvrtc.getVersion()
-    except Exception:
-        return False
-    return True
+        devices = range(count) if device is None else (device,)
+        reasons = [_gpu_checks.untargetable_reason(cupy, index) for index in devices]
+    except Exception as error:
+        return f"CUDA or NVRTC is not usable ({error})"
+    return None if None in reasons else reasons[0]
 
 
 class _StreamHandle:
@@ -165,6 +174,8 @@ class CupyRuntime:
         stream: int = 0,
     ) -> None:
         cupy = _import_cupy()
+        if (device, module_name, kernel_name) not in self._kernels:
+            _gpu_checks.check_before_first_compile(cupy, device, stream, kernel_name)
         kernel = self.kernel(module_name, source, kernel_name, device)
         with cupy.cuda.Device(device), _cupy_stream(stream, device):
             kernel(grid, block, args, shared_mem=shared_mem)
