@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # One-shot validation on a GPU machine: versions, `carafe_cupy info`, GPU tests, the whole
 # test suite, compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a small
-# forward+backward, and the full benchmark. Installs nothing; runs from the working tree.
+# forward+backward, the full benchmark, and the cost model's calibration (ncu on every kernel
+# against the model's prediction for this commit, and mmcv's CARAFE as a baseline).
+# Installs nothing; runs from the working tree.
 #
-#   benchmarks/gpu_validate.sh [--dry-run] [--quick] [--out DIR]
+#   benchmarks/gpu_validate.sh [--dry-run] [--quick] [--part PART] [--out DIR]
 #
 #   --dry-run  no GPU needed: runs what a CPU machine can (versions, info, tests, a quick CPU
-#              benchmark) and only prints the sanitizer commands.
+#              benchmark, the model's prediction) and only prints the GPU commands.
 #   --quick    benchmark with --quick instead of the full shape list.
+#   --part P   all (default), or one part, each well under 10 minutes on an H100:
+#              checks (versions, info, GPU tests, sanitizers), tests (whole suite),
+#              bench, calibrate (model, ncu, mmcv, model-against-measured table).
 #   --out DIR  results directory (default benchmarks/results/<date>-<gpu-slug>/).
 #
-# Every step logs to <results>/<step>.log and the run continues past failures; the exit status
-# is non-zero if any step failed, and <results>/summary.md lists each step's status.
+# Results (at most 8 files): summary.md, steps.log (every step's output), the benchmark's
+# results.json / results.md / plot, calibration.json and calibration.md. Parts run one
+# after another add to the same summary. Every step continues past failures; the exit status
+# is non-zero if any step failed.
+#
+# Calibration needs ncu (Nsight Compute, with access to the GPU's counters) and, for the
+# mmcv baseline, mmcv's CARAFE sources in benchmarks/third_party/mmcv (an ignored folder;
+# benchmarks/mmcv_carafe.py says how to fetch them); nvcc builds them on the GPU machine.
 set -u -o pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -22,16 +33,24 @@ PY=${PYTHON:-python}
 DRY=0
 QUICK=0
 OUT=""
+PART=all
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --part) PART=$2; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
+
+case "$PART" in
+  all|checks|tests|bench|calibrate) ;;
+  *) echo "--part must be all, checks, tests, bench or calibrate, got '$PART'" >&2; exit 2 ;;
+esac
+want() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 
 slug() { tr '[:upper:]' '[:lower:]' | sed -e 's/([rR])\|(tm)//g' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//'; }
 
@@ -64,37 +83,39 @@ if [ "$COMMIT" != unknown ] && [ -n "$(git status --porcelain --untracked-files=
   COMMIT="$COMMIT+dirty"
 fi
 
+LOG="$RES/steps.log"
+if [ ! -f "$SUMMARY" ]; then
+  { echo "# GPU validation summary"; echo; echo "- gpu: ${GPU_NAME:-none}"; } >"$SUMMARY"
+fi
 {
-  echo "# GPU validation summary"
   echo
-  echo "- date: $(date -Iseconds)"
+  echo "## part: $PART ($(date -Iseconds))"
+  echo
   echo "- commit: \`$COMMIT\`"
-  echo "- gpu: ${GPU_NAME:-none}"
   echo "- mode: $([ "$DRY" = 1 ] && echo dry-run || echo full)"
   echo
-  echo "| step | status | log |"
-  echo "|---|---|---|"
-} >"$SUMMARY"
+  echo "| step | status |"
+  echo "|---|---|"
+} >>"$SUMMARY"
 
 FAILED=()
 
-# step NAME [allowed-exit-codes...] -- COMMAND...: log to $RES/NAME.log, record status, go on.
+# step NAME [allowed-exit-codes...] -- COMMAND...: log to steps.log, record status, go on.
 step() {
   local name=$1; shift
   local ok_codes=" 0 "
   while [ "$1" != "--" ]; do ok_codes+="$1 "; shift; done
   shift
-  local log="$RES/$name.log"
   echo
   echo "===== $name: $*"
-  { echo "\$ $*"; echo "# $(date -Iseconds)"; } >"$log"
-  "$@" 2>&1 | tee -a "$log"
+  { echo; echo "===== $name"; echo "\$ $*"; echo "# $(date -Iseconds)"; } >>"$LOG"
+  "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
-  echo "# exit status $rc" >>"$log"
+  echo "# exit status $rc" >>"$LOG"
   if [[ "$ok_codes" == *" $rc "* ]]; then
-    echo "| $name | ok (rc $rc) | $name.log |" >>"$SUMMARY"
+    echo "| $name | ok (rc $rc) |" >>"$SUMMARY"
   else
-    echo "| $name | FAILED (rc $rc) | $name.log |" >>"$SUMMARY"
+    echo "| $name | FAILED (rc $rc) |" >>"$SUMMARY"
     FAILED+=("$name")
   fi
 }
@@ -108,8 +129,8 @@ gpu_step() {
     shift
     echo
     echo "===== $name (dry run, not run): $*"
-    echo "\$ $*" >"$RES/$name.log"
-    echo "| $name | not run (dry run) | $name.log |" >>"$SUMMARY"
+    { echo; echo "===== $name (dry run, not run)"; echo "\$ $*"; } >>"$LOG"
+    echo "| $name | not run (dry run) |" >>"$SUMMARY"
     return
   fi
   step "$@"
@@ -155,32 +176,71 @@ EOF
 SMOKE=("$PY" benchmarks/sanitize_smoke.py --device cuda --dtypes fp32,fp16)
 SAN=(compute-sanitizer --error-exitcode 97 --print-limit 50)
 
-step versions -- versions
-step info -- "$PY" -m carafe_cupy info
-# rc 5 = no tests collected: fine on a CPU dry run, a failure on a GPU machine.
-if [ "$DRY" = 1 ]; then
-  step pytest_gpu 5 -- "$PY" -m pytest tests -m gpu -q -rs --junitxml "$RES/pytest_gpu.xml"
-else
-  step pytest_gpu -- "$PY" -m pytest tests -m gpu -q -rs --junitxml "$RES/pytest_gpu.xml"
-fi
-step pytest_all -- "$PY" -m pytest tests -q -rs --junitxml "$RES/pytest_all.xml"
-# No caching allocator under memcheck: out-of-bounds accesses into a neighbouring tensor of
-# the same pool block would otherwise go unseen.
-gpu_step sanitize_memcheck -- env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-  "${SAN[@]}" --tool memcheck --leak-check no "${SMOKE[@]}"
-gpu_step sanitize_racecheck -- "${SAN[@]}" --tool racecheck --racecheck-report all "${SMOKE[@]}"
-gpu_step sanitize_synccheck -- "${SAN[@]}" --tool synccheck "${SMOKE[@]}"
-# initcheck looks at every kernel; restrict it to ours so torch's internal scratch buffers
-# (allocated but legitimately not all written) do not drown the report.
-gpu_step sanitize_initcheck -- "${SAN[@]}" --tool initcheck \
-  --kernel-name "${CARAFE_KERNEL_FILTER:-kns=carafe}" "${SMOKE[@]}"
+if want checks; then
+  step versions -- versions
+  step info -- "$PY" -m carafe_cupy info
+  # rc 5 = no tests collected: fine on a CPU dry run, a failure on a GPU machine.
+  if [ "$DRY" = 1 ]; then
+    step pytest_gpu 5 -- "$PY" -m pytest tests -m gpu -q -rs
+  else
+    step pytest_gpu -- "$PY" -m pytest tests -m gpu -q -rs
+  fi
+  # CUDA graphs (torch.cuda.graph, reduce-overhead) and DDP on GPUs (NCCL with 2+ GPUs, gloo),
+  # on their own so their result shows in the summary; they are in pytest_gpu too.
+  gpu_step pytest_graphs_ddp -- "$PY" -m pytest tests/test_distributed_and_graphs.py -m gpu -q -rs
+  # a V100 (sm_70) with the cuda13 extra must fall back with one warning naming cuda12
+  gpu_step nvrtc_target_check -- "$PY" -c 'import warnings, torch, carafe_cupy
+from carafe_cupy import _cupy_runtime
+for index in range(torch.cuda.device_count()):
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason(index)
+    print(f"cuda:{index}", torch.cuda.get_device_capability(index), reason or "kernels usable")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(1, 4, 3, 3, device="cuda")
+    print(carafe_cupy.carafe(x, torch.rand(1, 9, 6, 6, device="cuda"), 3, 1, 2).shape)
+print("warnings:", [str(w.message) for w in caught])'
+  # No caching allocator under memcheck: out-of-bounds accesses into a neighbouring tensor of
+  # the same pool block would otherwise go unseen.
+  gpu_step sanitize_memcheck -- env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    "${SAN[@]}" --tool memcheck --leak-check no "${SMOKE[@]}"
+  gpu_step sanitize_racecheck -- "${SAN[@]}" --tool racecheck --racecheck-report all "${SMOKE[@]}"
+  gpu_step sanitize_synccheck -- "${SAN[@]}" --tool synccheck "${SMOKE[@]}"
+  # initcheck looks at every kernel; restrict it to ours so torch's internal scratch buffers
+  # (allocated but legitimately not all written) do not drown the report.
+  gpu_step sanitize_initcheck -- "${SAN[@]}" --tool initcheck \
+    --kernel-name "${CARAFE_KERNEL_FILTER:-kns=carafe}" "${SMOKE[@]}"
 
-if [ "$DRY" = 1 ]; then
-  step bench -- "$PY" benchmarks/bench_carafe.py --quick --device cpu --out "$RES" --no-progress
-elif [ "$QUICK" = 1 ]; then
-  step bench -- "$PY" benchmarks/bench_carafe.py --quick --device cuda --out "$RES" --no-progress
-else
-  step bench -- "$PY" benchmarks/bench_carafe.py --device cuda --out "$RES" --no-progress
+fi
+if want tests; then
+  step pytest_all -- "$PY" -m pytest tests -q -rs
+fi
+if want bench; then
+  step bench_first_call_and_dlpack -- "$PY" benchmarks/bench_startup_dlpack.py
+  if [ "$DRY" = 1 ]; then
+    step bench -- "$PY" benchmarks/bench_carafe.py --quick --device cpu --out "$RES" --no-progress
+  elif [ "$QUICK" = 1 ]; then
+    step bench -- "$PY" benchmarks/bench_carafe.py --quick --device cuda --out "$RES" --no-progress
+  else
+    step bench -- "$PY" benchmarks/bench_carafe.py --device cuda --out "$RES" --no-progress
+  fi
+
+fi
+if want calibrate; then
+  # The model's prediction for this commit, ncu on every kernel at 52x84 and 64x64 (metrics
+  # matching the model's), mmcv's CARAFE built from its sources, and the comparison table.
+  NCU_TMP=$(mktemp -d)
+  NCU_METRICS=$("$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import calibrate; print(",".join(calibrate.NCU_METRICS.values()))')
+  step calibrate_model -- "$PY" benchmarks/calibrate.py model --out "$RES" \
+    --max-blocks "$([ "$DRY" = 1 ] && echo 16 || echo 64)"
+  for shape in 2,256,52,84 2,256,64,64; do
+    gpu_step "ncu_${shape//,/x}" -- ncu --csv --print-units base --metrics "$NCU_METRICS" \
+      --kernel-name regex:carafe --log-file "$NCU_TMP/$shape.csv" \
+      "$PY" benchmarks/calibrate.py target --shape "$shape"
+  done
+  gpu_step mmcv_baseline -- "$PY" benchmarks/calibrate.py mmcv --out "$RES"
+  step calibrate_table -- "$PY" benchmarks/calibrate.py table --out "$RES" \
+    --ncu "$NCU_TMP/2,256,52,84.csv" "$NCU_TMP/2,256,64,64.csv"
+  rm -rf "$NCU_TMP"
 fi
 
 {

@@ -1,7 +1,9 @@
 """CARAFE (content-aware reassembly of features) for PyTorch and CuPy.
 
 ``carafe(features, masks, kernel_size, group_size, scale_factor)`` takes torch
-tensors or cupy arrays. Neither torch nor CuPy is needed to import the package.
+tensors, cupy arrays, or any other DLPack array (JAX, ...). Neither torch nor
+CuPy is needed to import the package. Every public name of ``mmcv.ops.carafe``
+is here too (``CARAFENaive``, ``CARAFEFunction``, ``normal_init``, ...).
 """
 
 from __future__ import annotations
@@ -9,24 +11,43 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._launch import KernelCompileError, KernelsUnavailableError
+from ._cupy_runtime import KernelsUnavailableError
+from ._sources import KernelCompileError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CARAFE",
+    "CARAFEFunction",
+    "CARAFENaive",
+    "CARAFENaiveFunction",
     "CARAFEPack",
     "KernelCompileError",
     "KernelsUnavailableError",
     "__version__",
     "carafe",
     "carafe_backward",
-    "decompositions",
     "carafe_from_logits",
+    "carafe_naive",
+    "decompositions",
+    "normal_init",
+    "xavier_init",
 ]
 
+# Names that need torch, loaded when first asked for: name -> submodule.
+_TORCH_NAMES = {
+    "CARAFE": "nn",
+    "CARAFENaive": "nn",
+    "CARAFEPack": "nn",
+    "CARAFEFunction": "mmcv_compat",
+    "CARAFENaiveFunction": "mmcv_compat",
+    "normal_init": "mmcv_compat",
+    "xavier_init": "mmcv_compat",
+}
+
 if TYPE_CHECKING:
-    from .nn import CARAFE, CARAFEPack
+    from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
+    from .nn import CARAFE, CARAFENaive, CARAFEPack
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -35,36 +56,39 @@ def _is_torch_tensor(value: Any) -> bool:
 
 
 def _front_end(function: str, **inputs: Any) -> Any:
-    """The module that handles these inputs: torch or CuPy, never a mix."""
-    from . import _launch
+    """The module that handles these inputs: torch, or the array front end
+    (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
+    from . import _dlpack
 
     def kind(value: Any) -> str | None:
         if _is_torch_tensor(value):
             return "torch"
-        if _launch.is_cupy_array(value) or _launch.is_simulated_array(value):
+        if _dlpack.is_kernel_array(value):
             return "cupy"
+        if _dlpack.is_dlpack_array(value):
+            return "dlpack"
         return None
 
     kinds = {name: kind(value) for name, value in inputs.items()}
     found = {kind for kind in kinds.values() if kind is not None}
-    if len(found) > 1:
+    if {"torch", "cupy"} <= found:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
         raise TypeError(
             f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
         )
-    if found == {"torch"}:
+    if "torch" in found:  # its checks name any argument that is not a tensor
         from . import _torch_ops
 
         return _torch_ops
-    if found == {"cupy"}:
+    if found:
         from . import _cupy_api
 
         return _cupy_api
     first = next(iter(inputs))
     value = inputs[first]
     raise TypeError(
-        f"{function}: {first} must be a torch.Tensor or cupy.ndarray, "
-        f"got {type(value).__module__}.{type(value).__name__}"
+        f"{function}: {first} must be a torch.Tensor or cupy.ndarray (or another array with "
+        f"__dlpack__), got {type(value).__module__}.{type(value).__name__}"
     )
 
 
@@ -73,10 +97,15 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
 
     Returns (N, C, H*s, W*s) of the promoted dtype. Arguments follow
     ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on
-    CuPy's current stream (see :func:`carafe_backward` for their gradients).
+    CuPy's current stream (see :func:`carafe_backward` for their gradients);
+    other DLPack arrays run on their device and come back as their own kind.
     """
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
+
+
+# mmcv.ops.carafe's reference op: the same op and results here.
+carafe_naive = carafe
 
 
 def carafe_backward(
@@ -117,11 +146,10 @@ def decompositions() -> dict:
 
 
 def __getattr__(name: str) -> Any:
-    # The nn.Modules need torch; load them only when asked for.
-    if name in ("CARAFE", "CARAFEPack"):
-        from . import nn
+    if name in _TORCH_NAMES:
+        import importlib
 
-        return getattr(nn, name)
+        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -131,6 +159,6 @@ def carafe_from_logits(
     """CARAFE with masks taken from raw encoder logits (N, G*k*k*s*s, H, W):
     pixel_shuffle and a softmax over each group's k*k taps are applied inside
     the kernels, as in CARAFEPack. torch tensors only; differentiable."""
-    from ._torch_ops import carafe_from_logits as torch_carafe_from_logits
+    from ._torch_fused import carafe_from_logits as torch_carafe_from_logits
 
     return torch_carafe_from_logits(features, logits, kernel_size, group_size, scale_factor)

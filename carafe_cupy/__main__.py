@@ -99,6 +99,16 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from ._profile import cli as profile_cli
+
+    try:
+        return profile_cli.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"profile: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carafe_cupy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark against the unfold and shift baselines (short run; --full for all; "
         "other options go to benchmarks/bench_carafe.py)",
     )
+    from ._profile import cli as profile_cli
+
+    profile_cli.add_parser(commands)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])  # its options are the benchmark script's own
     args = parser.parse_args(argv)
-    handlers = {"info": _info, "check": _check, "demo": _demo}
+    handlers = {"info": _info, "check": _check, "demo": _demo, "profile": _profile}
     return handlers[args.command](args)
 
 

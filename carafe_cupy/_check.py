@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, _launch
+from . import __version__, _arrays, _cupy_runtime, _launch, _sources
 
 # (N, C, H, W, kernel_size, group_size, scale_factor): common, odd and tiny shapes
 CHECK_CONFIGS = (
@@ -97,7 +97,7 @@ def _torch_backend(device: str) -> Backend:
 
 
 def _cupy_backend() -> Backend:
-    cupy = _launch.cupy_module()
+    cupy = _arrays.cupy_module()
 
     import carafe_cupy
 
@@ -150,7 +150,7 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
             notes.append("no CUDA GPU visible to torch: the torch GPU path was not checked")
     if _launch.simulator_enabled():
         backends["numpy (kernels on the simulator)"] = _numpy_simulator_backend()
-    if _launch.gpu_kernels_available():
+    if _cupy_runtime.gpu_kernels_available():
         backends["cupy"] = _cupy_backend()
     else:
         notes.append("CuPy with a GPU and NVRTC is not available: the CuPy path was not checked")
@@ -166,7 +166,7 @@ def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:
         features = rng.standard_normal((n, c, h, w))
         masks = rng.random((n, g * k * k, h * s, w * s))
         grad_output = rng.standard_normal((n, c, h * s, w * s))
-        for dtype in _launch.SUPPORTED_DTYPES:
+        for dtype in _sources.SUPPORTED_DTYPES:
             # The reference sees the inputs after rounding to the storage dtype.
             rounded = [_round_to(a, dtype) for a in (features, masks, grad_output)]
             expected = numpy_reference(*rounded, k, g, s)
@@ -226,8 +226,8 @@ def info_lines() -> list[str]:
     ]
     nvrtc = "not available"
     gpus: list[str] = []
-    if _launch.cupy_importable():
-        cupy = _launch.cupy_module()
+    if _cupy_runtime.cupy_importable():
+        cupy = _arrays.cupy_module()
         try:
             nvrtc = ".".join(str(v) for v in cupy.cuda.nvrtc.getVersion())
         except Exception as error:
@@ -240,7 +240,7 @@ def info_lines() -> list[str]:
             pass
     lines.append(f"NVRTC {nvrtc}")
     lines.append(f"GPUs: {', '.join(gpus) if gpus else 'none visible'}")
-    lines.append(f"kernel sources: {_launch.cuda_source_dir()}")
+    lines.append(f"kernel sources: {_sources.cuda_source_dir()}")
     lines.append(f"kernel cache (CUPY_CACHE_DIR): {cache_dir()}")
     lines.append(
         f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}"
@@ -255,6 +255,7 @@ def info_lines() -> list[str]:
             lines.append(f"torch CUDA tensors use: {backend_name(torch.device('cuda'))}")
     except ImportError:
         pass
-    cupy_path = "cuda kernels" if _launch.gpu_kernels_available() else "unavailable (no GPU/CuPy)"
+    available = _cupy_runtime.gpu_kernels_available()
+    cupy_path = "cuda kernels" if available else "unavailable (no GPU/CuPy)"
     lines.append(f"cupy arrays use: {cupy_path}")
     return lines

@@ -1,53 +1,54 @@
 """Array front end: cupy arrays in, cupy arrays out, on CuPy's current stream.
 
-Under the simulator (``CARAFE_CUPY_SIMULATOR=1``) numpy arrays take the same
-path on the CPU. No torch here; CuPy itself is reached only through ``_launch``.
+Any other array with ``__dlpack__`` and ``__dlpack_device__`` (JAX, torch, ...)
+is taken zero-copy through DLPack and the result handed back as the same kind
+(see ``_dlpack``). Under the simulator (``CARAFE_CUPY_SIMULATOR=1``) numpy
+arrays and CPU DLPack arrays take the same path on the CPU. No torch here;
+CuPy itself is reached only through ``_launch``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import _launch, _validate
+from . import _arrays, _dlpack, _launch, _validate
 
 
 def _check_arrays(**arrays: Any) -> None:
     for name, array in arrays.items():
-        if not (_launch.is_cupy_array(array) or _launch.is_simulated_array(array)):
-            expected = "a cupy.ndarray (or numpy.ndarray under the simulator)"
-            raise TypeError(
-                f"carafe: {name} must be {expected} like the other inputs, "
-                f"got {type(array).__module__}.{type(array).__name__}"
-            )
-        _validate.check_dtype(name, _launch.array_dtype_name(array.dtype))
-    devices = {name: _launch.array_device(array) for name, array in arrays.items()}
+        _validate.check_dtype(name, _arrays.array_dtype_name(array.dtype))
+    devices = {name: _arrays.array_device(array) for name, array in arrays.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on cuda:{device}" for name, device in devices.items())
         raise ValueError(f"carafe: all arrays must be on one device, got {listing}")
 
 
 def _promote(*arrays: Any) -> tuple[Any, ...]:
-    dtype = _launch.array_module(arrays[0]).result_type(*arrays)
-    return tuple(array.astype(dtype, copy=False) for array in arrays)
+    """Cast to the common dtype on the arrays' device, whichever device is current."""
+    dtype = _arrays.array_module(arrays[0]).result_type(*arrays)
+    with _dlpack.on_device(arrays[0]):
+        return tuple(array.astype(dtype, copy=False) for array in arrays)
 
 
 def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int) -> Any:
+    """CARAFE on arrays (no autograd); see :func:`carafe_cupy.carafe`."""
+    (features, masks), give_back = _dlpack.import_arrays(features=features, masks=masks)
     _check_arrays(features=features, masks=masks)
     geometry = _validate.check_geometry(
         features.shape, masks.shape, kernel_size, group_size, scale_factor
     )
     features, masks = _promote(features, masks)
     shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
-    output = _launch.array_empty(features, shape, features.dtype)
+    output = _arrays.array_empty(features, shape, features.dtype)
     _launch.launch_forward(
         geometry,
-        _launch.array_ref(features),
-        _launch.array_ref(masks),
-        _launch.array_ref(output),
-        _launch.array_device(features),
-        _launch.array_stream(features),
+        _arrays.array_ref(features),
+        _arrays.array_ref(masks),
+        _arrays.array_ref(output),
+        _arrays.array_device(features),
+        _arrays.array_stream(features),
     )
-    return output
+    return give_back(output)
 
 
 def carafe_backward(
@@ -58,6 +59,10 @@ def carafe_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[Any, Any]:
+    """``(grad_features, grad_masks)`` of :func:`carafe`, in the inputs' dtypes."""
+    (grad_output, features, masks), give_back = _dlpack.import_arrays(
+        grad_output=grad_output, features=features, masks=masks
+    )
     _check_arrays(grad_output=grad_output, features=features, masks=masks)
     geometry = _validate.check_geometry(
         features.shape, masks.shape, kernel_size, group_size, scale_factor
@@ -65,19 +70,19 @@ def carafe_backward(
     _validate.check_grad_output_shape(grad_output.shape, geometry)
     feature_dtype, mask_dtype = features.dtype, masks.dtype
     grad_output, features, masks = _promote(grad_output, features, masks)
-    grad_features = _launch.array_empty(features, features.shape, features.dtype)
-    grad_masks = _launch.array_empty(features, masks.shape, masks.dtype)
+    grad_features = _arrays.array_empty(features, features.shape, features.dtype)
+    grad_masks = _arrays.array_empty(features, masks.shape, masks.dtype)
     _launch.launch_backward(
         geometry,
-        _launch.array_ref(grad_output),
-        _launch.array_ref(features),
-        _launch.array_ref(masks),
-        _launch.array_ref(grad_features),
-        _launch.array_ref(grad_masks),
-        _launch.array_device(features),
-        _launch.array_stream(features),
+        _arrays.array_ref(grad_output),
+        _arrays.array_ref(features),
+        _arrays.array_ref(masks),
+        _arrays.array_ref(grad_features),
+        _arrays.array_ref(grad_masks),
+        _arrays.array_device(features),
+        _arrays.array_stream(features),
     )
-    return (
-        grad_features.astype(feature_dtype, copy=False),
-        grad_masks.astype(mask_dtype, copy=False),
-    )
+    with _dlpack.on_device(features):
+        grad_features = grad_features.astype(feature_dtype, copy=False)
+        grad_masks = grad_masks.astype(mask_dtype, copy=False)
+    return give_back(grad_features), give_back(grad_masks)

@@ -11,11 +11,16 @@ Pad, Slice, Reshape, Mul and Add:
 
 where ``padded`` is the features with ``r = (k - 1) // 2`` zeros on each side,
 (h, a) indexes output row ``h*s + a`` and (w, b) output column ``w*s + b``.
-Shapes are read as Python ints, so an exported graph is fixed to the shapes of
-the example inputs.
+Sizes are read from the tensors, so under ``torch.export`` (and the ONNX
+exporters) they stay symbolic where the caller marks them dynamic.
+
+:func:`carafe_cupy.carafe` and the modules take this path by themselves while
+``torch.onnx.export`` runs, so a plain export needs no extra step.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +60,16 @@ def carafe_forward(
 
     out = out.reshape(batch, channels, height * s, width * s)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
+
+
+def exporting_to_onnx() -> bool:
+    """True while ``torch.onnx.export`` traces (either exporter).
+
+    ``torch.onnx`` is not loaded by ``import torch``; when nothing has loaded
+    it, no export can be running, and it is not imported just to ask.
+    """
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def decompositions() -> dict:

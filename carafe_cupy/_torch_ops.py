@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from . import _launch, _reference, _validate
+from . import _cupy_runtime, _decomposed, _launch, _lazy_dynamo, _reference, _validate
 
 _DTYPE_NAMES = {
     torch.float32: "float32",
@@ -32,29 +32,51 @@ def _ref(tensor: torch.Tensor) -> _launch.TensorRef:
 
 @functools.lru_cache(maxsize=1)
 def _gpu_kernels_available() -> bool:
-    available = _launch.gpu_kernels_available()
+    available = _cupy_runtime.gpu_kernels_available()
     if not available:
+        reason = (
+            _cupy_runtime.gpu_kernels_unavailable_reason() or "CuPy with NVRTC is not usable here"
+        )
         warnings.warn(
-            "carafe_cupy: CuPy with NVRTC is not usable here, so CUDA tensors take the slower "
-            "pure-PyTorch path. Install the kernels with `pip install carafe_cupy[cuda12]` or "
-            "`pip install carafe_cupy[cuda13]` (matching your CUDA driver).",
+            f"carafe_cupy: {reason}, so CUDA tensors take the slower pure-PyTorch path. Install "
+            "the kernels with `pip install carafe_cupy[cuda12]` or `pip install "
+            "carafe_cupy[cuda13]` (matching your CUDA driver; cuda12 for sm_70 and older GPUs, "
+            "which NVRTC 13 no longer targets).",
             RuntimeWarning,
             stacklevel=4,
         )
     return available
 
 
+@functools.cache
+def _kernels_target(device_index: int) -> bool:
+    """Whether NVRTC compiles for this GPU (NVRTC 13 does not for sm_70), warning once if not."""
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason(device_index)
+    if reason is not None:
+        warnings.warn(
+            f"carafe_cupy: {reason}. Until then, CUDA tensors on cuda:{device_index} take "
+            "the slower pure-PyTorch path.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return reason is None
+
+
 def uses_kernels(device: torch.device) -> bool:
     """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
     if _launch.simulator_enabled():
         return device.type == "cpu"
-    return device.type == "cuda" and _gpu_kernels_available()
+    return (
+        device.type == "cuda"
+        and _gpu_kernels_available()
+        and _kernels_target(device.index if device.index is not None else 0)
+    )
 
 
 def backend_name(device: torch.device) -> str:
     if _launch.simulator_enabled() and device.type == "cpu":
         return "cuda kernels on the CPU simulator"
-    if device.type == "cuda" and _launch.gpu_kernels_available():
+    if device.type == "cuda" and _cupy_runtime.gpu_kernels_available(device.index):
         return "cuda kernels (NVRTC via CuPy)"
     return f"pure PyTorch on {device.type}"
 
@@ -87,6 +109,8 @@ def carafe_forward(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
+    # checked here too, for callers of torch.ops.carafe_cupy.* (TorchScript among them)
+    _validate.check_geometry(features.shape, masks.shape, kernel_size, group_size, scale_factor)
     if not uses_kernels(features.device):
         return _reference.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
     output = _empty_output(features, scale_factor)
@@ -116,6 +140,10 @@ def carafe_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    geometry = _validate.check_geometry(
+        features.shape, masks.shape, kernel_size, group_size, scale_factor
+    )
+    _validate.check_grad_output_shape(grad_output.shape, geometry)
     if not uses_kernels(features.device):
         return _reference.carafe_backward(
             grad_output, features, masks, kernel_size, group_size, scale_factor
@@ -154,6 +182,44 @@ def _backward(ctx, grad_output):
 
 
 carafe_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_backward_context(ctx, inputs, output) -> None:
+    grad_output, features, masks, kernel_size, group_size, scale_factor = inputs
+    ctx.save_for_backward(grad_output, features, masks)
+    ctx.params = (kernel_size, group_size, scale_factor)
+
+
+def _backward_of_backward(ctx, grad_grad_features, grad_grad_masks):
+    """CARAFE is bilinear, out = B(features, masks), so with upstream gradient g
+    the backward is (B_f^T(g, masks), B_m^T(g, features)), linear in each input:
+
+        <gg_f, B_f^T(g, m)> = <g, B(gg_f, m)>,   <gg_m, B_m^T(g, f)> = <g, B(f, gg_m)>
+
+    Their derivatives are CARAFE forward and backward calls again, which are
+    differentiable in turn (any order of derivative works).
+    """
+    grad_output, features, masks = ctx.saved_tensors
+    params = ctx.params
+    needs_grad_output, needs_features, needs_masks = ctx.needs_input_grad[:3]
+    grad_grad_output = grad_features = grad_masks = None
+    if grad_grad_features is not None:
+        if needs_grad_output:
+            grad_grad_output = carafe_forward(grad_grad_features, masks, *params)
+        if needs_masks:
+            grad_masks = carafe_backward(grad_output, grad_grad_features, masks, *params)[1]
+    if grad_grad_masks is not None:
+        if needs_grad_output:
+            term = carafe_forward(features, grad_grad_masks, *params)
+            grad_grad_output = term if grad_grad_output is None else grad_grad_output + term
+        if needs_features:
+            grad_features = carafe_backward(grad_output, features, grad_grad_masks, *params)[0]
+    return grad_grad_output, grad_features, grad_masks, None, None, None
+
+
+carafe_backward.register_autograd(_backward_of_backward, setup_context=_setup_backward_context)
+for _op in (carafe_forward, carafe_backward):
+    _lazy_dynamo.defer_dynamo_import(_op)
 
 
 # Autocast: floating inputs are cast to the region's dtype (fp64 is left alone, as
@@ -217,10 +283,18 @@ def carafe(
     scale_factor: int,
 ) -> torch.Tensor:
     _check_tensors(features=features, masks=masks)
+    dtype = torch.promote_types(features.dtype, masks.dtype)
+    if _decomposed.exporting_to_onnx():
+        # ONNX has no counterpart of the custom op: export the standard-op formula,
+        # with sizes left symbolic (the full shape check would fix them to ints)
+        return _decomposed.carafe_forward(
+            _as_dtype(features, dtype),
+            _as_dtype(masks, dtype),
+            *_validate.check_params(kernel_size, group_size, scale_factor),
+        )
     geometry = _validate.check_geometry(
         features.shape, masks.shape, kernel_size, group_size, scale_factor
     )
-    dtype = torch.promote_types(features.dtype, masks.dtype)
     return carafe_forward(
         _as_dtype(features, dtype),
         _as_dtype(masks, dtype),
@@ -258,9 +332,6 @@ def carafe_backward_public(
     return grad_features.to(features.dtype), grad_masks.to(masks.dtype)
 
 
-# ---------------------------------------------------------------- fused normaliser
-
-
 def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) -> torch.Tensor:
     """CARAFEPack's kernel normaliser: pixel_shuffle, then softmax over each group's k*k taps."""
     masks = torch.nn.functional.pixel_shuffle(logits, scale_factor)
@@ -271,128 +342,5 @@ def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) 
     return masks.view(batch, mask_channels, height, width).contiguous()
 
 
-@torch.library.custom_op("carafe_cupy::carafe_fused_forward", mutates_args=())
-def carafe_fused_forward(
-    features: torch.Tensor,
-    logits: torch.Tensor,
-    kernel_size: int,
-    group_size: int,
-    scale_factor: int,
-) -> torch.Tensor:
-    geometry = _geometry(features, kernel_size, group_size, scale_factor)
-    if not (
-        uses_kernels(features.device)
-        and _launch.fused_supported(geometry, dtype_name(features.dtype))
-    ):
-        masks = normalize_logits(logits, kernel_size, scale_factor)
-        return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
-    output = _empty_output(features, scale_factor)
-    device, stream = _device_and_stream(features.device)
-    _launch.launch_fused_forward(
-        geometry, _ref(features), _ref(logits), _ref(output), device, stream
-    )
-    return output
-
-
-@carafe_fused_forward.register_fake
-def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
-    return _empty_output(features, scale_factor)
-
-
-@torch.library.custom_op("carafe_cupy::carafe_fused_backward", mutates_args=())
-def carafe_fused_backward(
-    grad_output: torch.Tensor,
-    features: torch.Tensor,
-    logits: torch.Tensor,
-    kernel_size: int,
-    group_size: int,
-    scale_factor: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    geometry = _geometry(features, kernel_size, group_size, scale_factor)
-    if not (
-        uses_kernels(features.device)
-        and _launch.fused_supported(geometry, dtype_name(features.dtype))
-    ):
-        masks = normalize_logits(logits, kernel_size, scale_factor)
-        grad_features, grad_masks = carafe_backward(
-            grad_output, features, masks, kernel_size, group_size, scale_factor
-        )
-        # softmax backward per (group, pixel), then undo the pixel_shuffle
-        accumulate = _reference.accumulation_dtype(logits.dtype)
-        batch, mask_channels, height, width = masks.shape
-        taps = kernel_size * kernel_size
-        shape = (batch, mask_channels // taps, taps, height, width)
-        probability = masks.to(accumulate).view(shape)
-        grad = grad_masks.to(accumulate).view(shape)
-        grad = probability * (grad - (probability * grad).sum(dim=2, keepdim=True))
-        grad_logits = torch.nn.functional.pixel_unshuffle(
-            grad.view(batch, mask_channels, height, width), scale_factor
-        ).to(logits.dtype)
-        return grad_features, grad_logits
-    grad_features = torch.empty_like(features)
-    grad_logits = torch.empty_like(logits)
-    device, stream = _device_and_stream(features.device)
-    _launch.launch_fused_backward(
-        geometry,
-        _ref(grad_output),
-        _ref(features),
-        _ref(logits),
-        _ref(grad_features),
-        _ref(grad_logits),
-        device,
-        stream,
-    )
-    return grad_features, grad_logits
-
-
-@carafe_fused_backward.register_fake
-def _carafe_fused_backward_fake(grad_output, features, logits, kernel_size, group_size, scale):
-    return torch.empty_like(features), torch.empty_like(logits)
-
-
-def _fused_backward(ctx, grad_output):
-    features, logits = ctx.saved_tensors
-    grad_features, grad_logits = carafe_fused_backward(
-        grad_output.contiguous(), features, logits, *ctx.params
-    )
-    return grad_features, grad_logits, None, None, None
-
-
-carafe_fused_forward.register_autograd(_fused_backward, setup_context=_setup_context)
-
-
-def carafe_from_logits(
-    features: torch.Tensor,
-    logits: torch.Tensor,
-    kernel_size: int,
-    group_size: int,
-    scale_factor: int,
-) -> torch.Tensor:
-    """CARAFE with masks = softmax over taps of pixel_shuffle(logits), fused.
-
-    ``logits`` is the content encoder's raw output, (N, G*k*k*s*s, H, W).
-    """
-    _check_tensors(features=features, logits=logits)
-    kernel_size, group_size, scale_factor = _validate.check_params(
-        kernel_size, group_size, scale_factor
-    )
-    if logits.dim() != 4:
-        raise ValueError(f"carafe: logits must be 4-D (N, G*k*k*s*s, H, W), got {logits.dim()}-D")
-    batch, channels, height, width = logits.shape
-    expected = group_size * kernel_size * kernel_size * scale_factor * scale_factor
-    if channels != expected:
-        raise ValueError(
-            f"carafe: logits must have G*k*k*s*s = {expected} channels, got {channels}"
-        )
-    masks_shape = (batch, group_size * kernel_size**2, height * scale_factor, width * scale_factor)
-    geometry = _validate.check_geometry(
-        features.shape, masks_shape, kernel_size, group_size, scale_factor
-    )
-    dtype = torch.promote_types(features.dtype, logits.dtype)
-    return carafe_fused_forward(
-        features.to(dtype),
-        logits.to(dtype),
-        geometry.kernel_size,
-        geometry.group_size,
-        geometry.scale_factor,
-    )
+# the fused-normaliser ops register with these
+from . import _torch_fused  # noqa: E402, F401

@@ -6,7 +6,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from ._launch import SUPPORTED_DTYPES, Geometry
+from ._planner import Geometry
+from ._sources import SUPPORTED_DTYPES
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

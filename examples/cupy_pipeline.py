@@ -8,6 +8,7 @@ creates (not CuPy's default stream). CUDA events recorded on that stream time
 the work, and only that stream is synchronized.
 
     python examples/cupy_pipeline.py
+    python examples/cupy_pipeline.py --with-torch   # also torch <-> CuPy round trips (DLPack)
 
 Exit status: 0 when the pipeline ran and its checks passed, 1 when a check
 failed, 2 when it cannot run here (no CuPy or no CUDA GPU). Without a GPU the
@@ -29,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 import carafe_cupy
+import carafe_cupy.arrays
 
 EXIT_CANNOT_RUN = 2
 KERNEL_SIZE, GROUP_SIZE, SCALE_FACTOR = 5, 2, 2
@@ -244,13 +246,75 @@ def run_pipeline(backend: ArrayBackend) -> bool:
     return checks_passed
 
 
+# ---------------------------------------------------------------- torch <-> CuPy
+
+
+def same_memory(array: Any, tensor: Any) -> bool:
+    pointer = array.ctypes.data if hasattr(array, "ctypes") else array.data.ptr
+    return pointer == tensor.data_ptr()
+
+
+def torch_round_trips(backend: ArrayBackend) -> bool:
+    """CuPy arrays into torch and back through DLPack, zero-copy, both ways.
+
+    Each library hands the other its current stream when it takes an array
+    (the DLPack stream protocol), so work queued on CuPy's stream is ordered
+    before torch's use of the array, and the other way round.
+    """
+    import torch
+
+    xp = backend.xp
+    rng = xp.random.RandomState(1)
+    shape = (1, 2 * GROUP_SIZE, 6, 6)
+    features = rng.standard_normal(shape).astype(xp.float32)
+    logits = rng.standard_normal(
+        (1, GROUP_SIZE * KERNEL_SIZE**2, 6 * SCALE_FACTOR, 6 * SCALE_FACTOR)
+    )
+    masks = softmax_over_taps(logits, xp).astype(xp.float32)
+    params = (KERNEL_SIZE, GROUP_SIZE, SCALE_FACTOR)
+    with backend.run_on_stream():
+        expected = carafe_cupy.carafe(features, masks, *params)
+        # CuPy -> torch: the torch front end, with autograd
+        features_torch = torch.from_dlpack(features).requires_grad_()
+        masks_torch = torch.from_dlpack(masks)
+        output_torch = carafe_cupy.carafe(features_torch, masks_torch, *params)
+        output_torch.backward(torch.ones_like(output_torch))
+        # torch -> CuPy: the result, without a copy
+        output = xp.from_dlpack(output_torch.detach())
+        # torch tensors through the array front end: torch in, torch out
+        through_arrays = carafe_cupy.arrays.carafe(features_torch.detach(), masks_torch, *params)
+        grad_features, _ = carafe_cupy.carafe_backward(
+            xp.ones_like(expected), features, masks, *params
+        )
+    checks = {
+        "torch.from_dlpack shares the cupy array's memory": same_memory(features, features_torch),
+        "cupy.from_dlpack shares the torch tensor's memory": same_memory(output, output_torch),
+        "torch path == CuPy path": float(abs(output - expected).max()) < 1e-5,
+        "array front end returns torch": isinstance(through_arrays, torch.Tensor),
+        "array front end on torch == CuPy path": float(
+            abs(xp.from_dlpack(through_arrays) - expected).max()
+        )
+        < 1e-5,
+        "torch autograd == carafe_backward": float(
+            abs(xp.from_dlpack(features_torch.grad) - grad_features).max()
+        )
+        < 1e-5,
+    }
+    for name, passed in checks.items():
+        print(f"torch round trip: {name}: {'ok' if passed else 'FAILED'}")
+    return all(checks.values())
+
+
 def main() -> int:
     try:
         backend = choose_backend()
     except CannotRunHere as reason:
         print(f"cupy_pipeline: {reason}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    return 0 if run_pipeline(backend) else 1
+    passed = run_pipeline(backend)
+    if "--with-torch" in sys.argv[1:]:
+        passed = torch_round_trips(backend) and passed
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

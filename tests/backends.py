@@ -41,13 +41,13 @@ def available_backends() -> list[Backend]:
 
     import torch
 
-    from carafe_cupy import _launch
+    from carafe_cupy import _cupy_runtime
 
     backends = [Backend("cpu", "cpu")]
     if shutil.which("g++") or shutil.which("c++"):
         # the real .cu kernels through the real launch code, on the CPU
         backends.append(Backend("simulator", "cpu", {"CARAFE_CUPY_SIMULATOR": "1"}))
-    if torch.cuda.is_available() and _launch.gpu_kernels_available():
+    if torch.cuda.is_available() and _cupy_runtime.gpu_kernels_available():
         backends.append(Backend("cuda-kernels", "cuda"))
     return backends
 

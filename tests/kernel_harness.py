@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from carafe_cupy import _launch, _torch_ops
+from carafe_cupy import _launch, _planner, _torch_ops
 
 from gather_reference import gather_carafe, gather_carafe_backward
 
@@ -136,7 +136,7 @@ def run_backward(grad_output, features, masks, k, g, s, pad=2):
 def run_fused(grad_output, features, logits, k, g, s, pad=2):
     """(output, grad_features, grad_logits) by the fused kernels, every tensor framed."""
     geometry = _geometry(features, k, g, s)
-    assert _launch.fused_supported(geometry, _torch_ops.dtype_name(features.dtype))
+    assert _planner.fused_supported(geometry, _torch_ops.dtype_name(features.dtype))
     go = framed(grad_output.shape, grad_output.dtype, pad, grad_output)
     f = framed(features.shape, features.dtype, pad, features)
     lg = framed(logits.shape, logits.dtype, pad, logits)

@@ -179,3 +179,62 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
     assert "| shape | dtype | impl | fwd ms |" in md
     for name in ("tiny-a", "tiny-b"):
         assert f"| {name} | fp32 | shift |" in md
+
+
+calibrate = _load("carafe_bench_calibrate", BENCH / "calibrate.py")
+
+NCU_COLUMNS = (
+    "ID,Process ID,Process Name,Host Name,Kernel Name,Context,Stream,Block Size,Grid Size,"
+    "Device,CC,Section Name,Metric Name,Metric Unit,Metric Value"
+).split(",")
+NCU_METRICS = (
+    ("gpu__time_duration.sum", "nsecond", "52,480"),
+    ("dram__bytes_read.sum", "byte", "12,400,000"),
+    ("l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum", "sector", "600"),
+    ("l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum", "request", "100"),
+)
+NCU_LAUNCH = ("0", "1", "python", "h", "carafe_forward_tiled_k5_p2_float32", "1", "7",
+              "(32, 8, 1)", "(1248, 1, 1)", "0", "9.0", "Command line profiler metrics")
+NCU_CSV = "==PROF== Connected to process 1234\n" + "\n".join(
+    ",".join(f'"{value}"' for value in row)
+    for row in [NCU_COLUMNS, *[(*NCU_LAUNCH, *metric) for metric in NCU_METRICS]]
+)
+
+
+def test_ncu_csv_is_read_per_launch():
+    (launch,) = calibrate.parse_ncu_csv(NCU_CSV)
+    assert launch["kernel"] == "carafe_forward_tiled_k5_p2_float32"
+    assert launch["duration_us"] == pytest.approx(52.48)
+    assert launch["dram_read"] == 12_400_000
+    assert launch["ld_sectors"] / launch["ld_requests"] == 6
+    assert launch["warp_instructions"] is None  # not in this output
+    assert calibrate.gpu_key("NVIDIA H100 80GB HBM3") == "h100"
+    assert calibrate.gpu_key("Tesla T4") == "t4"
+
+
+def test_gpu_validate_calibration_dry_run(tmp_path):
+    """The calibration part runs on a CPU: the model's prediction and the table; the
+    ncu and mmcv steps are printed, not run."""
+    import os
+    import subprocess
+
+    pytest.importorskip("cupy")
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_validate.sh"), "--dry-run", "--part", "calibrate",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(path.name for path in out.iterdir())
+    assert files == ["calibration.json", "calibration.md", "steps.log", "summary.md"]
+    summary = (out / "summary.md").read_text()
+    assert "| calibrate_model | ok (rc 0) |" in summary
+    assert "| ncu_2x256x52x84 | not run (dry run) |" in summary
+    assert "| mmcv_baseline | not run (dry run) |" in summary
+    table = (out / "calibration.md").read_text()
+    assert "carafe_backward_masks_tiled_k5_p2_float32" in table and "2,256,64,64" in table
+    data = json.loads((out / "calibration.json").read_text())
+    assert data["model"]["gpu"] == "h100" and len(data["model"]["records"]) >= 6
+    assert "--kernel-name regex:carafe" in (out / "steps.log").read_text()

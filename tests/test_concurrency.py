@@ -1,6 +1,6 @@
 """Compile-once under concurrent first calls, compile errors and CuPy disk-cache faults.
 
-Runs without a GPU: ``_launch._import_cupy`` is replaced by a fake CuPy that
+Runs without a GPU: ``_cupy_runtime._import_cupy`` is replaced by a fake CuPy that
 records compiles (and sleeps inside them to widen any race window).
 """
 
@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from carafe_cupy import _launch
+from carafe_cupy import _cupy_runtime, _sources
 
 THREADS = 8
 SOURCE = "// kernels"
@@ -74,7 +74,7 @@ class FakeCupy:
 def install_fake_cupy(monkeypatch):
     def install(**options):
         fake = FakeCupy(**options)
-        monkeypatch.setattr(_launch, "_import_cupy", lambda: fake)
+        monkeypatch.setattr(_cupy_runtime, "_import_cupy", lambda: fake)
         return fake
 
     return install
@@ -105,8 +105,8 @@ def call_together(function, count=THREADS):
 
 def test_concurrent_first_calls_compile_each_kernel_once(install_fake_cupy):
     fake = install_fake_cupy()
-    runtime = _launch.CupyRuntime()
-    names = _launch.all_kernel_names()
+    runtime = _cupy_runtime.CupyRuntime()
+    names = _sources.all_kernel_names()
 
     # every thread asks for every kernel, each in a different order
     def first_calls(index):
@@ -123,8 +123,8 @@ def test_concurrent_first_calls_compile_each_kernel_once(install_fake_cupy):
 
 def test_each_device_compiles_its_own_copy(install_fake_cupy):
     fake = install_fake_cupy(compile_seconds=0.01)
-    runtime = _launch.CupyRuntime()
-    name = _launch.kernel_names("float32")[0]
+    runtime = _cupy_runtime.CupyRuntime()
+    name = _sources.kernel_names("float32")[0]
     kernels = call_together(lambda index: runtime.kernel("carafe", SOURCE, name, index % 2))
     assert sorted(fake.compiles) == [(0, name), (1, name)]
     assert kernels[0] is kernels[2] and kernels[0] is not kernels[1]
@@ -133,8 +133,8 @@ def test_each_device_compiles_its_own_copy(install_fake_cupy):
 def test_compile_error_names_the_kernel_and_carries_the_log(install_fake_cupy):
     log = 'carafe.cu(12): error: identifier "index_t" is undefined'
     install_fake_cupy(compile_seconds=0, compiler_log=log)
-    runtime = _launch.CupyRuntime()
-    with pytest.raises(_launch.KernelCompileError) as info:
+    runtime = _cupy_runtime.CupyRuntime()
+    with pytest.raises(_sources.KernelCompileError) as info:
         runtime.kernel("carafe", SOURCE, "carafe_forward_float16", 0)
     message = str(info.value)
     assert "carafe_forward_float16" in message and "carafe.cu" in message
@@ -144,10 +144,10 @@ def test_compile_error_names_the_kernel_and_carries_the_log(install_fake_cupy):
 
 def test_compile_error_reaches_every_waiting_thread(install_fake_cupy):
     install_fake_cupy(compile_seconds=0.02, compiler_log="error: bad")
-    runtime = _launch.CupyRuntime()
+    runtime = _cupy_runtime.CupyRuntime()
 
     def first_call(index):
-        with pytest.raises(_launch.KernelCompileError, match="error: bad"):
+        with pytest.raises(_sources.KernelCompileError, match="error: bad"):
             runtime.kernel("carafe", SOURCE, "carafe_forward_float32", 0)
 
     call_together(first_call)
@@ -167,8 +167,8 @@ def test_compile_error_reaches_every_waiting_thread(install_fake_cupy):
 )
 def test_unusable_disk_cache_falls_back_to_an_in_memory_compile(install_fake_cupy, error):
     fake = install_fake_cupy(compile_seconds=0, disk_cache_error=error)
-    runtime = _launch.CupyRuntime()
-    names = _launch.kernel_names("float64")
+    runtime = _cupy_runtime.CupyRuntime()
+    names = _sources.kernel_names("float64")
     with pytest.warns(RuntimeWarning, match="CUPY_CACHE_DIR") as record:
         kernels = [runtime.kernel("carafe", SOURCE, name, 0) for name in names]
     assert len(record) == 1, "warn once, not per kernel"
@@ -179,11 +179,11 @@ def test_unusable_disk_cache_falls_back_to_an_in_memory_compile(install_fake_cup
 
 def test_in_memory_switch_restores_the_environment(monkeypatch):
     monkeypatch.setenv("CUPY_CACHE_IN_MEMORY", "0")
-    with _launch._cupy_cache_in_memory():
+    with _cupy_runtime._cupy_cache_in_memory():
         assert os.environ["CUPY_CACHE_IN_MEMORY"] == "1"
     assert os.environ["CUPY_CACHE_IN_MEMORY"] == "0"
     monkeypatch.delenv("CUPY_CACHE_IN_MEMORY")
-    with _launch._cupy_cache_in_memory():
+    with _cupy_runtime._cupy_cache_in_memory():
         pass
     assert "CUPY_CACHE_IN_MEMORY" not in os.environ
 
@@ -193,7 +193,7 @@ def test_uncreatable_cache_dir_is_replaced_before_cupy_is_imported(monkeypatch, 
     blocker.write_text("")
     monkeypatch.setenv("CUPY_CACHE_DIR", str(blocker / "kernel_cache"))
     with pytest.warns(RuntimeWarning, match="cannot be created"):
-        _launch._ensure_cupy_cache_dir()
+        _cupy_runtime._ensure_cupy_cache_dir()
     replacement = os.environ["CUPY_CACHE_DIR"]
     assert os.path.isdir(replacement) and os.access(replacement, os.W_OK)
     os.rmdir(replacement)
@@ -203,7 +203,7 @@ def test_writable_cache_dir_is_left_alone(monkeypatch, tmp_path):
     monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "cache"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _launch._ensure_cupy_cache_dir()
+        _cupy_runtime._ensure_cupy_cache_dir()
     assert os.environ["CUPY_CACHE_DIR"] == str(tmp_path / "cache")
 
 
@@ -214,10 +214,10 @@ def test_cupy_imports_with_an_uncreatable_cache_dir(tmp_path):
     blocker.write_text("")
     script = (
         "import warnings\n"
-        "from carafe_cupy import _launch\n"
+        "from carafe_cupy import _cupy_runtime\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    _launch._import_cupy()\n"
+        "    _cupy_runtime._import_cupy()\n"
         "assert any('cannot be created' in str(w.message) for w in caught), caught\n"
     )
     environment = dict(os.environ, CUPY_CACHE_DIR=str(blocker / "kernel_cache"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carafe_cupy import _launch
+from carafe_cupy import _cupy_runtime
 from carafe_cupy.demo import (
     CARAFE_KERNEL,
     UPSAMPLERS,
@@ -224,7 +224,7 @@ def test_cupy_pipeline_never_imports_torch_and_explains_a_missing_gpu():
         timeout=300,
     )
     assert "torch import attempts: []" in result.stderr, result.stderr
-    if _launch.gpu_kernels_available():
+    if _cupy_runtime.gpu_kernels_available():
         assert result.returncode == 0, result.stdout + result.stderr
         assert "torch imported: no" in result.stdout
         assert "not the default stream: True" in result.stdout

@@ -15,7 +15,7 @@ from naive import naive_carafe, naive_carafe_backward
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _launch, _torch_ops  # noqa: E402
+from carafe_cupy import _planner, _sources, _torch_ops  # noqa: E402
 from carafe_cupy._sim import runtime as sim_runtime  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 DTYPES = torch_dtypes()
-TILED_CONFIGS = [c for c in config_matrix() if c[4] in _launch.TILED_KERNEL_SIZES]
+TILED_CONFIGS = [c for c in config_matrix() if c[4] in _sources.TILED_KERNEL_SIZES]
 
 
 @pytest.fixture(params=("forward", "reverse"))
@@ -59,7 +59,7 @@ def check_variant(config, variant, dtype_names=tuple(DTYPES)):
         features, masks, grad_output = (
             torch.from_numpy(a).to(DTYPES[dtype_name]) for a in make_exact_inputs(config)
         )
-        with _launch.forced_variant(variant):
+        with _planner.forced_variant(variant):
             output = carafe_cupy.carafe(features, masks, k, g, s)
             grads = carafe_cupy.carafe_backward(grad_output, features, masks, k, g, s)
         for got, wanted, what in zip((output, *grads), want, ("output", "gf", "gm")):
@@ -124,10 +124,10 @@ def test_general_variant_and_large_kernel_fall_back(simulator):
 def test_forcing_a_variant_that_cannot_run_is_an_error(simulator):
     features = torch.zeros(1, 2, 3, 3)
     masks = torch.zeros(1, 9, 9, 9)
-    with _launch.forced_variant("tiled_pair"), pytest.raises(ValueError, match="tiled_pair"):
+    with _planner.forced_variant("tiled_pair"), pytest.raises(ValueError, match="tiled_pair"):
         carafe_cupy.carafe(features, masks, 3, 1, 3)  # odd s: no pairs
     with pytest.raises(ValueError, match="variant"):
-        with _launch.forced_variant("fastest"):
+        with _planner.forced_variant("fastest"):
             pass
 
 
@@ -136,7 +136,7 @@ def test_tiled_equals_general_bitwise_on_exact_inputs(simulator):
     features, masks, grad_output = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
     results = {}
     for variant in ("general", "tiled", "tiled_pair"):
-        with _launch.forced_variant(variant):
+        with _planner.forced_variant(variant):
             results[variant] = (
                 carafe_cupy.carafe(features, masks, 5, 2, 2),
                 *carafe_cupy.carafe_backward(grad_output, features, masks, 5, 2, 2),
@@ -175,7 +175,7 @@ def test_fused_matches_unfused(simulator, config, dtype_name, monkeypatch):
 
     fused = run(carafe_cupy.carafe_from_logits, True)
     fused_kernels = any("fused" in name for name in simulator.launched)
-    assert fused_kernels == _launch.fused_instantiated(dtype_name, k)
+    assert fused_kernels == _sources.fused_instantiated(dtype_name, k)
     reference = run(unfused, False)  # pure PyTorch composition on the CPU
     for got, wanted, what in zip(fused, reference, ("output", "grad_features", "grad_logits")):
         assert_close(got, wanted.numpy(), dtype_name, f"fused {what}")

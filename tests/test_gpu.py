@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _launch  # noqa: E402
+from carafe_cupy import _cupy_runtime  # noqa: E402
 
 from cases import assert_close, config_id, config_matrix, make_inputs, torch_dtypes  # noqa: E402
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch"),
     pytest.mark.skipif(
-        not _launch.gpu_kernels_available(), reason="CuPy with NVRTC and a GPU not available"
+        not _cupy_runtime.gpu_kernels_available(), reason="CuPy with NVRTC and a GPU not available"
     ),
 ]
 
@@ -147,7 +147,7 @@ def test_mixing_torch_and_cupy_is_refused():
 def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
     from carafe_cupy import _torch_ops
 
-    monkeypatch.setattr(_launch, "gpu_kernels_available", lambda: False)
+    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
     _torch_ops._gpu_kernels_available.cache_clear()
     try:
         features = torch.randn(1, 4, 3, 3, device="cuda")

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from carafe_cupy import _launch
+from carafe_cupy import _launch, _planner, _sources
 
 SIXTY_FOUR_BIT_TYPEDEF = re.compile(r"typedef\s+(long\s+long|int64_t|std::int64_t)\s+index_t\s*;")
 # integer types that must not appear in kernel code (all index math is index_t)
@@ -75,7 +75,7 @@ def narrowed_stride_math(source: str) -> list[str]:
 
 
 def read_sources() -> tuple[str, str]:
-    directory = _launch.cuda_source_dir()
+    directory = _sources.cuda_source_dir()
     return (directory / "carafe_common.cuh").read_text(), (directory / "carafe.cu").read_text()
 
 
@@ -97,12 +97,12 @@ def test_source_check_flags_32_bit_variants():
 
 
 def test_every_module_does_stride_math_in_64_bits():
-    for module in _launch.all_module_names():
-        assert narrowed_stride_math(_launch.kernel_source(module)) == [], module
+    for module in _sources.all_module_names():
+        assert narrowed_stride_math(_sources.kernel_source(module)) == [], module
 
 
 def test_stride_math_check_flags_a_32_bit_output_offset():
-    source = _launch.kernel_source(_launch.tiled_module_name("float32", 3))
+    source = _sources.kernel_source(_sources.tiled_module_name("float32", 3))
     offset = "p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w"
     assert offset in source
     narrowed = source.replace(offset, f"(int)({offset})")
@@ -160,7 +160,7 @@ def compile_to_ptx(source: str) -> str:
         pytest.skip(f"NVRTC not loadable: {error}")
     program = nvrtc.createProgram(source, "carafe.cu", [], [])
     try:
-        nvrtc.compileProgram(program, ["--gpu-architecture=compute_80", *_launch.NVRTC_OPTIONS])
+        nvrtc.compileProgram(program, ["--gpu-architecture=compute_80", *_sources.NVRTC_OPTIONS])
         ptx = nvrtc.getPTX(program)
     finally:
         nvrtc.destroyProgram(program)
@@ -181,35 +181,35 @@ def narrow_tiled_index_math(ops: Counter) -> list[str]:
 
 @pytest.fixture(scope="module")
 def kernel_ptx():
-    return ptx_integer_ops(compile_to_ptx(_launch.kernel_source()))
+    return ptx_integer_ops(compile_to_ptx(_sources.kernel_source()))
 
 
 @pytest.fixture(scope="module")
 def tiled_ptx():
     from concurrent.futures import ThreadPoolExecutor
 
-    modules = _launch.all_module_names()[1:]
+    modules = _sources.all_module_names()[1:]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sources = [_launch.kernel_source(name) for name in modules]
+        sources = [_sources.kernel_source(name) for name in modules]
         ptx = list(pool.map(compile_to_ptx, sources))
     return {module: ptx_integer_ops(text) for module, text in zip(modules, ptx)}
 
 
 def test_ptx_index_math_is_64_bit(kernel_ptx):
-    assert set(_launch.all_kernel_names()) <= set(kernel_ptx)
+    assert set(_sources.all_kernel_names()) <= set(kernel_ptx)
     problems = {name: narrow_index_math(ops) for name, ops in kernel_ptx.items()}
     assert not any(problems.values()), problems
 
 
 def test_ptx_of_every_tiled_module_indexes_in_64_bits(tiled_ptx):
     for module, kernels in tiled_ptx.items():
-        assert set(_launch.module_kernel_names(module)) == set(kernels), module
+        assert set(_sources.module_kernel_names(module)) == set(kernels), module
         problems = {name: narrow_tiled_index_math(ops) for name, ops in kernels.items()}
         assert not any(problems.values()), problems
 
 
 def test_tiled_ptx_check_flags_a_32_bit_index_t():
-    source = _launch.kernel_source(_launch.tiled_module_name("float16", 5))
+    source = _sources.kernel_source(_sources.tiled_module_name("float16", 5))
     narrowed = SIXTY_FOUR_BIT_TYPEDEF.sub("typedef int index_t;", source)
     assert narrowed != source
     flagged = ptx_integer_ops(compile_to_ptx(narrowed))
@@ -217,14 +217,14 @@ def test_tiled_ptx_check_flags_a_32_bit_index_t():
 
 
 def test_ptx_check_flags_a_32_bit_index_t():
-    source = _launch.kernel_source()
+    source = _sources.kernel_source()
     narrowed = SIXTY_FOUR_BIT_TYPEDEF.sub("typedef int index_t;", source)
     assert narrowed != source
     flagged = {
         name: narrow_index_math(ops)
         for name, ops in ptx_integer_ops(compile_to_ptx(narrowed)).items()
     }
-    assert set(_launch.all_kernel_names()) <= set(flagged)
+    assert set(_sources.all_kernel_names()) <= set(flagged)
     assert all(flagged.values()), {name: p for name, p in flagged.items() if not p}
 
 
@@ -233,9 +233,9 @@ def test_ptx_check_flags_a_32_bit_index_t():
 
 def test_grid_is_capped_for_huge_problems():
     for total in (1, 255, 256, 257, 2**31 * 256, 2**62, _validate_max()):
-        blocks, rows, layers = _launch._grid_for(total)
-        assert 1 <= blocks <= min(_launch.MAX_BLOCKS, 2**31 - 1) and rows == layers == 1
-        assert blocks == min(_launch.MAX_BLOCKS, -(-total // _launch.THREADS_PER_BLOCK))
+        blocks, rows, layers = _planner.grid_for(total)
+        assert 1 <= blocks <= min(_planner.MAX_BLOCKS, 2**31 - 1) and rows == layers == 1
+        assert blocks == min(_planner.MAX_BLOCKS, -(-total // _planner.THREADS_PER_BLOCK))
 
 
 def _validate_max() -> int:
@@ -255,19 +255,19 @@ def record_launches(monkeypatch) -> list[tuple]:
 
 
 # 2**40 output elements: far past 32 bits, nothing allocated
-HUGE = _launch.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
+HUGE = _planner.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
 HUGE_STRIDES = (2**37, 2**23, 2**11, 1)
 
 
 def test_huge_sizes_reach_the_general_kernels_as_exact_int64(monkeypatch):
     launches = record_launches(monkeypatch)
-    ref = _launch.TensorRef(0x1000, HUGE_STRIDES, "float16")
-    with _launch.forced_variant("general"):
+    ref = _planner.TensorRef(0x1000, HUGE_STRIDES, "float16")
+    with _planner.forced_variant("general"):
         _launch.launch_forward(HUGE, ref, ref, ref)
         _launch.launch_backward(HUGE, ref, ref, ref, ref, ref)
-    assert [launch[0] for launch in launches] == list(_launch.kernel_names("float16"))
+    assert [launch[0] for launch in launches] == list(_sources.kernel_names("float16"))
     for _, grid, block, args in launches:
-        assert grid[0] == _launch.MAX_BLOCKS and block == (_launch.THREADS_PER_BLOCK, 1, 1)
+        assert grid[0] == _planner.MAX_BLOCKS and block == (_planner.THREADS_PER_BLOCK, 1, 1)
         assert all(isinstance(value, np.int64) for value in args[3:])
         assert [int(value) for value in args[3:10]] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
         assert [int(value) for value in args[10:14]] == list(HUGE_STRIDES)
@@ -275,8 +275,8 @@ def test_huge_sizes_reach_the_general_kernels_as_exact_int64(monkeypatch):
 
 def test_huge_sizes_reach_the_tiled_kernels_as_exact_int64(monkeypatch):
     launches = record_launches(monkeypatch)
-    ref = _launch.TensorRef(0x1000, HUGE_STRIDES, "float16")
-    with _launch.forced_variant("tiled"):
+    ref = _planner.TensorRef(0x1000, HUGE_STRIDES, "float16")
+    with _planner.forced_variant("tiled"):
         _launch.launch_forward(HUGE, ref, ref, ref)
         _launch.launch_backward(HUGE, ref, ref, ref, ref, ref)
     assert len(launches) == 3
@@ -292,7 +292,7 @@ def test_huge_sizes_reach_the_tiled_kernels_as_exact_int64(monkeypatch):
 def test_tiled_plans_larger_than_a_grid_fall_back_to_general(monkeypatch):
     launches = record_launches(monkeypatch)
     # 2**33 x 2**20 input pixels: the tiled grid would need more than 2**31 blocks
-    geometry = _launch.Geometry(1, 1, 2**33, 2**20, 5, 1, 2)
-    ref = _launch.TensorRef(0x1000, (2**53, 2**53, 2**20, 1), "float32")
+    geometry = _planner.Geometry(1, 1, 2**33, 2**20, 5, 1, 2)
+    ref = _planner.TensorRef(0x1000, (2**53, 2**53, 2**20, 1), "float32")
     _launch.launch_forward(geometry, ref, ref, ref)
     assert [launch[0] for launch in launches] == ["carafe_forward_float32"]

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _launch  # noqa: E402
+from carafe_cupy import _planner  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
@@ -93,7 +93,7 @@ def run(variant, dtype, arrays, config):
     features, second, grad_output = (torch.from_numpy(a).to(dtype) for a in arrays)
     if variant == "fused":
         return harness.run_fused(grad_output, features, second, k, g, s)
-    with _launch.forced_variant(variant):
+    with _planner.forced_variant(variant):
         output = harness.run_forward(features, second, k, g, s)
         return (output, *harness.run_backward(grad_output, features, second, k, g, s))
 

@@ -22,18 +22,18 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _launch  # noqa: E402
+from carafe_cupy import _planner, _sources  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
 )
 
-DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
+DTYPES = {name: getattr(torch, name) for name in _sources.SUPPORTED_DTYPES}
 FUSED = [
     (dtype, k)
     for dtype in DTYPES
-    for k in _launch.TILED_KERNEL_SIZES
-    if _launch.fused_instantiated(dtype, k)
+    for k in _sources.TILED_KERNEL_SIZES
+    if _sources.fused_instantiated(dtype, k)
 ]
 SHIFTS = (100.0, -100.0, 1e4, -1e4)
 
@@ -70,8 +70,8 @@ def with_specials(array: np.ndarray, rng, count: int) -> np.ndarray:
 
 def _built(variant: str, dtype: str, k: int) -> bool:
     if variant == "tiled_pair":
-        return _launch.pairs_instantiated(dtype, k)
-    return variant != "fused" or _launch.fused_instantiated(dtype, k)
+        return _sources.pairs_instantiated(dtype, k)
+    return variant != "fused" or _sources.fused_instantiated(dtype, k)
 
 
 SPECIAL_CASES = [
@@ -102,7 +102,7 @@ def test_nan_and_inf_propagate_through_every_variant(variant, config, dtype):
             if variant == "fused":
                 got = harness.run_fused(grad_output, features, second, k, g, s)
             else:
-                with _launch.forced_variant(variant):
+                with _planner.forced_variant(variant):
                     output = harness.run_forward(features, second, k, g, s)
                     got = (output, *harness.run_backward(grad_output, features, second, k, g, s))
         reference = harness.fused_reference if variant == "fused" else harness.reference
@@ -127,7 +127,7 @@ EDGE_CONFIGS = [(1, 3, 9, 35, 3, 1, 1), (1, 2, 2, 2, 7, 2, 3), (2, 5, 5, 13, 7, 
 def test_tiles_and_edges_write_only_their_outputs(variant, config, order):
     *_, k, g, s = config
     features, masks, grad_output = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
-    with harness.simulator(order), _launch.forced_variant(variant):
+    with harness.simulator(order), _planner.forced_variant(variant):
         got = (
             harness.run_forward(features, masks, k, g, s),
             *harness.run_backward(grad_output, features, masks, k, g, s),
@@ -139,11 +139,13 @@ def test_tiles_and_edges_write_only_their_outputs(variant, config, order):
 
 def test_general_kernels_loop_over_a_capped_grid(monkeypatch):
     """With the grid capped at one block, each thread loops over many elements."""
-    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_planner, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_planner, "_forward", _planner._forward.__wrapped__)  # plans uncached
+    monkeypatch.setattr(_planner, "_backward", _planner._backward.__wrapped__)
     config = (1, 4, 9, 8, 3, 2, 2)  # 288 inputs, 1152 outputs: more than 256 threads each
     *_, k, g, s = config
     features, masks, grad_output = (torch.from_numpy(a).float() for a in make_exact_inputs(config))
-    with harness.simulator(), _launch.forced_variant("general"):
+    with harness.simulator(), _planner.forced_variant("general"):
         got = (
             harness.run_forward(features, masks, k, g, s),
             *harness.run_backward(grad_output, features, masks, k, g, s),

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _launch, _launch_record, _torch_ops  # noqa: E402
+from carafe_cupy import _launch, _launch_record, _planner, _sources, _torch_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
@@ -33,7 +33,7 @@ IMAGE_STRIDE = 2**32 + 2**20  # image 1 past 2**32
 CHANNEL_STRIDE = 2**31 + 2**18  # channel 1 of a 2-channel tensor past 2**31
 ELEMENTS = START + IMAGE_STRIDE + CHANNEL_STRIDE + 2**22
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
-DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
+DTYPES = {name: getattr(torch, name) for name in _sources.SUPPORTED_DTYPES}
 CONFIG = (2, 2, 3, 4, None, 1, 2)  # (N, C, H, W, k, G, s): even s and W for pairs
 
 
@@ -117,7 +117,7 @@ def launch_all(make, dtype, k, variant):
         _launch.launch_fused_forward(geometry, refs[0], refs[1], refs[3])
         _launch.launch_fused_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
     else:
-        with _launch.forced_variant(variant):
+        with _planner.forced_variant(variant):
             _launch.launch_forward(geometry, refs[0], refs[1], refs[3])
             _launch.launch_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
     return [t.clone() for t in (output, grad_features, grad_second)]
@@ -125,14 +125,14 @@ def launch_all(make, dtype, k, variant):
 
 def variants(dtype: str, k: int) -> list[str]:
     names = ["general", "tiled"]
-    if _launch.pairs_instantiated(dtype, k):
+    if _sources.pairs_instantiated(dtype, k):
         names.append("tiled_pair")
-    if _launch.fused_instantiated(dtype, k):
+    if _sources.fused_instantiated(dtype, k):
         names.append("fused")
     return names
 
 
-@pytest.mark.parametrize("k", _launch.TILED_KERNEL_SIZES)
+@pytest.mark.parametrize("k", _sources.TILED_KERNEL_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_offsets_past_2_to_the_31_and_32(sparse, dtype, k):
     torch_dtype = DTYPES[dtype]
@@ -152,6 +152,6 @@ def test_offsets_past_2_to_the_31_and_32(sparse, dtype, k):
                 assert torch.equal(a.view(bits), b.view(bits)), f"{variant} {name}"
     # every kernel of the module, and the general ones, ran on the far tensors
     launched = {record.kernel for record in records}
-    wanted = set(_launch.module_kernel_names(_launch.tiled_module_name(dtype, k)))
-    wanted |= set(_launch.kernel_names(dtype))
+    wanted = set(_sources.module_kernel_names(_sources.tiled_module_name(dtype, k)))
+    wanted |= set(_sources.kernel_names(dtype))
     assert launched == wanted

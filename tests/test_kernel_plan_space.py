@@ -27,15 +27,15 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _launch, _launch_record  # noqa: E402
+from carafe_cupy import _launch, _launch_record, _planner, _sources  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
 )
 
-DTYPES = {name: getattr(torch, name) for name in _launch.SUPPORTED_DTYPES}
-KERNEL_SIZES = (*_launch.TILED_KERNEL_SIZES, 1, 9)  # 1, 9: no tiled kernels
-SCALES = tuple(range(1, _launch.MAX_TILED_BACKWARD_SCALE + 2))  # one past the tiled limit
+DTYPES = {name: getattr(torch, name) for name in _sources.SUPPORTED_DTYPES}
+KERNEL_SIZES = (*_sources.TILED_KERNEL_SIZES, 1, 9)  # 1, 9: no tiled kernels
+SCALES = tuple(range(1, _planner.MAX_TILED_BACKWARD_SCALE + 2))  # one past the tiled limit
 LAYOUTS = {"aligned": 2, "misaligned": 1}  # frame padding; odd puts pairs off alignment
 # (N, C, H, W, G) before k and s. RICH: several tiles in x (80 outputs at s = 2,
 # past one 64-wide pair tile) and y, two groups of 11 channels (two slices,
@@ -50,7 +50,7 @@ def domain():
     shapes = [(RICH, 2)] + [(SMALL, s) for s in SCALES] + [(NO_CHANNELS, 2)]
     for (shape, s), dtype, k in itertools.product(shapes, DTYPES, KERNEL_SIZES):
         n, c, h, w, g = shape
-        for variant, layout in itertools.product(_launch.VARIANTS, LAYOUTS):
+        for variant, layout in itertools.product(_planner.VARIANTS, LAYOUTS):
             yield dtype, (n, c, h, w, k, g, s), variant, layout
 
 
@@ -65,13 +65,13 @@ def plan_point(dtype, config, variant, layout) -> None:
     masks = harness.framed_ref((n, g * k * k, h * s, w * s), dtype, pad)
     logits = harness.framed_ref((n, g * k * k * s * s, h, w), dtype, pad)
     try:
-        with _launch.forced_variant(variant):
+        with _planner.forced_variant(variant):
             _launch.launch_forward(geometry, features, masks, output)
             _launch.launch_backward(geometry, output, features, masks, features, masks)
     except ValueError as error:  # a forced variant that cannot run this
         assert variant not in ("auto", "general"), error
         return
-    if variant == "auto" and layout == "aligned" and _launch.fused_supported(geometry, dtype):
+    if variant == "auto" and layout == "aligned" and _planner.fused_supported(geometry, dtype):
         _launch.launch_fused_forward(geometry, features, logits, output)
         _launch.launch_fused_backward(geometry, output, features, logits, features, logits)
 
@@ -85,7 +85,7 @@ def launch_point(dtype, config, variant, layout):
     )
     pad = LAYOUTS[layout]
     try:
-        with _launch.forced_variant(variant):
+        with _planner.forced_variant(variant):
             output = harness.run_forward(features, masks, k, g, s, pad)
             grads = harness.run_backward(grad_output, features, masks, k, g, s, pad)
     except ValueError as error:  # a forced variant that cannot run this
@@ -94,7 +94,7 @@ def launch_point(dtype, config, variant, layout):
     want = harness.reference(grad_output, features, masks, k, g, s)
     checks = list(zip(("output", "grad_features", "grad_masks"), (output, *grads), want))
     geometry = _launch.Geometry(n, c, h, w, k, g, s)
-    if variant == "auto" and layout == "aligned" and _launch.fused_supported(geometry, dtype):
+    if variant == "auto" and layout == "aligned" and _planner.fused_supported(geometry, dtype):
         generator = torch.Generator().manual_seed(k * 10 + s)
         logits = 3 * torch.randn(n, g * k * k * s * s, h, w, generator=generator)
         logits = logits.to(DTYPES[dtype])
@@ -153,15 +153,15 @@ def defined_kernels() -> dict[str, set[str]]:
 
     compiler = sim_runtime._find_compiler()
     return {
-        module: set(sim_runtime._kernel_names(_launch.kernel_source(module), compiler, []))
-        for module in _launch.all_module_names()
+        module: set(sim_runtime._kernel_names(_sources.kernel_source(module), compiler, []))
+        for module in _sources.all_module_names()
     }
 
 
 def test_every_defined_kernel_is_launched():
     launched = {record.kernel for dtype in DTYPES for record in drive(dtype)[1]}
     for module, kernels in defined_kernels().items():
-        assert kernels == set(_launch.module_kernel_names(module)), module
+        assert kernels == set(_sources.module_kernel_names(module)), module
         assert not kernels - launched, f"{module}: never launched {sorted(kernels - launched)}"
 
 

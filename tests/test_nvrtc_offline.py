@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from carafe_cupy import _launch
+from carafe_cupy import _cupy_runtime, _sources
 
 pytest.importorskip("cupy")
 try:
@@ -54,12 +54,12 @@ def ptxas_report(log: str) -> dict[str, dict[str, int]]:
 
 @pytest.fixture(scope="module", params=ARCHS)
 def compiled(request):
-    return request.param, ptxas_report(_launch.compile_offline(request.param))
+    return request.param, ptxas_report(_cupy_runtime.compile_offline(request.param))
 
 
 def test_every_kernel_is_built(compiled):
     arch, report = compiled
-    assert set(_launch.all_kernel_names()) <= set(report), f"missing kernels for {arch}"
+    assert set(_sources.all_kernel_names()) <= set(report), f"missing kernels for {arch}"
 
 
 def test_no_spills_and_within_budgets(compiled):
@@ -80,16 +80,17 @@ def tiled_budget(kernel: str) -> int:
 def tiled_compiled(request):
     from concurrent.futures import ThreadPoolExecutor
 
-    modules = _launch.all_module_names()[1:]
+    modules = _sources.all_module_names()[1:]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        logs = list(pool.map(lambda name: _launch.compile_offline(request.param, name), modules))
+        compile_module = lambda name: _cupy_runtime.compile_offline(request.param, name)  # noqa: E731
+        logs = list(pool.map(compile_module, modules))
     return request.param, {name: ptxas_report(log) for name, log in zip(modules, logs)}
 
 
 def test_tiled_modules_build_every_kernel_within_budget(tiled_compiled):
     arch, reports = tiled_compiled
     for module, report in reports.items():
-        assert set(_launch.module_kernel_names(module)) <= set(report), f"{module} on {arch}"
+        assert set(_sources.module_kernel_names(module)) <= set(report), f"{module} on {arch}"
         for name, usage in report.items():
             assert usage["spill"] == 0, f"{name} spills {usage['spill']} bytes on {arch}"
             assert usage["registers"] <= tiled_budget(name), f"{name}: {usage} on {arch}"
@@ -107,6 +108,6 @@ def test_report_parser_sees_spills():
 
 
 def test_compile_errors_carry_the_log(monkeypatch):
-    monkeypatch.setattr(_launch, "kernel_source", lambda name="carafe": "this is not C++;")
-    with pytest.raises(_launch.KernelCompileError, match="carafe.cu for sm_80"):
-        _launch.compile_offline("sm_80")
+    monkeypatch.setattr(_sources, "kernel_source", lambda name="carafe": "this is not C++;")
+    with pytest.raises(_sources.KernelCompileError, match="carafe.cu for sm_80"):
+        _cupy_runtime.compile_offline("sm_80")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,77 @@ def test_onnx_carafepack_matches_pytorch():
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
+
+
+class AllEntryPoints(torch.nn.Module):
+    """The functional op, the CARAFE module and CARAFEPack (fused path too) in one graph."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(4, 2 * 9 * 4, 1)
+        self.carafe = CARAFE(3, 2, 2)
+        self.pack = CARAFEPack(4, 2, up_kernel=3, up_group=2, compressed_channels=4)
+        torch.nn.init.normal_(self.pack.content_encoder.weight, std=0.3)
+        self.fused = fused
+
+    def forward(self, x):
+        masks = torch.nn.functional.pixel_shuffle(self.encoder(x), 2).softmax(dim=1)
+        functional = carafe_cupy.carafe(x, masks, 3, 2, 2)
+        if self.fused:
+            # what CARAFEPack runs where kernels are used (GPU, simulator)
+            logits = self.pack.content_encoder(self.pack.channel_compressor(x))
+            packed = carafe_cupy.carafe_from_logits(x, logits, 3, 2, 2)
+        else:
+            packed = self.pack(x)
+        return functional, self.carafe(x, masks), packed
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-exporter", "torchscript-exporter"])
+def test_plain_onnx_export_with_dynamic_sizes(dynamo, tmp_path):
+    """torch.onnx.export(model, args, f) as deployment scripts call it, no extra step."""
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = AllEntryPoints(fused=dynamo).eval()
+    path = tmp_path / "carafe.onnx"
+    x = torch.randn(2, 4, 3, 5)
+    if dynamo:
+        dim = torch.export.Dim
+        sizes = {"dynamic_shapes": ({0: dim("batch"), 2: dim("height"), 3: dim("width")},)}
+    else:
+        sizes = {"input_names": ["x"], "dynamic_axes": {"x": {0: "n", 2: "h", 3: "w"}}}
+    torch.onnx.export(model, (x,), str(path), dynamo=dynamo, **sizes)
+
+    model_proto = onnx.load(str(path))
+    onnx.checker.check_model(model_proto, full_check=True)
+    assert {node.domain for node in model_proto.graph.node} <= {"", "ai.onnx"}
+    assert not model_proto.functions
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 4, 3, 5), (1, 4, 6, 2)):  # the second one was not seen at export
+        y = torch.randn(shape)
+        outputs = session.run(None, {session.get_inputs()[0].name: y.numpy()})
+        with torch.no_grad():
+            expected = model(y)
+        for output, reference in zip(outputs, expected):
+            np.testing.assert_allclose(output, reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_of_the_fused_carafepack_path(monkeypatch):
+    """CARAFEPack's own fused branch (taken where kernels run) exports the same graph."""
+    from carafe_cupy import nn as carafe_nn
+
+    monkeypatch.setattr(carafe_nn, "uses_kernels", lambda device: True)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = CARAFEPack(4, 2, up_kernel=3, up_group=2, compressed_channels=4).eval()
+    torch.nn.init.normal_(model.content_encoder.weight, std=0.3)
+    x = torch.randn(1, 4, 3, 4)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, dynamo=False)
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    monkeypatch.undo()
+    with torch.no_grad():
+        np.testing.assert_allclose(output, model(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -178,25 +178,25 @@ def test_a_missing_barrier_in_the_tiled_kernels_is_caught(order, monkeypatch):
     """Drop the barrier between staging the halo and reading it: the simulator
     (threads run in order between barriers, shared memory starts as garbage)
     must turn that into wrong answers."""
-    from carafe_cupy import _launch
+    from carafe_cupy import _planner, _sources
 
     barrier_then_read = "        __syncthreads();\n        if (!inside) continue;"
-    original = _launch.kernel_source
+    original = _sources.kernel_source
 
-    def without_barrier(module_name: str = _launch.KERNEL_MODULE) -> str:
+    def without_barrier(module_name: str = _sources.KERNEL_MODULE) -> str:
         source = original(module_name)
-        if module_name == _launch.KERNEL_MODULE:
+        if module_name == _sources.KERNEL_MODULE:
             return source
         assert source.count(barrier_then_read) == 2, "the tiled kernels changed shape"
         return source.replace(barrier_then_read, "        if (!inside) continue;")
 
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     monkeypatch.setattr(sim_runtime, "_runtime", sim_runtime.SimRuntime(order))
-    monkeypatch.setattr(_launch, "kernel_source", without_barrier)
+    monkeypatch.setattr(_sources, "kernel_source", without_barrier)
     config = (1, 4, 5, 6, 3, 1, 2)
     features, masks, grad_output = (torch.from_numpy(a) for a in make_exact_inputs(config))
     want_output, _, want_grad_masks = exact_expected(config)
-    with _launch.forced_variant("tiled"):
+    with _planner.forced_variant("tiled"):
         output = carafe_cupy.carafe(features, masks, 3, 1, 2)
         _, grad_masks = carafe_cupy.carafe_backward(grad_output, features, masks, 3, 1, 2)
     assert not np.allclose(output.numpy(), want_output)

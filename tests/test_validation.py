@@ -130,14 +130,16 @@ def test_backward_of_tensors_that_require_grad_gives_plain_values():
     assert torch.equal(grad_masks, masks.grad)
 
 
-def test_cupy_front_end_refuses_torch_tensors():
+def test_array_front_end_refuses_torch_cpu_tensors_without_the_simulator(monkeypatch):
+    # torch tensors are DLPack arrays, so the array front end takes CUDA ones; CPU
+    # memory needs the simulator (tests/test_dlpack.py runs them through it)
     from carafe_cupy import _cupy_api
 
+    monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
     features, masks = good_inputs()
-    features.requires_grad_()
-    with pytest.raises(TypeError, match=r"features must be a cupy\.ndarray.*torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"features \(torch\.Tensor\) is in CPU memory"):
         _cupy_api.carafe(features, masks, 3, 2, 2)
-    with pytest.raises(TypeError, match=r"grad_output must be a cupy\.ndarray.*torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"grad_output \(torch\.Tensor\) is in CPU memory"):
         _cupy_api.carafe_backward(G, features, masks, 3, 2, 2)
 
 
@@ -156,7 +158,7 @@ def test_index_range_check_is_exact():
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or not carafe_cupy._launch.cupy_importable(),
+    not torch.cuda.is_available() or not carafe_cupy._cupy_runtime.cupy_importable(),
     reason="needs a CUDA GPU with CuPy",
 )
 @pytest.mark.gpu

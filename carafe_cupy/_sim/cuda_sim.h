@@ -356,6 +356,7 @@ struct KernelEntry {
   void (*thunk)(void* fn, void** args);
   int nparams;
   const unsigned long long* sizes;
+  const bool* pointers;  // which parameters are pointers
 };
 
 template <class T>
@@ -381,9 +382,11 @@ void thunk(void* fn, void** args) {
 template <class... A>
 inline const unsigned long long param_sizes[] = {sizeof(A)..., 0ull};
 template <class... A>
+inline const bool param_pointers[] = {std::is_pointer_v<A>..., false};
+template <class... A>
 constexpr KernelEntry make_entry(const char* name, void (*f)(A...)) {
   return KernelEntry{name, reinterpret_cast<void*>(f), &thunk<A...>, int(sizeof...(A)),
-                     param_sizes<A...>};
+                     param_sizes<A...>, param_pointers<A...>};
 }
 
 }  // namespace carafe_sim

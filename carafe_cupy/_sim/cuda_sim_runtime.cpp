@@ -10,6 +10,7 @@
 // A kernel module that contains no synchronisation primitive runs every thread
 // straight to completion on the OS stack.
 #include "cuda_sim.h"
+#include "cuda_sim_observer.h"
 
 #include <algorithm>
 #include <csetjmp>
@@ -95,6 +96,8 @@ CARAFE_SIM_HIDDEN dim3 blockDim;
 CARAFE_SIM_HIDDEN dim3 gridDim;
 
 namespace carafe_sim {
+
+LaunchObserver* g_observer = nullptr;
 
 enum State : int { RUNNABLE = 0, WAIT_BLOCK, WAIT_WARP, DONE, FAILED };
 
@@ -547,7 +550,10 @@ static int run_block(int order, Rng& rng, size_t stack_size) {
     if (r > 0) continue;
     r = release_block_barrier();
     if (r < 0) return -1;
-    if (r == 0) continue;
+    if (r == 0) {
+      if (g_observer) g_observer->converged();
+      continue;
+    }
     g_error = "deadlock: no thread can make progress" + state_summary();
     return -1;
   }
@@ -599,10 +605,15 @@ int launch(const KernelEntry* e, const char* kernel, const unsigned* grid,
         f.warp = i / 32;
       }
   Rng rng{seed};
+  if (g_observer)
+    g_observer->launch_begin(e, args, grid, block, g_dyn_shared, g_dyn_size,
+                             g_fast_path ? nullptr : g_pool, g_fast_path ? 0 : g_pool_bytes);
+  unsigned long long linear_block = 0;
   for (unsigned bz = 0; bz < grid[2]; ++bz)
     for (unsigned by = 0; by < grid[1]; ++by)
-      for (unsigned bx = 0; bx < grid[0]; ++bx) {
+      for (unsigned bx = 0; bx < grid[0]; ++bx, ++linear_block) {
         blockIdx = uint3{bx, by, bz};
+        if (g_observer && !g_observer->block_begin(linear_block)) continue;
         if (run_block(order, rng, size_t(stack_size)) != 0) {
           std::string msg = std::string("kernel '") + kernel + "', block " +
                             tid_str(blockIdx) + ": " + g_error;
@@ -611,6 +622,7 @@ int launch(const KernelEntry* e, const char* kernel, const unsigned* grid,
           g_dyn_size = 0;
           return report(msg);
         }
+        if (g_observer) g_observer->converged();
       }
   g_dyn_shared = nullptr;
   g_dyn_size = 0;

@@ -28,11 +28,15 @@ Compiled modules are cached as ``<module>-<sha256>.so`` (plus a ``.sha256``
 file checked before loading); the scheduler (``cuda_sim_runtime.cpp``) is built
 once per compiler and flag set as ``runtime-<sha256>.o`` and linked into each
 module. :meth:`SimRuntime.compile_count` counts module builds only.
+
+Inside :func:`carafe_cupy._sim.trace.tracing` launches run a separately cached
+traced build of the module and report their memory traffic (see ``trace.py``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -47,10 +51,19 @@ from typing import Any
 
 import numpy as np
 
+from . import trace as _trace
+
 __all__ = ["SimRuntime", "SimulatorError", "get_runtime"]
 
 _HERE = Path(__file__).resolve().parent
-_SHIM_FILES = ("cuda_sim.h", "cuda_sim_runtime.cpp")
+# Everything the scheduler and the tracer hooks are built from.
+_SHIM_FILES = (
+    "cuda_sim.h",
+    "cuda_sim_observer.h",
+    "cuda_sim_runtime.cpp",
+    "cuda_sim_trace_measure.h",
+    "cuda_sim_trace_hooks.h",
+)
 _BASE_FLAGS = (
     "-std=c++20",
     "-O2",
@@ -250,7 +263,7 @@ def _glue(module_name: str, source: str, kernels: tuple[str, ...], may_block: bo
     if not fname.endswith(".cu"):
         fname += ".cu"
     entries = ",\n".join(f'  carafe_sim::make_entry("{k}", &{k})' for k in kernels)
-    table = entries or '  carafe_sim::KernelEntry{"", nullptr, nullptr, 0, nullptr}'
+    table = entries or '  carafe_sim::KernelEntry{"", nullptr, nullptr, 0, nullptr, nullptr}'
     return (
         f'#line 1 "{fname}"\n{source}\n'
         '#line 1 "carafe_sim_glue.cpp"\n'
@@ -284,52 +297,63 @@ def _run_compiler(cmd: list[str], cwd: str, what: str) -> None:
 
 
 def _compile(
-    cxx: list[str], flags: list[str], glue: str, out: Path, module_name: str, runtime_obj: Path
+    cxx: list[str],
+    flags: list[str],
+    glue: str,
+    out: Path,
+    module_name: str,
+    objects: list[Path],
+    traced: bool = False,
 ) -> None:
     global _compile_count
     with tempfile.TemporaryDirectory(prefix="carafe_cupy_sim_build-") as build:
         src = Path(build) / "module.cpp"
         src.write_text(glue)
-        cmd = [
-            *cxx,
-            *flags,
-            "-shared",
-            "-I",
-            str(_HERE),
-            "-include",
-            str(_HERE / "cuda_sim.h"),
-            str(src),
-            str(runtime_obj),
-            "-o",
-            str(out),
-        ]
+        shim = ["-I", str(_HERE), "-include", str(_HERE / "cuda_sim.h")]
         with _state_lock:
             _compile_count += 1
+        if traced:
+            _trace.compile_module(
+                [*cxx, *flags],
+                shim,
+                src,
+                objects,
+                out,
+                lambda cmd: _run_compiler(cmd, build, f"traced module {module_name!r}"),
+            )
+            return
+        cmd = [*cxx, *flags, "-shared", *shim, str(src), *map(str, objects), "-o", str(out)]
         _run_compiler(cmd, build, f"module {module_name!r}")
 
 
-def _build_runtime_object(cxx: list[str], flags: list[str], out: Path) -> None:
+def _build_runtime_object(cxx: list[str], flags: list[str], out: Path, source: str) -> None:
     # The scheduler is the same for every module: build it once, link it often.
     with tempfile.TemporaryDirectory(prefix="carafe_cupy_sim_build-") as build:
-        cmd = [*cxx, *flags, "-c", str(_HERE / "cuda_sim_runtime.cpp"), "-o", str(out)]
-        _run_compiler(cmd, build, "the simulator runtime (cuda_sim_runtime.cpp)")
+        cmd = [*cxx, *flags, "-c", str(_HERE / source), "-o", str(out)]
+        _run_compiler(cmd, build, f"the simulator runtime ({source})")
 
 
 def _runtime_object(
-    directory: Path, cxx: list[str], flags: list[str], version: str
+    directory: Path,
+    cxx: list[str],
+    flags: list[str],
+    version: str,
+    source: str = "cuda_sim_runtime.cpp",
 ) -> tuple[Path, bool]:
-    """Path of the cached scheduler object, and whether it was built just now."""
+    """Path of the cached object built from ``source``, and whether it was built just now."""
     h = hashlib.sha256()
-    for part in (_shim_digest(), "\0".join(flags), version):
+    for part in (_shim_digest(), "\0".join(flags), version, source):
         h.update(part.encode() + b"\0\1\0")
-    final = directory / f"runtime-{h.hexdigest()[:32]}.o"
+    h.update((_HERE / source).read_bytes())
+    stem = "runtime" if source == "cuda_sim_runtime.cpp" else Path(source).stem
+    final = directory / f"{stem}-{h.hexdigest()[:32]}.o"
     with _runtime_lock:
         if final.is_file() and final.stat().st_size > 0:
             return final, False
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".o")
         os.close(fd)
         try:
-            _build_runtime_object(cxx, flags, Path(tmp))
+            _build_runtime_object(cxx, flags, Path(tmp), source)
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
@@ -376,22 +400,25 @@ def _compile_into(
     glue: str,
     name: str,
     version: str,
+    traced: bool = False,
 ) -> Path:
     # Build next to the final name, then rename: readers never see half a file.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".so")
     os.close(fd)
+    sources = ["cuda_sim_runtime.cpp"] + ([_trace.HOOKS_SOURCE] if traced else [])
     try:
-        runtime_obj, fresh = _runtime_object(directory, cxx, flags, version)
+        built = [_runtime_object(directory, cxx, flags, version, s) for s in sources]
         try:
-            _compile(cxx, flags, glue, Path(tmp), name, runtime_obj)
+            _compile(cxx, flags, glue, Path(tmp), name, [obj for obj, _ in built], traced)
         except SimulatorError:
-            if fresh:
+            if all(fresh for _, fresh in built):
                 raise
             # A damaged cached runtime object shows up as a link error: rebuild it
             # and try once more; a real error in the kernel source fails again.
-            runtime_obj.unlink(missing_ok=True)
-            runtime_obj, _ = _runtime_object(directory, cxx, flags, version)
-            _compile(cxx, flags, glue, Path(tmp), name, runtime_obj)
+            for obj, _ in built:
+                obj.unlink(missing_ok=True)
+            objects = [_runtime_object(directory, cxx, flags, version, s)[0] for s in sources]
+            _compile(cxx, flags, glue, Path(tmp), name, objects, traced)
         digest = _digest_file(Path(tmp))
         os.replace(tmp, final)
         _write_atomic(final.with_name(final.name + ".sha256"), digest + "\n")
@@ -401,12 +428,13 @@ def _compile_into(
     return final
 
 
-def _get_module(module_name: str, source: str) -> _Module:
+def _get_module(module_name: str, source: str, traced: bool = False) -> _Module:
     # Hot path: a module already loaded for the same text and build settings
     # needs no regexes, compiler lookup or hashing (str hashes are cached).
     memo_key = (
         module_name,
         source,
+        "traced" if traced else "",
         os.environ.get("CARAFE_CUPY_SIM_ASAN", ""),
         os.environ.get("CARAFE_CUPY_SIM_CXXFLAGS", ""),
         os.environ.get("CXX", ""),
@@ -414,16 +442,18 @@ def _get_module(module_name: str, source: str) -> _Module:
     mod = _memo.get(memo_key)
     if mod is not None:
         return mod
-    mod = _get_module_slow(module_name, source)
+    mod = _get_module_slow(module_name, source, traced)
     with _state_lock:
         _memo[memo_key] = mod
     return mod
 
 
-def _get_module_slow(module_name: str, source: str) -> _Module:
+def _get_module_slow(module_name: str, source: str, traced: bool) -> _Module:
     source = rewrite_source(source)
     may_block = bool(_BLOCKING_RE.search(_COMMENT_RE.sub(" ", source)))
     asan = _asan_requested()
+    if asan and traced:
+        raise SimulatorError(_trace.ASAN_REFUSAL)
     if asan and not _asan_loaded():
         raise SimulatorError(
             "CARAFE_CUPY_SIM_ASAN=1 needs AddressSanitizer's runtime loaded before Python "
@@ -443,6 +473,8 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
     for part in (glue, _shim_digest(), "\0".join(flags), version):
         h.update(part.encode())
         h.update(b"\0\1\0")
+    if traced:
+        h.update(_trace.build_digest().encode())
     key = h.hexdigest()
 
     with _state_lock:
@@ -455,7 +487,7 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
             mod = _modules.get(key)
         if mod is not None:
             return mod
-        fname = f"{_safe_name(module_name)}-{key[:32]}.so"
+        fname = f"{_safe_name(module_name)}{'-traced' if traced else ''}-{key[:32]}.so"
         directory = _cache_dir()
         if not _writable_dir(directory):
             if not (directory / fname).is_file():
@@ -482,7 +514,7 @@ def _get_module_slow(module_name: str, source: str) -> _Module:
                     directory = _fallback_cache()
                     final = directory / fname
         if mod is None:
-            _compile_into(directory, final, cxx, flags, glue, module_name, version)
+            _compile_into(directory, final, cxx, flags, glue, module_name, version, traced)
             try:
                 mod = _load(final, kernels)
             except OSError as exc:
@@ -550,7 +582,8 @@ class SimRuntime:
             raise SimulatorError(f"invalid launch configuration grid={grid} block={block}")
         if max(grid) >= 2**32 or block[0] * block[1] * block[2] > 1024:
             raise SimulatorError(f"invalid launch configuration grid={grid} block={block}")
-        mod = _get_module(module_name, source)
+        session = _trace.active_session()
+        mod = _get_module(module_name, source, traced=session is not None)
         if kernel_name not in mod.kernels:
             raise SimulatorError(
                 f"kernel {kernel_name!r} not found in module {module_name!r} "
@@ -576,7 +609,8 @@ class SimRuntime:
         err = ctypes.create_string_buffer(_ERR_LEN)
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)
-        rc = mod.launch_fn(
+        call = functools.partial(
+            mod.launch_fn,
             kernel_name.encode(),
             g,
             b,
@@ -588,6 +622,11 @@ class SimRuntime:
             err,
             _ERR_LEN,
         )
+        if session is None:
+            rc = call()
+        else:
+            launch = (module_name, source, kernel_name, grid, block, int(shared_mem))
+            rc = session.launch(mod.lib, mod.path, launch, call)
         del bufs
         if rc != 0:
             raise SimulatorError(f"module {module_name!r}: {err.value.decode(errors='replace')}")

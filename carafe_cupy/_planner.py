@@ -1,0 +1,411 @@
+"""Which kernels a CARAFE call runs, and with what grid, block, shared memory
+and tiling. Pure Python: no CuPy, no device, no pointers beyond their alignment.
+
+The launcher (``_launch``) and the cost model (``_profile``) share these plans.
+A plan depends only on the geometry, the tensors' dtype, strides and alignment,
+and the requested variant, so it is cached on exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
+
+from ._sources import (
+    KERNEL_MODULE,
+    TILED_KERNEL_SIZES,
+    fused_instantiated,
+    kernel_names,
+    pairs_instantiated,
+    tiled_module_name,
+)
+
+THREADS_PER_BLOCK = 256
+# Kernels use grid-stride loops, so the grid can be capped without losing work.
+MAX_BLOCKS = 1 << 20
+MAX_GRID_X = 2**31 - 1  # CUDA's limit on gridDim.x
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+ACCUMULATOR_SIZE = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}
+TILE_THREADS = (32, 8)  # CARAFE_TILE_THREADS_X / _Y in carafe_tiled.cuh
+CHANNEL_BATCH_MAX = 4  # CARAFE_CHANNEL_BATCH_MAX
+SHARED_MEMORY_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
+# grad_features blocks hold whole s x s sub-pixel groups within 256 threads.
+MAX_TILED_BACKWARD_SCALE = 8
+VARIANTS = ("auto", "general", "tiled", "tiled_pair")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one CARAFE problem (already validated)."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel_size: int
+    group_size: int
+    scale_factor: int
+
+    @property
+    def out_height(self) -> int:
+        return self.height * self.scale_factor
+
+    @property
+    def out_width(self) -> int:
+        return self.width * self.scale_factor
+
+    @property
+    def mask_channels(self) -> int:
+        return self.group_size * self.kernel_size * self.kernel_size
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The seven sizes in the order every kernel takes them."""
+        return (
+            self.batch,
+            self.channels,
+            self.height,
+            self.width,
+            self.kernel_size,
+            self.group_size,
+            self.scale_factor,
+        )
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A 4-D array as the kernels see it: address, element strides, dtype."""
+
+    pointer: int
+    strides: tuple[int, int, int, int]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One planned kernel launch.
+
+    ``operands`` maps each pointer argument of the kernel to an index into the
+    caller's tensors (``None``: no tensor, a null pointer with zero strides);
+    ``tiling`` holds the trailing integer arguments of the tiled kernels.
+    """
+
+    module: str
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int
+    operands: tuple[int | None, ...]
+    tiling: tuple[int, ...] = ()
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def threads_per_block(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+
+# ---------------------------------------------------------------- variants
+
+_variant_override: str | None = None
+
+
+@contextlib.contextmanager
+def forced_variant(name: str) -> Iterator[None]:
+    """Run the kernels of one variant: "general" (one thread per element, any
+    kernel size), "tiled" (one pixel per thread) or "tiled_pair" (two pixels per
+    thread, vector access). A forced variant that cannot run raises ValueError.
+    ``CARAFE_CUPY_KERNEL_VARIANT`` does the same process-wide."""
+    global _variant_override
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
+    previous, _variant_override = _variant_override, name
+    try:
+        yield
+    finally:
+        _variant_override = previous
+
+
+def requested_variant() -> str:
+    name = _variant_override or os.environ.get("CARAFE_CUPY_KERNEL_VARIANT", "") or "auto"
+    if name not in VARIANTS:
+        raise ValueError(
+            f"CARAFE_CUPY_KERNEL_VARIANT must be one of {', '.join(VARIANTS)}, got {name!r}"
+        )
+    return name
+
+
+# ---------------------------------------------------------------- launch shapes
+
+# An operand as plans see it: element strides and the pointer's offset within 16 bytes.
+_Operand = Optional[tuple[tuple[int, int, int, int], int]]
+
+
+def _operands(refs: tuple[TensorRef | None, ...]) -> tuple[_Operand, ...]:
+    return tuple(None if ref is None else (tuple(ref.strides), ref.pointer % 16) for ref in refs)
+
+
+def grid_for(total: int) -> tuple[int, int, int]:
+    """The general kernels' grid: one thread per element, capped (grid-stride loops)."""
+    blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
+    return (blocks, 1, 1)
+
+
+def _general(kernel: str, total: int, operands: tuple[int, int, int]) -> tuple[Launch, ...]:
+    if total == 0:
+        return ()
+    block = (THREADS_PER_BLOCK, 1, 1)
+    return (Launch(KERNEL_MODULE, kernel, grid_for(total), block, 0, operands),)
+
+
+def _halo_extent(outputs: int, scale: int, kernel_size: int) -> int:
+    return (outputs - 1 + scale - 1) // scale + kernel_size
+
+
+def _pairs_fit(geometry: Geometry, dtype: str, operands: tuple[_Operand, ...]) -> bool:
+    """Two pixels per thread: even s, and 2-element aligned, x-contiguous tensors."""
+    if not pairs_instantiated(dtype, geometry.kernel_size) or geometry.scale_factor % 2:
+        return False
+    alignment = 2 * ITEMSIZE[dtype]
+    return all(
+        strides[3] == 1
+        and all(stride % 2 == 0 for stride in strides[:3])
+        and offset % alignment == 0
+        for strides, offset in operands
+    )
+
+
+def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes: int = 0) -> int:
+    for batch in range(CHANNEL_BATCH_MAX, 0, -1):
+        if batch * (bytes_per_channel + per_batch_bytes) + fixed_bytes <= SHARED_MEMORY_LIMIT:
+            return batch
+    return 0
+
+
+def _channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+    """Split a group's channels over blocks only when the grid would be small;
+    every split re-reads the tile's masks once more."""
+    per_group = geometry.channels // geometry.group_size
+    per_block = per_group
+    while per_block > 8 and blocks_per_slice * -(-per_group // per_block) < 1024:
+        per_block = -(-per_block // 2)
+    return per_block
+
+
+def _output_tile_plan(
+    geometry: Geometry, dtype: str, kernel: str, pair: bool, slice_channels: bool, operands
+) -> Launch | None:
+    """A kernel whose block owns an output tile (forward, grad_masks, fused logits)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    pairs = 2 if pair else 1
+    tile_w, tile_h = TILE_THREADS[0] * pairs, TILE_THREADS[1]
+    pitch = (tile_w - 1 + pairs - 1) // pairs + k
+    halo_bytes = _halo_extent(tile_h, s, k) * pitch * ACCUMULATOR_SIZE[dtype]
+    batch = _channel_batch(halo_bytes)
+    if batch == 0:
+        return None
+    tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_block = _channels_per_block(geometry, blocks) if slice_channels else per_group
+    per_block = max(1, per_block)
+    slices = max(1, -(-per_group // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks * slices, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        batch * halo_bytes,
+        operands,
+        (per_block, batch),
+    )
+
+
+def _input_tile_plan(
+    geometry: Geometry, dtype: str, kernel: str, from_logits: bool, operands
+) -> Launch | None:
+    """grad_features: a tile of input pixels, s x s threads each."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if s > MAX_TILED_BACKWARD_SCALE:
+        return None
+    tile_cols, tile_rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+    threads = tile_cols * s * tile_rows * s
+    accumulator = ACCUMULATOR_SIZE[dtype]
+    plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
+    batch = _channel_batch(plane * accumulator, per_batch_bytes=threads * accumulator)
+    if batch == 0 or (from_logits and 2 * plane * accumulator > SHARED_MEMORY_LIMIT):
+        return None
+    shared = batch * (plane + threads) * accumulator
+    if from_logits:
+        shared = max(shared, 2 * plane * accumulator)
+    blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
+    blocks *= geometry.batch * geometry.group_size
+    per_block = max(1, _channels_per_block(geometry, blocks))
+    slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks * slices, 1, 1),
+        (tile_cols * s, tile_rows * s, 1),
+        shared,
+        operands,
+        (per_block, batch),
+    )
+
+
+def _choose(variant: str, plans: dict[str, Launch | None], what: str) -> Launch | None:
+    """The requested variant's launch; None means the general kernels."""
+    plans = {key: plan for key, plan in plans.items() if plan is not None}
+    if variant == "general":
+        return None
+    if variant == "auto":
+        return plans.get("tiled_pair") or plans.get("tiled")
+    plan = plans.get(variant)
+    if plan is None:
+        raise ValueError(f"carafe: the {variant!r} kernel variant cannot run {what}")
+    return plan
+
+
+def _tiled_applies(geometry: Geometry) -> bool:
+    return geometry.kernel_size in TILED_KERNEL_SIZES
+
+
+# ---------------------------------------------------------------- plans per call
+#
+# Each public function takes the call's tensors (None where absent) and returns
+# the launches in order; the cached function underneath sees only their layout.
+
+
+def plan_forward(
+    geometry: Geometry, features: TensorRef, masks: TensorRef, output: TensorRef
+) -> tuple[Launch, ...]:
+    """output = carafe(features, masks). Operands: 0 features, 1 masks, 2 output."""
+    layout = _operands((features, masks, output))
+    return _forward(geometry, features.dtype, layout, requested_variant())
+
+
+@functools.lru_cache(maxsize=512)
+def _forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
+    total = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
+    if total == 0:
+        return ()
+    plans = {}
+    if _tiled_applies(geometry):
+        kernel, slots = "carafe_forward_tiled", (0, 1, None, 2)
+        k = geometry.kernel_size
+        plans["tiled"] = _output_tile_plan(
+            geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, True, slots
+        )
+        if _pairs_fit(geometry, dtype, layout[1:]):
+            plans["tiled_pair"] = _output_tile_plan(
+                geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, True, slots
+            )
+    plan = _choose(variant, plans, "this forward")
+    if plan is not None:
+        return (plan,)
+    return _general(kernel_names(dtype)[0], total, (0, 1, 2))
+
+
+def plan_backward(
+    geometry: Geometry,
+    grad_output: TensorRef,
+    features: TensorRef,
+    masks: TensorRef,
+    grad_features: TensorRef | None,
+    grad_masks: TensorRef | None,
+) -> tuple[Launch, ...]:
+    """Whichever of grad_features / grad_masks is given. Operands: 0 grad_output,
+    1 features, 2 masks, 3 grad_features, 4 grad_masks."""
+    layout = _operands((grad_output, features, masks, grad_features, grad_masks))
+    return _backward(geometry, grad_output.dtype, layout, requested_variant())
+
+
+@functools.lru_cache(maxsize=512)
+def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
+    _, general_features, general_masks = kernel_names(dtype)
+    k = geometry.kernel_size
+    masks_total = geometry.batch * geometry.mask_channels * geometry.out_height
+    masks_total *= geometry.out_width
+    if geometry.batch * geometry.channels == 0:  # zero channels: grad_masks is all zeros
+        return _general(general_masks, masks_total, (0, 1, 4)) if layout[4] else ()
+    launches: tuple[Launch, ...] = ()
+    if layout[3] is not None:
+        plans = {}
+        if _tiled_applies(geometry):
+            # one layout only: the pair variant's grad_features is the tiled one
+            kernel = f"carafe_backward_features_tiled_k{k}_{dtype}"
+            plans["tiled"] = plans["tiled_pair"] = _input_tile_plan(
+                geometry, dtype, kernel, False, (0, 2, None, 3)
+            )
+        plan = _choose(variant, plans, "this grad_features")
+        total = geometry.batch * geometry.channels * geometry.height * geometry.width
+        launches += (plan,) if plan else _general(general_features, total, (0, 2, 3))
+    if layout[4] is not None:
+        plans = {}
+        if _tiled_applies(geometry):
+            kernel, slots = "carafe_backward_masks_tiled", (0, 1, None, 4)
+            plans["tiled"] = _output_tile_plan(
+                geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, False, slots
+            )
+            if _pairs_fit(geometry, dtype, (layout[0], layout[4])):
+                plans["tiled_pair"] = _output_tile_plan(
+                    geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, False, slots
+                )
+        plan = _choose(variant, plans, "this grad_masks")
+        launches += (plan,) if plan else _general(general_masks, masks_total, (0, 1, 4))
+    return launches
+
+
+# ---------------------------------------------------------------- fused normaliser
+
+
+@functools.lru_cache(maxsize=512)
+def fused_supported(geometry: Geometry, dtype: str) -> bool:
+    """Whether the fused logits kernels cover this geometry (else compose unfused)."""
+    return (
+        _tiled_applies(geometry)
+        and fused_instantiated(dtype, geometry.kernel_size)
+        and _output_tile_plan(geometry, "float64", "", False, True, ()) is not None
+        and _input_tile_plan(geometry, "float64", "", True, ()) is not None
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def plan_fused_forward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
+    """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
+    Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``."""
+    if geometry.batch * geometry.channels == 0:
+        return ()
+    kernel = f"carafe_fused_forward_k{geometry.kernel_size}_{dtype}"
+    plan = _output_tile_plan(geometry, dtype, kernel, False, True, (0, 1, None, 2))
+    assert plan is not None  # fused_supported() was checked by the caller
+    return (plan,)
+
+
+@functools.lru_cache(maxsize=512)
+def plan_fused_backward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
+    """Gradients of the fused forward. Operands: 0 grad_output, 1 features,
+    2 logits, 3 grad_features, 4 grad_logits. Needs ``fused_supported``."""
+    if geometry.batch == 0:
+        return ()
+    k = geometry.kernel_size
+    launches: tuple[Launch, ...] = ()
+    if geometry.channels:
+        kernel = f"carafe_fused_backward_features_k{k}_{dtype}"
+        plan = _input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3))
+        assert plan is not None
+        launches += (plan,)
+    kernel = f"carafe_fused_backward_logits_k{k}_{dtype}"
+    plan = _output_tile_plan(geometry, dtype, kernel, False, False, (0, 1, 2, 4))
+    assert plan is not None
+    return (*launches, plan)

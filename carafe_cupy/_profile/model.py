@@ -1,0 +1,185 @@
+"""The time model: executed SASS per warp from the loops' trip counts, then the
+largest of DRAM, L2, issue and latency time for each planned launch.
+
+Trip counts come from the plan (channels per block, channel batch, block shape)
+and the geometry, matched to each SASS loop by the source line of its backward
+branch. Where a loop's source line is not one the model knows, the loop counts
+once and the estimate names it in ``unknown_loops``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .._planner import TILE_THREADS, Geometry, Launch, _halo_extent
+from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
+from .occupancy import Occupancy, occupancy
+from .static import KernelStatic, Loop
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One warp's executed work, from the SASS and the trip counts."""
+
+    instructions: float  # warp-instructions per warp
+    load_rounds: float  # dependent global-load rounds per warp
+    loops: tuple[tuple[Loop, int, float], ...]  # (loop, trips per entry, entries per warp)
+    unknown_loops: tuple[str, ...]
+
+
+def _pairs(launch: Launch) -> int:
+    return 2 if "_p2_" in launch.kernel else 1
+
+
+def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:
+    """Elements one pass of a staging loop writes to shared memory."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    batch = launch.tiling[1] if len(launch.tiling) > 1 else 1
+    if "backward_features" in launch.kernel:
+        cols, rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+        plane = (rows + k - 1) * s * (cols + k - 1) * s
+        return batch * plane if "channel_batch" in loop.source else plane
+    pairs = _pairs(launch)
+    pitch = (TILE_THREADS[0] * pairs - 1 + pairs - 1) // pairs + k
+    return batch * _halo_extent(TILE_THREADS[1], s, k) * pitch
+
+
+def _general_total(launch: Launch, geometry: Geometry) -> int:
+    g = geometry
+    if "backward_masks" in launch.kernel:
+        return g.batch * g.mask_channels * g.out_height * g.out_width
+    if "backward_features" in launch.kernel:
+        return g.batch * g.channels * g.height * g.width
+    return g.batch * g.channels * g.out_height * g.out_width
+
+
+def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
+    """Iterations of ``loop`` each time it is entered; None when the line is unknown."""
+    text, k, s = loop.source, geometry.kernel_size, geometry.scale_factor
+    per_block, batch = launch.tiling if len(launch.tiling) == 2 else (geometry.channels, 1)
+    if "c0 += channel_batch" in text:
+        return -(-per_block // batch)
+    if "cc < count" in text:
+        return batch
+    if "e += threads" in text:
+        passes = -(-_staged_elements(loop, launch, geometry) // launch.threads_per_block)
+        return -(-passes // max(1, loop.shared_stores))  # unrolled: one store per element
+    if "grid_stride()" in text:
+        return -(-_general_total(launch, geometry) // (launch.blocks * launch.threads_per_block))
+    if "< s;" in text:
+        return s
+    if "< TAPS" in text:
+        return k * k
+    if "< K;" in text or "kernel_size;" in text:
+        return k
+    if "< PAIR" in text:
+        return _pairs(launch)
+    if "channels_per_group" in text:
+        return geometry.channels // geometry.group_size
+    return None
+
+
+def execution(static: KernelStatic, launch: Launch, geometry: Geometry) -> Execution:
+    """Warp-instructions and dependent load rounds one warp executes."""
+    loops = static.loops
+    # Of several SASS loops for one source loop under one parent (versions of
+    # the loop for different cases), only the largest is counted.
+    counted = set()
+    for index, loop in enumerate(loops):
+        rivals = [
+            other for other, candidate in enumerate(loops)
+            if candidate.line == loop.line and candidate.parent == loop.parent
+        ]
+        if index == max(rivals, key=lambda other: loops[other].instructions):
+            counted.add(index)
+    unknown = []
+    trips = {}
+    for index, loop in enumerate(loops):
+        found = loop_trips(loop, launch, geometry)
+        if found is None:
+            unknown.append(f"line {loop.line}: {loop.source}")
+            found = 1
+        trips[index] = found
+
+    def entries(index: int) -> float:
+        """How often the loop is entered per warp: its ancestors' trips multiplied."""
+        parent = loops[index].parent
+        if parent is None:
+            return 1.0
+        return 0.0 if parent not in counted else entries(parent) * trips[parent]
+
+    instructions = float(static.straight_line_instructions)
+    rounds = float(static.straight_line_load_rounds)
+    rows = []
+    for index, loop in enumerate(loops):
+        executions = entries(index) * trips[index] if index in counted else 0.0
+        instructions += loop.own_instructions * executions
+        rounds += loop.load_rounds * executions
+        rows.append((loop, trips[index], entries(index) if index in counted else 0.0))
+    return Execution(instructions, rounds, tuple(rows), tuple(unknown))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The model's time for one launch on one GPU."""
+
+    occupancy: Occupancy
+    waves: float
+    warp_instructions: float
+    dram_us: float
+    l2_us: float | None  # None without simulated traffic
+    issue_us: float
+    latency_us: float
+    floor_us: float
+
+    @property
+    def est_us(self) -> float:
+        return max(t for t in (self.dram_us, self.l2_us, self.issue_us, self.latency_us) if t)
+
+    @property
+    def bound(self) -> str:
+        terms = {"dram": self.dram_us, "l2": self.l2_us or 0.0, "issue": self.issue_us,
+                 "latency": self.latency_us}
+        return max(terms, key=lambda name: terms[name])
+
+
+def estimate(
+    gpu: GpuModel,
+    static: KernelStatic,
+    work: Execution,
+    launch: Launch,
+    compulsory_bytes: int,
+    sectors: float | None,
+) -> Estimate:
+    """max(DRAM, L2, issue, latency) for one launch.
+
+    * DRAM: the launch's compulsory bytes at the HBM bandwidth (also its floor);
+    * L2: every 32-byte sector the warps request, at the L2 bandwidth;
+    * issue: each SM issues its blocks' warp-instructions at ``issue_per_clock``;
+    * latency: each wave of resident blocks waits for its warps' dependent
+      global-load rounds, one DRAM latency each.
+    """
+    shared = launch.shared_mem + static.resources.static_shared
+    occ = occupancy(gpu, launch.threads_per_block, static.resources.registers, shared)
+    clock = gpu.boost_clock_ghz * 1e9
+    warps_per_block = -(-launch.threads_per_block // WARP_SIZE)
+    resident = max(1, occ.blocks_per_sm) * gpu.sms
+    waves = launch.blocks / resident
+    blocks_per_sm = math.ceil(launch.blocks / gpu.sms)
+    issue_s = blocks_per_sm * warps_per_block * work.instructions / (
+        gpu.issue_per_clock_per_sm * clock
+    )
+    latency_s = math.ceil(waves) * work.load_rounds * gpu.dram_latency_cycles / clock
+    dram_s = compulsory_bytes / (gpu.hbm_gb_per_s * 1e9)
+    l2_us = None if sectors is None else sectors * SECTOR_BYTES / (gpu.l2_gb_per_s * 1e9) * 1e6
+    return Estimate(
+        occupancy=occ,
+        waves=waves,
+        warp_instructions=work.instructions * warps_per_block * launch.blocks,
+        dram_us=dram_s * 1e6,
+        l2_us=l2_us,
+        issue_us=issue_s * 1e6,
+        latency_us=latency_s * 1e6,
+        floor_us=dram_s * 1e6,
+    )

@@ -1,0 +1,198 @@
+"""CARAFE from raw encoder logits: pixel_shuffle and softmax inside the kernels.
+
+``carafe_cupy::carafe_fused_forward/backward`` take the content encoder's output
+(N, G*k*k*s*s, H, W), so CARAFEPack's normalised masks are never stored. Where
+the fused kernels do not run (CPU, no CuPy, fp64 with k >= 5), and whenever a
+second derivative is being built, the same result is composed from
+:func:`normalize_logits` and the plain ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _decomposed, _launch, _lazy_dynamo, _planner, _reference, _validate
+from ._torch_ops import (
+    _check_tensors,
+    _device_and_stream,
+    _empty_output,
+    _geometry,
+    _ref,
+    _setup_context,
+    carafe_backward,
+    carafe_forward,
+    dtype_name,
+    normalize_logits,
+    uses_kernels,
+)
+
+
+def check_logits_geometry(
+    features_shape: tuple[int, ...],
+    logits_shape: tuple[int, ...],
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> _launch.Geometry:
+    """The geometry of CARAFE on ``features`` with masks from ``logits``."""
+    kernel_size, group_size, scale_factor = _validate.check_params(
+        kernel_size, group_size, scale_factor
+    )
+    if len(logits_shape) != 4:
+        raise ValueError(
+            f"carafe: logits must be 4-D (N, G*k*k*s*s, H, W), got {len(logits_shape)}-D"
+        )
+    batch, channels, height, width = logits_shape
+    expected = group_size * kernel_size * kernel_size * scale_factor * scale_factor
+    if channels != expected:
+        raise ValueError(
+            f"carafe: logits must have G*k*k*s*s = {expected} channels, got {channels}"
+        )
+    masks_shape = (batch, group_size * kernel_size**2, height * scale_factor, width * scale_factor)
+    return _validate.check_geometry(
+        features_shape, masks_shape, kernel_size, group_size, scale_factor
+    )
+
+
+def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> bool:
+    return uses_kernels(features.device) and _planner.fused_supported(
+        geometry, dtype_name(features.dtype)
+    )
+
+
+@torch.library.custom_op("carafe_cupy::carafe_fused_forward", mutates_args=())
+def carafe_fused_forward(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)
+    geometry = _geometry(features, kernel_size, group_size, scale_factor)
+    if not _uses_fused_kernels(features, geometry):
+        masks = normalize_logits(logits, kernel_size, scale_factor)
+        return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
+    output = _empty_output(features, scale_factor)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_fused_forward(
+        geometry, _ref(features), _ref(logits), _ref(output), device, stream
+    )
+    return output
+
+
+@carafe_fused_forward.register_fake
+def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
+    return _empty_output(features, scale_factor)
+
+
+def fused_backward_composed(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused backward from differentiable pieces: normalise, plain backward,
+    softmax backward per (group, pixel), then undo the pixel_shuffle."""
+    masks = normalize_logits(logits, kernel_size, scale_factor)
+    grad_features, grad_masks = carafe_backward(
+        grad_output, features, masks, kernel_size, group_size, scale_factor
+    )
+    accumulate = _reference.accumulation_dtype(logits.dtype)
+    batch, mask_channels, height, width = masks.shape
+    taps = kernel_size * kernel_size
+    shape = (batch, mask_channels // taps, taps, height, width)
+    probability = masks.to(accumulate).view(shape)
+    grad = grad_masks.to(accumulate).view(shape)
+    grad = probability * (grad - (probability * grad).sum(dim=2, keepdim=True))
+    grad_logits = torch.nn.functional.pixel_unshuffle(
+        grad.view(batch, mask_channels, height, width), scale_factor
+    ).to(logits.dtype)
+    return grad_features, grad_logits
+
+
+@torch.library.custom_op("carafe_cupy::carafe_fused_backward", mutates_args=())
+def carafe_fused_backward(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    geometry = check_logits_geometry(
+        features.shape, logits.shape, kernel_size, group_size, scale_factor
+    )
+    _validate.check_grad_output_shape(grad_output.shape, geometry)
+    if not _uses_fused_kernels(features, geometry):
+        return fused_backward_composed(
+            grad_output, features, logits, kernel_size, group_size, scale_factor
+        )
+    grad_features = torch.empty_like(features)
+    grad_logits = torch.empty_like(logits)
+    device, stream = _device_and_stream(features.device)
+    _launch.launch_fused_backward(
+        geometry,
+        _ref(grad_output),
+        _ref(features),
+        _ref(logits),
+        _ref(grad_features),
+        _ref(grad_logits),
+        device,
+        stream,
+    )
+    return grad_features, grad_logits
+
+
+@carafe_fused_backward.register_fake
+def _carafe_fused_backward_fake(grad_output, features, logits, kernel_size, group_size, scale):
+    return torch.empty_like(features), torch.empty_like(logits)
+
+
+def _fused_backward(ctx, grad_output):
+    features, logits = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # backward(create_graph=True): record differentiable pieces, so a second
+        # derivative (a gradient penalty) flows through the plain ops' autograd
+        grad_features, grad_logits = fused_backward_composed(
+            grad_output, features, logits, *ctx.params
+        )
+    else:
+        grad_features, grad_logits = carafe_fused_backward(
+            grad_output.contiguous(), features, logits, *ctx.params
+        )
+    return grad_features, grad_logits, None, None, None
+
+
+carafe_fused_forward.register_autograd(_fused_backward, setup_context=_setup_context)
+for _op in (carafe_fused_forward, carafe_fused_backward):
+    _lazy_dynamo.defer_dynamo_import(_op)
+
+
+def carafe_from_logits(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    """CARAFE with masks = softmax over taps of pixel_shuffle(logits), fused.
+
+    ``logits`` is the content encoder's raw output, (N, G*k*k*s*s, H, W).
+    """
+    _check_tensors(features=features, logits=logits)
+    kernel_size, group_size, scale_factor = _validate.check_params(
+        kernel_size, group_size, scale_factor
+    )
+    dtype = torch.promote_types(features.dtype, logits.dtype)
+    if _decomposed.exporting_to_onnx():
+        masks = normalize_logits(logits.to(dtype), kernel_size, scale_factor)
+        return _decomposed.carafe_forward(
+            features.to(dtype), masks, kernel_size, group_size, scale_factor
+        )
+    check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)
+    return carafe_fused_forward(
+        features.to(dtype), logits.to(dtype), kernel_size, group_size, scale_factor
+    )

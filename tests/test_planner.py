@@ -1,0 +1,73 @@
+"""The pure planner: no CuPy, plans cached on layout, launches as the kernels expect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from carafe_cupy import _planner
+
+GEOMETRY = _planner.Geometry(2, 16, 13, 21, 5, 1, 2)
+
+
+def contiguous(shape, pointer=0x1000, dtype="float32"):
+    n, c, h, w = shape
+    return _planner.TensorRef(pointer, (c * h * w, h * w, w, 1), dtype)
+
+
+def forward_refs(pointer=0x1000):
+    g = GEOMETRY
+    features = contiguous((g.batch, g.channels, g.height, g.width), pointer)
+    masks = contiguous((g.batch, g.mask_channels, g.out_height, g.out_width), pointer)
+    output = contiguous((g.batch, g.channels, g.out_height, g.out_width), pointer)
+    return features, masks, output
+
+
+def test_planner_and_launcher_import_no_cupy():
+    code = (
+        "import sys\n"
+        "from carafe_cupy import _launch, _planner, _sources\n"
+        "assert 'cupy' not in sys.modules, 'cupy imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plans_are_cached_per_layout_not_per_pointer():
+    first = _planner.plan_forward(GEOMETRY, *forward_refs(0x1000))
+    again = _planner.plan_forward(GEOMETRY, *forward_refs(0x2000))
+    assert first is again  # same geometry, strides and alignment: the cached plan
+    assert [launch.kernel for launch in first] == ["carafe_forward_tiled_k5_p2_float32"]
+
+
+def test_misaligned_tensors_take_the_one_pixel_variant():
+    (launch,) = _planner.plan_forward(GEOMETRY, *forward_refs(0x1004))
+    assert launch.kernel == "carafe_forward_tiled_k5_p1_float32"
+    assert launch.operands == (0, 1, None, 2) and len(launch.tiling) == 2
+
+
+def test_backward_plans_only_the_requested_gradients():
+    grad_output, features, masks = forward_refs()[2], forward_refs()[0], forward_refs()[1]
+    both = _planner.plan_backward(GEOMETRY, grad_output, features, masks, features, masks)
+    assert [launch.kernel.split("_k5")[0] for launch in both] == [
+        "carafe_backward_features_tiled",
+        "carafe_backward_masks_tiled",
+    ]
+    only_masks = _planner.plan_backward(GEOMETRY, grad_output, features, masks, None, masks)
+    assert [launch.operands for launch in only_masks] == [(0, 1, None, 4)]
+
+
+def test_general_variant_plans_one_thread_per_element():
+    with _planner.forced_variant("general"):
+        (launch,) = _planner.plan_forward(GEOMETRY, *forward_refs())
+    total = GEOMETRY.batch * GEOMETRY.channels * GEOMETRY.out_height * GEOMETRY.out_width
+    assert launch.kernel == "carafe_forward_float32" and launch.operands == (0, 1, 2)
+    assert launch.blocks * launch.threads_per_block >= total > (launch.blocks - 1) * 256
+
+
+def test_forced_variant_that_cannot_run_raises():
+    geometry = _planner.Geometry(1, 4, 5, 5, 5, 1, 3)  # odd scale: no pairs
+    refs = (contiguous((1, 4, 5, 5)), contiguous((1, 25, 15, 15)), contiguous((1, 4, 15, 15)))
+    with _planner.forced_variant("tiled_pair"), pytest.raises(ValueError, match="tiled_pair"):
+        _planner.plan_forward(geometry, *refs)

@@ -1,0 +1,217 @@
+"""The cost model: ptxas/SASS parsing on real NVRTC output, the occupancy rules,
+the time model's arithmetic, and the CLI's JSON on a small shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from carafe_cupy import _planner
+from carafe_cupy._profile import hardware, model, static
+from carafe_cupy._profile.occupancy import occupancy
+
+MODULE = "carafe_tiled_float32_k5"
+
+
+def _nvrtc_and_nvdisasm():
+    pytest.importorskip("cupy")
+    try:
+        static.find_nvdisasm()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def sm90_kernels():
+    _nvrtc_and_nvdisasm()
+    return static.module_static(MODULE, "sm_90")
+
+
+def test_ptxas_report_fields():
+    log = (
+        "ptxas info    : Compiling entry function 'a' for 'sm_90'\n"
+        "ptxas info    : Function properties for a\n"
+        "ptxas         .     8 bytes stack frame, 16 bytes spill stores, 12 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 1024 bytes smem, 360 bytes cmem[0]\n"
+        "ptxas info    : Compiling entry function 'b' for 'sm_90'\n"
+        "ptxas info    : Used 32 registers, used 0 barriers\n"
+    )
+    report = static.parse_ptxas(log)
+    assert report["a"] == static.Resources(255, 16, 12, 8, 1024)
+    assert report["b"] == static.Resources(32, 0, 0, 0, 0)
+
+
+def test_static_analysis_of_real_nvrtc_output(sm90_kernels):
+    from carafe_cupy import _sources
+
+    assert set(_sources.module_kernel_names(MODULE)) <= set(sm90_kernels)
+    for kernel in sm90_kernels.values():
+        assert 32 <= kernel.resources.registers <= 255
+        assert kernel.resources.spill_stores == kernel.resources.spill_loads == 0
+        # every instruction is straight-line, in exactly one loop's own body, or a subroutine
+        own = sum(loop.own_instructions for loop in kernel.loops)
+        total = kernel.straight_line_instructions + own + kernel.subroutine_instructions
+        assert total == kernel.instructions
+    forward = sm90_kernels["carafe_forward_tiled_k5_p1_float32"]
+    channel = [i for i, loop in enumerate(forward.loops) if "c0 += channel_batch" in loop.source]
+    staging = [loop for loop in forward.loops if "e += threads" in loop.source]
+    assert len(channel) == 1 and staging, [loop.source for loop in forward.loops]
+    assert all(loop.parent == channel[0] for loop in staging)
+    for loop in staging:  # each pass loads from global memory and stores to shared memory
+        assert loop.global_loads >= 1 and loop.shared_stores >= 1 and loop.load_rounds >= 1
+
+
+@pytest.mark.parametrize(
+    "gpu, threads, registers, shared, expected",
+    [
+        # 32 registers: 1024 per warp, 16 warps per sub-partition, 64 per SM = the warp limit
+        ("h100", 256, 32, 0, (8, 64, "warps")),
+        # 114 registers -> 3648 -> 3840 per warp; 16384 // 3840 = 4 warps per partition
+        ("h100", 256, 114, 17 * 1024, (2, 16, "registers")),
+        # 48 KiB + 1 KiB reserved = 50176 B per block; 164 KiB // 50176 = 3 blocks
+        ("a100", 256, 32, 48 * 1024, (3, 24, "shared memory")),
+        # T4: 32 warps per SM, a 1024-thread block fills it
+        ("t4", 1024, 32, 0, (1, 32, "warps")),
+        # one-warp blocks of few registers run into the 16-block limit on a T4
+        ("t4", 32, 16, 0, (16, 16, "blocks")),
+        # more shared memory than a block may have: nothing runs
+        ("t4", 256, 32, 65 * 1024, (0, 0, "shared memory")),
+    ],
+)
+def test_occupancy_matches_hand_computed_cases(gpu, threads, registers, shared, expected):
+    result = occupancy(hardware.gpu(gpu), threads, registers, shared)
+    assert (result.blocks_per_sm, result.warps_per_sm, result.limited_by) == expected
+
+
+def _loop(line, source, own, parent=None, loads=0, stores=0, rounds=0):
+    return static.Loop(0, 0, line, source, own, own, loads, stores, rounds, parent)
+
+
+def test_time_model_arithmetic():
+    geometry = _planner.Geometry(1, 64, 16, 16, 5, 1, 2)
+    launch = _planner.Launch("m", "carafe_forward_tiled_k5_p1_float32", (264, 1, 1), (32, 8, 1),
+                             4 * 1024, (0, 1, None, 2), (16, 4))
+    loops = (
+        _loop(10, "for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch)", 30,
+              loads=2, rounds=1),
+        _loop(11, "for (int e = thread; e < total; e += threads) {", 40, parent=0,
+              loads=2, stores=2, rounds=2),
+        _loop(12, "for (int cc = 0; cc < count; ++cc) {", 50, parent=0),
+    )
+    kernel = static.KernelStatic("k", "sm_90", static.Resources(64, 0, 0, 0, 0), 500, 0, 100,
+                                 1, loops)
+    work = model.execution(kernel, launch, geometry)
+    # channel loop: 16 / 4 = 4 trips; staging: 4 channels * 9 halo rows * 36 columns =
+    # 1296 elements, ceil(1296 / 256) = 6 passes, unrolled by 2 -> 3 trips; cc: 4 trips
+    assert [trips for _, trips, _ in work.loops] == [4, 3, 4]
+    assert work.instructions == 100 + 4 * (30 + 3 * 40 + 4 * 50)
+    assert work.load_rounds == 1 + 4 * (1 + 3 * 2)
+    gpu = hardware.gpu("h100")
+    est = model.estimate(gpu, kernel, work, launch, compulsory_bytes=3_350_000, sectors=1e6)
+    clock = gpu.boost_clock_ghz * 1e9
+    assert est.occupancy.blocks_per_sm == 4  # 64 registers: 2048 per warp -> 32 warps
+    assert est.dram_us == pytest.approx(1.0)  # 3.35 MB at 3.35 TB/s
+    assert est.l2_us == pytest.approx(32e6 / (gpu.l2_gb_per_s * 1e9) * 1e6)
+    blocks_per_sm = 2  # ceil(264 / 132)
+    assert est.issue_us == pytest.approx(blocks_per_sm * 8 * work.instructions / (4 * clock) * 1e6)
+    waves = 264 / (4 * 132)
+    assert est.waves == pytest.approx(waves)
+    assert est.latency_us == pytest.approx(1 * work.load_rounds * 600 / clock * 1e6)
+    assert est.est_us == max(est.dram_us, est.l2_us, est.issue_us, est.latency_us)
+    assert est.floor_us == est.dram_us
+
+
+def test_profile_cli_json_schema(tmp_path, capsys):
+    _nvrtc_and_nvdisasm()
+    from carafe_cupy.__main__ import main
+    from carafe_cupy._profile.cli import PUBLIC_FIELDS
+
+    path = tmp_path / "profile.json"
+    assert main(["profile", "--shapes", "1,8,6,10", "--gpu", "h100,t4", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "a model, not a measurement" in printed and "Scaled, not exact" in printed
+    data = json.loads(path.read_text())
+    assert list(data) == ["records", "summary"]
+    kernels = {record["kernel"] for record in data["records"]}
+    assert "carafe_forward_tiled_k5_p2_float32" in kernels
+    assert "carafe_backward_masks_tiled_k5_p2_float32" in kernels
+    for record in data["records"]:
+        assert tuple(record) == PUBLIC_FIELDS
+        assert record["shape"] == "1,8,6,10" and record["gpu"] in ("h100", "t4")
+        assert record["registers"] > 0 and record["occupancy"]["blocks_per_sm"] >= 1
+        sass = record["sass_instructions"]
+        assert sass["per_warp"] > sass["straight_line"] and sass["static"] > 0
+        assert 1 <= record["sectors_per_request"]["load"] <= 32
+        assert record["global_bytes"]["load"] > 0 and record["global_bytes"]["compulsory"] > 0
+        assert record["blocks"] >= 1 and record["waves"] > 0
+        assert record["est_us"] >= record["floor_us"] > 0
+        assert 0 < record["pct_of_floor"] <= 100
+    assert [(s["gpu"], s["shape"]) for s in data["summary"]] == [("h100", "1,8,6,10"),
+                                                                  ("t4", "1,8,6,10")]
+    for row in data["summary"]:
+        assert set(row) == {"shape", "dtype", "gpu", "forward_pct_of_floor",
+                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us"}
+        assert 0 < row["fwd_bwd_pct_of_floor"] <= 100 and row["host_forward_us"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shapes", "1,2,3"], "--shapes takes"),
+        (["--shapes", "1,4,5,5", "--groups", "3"], "--groups must divide"),
+        (["--k", "4"], "--k must be a positive odd"),
+        (["--gpu", "v100"], "--gpu must be among h100, a100, t4"),
+    ],
+)
+def test_profile_cli_rejects_bad_arguments(argv, message, capsys):
+    from carafe_cupy.__main__ import main
+
+    assert main(["profile", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_simulated_unique_bytes_are_the_tensors(monkeypatch):
+    """The tracer's unique bytes of a whole forward grid are exactly its tensors."""
+    import numpy as np
+
+    import carafe_cupy
+    from carafe_cupy._sim.trace import tracing
+
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    features = np.ones((1, 4, 6, 10), np.float32)
+    masks = np.ones((1, 25, 12, 20), np.float32)
+    with tracing() as traces:
+        output = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    (trace,) = traces
+    assert trace.global_load.unique_bytes == features.nbytes + masks.nbytes
+    assert trace.global_store.unique_bytes == output.nbytes
+
+
+def test_reduced_simulation_scales_to_the_full_launch_exactly(monkeypatch):
+    """One image and one channel slice, scaled by images x slices, equals the whole grid."""
+    import numpy as np
+
+    import carafe_cupy
+    from carafe_cupy._profile import traffic
+    from carafe_cupy._sim.trace import tracing
+
+    geometry = _planner.Geometry(2, 32, 6, 10, 5, 2, 2)
+    (launch,) = traffic.planned("forward", geometry, "float32")
+    assert launch.tiling[0] < geometry.channels // geometry.group_size  # sliced channels
+    scaled = traffic.simulate("forward", launch, geometry, "float32")
+    assert scaled.exact
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    rng = np.random.default_rng(1)
+    features = rng.random((2, 32, 6, 10), dtype=np.float32)
+    masks = rng.random((2, 50, 12, 20), dtype=np.float32)
+    with tracing() as traces:
+        carafe_cupy.carafe(features, masks, 5, 2, 2)
+    (full,) = traces
+    assert full.kernel == launch.kernel and full.blocks_total == launch.blocks
+    assert scaled.load_bytes == full.global_load.bytes
+    assert scaled.load_requests == full.global_load.requests
+    assert scaled.load_sectors == full.global_load.sectors
+    assert scaled.store_sectors == full.global_store.sectors
+    conflicts = full.shared_load.bank_conflicts + full.shared_store.bank_conflicts
+    assert scaled.bank_conflicts == conflicts
