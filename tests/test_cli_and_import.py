@@ -79,3 +79,18 @@ def test_check_runs_the_kernels_on_the_simulator():
     assert "| torch cpu (kernels on the simulator) | float16 |" in result.stdout
     assert "| numpy (kernels on the simulator) | float32 |" in result.stdout
     assert " 0 failed" in result.stdout
+
+
+def test_tests_fail_without_torch_and_say_how_to_install_it():
+    result = run_python(
+        """
+        import sys
+        sys.modules["torch"] = None  # as if torch were not installed
+        import pytest
+        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--co", "tests/test_golden.py"]))
+        """
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "torch is not installed" in output
+    assert "--index-url https://download.pytorch.org/whl/cpu" in output
