@@ -29,7 +29,7 @@ def _load(name: str, path: Path):
 baselines = _load("carafe_bench_baselines", BENCH / "baselines.py")
 bench = _load("carafe_bench", BENCH / "bench_carafe.py")
 
-IMPLS = [baselines.carafe_unfold, baselines.carafe_shift]
+IMPLS = [baselines.carafe_unfold_upsampled, baselines.carafe_unfold_lowres, baselines.carafe_shift]
 # (N, C, H, W, k, G, s): groups, odd scale, H/W smaller than the kernel, scale 1.
 CONFIGS = [
     (2, 8, 3, 4, 5, 2, 2),
@@ -88,8 +88,9 @@ def test_baseline_gradients_agree(cfg):
         out = fn(f, m, k, g, s)
         gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
         grads.append(torch.autograd.grad(out, (f, m), gout))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_shift_gradcheck():
@@ -120,7 +121,7 @@ def test_baseline_rejects_bad_shapes():
     with pytest.raises(ValueError):
         baselines.carafe_shift(feat, masks, 3, 3, 2)  # 4 channels, 3 groups
     with pytest.raises(ValueError):
-        baselines.carafe_unfold(feat, masks[:, :, :-1], 3, 1, 2)
+        baselines.carafe_unfold_lowres(feat, masks[:, :, :-1], 3, 1, 2)
 
 
 def test_minimal_bytes():
@@ -150,7 +151,7 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
     on_disk = json.loads((tmp_path / "results.json").read_text())
     md = (tmp_path / "results.md").read_text()
     for rep in (report, on_disk):
-        assert rep["schema"] == 1
+        assert rep["schema"] == 2
         assert set(rep["meta"]) >= {"date", "commit", "device", "device_name", "versions"}
         assert rep["meta"]["device"] == "cpu"
         assert set(rep["meta"]["versions"]) >= {"python", "torch", "cupy", "carafe_cupy"}
@@ -158,7 +159,7 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
         assert rep["first_call"].startswith("not applicable")
         assert list(rep["cases"]) == ["tiny-a", "tiny-b"]
         impls = rep["implementations"]
-        assert impls["unfold"] == "ok" and impls["shift"] == "ok"
+        assert impls["unfold_lowres"] == impls["unfold_upsampled"] == impls["shift"] == "ok"
         assert {"carafe_cupy", "mmcv", "carafe_ext"} <= set(impls)
         rows = rep["results"]
         run = [i for i, v in impls.items() if v == "ok"]
@@ -167,15 +168,19 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
             assert row["mode"] in ("fwd", "fwd+bwd")
             assert row["dtype"] == "fp32"
             assert isinstance(row["status"], str)
-            if row["impl"] in ("unfold", "shift"):
+            if row["impl"] in ("unfold_lowres", "unfold_upsampled", "shift"):
                 assert row["status"] == "ok", row
             if row["status"] == "ok":
-                assert row["median_ms"] > 0 and row["reps"] >= 1
+                assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+                assert row["reps"] >= 2
                 assert row["gbps"] > 0 and row["pct_copy_bw"] > 0
                 assert "peak_mem_bytes" in row
         if impls["carafe_cupy"] == "ok":
             assert any("carafe_cupy_speedup" in r for r in rows)
     assert report["plots"] == ["plot disabled"]
     assert "| shape | dtype | impl | fwd ms |" in md
+    assert md.splitlines()[2].startswith(
+        f"**{len(report['results'])} of {len(report['results'])} rows measured"
+    )
     for name in ("tiny-a", "tiny-b"):
         assert f"| {name} | fp32 | shift |" in md
