@@ -75,11 +75,12 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser(
         "demo",
-        help="train one small x2 upsampling network per upsampler (CARAFE, nearest, bilinear, "
-        "deconvolution, pixel shuffle) on photographs and compare held-out PSNR",
+        help="train one small segmentation network per upsampler (CARAFE, nearest, bilinear, "
+        "deconvolution, pixel shuffle) on generated scenes; compare held-out mIoU and "
+        "boundary scores",
     )
     demo.add_argument("--out", default="carafe_demo_out", help="where plots and results go")
-    demo.add_argument("--quick", action="store_true", help="reduced run (CI): fewer, smaller steps")
+    demo.add_argument("--quick", action="store_true", help="reduced run (CI): a few steps on small scenes")
     demo.add_argument("--steps", type=int, default=None, help="training steps per upsampler")
     demo.add_argument(
         "--seed",
@@ -94,7 +95,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         help="torch CPU threads (fixed, so results repeat; default %(default)s)",
     )
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only on a terminal anyway)")
 
 
 def main(argv: list[str] | None = None) -> int:
