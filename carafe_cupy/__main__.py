@@ -80,7 +80,9 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         "boundary scores",
     )
     demo.add_argument("--out", default="carafe_demo_out", help="where plots and results go")
-    demo.add_argument("--quick", action="store_true", help="reduced run (CI): a few steps on small scenes")
+    demo.add_argument(
+        "--quick", action="store_true", help="reduced run (CI): a few steps on small scenes"
+    )
     demo.add_argument("--steps", type=int, default=None, help="training steps per upsampler")
     demo.add_argument(
         "--seed",
@@ -95,7 +97,11 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         help="torch CPU threads (fixed, so results repeat; default %(default)s)",
     )
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only on a terminal anyway)")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are drawn only on a terminal anyway)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

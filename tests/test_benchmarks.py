@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -184,3 +185,74 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
     )
     for name in ("tiny-a", "tiny-b"):
         assert f"| {name} | fp32 | shift |" in md
+
+
+def _bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "carafe_cupy", "bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_bench_help_names_its_program_and_lists_full(tmp_path):
+    result = _bench_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m carafe_cupy bench")
+    assert "--full" in result.stdout and "--contention" in result.stdout
+    assert "__main__.py" not in result.stdout
+
+
+def test_bench_writes_under_the_current_directory_and_reports_dropped_rows(tmp_path):
+    result = _bench_cli(
+        "--shapes", "quick-13x21", "--dtypes", "fp32", "--impls", "carafe_cupy,shift",
+        "--no-plot", "--no-memory", "--budget", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (out_dir,) = (tmp_path / "carafe_bench_out").iterdir()
+    md = (out_dir / "results.md").read_text()
+    # a zero per-call budget leaves every row out, and the headline says so
+    assert "**0 of 4 rows measured; NOT MEASURED: 4 (" in md
+    assert "budget" in md.splitlines()[2]
+
+
+def test_interleaved_timing_reports_min_median_max():
+    calls = []
+
+    def slow(feat, masks, k, g, s):
+        calls.append("slow")
+        return baselines.carafe_shift(feat, masks, k, g, s)
+
+    def fast(feat, masks, k, g, s):
+        calls.append("fast")
+        return baselines.carafe_shift(feat, masks, k, g, s)
+
+    case = bench.Case("t", 1, 4, 3, 3, k=3, g=1, s=2)
+    ins = bench.make_inputs(case, torch.float32, "cpu")
+    timed = bench.time_interleaved(
+        {"slow": slow, "fast": fast}, case, ins, "fwd", "cpu", reps=4, min_time_s=0, budget_s=10
+    )
+    # one warm-up each, then rounds that alternate which goes first
+    assert calls[:2] == ["slow", "fast"]
+    assert calls[2:6] == ["slow", "fast", "fast", "slow"]
+    for row in timed.values():
+        assert row["status"] == "ok" and row["reps"] == 4
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_headline_warns_about_noise_and_load():
+    rows = [
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "carafe_cupy", "status": "ok",
+         "median_ms": 1.0, "spread": 3.0, "noisy": True},
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "unfold_lowres", "status": "ok",
+         "median_ms": 5.0, "spread": 1.1, "noisy": False},
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "unfold_upsampled",
+         "status": "skipped (whole-run budget 45 s spent)"},
+    ]  # fmt: skip
+    lines = bench.headline(rows, bench.load_warnings(9.0, 9.0, own_threads=2))
+    assert lines[0].startswith("2 of 3 rows measured; NOT MEASURED: 1 (1 whole-run budget")
+    assert any("1 of 2 rows are noisy" in line for line in lines)
+    assert sum("load average was 9.00" in line for line in lines) == 2
+    assert "fastest unfold port (unfold_lowres) 5.0 ms: 5.0x" in lines[-1]
