@@ -35,6 +35,7 @@ from bench_cases import (  # noqa: E402, F401  (names re-exported for callers of
     QUICK_CASES,
     Case,
     available_bytes,
+    default_out_dir,
     device_name,
     estimate_bytes,
     git_commit,
@@ -43,8 +44,10 @@ from bench_cases import (  # noqa: E402, F401  (names re-exported for callers of
     machine_label,
     make_inputs,
     minimal_bytes,
+    resolve_device,
     short_error,
     slugify,
+    split_list,
     versions,
 )
 from bench_children import (  # noqa: E402
@@ -55,33 +58,12 @@ from bench_children import (  # noqa: E402
     gpu_peak_bytes,
     memory_child,
 )
-from bench_contention import measure_contention, render_contention  # noqa: E402
+from bench_contention import run_contention  # noqa: E402
 from bench_progress import Progress  # noqa: E402
 from bench_report import add_speedups, headline, make_plots, render_markdown  # noqa: E402
 from bench_timing import copy_bandwidth, load_average, load_warnings, time_interleaved  # noqa: E402
 
 MiB = 1 << 20
-
-
-def default_out_dir(device: str) -> Path:
-    """``./carafe_bench_out/<date>-<device slug>``: under the current directory."""
-    return (
-        Path("carafe_bench_out") / f"{_dt.date.today().isoformat()}-{slugify(device_name(device))}"
-    )
-
-
-def resolve_device(device: str) -> tuple[str, list[str]]:
-    notes: list[str] = []
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda", notes
-        notes.append("CUDA not available: GPU part NOT run; benchmarked the CPU path only.")
-        return "cpu", notes
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
-    if device not in ("cpu", "cuda"):
-        raise SystemExit(f"unknown device {device!r}")
-    return device, notes
 
 
 def _unsupported(dtype: torch.dtype, device: str) -> str | None:
@@ -314,28 +296,6 @@ def run_benchmark(
     return report
 
 
-def run_contention(args: argparse.Namespace, shapes: list[str] | None) -> int:
-    """``--contention``: each implementation alone and with busy processes; figures only."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    runnable, _, _ = implementations("cpu")
-    if args.impls:
-        runnable = {k: v for k, v in runnable.items() if k in _split(args.impls)}
-    case = ALL_CASES[(shapes or ["fpn-52x84"])[0]]
-    dtype = (_split(args.dtypes) or ["fp32"])[0]
-    rows = measure_contention(
-        runnable, case, dtype, args.busy, reps=args.reps or 5, budget_s=args.budget or 60.0
-    )
-    md = render_contention(rows, torch.get_num_threads())
-    out_dir = Path(args.out if args.out is not None else default_out_dir("cpu"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "contention.md").write_text(md)
-    (out_dir / "contention.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(md)
-    print(f"results written to {out_dir}")
-    return 0
-
-
 def build_parser(
     prog: str | None = None, quick_by_default: bool = False
 ) -> argparse.ArgumentParser:
@@ -386,10 +346,6 @@ def build_parser(
     return p
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
 def main(
     argv: list[str] | None = None, prog: str | None = None, quick_by_default: bool = False
 ) -> int:
@@ -400,7 +356,7 @@ def main(
     if args.first_call_child:
         print(json.dumps(first_call_child()))
         return 0
-    shapes = _split(args.shapes)
+    shapes = split_list(args.shapes)
     for s in shapes or []:
         if s not in ALL_CASES:
             print(f"unknown shape {s!r}; choose from {', '.join(ALL_CASES)}", file=sys.stderr)
@@ -412,9 +368,9 @@ def main(
         args.device,
         args.out,
         args.plot,
-        dtypes=_split(args.dtypes),
+        dtypes=split_list(args.dtypes),
         shapes=shapes,
-        impls=_split(args.impls),
+        impls=split_list(args.impls),
         budget_s=args.budget,
         measure_memory=not args.no_memory,
         first_call=not args.no_first_call,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import platform
 import re
@@ -222,3 +223,29 @@ def implementations(device: str) -> tuple[dict[str, Any], dict[str, str], str]:
         else:
             runnable[name] = got
     return runnable, notes, version
+
+
+def default_out_dir(device: str) -> Path:
+    """``./carafe_bench_out/<date>-<device slug>``: under the current directory."""
+    return (
+        Path("carafe_bench_out") / f"{_dt.date.today().isoformat()}-{slugify(device_name(device))}"
+    )
+
+
+def resolve_device(device: str) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda", notes
+        notes.append("CUDA not available: GPU part NOT run; benchmarked the CPU path only.")
+        return "cpu", notes
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    if device not in ("cpu", "cuda"):
+        raise SystemExit(f"unknown device {device!r}")
+    return device, notes
+
+
+def split_list(text: str | None) -> list[str] | None:
+    """ "a, b" -> ["a", "b"]; None or "" -> None."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None

@@ -7,13 +7,26 @@ Every implementation is timed alone, then again while ``busy`` processes spin on
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from bench_cases import DTYPES, MODES, Case, make_inputs
+import torch
+from bench_cases import (
+    ALL_CASES,
+    DTYPES,
+    MODES,
+    Case,
+    default_out_dir,
+    implementations,
+    make_inputs,
+    split_list,
+)
 from bench_timing import time_interleaved
 
 
@@ -96,3 +109,25 @@ def render_contention(rows: list[dict[str, Any]], threads: int) -> str:
             f"{r['busy_min_ms']:.1f} | {r['slowdown']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def run_contention(args: argparse.Namespace, shapes: list[str] | None) -> int:
+    """``--contention``: each implementation alone and with busy processes; figures only."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runnable, _, _ = implementations("cpu")
+    if args.impls:
+        runnable = {k: v for k, v in runnable.items() if k in split_list(args.impls)}
+    case = ALL_CASES[(shapes or ["fpn-52x84"])[0]]
+    dtype = (split_list(args.dtypes) or ["fp32"])[0]
+    rows = measure_contention(
+        runnable, case, dtype, args.busy, reps=args.reps or 5, budget_s=args.budget or 60.0
+    )
+    md = render_contention(rows, torch.get_num_threads())
+    out_dir = Path(args.out if args.out is not None else default_out_dir("cpu"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "contention.md").write_text(md)
+    (out_dir / "contention.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(md)
+    print(f"results written to {out_dir}")
+    return 0

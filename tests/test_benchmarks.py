@@ -256,3 +256,18 @@ def test_headline_warns_about_noise_and_load():
     assert any("1 of 2 rows are noisy" in line for line in lines)
     assert sum("load average was 9.00" in line for line in lines) == 2
     assert "fastest unfold port (unfold_lowres) 5.0 ms: 5.0x" in lines[-1]
+
+
+def test_contention_mode_prints_slowdowns(tmp_path):
+    result = _bench_cli(
+        "--contention", "--shapes", "quick-13x21", "--impls", "carafe_cupy,unfold_lowres",
+        "--reps", "1", "--out", str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# Slowdown with 1 busy process(es)" in result.stdout
+    rows = json.loads((tmp_path / "contention.json").read_text())
+    assert {(r["impl"], r["mode"]) for r in rows} == {
+        (impl, mode) for impl in ("carafe_cupy", "unfold_lowres") for mode in ("fwd", "fwd+bwd")
+    }
+    for row in rows:
+        assert row["status"] == "ok" and row["slowdown"] > 0  # a figure, not a speed target
