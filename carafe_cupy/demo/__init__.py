@@ -28,7 +28,7 @@ class DemoDependencyError(RuntimeError):
 class DemoConfig:
     steps: int = 200
     batch_size: int = 8
-    image_size: int = 64
+    image_size: int = 48
     train_scenes: int = 512
     test_scenes: int = 64
     width: int = 24
