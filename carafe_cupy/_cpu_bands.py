@@ -12,6 +12,7 @@ depend on the number of threads.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,15 @@ TARGET_BANDS = 16
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    # a forked child has the pools but not their threads: start afresh there
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _single_threaded_worker() -> None:
@@ -72,10 +82,12 @@ def run_bands(
         for band in bands:
             work(band)
         return
-    grad_enabled = torch.is_grad_enabled()  # thread-local: carry the caller's mode over
+    # grad and inference modes are thread-local: carry the caller's over
+    grad_enabled = torch.is_grad_enabled()
+    inference = torch.is_inference_mode_enabled()
 
     def in_callers_mode(band: tuple[int, int]) -> None:
-        with torch.set_grad_enabled(grad_enabled):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled):
             work(band)
 
     for _ in _pool(workers).map(in_callers_mode, bands):  # re-raises a worker's exception

@@ -104,3 +104,22 @@ def test_workers_run_in_the_callers_grad_mode(many_bands):
         output = carafe_cupy.carafe(features, masks, 5, 1, 2)
         output.sum().backward()
     assert output.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_workers_run_under_the_callers_inference_mode(many_bands):
+    features, masks = torch.randn(1, 4, 23, 6), torch.rand(1, 25, 46, 12)
+    expected = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    with torch.inference_mode():
+        output = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    assert torch.equal(output, expected)
+
+
+def test_a_forked_child_gets_its_own_workers(many_bands):
+    import multiprocessing
+
+    features, masks = torch.randn(1, 4, 23, 6), torch.rand(1, 25, 46, 12)
+    expected = carafe_cupy.carafe(features, masks, 5, 1, 2)  # the pool exists from here
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        output = pool.apply_async(carafe_cupy.carafe, (features, masks, 5, 1, 2)).get(120)
+    assert torch.equal(output, expected)
