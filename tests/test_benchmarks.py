@@ -148,6 +148,7 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
         dtypes=["fp32"],
         progress=False,
         verbose=False,
+        reps=2,
     )
     on_disk = json.loads((tmp_path / "results.json").read_text())
     md = (tmp_path / "results.md").read_text()
