@@ -31,14 +31,14 @@ def _check(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) 
         raise ValueError(f"masks must have shape {want}, got {tuple(masks.shape)}")
 
 
-def carafe_unfold(
+def carafe_unfold_upsampled(
     features: torch.Tensor,
     masks: torch.Tensor,
     kernel_size: int,
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
-    """The "unfold port": nearest upsample, dilated ``F.unfold``, einsum with the masks.
+    """Unfold port, upsample first: nearest upsample, dilated ``F.unfold``, einsum with masks.
 
     Dilation ``s`` on the upsampled map makes tap (i, j) of output pixel (y, x) land on input
     pixel (y//s + i - r, x//s + j - r), and padding ``r*s`` supplies the zero border. It
@@ -55,6 +55,30 @@ def carafe_unfold(
     m = masks.view(n, g, k * k, ho, wo)
     out = torch.einsum("ngckhw,ngkhw->ngchw", cols, m)
     return out.reshape(n, c, ho, wo)
+
+
+def carafe_unfold_lowres(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+) -> torch.Tensor:
+    """Unfold port, unfold first: ``F.unfold`` at input resolution, the columns repeated
+    to the output size, multiplied by the masks and summed over the k*k taps.
+
+    Its column tensor is (N, C*k*k, H*W) before the repeat, so the unfold itself is s*s
+    times smaller than in :func:`carafe_unfold_upsampled`; the product is still
+    (N, C, k*k, Ho, Wo).
+    """
+    k, g, s = kernel_size, group_size, scale_factor
+    _check(features, masks, k, g, s)
+    n, c, h, w = features.shape
+    r = (k - 1) // 2
+    cols = F.unfold(features, kernel_size=k, padding=r).view(n, g, c // g, k * k, h, w)
+    cols = cols.repeat_interleave(s, dim=4).repeat_interleave(s, dim=5)
+    m = masks.view(n, g, 1, k * k, h * s, w * s)
+    return (cols * m).sum(dim=3).reshape(n, c, h * s, w * s)
 
 
 def carafe_shift(
@@ -114,4 +138,8 @@ def optional_baselines() -> dict[str, CarafeFn | str]:
     return found
 
 
-BASELINES: dict[str, CarafeFn] = {"unfold": carafe_unfold, "shift": carafe_shift}
+BASELINES: dict[str, CarafeFn] = {
+    "unfold_lowres": carafe_unfold_lowres,
+    "unfold_upsampled": carafe_unfold_upsampled,
+    "shift": carafe_shift,
+}

@@ -95,10 +95,31 @@ def _front_end(function: str, **inputs: Any) -> Any:
 def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int) -> Any:
     """Reassemble ``features`` (N, C, H, W) with ``masks`` (N, G*k*k, H*s, W*s).
 
-    Returns (N, C, H*s, W*s) of the promoted dtype. Arguments follow
-    ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on
-    CuPy's current stream (see :func:`carafe_backward` for their gradients);
-    other DLPack arrays run on their device and come back as their own kind.
+    For every output pixel (y, x) and channel c, with r = (k - 1) // 2 and
+    g = c // (C // G)::
+
+        out[n, c, y, x] = sum over i, j < k of
+            masks[n, g*k*k + i*k + j, y, x] * features[n, c, y//s + i - r, x//s + j - r]
+
+    Mask channel g*k*k + i*k + j weights kernel row i, column j of group g. Masks
+    are used as given (not normalised: CARAFEPack applies a softmax over each
+    group's k*k taps first); taps that fall outside the input contribute zero.
+
+    Args:
+        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
+            another DLPack array.
+        masks: (N, G*k*k, H*s, W*s), same kind and device as ``features``.
+        kernel_size: k, odd int >= 1.
+        group_size: G, int >= 1 dividing C.
+        scale_factor: s, int >= 1 (floats such as 2.0 are refused).
+
+    Returns (N, C, H*s, W*s). dtypes: float32, float64, float16 and bfloat16
+    (bfloat16 for torch only); float16/bfloat16 accumulate in float32. Mixed
+    feature/mask dtypes follow torch's type promotion; integer, bool and complex
+    inputs raise TypeError. Arguments follow ``mmcv.ops.carafe``. torch tensors
+    are differentiable; cupy arrays run on CuPy's current stream (see
+    :func:`carafe_backward` for their gradients); other DLPack arrays run on
+    their device and come back as their own kind.
     """
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)

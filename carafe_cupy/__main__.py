@@ -1,4 +1,4 @@
-"""``python -m carafe_cupy {demo,info,check,bench}``."""
+"""Command line: python -m carafe_cupy {demo,info,check,bench}."""
 
 from __future__ import annotations
 
@@ -16,18 +16,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._check import format_check_table, run_checks
+    from ._check import format_check_table, run_checks, summary_lines
 
     results, notes = run_checks(seed=args.seed)
-    print(format_check_table(results))
+    if results:
+        print(format_check_table(results))
     for note in notes:
         print(f"note: {note}")
-    failed = [result for result in results if not result.passed]
-    checked = sorted({result.backend for result in results})
-    print(
-        f"{len(results) - len(failed)} passed, {len(failed)} failed "
-        f"(backends: {', '.join(checked) or 'none'})"
-    )
+    print("\n".join(summary_lines(results)))
+    failed = any(result.status == "FAIL" for result in results)
     return 1 if failed or not results else 0
 
 
@@ -47,11 +44,7 @@ def _bench(bench_args: list[str]) -> int:
     sys.modules[spec.name] = bench  # dataclasses and pickling look the module up
     spec.loader.exec_module(bench)
     forwarded = list(bench_args)
-    if "--full" in forwarded:
-        forwarded.remove("--full")
-    elif "--quick" not in forwarded:
-        forwarded.insert(0, "--quick")
-    return bench.main(forwarded)
+    return bench.main(forwarded, prog="python -m carafe_cupy bench", quick_by_default=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -82,13 +75,21 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser(
         "demo",
-        help="train one small x2 upsampling network per upsampler (CARAFE, nearest, bilinear, "
-        "deconvolution, pixel shuffle) on photographs and compare held-out PSNR",
+        help="train one small segmentation network per upsampler (CARAFE, nearest, bilinear, "
+        "deconvolution, pixel shuffle) on generated scenes; compare held-out mIoU and "
+        "boundary scores",
     )
     demo.add_argument("--out", default="carafe_demo_out", help="where plots and results go")
-    demo.add_argument("--quick", action="store_true", help="reduced run (CI): fewer, smaller steps")
+    demo.add_argument(
+        "--quick", action="store_true", help="reduced run (CI): a few steps on small scenes"
+    )
     demo.add_argument("--steps", type=int, default=None, help="training steps per upsampler")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated scenes and initial weights (default %(default)s)",
+    )
     demo.add_argument(
         "--threads",
         type=int,
@@ -96,7 +97,11 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         help="torch CPU threads (fixed, so results repeat; default %(default)s)",
     )
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are drawn only on a terminal anyway)",
+    )
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -110,14 +115,21 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m carafe_cupy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m carafe_cupy",
+        description="CARAFE content-aware upsampling for PyTorch and CuPy: a demo, a report "
+        "of what this machine can run, a self-test and a benchmark.",
+        epilog="Run python -m carafe_cupy COMMAND --help for a command's options.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(commands)
     commands.add_parser("info", help="versions, GPUs, which backend runs, kernel cache")
     check = commands.add_parser(
         "check", help="run every available backend against a float64 reference"
     )
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument(
+        "--seed", type=int, default=0, help="seed of the random test inputs (default %(default)s)"
+    )
     commands.add_parser(
         "bench",
         help="benchmark against the unfold and shift baselines (short run; --full for all; "

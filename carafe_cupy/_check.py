@@ -61,11 +61,13 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 @dataclass
 class CheckResult:
+    """One backend, dtype and shape: ``status`` is "pass", "FAIL" or "skipped"."""
+
     backend: str
     dtype: str
     config: tuple[int, ...]
     error: float
-    passed: bool
+    status: str
     note: str = ""
 
 
@@ -174,10 +176,13 @@ def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:
                 try:
                     actual = backend(*rounded, (k, g, s), dtype)
                 except _Skip as skip:
-                    results.append(CheckResult(name, dtype, config, float("nan"), True, str(skip)))
+                    results.append(
+                        CheckResult(name, dtype, config, float("nan"), "skipped", str(skip))
+                    )
                     continue
                 error = max(_relative_error(a, e) for a, e in zip(actual, expected))
-                results.append(CheckResult(name, dtype, config, error, error <= TOLERANCES[dtype]))
+                status = "pass" if error <= TOLERANCES[dtype] else "FAIL"
+                results.append(CheckResult(name, dtype, config, error, status))
     return results, notes
 
 
@@ -195,14 +200,34 @@ def format_check_table(results: list[CheckResult]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for result in results:
-        verdict = "pass" if result.passed else "FAIL"
-        if result.note:
-            verdict = f"skipped ({result.note})"
+        verdict = f"{result.status} ({result.note})" if result.note else result.status
         config = ",".join(str(v) for v in result.config)
         lines.append(
             f"| {result.backend} | {result.dtype} | {config} | {result.error:.2e} | {verdict} |"
         )
     return "\n".join(lines)
+
+
+def summary_lines(results: list[CheckResult]) -> list[str]:
+    """The closing line (passed, skipped and failed counted apart), or, when nothing could
+    be checked, what to install or switch on so that something can."""
+    if not results:
+        return [
+            "nothing was checked: no backend is available on this machine.",
+            "Install PyTorch (on a CPU-only machine the CPU build is enough: pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu) to check the CPU path,",
+            "or run the CUDA kernels on the CPU simulator: "
+            "CARAFE_CUPY_SIMULATOR=1 python -m carafe_cupy check",
+        ]
+    counts = {status: sum(r.status == status for r in results) for status in _STATUSES}
+    backends = ", ".join(sorted({result.backend for result in results}))
+    return [
+        f"{counts['pass']} passed, {counts['skipped']} skipped, {counts['FAIL']} failed "
+        f"(of {len(results)}; backends: {backends})"
+    ]
+
+
+_STATUSES = ("pass", "skipped", "FAIL")
 
 
 def _version(module: str) -> str:
@@ -255,7 +280,42 @@ def info_lines() -> list[str]:
             lines.append(f"torch CUDA tensors use: {backend_name(torch.device('cuda'))}")
     except ImportError:
         pass
-    available = _cupy_runtime.gpu_kernels_available()
-    cupy_path = "cuda kernels" if available else "unavailable (no GPU/CuPy)"
-    lines.append(f"cupy arrays use: {cupy_path}")
+    lines.append(f"cupy arrays use: {cupy_arrays_line()}")
+    if _launch.simulator_enabled():
+        lines.append("numpy arrays use: cuda kernels on the CPU simulator")
     return lines
+
+
+def cupy_arrays_line() -> str:
+    """What CuPy arrays run on, or precisely which of CuPy, a GPU and NVRTC is missing and
+    what to do about it."""
+    if _launch.simulator_enabled():
+        simulator_hint = "the simulator is on, so numpy arrays run the kernels instead"
+    else:
+        simulator_hint = "CARAFE_CUPY_SIMULATOR=1 runs the same kernels on numpy arrays on the CPU"
+    if not _cupy_runtime.cupy_importable():
+        return (
+            'unavailable: CuPy is not installed (pip install ".[cuda13]", or ".[cuda12]" on a '
+            f"CUDA 12 driver); without a GPU, {simulator_hint}"
+        )
+    cupy = _arrays.cupy_module()
+    try:
+        gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # no driver, or it refuses
+        gpus, reason = 0, f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    else:
+        reason = "no device"
+    if gpus < 1:
+        return f"unavailable: CuPy is installed but sees no CUDA GPU ({reason}); {simulator_hint}"
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as error:
+        return (
+            f"unavailable: CuPy sees {gpus} GPU(s) but NVRTC cannot be loaded "
+            f"({type(error).__name__}); install it with "
+            'pip install ".[cuda13]" (or ".[cuda12]"), or a CUDA toolkit'
+        )
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason()
+    if reason is not None:  # e.g. NVRTC cannot target this GPU's architecture
+        return f"unavailable: {reason}"
+    return "cuda kernels"

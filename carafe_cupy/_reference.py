@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._cpu_bands import alternating, row_bands, run_bands, workers_for
+
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -75,19 +77,26 @@ def carafe_forward(
         dtype=acc,
         device=features.device,
     )
-    for i in range(k):
-        h0, h1 = _tap_ranges(i - radius, height)
-        for j in range(k):
-            w0, w1 = _tap_ranges(j - radius, width)
-            if h0 >= h1 or w0 >= w1:
-                continue
-            source_rows = slice(h0 + i - radius, h1 + i - radius)
-            source_cols = slice(w0 + j - radius, w1 + j - radius)
-            window = features_cl[:, source_rows, source_cols].reshape(
-                batch, h1 - h0, 1, w1 - w0, 1, group_size, channels_per_group
-            )
-            weights = mask_taps[:, h0:h1, :, w0:w1, :, :, i * k + j, None]
-            out[:, h0:h1, :, w0:w1].addcmul_(window, weights)
+
+    def forward_band(band: tuple[int, int]) -> None:
+        top, bottom = band
+        for i in range(k):
+            h0, h1 = _tap_ranges(i - radius, height)
+            h0, h1 = max(h0, top), min(h1, bottom)
+            for j in range(k):
+                w0, w1 = _tap_ranges(j - radius, width)
+                if h0 >= h1 or w0 >= w1:
+                    continue
+                source_rows = slice(h0 + i - radius, h1 + i - radius)
+                source_cols = slice(w0 + j - radius, w1 + j - radius)
+                window = features_cl[:, source_rows, source_cols].reshape(
+                    batch, h1 - h0, 1, w1 - w0, 1, group_size, channels_per_group
+                )
+                weights = mask_taps[:, h0:h1, :, w0:w1, :, :, i * k + j, None]
+                out[:, h0:h1, :, w0:w1].addcmul_(window, weights)
+
+    bands = row_bands(height, 1, batch * s * s * width * channels)
+    run_bands(forward_band, bands, workers_for(features.device, bands))
 
     out = out.view(batch, height * s, width * s, channels).permute(0, 3, 1, 2)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
@@ -134,18 +143,17 @@ def carafe_backward(
     grad_masks_by_pixel = grad_masks.permute(0, 3, 5, 1, 4, 6, 2)
     grad_padded = torch.zeros_like(padded)
 
-    rows = _rows_per_band(batch, width, channels, taps)
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
-        band = (batch, bottom - top, width, group_size)
-        window = windows[:, top:bottom].reshape(*band, channels_per_group, taps)
-        weights = masks_by_pixel[:, top:bottom].reshape(*band, s * s, taps)
-        upstream = grad_by_pixel[:, top:bottom].reshape(*band, s * s, channels_per_group)
+    def backward_band(band: tuple[int, int]) -> None:
+        top, bottom = band
+        shape = (batch, bottom - top, width, group_size)
+        window = windows[:, top:bottom].reshape(*shape, channels_per_group, taps)
+        weights = masks_by_pixel[:, top:bottom].reshape(*shape, s * s, taps)
+        upstream = grad_by_pixel[:, top:bottom].reshape(*shape, s * s, channels_per_group)
         # bmm runs one small matmul at a time on odd strides (e.g. the stride-0
         # grad_output of out.sum()): hand it dense operands
         upstream = upstream.contiguous()
 
-        band_grad_masks = torch.matmul(upstream, window).view(*band, s, s, taps)
+        band_grad_masks = torch.matmul(upstream, window).view(*shape, s, s, taps)
         band_outside = outside[top:bottom].view(1, bottom - top, width, 1, 1, 1, taps)
         grad_masks_by_pixel[:, top:bottom] = band_grad_masks.masked_fill(band_outside, 0)
 
@@ -155,6 +163,14 @@ def carafe_backward(
                 grad_padded[:, top + i : bottom + i, j : j + width] += grad_windows[
                     ..., i * k + j, :
                 ].reshape(batch, bottom - top, width, channels)
+
+    # A band's window gradients reach 2r rows past it: bands at least 2r tall, run
+    # evens then odds, never write the same rows at the same time, in a fixed order.
+    # The unfolded windows of a band stay within about 4M elements.
+    bands = row_bands(height, 2 * radius, batch * width * channels * taps, max_elements=1 << 22)
+    workers = workers_for(features.device, bands)
+    for phase in alternating(bands):  # the same summation order with any worker count
+        run_bands(backward_band, phase, min(workers, len(phase)))
 
     grad_features = grad_padded[:, radius : radius + height, radius : radius + width, :]
     return (
@@ -173,11 +189,6 @@ def _taps_outside(height: int, width: int, kernel_size: int, device: torch.devic
     col_outside = (cols < 0) | (cols >= width)
     outside = row_outside[:, None, :, None] | col_outside[None, :, None, :]  # (H, W, k, k)
     return outside.reshape(height, width, kernel_size * kernel_size)
-
-
-def _rows_per_band(batch: int, width: int, channels: int, taps: int) -> int:
-    """Rows whose unfolded windows fit in about 4M elements."""
-    return max(1, (1 << 22) // max(1, batch * width * channels * taps))
 
 
 def _like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -10,25 +10,42 @@ from ._planner import Geometry
 from ._sources import SUPPORTED_DTYPES
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """An integer argument >= minimum. Floats (even 2.0) and bools are refused."""
+def check_int(name: str, value: Any, minimum: int, where: str = "carafe") -> int:
+    """An integer argument >= minimum. Floats (even 2.0) and bools are refused.
+
+    ``where`` names the function or class the argument was given to, for the message.
+    """
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(
-            f"carafe: {name} must be an int, got {type(value).__name__} {value!r}"
+            f"{where}: {name} must be an int, got {type(value).__name__} {value!r}"
             + (f" (pass int({value!r}))" if isinstance(value, float) else "")
         )
     value = operator.index(value)
     if value < minimum:
-        raise ValueError(f"carafe: {name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
     return value
 
 
-def check_params(kernel_size: Any, group_size: Any, scale_factor: Any) -> tuple[int, int, int]:
-    kernel_size = check_int("kernel_size", kernel_size, 1)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"carafe: kernel_size must be odd, got {kernel_size}")
-    group_size = check_int("group_size", group_size, 1)
-    scale_factor = check_int("scale_factor", scale_factor, 1)
+def check_odd(name: str, value: Any, where: str = "carafe") -> int:
+    """A positive odd integer."""
+    value = check_int(name, value, 1, where)
+    if value % 2 == 0:
+        raise ValueError(f"{where}: {name} must be odd, got {value}")
+    return value
+
+
+def check_params(
+    kernel_size: Any,
+    group_size: Any,
+    scale_factor: Any,
+    where: str = "carafe",
+    names: tuple[str, str, str] = ("kernel_size", "group_size", "scale_factor"),
+) -> tuple[int, int, int]:
+    """(kernel_size, group_size, scale_factor) as ints; ``names`` are the caller's own
+    names for them (CARAFEPack says up_kernel, up_group)."""
+    kernel_size = check_odd(names[0], kernel_size, where)
+    group_size = check_int(names[1], group_size, 1, where)
+    scale_factor = check_int(names[2], scale_factor, 1, where)
     return kernel_size, group_size, scale_factor
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._torch_fused import carafe_from_logits
 from ._torch_ops import carafe, normalize_logits, uses_kernels
-from ._validate import check_params
+from ._validate import check_int, check_odd, check_params
 
 
 def scripted_carafe(
@@ -43,12 +43,23 @@ def scripted_carafe_from_logits(
 
 
 class CARAFE(nn.Module):
-    """``CARAFE(kernel_size, group_size, scale_factor)(features, masks)``."""
+    """``CARAFE(kernel_size, group_size, scale_factor)(features, masks)``: :func:`carafe`
+    as a module, for masks you compute yourself (see :class:`CARAFEPack` for the whole
+    upsampler with its mask predictor). It has no parameters.
+
+    Args:
+        kernel_size: k, the odd side of the reassembly window (int >= 1).
+        group_size: G, the number of mask groups; must divide the feature channels.
+        scale_factor: s, the integer upsampling factor (int >= 1; floats are refused).
+
+    ``forward(features, masks)`` takes features (N, C, H, W) and masks
+    (N, G*k*k, H*s, W*s) and returns (N, C, H*s, W*s); see :func:`carafe`.
+    """
 
     def __init__(self, kernel_size: int, group_size: int, scale_factor: int) -> None:
         super().__init__()
         self.kernel_size, self.group_size, self.scale_factor = check_params(
-            kernel_size, group_size, scale_factor
+            kernel_size, group_size, scale_factor, where="CARAFE"
         )
 
     def forward(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -80,6 +91,19 @@ class CARAFEPack(nn.Module):
     input pixel; pixel_shuffle spreads them over the s*s sub-pixels and a softmax
     over each group's k*k taps normalises them; :func:`carafe` reassembles.
     Submodule names match mmcv's, so its state_dicts load with ``strict=True``.
+
+    Args:
+        channels: C, channels of the input features (and of the output).
+        scale_factor: s, the integer upsampling factor: (N, C, H, W) -> (N, C, H*s, W*s).
+        up_kernel: k, odd side of the window each output pixel reassembles (default 5).
+        up_group: G, mask groups; channel c uses group c // (C // G). Must divide channels.
+        encoder_kernel: odd kernel size of the content encoder convolution (default 3).
+        encoder_dilation: dilation of the content encoder convolution (default 1).
+        compressed_channels: output channels of the 1x1 channel compressor (default 64).
+
+    Input (N, C, H, W) in float32, float64, float16 or bfloat16; output (N, C, H*s, W*s)
+    of the same dtype. Set ``fuse_normalizer = False`` to run pixel_shuffle, softmax and
+    :func:`carafe` as separate ops where the fused kernels would be used.
     """
 
     def __init__(
@@ -93,13 +117,25 @@ class CARAFEPack(nn.Module):
         compressed_channels: int = 64,
     ) -> None:
         super().__init__()
-        self.channels = channels
+        where = "CARAFEPack"
+        self.channels = check_int("channels", channels, 1, where)
         self.up_kernel, self.up_group, self.scale_factor = check_params(
-            up_kernel, up_group, scale_factor
+            up_kernel,
+            up_group,
+            scale_factor,
+            where,
+            names=("up_kernel", "up_group", "scale_factor"),
         )
-        self.encoder_kernel = encoder_kernel
-        self.encoder_dilation = encoder_dilation
-        self.compressed_channels = compressed_channels
+        if channels % self.up_group:
+            raise ValueError(f"{where}: up_group ({up_group}) must divide channels ({channels})")
+        self.encoder_kernel = encoder_kernel = check_odd("encoder_kernel", encoder_kernel, where)
+        self.encoder_dilation = encoder_dilation = check_int(
+            "encoder_dilation", encoder_dilation, 1, where
+        )
+        self.compressed_channels = compressed_channels = check_int(
+            "compressed_channels", compressed_channels, 1, where
+        )
+        up_kernel, up_group, scale_factor = self.up_kernel, self.up_group, self.scale_factor
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,

@@ -1,13 +1,57 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # tests import their helpers (naive.py) by plain name
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# What the suite needs to test anything worth the name. A missing one fails the run up front
+# instead of skipping whole modules; only tests that need a GPU may skip.
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+TEST_EXTRA = 'pip install -e ".[test,cuda13]"'
+REQUIRED = {
+    "torch": f"the CPU build is enough: {CPU_TORCH}",
+    "cupy": f"the kernels are compiled offline with NVRTC through CuPy: {TEST_EXTRA}",
+    **{
+        module: TEST_EXTRA
+        for module in (
+            "hypothesis",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+            "matplotlib",
+            "skimage",
+            "nbclient",
+        )
+    },
+}
+
+
+def missing_test_dependencies() -> list[str]:
+    """One line per required module that cannot be found, saying how to install it."""
+    return [
+        f"{module} is not installed ({how})"
+        for module, how in REQUIRED.items()
+        if importlib.util.find_spec(module) is None
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = missing_test_dependencies()
+    if missing:
+        raise pytest.UsageError(
+            "carafe_cupy tests cannot run without their dependencies:\n  "
+            + "\n  ".join(missing)
+            + f"\nOn a CPU-only machine: {CPU_TORCH} && {TEST_EXTRA}"
+        )
+
+
 try:
     from hypothesis import settings
-except ImportError:  # the property tests skip themselves without hypothesis
+except ImportError:  # reported by pytest_configure
     pass
 else:
     # "ci": the same examples on every run, few enough for a 2-core machine.

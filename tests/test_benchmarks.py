@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _load(name: str, path: Path):
 baselines = _load("carafe_bench_baselines", BENCH / "baselines.py")
 bench = _load("carafe_bench", BENCH / "bench_carafe.py")
 
-IMPLS = [baselines.carafe_unfold, baselines.carafe_shift]
+IMPLS = [baselines.carafe_unfold_upsampled, baselines.carafe_unfold_lowres, baselines.carafe_shift]
 # (N, C, H, W, k, G, s): groups, odd scale, H/W smaller than the kernel, scale 1.
 CONFIGS = [
     (2, 8, 3, 4, 5, 2, 2),
@@ -88,8 +89,9 @@ def test_baseline_gradients_agree(cfg):
         out = fn(f, m, k, g, s)
         gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
         grads.append(torch.autograd.grad(out, (f, m), gout))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_shift_gradcheck():
@@ -120,7 +122,7 @@ def test_baseline_rejects_bad_shapes():
     with pytest.raises(ValueError):
         baselines.carafe_shift(feat, masks, 3, 3, 2)  # 4 channels, 3 groups
     with pytest.raises(ValueError):
-        baselines.carafe_unfold(feat, masks[:, :, :-1], 3, 1, 2)
+        baselines.carafe_unfold_lowres(feat, masks[:, :, :-1], 3, 1, 2)
 
 
 def test_minimal_bytes():
@@ -146,11 +148,12 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
         dtypes=["fp32"],
         progress=False,
         verbose=False,
+        reps=2,
     )
     on_disk = json.loads((tmp_path / "results.json").read_text())
     md = (tmp_path / "results.md").read_text()
     for rep in (report, on_disk):
-        assert rep["schema"] == 1
+        assert rep["schema"] == 2
         assert set(rep["meta"]) >= {"date", "commit", "device", "device_name", "versions"}
         assert rep["meta"]["device"] == "cpu"
         assert set(rep["meta"]["versions"]) >= {"python", "torch", "cupy", "carafe_cupy"}
@@ -158,7 +161,7 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
         assert rep["first_call"].startswith("not applicable")
         assert list(rep["cases"]) == ["tiny-a", "tiny-b"]
         impls = rep["implementations"]
-        assert impls["unfold"] == "ok" and impls["shift"] == "ok"
+        assert impls["unfold_lowres"] == impls["unfold_upsampled"] == impls["shift"] == "ok"
         assert {"carafe_cupy", "mmcv", "carafe_ext"} <= set(impls)
         rows = rep["results"]
         run = [i for i, v in impls.items() if v == "ok"]
@@ -167,16 +170,20 @@ def test_run_benchmark_quick_cpu_report(tmp_path):
             assert row["mode"] in ("fwd", "fwd+bwd")
             assert row["dtype"] == "fp32"
             assert isinstance(row["status"], str)
-            if row["impl"] in ("unfold", "shift"):
+            if row["impl"] in ("unfold_lowres", "unfold_upsampled", "shift"):
                 assert row["status"] == "ok", row
             if row["status"] == "ok":
-                assert row["median_ms"] > 0 and row["reps"] >= 1
+                assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+                assert row["reps"] >= 2
                 assert row["gbps"] > 0 and row["pct_copy_bw"] > 0
                 assert "peak_mem_bytes" in row
         if impls["carafe_cupy"] == "ok":
             assert any("carafe_cupy_speedup" in r for r in rows)
     assert report["plots"] == ["plot disabled"]
     assert "| shape | dtype | impl | fwd ms |" in md
+    assert md.splitlines()[2].startswith(
+        f"**{len(report['results'])} of {len(report['results'])} rows measured"
+    )
     for name in ("tiny-a", "tiny-b"):
         assert f"| {name} | fp32 | shift |" in md
 
@@ -238,3 +245,89 @@ def test_gpu_validate_calibration_dry_run(tmp_path):
     data = json.loads((out / "calibration.json").read_text())
     assert data["model"]["gpu"] == "h100" and len(data["model"]["records"]) >= 6
     assert "--kernel-name regex:carafe" in (out / "steps.log").read_text()
+
+
+def _bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "carafe_cupy", "bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_bench_help_names_its_program_and_lists_full(tmp_path):
+    result = _bench_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m carafe_cupy bench")
+    assert "--full" in result.stdout and "--contention" in result.stdout
+    assert "__main__.py" not in result.stdout
+
+
+def test_bench_writes_under_the_current_directory_and_reports_dropped_rows(tmp_path):
+    result = _bench_cli(
+        "--shapes", "quick-13x21", "--dtypes", "fp32", "--impls", "carafe_cupy,shift",
+        "--no-plot", "--no-memory", "--budget", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (out_dir,) = (tmp_path / "carafe_bench_out").iterdir()
+    md = (out_dir / "results.md").read_text()
+    # a zero per-call budget leaves every row out, and the headline says so
+    assert "**0 of 4 rows measured; NOT MEASURED: 4 (" in md
+    assert "budget" in md.splitlines()[2]
+
+
+def test_interleaved_timing_reports_min_median_max():
+    calls = []
+
+    def slow(feat, masks, k, g, s):
+        calls.append("slow")
+        return baselines.carafe_shift(feat, masks, k, g, s)
+
+    def fast(feat, masks, k, g, s):
+        calls.append("fast")
+        return baselines.carafe_shift(feat, masks, k, g, s)
+
+    case = bench.Case("t", 1, 4, 3, 3, k=3, g=1, s=2)
+    ins = bench.make_inputs(case, torch.float32, "cpu")
+    timed = bench.time_interleaved(
+        {"slow": slow, "fast": fast}, case, ins, "fwd", "cpu", reps=4, min_time_s=0, budget_s=10
+    )
+    # one warm-up each, then rounds that alternate which goes first
+    assert calls[:2] == ["slow", "fast"]
+    assert calls[2:6] == ["slow", "fast", "fast", "slow"]
+    for row in timed.values():
+        assert row["status"] == "ok" and row["reps"] == 4
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_headline_warns_about_noise_and_load():
+    rows = [
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "carafe_cupy", "status": "ok",
+         "median_ms": 1.0, "spread": 3.0, "noisy": True},
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "unfold_lowres", "status": "ok",
+         "median_ms": 5.0, "spread": 1.1, "noisy": False},
+        {"case": "c", "dtype": "fp32", "mode": "fwd", "impl": "unfold_upsampled",
+         "status": "skipped (whole-run budget 45 s spent)"},
+    ]  # fmt: skip
+    lines = bench.headline(rows, bench.load_warnings(9.0, 9.0, own_threads=2))
+    assert lines[0].startswith("2 of 3 rows measured; NOT MEASURED: 1 (1 whole-run budget")
+    assert any("1 of 2 rows are noisy" in line for line in lines)
+    assert sum("load average was 9.00" in line for line in lines) == 2
+    assert "fastest unfold port (unfold_lowres) 5.0 ms: 5.0x" in lines[-1]
+
+
+def test_contention_mode_prints_slowdowns(tmp_path):
+    result = _bench_cli(
+        "--contention", "--shapes", "quick-13x21", "--impls", "carafe_cupy,unfold_lowres",
+        "--reps", "1", "--out", str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# Slowdown with 1 busy process(es)" in result.stdout
+    rows = json.loads((tmp_path / "contention.json").read_text())
+    assert {(r["impl"], r["mode"]) for r in rows} == {
+        (impl, mode) for impl in ("carafe_cupy", "unfold_lowres") for mode in ("fwd", "fwd+bwd")
+    }
+    for row in rows:
+        assert row["status"] == "ok" and row["slowdown"] > 0  # a figure, not a speed target

@@ -1,9 +1,7 @@
-"""The entry points users start from: the demo, the notebook, the CuPy pipeline."""
+"""The examples users start from: the notebook and the CuPy pipeline (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import runpy
 import subprocess
@@ -15,119 +13,10 @@ import numpy as np
 import pytest
 
 from carafe_cupy import _cupy_runtime
-from carafe_cupy.demo import (
-    CARAFE_KERNEL,
-    UPSAMPLERS,
-    DemoConfig,
-    UpsamplerResult,
-    run_demo,
-    summarize,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------- demo
-
-
-def test_quick_demo_trains_every_upsampler_and_writes_its_outputs(tmp_path):
-    pytest.importorskip("torch")
-    result = subprocess.run(
-        [sys.executable, "-m", "carafe_cupy", "demo", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    for name in UPSAMPLERS:
-        assert f"| {name} |" in result.stdout
-    assert "ranking by mean held-out PSNR" in result.stdout
-    assert "CARAFE" in result.stdout  # the verdict names it, win or lose
-    for figure in ("training_curves.png", "reconstructions.png"):
-        data = (tmp_path / figure).read_bytes()
-        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, figure
-    record = json.loads((tmp_path / "results.json").read_text())
-    assert [entry["name"] for entry in record["results"]] == list(UPSAMPLERS)
-    assert record["threads"] >= 1
-    for entry in record["results"]:
-        assert all(math.isfinite(value) for value in entry["loss_curve"])
-        # Better than a constant grey guess by a wide margin, so the network really ran.
-        assert min(entry["held_out_psnr"].values()) > 20
-        assert entry["psnr_curve"][-1][0] == record["config"]["steps"]
-    parameters = {entry["name"]: entry["upsampler_parameters"] for entry in record["results"]}
-    assert parameters["nearest"] == parameters["bilinear"] == 0
-    assert parameters["carafe"] > 0 and parameters["pixel shuffle"] > parameters["deconv"]
-
-
-def test_demo_is_reproducible(tmp_path):
-    pytest.importorskip("torch")
-    config = dict(steps=4, eval_every=2, width=8, held_out_size=96, upsamplers=("carafe", "deconv"))
-    runs = [
-        run_demo(DemoConfig(out_dir=tmp_path / str(index), progress=False, **config), log=id)
-        for index in range(2)
-    ]
-    for first, second in zip(*runs):
-        assert first.loss_curve == second.loss_curve
-        assert first.held_out_psnr == second.held_out_psnr
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [{"steps": 0}, {"patch_size": 31}, {"upsamplers": ("carafe", "lanczos")}, {"threads": 0}],
-)
-def test_demo_rejects_bad_settings(settings):
-    with pytest.raises(ValueError, match=next(iter(settings))):
-        DemoConfig(**settings).validate()
-
-
-def test_demo_cli_reports_bad_settings_without_a_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "carafe_cupy", "demo", "--steps", "0", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 2
-    assert "steps must be a positive integer" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def _result(name: str, psnr_by_image: dict[str, float], parameters: int) -> UpsamplerResult:
-    mean = float(np.mean(list(psnr_by_image.values())))
-    return UpsamplerResult(
-        name=name,
-        upsampler_parameters=parameters,
-        total_parameters=parameters + 100,
-        train_seconds=1.0,
-        held_out_psnr=psnr_by_image,
-        loss_curve=[1e-3, 9e-4],
-        psnr_curve=[(1, mean - 0.1), (2, mean)],
-        kernel_peak=0.6 if name == "carafe" else None,
-    )
-
-
-def test_summary_verdict_follows_the_ranking():
-    reference = {"a": 30.0, "b": 28.0}
-    winning = [
-        _result("carafe", {"a": 31.0, "b": 29.0}, 500),
-        _result("nearest", {"a": 30.5, "b": 28.8}, 0),
-    ]
-    text = "\n".join(summarize(winning, reference))
-    assert "CARAFE wins: 0.35 dB above the next best (nearest)" in text
-    assert "ahead of nearest on every held-out photograph" in text
-    assert f"{CARAFE_KERNEL}x{CARAFE_KERNEL} kernels have a mean peak weight of 0.60" in text
-
-    losing = [
-        _result("carafe", {"a": 30.2, "b": 28.9}, 500),
-        _result("nearest", {"a": 30.5, "b": 28.8}, 0),
-    ]
-    text = "\n".join(summarize(losing, reference))
-    assert "CARAFE does not win at this budget: it ranks 2 of 2" in text
-    assert "ahead of nearest only on b" in text
-    assert "nearest (0)" in text  # fewer parameters than CARAFE and still ahead
 
 
 # ---------------------------------------------------------------- notebook
