@@ -279,30 +279,50 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
 // ---------------------------------------------------------------- grad_masks
 
 // grad_masks (or, FROM_LOGITS, grad of the raw logits through the softmax):
-// K*K sums per output pixel over all channels of the group, ascending.
+// K*K sums per output pixel over all channels of the group.
+//
+// A block owns one output row of 32 * PAIR pixels; each of its 8 warps takes a
+// contiguous subset of `channels_per_block` channels of the group (ascending)
+// and sums them for that row, so a block walks an eighth of the channels and
+// the grid has a block per output row. The warps' partial sums are then added
+// in ascending subset order through shared memory: a fixed order, so the
+// result is bitwise reproducible. Each batch issues every global load (halo
+// and grad_output) before the first store to shared memory.
+#define CARAFE_MASKS_BATCH 2  // channels per subset staged per barrier pair
+#define CARAFE_MASKS_SUBSETS CARAFE_TILE_THREADS_Y
+
 template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
 __device__ void carafe_backward_masks_tiled_impl(
     const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
     const scalar_t* __restrict__ logits, scalar_t* __restrict__ grad_masks,
     const carafe_geometry g, const strides4 gs, const strides4 fs, const strides4 ls,
-    const strides4 ms, int channel_batch) {
+    const strides4 ms, index_t channels_per_block, int channel_batch) {
     typedef typename storage<scalar_t>::acc_t acc_t;
     constexpr int TAPS = K * K;
     constexpr int R = (K - 1) / 2;
+    constexpr int PITCH = tile_pitch<K, PAIR>();
+    constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
+    constexpr int THREADS = CARAFE_TILE_THREADS_X * CARAFE_TILE_THREADS_Y;
+    // One output row reads K input rows whatever s is: halo_extent(1, s, K) == K.
+    constexpr int SUBSET_PLANE = K * PITCH;
+    constexpr int BATCH_PLANE = SUBSETS * SUBSET_PLANE;
+    constexpr int STAGED = BATCH * BATCH_PLANE;
+    constexpr int PER_THREAD = (STAGED + THREADS - 1) / THREADS;
     CARAFE_DYNAMIC_SHARED(acc_t, halo);
     const index_t s = g.scale_factor;
     const index_t out_height = g.height * s, out_width = g.width * s;
-    const int tile_w = CARAFE_TILE_THREADS_X * PAIR, tile_h = CARAFE_TILE_THREADS_Y;
+    const int tile_w = CARAFE_TILE_THREADS_X * PAIR;
     const index_t channels_per_group = g.channels / g.group_size;
-    const tile_position p = block_position((out_width + tile_w - 1) / tile_w,
-                                           (out_height + tile_h - 1) / tile_h, 1, g.group_size);
-    const index_t x0 = p.tile_x * tile_w, y0 = p.tile_y * tile_h;
-    const index_t y = y0 + threadIdx.y, x = x0 + (index_t)threadIdx.x * PAIR;
-    const bool inside = y < out_height && x < out_width;
-    constexpr int PITCH = tile_pitch<K, PAIR>();
-    const int cols = halo_extent(tile_w, (int)s, K), rows = halo_extent(tile_h, (int)s, K);
-    const int row = (int)(y / s - y0 / s), col = (int)(x / s - x0 / s);
-    const int plane = rows * PITCH;
+    const tile_position p =
+        block_position((out_width + tile_w - 1) / tile_w, out_height, 1, g.group_size);
+    const index_t x0 = p.tile_x * tile_w, y = p.tile_y;
+    const index_t x = x0 + (index_t)threadIdx.x * PAIR;
+    const int subset = threadIdx.y, lane = threadIdx.x;
+    const int thread = subset * CARAFE_TILE_THREADS_X + lane;
+    const bool inside = x < out_width;
+    const int cols = halo_extent(tile_w, (int)s, K);
+    const int col = (int)(x / s - x0 / s);
+    const index_t row0 = y / s - R, col0 = x0 / s - R;
 
     acc_t sum[PAIR][TAPS];
 #pragma unroll
@@ -312,34 +332,98 @@ __device__ void carafe_backward_masks_tiled_impl(
 
     const index_t c_begin = p.group * channels_per_group;
     const index_t c_end = c_begin + channels_per_group;
-    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
-        const int count = (int)min((index_t)channel_batch, c_end - c0);
-        __syncthreads();
-        stage_halo<scalar_t>(halo, features + p.n * fs.n, fs, c0, count, channel_batch,
-                             y0 / s - R, x0 / s - R, rows, cols, PITCH, g.height, g.width);
-        __syncthreads();
-        if (!inside) continue;
-#pragma unroll 1
-        for (int cc = 0; cc < count; ++cc) {
-            acc_t grad[PAIR];
-            const scalar_t* go = grad_output + p.n * gs.n + (c0 + cc) * gs.c + y * gs.h + x * gs.w;
-            if constexpr (PAIR == 2) {
-                pair_access<scalar_t>::load(go, grad[0], grad[PAIR - 1]);
-            } else {
-                grad[0] = storage<scalar_t>::load(go);
+    const index_t chunk = channels_per_block;  // channels per subset
+    const index_t my_begin = c_begin + subset * chunk;
+    const scalar_t* feature_base = features + p.n * fs.n;
+    const scalar_t* go_base = grad_output + p.n * gs.n + y * gs.h + x * gs.w;
+    const acc_t* window = halo + subset * SUBSET_PLANE + col;
+    (void)channel_batch;  // == BATCH, passed for the launch record and the cost model
+    for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
+        // Every global load of the batch first: halo elements, then grad_output.
+        acc_t staged[PER_THREAD];
+#pragma unroll
+        for (int k = 0; k < PER_THREAD; ++k) {
+            const int e = thread + k * THREADS;
+            const int cc = e / BATCH_PLANE;
+            const int in_batch = e - cc * BATCH_PLANE;
+            const int part = in_batch / SUBSET_PLANE;
+            const int in_subset = in_batch - part * SUBSET_PLANE;
+            const int r = in_subset / PITCH;
+            const int k_col = in_subset - r * PITCH;
+            const index_t channel = c_begin + part * chunk + c0 + cc;
+            const index_t in_row = row0 + r, in_col = col0 + k_col;
+            staged[k] = 0;
+            if ((STAGED % THREADS == 0 || e < STAGED) && k_col < cols && c0 + cc < chunk &&
+                channel < c_end && in_row >= 0 && in_row < g.height && in_col >= 0 &&
+                in_col < g.width)
+                staged[k] = storage<scalar_t>::load(feature_base + channel * fs.c +
+                                                    in_row * fs.h + in_col * fs.w);
+        }
+        acc_t grad[BATCH][PAIR];
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const index_t channel = my_begin + c0 + cc;
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) grad[cc][q] = 0;
+            if (inside && c0 + cc < chunk && channel < c_end) {
+                const scalar_t* go = go_base + channel * gs.c;
+                if constexpr (PAIR == 2) {
+                    pair_access<scalar_t>::load(go, grad[cc][0], grad[cc][PAIR - 1]);
+                } else {
+                    grad[cc][0] = storage<scalar_t>::load(go);
+                }
             }
-            const acc_t* window = halo + cc * plane + row * PITCH + col;
+        }
+        __syncthreads();  // previous batch fully read
+#pragma unroll
+        for (int k = 0; k < PER_THREAD; ++k) {
+            const int e = thread + k * THREADS;
+            if (STAGED % THREADS == 0 || e < STAGED) halo[e] = staged[k];
+        }
+        __syncthreads();
+        // Channels past the subset's end have grad 0 and a zero halo: adding
+        // 0 * 0 leaves every sum unchanged, so no test is needed here.
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const acc_t* w = window + cc * BATCH_PLANE;
 #pragma unroll
             for (int i = 0; i < K; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) {
-                    const acc_t value = window[i * PITCH + j];
+                    const acc_t value = w[i * PITCH + j];
 #pragma unroll
-                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[q] * value;
+                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[cc][q] * value;
                 }
         }
     }
-    if (!inside) return;  // after the last barrier: no thread waits for this one
+    // Subset 0 adds the other subsets' sums, ascending, one kernel row at a time
+    // (the halo space is reused: SUBSETS * K * PAIR * 32 <= STAGED).
+    static_assert(SUBSETS * K * PAIR * CARAFE_TILE_THREADS_X <= STAGED, "reduction space");
+    acc_t* partial = halo;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        __syncthreads();
+        if (subset != 0) {
+#pragma unroll
+            for (int j = 0; j < K; ++j)
+#pragma unroll
+                for (int q = 0; q < PAIR; ++q)
+                    partial[((subset * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane] =
+                        sum[q][i * K + j];
+        }
+        __syncthreads();
+        if (subset == 0) {
+#pragma unroll
+            for (int other = 1; other < SUBSETS; ++other)
+#pragma unroll
+                for (int j = 0; j < K; ++j)
+#pragma unroll
+                    for (int q = 0; q < PAIR; ++q)
+                        sum[q][i * K + j] +=
+                            partial[((other * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane];
+        }
+    }
+    if (subset != 0 || !inside) return;  // after the last barrier
     {
         // A tap outside the input has no effect on the output: its gradient is
         // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
@@ -548,7 +632,7 @@ __device__ void carafe_backward_features_tiled_impl(
         carafe_backward_masks_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) { \
         carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
-            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \
@@ -571,7 +655,7 @@ __device__ void carafe_backward_features_tiled_impl(
         carafe_fused_backward_logits_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {          \
         carafe_backward_masks_tiled_impl<scalar_t, K, 1, true>(                                \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
-            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 1)                                          \
         carafe_fused_backward_features_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
