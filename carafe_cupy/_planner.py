@@ -233,7 +233,9 @@ MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled.cuh
 MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp
 
 
-def _masks_row_plan(geometry: Geometry, dtype: str, kernel: str, pair: bool, operands) -> Launch | None:
+def _masks_row_plan(
+    geometry: Geometry, dtype: str, kernel: str, pair: bool, operands
+) -> Launch | None:
     """grad_masks and the fused logits gradient: a block per output row of
     32 x pairs pixels, its warps splitting the group's channels into subsets."""
     k = geometry.kernel_size
@@ -259,6 +261,12 @@ def _masks_row_plan(geometry: Geometry, dtype: str, kernel: str, pair: bool, ope
     )
 
 
+def padded_sub_plane(plane: int, tile_cols: int) -> int:
+    """grad_features' sub-pixel plane, padded to tile_cols (mod 32) so a warp's
+    sub-pixel columns read distinct shared-memory banks (as carafe_tiled.cuh)."""
+    return plane + (tile_cols - plane) % 32
+
+
 def _input_tile_plan(
     geometry: Geometry, dtype: str, kernel: str, from_logits: bool, operands
 ) -> Launch | None:
@@ -270,10 +278,12 @@ def _input_tile_plan(
     threads = tile_cols * s * tile_rows * s
     accumulator = ACCUMULATOR_SIZE[dtype]
     plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
-    batch = _channel_batch(plane * accumulator, per_batch_bytes=threads * accumulator)
+    staged_plane = s * s * padded_sub_plane((tile_rows + k - 1) * (tile_cols + k - 1), tile_cols)
+    partial_pitch = threads + 1  # per channel, odd: no bank conflicts
+    batch = _channel_batch(staged_plane * accumulator, per_batch_bytes=partial_pitch * accumulator)
     if batch == 0 or (from_logits and 2 * plane * accumulator > SHARED_MEMORY_LIMIT):
         return None
-    shared = batch * (plane + threads) * accumulator
+    shared = batch * (staged_plane + partial_pitch) * accumulator
     if from_logits:
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)

@@ -483,6 +483,14 @@ __device__ void carafe_backward_masks_tiled_impl(
 
 // ---------------------------------------------------------------- grad_features
 
+// Sub-pixel plane size, padded to tile_cols (mod 32): a warp's s sub-pixel
+// columns (sub_x * plane + local_w, local_w < tile_cols) then fall in distinct
+// banks, where an unpadded multiple of 32 would put them all in the same ones.
+__device__ __forceinline__ int padded_sub_plane(int plane, int tile_cols) {
+    const int target = tile_cols % 32;
+    return plane + ((target - plane % 32) % 32 + 32) % 32;
+}
+
 // Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
 // a tile of input pixels; the launcher sizes it so both are whole.
 // Tap (i, j) of output (y, x) reads input (y/s + i - R, x/s + j - R), so input
@@ -569,10 +577,13 @@ __device__ void carafe_backward_features_tiled_impl(
     // (centre * s + a, centre * s + b), so tap (i, j) is a fixed step of
     // -(i * centre_cols + j) from the thread's tap (0, 0).
     const int centre_rows = tile_rows + K - 1, centre_cols = tile_cols + K - 1;
-    const int sub_plane = centre_rows * centre_cols;
+    const int sub_plane = padded_sub_plane(centre_rows * centre_cols, tile_cols);
     const int channel_plane = s * s * sub_plane;
     acc_t* halo = shared;
     acc_t* partial = shared + channel_batch * channel_plane;
+    // One channel's partial sums; odd, so the threads of one sub-pixel column
+    // reading s * s channels apart do not share banks.
+    const int partial_pitch = threads + 1;
     const index_t group_begin = p.group * channels_per_group;
     const index_t c_begin = group_begin + p.slice * channels_per_block;
     const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
@@ -603,15 +614,19 @@ __device__ void carafe_backward_features_tiled_impl(
             for (int i = 0; i < K; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) sum += weight[i * K + j] * window[-(i * centre_cols + j)];
-            partial[cc * threads + thread] = sum;
+            partial[cc * partial_pitch + thread] = sum;
         }
         __syncthreads();
-        if (sub_x == 0 && sub_y == 0 && h < g.height && w < g.width) {
-            for (int cc = 0; cc < count; ++cc) {
+        // The s * s threads of a pixel share out its channels (sub-pixel (a, b)
+        // takes a * s + b, then every s * s-th); each total adds the sub-pixels
+        // in the same fixed order whichever thread computes it.
+        if (h < g.height && w < g.width) {
+            const int first = local_h * s * (int)blockDim.x + local_w * s;  // sub-pixel (0, 0)
+            for (int cc = sub_y * s + sub_x; cc < count; cc += s * s) {
                 acc_t total = 0;
                 for (int a = 0; a < s; ++a)
                     for (int b = 0; b < s; ++b)
-                        total += partial[cc * threads + thread + a * blockDim.x + b];
+                        total += partial[cc * partial_pitch + first + a * blockDim.x + b];
                 storage<scalar_t>::store(
                     grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
             }
