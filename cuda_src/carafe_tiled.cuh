@@ -589,21 +589,56 @@ __device__ void carafe_backward_features_tiled_impl(
     const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
     const int base = (sub_y * s + sub_x) * sub_plane + (local_h + K - 1) * centre_cols +
                      (local_w + K - 1);
+    // Staging: this thread stages halo columns threadIdx.x + m * blockDim.x and
+    // rows threadIdx.y + n * blockDim.y. Both steps are multiples of s, so its
+    // sub-pixel plane never changes and no element needs a division; column
+    // offsets are computed once, and each pass issues its loads before its stores.
+    constexpr int COLUMN_SLOTS = 3;  // cols <= 3 * blockDim.x for K <= 7, s <= 8
+    static_assert(K <= 7, "three column slots cover K <= 7 at s <= 8");
+    constexpr int ROWS_PER_PASS = 2;
+    const int row_slots = (rows + (int)blockDim.y - 1) / (int)blockDim.y;
+    index_t column_offset[COLUMN_SLOTS];
+    unsigned columns_ok = 0;
+#pragma unroll
+    for (int m = 0; m < COLUMN_SLOTS; ++m) {
+        const int k = threadIdx.x + m * blockDim.x;
+        const index_t x = centre_col0 * s + k;
+        columns_ok |= (k < cols && x >= 0 && x < out_width) ? 1u << m : 0u;
+        column_offset[m] = x * gs.w;
+    }
+    const int staged_at = (sub_y * s + sub_x) * sub_plane + local_h * centre_cols + local_w;
+    const scalar_t* go_image = grad_output + p.n * gs.n;
     for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
         const int count = (int)min((index_t)channel_batch, c_end - c0);
         __syncthreads();
-        for (int e = thread; e < channel_batch * plane; e += threads) {
-            const int cc = e / plane;
-            const int within = e - cc * plane;
-            const int r = within / cols, k = within - r * cols;
-            const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
-            acc_t value = 0;
-            if (cc < count && y >= 0 && y < out_height && x >= 0 && x < out_width) {
-                value = storage<scalar_t>::load(grad_output + p.n * gs.n + (c0 + cc) * gs.c +
-                                                y * gs.h + x * gs.w);
+        for (int cc = 0; cc < channel_batch; ++cc) {
+            const scalar_t* go_channel = go_image + (c0 + cc) * gs.c;
+            for (int n0 = 0; n0 < row_slots; n0 += ROWS_PER_PASS) {
+                acc_t value[ROWS_PER_PASS][COLUMN_SLOTS];
+#pragma unroll
+                for (int v = 0; v < ROWS_PER_PASS; ++v) {
+                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
+                    const index_t y = centre_row0 * s + r;
+                    const bool row_ok = cc < count && r < rows && y >= 0 && y < out_height;
+                    const scalar_t* go_row = go_channel + y * gs.h;
+#pragma unroll
+                    for (int m = 0; m < COLUMN_SLOTS; ++m) {
+                        value[v][m] = 0;
+                        if (row_ok && (columns_ok >> m & 1u))
+                            value[v][m] = storage<scalar_t>::load(go_row + column_offset[m]);
+                    }
+                }
+#pragma unroll
+                for (int v = 0; v < ROWS_PER_PASS; ++v) {
+                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
+                    acc_t* row = halo + cc * channel_plane + staged_at +
+                                 (n0 + v) * tile_rows * centre_cols;
+#pragma unroll
+                    for (int m = 0; m < COLUMN_SLOTS; ++m)
+                        if (r < rows && threadIdx.x + m * blockDim.x < cols)
+                            row[m * tile_cols] = value[v][m];
+                }
             }
-            halo[cc * channel_plane + ((r % s) * s + k % s) * sub_plane +
-                 (r / s) * centre_cols + k / s] = value;
         }
         __syncthreads();
 #pragma unroll 1
