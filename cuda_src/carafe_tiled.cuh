@@ -7,13 +7,15 @@
 // time. Features, masks and outputs therefore cross DRAM about once each.
 //
 //   forward:         out tile, masks in registers, feature halo in smem.
-//   grad_masks:      out tile, K*K sums per pixel in registers over the group's
-//                    channels (ascending, like the general kernel), feature
-//                    halo in smem, grad_output read once, coalesced.
+//   grad_masks:      one output row per block, K*K sums per pixel in
+//                    registers; the 8 warps split the group's channels, each
+//                    staging its own feature halo (warp barriers only), and
+//                    their partial sums are added in a fixed order.
 //   grad_features:   a tile of input pixels; each of its s*s sub-pixel threads
 //                    holds the K*K masks that reach its input pixel, sums over
-//                    the grad_output halo in smem, and the s*s partial sums are
-//                    added in a fixed order through shared memory.
+//                    the grad_output halo in smem (padded sub-pixel planes: no
+//                    bank conflicts), and the s*s partial sums are added in a
+//                    fixed order through shared memory.
 // No atomics, no scratch memory: every result has one writer and a fixed
 // summation order, so results are bitwise reproducible.
 //
