@@ -102,10 +102,16 @@ MUTANTS = (
         "",
     ),
     Mutant(
+        "grad-masks-missing-warp-barrier-before-restaging",
+        TILED,
+        r"__syncwarp\(\);  // the warp's previous batch fully read\n",
+        "",
+    ),
+    Mutant(
         "grad-features-partial-sum-pitch",
         TILED,
-        r"partial\[cc \* threads \+ thread \+ a \* blockDim\.x \+ b\]",
-        "partial[cc * threads + thread + a * s + b]",
+        r"partial\[cc \* partial_pitch \+ first \+ a \* blockDim\.x \+ b\]",
+        "partial[cc * partial_pitch + first + a * s + b]",
     ),
     # tile and image edges
     Mutant(
@@ -115,16 +121,16 @@ MUTANTS = (
         "const bool inside = y < out_height;  // PAIR",
     ),
     Mutant(
-        "grad-masks-tile-edge-y",
+        "grad-masks-row-edge-x",
         TILED,
-        r"const bool inside = y < out_height && x < out_width;\n",
-        "const bool inside = x < out_width;\n",
+        r"const bool inside = x < out_width;\n",
+        "const bool inside = true;\n",
     ),
     Mutant(
         "grad-features-tile-edge-x",
         TILED,
-        r"if \(sub_x == 0 && sub_y == 0 && h < g\.height && w < g\.width\)",
-        "if (sub_x == 0 && sub_y == 0 && h < g.height)",
+        r"if \(h < g\.height && w < g\.width\) \{",
+        "if (h < g.height) {",
     ),
     Mutant(
         "halo-row-bound-off-by-one", TILED, r"row < height && col >= 0", "row <= height && col >= 0"

@@ -36,6 +36,8 @@ _OPERATIONS = {
 # Kernels whose block owns a tile of input pixels, s x s threads each.
 _INPUT_TILED = ("grad_features", "fused_grad_features")
 _OUTPUT_TILE = (32, 8)  # threads per output tile (x, y), times 2 in x for pairs
+# Kernels whose block owns one output row, its warps splitting the channels.
+_OUTPUT_ROW = ("grad_masks", "fused_grad_logits")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class LaunchRecord:
     tiles_x: int = 0
     tiles_y: int = 0
     channel_batch: int = 0  # channels staged per shared-memory batch
-    channel_slices: int = 0  # blocks sharing one group's channels
+    channel_slices: int = 0  # blocks (grad_masks: warps) sharing one group's channels
     channel_batches: int = 0  # staging rounds per block
     partial_batch: bool = False  # a last batch with fewer channels than channel_batch
 
@@ -118,7 +120,7 @@ def decode_launch(
         tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
     else:
         tiles_x = -(-(w * s) // (_OUTPUT_TILE[0] * pairs))
-        tiles_y = -(-(h * s) // _OUTPUT_TILE[1])
+        tiles_y = h * s if operation in _OUTPUT_ROW else -(-(h * s) // _OUTPUT_TILE[1])
     per_group = c // g
     per_block = max(1, min(per_block, per_group))
     return LaunchRecord(

@@ -229,6 +229,44 @@ def _output_tile_plan(
     )
 
 
+MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled.cuh
+MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp
+
+
+def _masks_row_plan(
+    geometry: Geometry, dtype: str, kernel: str, pair: bool, operands
+) -> Launch | None:
+    """grad_masks and the fused logits gradient: a block per output row of
+    32 x pairs pixels, its warps splitting the group's channels into subsets."""
+    k = geometry.kernel_size
+    pairs = 2 if pair else 1
+    tile_w = TILE_THREADS[0] * pairs
+    pitch = (tile_w - 1 + pairs - 1) // pairs + k
+    staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch
+    reduction = MASKS_SUBSETS * k * pairs * TILE_THREADS[0]
+    tiles = -(-geometry.out_width // tile_w) * geometry.out_height
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_subset = max(1, -(-per_group // MASKS_SUBSETS))
+    if blocks > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        max(staged, reduction) * ACCUMULATOR_SIZE[dtype],
+        operands,
+        (per_subset, MASKS_BATCH),
+    )
+
+
+def padded_sub_plane(plane: int, tile_cols: int) -> int:
+    """grad_features' sub-pixel plane, padded to tile_cols (mod 32) so a warp's
+    sub-pixel columns read distinct shared-memory banks (as carafe_tiled.cuh)."""
+    return plane + (tile_cols - plane) % 32
+
+
 def _input_tile_plan(
     geometry: Geometry, dtype: str, kernel: str, from_logits: bool, operands
 ) -> Launch | None:
@@ -240,10 +278,12 @@ def _input_tile_plan(
     threads = tile_cols * s * tile_rows * s
     accumulator = ACCUMULATOR_SIZE[dtype]
     plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
-    batch = _channel_batch(plane * accumulator, per_batch_bytes=threads * accumulator)
+    staged_plane = s * s * padded_sub_plane((tile_rows + k - 1) * (tile_cols + k - 1), tile_cols)
+    partial_pitch = threads + 1  # per channel, odd: no bank conflicts
+    batch = _channel_batch(staged_plane * accumulator, per_batch_bytes=partial_pitch * accumulator)
     if batch == 0 or (from_logits and 2 * plane * accumulator > SHARED_MEMORY_LIMIT):
         return None
-    shared = batch * (plane + threads) * accumulator
+    shared = batch * (staged_plane + partial_pitch) * accumulator
     if from_logits:
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
@@ -354,12 +394,12 @@ def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Lau
         plans = {}
         if _tiled_applies(geometry):
             kernel, slots = "carafe_backward_masks_tiled", (0, 1, None, 4)
-            plans["tiled"] = _output_tile_plan(
-                geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, False, slots
+            plans["tiled"] = _masks_row_plan(
+                geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, slots
             )
             if _pairs_fit(geometry, dtype, (layout[0], layout[4])):
-                plans["tiled_pair"] = _output_tile_plan(
-                    geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, False, slots
+                plans["tiled_pair"] = _masks_row_plan(
+                    geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, slots
                 )
         plan = _choose(variant, plans, "this grad_masks")
         launches += (plan,) if plan else _general(general_masks, masks_total, (0, 1, 4))
@@ -377,6 +417,7 @@ def fused_supported(geometry: Geometry, dtype: str) -> bool:
         and fused_instantiated(dtype, geometry.kernel_size)
         and _output_tile_plan(geometry, "float64", "", False, True, ()) is not None
         and _input_tile_plan(geometry, "float64", "", True, ()) is not None
+        and _masks_row_plan(geometry, "float64", "", False, ()) is not None
     )
 
 
@@ -406,6 +447,6 @@ def plan_fused_backward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
         assert plan is not None
         launches += (plan,)
     kernel = f"carafe_fused_backward_logits_k{k}_{dtype}"
-    plan = _output_tile_plan(geometry, dtype, kernel, False, False, (0, 1, 2, 4))
+    plan = _masks_row_plan(geometry, dtype, kernel, False, (0, 1, 2, 4))
     assert plan is not None
     return (*launches, plan)

@@ -7,13 +7,15 @@
 // time. Features, masks and outputs therefore cross DRAM about once each.
 //
 //   forward:         out tile, masks in registers, feature halo in smem.
-//   grad_masks:      out tile, K*K sums per pixel in registers over the group's
-//                    channels (ascending, like the general kernel), feature
-//                    halo in smem, grad_output read once, coalesced.
+//   grad_masks:      one output row per block, K*K sums per pixel in
+//                    registers; the 8 warps split the group's channels, each
+//                    staging its own feature halo (warp barriers only), and
+//                    their partial sums are added in a fixed order.
 //   grad_features:   a tile of input pixels; each of its s*s sub-pixel threads
 //                    holds the K*K masks that reach its input pixel, sums over
-//                    the grad_output halo in smem, and the s*s partial sums are
-//                    added in a fixed order through shared memory.
+//                    the grad_output halo in smem (padded sub-pixel planes: no
+//                    bank conflicts), and the s*s partial sums are added in a
+//                    fixed order through shared memory.
 // No atomics, no scratch memory: every result has one writer and a fixed
 // summation order, so results are bitwise reproducible.
 //
@@ -279,30 +281,66 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
 // ---------------------------------------------------------------- grad_masks
 
 // grad_masks (or, FROM_LOGITS, grad of the raw logits through the softmax):
-// K*K sums per output pixel over all channels of the group, ascending.
+// K*K sums per output pixel over all channels of the group.
+//
+// A block owns one output row of 32 * PAIR pixels; each of its 8 warps takes a
+// contiguous subset of `channels_per_block` channels of the group (ascending)
+// and sums them for that row, so a block walks an eighth of the channels and
+// the grid has a block per output row. Each warp stages its own channels'
+// halo (K rows, the same for every s) in its own part of shared memory, so
+// the channel loop needs warp barriers only; every global load of a batch
+// (halo and grad_output) is issued before the first store. The warps' partial
+// sums are then added in ascending subset order through shared memory: a
+// fixed order, so the result is bitwise reproducible.
+#define CARAFE_MASKS_BATCH 2  // channels per warp staged per warp barrier pair
+#define CARAFE_MASKS_SUBSETS CARAFE_TILE_THREADS_Y
+
 template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
 __device__ void carafe_backward_masks_tiled_impl(
     const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
     const scalar_t* __restrict__ logits, scalar_t* __restrict__ grad_masks,
     const carafe_geometry g, const strides4 gs, const strides4 fs, const strides4 ls,
-    const strides4 ms, int channel_batch) {
+    const strides4 ms, index_t channels_per_block, int channel_batch) {
     typedef typename storage<scalar_t>::acc_t acc_t;
     constexpr int TAPS = K * K;
     constexpr int R = (K - 1) / 2;
+    constexpr int LANES = CARAFE_TILE_THREADS_X;
+    constexpr int PITCH = tile_pitch<K, PAIR>();
+    constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
+    // One output row reads K input rows whatever s is: halo_extent(1, s, K) == K.
+    constexpr int CHANNEL_PLANE = K * PITCH;
+    constexpr int SLOTS = (CHANNEL_PLANE + LANES - 1) / LANES;  // staged elements per lane
+    constexpr int SUBSET_PLANE = BATCH * CHANNEL_PLANE;
     CARAFE_DYNAMIC_SHARED(acc_t, halo);
     const index_t s = g.scale_factor;
     const index_t out_height = g.height * s, out_width = g.width * s;
-    const int tile_w = CARAFE_TILE_THREADS_X * PAIR, tile_h = CARAFE_TILE_THREADS_Y;
+    const int tile_w = LANES * PAIR;
     const index_t channels_per_group = g.channels / g.group_size;
-    const tile_position p = block_position((out_width + tile_w - 1) / tile_w,
-                                           (out_height + tile_h - 1) / tile_h, 1, g.group_size);
-    const index_t x0 = p.tile_x * tile_w, y0 = p.tile_y * tile_h;
-    const index_t y = y0 + threadIdx.y, x = x0 + (index_t)threadIdx.x * PAIR;
-    const bool inside = y < out_height && x < out_width;
-    constexpr int PITCH = tile_pitch<K, PAIR>();
-    const int cols = halo_extent(tile_w, (int)s, K), rows = halo_extent(tile_h, (int)s, K);
-    const int row = (int)(y / s - y0 / s), col = (int)(x / s - x0 / s);
-    const int plane = rows * PITCH;
+    const tile_position p =
+        block_position((out_width + tile_w - 1) / tile_w, out_height, 1, g.group_size);
+    const index_t x0 = p.tile_x * tile_w, y = p.tile_y;
+    const index_t x = x0 + (index_t)threadIdx.x * PAIR;
+    const int subset = threadIdx.y, lane = threadIdx.x;
+    const bool inside = x < out_width;
+    const int cols = halo_extent(tile_w, (int)s, K);
+    const index_t row0 = y / s - R, col0 = x0 / s - R;
+
+    // A channel's halo, K rows of PITCH, is staged as SLOTS runs of 32
+    // consecutive elements; this lane's element of each run, its offset from
+    // the halo's first row and whether it lies in the image are computed once,
+    // so staging an element is an add, a test, a load and a store.
+    index_t element_offset[SLOTS];
+    unsigned elements_ok = 0;
+#pragma unroll
+    for (int slot = 0; slot < SLOTS; ++slot) {
+        const int e = lane + slot * LANES;
+        const int r = e / PITCH, k_col = e - r * PITCH;
+        const index_t in_row = row0 + r, in_col = col0 + k_col;
+        const bool ok = e < CHANNEL_PLANE && k_col < cols && in_row >= 0 &&
+                        in_row < g.height && in_col >= 0 && in_col < g.width;
+        elements_ok |= ok ? 1u << slot : 0u;
+        element_offset[slot] = (index_t)r * fs.h + in_col * fs.w;
+    }
 
     acc_t sum[PAIR][TAPS];
 #pragma unroll
@@ -312,34 +350,89 @@ __device__ void carafe_backward_masks_tiled_impl(
 
     const index_t c_begin = p.group * channels_per_group;
     const index_t c_end = c_begin + channels_per_group;
-    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
-        const int count = (int)min((index_t)channel_batch, c_end - c0);
-        __syncthreads();
-        stage_halo<scalar_t>(halo, features + p.n * fs.n, fs, c0, count, channel_batch,
-                             y0 / s - R, x0 / s - R, rows, cols, PITCH, g.height, g.width);
-        __syncthreads();
-        if (!inside) continue;
-#pragma unroll 1
-        for (int cc = 0; cc < count; ++cc) {
-            acc_t grad[PAIR];
-            const scalar_t* go = grad_output + p.n * gs.n + (c0 + cc) * gs.c + y * gs.h + x * gs.w;
-            if constexpr (PAIR == 2) {
-                pair_access<scalar_t>::load(go, grad[0], grad[PAIR - 1]);
-            } else {
-                grad[0] = storage<scalar_t>::load(go);
+    const index_t chunk = channels_per_block;  // channels per subset
+    const index_t my_begin = c_begin + subset * chunk;
+    const scalar_t* feature_rows = features + p.n * fs.n + row0 * fs.h;
+    const scalar_t* go_base = grad_output + p.n * gs.n + y * gs.h + x * gs.w;
+    acc_t* own = halo + subset * SUBSET_PLANE;
+    const acc_t* window = own + (int)(x / s - x0 / s);
+    (void)channel_batch;  // == BATCH, passed for the launch record and the cost model
+    for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
+        acc_t staged[BATCH][SLOTS];
+        acc_t grad[BATCH][PAIR];
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const index_t channel = my_begin + c0 + cc;
+            const bool channel_ok = c0 + cc < chunk && channel < c_end;
+            const scalar_t* plane = feature_rows + channel * fs.c;
+#pragma unroll
+            for (int slot = 0; slot < SLOTS; ++slot) {
+                staged[cc][slot] = 0;
+                if (channel_ok && (elements_ok >> slot & 1u))
+                    staged[cc][slot] = storage<scalar_t>::load(plane + element_offset[slot]);
             }
-            const acc_t* window = halo + cc * plane + row * PITCH + col;
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) grad[cc][q] = 0;
+            if (inside && channel_ok) {
+                const scalar_t* go = go_base + channel * gs.c;
+                if constexpr (PAIR == 2) {
+                    pair_access<scalar_t>::load(go, grad[cc][0], grad[cc][PAIR - 1]);
+                } else {
+                    grad[cc][0] = storage<scalar_t>::load(go);
+                }
+            }
+        }
+        __syncwarp();  // the warp's previous batch fully read
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc)
+#pragma unroll
+            for (int slot = 0; slot < SLOTS; ++slot)
+                if (SLOTS * LANES == CHANNEL_PLANE || lane + slot * LANES < CHANNEL_PLANE)
+                    own[cc * CHANNEL_PLANE + lane + slot * LANES] = staged[cc][slot];
+        __syncwarp();
+        // Channels past the subset's end have grad 0 and a zero halo: adding
+        // 0 * 0 leaves every sum unchanged, so no test is needed here.
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const acc_t* w = window + cc * CHANNEL_PLANE;
 #pragma unroll
             for (int i = 0; i < K; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) {
-                    const acc_t value = window[i * PITCH + j];
+                    const acc_t value = w[i * PITCH + j];
 #pragma unroll
-                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[q] * value;
+                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[cc][q] * value;
                 }
         }
     }
-    if (!inside) return;  // after the last barrier: no thread waits for this one
+    // Subset 0 adds the other subsets' sums, ascending, one kernel row at a time
+    // (the halo space is reused: SUBSETS * K * PAIR * 32 <= its size).
+    static_assert(K * PAIR * LANES <= SUBSET_PLANE, "reduction space");
+    acc_t* partial = halo;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        __syncthreads();
+        if (subset != 0) {
+#pragma unroll
+            for (int j = 0; j < K; ++j)
+#pragma unroll
+                for (int q = 0; q < PAIR; ++q)
+                    partial[((subset * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane] =
+                        sum[q][i * K + j];
+        }
+        __syncthreads();
+        if (subset == 0) {
+#pragma unroll
+            for (int other = 1; other < SUBSETS; ++other)
+#pragma unroll
+                for (int j = 0; j < K; ++j)
+#pragma unroll
+                    for (int q = 0; q < PAIR; ++q)
+                        sum[q][i * K + j] +=
+                            partial[((other * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane];
+        }
+    }
+    if (subset != 0 || !inside) return;  // after the last barrier
     {
         // A tap outside the input has no effect on the output: its gradient is
         // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
@@ -391,6 +484,14 @@ __device__ void carafe_backward_masks_tiled_impl(
 }
 
 // ---------------------------------------------------------------- grad_features
+
+// Sub-pixel plane size, padded to tile_cols (mod 32): a warp's s sub-pixel
+// columns (sub_x * plane + local_w, local_w < tile_cols) then fall in distinct
+// banks, where an unpadded multiple of 32 would put them all in the same ones.
+__device__ __forceinline__ int padded_sub_plane(int plane, int tile_cols) {
+    const int target = tile_cols % 32;
+    return plane + ((target - plane % 32) % 32 + 32) % 32;
+}
 
 // Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
 // a tile of input pixels; the launcher sizes it so both are whole.
@@ -478,30 +579,68 @@ __device__ void carafe_backward_features_tiled_impl(
     // (centre * s + a, centre * s + b), so tap (i, j) is a fixed step of
     // -(i * centre_cols + j) from the thread's tap (0, 0).
     const int centre_rows = tile_rows + K - 1, centre_cols = tile_cols + K - 1;
-    const int sub_plane = centre_rows * centre_cols;
+    const int sub_plane = padded_sub_plane(centre_rows * centre_cols, tile_cols);
     const int channel_plane = s * s * sub_plane;
     acc_t* halo = shared;
     acc_t* partial = shared + channel_batch * channel_plane;
+    // One channel's partial sums; odd, so the threads of one sub-pixel column
+    // reading s * s channels apart do not share banks.
+    const int partial_pitch = threads + 1;
     const index_t group_begin = p.group * channels_per_group;
     const index_t c_begin = group_begin + p.slice * channels_per_block;
     const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
     const int base = (sub_y * s + sub_x) * sub_plane + (local_h + K - 1) * centre_cols +
                      (local_w + K - 1);
+    // Staging: this thread stages halo columns threadIdx.x + m * blockDim.x and
+    // rows threadIdx.y + n * blockDim.y. Both steps are multiples of s, so its
+    // sub-pixel plane never changes and no element needs a division; column
+    // offsets are computed once, and each pass issues its loads before its stores.
+    constexpr int COLUMN_SLOTS = 3;  // cols <= 3 * blockDim.x for K <= 7, s <= 8
+    static_assert(K <= 7, "three column slots cover K <= 7 at s <= 8");
+    constexpr int ROWS_PER_PASS = 2;
+    const int row_slots = (rows + (int)blockDim.y - 1) / (int)blockDim.y;
+    index_t column_offset[COLUMN_SLOTS];
+    unsigned columns_ok = 0;
+#pragma unroll
+    for (int m = 0; m < COLUMN_SLOTS; ++m) {
+        const int k = threadIdx.x + m * blockDim.x;
+        const index_t x = centre_col0 * s + k;
+        columns_ok |= (k < cols && x >= 0 && x < out_width) ? 1u << m : 0u;
+        column_offset[m] = x * gs.w;
+    }
+    const int staged_at = (sub_y * s + sub_x) * sub_plane + local_h * centre_cols + local_w;
+    const scalar_t* go_image = grad_output + p.n * gs.n;
     for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
         const int count = (int)min((index_t)channel_batch, c_end - c0);
         __syncthreads();
-        for (int e = thread; e < channel_batch * plane; e += threads) {
-            const int cc = e / plane;
-            const int within = e - cc * plane;
-            const int r = within / cols, k = within - r * cols;
-            const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
-            acc_t value = 0;
-            if (cc < count && y >= 0 && y < out_height && x >= 0 && x < out_width) {
-                value = storage<scalar_t>::load(grad_output + p.n * gs.n + (c0 + cc) * gs.c +
-                                                y * gs.h + x * gs.w);
+        for (int cc = 0; cc < channel_batch; ++cc) {
+            const scalar_t* go_channel = go_image + (c0 + cc) * gs.c;
+            for (int n0 = 0; n0 < row_slots; n0 += ROWS_PER_PASS) {
+                acc_t value[ROWS_PER_PASS][COLUMN_SLOTS];
+#pragma unroll
+                for (int v = 0; v < ROWS_PER_PASS; ++v) {
+                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
+                    const index_t y = centre_row0 * s + r;
+                    const bool row_ok = cc < count && r < rows && y >= 0 && y < out_height;
+                    const scalar_t* go_row = go_channel + y * gs.h;
+#pragma unroll
+                    for (int m = 0; m < COLUMN_SLOTS; ++m) {
+                        value[v][m] = 0;
+                        if (row_ok && (columns_ok >> m & 1u))
+                            value[v][m] = storage<scalar_t>::load(go_row + column_offset[m]);
+                    }
+                }
+#pragma unroll
+                for (int v = 0; v < ROWS_PER_PASS; ++v) {
+                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
+                    acc_t* row = halo + cc * channel_plane + staged_at +
+                                 (n0 + v) * tile_rows * centre_cols;
+#pragma unroll
+                    for (int m = 0; m < COLUMN_SLOTS; ++m)
+                        if (r < rows && threadIdx.x + m * blockDim.x < cols)
+                            row[m * tile_cols] = value[v][m];
+                }
             }
-            halo[cc * channel_plane + ((r % s) * s + k % s) * sub_plane +
-                 (r / s) * centre_cols + k / s] = value;
         }
         __syncthreads();
 #pragma unroll 1
@@ -512,15 +651,19 @@ __device__ void carafe_backward_features_tiled_impl(
             for (int i = 0; i < K; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) sum += weight[i * K + j] * window[-(i * centre_cols + j)];
-            partial[cc * threads + thread] = sum;
+            partial[cc * partial_pitch + thread] = sum;
         }
         __syncthreads();
-        if (sub_x == 0 && sub_y == 0 && h < g.height && w < g.width) {
-            for (int cc = 0; cc < count; ++cc) {
+        // The s * s threads of a pixel share out its channels (sub-pixel (a, b)
+        // takes a * s + b, then every s * s-th); each total adds the sub-pixels
+        // in the same fixed order whichever thread computes it.
+        if (h < g.height && w < g.width) {
+            const int first = local_h * s * (int)blockDim.x + local_w * s;  // sub-pixel (0, 0)
+            for (int cc = sub_y * s + sub_x; cc < count; cc += s * s) {
                 acc_t total = 0;
                 for (int a = 0; a < s; ++a)
                     for (int b = 0; b < s; ++b)
-                        total += partial[cc * threads + thread + a * blockDim.x + b];
+                        total += partial[cc * partial_pitch + first + a * blockDim.x + b];
                 storage<scalar_t>::store(
                     grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
             }
@@ -548,7 +691,7 @@ __device__ void carafe_backward_features_tiled_impl(
         carafe_backward_masks_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) { \
         carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
-            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \
@@ -571,7 +714,7 @@ __device__ void carafe_backward_features_tiled_impl(
         carafe_fused_backward_logits_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {          \
         carafe_backward_masks_tiled_impl<scalar_t, K, 1, true>(                                \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
-            CARAFE_STRIDES(c), CARAFE_STRIDES(o), (int)channel_batch);                         \
+            CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 1)                                          \
         carafe_fused_backward_features_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \

@@ -180,15 +180,21 @@ def test_a_missing_barrier_in_the_tiled_kernels_is_caught(order, monkeypatch):
     must turn that into wrong answers."""
     from carafe_cupy import _planner, _sources
 
-    barrier_then_read = "        __syncthreads();\n        if (!inside) continue;"
+    # forward: a block barrier; grad_masks: each warp stages its own halo
+    barriers_then_reads = (
+        ("        __syncthreads();\n", "        if (!inside) continue;"),
+        ("        __syncwarp();\n", "        // Channels past the subset's end"),
+    )
     original = _sources.kernel_source
 
     def without_barrier(module_name: str = _sources.KERNEL_MODULE) -> str:
         source = original(module_name)
         if module_name == _sources.KERNEL_MODULE:
             return source
-        assert source.count(barrier_then_read) == 2, "the tiled kernels changed shape"
-        return source.replace(barrier_then_read, "        if (!inside) continue;")
+        for barrier, read in barriers_then_reads:
+            assert source.count(barrier + read) == 1, "the tiled kernels changed shape"
+            source = source.replace(barrier + read, read)
+        return source
 
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     monkeypatch.setattr(sim_runtime, "_runtime", sim_runtime.SimRuntime(order))

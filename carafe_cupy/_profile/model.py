@@ -60,6 +60,13 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     per_block, batch = launch.tiling if len(launch.tiling) == 2 else (geometry.channels, 1)
     if "c0 += channel_batch" in text:
         return -(-per_block // batch)
+    if "cc < channel_batch" in text:
+        return batch
+    if "n0 += ROWS_PER_PASS" in text:  # grad_features staging: 2 halo row slots a pass
+        slots = -(-((launch.block[1] // s + k - 1) * s) // launch.block[1])
+        return -(-slots // 2)
+    if "cc += s * s" in text:  # channels shared out over a pixel's s * s threads
+        return -(-batch // (s * s))
     if "cc < count" in text:
         return batch
     if "e += threads" in text:
