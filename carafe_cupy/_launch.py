@@ -105,8 +105,8 @@ def launch_fused_forward(
     stream: int = 0,
 ) -> None:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored."""
-    launches = plan_fused_forward(geometry, features.dtype)
-    _run(launches, geometry, (features, logits, output), device, stream)
+    tensors = (features, logits, output)
+    _run(plan_fused_forward(geometry, *tensors), geometry, tensors, device, stream)
 
 
 def launch_fused_backward(

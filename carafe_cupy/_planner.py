@@ -400,14 +400,27 @@ def fused_supported(geometry: Geometry, dtype: str) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def plan_fused_forward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
+def plan_fused_forward(
+    geometry: Geometry, features: TensorRef, logits: TensorRef, output: TensorRef
+) -> tuple[Launch, ...]:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
     Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``."""
+    layout = _operands((features, logits, output))
+    return _fused_forward(geometry, features.dtype, layout)
+
+
+@functools.lru_cache(maxsize=512)
+def _fused_forward(geometry: Geometry, dtype: str, layout) -> tuple[Launch, ...]:
     if geometry.batch * geometry.channels == 0:
         return ()
-    kernel = f"carafe_fused_forward_k{geometry.kernel_size}_{dtype}"
-    plan = _output_tile_plan(geometry, dtype, kernel, False, True, (0, 1, None, 2))
+    k, slots = geometry.kernel_size, (0, 1, None, 2)
+    plan = None
+    if _pairs_fit(geometry, dtype, layout[2:]):  # logits are read one element at a time
+        kernel = f"carafe_fused_forward_k{k}_p2_{dtype}"
+        plan = _output_tile_plan(geometry, dtype, kernel, True, True, slots)
+    if plan is None:
+        kernel = f"carafe_fused_forward_k{k}_{dtype}"
+        plan = _output_tile_plan(geometry, dtype, kernel, False, True, slots)
     assert plan is not None  # fused_supported() was checked by the caller
     return (plan,)
 

@@ -649,6 +649,16 @@ __device__ void carafe_backward_features_tiled_impl(
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
 
+// The fused forward with two pixels per thread: one softmax per pixel per
+// channel slice, and each staged window value serves both pixels.
+#define CARAFE_DEFINE_FUSED_PAIR_K(suffix, scalar_t, K)                                        \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                       \
+        carafe_fused_forward_k##K##_p2_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {               \
+        carafe_forward_tiled_impl<scalar_t, K, 2, true>(                                       \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }
+
 #define CARAFE_DEFINE_FUSED_K(suffix, scalar_t, K)                                             \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_fused_forward_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {                  \
