@@ -180,6 +180,24 @@ MUTANTS = (
         r"index < total; index \+= grid_stride\(\)",
         "index < total; index = total",
     ),
+    Mutant(
+        "forward-mask-tap-stride",
+        TILED,
+        r"tap_step = ms\.c;",
+        "tap_step = ms.w;",
+    ),
+    Mutant(
+        "fused-pair-logit-channel",
+        TILED,
+        r"storage<scalar_t>::load\(tap_mask \+ q \* ms\.c\)",
+        "storage<scalar_t>::load(tap_mask + q * ms.w)",
+    ),
+    Mutant(
+        "forward-halo-slot-row-bound",
+        TILED,
+        r"r < rows && k < cols && row >= 0 && row < height",
+        "r < rows && k < cols && row >= 0 && row <= height",
+    ),
     # special values
     Mutant(
         "forward-outside-tap-weight-kept",
