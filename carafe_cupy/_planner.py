@@ -404,18 +404,21 @@ def plan_fused_forward(
     geometry: Geometry, features: TensorRef, logits: TensorRef, output: TensorRef
 ) -> tuple[Launch, ...]:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
-    Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``."""
+    Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``.
+    Two pixels per thread where the output allows, unless the "tiled" variant
+    (one pixel per thread) is forced."""
     layout = _operands((features, logits, output))
-    return _fused_forward(geometry, features.dtype, layout)
+    return _fused_forward(geometry, features.dtype, layout, requested_variant())
 
 
 @functools.lru_cache(maxsize=512)
-def _fused_forward(geometry: Geometry, dtype: str, layout) -> tuple[Launch, ...]:
+def _fused_forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
     if geometry.batch * geometry.channels == 0:
         return ()
     k, slots = geometry.kernel_size, (0, 1, None, 2)
     plan = None
-    if _pairs_fit(geometry, dtype, layout[2:]):  # logits are read one element at a time
+    # logits are read one element at a time: only the output needs the pair layout
+    if variant != "tiled" and _pairs_fit(geometry, dtype, layout[2:]):
         kernel = f"carafe_fused_forward_k{k}_p2_{dtype}"
         plan = _output_tile_plan(geometry, dtype, kernel, True, True, slots)
     if plan is None:
