@@ -202,16 +202,16 @@ def _channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
 # Forward grids aim at about this many blocks: two waves of 2 blocks/SM on a
 # 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
 # prologue, so slices are added only until the grid is that full.
-FORWARD_TARGET_BLOCKS = int(os.environ.get("CARAFE_CUPY_FORWARD_TARGET_BLOCKS", "528"))
+FORWARD_TARGET_BLOCKS = 528
 
 
 def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
     """Channels per block of a forward grid: whole channel batches, split evenly
-    (at least 8 channels a slice) into the slice count nearest the target grid."""
+    (at least 16 channels a slice) into the slice count nearest the target grid."""
     per_group = geometry.channels // geometry.group_size
     batches = -(-per_group // CHANNEL_BATCH_MAX)
     wanted = FORWARD_TARGET_BLOCKS / max(1, blocks_per_slice)
-    even = [n for n in range(1, max(1, per_group // 8) + 1) if batches % n == 0]
+    even = [n for n in range(1, max(1, per_group // 16) + 1) if batches % n == 0]
     slices = min(even, key=lambda n: (abs(math.log(n / wanted)) if wanted > 0 else n, n))
     return min(per_group, batches // slices * CHANNEL_BATCH_MAX)
 
