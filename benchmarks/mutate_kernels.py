@@ -202,7 +202,7 @@ MUTANTS = (
     Mutant(
         "forward-outside-tap-weight-kept",
         TILED,
-        r"if \(!tap_inside\(centre_y \+ t / K - R, centre_x \+ t % K - R, g\)\)",
+        r"if \(!tap_in_image\)",
         "if (false)",
     ),
     # softmax of the fused normaliser

@@ -319,9 +319,12 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     }
     // Taps outside the input are skipped, not multiplied by the zero halo, so an
     // Inf or NaN mask there leaves the output finite (as the reference does).
+    // 32-bit unsigned tests (negative wraps high); K row and K column tests in all.
 #pragma unroll
     for (int t = 0; t < TAPS; ++t) {
-        if (!tap_inside(centre_y + t / K - R, centre_x + t % K - R, g)) {
+        const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
+                                  (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
+        if (!tap_in_image) {
 #pragma unroll
             for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
         }
