@@ -92,23 +92,8 @@ struct tile_position {
     index_t tile_x, tile_y, slice, group, n;
 };
 
-__device__ __forceinline__ tile_position block_position(index_t tiles_x, index_t tiles_y,
-                                                        index_t slices, index_t groups) {
-    index_t rest = (index_t)blockIdx.x;
-    tile_position p;
-    p.tile_x = rest % tiles_x;
-    rest /= tiles_x;
-    p.tile_y = rest % tiles_y;
-    rest /= tiles_y;
-    p.slice = rest % slices;
-    rest /= slices;
-    p.group = rest % groups;
-    p.n = rest / groups;
-    return p;
-}
-
-// block_position in 32-bit arithmetic: exact whenever the grid is (every
-// factor is at most gridDim.x < 2^31), and free of 64-bit division calls.
+// Block index -> tile position in 32-bit arithmetic: exact whenever the grid is
+// (every factor is at most gridDim.x < 2^31), and free of 64-bit division calls.
 __device__ __forceinline__ tile_position block_position_32(unsigned tiles_x, unsigned tiles_y,
                                                            unsigned slices, unsigned groups) {
     unsigned rest = blockIdx.x;
@@ -122,6 +107,13 @@ __device__ __forceinline__ tile_position block_position_32(unsigned tiles_x, uns
     p.group = rest % groups;
     p.n = rest / groups;
     return p;
+}
+
+// The same for index_t callers (the launcher keeps every factor below 2^31).
+__device__ __forceinline__ tile_position block_position(index_t tiles_x, index_t tiles_y,
+                                                        index_t slices, index_t groups) {
+    return block_position_32((unsigned)tiles_x, (unsigned)tiles_y, (unsigned)slices,
+                             (unsigned)groups);
 }
 
 // Softmax over the taps of one pixel, in place (max subtracted first). Every
