@@ -198,14 +198,14 @@ def test_reduced_simulation_scales_to_the_full_launch_exactly(monkeypatch):
     from carafe_cupy._profile import traffic
     from carafe_cupy._sim.trace import tracing
 
-    geometry = _planner.Geometry(2, 32, 6, 10, 5, 2, 2)
+    geometry = _planner.Geometry(2, 64, 6, 10, 5, 2, 2)  # 32 channels a group: 2 slices
     (launch,) = traffic.planned("forward", geometry, "float32")
     assert launch.tiling[0] < geometry.channels // geometry.group_size  # sliced channels
     scaled = traffic.simulate("forward", launch, geometry, "float32")
     assert scaled.exact
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     rng = np.random.default_rng(1)
-    features = rng.random((2, 32, 6, 10), dtype=np.float32)
+    features = rng.random((2, 64, 6, 10), dtype=np.float32)
     masks = rng.random((2, 50, 12, 20), dtype=np.float32)
     with tracing() as traces:
         carafe_cupy.carafe(features, masks, 5, 2, 2)
