@@ -186,11 +186,29 @@ MUTANTS = (
         r"index < total; index \+= grid_stride\(\)",
         "index < total; index = total",
     ),
+    Mutant(
+        "forward-mask-tap-stride",
+        TILED,
+        r"tap_step = ms\.c;",
+        "tap_step = ms.w;",
+    ),
+    Mutant(
+        "fused-pair-logit-channel",
+        TILED,
+        r"storage<scalar_t>::load\(tap_mask \+ q \* ms\.c\)",
+        "storage<scalar_t>::load(tap_mask + q * ms.w)",
+    ),
+    Mutant(
+        "forward-halo-slot-row-bound",
+        TILED,
+        r"r < rows && k < cols && row >= 0 && row < height",
+        "r < rows && k < cols && row >= 0 && row <= height",
+    ),
     # special values
     Mutant(
         "forward-outside-tap-weight-kept",
         TILED,
-        r"if \(!tap_inside\(centre_y \+ t / K - R, centre_x \+ t % K - R, g\)\)",
+        r"if \(!tap_in_image\)",
         "if (false)",
     ),
     # softmax of the fused normaliser

@@ -10,6 +10,7 @@ CuPy/NVRTC on a GPU (``_cupy_runtime``), or the CPU simulator when
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -40,10 +41,16 @@ def launch_arguments(
     """The kernel's arguments: pointers, sizes, every tensor's strides, tiling;
     all 64-bit so no size or offset is ever truncated."""
     slots = [_NO_TENSOR if index is None else tensors[index] for index in planned.operands]
-    args: tuple = tuple(np.uint64(ref.pointer) for ref in slots)
-    args += tuple(np.int64(size) for size in geometry.sizes)
-    for ref in slots:
-        args += tuple(np.int64(stride) for stride in ref.strides)
+    fixed = _fixed_arguments(planned, geometry, tuple(ref.strides for ref in slots))
+    return tuple(np.uint64(ref.pointer) for ref in slots) + fixed
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_arguments(planned: Launch, geometry: Geometry, strides: tuple) -> tuple:
+    """The arguments after the pointers, built once per plan, geometry and layout."""
+    args = tuple(np.int64(size) for size in geometry.sizes)
+    for tensor_strides in strides:
+        args += tuple(np.int64(stride) for stride in tensor_strides)
     return args + tuple(np.int64(value) for value in planned.tiling)
 
 
@@ -105,8 +112,8 @@ def launch_fused_forward(
     stream: int = 0,
 ) -> None:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored."""
-    launches = plan_fused_forward(geometry, features.dtype)
-    _run(launches, geometry, (features, logits, output), device, stream)
+    tensors = (features, logits, output)
+    _run(plan_fused_forward(geometry, *tensors), geometry, tensors, device, stream)
 
 
 def launch_fused_backward(

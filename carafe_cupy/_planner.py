@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,11 +199,30 @@ def _channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
     return per_block
 
 
+# Forward grids aim at about this many blocks: two waves of 2 blocks/SM on a
+# 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
+# prologue, so slices are added only until the grid is that full.
+FORWARD_TARGET_BLOCKS = 528
+
+
+def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+    """Channels per block of a forward grid: whole channel batches, split evenly
+    (at least 16 channels a slice) into the slice count nearest the target grid."""
+    per_group = geometry.channels // geometry.group_size
+    batches = -(-per_group // CHANNEL_BATCH_MAX)
+    wanted = FORWARD_TARGET_BLOCKS / max(1, blocks_per_slice)
+    even = [n for n in range(1, max(1, per_group // 16) + 1) if batches % n == 0]
+    slices = min(even, key=lambda n: (abs(math.log(n / wanted)) if wanted > 0 else n, n))
+    return min(per_group, batches // slices * CHANNEL_BATCH_MAX)
+
+
 def _output_tile_plan(
     geometry: Geometry, dtype: str, kernel: str, pair: bool, slice_channels: bool, operands
 ) -> Launch | None:
     """A kernel whose block owns an output tile (forward, grad_masks, fused logits)."""
     k, s = geometry.kernel_size, geometry.scale_factor
+    if slice_channels and max(geometry.out_height, geometry.out_width, geometry.channels) >= 2**31:
+        return None  # the forward kernels keep sizes and coordinates in 32 bits
     pairs = 2 if pair else 1
     tile_w, tile_h = TILE_THREADS[0] * pairs, TILE_THREADS[1]
     pitch = (tile_w - 1 + pairs - 1) // pairs + k
@@ -213,7 +233,7 @@ def _output_tile_plan(
     tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
-    per_block = _channels_per_block(geometry, blocks) if slice_channels else per_group
+    per_block = _forward_channels_per_block(geometry, blocks) if slice_channels else per_group
     per_block = max(1, per_block)
     slices = max(1, -(-per_group // per_block))
     if blocks * slices > MAX_GRID_X:
@@ -421,14 +441,30 @@ def fused_supported(geometry: Geometry, dtype: str) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def plan_fused_forward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
+def plan_fused_forward(
+    geometry: Geometry, features: TensorRef, logits: TensorRef, output: TensorRef
+) -> tuple[Launch, ...]:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
-    Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``."""
+    Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``.
+    Two pixels per thread where the output allows, unless the "tiled" variant
+    (one pixel per thread) is forced."""
+    layout = _operands((features, logits, output))
+    return _fused_forward(geometry, features.dtype, layout, requested_variant())
+
+
+@functools.lru_cache(maxsize=512)
+def _fused_forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
     if geometry.batch * geometry.channels == 0:
         return ()
-    kernel = f"carafe_fused_forward_k{geometry.kernel_size}_{dtype}"
-    plan = _output_tile_plan(geometry, dtype, kernel, False, True, (0, 1, None, 2))
+    k, slots = geometry.kernel_size, (0, 1, None, 2)
+    plan = None
+    # logits are read one element at a time: only the output needs the pair layout
+    if variant != "tiled" and _pairs_fit(geometry, dtype, layout[2:]):
+        kernel = f"carafe_fused_forward_k{k}_p2_{dtype}"
+        plan = _output_tile_plan(geometry, dtype, kernel, True, True, slots)
+    if plan is None:
+        kernel = f"carafe_fused_forward_k{k}_{dtype}"
+        plan = _output_tile_plan(geometry, dtype, kernel, False, True, slots)
     assert plan is not None  # fused_supported() was checked by the caller
     return (plan,)
 

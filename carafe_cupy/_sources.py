@@ -110,6 +110,8 @@ def module_kernel_names(module_name: str) -> list[str]:
             f"carafe_forward_tiled_k{k}_p2_{dtype}",
             f"carafe_backward_masks_tiled_k{k}_p2_{dtype}",
         ]
+        if fused_instantiated(dtype, k):
+            names.append(f"carafe_fused_forward_k{k}_p2_{dtype}")
     return names
 
 

@@ -91,6 +91,7 @@ EDGE_CONFIGS = [
     (1, 3, 9, 35, 3, 1, 1),  # H, W past one tile, not multiples of it
     (1, 2, 2, 2, 7, 2, 3),  # H, W < k
     (1, 40, 3, 3, 3, 1, 2),  # many channels: slices and batches
+    (2, 108, 2, 2, 3, 2, 2),  # 54 channels a group: a last slice shorter than the rest
     (1, 4, 3, 4, 5, 1, 5),  # s = 5: odd sub-pixel blocks in grad_features
 ]
 

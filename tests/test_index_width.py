@@ -168,12 +168,11 @@ def compile_to_ptx(source: str) -> str:
 
 
 def narrow_tiled_index_math(ops: Counter) -> list[str]:
-    """Signs that a tiled kernel's block position or offsets are 32-bit. Tile-local
-    indices are int by design, so only the presence of 64-bit math is required:
-    the block position is split with 64-bit div/rem, offsets use 64-bit multiplies."""
+    """Signs that a tiled kernel's offsets are 32-bit. Tile-local indices, sizes and
+    the block position are 32-bit by design (every factor of the grid is below
+    gridDim.x's 2^31 limit, and the launcher checks the forward's sizes), so only
+    the presence of 64-bit offset math is required: 64-bit multiplies."""
     problems = []
-    if not sum(ops[op] for op in ("div.s64", "div.u64", "rem.s64", "rem.u64")):
-        problems.append("no 64-bit division")
     if not sum(ops[f"{op}.lo.{sign}64"] for op in ("mul", "mad") for sign in "su"):
         problems.append("no 64-bit multiply")
     return problems

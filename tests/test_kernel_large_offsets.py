@@ -96,8 +96,8 @@ def launch_all(make, dtype, k, variant):
         "features": (n, c, h, w),
         "second": (
             n,
-            g * k * k * (s * s if variant == "fused" else 1),
-            *((h, w) if variant == "fused" else (h * s, w * s)),
+            g * k * k * (s * s if variant.startswith("fused") else 1),
+            *((h, w) if variant.startswith("fused") else (h * s, w * s)),
         ),
         "grad_output": (n, c, h * s, w * s),
     }
@@ -113,9 +113,11 @@ def launch_all(make, dtype, k, variant):
         _torch_ops._ref(t)
         for t in (features, second, grad_output, output, grad_features, grad_second)
     ]
-    if variant == "fused":
-        _launch.launch_fused_forward(geometry, refs[0], refs[1], refs[3])
-        _launch.launch_fused_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
+    if variant.startswith("fused"):
+        # the forced "tiled" variant makes the fused forward take one pixel per thread
+        with _planner.forced_variant("auto" if variant == "fused_pair" else "tiled"):
+            _launch.launch_fused_forward(geometry, refs[0], refs[1], refs[3])
+            _launch.launch_fused_backward(geometry, refs[2], refs[0], refs[1], refs[4], refs[5])
     else:
         with _planner.forced_variant(variant):
             _launch.launch_forward(geometry, refs[0], refs[1], refs[3])
@@ -129,6 +131,8 @@ def variants(dtype: str, k: int) -> list[str]:
         names.append("tiled_pair")
     if _sources.fused_instantiated(dtype, k):
         names.append("fused")
+        if _sources.pairs_instantiated(dtype, k):
+            names.append("fused_pair")
     return names
 
 

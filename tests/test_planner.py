@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -71,3 +72,29 @@ def test_forced_variant_that_cannot_run_raises():
     refs = (contiguous((1, 4, 5, 5)), contiguous((1, 25, 15, 15)), contiguous((1, 4, 15, 15)))
     with _planner.forced_variant("tiled_pair"), pytest.raises(ValueError, match="tiled_pair"):
         _planner.plan_forward(geometry, *refs)
+
+
+@pytest.mark.parametrize("hw", [(13, 21), (26, 42), (52, 84), (104, 168), (64, 64), (3, 5)])
+@pytest.mark.parametrize("channels", [256, 24, 8])
+def test_forward_grid_splits_channels_evenly_near_two_waves(hw, channels):
+    geometry = _planner.Geometry(2, channels, *hw, 5, 1, 2)
+    g = geometry
+    refs = (
+        contiguous((g.batch, g.channels, g.height, g.width)),
+        contiguous((g.batch, g.mask_channels, g.out_height, g.out_width)),
+        contiguous((g.batch, g.channels, g.out_height, g.out_width)),
+    )
+    (plan,) = _planner.plan_forward(geometry, *refs)
+    per_block, batch = plan.tiling
+    slices = -(-channels // per_block)
+    tiles = plan.blocks // slices
+    assert tiles * slices == plan.blocks
+    # whole channel batches, split evenly: every slice has the same channels
+    assert per_block % batch == 0 or per_block == channels
+    assert per_block * slices == channels or slices == 1
+    assert slices == 1 or per_block >= 16
+    # no other even split with at least 16 channels a slice is nearer the
+    # target grid (by ratio: one wave too few costs as much as twice too many)
+    wanted = _planner.FORWARD_TARGET_BLOCKS / tiles
+    splits = [n for n in range(1, max(1, channels // 16) + 1) if (channels // batch) % n == 0]
+    assert abs(math.log(slices / wanted)) == min(abs(math.log(n / wanted)) for n in splits)

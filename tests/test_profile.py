@@ -55,11 +55,13 @@ def test_static_analysis_of_real_nvrtc_output(sm90_kernels):
         assert total == kernel.instructions
     forward = sm90_kernels["carafe_forward_tiled_k5_p1_float32"]
     channel = [i for i, loop in enumerate(forward.loops) if "c0 += channel_batch" in loop.source]
-    staging = [loop for loop in forward.loops if "e += threads" in loop.source]
-    assert len(channel) == 1 and staging, [loop.source for loop in forward.loops]
-    assert all(loop.parent == channel[0] for loop in staging)
-    for loop in staging:  # each pass loads from global memory and stores to shared memory
-        assert loop.global_loads >= 1 and loop.shared_stores >= 1 and loop.load_rounds >= 1
+    assert len(channel) == 1, [loop.source for loop in forward.loops]
+    # the halo staging is unrolled into the channel loop's own body: it loads from
+    # global memory and stores to shared memory there, and the tap loop nests inside
+    staging = forward.loops[channel[0]]
+    assert staging.global_loads >= 1 and staging.shared_stores >= 1 and staging.load_rounds >= 1
+    taps = [loop for loop in forward.loops if "cc < count" in loop.source]
+    assert taps and all(loop.parent == channel[0] for loop in taps)
 
 
 @pytest.mark.parametrize(
@@ -196,14 +198,14 @@ def test_reduced_simulation_scales_to_the_full_launch_exactly(monkeypatch):
     from carafe_cupy._profile import traffic
     from carafe_cupy._sim.trace import tracing
 
-    geometry = _planner.Geometry(2, 32, 6, 10, 5, 2, 2)
+    geometry = _planner.Geometry(2, 64, 6, 10, 5, 2, 2)  # 32 channels a group: 2 slices
     (launch,) = traffic.planned("forward", geometry, "float32")
     assert launch.tiling[0] < geometry.channels // geometry.group_size  # sliced channels
     scaled = traffic.simulate("forward", launch, geometry, "float32")
     assert scaled.exact
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     rng = np.random.default_rng(1)
-    features = rng.random((2, 32, 6, 10), dtype=np.float32)
+    features = rng.random((2, 64, 6, 10), dtype=np.float32)
     masks = rng.random((2, 50, 12, 20), dtype=np.float32)
     with tracing() as traces:
         carafe_cupy.carafe(features, masks, 5, 2, 2)

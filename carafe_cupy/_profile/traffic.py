@@ -48,7 +48,7 @@ def _contiguous(shape: tuple[int, ...], dtype: str) -> TensorRef:
 def planned(op: str, geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
     """The launches the launcher makes for ``op`` on contiguous, aligned tensors."""
     refs = [_contiguous(role_shape(role, geometry), dtype) for role in ROLES[op]]
-    if op in ("forward", "backward"):
+    if op in ("forward", "backward", "fused_forward"):
         return getattr(_planner, f"plan_{op}")(geometry, *refs)
     return getattr(_planner, f"plan_{op}")(geometry, dtype)
 

@@ -140,4 +140,4 @@ def test_sites_add_up_to_the_launch(inputs) -> None:
             assert sum(s.unique_bytes for s in sites) >= total.unique_bytes
     # The kernel's own loops name the sites: the staged halo and the tap loop.
     texts = " ".join(f.text for s in trace.sites for f in s.frames)
-    assert "halo" in texts and "stage_halo" in " ".join(s.call_chain for s in trace.sites)
+    assert "halo" in texts and "forward_halo_slots" in " ".join(s.call_chain for s in trace.sites)
