@@ -45,23 +45,37 @@ KERNEL_TESTS = (
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    file: str
+    files: tuple[str, ...]  # in cuda_src/, in the order the kernel source includes them
     pattern: str
     replacement: str
-    occurrence: int = 0  # which match to change, when the pattern matches several
+    occurrence: int = 0  # which match to change (counted across ``files``)
 
-    def apply(self, text: str) -> str:
-        matches = list(re.finditer(self.pattern, text))
-        if self.occurrence >= len(matches):
-            raise LookupError(
-                f"{self.name}: pattern {self.pattern!r} matches {len(matches)} times in "
-                f"{self.file}; occurrence {self.occurrence} wanted"
-            )
-        match = matches[self.occurrence]
-        return text[: match.start()] + match.expand(self.replacement) + text[match.end() :]
+    def plant(self, source_dir: Path) -> tuple[Path, str, str]:
+        """(file, its text, its text with the mutant planted)."""
+        seen = 0
+        for name in self.files:
+            path = source_dir / name
+            text = path.read_text()
+            matches = list(re.finditer(self.pattern, text))
+            if self.occurrence < seen + len(matches):
+                match = matches[self.occurrence - seen]
+                mutated = text[: match.start()] + match.expand(self.replacement)
+                return path, text, mutated + text[match.end() :]
+            seen += len(matches)
+        raise LookupError(
+            f"{self.name}: pattern {self.pattern!r} matches {seen} times in "
+            f"{', '.join(self.files)}; occurrence {self.occurrence} wanted"
+        )
 
 
-TILED, COMMON, GENERAL = "carafe_tiled.cuh", "carafe_common.cuh", "carafe.cu"
+# the tiled kernels: carafe_tiled.cuh (helpers, entry points) and the parts it includes
+TILED = (
+    "carafe_tiled.cuh",
+    "carafe_tiled_forward.cuh",
+    "carafe_tiled_grad_masks.cuh",
+    "carafe_tiled_grad_features.cuh",
+)
+COMMON, GENERAL = ("carafe_common.cuh",), ("carafe.cu",)
 OUT_OFFSET = r"p\.n \* os\.n \+ \(c0 \+ cc\) \* os\.c \+ y \* os\.h \+ x \* os\.w"
 
 MUTANTS = (
@@ -294,9 +308,7 @@ def run_mutant(
     root: Path, mutant: Mutant, tests: list[str], timeout: float, env: dict
 ) -> tuple[str, str]:
     """Plant the mutant in ``root``, run the tests, restore. Returns (verdict, detail)."""
-    path = root / "cuda_src" / mutant.file
-    original = path.read_text()
-    mutated = mutant.apply(original)
+    path, original, mutated = mutant.plant(root / "cuda_src")
     try:
         path.write_text(mutated)
         try:
@@ -328,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
     for mutant in mutants:  # every pattern must still match before anything runs
-        mutant.apply((CHECKOUT / "cuda_src" / mutant.file).read_text())
+        mutant.plant(CHECKOUT / "cuda_src")
     if args.list:
         for mutant in mutants:
-            print(f"{mutant.name:45} {mutant.file}")
+            print(f"{mutant.name:45} {mutant.plant(CHECKOUT / 'cuda_src')[0].name}")
         return 0
 
     # SIGTERM restores the sources too (through the finally in run_mutant).
@@ -357,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         for mutant in mutants:
             start = time.monotonic()
             verdict, detail = run_mutant(root, mutant, args.tests, args.timeout, env)
-            rows.append((mutant.name, mutant.file, verdict, time.monotonic() - start, detail))
+            where = mutant.plant(root / "cuda_src")[0].name
+            rows.append((mutant.name, where, verdict, time.monotonic() - start, detail))
             print(f"{verdict:8} {mutant.name:45} {rows[-1][3]:6.0f} s  {detail}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -249,7 +249,7 @@ def _output_tile_plan(
     )
 
 
-MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled.cuh
+MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled_grad_masks.cuh
 MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp
 
 
