@@ -148,40 +148,12 @@ __device__ __forceinline__ const scalar_t* logit_address(const scalar_t* logits,
     return logits + n * st.n + channel * st.c + h * st.h + w * st.w;
 }
 
-// Stage `count` channels' windows [row0, row0 + rows) x [col0, col0 + cols) of a
-// plane set into shared memory (row pitch `pitch`), zero outside the image or
-// past `count`.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_halo(acc_t* halo, const scalar_t* base, const strides4& st,
-                                           index_t first_channel, int count, int batch,
-                                           index_t row0, index_t col0, int rows, int cols,
-                                           int pitch, index_t height, index_t width) {
-    const int plane = rows * cols;
-    const int total = batch * plane;
-    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
-    const int threads = blockDim.x * blockDim.y;
-    for (int e = thread; e < total; e += threads) {
-        const int cc = e / plane;
-        const int within = e - cc * plane;
-        const int r = within / cols;
-        const int k = within - r * cols;
-        const index_t row = row0 + r;
-        const index_t col = col0 + k;
-        acc_t value = 0;
-        if (cc < count && row >= 0 && row < height && col >= 0 && col < width) {
-            value = storage<scalar_t>::load(base + (first_channel + cc) * st.c + row * st.h +
-                                            col * st.w);
-        }
-        halo[(cc * rows + r) * pitch + k] = value;
-    }
-}
-
-// Row pitch of the forward / grad_masks halo: the widest halo of a tile
-// (s = 1, or s = 2 for pairs), so tap offsets are compile-time constants.
 __device__ __forceinline__ bool tap_inside(index_t row, index_t col, const carafe_geometry& g) {
     return row >= 0 && row < g.height && col >= 0 && col < g.width;
 }
 
+// Row pitch of the forward / grad_masks halo: the widest halo of a tile
+// (s = 1, or s = 2 for pairs), so tap offsets are compile-time constants.
 template <int K, int PAIR>
 __device__ __forceinline__ constexpr int tile_pitch() {
     return (CARAFE_TILE_THREADS_X * PAIR - 1 + PAIR - 1) / PAIR + K;
