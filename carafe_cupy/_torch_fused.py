@@ -16,7 +16,6 @@ from ._torch_ops import (
     _check_tensors,
     _device_and_stream,
     _empty_output,
-    _geometry,
     _ref,
     _setup_context,
     carafe_backward,
@@ -68,8 +67,9 @@ def carafe_fused_forward(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
-    check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)
-    geometry = _geometry(features, kernel_size, group_size, scale_factor)
+    geometry = check_logits_geometry(
+        features.shape, logits.shape, kernel_size, group_size, scale_factor
+    )
     if not _uses_fused_kernels(features, geometry):
         masks = normalize_logits(logits, kernel_size, scale_factor)
         return carafe_forward(features, masks, kernel_size, group_size, scale_factor)

@@ -87,10 +87,6 @@ def _device_and_stream(device: torch.device) -> tuple[int, int]:
     return device.index, torch.cuda.current_stream(device).cuda_stream
 
 
-def _geometry(features: torch.Tensor, kernel_size: int, group_size: int, scale_factor: int):
-    return _launch.Geometry(*features.shape, kernel_size, group_size, scale_factor)
-
-
 def _empty_output(features: torch.Tensor, scale_factor: int) -> torch.Tensor:
     batch, channels, height, width = features.shape
     return torch.empty(
@@ -110,13 +106,15 @@ def carafe_forward(
     scale_factor: int,
 ) -> torch.Tensor:
     # checked here too, for callers of torch.ops.carafe_cupy.* (TorchScript among them)
-    _validate.check_geometry(features.shape, masks.shape, kernel_size, group_size, scale_factor)
+    geometry = _validate.check_geometry(
+        features.shape, masks.shape, kernel_size, group_size, scale_factor
+    )
     if not uses_kernels(features.device):
         return _reference.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
     output = _empty_output(features, scale_factor)
     device, stream = _device_and_stream(features.device)
     _launch.launch_forward(
-        _geometry(features, kernel_size, group_size, scale_factor),
+        geometry,
         _ref(features),
         _ref(masks),
         _ref(output),
@@ -152,7 +150,7 @@ def carafe_backward(
     grad_masks = torch.empty_like(masks)
     device, stream = _device_and_stream(features.device)
     _launch.launch_backward(
-        _geometry(features, kernel_size, group_size, scale_factor),
+        geometry,
         _ref(grad_output),
         _ref(features),
         _ref(masks),
