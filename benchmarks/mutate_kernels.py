@@ -125,8 +125,38 @@ MUTANTS = (
     Mutant(
         "grad-features-partial-sum-pitch",
         TILED,
-        r"partial\[cc \* partial_pitch \+ first \+ a \* blockDim\.x \+ b\]",
-        "partial[cc * partial_pitch + first + a * s + b]",
+        r"for \(int a = 0; a < s; \+\+a, sums \+= blockDim\.x\)",
+        "for (int a = 0; a < s; ++a, sums += s)",
+    ),
+    Mutant(
+        "grad-features-halo-sub-pixel-transposed",
+        TILED,
+        r"at\[i\] = \(\(r - centre_r \* s\) \* s \+ \(k - centre_k \* s\)\) \* sub_plane",
+        "at[i] = ((k - centre_k * s) * s + (r - centre_r * s)) * sub_plane",
+    ),
+    Mutant(
+        "grad-features-halo-column-bound-off-by-one",
+        TILED,
+        r"x >= 0 && x < out_width\)\n(\s+)loaded",
+        r"x >= 0 && x <= out_width)\n\1loaded",
+    ),
+    Mutant(
+        "grad-features-second-staging-pass-skipped",
+        TILED,
+        r"for \(int pass = 1; pass < passes; \+\+pass\)",
+        "for (int pass = 1; pass < 1; ++pass)",
+    ),
+    Mutant(
+        "grad-features-mask-row-step",
+        TILED,
+        r"row_step = K \* ms\.c - s \* ms\.h;",
+        "row_step = K * ms.c - ms.h;",
+    ),
+    Mutant(
+        "grad-features-mask-column-step",
+        TILED,
+        r"col_step = ms\.c - s \* ms\.w;",
+        "col_step = ms.c - ms.w;",
     ),
     # tile and image edges
     Mutant(

@@ -85,24 +85,14 @@ def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes
     return 0
 
 
-def _channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
-    """Split a group's channels over blocks only when the grid would be small;
-    every split re-reads the tile's masks once more."""
-    per_group = geometry.channels // geometry.group_size
-    per_block = per_group
-    while per_block > 8 and blocks_per_slice * -(-per_group // per_block) < 1024:
-        per_block = -(-per_block // 2)
-    return per_block
-
-
-# Forward grids aim at about this many blocks: two waves of 2 blocks/SM on a
+# Forward and grad_features grids aim at about this many blocks: two waves of 2 blocks/SM on a
 # 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
 # prologue, so slices are added only until the grid is that full.
 FORWARD_TARGET_BLOCKS = 528
 
 
-def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
-    """Channels per block of a forward grid: whole channel batches, split evenly
+def _target_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+    """Channels per block of a sliced grid: whole channel batches, split evenly
     (at least 16 channels a slice) into the slice count nearest the target grid."""
     per_group = geometry.channels // geometry.group_size
     batches = -(-per_group // CHANNEL_BATCH_MAX)
@@ -129,7 +119,7 @@ def _output_tile_plan(
     tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
-    per_block = _forward_channels_per_block(geometry, blocks) if slice_channels else per_group
+    per_block = _target_channels_per_block(geometry, blocks) if slice_channels else per_group
     per_block = max(1, per_block)
     slices = max(1, -(-per_group // per_block))
     if blocks * slices > MAX_GRID_X:
@@ -177,6 +167,9 @@ def _masks_row_plan(
     )
 
 
+FEATURES_SLOTS = 3  # CARAFE_FEATURES_SLOTS in carafe_tiled_grad_features.cuh
+
+
 def padded_sub_plane(plane: int, tile_cols: int) -> int:
     """grad_features' sub-pixel plane, padded to tile_cols (mod 32) so a warp's
     sub-pixel columns read distinct shared-memory banks (as carafe_tiled.cuh)."""
@@ -204,7 +197,7 @@ def _input_tile_plan(
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
-    per_block = max(1, _channels_per_block(geometry, blocks))
+    per_block = max(1, _target_channels_per_block(geometry, blocks))
     slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size

@@ -174,6 +174,13 @@ __device__ __forceinline__ constexpr int tile_pitch() {
         CARAFE_STRIDE_PARAMS(c), CARAFE_STRIDE_PARAMS(o), index_t channels_per_block,         \
         index_t channel_batch
 
+// grad_features: two blocks per SM (128 registers) where the K * K masks of a
+// 4-byte accumulator leave room; larger K and fp64 keep one.
+// (A constant, not a macro: the simulator reads launch bounds without nested parentheses.)
+template <typename scalar_t, int K>
+constexpr int carafe_features_min_blocks =
+    K <= 5 && sizeof(typename storage<scalar_t>::acc_t) == 4 ? 2 : 1;
+
 #define CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, PAIR)                                       \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_forward_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
@@ -190,7 +197,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \
     CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, 1)                                              \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                          \
+    extern "C" __global__ void __launch_bounds__(256, carafe_features_min_blocks<scalar_t, K>)    \
         carafe_backward_features_tiled_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_features_tiled_impl<scalar_t, K, false>(                               \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
@@ -220,7 +227,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                          \
+    extern "C" __global__ void __launch_bounds__(256, carafe_features_min_blocks<scalar_t, K>)    \
         carafe_fused_backward_features_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_features_tiled_impl<scalar_t, K, true>(                                \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \

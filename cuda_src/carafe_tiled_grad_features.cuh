@@ -12,6 +12,66 @@ __device__ __forceinline__ int padded_sub_plane(int plane, int tile_cols) {
     return plane + ((target - plane % 32) % 32 + 32) % 32;
 }
 
+// Halo elements one thread stages per pass (CARAFE_FEATURES_SLOTS in the planner).
+#define CARAFE_FEATURES_SLOTS 3
+
+// The grad_output halo's staging. Element e of the [rows][cols] halo (output
+// pixels) goes to sub-pixel plane (r % s, k % s), row r / s, column k / s. A
+// thread owns elements first + i * threads (i < SLOTS) of a pass; their global
+// offsets, shared indices and image tests are computed once per pass, not per
+// channel, so a staged element costs one predicated load and one store.
+struct features_halo_slots {
+    index_t offset[CARAFE_FEATURES_SLOTS];  // y * gs.h + x * gs.w
+    int at[CARAFE_FEATURES_SLOTS];          // shared index in the sub-pixel layout
+    unsigned int loaded;  // bit i: slot i is in the halo and inside the image
+    unsigned int staged;  // bit i: slot i is in the halo
+
+    __device__ __forceinline__ void locate(int first, int threads, int rows, int cols, int s,
+                                           int sub_plane, int centre_cols, index_t row0,
+                                           index_t col0, const strides4& gs, index_t out_height,
+                                           index_t out_width) {
+        loaded = staged = 0;
+#pragma unroll
+        for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
+            const int e = first + i * threads;
+            const int r = e / cols, k = e - (e / cols) * cols;
+            const int centre_r = r / s, centre_k = k / s;
+            at[i] = ((r - centre_r * s) * s + (k - centre_k * s)) * sub_plane +
+                    centre_r * centre_cols + centre_k;
+            const index_t y = row0 + r, x = col0 + k;
+            offset[i] = y * gs.h + x * gs.w;
+            if (r < rows) staged |= 1u << i;
+            if (r < rows && y >= 0 && y < out_height && x >= 0 && x < out_width)
+                loaded |= 1u << i;
+        }
+    }
+
+    // Channels [0, count) of `channels` (channel stride `stride`) into the
+    // halo planes [0, count), `plane` apart: every load before any store.
+    template <typename scalar_t, typename acc_t>
+    __device__ __forceinline__ void stage(acc_t* halo, const scalar_t* channels, index_t stride,
+                                          int count, int plane) const {
+        acc_t value[CARAFE_CHANNEL_BATCH_MAX][CARAFE_FEATURES_SLOTS];
+#pragma unroll
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+            const scalar_t* channel = channels + cc * stride;
+#pragma unroll
+            for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
+                value[cc][i] = 0;
+                if (cc < count && (loaded >> i & 1u))
+                    value[cc][i] = storage<scalar_t>::load(channel + offset[i]);
+            }
+        }
+#pragma unroll
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+            if (cc >= count) break;
+#pragma unroll
+            for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i)
+                if (staged >> i & 1u) halo[cc * plane + at[i]] = value[cc][i];
+        }
+    }
+};
+
 // Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
 // a tile of input pixels; the launcher sizes it so both are whole.
 // Tap (i, j) of output (y, x) reads input (y/s + i - R, x/s + j - R), so input
@@ -35,8 +95,8 @@ __device__ void carafe_backward_features_tiled_impl(
                                            (g.height + tile_rows - 1) / tile_rows, slices,
                                            g.group_size);
     const index_t w0 = p.tile_x * tile_cols, h0 = p.tile_y * tile_rows;
-    const int local_w = threadIdx.x / s, sub_x = threadIdx.x % s;
-    const int local_h = threadIdx.y / s, sub_y = threadIdx.y % s;
+    const int local_w = threadIdx.x / s, sub_x = threadIdx.x - local_w * s;
+    const int local_h = threadIdx.y / s, sub_y = threadIdx.y - local_h * s;
     const index_t h = h0 + local_h, w = w0 + local_w;
     // grad_output halo: centre rows h0 - (K-1-R) .. h0 + tile_rows - 1 + R, times s.
     const index_t centre_row0 = h0 - (K - 1 - R), centre_col0 = w0 - (K - 1 - R);
@@ -71,7 +131,21 @@ __device__ void carafe_backward_features_tiled_impl(
         __syncthreads();
     }
 
+    // The K * K masks that reach this thread's input pixel through its
+    // sub-pixel. Tap (i, j) sits a fixed step from tap (0, 0): i * row_step +
+    // j * col_step, so no 64-bit multiply runs per tap.
     acc_t weight[TAPS];
+    const scalar_t* tap_origin;
+    index_t row_step, col_step;
+    if constexpr (FROM_LOGITS) {
+        tap_origin = masks;
+        row_step = col_step = 0;
+    } else {
+        tap_origin = masks + p.n * ms.n + (p.group * TAPS) * ms.c + ((h + R) * s + sub_y) * ms.h +
+                     ((w + R) * s + sub_x) * ms.w;
+        row_step = K * ms.c - s * ms.h;
+        col_step = ms.c - s * ms.w;
+    }
 #pragma unroll
     for (int i = 0; i < K; ++i)
 #pragma unroll
@@ -79,16 +153,14 @@ __device__ void carafe_backward_features_tiled_impl(
             const index_t centre_h = h - i + R, centre_w = w - j + R;
             acc_t value = 0;
             if (centre_h >= 0 && centre_h < g.height && centre_w >= 0 && centre_w < g.width) {
-                const index_t y = centre_h * s + sub_y, x = centre_w * s + sub_x;
                 if constexpr (FROM_LOGITS) {
+                    const index_t y = centre_h * s + sub_y, x = centre_w * s + sub_x;
                     const int e = (int)((y - centre_row0 * s) * cols + (x - centre_col0 * s));
                     const acc_t logit = storage<scalar_t>::load(logit_address<TAPS>(
                         masks, ms, p.n, p.group, i * K + j, centre_h, sub_y, centre_w, sub_x, s));
                     value = accumulate_exp(logit - shared[2 * e]) * shared[2 * e + 1];
                 } else {
-                    value = storage<scalar_t>::load(masks + p.n * ms.n +
-                                                    (p.group * TAPS + i * K + j) * ms.c +
-                                                    y * ms.h + x * ms.w);
+                    value = storage<scalar_t>::load(tap_origin + i * row_step + j * col_step);
                 }
             }
             weight[i * K + j] = value;
@@ -110,57 +182,29 @@ __device__ void carafe_backward_features_tiled_impl(
     const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
     const int base = (sub_y * s + sub_x) * sub_plane + (local_h + K - 1) * centre_cols +
                      (local_w + K - 1);
-    // Staging: this thread stages halo columns threadIdx.x + m * blockDim.x and
-    // rows threadIdx.y + n * blockDim.y. Both steps are multiples of s, so its
-    // sub-pixel plane never changes and no element needs a division; column
-    // offsets are computed once, and each pass issues its loads before its stores.
-    constexpr int COLUMN_SLOTS = 3;  // cols <= 3 * blockDim.x for K <= 7, s <= 8
-    static_assert(K <= 7, "three column slots cover K <= 7 at s <= 8");
-    constexpr int ROWS_PER_PASS = 2;
-    const int row_slots = (rows + (int)blockDim.y - 1) / (int)blockDim.y;
-    index_t column_offset[COLUMN_SLOTS];
-    unsigned columns_ok = 0;
-#pragma unroll
-    for (int m = 0; m < COLUMN_SLOTS; ++m) {
-        const int k = threadIdx.x + m * blockDim.x;
-        const index_t x = centre_col0 * s + k;
-        columns_ok |= (k < cols && x >= 0 && x < out_width) ? 1u << m : 0u;
-        column_offset[m] = x * gs.w;
-    }
-    const int staged_at = (sub_y * s + sub_x) * sub_plane + local_h * centre_cols + local_w;
-    const scalar_t* go_image = grad_output + p.n * gs.n;
+    // Staging passes of SLOTS elements a thread; the first pass's slots stay in
+    // registers for the whole channel loop (one pass covers s <= 2 at K <= 5).
+    const int pass_elements = CARAFE_FEATURES_SLOTS * threads;
+    const int passes = (plane + pass_elements - 1) / pass_elements;
+    features_halo_slots first_pass;
+    first_pass.locate(thread, threads, rows, cols, s, sub_plane, centre_cols, centre_row0 * s,
+                      centre_col0 * s, gs, out_height, out_width);
+    // The s * s threads of a pixel share out its channels (sub-pixel (a, b)
+    // takes a * s + b, then every s * s-th); each total adds the sub-pixels
+    // in the same fixed order whichever thread computes it.
+    const int first = local_h * s * (int)blockDim.x + local_w * s;  // sub-pixel (0, 0)
+    const scalar_t* go_channels = grad_output + p.n * gs.n + c_begin * gs.c;
     for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
         const int count = (int)min((index_t)channel_batch, c_end - c0);
-        __syncthreads();
-        for (int cc = 0; cc < channel_batch; ++cc) {
-            const scalar_t* go_channel = go_image + (c0 + cc) * gs.c;
-            for (int n0 = 0; n0 < row_slots; n0 += ROWS_PER_PASS) {
-                acc_t value[ROWS_PER_PASS][COLUMN_SLOTS];
-#pragma unroll
-                for (int v = 0; v < ROWS_PER_PASS; ++v) {
-                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
-                    const index_t y = centre_row0 * s + r;
-                    const bool row_ok = cc < count && r < rows && y >= 0 && y < out_height;
-                    const scalar_t* go_row = go_channel + y * gs.h;
-#pragma unroll
-                    for (int m = 0; m < COLUMN_SLOTS; ++m) {
-                        value[v][m] = 0;
-                        if (row_ok && (columns_ok >> m & 1u))
-                            value[v][m] = storage<scalar_t>::load(go_row + column_offset[m]);
-                    }
-                }
-#pragma unroll
-                for (int v = 0; v < ROWS_PER_PASS; ++v) {
-                    const int r = threadIdx.y + (n0 + v) * blockDim.y;
-                    acc_t* row = halo + cc * channel_plane + staged_at +
-                                 (n0 + v) * tile_rows * centre_cols;
-#pragma unroll
-                    for (int m = 0; m < COLUMN_SLOTS; ++m)
-                        if (r < rows && threadIdx.x + m * blockDim.x < cols)
-                            row[m * tile_cols] = value[v][m];
-                }
-            }
+        __syncthreads();  // previous batch's halo and partial sums fully read
+        first_pass.stage(halo, go_channels, gs.c, count, channel_plane);
+        for (int pass = 1; pass < passes; ++pass) {  // large s only
+            features_halo_slots slots;
+            slots.locate(thread + pass * pass_elements, threads, rows, cols, s, sub_plane,
+                         centre_cols, centre_row0 * s, centre_col0 * s, gs, out_height, out_width);
+            slots.stage(halo, go_channels, gs.c, count, channel_plane);
         }
+        go_channels += channel_batch * gs.c;
         __syncthreads();
 #pragma unroll 1
         for (int cc = 0; cc < count; ++cc) {
@@ -173,20 +217,17 @@ __device__ void carafe_backward_features_tiled_impl(
             partial[cc * partial_pitch + thread] = sum;
         }
         __syncthreads();
-        // The s * s threads of a pixel share out its channels (sub-pixel (a, b)
-        // takes a * s + b, then every s * s-th); each total adds the sub-pixels
-        // in the same fixed order whichever thread computes it.
         if (h < g.height && w < g.width) {
-            const int first = local_h * s * (int)blockDim.x + local_w * s;  // sub-pixel (0, 0)
             for (int cc = sub_y * s + sub_x; cc < count; cc += s * s) {
+                const acc_t* sums = partial + cc * partial_pitch + first;  // sub-pixel (0, 0)
                 acc_t total = 0;
-                for (int a = 0; a < s; ++a)
-                    for (int b = 0; b < s; ++b)
-                        total += partial[cc * partial_pitch + first + a * blockDim.x + b];
+#pragma unroll 1
+                for (int a = 0; a < s; ++a, sums += blockDim.x)
+#pragma unroll 1
+                    for (int b = 0; b < s; ++b) total += sums[b];
                 storage<scalar_t>::store(
                     grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
             }
         }
     }
 }
-

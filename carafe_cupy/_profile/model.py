@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._planner import TILE_THREADS, Geometry, Launch, _halo_extent
+from .._planner import FEATURES_SLOTS, TILE_THREADS, Geometry, Launch, _halo_extent
 from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
 from .occupancy import Occupancy, occupancy
 from .static import KernelStatic, Loop
@@ -62,9 +62,9 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return -(-per_block // batch)
     if "cc < channel_batch" in text:
         return batch
-    if "n0 += ROWS_PER_PASS" in text:  # grad_features staging: 2 halo row slots a pass
-        slots = -(-((launch.block[1] // s + k - 1) * s) // launch.block[1])
-        return -(-slots // 2)
+    if "pass < passes" in text:  # grad_features staging past the first pass (large s)
+        rows, cols = (launch.block[1] // s + k - 1) * s, (launch.block[0] // s + k - 1) * s
+        return -(-rows * cols // (FEATURES_SLOTS * launch.threads_per_block)) - 1
     if "cc += s * s" in text:  # channels shared out over a pixel's s * s threads
         return -(-batch // (s * s))
     if "cc < count" in text:
