@@ -149,14 +149,14 @@ MUTANTS = (
     Mutant(
         "grad-features-mask-row-step",
         TILED,
-        r"row_step = K \* ms\.c - s \* ms\.h;",
-        "row_step = K * ms.c - ms.h;",
+        r"row_step = K \* taps_apart - pixel_step \* ms\.h;",
+        "row_step = K * taps_apart - ms.h;",
     ),
     Mutant(
         "grad-features-mask-column-step",
         TILED,
-        r"col_step = ms\.c - s \* ms\.w;",
-        "col_step = ms.c - ms.w;",
+        r"col_step = taps_apart - pixel_step \* ms\.w;",
+        "col_step = taps_apart - ms.w;",
     ),
     # tile and image edges
     Mutant(

@@ -105,6 +105,8 @@ __device__ void carafe_backward_features_tiled_impl(
     const int threads = blockDim.x * blockDim.y;
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
 
+    // Channel distance between consecutive taps (logits: pixel_shuffle's s * s).
+    const index_t taps_apart = FROM_LOGITS ? (index_t)s * s * ms.c : ms.c;
     if constexpr (FROM_LOGITS) {
         // Softmax normaliser (max, 1 / sum) of every halo output pixel, in smem.
         for (int e = thread; e < plane; e += threads) {
@@ -112,12 +114,15 @@ __device__ void carafe_backward_features_tiled_impl(
             const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
             acc_t largest = 0, total = 1;
             if (y >= 0 && y < out_height && x >= 0 && x < out_width) {
+                const int centre_r = r / s, centre_k = k / s;
+                const scalar_t* logit =
+                    logit_address<TAPS>(masks, ms, p.n, p.group, 0, centre_row0 + centre_r,
+                                        r - centre_r * s, centre_col0 + centre_k,
+                                        k - centre_k * s, s);
                 acc_t values[TAPS];
 #pragma unroll
                 for (int t = 0; t < TAPS; ++t)
-                    values[t] = storage<scalar_t>::load(logit_address<TAPS>(
-                        masks, ms, p.n, p.group, t, centre_row0 + r / s, r % s,
-                        centre_col0 + k / s, k % s, s));
+                    values[t] = storage<scalar_t>::load(logit + t * taps_apart);
                 largest = values[0];
 #pragma unroll
                 for (int t = 1; t < TAPS; ++t) largest = values[t] > largest ? values[t] : largest;
@@ -131,21 +136,24 @@ __device__ void carafe_backward_features_tiled_impl(
         __syncthreads();
     }
 
-    // The K * K masks that reach this thread's input pixel through its
-    // sub-pixel. Tap (i, j) sits a fixed step from tap (0, 0): i * row_step +
+    // The K * K masks (or logits) that reach this thread's input pixel through
+    // its sub-pixel. Tap (i, j) sits a fixed step from tap (0, 0): i * row_step +
     // j * col_step, so no 64-bit multiply runs per tap.
     acc_t weight[TAPS];
+    // One tap back is one output pixel of masks (s apart), one input pixel of logits.
+    const index_t pixel_step = FROM_LOGITS ? 1 : s;
+    const index_t row_step = K * taps_apart - pixel_step * ms.h;
+    const index_t col_step = taps_apart - pixel_step * ms.w;
     const scalar_t* tap_origin;
-    index_t row_step, col_step;
     if constexpr (FROM_LOGITS) {
-        tap_origin = masks;
-        row_step = col_step = 0;
+        tap_origin = logit_address<TAPS>(masks, ms, p.n, p.group, 0, h + R, sub_y, w + R, sub_x, s);
     } else {
         tap_origin = masks + p.n * ms.n + (p.group * TAPS) * ms.c + ((h + R) * s + sub_y) * ms.h +
                      ((w + R) * s + sub_x) * ms.w;
-        row_step = K * ms.c - s * ms.h;
-        col_step = ms.c - s * ms.w;
     }
+    // FROM_LOGITS: the normaliser of tap (i, j)'s output pixel in smem, as a step too.
+    const int normaliser_origin =
+        ((local_h + K - 1) * s + sub_y) * cols + (local_w + K - 1) * s + sub_x;
 #pragma unroll
     for (int i = 0; i < K; ++i)
 #pragma unroll
@@ -153,14 +161,10 @@ __device__ void carafe_backward_features_tiled_impl(
             const index_t centre_h = h - i + R, centre_w = w - j + R;
             acc_t value = 0;
             if (centre_h >= 0 && centre_h < g.height && centre_w >= 0 && centre_w < g.width) {
+                value = storage<scalar_t>::load(tap_origin + i * row_step + j * col_step);
                 if constexpr (FROM_LOGITS) {
-                    const index_t y = centre_h * s + sub_y, x = centre_w * s + sub_x;
-                    const int e = (int)((y - centre_row0 * s) * cols + (x - centre_col0 * s));
-                    const acc_t logit = storage<scalar_t>::load(logit_address<TAPS>(
-                        masks, ms, p.n, p.group, i * K + j, centre_h, sub_y, centre_w, sub_x, s));
-                    value = accumulate_exp(logit - shared[2 * e]) * shared[2 * e + 1];
-                } else {
-                    value = storage<scalar_t>::load(tap_origin + i * row_step + j * col_step);
+                    const int e = normaliser_origin - (i * cols + j) * s;
+                    value = accumulate_exp(value - shared[2 * e]) * shared[2 * e + 1];
                 }
             }
             weight[i * K + j] = value;
