@@ -16,7 +16,7 @@ struct bfloat16_bits {
 
 // ---- conversion helpers: storage type <-> accumulation type ----
 
-__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
+__device__ __forceinline__ float half_bits_to_float_software(unsigned short h) {
     const unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
     const unsigned int exponent = (h >> 10) & 0x1Fu;
     const unsigned int mantissa = h & 0x3FFu;
@@ -31,7 +31,7 @@ __device__ __forceinline__ float half_bits_to_float(unsigned short h) {
     return __uint_as_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
 }
 
-__device__ __forceinline__ unsigned short float_to_half_bits(float value) {
+__device__ __forceinline__ unsigned short float_to_half_bits_software(float value) {
     const unsigned int x = __float_as_uint(value);
     const unsigned int sign = (x >> 16) & 0x8000u;
     const unsigned int magnitude = x & 0x7FFFFFFFu;
@@ -68,7 +68,7 @@ __device__ __forceinline__ float bfloat16_bits_to_float(unsigned short b) {
     return __uint_as_float((unsigned int)b << 16);
 }
 
-__device__ __forceinline__ unsigned short float_to_bfloat16_bits(float value) {
+__device__ __forceinline__ unsigned short float_to_bfloat16_bits_software(float value) {
     const unsigned int x = __float_as_uint(value);
     if ((x & 0x7FFFFFFFu) > 0x7F800000u) {
         return (unsigned short)((x >> 16) | 0x40u);  // quiet nan
@@ -77,13 +77,52 @@ __device__ __forceinline__ unsigned short float_to_bfloat16_bits(float value) {
     return (unsigned short)((x + rounding) >> 16);
 }
 
+// On the GPU the conversion instructions do the same rounding in one step
+// (cvt.rn: nearest, ties to even, subnormals kept, overflow to infinity);
+// the CPU simulator, compiling this file with g++, keeps the software path.
+// Only a NaN's payload may differ (the hardware writes its canonical NaN).
+__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
+#ifdef __CUDA_ARCH__
+    float value;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(h));
+    return value;
+#else
+    return half_bits_to_float_software(h);
+#endif
+}
+
+__device__ __forceinline__ unsigned short float_to_half_bits(float value) {
+#ifdef __CUDA_ARCH__
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(value));
+    return h;
+#else
+    return float_to_half_bits_software(value);
+#endif
+}
+
+__device__ __forceinline__ unsigned short float_to_bfloat16_bits(float value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short b;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(value));
+    return b;
+#else
+    return float_to_bfloat16_bits_software(value);  // sm_75 has no bf16 conversion
+#endif
+}
+
 // Storage traits: how to load a scalar into the accumulator type and back.
 template <typename scalar_t>
 struct storage;
 
+// raw_t / load_raw / widen split a load from its conversion, so a predicated
+// load can be followed by an unconditional conversion (see load_or_zero).
 template <>
 struct storage<float> {
     typedef float acc_t;
+    typedef float raw_t;
+    static __device__ __forceinline__ float load_raw(const float* p) { return *p; }
+    static __device__ __forceinline__ float widen(float raw) { return raw; }
     static __device__ __forceinline__ float load(const float* p) { return *p; }
     static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 };
@@ -91,6 +130,9 @@ struct storage<float> {
 template <>
 struct storage<double> {
     typedef double acc_t;
+    typedef double raw_t;
+    static __device__ __forceinline__ double load_raw(const double* p) { return *p; }
+    static __device__ __forceinline__ double widen(double raw) { return raw; }
     static __device__ __forceinline__ double load(const double* p) { return *p; }
     static __device__ __forceinline__ void store(double* p, double v) { *p = v; }
 };
@@ -98,6 +140,11 @@ struct storage<double> {
 template <>
 struct storage<half_bits> {
     typedef float acc_t;
+    typedef unsigned short raw_t;
+    static __device__ __forceinline__ unsigned short load_raw(const half_bits* p) { return p->bits; }
+    static __device__ __forceinline__ float widen(unsigned short raw) {
+        return half_bits_to_float(raw);
+    }
     static __device__ __forceinline__ float load(const half_bits* p) {
         return half_bits_to_float(p->bits);
     }
@@ -109,6 +156,13 @@ struct storage<half_bits> {
 template <>
 struct storage<bfloat16_bits> {
     typedef float acc_t;
+    typedef unsigned short raw_t;
+    static __device__ __forceinline__ unsigned short load_raw(const bfloat16_bits* p) {
+        return p->bits;
+    }
+    static __device__ __forceinline__ float widen(unsigned short raw) {
+        return bfloat16_bits_to_float(raw);
+    }
     static __device__ __forceinline__ float load(const bfloat16_bits* p) {
         return bfloat16_bits_to_float(p->bits);
     }
@@ -116,6 +170,17 @@ struct storage<bfloat16_bits> {
         p->bits = float_to_bfloat16_bits(v);
     }
 };
+
+// *p where `ok`, else 0: only the load is predicated (zero bits are +0 in
+// every storage type), so the loads of a batch issue back to back and their
+// conversions follow.
+template <typename scalar_t>
+__device__ __forceinline__ typename storage<scalar_t>::acc_t load_or_zero(const scalar_t* p,
+                                                                           bool ok) {
+    typename storage<scalar_t>::raw_t raw = 0;
+    if (ok) raw = storage<scalar_t>::load_raw(p);
+    return storage<scalar_t>::widen(raw);
+}
 
 // Flat index of the current thread and the grid-stride step, both 64-bit.
 __device__ __forceinline__ index_t global_thread_index() {

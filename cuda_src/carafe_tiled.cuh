@@ -178,7 +178,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 // 4-byte accumulator leave room; larger K and fp64 keep one.
 // (A constant, not a macro: the simulator reads launch bounds without nested parentheses.)
 template <typename scalar_t, int K>
-constexpr int carafe_features_min_blocks =
+constexpr int carafe_two_blocks_min =
     K <= 5 && sizeof(typename storage<scalar_t>::acc_t) == 4 ? 2 : 1;
 
 #define CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, PAIR)                                       \
@@ -197,7 +197,7 @@ constexpr int carafe_features_min_blocks =
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \
     CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, 1)                                              \
-    extern "C" __global__ void __launch_bounds__(256, carafe_features_min_blocks<scalar_t, K>)    \
+    extern "C" __global__ void __launch_bounds__(256, carafe_two_blocks_min<scalar_t, K>)    \
         carafe_backward_features_tiled_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_features_tiled_impl<scalar_t, K, false>(                               \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
@@ -227,7 +227,7 @@ constexpr int carafe_features_min_blocks =
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, carafe_features_min_blocks<scalar_t, K>)    \
+    extern "C" __global__ void __launch_bounds__(256, carafe_two_blocks_min<scalar_t, K>)    \
         carafe_fused_backward_features_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_features_tiled_impl<scalar_t, K, true>(                                \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \

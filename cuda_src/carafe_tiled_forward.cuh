@@ -48,9 +48,7 @@ struct forward_halo_slots {
             const scalar_t* channel = channels + cc * stride;
 #pragma unroll
             for (int i = 0; i < COUNT; ++i) {
-                value[cc][i] = 0;
-                if (cc < count && (loaded >> i & 1u))
-                    value[cc][i] = storage<scalar_t>::load(channel + offset[i]);
+                value[cc][i] = load_or_zero(channel + offset[i], cc < count && (loaded >> i & 1u));
             }
         }
 #pragma unroll

@@ -82,7 +82,8 @@ __device__ void carafe_backward_masks_tiled_impl(
     const acc_t* window = own + (int)(x / s - x0 / s);
     (void)channel_batch;  // == BATCH, passed for the launch record and the cost model
     for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
-        acc_t staged[BATCH][SLOTS];
+        // raw loads, converted when stored: every load of the batch issues first
+        typename storage<scalar_t>::raw_t staged[BATCH][SLOTS];
         acc_t grad[BATCH][PAIR];
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
@@ -93,7 +94,7 @@ __device__ void carafe_backward_masks_tiled_impl(
             for (int slot = 0; slot < SLOTS; ++slot) {
                 staged[cc][slot] = 0;
                 if (channel_ok && (elements_ok >> slot & 1u))
-                    staged[cc][slot] = storage<scalar_t>::load(plane + element_offset[slot]);
+                    staged[cc][slot] = storage<scalar_t>::load_raw(plane + element_offset[slot]);
             }
 #pragma unroll
             for (int q = 0; q < PAIR; ++q) grad[cc][q] = 0;
@@ -112,7 +113,8 @@ __device__ void carafe_backward_masks_tiled_impl(
 #pragma unroll
             for (int slot = 0; slot < SLOTS; ++slot)
                 if (SLOTS * LANES == CHANNEL_PLANE || lane + slot * LANES < CHANNEL_PLANE)
-                    own[cc * CHANNEL_PLANE + lane + slot * LANES] = staged[cc][slot];
+                    own[cc * CHANNEL_PLANE + lane + slot * LANES] =
+                        storage<scalar_t>::widen(staged[cc][slot]);
         __syncwarp();
         // Channels past the subset's end have grad 0 and a zero halo: adding
         // 0 * 0 leaves every sum unchanged, so no test is needed here.
