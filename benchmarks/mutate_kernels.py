@@ -39,6 +39,7 @@ KERNEL_TESTS = (
     "tests/test_kernel_large_offsets.py",
     "tests/test_simulator.py",
     "tests/test_fast_kernels.py",
+    "tests/test_conversions.py",
 )
 
 
@@ -299,6 +300,24 @@ MUTANTS = (
         COMMON,
         r"const unsigned int rounding = 0x7FFFu \+ \(\(x >> 16\) & 1u\);",
         "const unsigned int rounding = 0u;",
+    ),
+    Mutant(
+        "fp16-hardware-narrowing-toward-zero",
+        COMMON,
+        r'asm\("cvt\.rn\.f16\.f32 %0, %1;"',
+        'asm("cvt.rz.f16.f32 %0, %1;"',
+    ),
+    Mutant(
+        "bf16-hardware-narrowing-toward-zero",
+        COMMON,
+        r'asm\("cvt\.rn\.bf16\.f32 %0, %1;"',
+        'asm("cvt.rz.bf16.f32 %0, %1;"',
+    ),
+    Mutant(
+        "bf16-hardware-narrowing-on-sm75",
+        COMMON,
+        r"__CUDA_ARCH__ >= 800",
+        "__CUDA_ARCH__ >= 700",
     ),
     Mutant(
         "bf16-infinity-made-nan",
