@@ -60,14 +60,23 @@ def assert_close(actual, expected, dtype: str, what: str) -> None:
     assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"
 
 
+def output_size(config) -> tuple[int, int]:
+    """(Ho, Wo) of a config (N, C, H, W, k, G, s), or (..., s, stride, dilation)."""
+    _, _, h, w, _, _, s, *more = config
+    t = more[0] if more else 1
+    return -(-h // t) * s, -(-w // t) * s
+
+
 def make_exact_inputs(config, seed: int = 0):
     """Inputs on a coarse dyadic grid: exact in every storage dtype, so one float64
-    reference serves float64, float32, float16 and bfloat16 alike."""
-    n, c, h, w, k, g, s = config
+    reference serves float64, float32, float16 and bfloat16 alike. ``config`` is
+    (N, C, H, W, k, G, s), or with stride and dilation after s."""
+    n, c, h, w, k, g = config[:6]
+    out_h, out_w = output_size(config)
     rng = np.random.default_rng(seed)
     features = rng.integers(-64, 65, (n, c, h, w)) / 32.0
-    masks = rng.integers(0, 65, (n, g * k * k, h * s, w * s)) / 64.0
-    grad_output = rng.integers(-64, 65, (n, c, h * s, w * s)) / 32.0
+    masks = rng.integers(0, 65, (n, g * k * k, out_h, out_w)) / 64.0
+    grad_output = rng.integers(-64, 65, (n, c, out_h, out_w)) / 32.0
     return features, masks, grad_output
 
 
