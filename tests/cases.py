@@ -42,13 +42,22 @@ def config_id(config) -> str:
     return f"N{n}C{c}_{h}x{w}_k{k}G{g}s{s}"
 
 
+def output_size(config) -> tuple[int, int]:
+    """(Ho, Wo) of a config (N, C, H, W, k, G, s), or (..., s, stride, dilation)."""
+    _, _, h, w, _, _, s, *more = config
+    t = more[0] if more else 1
+    return -(-h // t) * s, -(-w // t) * s
+
+
 def make_inputs(config, seed: int = 0):
-    """float64 numpy features, masks and grad_output for one configuration."""
-    n, c, h, w, k, g, s = config
+    """float64 numpy features, masks and grad_output for one configuration
+    (N, C, H, W, k, G, s), or with stride and dilation after s."""
+    n, c, h, w, k, g = config[:6]
+    out_h, out_w = output_size(config)
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((n, c, h, w))
-    masks = rng.random((n, g * k * k, h * s, w * s))
-    grad_output = rng.standard_normal((n, c, h * s, w * s))
+    masks = rng.random((n, g * k * k, out_h, out_w))
+    grad_output = rng.standard_normal((n, c, out_h, out_w))
     return features, masks, grad_output
 
 
@@ -58,13 +67,6 @@ def assert_close(actual, expected, dtype: str, what: str) -> None:
     error = float(np.abs(actual - expected).max(initial=0.0)) / scale
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert error <= TOLERANCE[dtype], f"{what} ({dtype}): relative error {error:.3g}"
-
-
-def output_size(config) -> tuple[int, int]:
-    """(Ho, Wo) of a config (N, C, H, W, k, G, s), or (..., s, stride, dilation)."""
-    _, _, h, w, _, _, s, *more = config
-    t = more[0] if more else 1
-    return -(-h // t) * s, -(-w // t) * s
 
 
 def make_exact_inputs(config, seed: int = 0):
