@@ -52,23 +52,27 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
         const index_t c = rest % g.channels;
         const index_t n = rest / g.channels;
         const index_t group = c / channels_per_group;
-        const index_t center_y = y / g.scale_factor * g.stride;
-        const index_t center_x = x / g.scale_factor * g.stride;
+        // the window's first row and column: taps are d apart around the center
+        const index_t top = y / g.scale_factor * g.stride - radius * g.dilation;
+        const index_t left = x / g.scale_factor * g.stride - radius * g.dilation;
 
         const scalar_t* feature_plane = features + n * feature_strides.n + c * feature_strides.c;
         const scalar_t* mask_pixel = masks + n * mask_strides.n + group * taps * mask_strides.c +
                                      y * mask_strides.h + x * mask_strides.w;
         acc_t sum = 0;
         for (index_t i = 0; i < g.kernel_size; ++i) {
-            const index_t feature_y = center_y + (i - radius) * g.dilation;
+            const index_t feature_y = top + i * g.dilation;
             if (feature_y < 0 || feature_y >= g.height) continue;
+            const scalar_t* feature_row = feature_plane + feature_y * feature_strides.h;
+            // unrolled by 2, not the compiler's 4: that needs over 96 registers in bf16
+#pragma unroll 2
             for (index_t j = 0; j < g.kernel_size; ++j) {
-                const index_t feature_x = center_x + (j - radius) * g.dilation;
+                const index_t feature_x = left + j * g.dilation;
                 if (feature_x < 0 || feature_x >= g.width) continue;
                 const acc_t weight =
                     storage<scalar_t>::load(mask_pixel + (i * g.kernel_size + j) * mask_strides.c);
-                const acc_t value = storage<scalar_t>::load(
-                    feature_plane + feature_y * feature_strides.h + feature_x * feature_strides.w);
+                const acc_t value =
+                    storage<scalar_t>::load(feature_row + feature_x * feature_strides.w);
                 sum += weight * value;
             }
         }
