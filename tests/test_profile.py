@@ -153,7 +153,9 @@ def test_profile_cli_json_schema(tmp_path, capsys):
                                                                   ("t4", "1,8,6,10")]
     for row in data["summary"]:
         assert set(row) == {"shape", "dtype", "gpu", "forward_pct_of_floor",
-                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us"}
+                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us",
+                            "forward_est_us", "fwd_bwd_est_us", "unfold_forward_floor_us",
+                            "unfold_fwd_bwd_floor_us", "unfold_extra_mb"}
         assert 0 < row["fwd_bwd_pct_of_floor"] <= 100 and row["host_forward_us"] > 0
 
 
