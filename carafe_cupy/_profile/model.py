@@ -101,7 +101,10 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     if "< PAIR" in text:
         return _pairs(launch)
     if "channels_per_group" in text:
-        return geometry.channels // geometry.group_size
+        # the general grad_masks: two loads a channel, so an unrolled copy of the
+        # loop covers global_loads / 2 channels a trip
+        unrolled = max(1, loop.global_loads // 2)
+        return -(-(geometry.channels // geometry.group_size) // unrolled)
     return None
 
 
