@@ -166,6 +166,9 @@ def test_profile_cli_json_schema(tmp_path, capsys):
         (["--shapes", "1,4,5,5", "--groups", "3"], "--groups must divide"),
         (["--k", "4"], "--k must be a positive odd"),
         (["--gpu", "v100"], "--gpu must be among h100, a100, t4"),
+        (["--stride", "2", "--scale", "2"], "at most one of --scale and --stride"),
+        (["--dilation", "0"], "must be positive"),
+        (["--shapes", "rednet,1"], "--shapes takes"),
     ],
 )
 def test_profile_cli_rejects_bad_arguments(argv, message, capsys):

@@ -84,18 +84,3 @@ def test_profile_cli_models_a_strided_dilated_problem(tmp_path, capsys):
     assert 0 < row["forward_est_us"] < row["fwd_bwd_est_us"]
     assert 0 < row["unfold_forward_floor_us"] < row["unfold_fwd_bwd_floor_us"]
     assert row["unfold_extra_mb"] > 0
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--stride", "2", "--scale", "2"], "at most one of --scale and --stride"),
-        (["--dilation", "0"], "must be positive"),
-        (["--shapes", "rednet,1"], "--shapes takes"),
-    ],
-)
-def test_profile_cli_rejects_bad_reassembly_arguments(argv, message, capsys):
-    from carafe_cupy.__main__ import main
-
-    assert main(["profile", *argv]) == 2
-    assert message in capsys.readouterr().err
