@@ -11,7 +11,6 @@ is here too (``CARAFENaive``, ``CARAFEFunction``, ``normal_init``, ...).
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ._cupy_runtime import KernelsUnavailableError
@@ -56,8 +55,12 @@ if TYPE_CHECKING:
 
 
 def _is_torch_tensor(value: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    """isinstance(value, torch.Tensor), without importing torch. Read from the type's
+    classes, not sys.modules: under torch.compile that would trace all of sys.modules,
+    and loading a lazily imported module found there changes it mid-iteration."""
+    return any(
+        cls.__module__ == "torch" and cls.__qualname__ == "Tensor" for cls in type(value).__mro__
+    )
 
 
 def _front_end(function: str, **inputs: Any) -> Any:
