@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_mutants_strided import STRIDE_DILATION
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 COPIED = ("carafe_cupy", "cuda_src", "tests", "pyproject.toml")
 # Fast, broad tests first: with -x a mutant usually dies in the first file.
@@ -195,67 +197,6 @@ MUTANTS = (
         r"\(tap % g\.kernel_size - radius\) \* g\.dilation",
         "(tap / g.kernel_size - radius) * g.dilation",
     ),
-    # stride and dilation (general kernels)
-    Mutant(
-        "general-forward-ignores-stride",
-        GENERAL,
-        r"y / g\.scale_factor \* g\.stride - radius \* g\.dilation",
-        "y / g.scale_factor - radius * g.dilation",
-    ),
-    Mutant(
-        "general-forward-ignores-column-dilation",
-        GENERAL,
-        r"left \+ j \* g\.dilation",
-        "left + j",
-    ),
-    Mutant(
-        "general-center-count-floors",
-        GENERAL,
-        r"return \(size \+ stride - 1\) / stride;",
-        "return size / stride;",
-    ),
-    Mutant(
-        "general-grad-features-skips-divisibility",
-        GENERAL,
-        r"if \(remainder == 0\) return tap;",
-        "return tap;",
-    ),
-    Mutant(
-        "general-grad-features-center-bound-off-by-one",
-        GENERAL,
-        r"center_x >= center_cols\) continue;",
-        "center_x > center_cols) continue;",
-    ),
-    Mutant(
-        "general-grad-features-dilation-sign",
-        GENERAL,
-        r"reach = position \+ radius \* dilation;",
-        "reach = position - radius * dilation;",
-    ),
-    Mutant(
-        "general-grad-features-tap-step-ignores-gcd",
-        GENERAL,
-        r"t / greatest_common_divisor\(dilation, t\)",
-        "t",
-    ),
-    Mutant(
-        "general-grad-features-center-step",
-        GENERAL,
-        r"dilation \* tap_step / t,",
-        "tap_step,",
-    ),
-    Mutant(
-        "general-grad-masks-row-without-dilation",
-        GENERAL,
-        r"\(tap / g\.kernel_size - radius\) \* g\.dilation",
-        "(tap / g.kernel_size - radius)",
-    ),
-    Mutant(
-        "general-grad-masks-column-without-stride",
-        GENERAL,
-        r"x / g\.scale_factor \* g\.stride \+",
-        "x / g.scale_factor +",
-    ),
     Mutant(
         "general-forward-single-pass",
         GENERAL,
@@ -338,6 +279,7 @@ MUTANTS = (
         "if ((x & 0x7FFFFFFFu) >= 0x7F800000u)",
     ),
 )
+MUTANTS += tuple(Mutant(name, GENERAL, *change) for name, change in STRIDE_DILATION.items())
 
 
 def failing_test(output: str) -> str:
