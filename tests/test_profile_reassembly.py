@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_profile import _nvrtc_and_nvdisasm
 
 from carafe_cupy import _planner
 from carafe_cupy._profile import model, shape_sets, static, traffic
@@ -32,14 +33,6 @@ def test_unfold_floor_counts_the_unfolded_windows():
     assert forward == 4 * (features + kernels + out + 4 * unfolded)
     assert both - forward == 4 * (features + 2 * kernels + 2 * out + 5 * unfolded)
     assert shape_sets.unfold_peak_bytes(geometry, 2) == 2 * 2 * unfolded
-
-
-def _nvrtc_and_nvdisasm():
-    pytest.importorskip("cupy")
-    try:
-        static.find_nvdisasm()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
 
 
 @pytest.mark.parametrize(
