@@ -237,8 +237,9 @@ def decompositions() -> dict:
     """``{carafe_cupy::carafe_forward: standard-op version}`` for exporters.
 
     ``torch.export.export(model, args).run_decompositions(carafe_cupy.decompositions())``
-    replaces every CARAFE call with Pad/Slice/Reshape/Mul/Add, which any exporter
-    (ONNX included) understands. Needs torch.
+    replaces every CARAFE and reassemble call (one op, strided and dilated or not)
+    with Pad/Slice/Reshape/Mul/Add, which any exporter (ONNX included) understands.
+    Needs torch.
     """
     from ._decomposed import decompositions as carafe_decompositions
 
