@@ -20,9 +20,7 @@ def _reassemble(
 ) -> torch.Tensor:
     from . import reassemble
 
-    return reassemble(
-        features, kernels, kernel_size, group_size, stride=stride, dilation=dilation
-    )
+    return reassemble(features, kernels, kernel_size, group_size, stride=stride, dilation=dilation)
 
 
 def _check_divides(where: str, name: str, value: int, channels: int) -> None:
@@ -181,9 +179,7 @@ class CARAFEDownPack(nn.Module):
         self.down_group = down_group = check_int("down_group", down_group, 1, where)
         _check_divides(where, "down_group", down_group, channels)
         self.encoder_kernel = check_odd("encoder_kernel", encoder_kernel, where)
-        self.compressed_channels = check_int(
-            "compressed_channels", compressed_channels, 1, where
-        )
+        self.compressed_channels = check_int("compressed_channels", compressed_channels, 1, where)
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,

@@ -119,9 +119,15 @@ def assert_same_forward_and_grads(ours, reference, x):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize(
     "kernel_size, stride, dilation, size",
-    [(7, 1, 1, (9, 8)), (7, 2, 1, (10, 12)), (3, 2, 1, (6, 4)), (5, 1, 2, (7, 9)),
-     (3, 3, 1, (9, 6)), (5, 2, 2, (8, 10))],
-)  # fmt: skip
+    [
+        (7, 1, 1, (9, 8)),
+        (7, 2, 1, (10, 12)),
+        (3, 2, 1, (6, 4)),
+        (5, 1, 2, (7, 9)),
+        (3, 3, 1, (9, 6)),
+        (5, 2, 2, (8, 10)),
+    ],
+)
 def test_involution_matches_the_authors_unfold_module(dtype, kernel_size, stride, dilation, size):
     torch.manual_seed(kernel_size * 10 + stride)
     ours = Involution(32, kernel_size, stride, dilation=dilation).to(dtype)
@@ -209,14 +215,20 @@ def test_involution_initialisation_follows_convmodule():
     assert module.conv2.conv.bias.abs().max() == 0
     assert torch.all(module.conv1.bn.weight == 1) and torch.all(module.conv1.bn.bias == 0)
     fan_out = module.conv2.conv.out_channels  # 1x1 kernels: fan_out is the output channels
-    assert abs(module.conv2.conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.2 * (
-        2 / fan_out
-    ) ** 0.5
+    assert (
+        abs(module.conv2.conv.weight.std().item() - (2 / fan_out) ** 0.5)
+        < 0.2 * (2 / fan_out) ** 0.5
+    )
     assert module.groups == 4 and module.conv2.conv.out_channels == 4 * 49
 
 
-@pytest.mark.parametrize("make", [lambda: Involution(16, 3, 2, group_channels=8),
-                                  lambda: CARAFEDownPack(8, 2, 3, 2, compressed_channels=4)])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Involution(16, 3, 2, group_channels=8),
+        lambda: CARAFEDownPack(8, 2, 3, 2, compressed_channels=4),
+    ],
+)
 def test_channels_last_and_batch_of_one_agree_with_contiguous(make):
     torch.manual_seed(0)
     module = make().eval()
