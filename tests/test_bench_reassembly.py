@@ -24,8 +24,11 @@ def _load():
 
 
 def test_quick_run_prints_times_memory_and_ratios(tmp_path, capsys):
-    bench = _load()
-    assert bench.main(["--quick", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)]) == 0
+    from carafe_cupy.__main__ import main
+
+    args = ["--quick", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)]
+    assert main(["bench", "--reassembly", *args]) == 0
+    bench = sys.modules["carafe_cupy_bench_reassembly"]
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "results.md").read_text() in printed
