@@ -1,7 +1,10 @@
 """CARAFE (content-aware reassembly of features) for PyTorch and CuPy.
 
 ``carafe(features, masks, kernel_size, group_size, scale_factor)`` takes torch
-tensors, cupy arrays, or any other DLPack array (JAX, ...). Neither torch nor
+tensors, cupy arrays, or any other DLPack array (JAX, ...).
+``reassemble(features, kernels, kernel_size, group_size, scale_factor, stride,
+dilation)`` is the same op with a stride and a dilation: CARAFE++'s
+content-aware downsampling and involution. Neither torch nor
 CuPy is needed to import the package. Every public name of ``mmcv.ops.carafe``
 is here too (``CARAFENaive``, ``CARAFEFunction``, ``normal_init``, ...).
 """
@@ -33,6 +36,8 @@ __all__ = [
     "carafe_naive",
     "decompositions",
     "normal_init",
+    "reassemble",
+    "reassemble_backward",
     "xavier_init",
 ]
 
@@ -156,6 +161,77 @@ def carafe_backward(
         )
     return front_end.carafe_backward(
         grad_output, features, masks, kernel_size, group_size, scale_factor
+    )
+
+
+def reassemble(
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+) -> Any:
+    """Reassemble each output pixel from a k x k window of ``features`` with its own kernel.
+
+    ``features`` is (N, C, H, W) and ``kernels`` (N, G*k*k, Ho, Wo). With s the
+    scale factor, t the stride, d the dilation, r = (k - 1) // 2 and
+    g = c // (C // G)::
+
+        out[n, c, y, x] = sum over i, j < k of
+            kernels[n, g*k*k + i*k + j, y, x]
+            * features[n, c, (y//s)*t + (i - r)*d, (x//s)*t + (j - r)*d]
+
+    Taps that fall outside the input contribute zero. At most one of s and t
+    exceeds 1: s upsamples (Ho, Wo = H*s, W*s: CARAFE), t downsamples
+    (Ho, Wo = ceil(H/t), ceil(W/t): CARAFE++'s content-aware downsampling, and
+    involution with its stride and dilation). Kernel channel g*k*k + i*k + j is
+    row i, column j of group g's kernel: CARAFE's mask layout, and involution's
+    weights (N, G, k*k, Ho, Wo) viewed as (N, G*k*k, Ho, Wo). Kernels are used as
+    given (no normalisation). ``carafe(f, m, k, G, s)`` is
+    ``reassemble(f, m, k, G, s)``, bit for bit.
+
+    Args:
+        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
+            another DLPack array.
+        kernels: (N, G*k*k, Ho, Wo), same kind and device as ``features``.
+        kernel_size: k, odd int >= 1.
+        group_size: G, int >= 1 dividing C (channels c*C/G ... (c+1)*C/G - 1 share
+            group c's kernels).
+        scale_factor: s, int >= 1.
+        stride: t, int >= 1 (window centers t input pixels apart).
+        dilation: d, int >= 1 (taps d input pixels apart).
+
+    Returns (N, C, Ho, Wo), with the dtypes, promotion, devices and autograd of
+    :func:`carafe`; see :func:`reassemble_backward` for gradients of arrays.
+    """
+    front_end = _front_end("reassemble", features=features, kernels=kernels)
+    return front_end.reassemble(
+        features, kernels, kernel_size, group_size, scale_factor, stride, dilation
+    )
+
+
+def reassemble_backward(
+    grad_output: Any,
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+) -> tuple[Any, Any]:
+    """Gradients ``(grad_features, grad_kernels)`` of :func:`reassemble`, for CuPy users.
+
+    Also accepts torch tensors: it then calls the same op autograd uses and
+    returns plain values (not differentiable, even if the inputs require grad).
+    """
+    front_end = _front_end(
+        "reassemble_backward", grad_output=grad_output, features=features, kernels=kernels
+    )
+    return front_end.reassemble_backward(
+        grad_output, features, kernels, kernel_size, group_size, scale_factor, stride, dilation
     )
 
 
