@@ -93,20 +93,13 @@ def build_module(case: ReassemblyCase, device: str) -> torch.nn.Module:
     return module.to(device)
 
 
-def _geometry(module: torch.nn.Module) -> tuple[int, int, int, int]:
-    """(kernel_size, groups, stride, dilation) of either module."""
-    if hasattr(module, "groups"):
-        return module.kernel_size, module.groups, module.stride, module.dilation
-    return module.down_kernel, module.down_group, module.stride, 1
-
-
 def runners(case: ReassemblyCase, device: str) -> dict[tuple[str, str], Callable]:
     """``(level, impl) -> f(x)`` for every level and implementation of one case."""
     import carafe_cupy
 
     unfold = load_baselines().reassemble_unfold
     module = build_module(case, device)
-    k, g, t, d = _geometry(module)
+    k, g, t, d = module.window()
     generator = torch.Generator(device=device).manual_seed(1)
     ho, wo = -(-case.h // t), -(-case.w // t)
     kernels = torch.randn(case.n, g * k * k, ho, wo, device=device, generator=generator)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_ops import normalize_logits
+from ._torch_ops import normalize_logits, reassemble
 from ._validate import check_int, check_odd
 
 
-def _reassemble(
+def scripted_reassemble(
     features: torch.Tensor,
     kernels: torch.Tensor,
     kernel_size: int,
@@ -18,9 +18,42 @@ def _reassemble(
     stride: int,
     dilation: int,
 ) -> torch.Tensor:
-    from . import reassemble
+    """:func:`reassemble` as TorchScript sees it: type promotion, then the registered op
+    (which checks its arguments itself)."""
+    dtype = torch.promote_types(features.dtype, kernels.dtype)
+    return torch.ops.carafe_cupy.carafe_forward(
+        features.to(dtype), kernels.to(dtype), kernel_size, group_size, 1, stride, dilation
+    )
 
-    return reassemble(features, kernels, kernel_size, group_size, stride=stride, dilation=dilation)
+
+class _StridedReassembly(nn.Module):
+    """What both modules share: ``kernels(x)``, then :func:`reassemble` with their window."""
+
+    def window(self) -> tuple[int, int, int, int]:
+        """(kernel_size, groups, stride, dilation): the window :func:`reassemble` uses."""
+        raise NotImplementedError
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = self.kernels(x)
+        kernel_size, groups, stride, dilation = self.window()
+        if torch.jit.is_scripting():
+            return scripted_reassemble(x, kernels, kernel_size, groups, stride, dilation)
+        return self._reassemble(x, kernels, kernel_size, groups, stride, dilation)
+
+    @torch.jit.unused
+    def _reassemble(
+        self,
+        x: torch.Tensor,
+        kernels: torch.Tensor,
+        kernel_size: int,
+        groups: int,
+        stride: int,
+        dilation: int,
+    ) -> torch.Tensor:
+        return reassemble(x, kernels, kernel_size, groups, stride=stride, dilation=dilation)
 
 
 def _check_divides(where: str, name: str, value: int, channels: int) -> None:
@@ -51,7 +84,7 @@ class ConvModule1x1(nn.Module):
         return self.activate(self.bn(self.conv(x)))
 
 
-class Involution(nn.Module):
+class Involution(_StridedReassembly):
     """Involution (Li et al., "Involution: Inverting the Inherence of Convolution for
     Visual Recognition", CVPR 2021): the operator of RedNet, run by :func:`reassemble`.
 
@@ -119,10 +152,8 @@ class Involution(nn.Module):
         g*k*k + i*k + j is row i, column j of group g's kernel."""
         return self.conv2(self.conv1(self.avgpool(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _reassemble(
-            x, self.kernels(x), self.kernel_size, self.groups, self.stride, self.dilation
-        )
+    def window(self) -> tuple[int, int, int, int]:
+        return self.kernel_size, self.groups, self.stride, self.dilation
 
     def extra_repr(self) -> str:
         return (
@@ -132,7 +163,7 @@ class Involution(nn.Module):
         )
 
 
-class CARAFEDownPack(nn.Module):
+class CARAFEDownPack(_StridedReassembly):
     """CARAFE++'s content-aware downsampler (Wang et al., "CARAFE++: Unified Content-Aware
     ReAssembly of FEatures", TPAMI 2021): (N, C, H, W) -> (N, C, ceil(H/t), ceil(W/t)).
 
@@ -203,8 +234,8 @@ class CARAFEDownPack(nn.Module):
         logits = self.content_encoder(self.channel_compressor(x))
         return normalize_logits(logits, self.down_kernel, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _reassemble(x, self.kernels(x), self.down_kernel, self.down_group, self.stride, 1)
+    def window(self) -> tuple[int, int, int, int]:
+        return self.down_kernel, self.down_group, self.stride, 1
 
     def extra_repr(self) -> str:
         return (

@@ -263,3 +263,51 @@ BAD_ARGUMENTS = [
 def test_bad_constructor_arguments_name_the_argument(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
         cls(**kwargs)
+
+
+def small_modules():
+    torch.manual_seed(0)
+    involution = Involution(16, 3, 2, group_channels=8, reduction_ratio=2).eval()
+    downsample = CARAFEDownPack(8, 2, 3, 2, compressed_channels=4).eval()
+    nn.init.normal_(downsample.content_encoder.weight, std=0.3)
+    return {"involution": involution, "downsample": downsample}
+
+
+@pytest.mark.parametrize("name", ["involution", "downsample"])
+def test_batch_of_zero(name):
+    module = small_modules()[name]
+    if name == "downsample":
+        module.train()  # no BatchNorm: training mode takes an empty batch too
+    x = torch.randn(0, module.channels, 7, 6, requires_grad=True)
+    out = module(x)
+    assert out.shape == (0, module.channels, 4, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["involution", "downsample"])
+def test_torchscript_gives_the_same_output(name):
+    module = small_modules()[name]
+    x = torch.randn(2, module.channels, 7, 6)
+    scripted = torch.jit.script(module)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), module(x))
+
+
+@pytest.mark.parametrize("name", ["involution", "downsample"])
+def test_export_and_onnx_through_the_decomposition(name):
+    from test_onnx import assert_standard_onnx, export_and_run
+
+    import carafe_cupy
+
+    module = small_modules()[name]
+    x = torch.randn(1, module.channels, 7, 9)
+    with torch.no_grad():
+        expected = module(x)
+    program = torch.export.export(module, (x,)).run_decompositions(carafe_cupy.decompositions())
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("carafe_cupy" in target for target in targets)
+    torch.testing.assert_close(program.module()(x), expected)
+    model_proto, (output,) = export_and_run(module, (x,))
+    assert_standard_onnx(model_proto)
+    torch.testing.assert_close(torch.from_numpy(output), expected, rtol=1e-5, atol=1e-5)
