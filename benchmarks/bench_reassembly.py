@@ -3,7 +3,9 @@
 Run as a script::
 
     python benchmarks/bench_reassembly.py [--quick] [--device auto|cpu|cuda] [--reps N]
-                                          [--cases inv-c64-56-s1,...] [--out DIR]
+                                          [--threads N] [--cases inv-c64-56-s1,...] [--out DIR]
+
+or as ``python -m carafe_cupy bench --reassembly [options]``.
 
 Each case is timed twice over: the reassembly op alone (``carafe_cupy.reassemble`` against
 ``F.unfold`` reassembly, same kernels) and the whole module (:class:`carafe_cupy.Involution`
@@ -38,7 +40,7 @@ from bench_cases import (  # noqa: E402
     versions,
 )
 from bench_children import HWM_NOTE, _child_env, _proc_kib, _reset_hwm  # noqa: E402
-from bench_timing import load_average, summarise, sync  # noqa: E402
+from bench_timing import load_average, load_warnings, summarise, sync  # noqa: E402
 
 IMPLS = ("carafe_cupy", "unfold")
 MODES = ("fwd", "fwd+bwd")
@@ -194,7 +196,8 @@ def cpu_peaks(case: ReassemblyCase, timeout_s: float = 600.0) -> dict[str, Any]:
     import subprocess
 
     env = _child_env(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
-    args = [sys.executable, __file__, "--_memory-child", case.name]
+    threads = str(torch.get_num_threads())  # the child runs as the timed calls did
+    args = [sys.executable, __file__, "--threads", threads, "--_memory-child", case.name]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -234,6 +237,7 @@ def run_benchmark(
                     rows.append(row)
         del fns
         gc.collect()
+    load_end = load_average()
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
@@ -243,7 +247,10 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "reps": reps,
         "load_start": load_start,
-        "load_end": load_average(),
+        "load_end": load_end,
+        "warnings": load_warnings(
+            load_start, load_end, torch.get_num_threads() if dev == "cpu" else 1
+        ),
         "memory": HWM_NOTE if dev == "cpu" else "torch.cuda.max_memory_allocated growth",
         "notes": notes,
     }
@@ -265,12 +272,14 @@ def render(report: dict[str, Any]) -> str:
         f"- {meta['reps']} interleaved rounds per row, fp32; load average "
         f"{meta['load_start']} before, {meta['load_end']} after",
         f"- memory: {meta['memory']}",
-        "- ratio = unfold / carafe_cupy (time: median; memory: peak); above 1 means "
-        "carafe_cupy is faster or smaller",
+        *(f"- warning: {text}" for text in meta["warnings"]),
+        "- ratio = unfold / carafe_cupy (time: of the medians and of the minima; memory: "
+        "of the peaks); above 1 means carafe_cupy is faster or smaller. On a shared machine "
+        "the minima are the least disturbed figures",
         "",
         "| case | level | mode | carafe_cupy ms (min/med/max) | unfold ms (min/med/max) "
-        "| time ratio | carafe_cupy MiB | unfold MiB | memory ratio |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "| time ratio (median) | time ratio (min) | carafe_cupy MiB | unfold MiB | memory ratio |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     keyed = {(r["case"], r["level"], r["mode"], r["impl"]): r for r in report["results"]}
     for case, level, mode, impl in keyed:
@@ -279,7 +288,7 @@ def render(report: dict[str, Any]) -> str:
         ours, theirs = keyed[(case, level, mode, impl)], keyed[(case, level, mode, "unfold")]
         if ours["status"] != "ok" or theirs["status"] != "ok":
             statuses = f"{ours['status']} | {theirs['status']}"
-            lines.append(f"| {case} | {level} | {mode} | {statuses} | - | - | - | - |")
+            lines.append(f"| {case} | {level} | {mode} | {statuses} | - | - | - | - | - |")
             continue
         times = [
             "/".join(format(r[key], ".2f") for key in ("min_ms", "median_ms", "max_ms"))
@@ -290,6 +299,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"| {case} | {level} | {mode} | {times[0]} | {times[1]} | "
             f"{theirs['median_ms'] / ours['median_ms']:.2f} | "
+            f"{theirs['min_ms'] / ours['min_ms']:.2f} | "
             f"{_cell(ours, 'peak_mem_bytes', 2**20, '.1f')} | "
             f"{_cell(theirs, 'peak_mem_bytes', 2**20, '.1f')} | {mem_ratio} |"
         )
@@ -305,8 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="rounds per row (default 7)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory child")
     parser.add_argument("--out", type=Path, default=None, help="write results.md/json here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads on the CPU (1 keeps a shared machine's load from "
+        "stalling the thread pool between calls)",
+    )
     parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return 0
