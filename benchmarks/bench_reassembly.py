@@ -21,6 +21,7 @@ import argparse
 import datetime as _dt
 import gc
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -268,6 +269,7 @@ def render(report: dict[str, Any]) -> str:
         "# Involution and CARAFE++ downsampling: reassemble vs unfold",
         "",
         f"- date {meta['date']}, commit {meta['commit']}",
+        f"- command: `{meta.get('command', '?')}`",
         f"- machine: {meta['machine']} ({meta['device']}), torch {meta['versions']['torch']}",
         f"- {meta['reps']} interleaved rounds per row, fp32; load average "
         f"{meta['load_start']} before, {meta['load_end']} after",
@@ -339,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     reps = args.reps or (3 if args.quick else 7)
     report = run_benchmark(cases, args.device, reps, memory=not args.no_memory)
+    given = sys.argv[1:] if argv is None else list(argv)
+    report["meta"]["command"] = shlex.join(["python", "benchmarks/bench_reassembly.py", *given])
     markdown = render(report)
     print(markdown)
     if args.out:
