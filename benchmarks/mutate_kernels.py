@@ -192,8 +192,8 @@ MUTANTS = (
     Mutant(
         "general-grad-masks-tap-column",
         GENERAL,
-        r"x / g\.scale_factor \+ tap % g\.kernel_size - radius",
-        "x / g.scale_factor + tap / g.kernel_size - radius",
+        r"\(tap % g\.kernel_size - radius\) \* g\.dilation",
+        "(tap / g.kernel_size - radius) * g.dilation",
     ),
     Mutant(
         "general-forward-single-pass",

@@ -102,7 +102,7 @@ def reassemble_backward(
         where=where,
         masks_name=name,
     )
-    _validate.check_grad_output_shape(grad_output.shape, geometry)
+    _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     feature_dtype, kernel_dtype = features.dtype, kernels.dtype
     grad_output, features, kernels = _promote(grad_output, features, kernels)
     grad_features = _arrays.array_empty(features, features.shape, features.dtype)

@@ -362,7 +362,7 @@ def reassemble_backward(
         where=where,
         masks_name=kernels_name,
     )
-    _validate.check_grad_output_shape(grad_output.shape, geometry)
+    _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     dtype = torch.promote_types(features.dtype, kernels.dtype)
     # Gradients as plain values: this op has no derivative of its own, so the
     # results must not join the caller's graph (a later .backward() would fail).

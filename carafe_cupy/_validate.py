@@ -154,10 +154,12 @@ def check_index_range(geometry: Geometry) -> None:
             )
 
 
-def check_grad_output_shape(grad_output_shape: Sequence[int], geometry: Geometry) -> None:
+def check_grad_output_shape(
+    grad_output_shape: Sequence[int], geometry: Geometry, where: str = "carafe_backward"
+) -> None:
     expected = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     if tuple(int(size) for size in grad_output_shape) != expected:
         raise ValueError(
-            f"carafe_backward: grad_output must have the output's shape {expected}, "
+            f"{where}: grad_output must have the output's shape {expected}, "
             f"got {tuple(grad_output_shape)}"
         )
