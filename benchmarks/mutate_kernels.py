@@ -195,6 +195,67 @@ MUTANTS = (
         r"\(tap % g\.kernel_size - radius\) \* g\.dilation",
         "(tap / g.kernel_size - radius) * g.dilation",
     ),
+    # stride and dilation (general kernels)
+    Mutant(
+        "general-forward-ignores-stride",
+        GENERAL,
+        r"y / g\.scale_factor \* g\.stride - radius \* g\.dilation",
+        "y / g.scale_factor - radius * g.dilation",
+    ),
+    Mutant(
+        "general-forward-ignores-column-dilation",
+        GENERAL,
+        r"left \+ j \* g\.dilation",
+        "left + j",
+    ),
+    Mutant(
+        "general-center-count-floors",
+        GENERAL,
+        r"return \(size \+ stride - 1\) / stride;",
+        "return size / stride;",
+    ),
+    Mutant(
+        "general-grad-features-skips-divisibility",
+        GENERAL,
+        r"if \(remainder == 0\) return tap;",
+        "return tap;",
+    ),
+    Mutant(
+        "general-grad-features-center-bound-off-by-one",
+        GENERAL,
+        r"center_x >= center_cols\) continue;",
+        "center_x > center_cols) continue;",
+    ),
+    Mutant(
+        "general-grad-features-dilation-sign",
+        GENERAL,
+        r"reach = position \+ radius \* dilation;",
+        "reach = position - radius * dilation;",
+    ),
+    Mutant(
+        "general-grad-features-tap-step-ignores-gcd",
+        GENERAL,
+        r"t / greatest_common_divisor\(dilation, t\)",
+        "t",
+    ),
+    Mutant(
+        "general-grad-features-center-step",
+        GENERAL,
+        r"dilation \* tap_step / t,",
+        "tap_step,",
+    ),
+    Mutant(
+        "general-grad-masks-row-without-dilation",
+        GENERAL,
+        r"\(tap / g\.kernel_size - radius\) \* g\.dilation",
+        "(tap / g.kernel_size - radius)",
+    ),
+    Mutant(
+        "general-grad-masks-column-without-stride",
+        GENERAL,
+        r"x / g\.scale_factor \* g\.stride \+",
+        "x / g.scale_factor +",
+    ),
     Mutant(
         "general-forward-single-pass",
         GENERAL,

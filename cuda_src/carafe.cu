@@ -84,7 +84,51 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
 
 // grad_features[n, c, h, w]: every output pixel whose window covers (h, w).
 // Tap (i, j) of output (y, x) reads (h, w) iff (y/s)*t == h - (i - r)*d and
-// (x/s)*t == w - (j - r)*d: per tap, at most one window center, found by division.
+// (x/s)*t == w - (j - r)*d: per tap, at most one window center, where t divides.
+// Taps tap_step = t / gcd(d, t) apart share their remainder by t, so after the
+// first tap whose center t divides, every tap_step-th one has a center too,
+// center_step = d * tap_step / t nearer: the loops visit only those taps, in
+// increasing order, with no 64-bit division inside them.
+struct tap_walk {
+    index_t tap_step, center_step;
+    index_t step_quotient, step_remainder;  // d = step_quotient * t + step_remainder
+};
+
+__device__ __forceinline__ index_t greatest_common_divisor(index_t a, index_t b) {
+    while (b != 0) {
+        const index_t rest = a % b;
+        a = b;
+        b = rest;
+    }
+    return a;
+}
+
+__device__ __forceinline__ tap_walk make_tap_walk(const index_t dilation, const index_t t) {
+    const index_t tap_step = t / greatest_common_divisor(dilation, t);
+    return tap_walk{tap_step, dilation * tap_step / t, dilation / t, dilation % t};
+}
+
+// The first tap (0 <= tap < tap_step) whose center t divides, and that center, for
+// the input row (or column) ``position``; kernel_size when no tap has one.
+__device__ __forceinline__ index_t first_tap(const index_t position, const index_t radius,
+                                             const index_t kernel_size, const index_t dilation,
+                                             const index_t t, const tap_walk walk,
+                                             index_t& center) {
+    const index_t reach = position + radius * dilation;  // tap 0: center * t + remainder
+    center = reach / t;
+    index_t remainder = reach % t;
+    for (index_t tap = 0; tap < walk.tap_step && tap < kernel_size; ++tap) {
+        if (remainder == 0) return tap;
+        center -= walk.step_quotient;  // the next tap lowers the reach by d
+        remainder -= walk.step_remainder;
+        if (remainder < 0) {
+            remainder += t;
+            --center;
+        }
+    }
+    return kernel_size;
+}
+
 template <typename scalar_t>
 __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_output,
                                               const scalar_t* __restrict__ masks,
@@ -102,6 +146,7 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
     const index_t t = g.stride;
     const index_t center_rows = center_count(g.height, t);
     const index_t center_cols = center_count(g.width, t);
+    const tap_walk walk = make_tap_walk(g.dilation, t);
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t w = index % g.width;
@@ -115,20 +160,23 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
         const scalar_t* grad_plane =
             grad_output + n * grad_output_strides.n + c * grad_output_strides.c;
         const scalar_t* mask_group = masks + n * mask_strides.n + group * taps * mask_strides.c;
+        index_t center_y, first_center_x;
+        const index_t first_i = first_tap(h, radius, g.kernel_size, g.dilation, t, walk, center_y);
+        const index_t first_j =
+            first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
         acc_t sum = 0;
-        for (index_t i = 0; i < g.kernel_size; ++i) {
-            const index_t reach_y = h - (i - radius) * g.dilation;  // center row * t
-            if (reach_y < 0 || reach_y % t != 0) continue;
-            const index_t center_y = reach_y / t;
-            if (center_y >= center_rows) continue;
-            for (index_t j = 0; j < g.kernel_size; ++j) {
-                const index_t reach_x = w - (j - radius) * g.dilation;
-                if (reach_x < 0 || reach_x % t != 0) continue;
-                const index_t center_x = reach_x / t;
-                if (center_x >= center_cols) continue;
+        for (index_t i = first_i; i < g.kernel_size;
+             i += walk.tap_step, center_y -= walk.center_step) {
+            if (center_y < 0 || center_y >= center_rows) continue;
+            index_t center_x = first_center_x;
+            for (index_t j = first_j; j < g.kernel_size;
+                 j += walk.tap_step, center_x -= walk.center_step) {
+                if (center_x < 0 || center_x >= center_cols) continue;
                 const scalar_t* mask_tap = mask_group + (i * g.kernel_size + j) * mask_strides.c;
                 for (index_t sub_y = 0; sub_y < s; ++sub_y) {
                     const index_t y = center_y * s + sub_y;
+                    // not unrolled: s is small, and unrolling took up to 96 registers
+#pragma unroll 1
                     for (index_t sub_x = 0; sub_x < s; ++sub_x) {
                         const index_t x = center_x * s + sub_x;
                         sum += storage<scalar_t>::load(grad_plane + y * grad_output_strides.h +

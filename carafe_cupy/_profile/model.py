@@ -54,6 +54,10 @@ def _general_total(launch: Launch, geometry: Geometry) -> int:
     return g.batch * g.channels * g.out_height * g.out_width
 
 
+def _tap_step(geometry: Geometry) -> int:
+    return geometry.stride // math.gcd(geometry.dilation, geometry.stride)
+
+
 def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     """Iterations of ``loop`` each time it is entered; None when the line is unknown."""
     text, k, s = loop.source, geometry.kernel_size, geometry.scale_factor
@@ -74,6 +78,11 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return -(-passes // max(1, loop.shared_stores))  # unrolled: one store per element
     if "grid_stride()" in text:
         return -(-_general_total(launch, geometry) // (launch.blocks * launch.threads_per_block))
+    if "= first_i;" in text or "= first_j;" in text:
+        # the general grad_features visits every tap_step-th tap (t / gcd(d, t))
+        return -(-k // _tap_step(geometry))
+    if "tap < walk.tap_step" in text:  # finding the first of them: about half a step
+        return min(k, -(-_tap_step(geometry) // 2))
     if "< s;" in text:
         return s
     if "< TAPS" in text:
