@@ -41,20 +41,11 @@ def reassemble(
     where: str = "reassemble",
 ) -> Any:
     """Reassembly on arrays (no autograd); see :func:`carafe_cupy.reassemble`."""
-    name = "masks" if where == "carafe" else "kernels"
+    name = _validate.weights_name(where)
     (features, kernels), give_back = _dlpack.import_arrays(features=features, **{name: kernels})
     _check_arrays(where, features=features, **{name: kernels})
-    geometry = _validate.check_geometry(
-        features.shape,
-        kernels.shape,
-        kernel_size,
-        group_size,
-        scale_factor,
-        stride,
-        dilation,
-        where=where,
-        masks_name=name,
-    )
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     features, kernels = _promote(features, kernels)
     shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     output = _arrays.array_empty(features, shape, features.dtype)
@@ -86,22 +77,13 @@ def reassemble_backward(
     where: str = "reassemble_backward",
 ) -> tuple[Any, Any]:
     """``(grad_features, grad_kernels)`` of :func:`reassemble`, in the inputs' dtypes."""
-    name = "masks" if where == "carafe_backward" else "kernels"
+    name = _validate.weights_name(where)
     (grad_output, features, kernels), give_back = _dlpack.import_arrays(
         grad_output=grad_output, features=features, **{name: kernels}
     )
     _check_arrays(where, grad_output=grad_output, features=features, **{name: kernels})
-    geometry = _validate.check_geometry(
-        features.shape,
-        kernels.shape,
-        kernel_size,
-        group_size,
-        scale_factor,
-        stride,
-        dilation,
-        where=where,
-        masks_name=name,
-    )
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     feature_dtype, kernel_dtype = features.dtype, kernels.dtype
     grad_output, features, kernels = _promote(grad_output, features, kernels)

@@ -308,8 +308,7 @@ def reassemble(
     where: str = "reassemble",
 ) -> torch.Tensor:
     """The torch side of ``carafe_cupy.reassemble`` (and of ``carafe``, ``where="carafe"``)."""
-    kernels_name = "masks" if where == "carafe" else "kernels"
-    _check_tensors(where, features=features, **{kernels_name: kernels})
+    _check_tensors(where, features=features, **{_validate.weights_name(where): kernels})
     dtype = torch.promote_types(features.dtype, kernels.dtype)
     params = (kernel_size, group_size, scale_factor, stride, dilation)
     if _decomposed.exporting_to_onnx():
@@ -320,9 +319,7 @@ def reassemble(
             _as_dtype(kernels, dtype),
             *_validate.check_reassembly_params(*params, where),
         )
-    geometry = _validate.check_geometry(
-        features.shape, kernels.shape, *params, where=where, masks_name=kernels_name
-    )
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     return carafe_forward(
         _as_dtype(features, dtype), _as_dtype(kernels, dtype), *_op_params(geometry)
     )
@@ -349,19 +346,10 @@ def reassemble_backward(
     dilation: int = 1,
     where: str = "reassemble_backward",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    kernels_name = "masks" if where == "carafe_backward" else "kernels"
-    _check_tensors(where, grad_output=grad_output, features=features, **{kernels_name: kernels})
-    geometry = _validate.check_geometry(
-        features.shape,
-        kernels.shape,
-        kernel_size,
-        group_size,
-        scale_factor,
-        stride,
-        dilation,
-        where=where,
-        masks_name=kernels_name,
-    )
+    name = _validate.weights_name(where)
+    _check_tensors(where, grad_output=grad_output, features=features, **{name: kernels})
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     dtype = torch.promote_types(features.dtype, kernels.dtype)
     # Gradients as plain values: this op has no derivative of its own, so the

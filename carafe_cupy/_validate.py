@@ -80,6 +80,11 @@ def check_reassembly_params(
     return kernel_size, group_size, scale_factor, stride, dilation
 
 
+def weights_name(where: str) -> str:
+    """What the caller calls its per-pixel weights: carafe's masks, reassemble's kernels."""
+    return "masks" if where.startswith("carafe") else "kernels"
+
+
 def check_geometry(
     features_shape: Sequence[int],
     masks_shape: Sequence[int],
@@ -89,12 +94,11 @@ def check_geometry(
     stride: Any = 1,
     dilation: Any = 1,
     where: str = "carafe",
-    masks_name: str = "masks",
 ) -> Geometry:
     """Check shapes against the parameters and return the problem's geometry.
 
-    ``where`` and ``masks_name`` name the caller and its per-pixel weights
-    (``reassemble`` calls them kernels) in the messages."""
+    ``where`` names the caller in the messages (and so its weights: masks or kernels)."""
+    masks_name = weights_name(where)
     params = check_reassembly_params(kernel_size, group_size, scale_factor, stride, dilation, where)
     kernel_size, group_size, scale_factor, stride, dilation = params
     plain = stride == 1 and dilation == 1

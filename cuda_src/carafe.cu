@@ -160,28 +160,30 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
         const scalar_t* grad_plane =
             grad_output + n * grad_output_strides.n + c * grad_output_strides.c;
         const scalar_t* mask_group = masks + n * mask_strides.n + group * taps * mask_strides.c;
-        index_t center_y, first_center_x;
-        const index_t first_i = first_tap(h, radius, g.kernel_size, g.dilation, t, walk, center_y);
+        index_t first_center_y, first_center_x;
+        const index_t first_i =
+            first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
         const index_t first_j =
             first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
+        // sub-pixels outermost: at s = 1 (every strided call) they cost one pass
         acc_t sum = 0;
-        for (index_t i = first_i; i < g.kernel_size;
-             i += walk.tap_step, center_y -= walk.center_step) {
-            if (center_y < 0 || center_y >= center_rows) continue;
-            index_t center_x = first_center_x;
-            for (index_t j = first_j; j < g.kernel_size;
-                 j += walk.tap_step, center_x -= walk.center_step) {
-                if (center_x < 0 || center_x >= center_cols) continue;
-                const scalar_t* mask_tap = mask_group + (i * g.kernel_size + j) * mask_strides.c;
-                for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+        for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+            for (index_t sub_x = 0; sub_x < s; ++sub_x) {
+                index_t center_y = first_center_y;
+                for (index_t i = first_i; i < g.kernel_size;
+                     i += walk.tap_step, center_y -= walk.center_step) {
+                    if (center_y < 0 || center_y >= center_rows) continue;
                     const index_t y = center_y * s + sub_y;
-                    // not unrolled: s is small, and unrolling took up to 96 registers
-#pragma unroll 1
-                    for (index_t sub_x = 0; sub_x < s; ++sub_x) {
+                    const scalar_t* grad_row = grad_plane + y * grad_output_strides.h;
+                    const scalar_t* mask_row =
+                        mask_group + i * g.kernel_size * mask_strides.c + y * mask_strides.h;
+                    index_t center_x = first_center_x;
+                    for (index_t j = first_j; j < g.kernel_size;
+                         j += walk.tap_step, center_x -= walk.center_step) {
+                        if (center_x < 0 || center_x >= center_cols) continue;
                         const index_t x = center_x * s + sub_x;
-                        sum += storage<scalar_t>::load(grad_plane + y * grad_output_strides.h +
-                                                       x * grad_output_strides.w) *
-                               storage<scalar_t>::load(mask_tap + y * mask_strides.h +
+                        sum += storage<scalar_t>::load(grad_row + x * grad_output_strides.w) *
+                               storage<scalar_t>::load(mask_row + j * mask_strides.c +
                                                        x * mask_strides.w);
                     }
                 }
@@ -238,8 +240,9 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
                                             feature_y * feature_strides.h +
                                             feature_x * feature_strides.w;
             for (index_t c = 0; c < channels_per_group; ++c) {
-                sum += storage<scalar_t>::load(grad_pixel + c * grad_output_strides.c) *
-                       storage<scalar_t>::load(feature_pixel + c * feature_strides.c);
+                sum += storage<scalar_t>::load(grad_pixel) * storage<scalar_t>::load(feature_pixel);
+                grad_pixel += grad_output_strides.c;
+                feature_pixel += feature_strides.c;
             }
         }
         storage<scalar_t>::store(grad_masks + n * grad_mask_strides.n +

@@ -106,30 +106,22 @@ def check_problem(backend, config, dtype, layout, seed, special_values=0):
     assert_matches(grad_masks, expected_grad_masks, dtype, "grad_masks")
 
 
+# CARAFE problems, and reassembly with a stride or scale and a dilation
+KINDS = {"carafe": problems(), "reassembly": reassembly_problems()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=problems(), seed=st.integers(0, 2**16))
-def test_matches_reference(backend, problem, seed):
-    check_problem(backend, *problem, seed)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_matches_reference(backend, kind, data, seed):
+    check_problem(backend, *data.draw(KINDS[kind], label="problem"), seed)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=problems(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
-def test_nan_and_inf_propagate_like_the_reference(backend, problem, seed, special_values):
-    check_problem(backend, *problem, seed, special_values)
-
-
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=reassembly_problems(), seed=st.integers(0, 2**16))
-def test_reassembly_matches_reference(backend, problem, seed):
-    check_problem(backend, *problem, seed)
-
-
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=reassembly_problems(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
-def test_reassembly_nan_and_inf_propagate_like_the_reference(
-    backend, problem, seed, special_values
-):
-    check_problem(backend, *problem, seed, special_values)
+@given(data=st.data(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
+def test_nan_and_inf_propagate_like_the_reference(backend, kind, data, seed, special_values):
+    check_problem(backend, *data.draw(KINDS[kind], label="problem"), seed, special_values)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)

@@ -181,3 +181,26 @@ def test_backward_of_tensors_gives_plain_values_equal_to_autograd():
     assert not any(grad.requires_grad for grad in grads)
     carafe_cupy.reassemble(features, kernels, 5, 1, 1, 2, 1).backward(grad_output)
     assert torch.equal(grads[0], features.grad) and torch.equal(grads[1], kernels.grad)
+
+
+def test_foreign_dlpack_arrays_and_torch_tensors_through_the_array_front_end(monkeypatch):
+    """Any DLPack array reaches the array front end and comes back as its own kind;
+    carafe_cupy.arrays takes torch tensors too (without autograd)."""
+    if not any(backend.name == "simulator" for backend in BACKENDS):
+        pytest.skip("no C++ compiler for the simulator")
+    from test_dlpack import ForeignArray
+
+    from carafe_cupy import arrays
+
+    config = (2, 4, 6, 5, 3, 1, 1, 3, 1)
+    features, kernels, grad_output = make_exact_inputs(config)
+    expected = naive_expected(config)
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    output = carafe_cupy.reassemble(ForeignArray(features), ForeignArray(kernels), 3, stride=3)
+    assert isinstance(output, ForeignArray)
+    assert_close(output.data, expected[0], "float64", "foreign output")
+    tensors = [torch.from_numpy(a) for a in (grad_output, features, kernels)]
+    grads = arrays.reassemble_backward(*tensors, 3, 1, 1, 3)
+    assert all(isinstance(grad, torch.Tensor) for grad in grads)
+    for got, want in zip(grads, expected[1:]):
+        assert_close(got.numpy(), want, "float64", "array front end gradients")

@@ -4,11 +4,12 @@ and clear errors for bad stride, dilation and kernel shapes."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_onnx import assert_plain_export_runs  # noqa: E402
+from test_torch_integration import assert_compiled_matches_eager  # noqa: E402
 from torch._subclasses import FakeTensorMode  # noqa: E402
 
 import carafe_cupy  # noqa: E402
@@ -78,22 +79,7 @@ class Downsampler(torch.nn.Module):
 
 def test_compile_fullgraph_forward_and_backward():
     torch.manual_seed(0)
-    model = Downsampler()
-    x = torch.randn(2, 4, 7, 6)
-    eager_x = x.clone().requires_grad_()
-    eager_out = model(eager_x)
-    eager_out.square().sum().backward()
-    eager_grads = [eager_x.grad] + [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    compiled_x = x.clone().requires_grad_()
-    compiled_out = compiled(compiled_x)
-    compiled_out.square().sum().backward()
-    torch.testing.assert_close(compiled_out, eager_out)
-    compiled_grads = [compiled_x.grad] + [p.grad for p in model.parameters()]
-    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(compiled_grad, eager_grad)
+    assert_compiled_matches_eager(Downsampler(), torch.randn(2, 4, 7, 6))
 
 
 def test_autocast_casts_and_promotes_like_carafe():
@@ -140,29 +126,10 @@ def test_export_then_decompositions_leave_only_aten_and_match():
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-exporter", "torchscript-exporter"])
 def test_plain_onnx_export_with_dynamic_sizes_runs_in_onnxruntime(dynamo, tmp_path):
-    if dynamo:
-        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
-    onnx = pytest.importorskip("onnx")
-    onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = Downsampler().eval()
-    path = tmp_path / "reassemble.onnx"
-    x = torch.randn(2, 4, 7, 6)
-    if dynamo:
-        dim = torch.export.Dim
-        sizes = {"dynamic_shapes": ({0: dim("batch"), 2: dim("height"), 3: dim("width")},)}
-    else:
-        sizes = {"input_names": ["x"], "dynamic_axes": {"x": {0: "n", 2: "h", 3: "w"}}}
-    torch.onnx.export(model, (x,), str(path), dynamo=dynamo, **sizes)
-    model_proto = onnx.load(str(path))
-    onnx.checker.check_model(model_proto, full_check=True)
-    assert {node.domain for node in model_proto.graph.node} <= {"", "ai.onnx"}
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in ((2, 4, 7, 6), (1, 4, 8, 5)):  # the second one was not seen at export
-        y = torch.randn(shape)
-        (output,) = session.run(None, {session.get_inputs()[0].name: y.numpy()})
-        with torch.no_grad():
-            np.testing.assert_allclose(output, model(y).numpy(), rtol=1e-5, atol=1e-5)
+    # the second shape was not seen at export
+    assert_plain_export_runs(model, dynamo, tmp_path, ((2, 4, 7, 6), (1, 4, 8, 5)))
 
 
 F, K = torch.randn(1, 4, 5, 6), torch.rand(1, 18, 3, 3)  # k 3, G 2, stride 2
