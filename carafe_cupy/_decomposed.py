@@ -78,6 +78,13 @@ def exporting_to_onnx() -> bool:
     return onnx is not None and onnx.is_in_onnx_export()
 
 
+# What torch.compiler.assume_constant_result does, without importing torch._dynamo
+# here: a compilation reads the answer once, while tracing, instead of tracing the
+# lookup in sys.modules, which an import elsewhere (a finalizer, another thread)
+# may change while the compiler iterates over it.
+exporting_to_onnx._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def decompositions() -> dict:
     """``{carafe_cupy::carafe_forward: carafe_forward}`` for ``run_decompositions``."""
     from . import _torch_ops  # noqa: F401  (registers the op)
