@@ -20,10 +20,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CARAFE",
+    "CARAFEDownPack",
     "CARAFEFunction",
     "CARAFENaive",
     "CARAFENaiveFunction",
     "CARAFEPack",
+    "Involution",
     "KernelCompileError",
     "KernelsUnavailableError",
     "__version__",
@@ -43,6 +45,8 @@ _TORCH_NAMES = {
     "CARAFE": "nn",
     "CARAFENaive": "nn",
     "CARAFEPack": "nn",
+    "CARAFEDownPack": "nn_reassembly",
+    "Involution": "nn_reassembly",
     "CARAFEFunction": "mmcv_compat",
     "CARAFENaiveFunction": "mmcv_compat",
     "normal_init": "mmcv_compat",
@@ -52,6 +56,7 @@ _TORCH_NAMES = {
 if TYPE_CHECKING:
     from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
     from .nn import CARAFE, CARAFENaive, CARAFEPack
+    from .nn_reassembly import CARAFEDownPack, Involution
 
 
 def _is_torch_tensor(value: Any) -> bool:
