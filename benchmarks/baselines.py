@@ -108,6 +108,35 @@ def carafe_shift(
     return out.view(n, c, h * s, w * s)
 
 
+def reassemble_unfold(
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    group_size: int,
+    stride: int = 1,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Strided reassembly as the involution authors and YOLO ports write it: ``F.unfold``
+    with that stride, dilation and padding (k-1)*d/2, the columns viewed as
+    (N, G, C/G, k*k, Ho, Wo) and summed against the kernels viewed as (N, G, 1, k*k, Ho, Wo).
+
+    ``kernels`` is (N, G*k*k, ceil(H/stride), ceil(W/stride)). The column tensor holds k*k
+    copies of the (strided) input, the memory cost the fused kernels avoid.
+    """
+    k, g = kernel_size, group_size
+    n, c, h, w = features.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    if c % g or tuple(kernels.shape) != (n, g * k * k, ho, wo):
+        raise ValueError(
+            f"kernels must have shape {(n, g * k * k, ho, wo)} for features {tuple(features.shape)}"
+            f" and group_size {g} dividing C; got {tuple(kernels.shape)}"
+        )
+    cols = F.unfold(
+        features, k, dilation=dilation, padding=dilation * (k - 1) // 2, stride=stride
+    ).view(n, g, c // g, k * k, ho, wo)
+    return (kernels.view(n, g, 1, k * k, ho, wo) * cols).sum(dim=3).view(n, c, ho, wo)
+
+
 def _mmcv() -> CarafeFn:
     from mmcv.ops import carafe
 

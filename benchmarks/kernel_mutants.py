@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_mutants_strided import STRIDE_DILATION
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -189,8 +191,8 @@ MUTANTS = (
     Mutant(
         "general-grad-masks-tap-column",
         GENERAL,
-        r"x / g\.scale_factor \+ tap % g\.kernel_size - radius",
-        "x / g.scale_factor + tap / g.kernel_size - radius",
+        r"\(tap % g\.kernel_size - radius\) \* g\.dilation",
+        "(tap / g.kernel_size - radius) * g.dilation",
     ),
     Mutant(
         "general-forward-single-pass",
@@ -292,3 +294,5 @@ MUTANTS = (
         "if ((x & 0x7FFFFFFFu) >= 0x7F800000u)",
     ),
 )
+
+MUTANTS += tuple(Mutant(name, GENERAL, *change) for name, change in STRIDE_DILATION.items())

@@ -1,14 +1,16 @@
 """CARAFE (content-aware reassembly of features) for PyTorch and CuPy.
 
 ``carafe(features, masks, kernel_size, group_size, scale_factor)`` takes torch
-tensors, cupy arrays, or any other DLPack array (JAX, ...). Neither torch nor
+tensors, cupy arrays, or any other DLPack array (JAX, ...).
+``reassemble(features, kernels, kernel_size, group_size, scale_factor, stride,
+dilation)`` is the same op with a stride and a dilation: CARAFE++'s
+content-aware downsampling and involution. Neither torch nor
 CuPy is needed to import the package. Every public name of ``mmcv.ops.carafe``
 is here too (``CARAFENaive``, ``CARAFEFunction``, ``normal_init``, ...).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ._cupy_runtime import KernelsUnavailableError
@@ -18,10 +20,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CARAFE",
+    "CARAFEDownPack",
     "CARAFEFunction",
     "CARAFENaive",
     "CARAFENaiveFunction",
     "CARAFEPack",
+    "Involution",
     "KernelCompileError",
     "KernelsUnavailableError",
     "__version__",
@@ -31,6 +35,8 @@ __all__ = [
     "carafe_naive",
     "decompositions",
     "normal_init",
+    "reassemble",
+    "reassemble_backward",
     "xavier_init",
 ]
 
@@ -39,6 +45,8 @@ _TORCH_NAMES = {
     "CARAFE": "nn",
     "CARAFENaive": "nn",
     "CARAFEPack": "nn",
+    "CARAFEDownPack": "nn_reassembly",
+    "Involution": "nn_reassembly",
     "CARAFEFunction": "mmcv_compat",
     "CARAFENaiveFunction": "mmcv_compat",
     "normal_init": "mmcv_compat",
@@ -48,11 +56,16 @@ _TORCH_NAMES = {
 if TYPE_CHECKING:
     from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
     from .nn import CARAFE, CARAFENaive, CARAFEPack
+    from .nn_reassembly import CARAFEDownPack, Involution
 
 
 def _is_torch_tensor(value: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    """isinstance(value, torch.Tensor), without importing torch. Read from the type's
+    classes, not sys.modules: under torch.compile that would trace all of sys.modules,
+    and loading a lazily imported module found there changes it mid-iteration."""
+    return any(
+        cls.__module__ == "torch" and cls.__qualname__ == "Tensor" for cls in type(value).__mro__
+    )
 
 
 def _front_end(function: str, **inputs: Any) -> Any:
@@ -154,12 +167,84 @@ def carafe_backward(
     )
 
 
+def reassemble(
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+) -> Any:
+    """Reassemble each output pixel from a k x k window of ``features`` with its own kernel.
+
+    ``features`` is (N, C, H, W) and ``kernels`` (N, G*k*k, Ho, Wo). With s the
+    scale factor, t the stride, d the dilation, r = (k - 1) // 2 and
+    g = c // (C // G)::
+
+        out[n, c, y, x] = sum over i, j < k of
+            kernels[n, g*k*k + i*k + j, y, x]
+            * features[n, c, (y//s)*t + (i - r)*d, (x//s)*t + (j - r)*d]
+
+    Taps that fall outside the input contribute zero. At most one of s and t
+    exceeds 1: s upsamples (Ho, Wo = H*s, W*s: CARAFE), t downsamples
+    (Ho, Wo = ceil(H/t), ceil(W/t): CARAFE++'s content-aware downsampling, and
+    involution with its stride and dilation). Kernel channel g*k*k + i*k + j is
+    row i, column j of group g's kernel: CARAFE's mask layout, and involution's
+    weights (N, G, k*k, Ho, Wo) viewed as (N, G*k*k, Ho, Wo). Kernels are used as
+    given (no normalisation). ``carafe(f, m, k, G, s)`` is
+    ``reassemble(f, m, k, G, s)``, bit for bit.
+
+    Args:
+        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
+            another DLPack array.
+        kernels: (N, G*k*k, Ho, Wo), same kind and device as ``features``.
+        kernel_size: k, odd int >= 1.
+        group_size: G, int >= 1 dividing C (channels c*C/G ... (c+1)*C/G - 1 share
+            group c's kernels).
+        scale_factor: s, int >= 1.
+        stride: t, int >= 1 (window centers t input pixels apart).
+        dilation: d, int >= 1 (taps d input pixels apart).
+
+    Returns (N, C, Ho, Wo), with the dtypes, promotion, devices and autograd of
+    :func:`carafe`; see :func:`reassemble_backward` for gradients of arrays.
+    """
+    front_end = _front_end("reassemble", features=features, kernels=kernels)
+    return front_end.reassemble(
+        features, kernels, kernel_size, group_size, scale_factor, stride, dilation
+    )
+
+
+def reassemble_backward(
+    grad_output: Any,
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+) -> tuple[Any, Any]:
+    """Gradients ``(grad_features, grad_kernels)`` of :func:`reassemble`, for CuPy users.
+
+    Also accepts torch tensors: it then calls the same op autograd uses and
+    returns plain values (not differentiable, even if the inputs require grad).
+    """
+    front_end = _front_end(
+        "reassemble_backward", grad_output=grad_output, features=features, kernels=kernels
+    )
+    return front_end.reassemble_backward(
+        grad_output, features, kernels, kernel_size, group_size, scale_factor, stride, dilation
+    )
+
+
 def decompositions() -> dict:
     """``{carafe_cupy::carafe_forward: standard-op version}`` for exporters.
 
     ``torch.export.export(model, args).run_decompositions(carafe_cupy.decompositions())``
-    replaces every CARAFE call with Pad/Slice/Reshape/Mul/Add, which any exporter
-    (ONNX included) understands. Needs torch.
+    replaces every CARAFE and reassemble call (one op, strided and dilated or not)
+    with Pad/Slice/Reshape/Mul/Add, which any exporter (ONNX included) understands.
+    Needs torch.
     """
     from ._decomposed import decompositions as carafe_decompositions
 

@@ -28,22 +28,29 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
-def _benchmark_script() -> Path:
-    """benchmarks/bench_carafe.py: shipped in the wheel, or in a source checkout."""
+def _benchmark_script(name: str = "bench_carafe.py") -> Path:
+    """benchmarks/<name>: shipped in the wheel, or in a source checkout."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "benchmarks", package.parent / "benchmarks"):
-        if (candidate / "bench_carafe.py").is_file():
-            return candidate / "bench_carafe.py"
-    raise SystemExit("carafe_cupy: benchmarks/bench_carafe.py not found in this install")
+        if (candidate / name).is_file():
+            return candidate / name
+    raise SystemExit(f"carafe_cupy: benchmarks/{name} not found in this install")
 
 
 def _bench(bench_args: list[str]) -> int:
-    path = _benchmark_script()
-    spec = importlib.util.spec_from_file_location("carafe_cupy_bench", path)
+    forwarded = list(bench_args)
+    # --reassembly: involution and CARAFE++ downsampling against unfold instead
+    reassembly = "--reassembly" in forwarded
+    if reassembly:
+        forwarded.remove("--reassembly")
+    path = _benchmark_script("bench_reassembly.py" if reassembly else "bench_carafe.py")
+    name = "carafe_cupy_bench_reassembly" if reassembly else "carafe_cupy_bench"
+    spec = importlib.util.spec_from_file_location(name, path)
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses and pickling look the module up
     spec.loader.exec_module(bench)
-    forwarded = list(bench_args)
+    if reassembly:
+        return bench.main(forwarded)
     return bench.main(forwarded, prog="python -m carafe_cupy bench", quick_by_default=True)
 
 
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "bench",
         help="benchmark against the unfold and shift baselines (short run; --full for all; "
-        "other options go to benchmarks/bench_carafe.py)",
+        "other options go to benchmarks/bench_carafe.py); --reassembly: Involution and "
+        "CARAFEDownPack against unfold (benchmarks/bench_reassembly.py)",
     )
     from ._profile import cli as profile_cli
 

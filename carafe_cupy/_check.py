@@ -13,44 +13,62 @@ import numpy as np
 
 from . import __version__, _arrays, _cupy_runtime, _launch, _sources
 
-# (N, C, H, W, kernel_size, group_size, scale_factor): common, odd and tiny shapes
+# (N, C, H, W, kernel_size, group_size, scale_factor, stride, dilation): common, odd
+# and tiny CARAFE shapes, then strided (involution, content-aware downsampling)
+# and dilated reassembly
 CHECK_CONFIGS = (
-    (2, 8, 6, 7, 5, 2, 2),
-    (1, 4, 5, 4, 3, 1, 3),
-    (2, 6, 3, 2, 7, 3, 1),
-    (1, 4, 4, 4, 1, 4, 4),
+    (2, 8, 6, 7, 5, 2, 2, 1, 1),
+    (1, 4, 5, 4, 3, 1, 3, 1, 1),
+    (2, 6, 3, 2, 7, 3, 1, 1, 1),
+    (1, 4, 4, 4, 1, 4, 4, 1, 1),
+    (2, 8, 9, 8, 7, 2, 1, 2, 1),
+    (1, 4, 7, 6, 5, 1, 1, 2, 1),
+    (1, 6, 6, 5, 3, 3, 1, 3, 2),
+    (1, 4, 4, 5, 3, 2, 2, 1, 2),
 )
 # Worst relative error allowed per storage dtype (against a float64 reference).
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 3e-2}
 
 
 def numpy_reference(
-    features: np.ndarray, masks: np.ndarray, grad_output: np.ndarray, k: int, g: int, s: int
+    features: np.ndarray,
+    masks: np.ndarray,
+    grad_output: np.ndarray,
+    k: int,
+    g: int,
+    s: int,
+    t: int = 1,
+    d: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(output, grad_features, grad_masks) in float64, one tap at a time."""
+    """(output, grad_features, grad_masks) in float64, one tap at a time (stride t,
+    dilation d: tap (i, j) of center (y, x) reads padded row y*t + i*d, col x*t + j*d)."""
     n, c, h, w = features.shape
-    r = (k - 1) // 2
+    reach = (k - 1) // 2 * d
+    rows, cols = -(-h // t), -(-w // t)  # window centers
     features = features.astype(np.float64)
-    masks = masks.astype(np.float64).reshape(n, g, k * k, h * s, w * s)
-    grad_output = grad_output.astype(np.float64).reshape(n, g, c // g, h * s, w * s)
-    padded = np.zeros((n, g, c // g, h + 2 * r, w + 2 * r))
-    padded[..., r : r + h, r : r + w] = features.reshape(n, g, c // g, h, w)
+    masks = masks.astype(np.float64).reshape(n, g, k * k, rows * s, cols * s)
+    grad_output = grad_output.astype(np.float64).reshape(n, g, c // g, rows * s, cols * s)
+    padded = np.zeros((n, g, c // g, h + 2 * reach, w + 2 * reach))
+    padded[..., reach : reach + h, reach : reach + w] = features.reshape(n, g, c // g, h, w)
     grad_padded = np.zeros_like(padded)
     output = np.zeros_like(grad_output)
     grad_masks = np.zeros_like(masks)
     for i in range(k):
         for j in range(k):
-            window = padded[..., i : i + h, j : j + w].repeat(s, axis=3).repeat(s, axis=4)
+            tap_rows = slice(i * d, i * d + (rows - 1) * t + 1, t)
+            tap_cols = slice(j * d, j * d + (cols - 1) * t + 1, t)
+            window = padded[..., tap_rows, tap_cols].repeat(s, axis=3).repeat(s, axis=4)
             weight = masks[:, :, None, i * k + j]
             output += weight * window
             grad_masks[:, :, i * k + j] = (grad_output * window).sum(axis=2)
-            contribution = (grad_output * weight).reshape(n, g, c // g, h, s, w, s).sum((4, 6))
-            grad_padded[..., i : i + h, j : j + w] += contribution
-    grad_features = grad_padded[..., r : r + h, r : r + w].reshape(n, c, h, w)
+            contribution = grad_output * weight
+            contribution = contribution.reshape(n, g, c // g, rows, s, cols, s).sum((4, 6))
+            grad_padded[..., tap_rows, tap_cols] += contribution
+    grad_features = grad_padded[..., reach : reach + h, reach : reach + w].reshape(n, c, h, w)
     return (
-        output.reshape(n, c, h * s, w * s),
+        output.reshape(n, c, rows * s, cols * s),
         grad_features,
-        grad_masks.reshape(n, g * k * k, h * s, w * s),
+        grad_masks.reshape(n, g * k * k, rows * s, cols * s),
     )
 
 
@@ -72,7 +90,7 @@ class CheckResult:
 
 
 # A backend maps numpy float64 inputs to numpy outputs (output, grad_features, grad_masks).
-Backend = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int], str], tuple]
+Backend = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...], str], tuple]
 
 
 def _torch_backend(device: str) -> Backend:
@@ -88,7 +106,7 @@ def _torch_backend(device: str) -> Backend:
 
         features_t = load(features).requires_grad_()
         masks_t = load(masks).requires_grad_()
-        output = carafe_cupy.carafe(features_t, masks_t, *params)
+        output = carafe_cupy.reassemble(features_t, masks_t, *params)
         output.backward(load(grad_output))
         return tuple(
             tensor.detach().double().cpu().numpy()
@@ -109,8 +127,8 @@ def _cupy_backend() -> Backend:
         features_c, masks_c, grad_c = (
             cupy.asarray(a.astype(dtype)) for a in (features, masks, grad_output)
         )
-        output = carafe_cupy.carafe(features_c, masks_c, *params)
-        grads = carafe_cupy.carafe_backward(grad_c, features_c, masks_c, *params)
+        output = carafe_cupy.reassemble(features_c, masks_c, *params)
+        grads = carafe_cupy.reassemble_backward(grad_c, features_c, masks_c, *params)
         return tuple(cupy.asnumpy(a).astype(np.float64) for a in (output, *grads))
 
     return run
@@ -123,8 +141,8 @@ def _numpy_simulator_backend() -> Backend:
         if dtype == "bfloat16":
             raise _Skip("numpy has no bfloat16 dtype")
         arrays = [a.astype(dtype) for a in (features, masks, grad_output)]
-        output = carafe_cupy.carafe(arrays[0], arrays[1], *params)
-        grads = carafe_cupy.carafe_backward(arrays[2], arrays[0], arrays[1], *params)
+        output = carafe_cupy.reassemble(arrays[0], arrays[1], *params)
+        grads = carafe_cupy.reassemble_backward(arrays[2], arrays[0], arrays[1], *params)
         return tuple(a.astype(np.float64) for a in (output, *grads))
 
     return run
@@ -164,17 +182,18 @@ def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:
     rng = np.random.default_rng(seed)
     results = []
     for config in CHECK_CONFIGS:
-        n, c, h, w, k, g, s = config
+        n, c, h, w, k, g, s, t, d = config
+        out_h, out_w = -(-h // t) * s, -(-w // t) * s
         features = rng.standard_normal((n, c, h, w))
-        masks = rng.random((n, g * k * k, h * s, w * s))
-        grad_output = rng.standard_normal((n, c, h * s, w * s))
+        masks = rng.random((n, g * k * k, out_h, out_w))
+        grad_output = rng.standard_normal((n, c, out_h, out_w))
         for dtype in _sources.SUPPORTED_DTYPES:
             # The reference sees the inputs after rounding to the storage dtype.
             rounded = [_round_to(a, dtype) for a in (features, masks, grad_output)]
-            expected = numpy_reference(*rounded, k, g, s)
+            expected = numpy_reference(*rounded, k, g, s, t, d)
             for name, backend in backends.items():
                 try:
-                    actual = backend(*rounded, (k, g, s), dtype)
+                    actual = backend(*rounded, (k, g, s, t, d), dtype)
                 except _Skip as skip:
                     results.append(
                         CheckResult(name, dtype, config, float("nan"), "skipped", str(skip))
@@ -196,7 +215,7 @@ def _round_to(array: np.ndarray, dtype: str) -> np.ndarray:
 
 def format_check_table(results: list[CheckResult]) -> str:
     lines = [
-        "| backend | dtype | N,C,H,W,k,G,s | max rel. error | result |",
+        "| backend | dtype | N,C,H,W,k,G,s,t,d | max rel. error | result |",
         "| --- | --- | --- | --- | --- |",
     ]
     for result in results:

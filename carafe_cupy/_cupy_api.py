@@ -14,13 +14,13 @@ from typing import Any
 from . import _arrays, _dlpack, _launch, _validate
 
 
-def _check_arrays(**arrays: Any) -> None:
+def _check_arrays(where: str = "carafe", **arrays: Any) -> None:
     for name, array in arrays.items():
-        _validate.check_dtype(name, _arrays.array_dtype_name(array.dtype))
+        _validate.check_dtype(name, _arrays.array_dtype_name(array.dtype), where)
     devices = {name: _arrays.array_device(array) for name, array in arrays.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on cuda:{device}" for name, device in devices.items())
-        raise ValueError(f"carafe: all arrays must be on one device, got {listing}")
+        raise ValueError(f"{where}: all arrays must be on one device, got {listing}")
 
 
 def _promote(*arrays: Any) -> tuple[Any, ...]:
@@ -30,25 +30,79 @@ def _promote(*arrays: Any) -> tuple[Any, ...]:
         return tuple(array.astype(dtype, copy=False) for array in arrays)
 
 
-def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int) -> Any:
-    """CARAFE on arrays (no autograd); see :func:`carafe_cupy.carafe`."""
-    (features, masks), give_back = _dlpack.import_arrays(features=features, masks=masks)
-    _check_arrays(features=features, masks=masks)
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
-    )
-    features, masks = _promote(features, masks)
+def reassemble(
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+    where: str = "reassemble",
+) -> Any:
+    """Reassembly on arrays (no autograd); see :func:`carafe_cupy.reassemble`."""
+    name = _validate.weights_name(where)
+    (features, kernels), give_back = _dlpack.import_arrays(features=features, **{name: kernels})
+    _check_arrays(where, features=features, **{name: kernels})
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    features, kernels = _promote(features, kernels)
     shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     output = _arrays.array_empty(features, shape, features.dtype)
     _launch.launch_forward(
         geometry,
         _arrays.array_ref(features),
-        _arrays.array_ref(masks),
+        _arrays.array_ref(kernels),
         _arrays.array_ref(output),
         _arrays.array_device(features),
         _arrays.array_stream(features),
     )
     return give_back(output)
+
+
+def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_factor: int) -> Any:
+    """CARAFE on arrays (no autograd); see :func:`carafe_cupy.carafe`."""
+    return reassemble(features, masks, kernel_size, group_size, scale_factor, where="carafe")
+
+
+def reassemble_backward(
+    grad_output: Any,
+    features: Any,
+    kernels: Any,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+    where: str = "reassemble_backward",
+) -> tuple[Any, Any]:
+    """``(grad_features, grad_kernels)`` of :func:`reassemble`, in the inputs' dtypes."""
+    name = _validate.weights_name(where)
+    (grad_output, features, kernels), give_back = _dlpack.import_arrays(
+        grad_output=grad_output, features=features, **{name: kernels}
+    )
+    _check_arrays(where, grad_output=grad_output, features=features, **{name: kernels})
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    _validate.check_grad_output_shape(grad_output.shape, geometry, where)
+    feature_dtype, kernel_dtype = features.dtype, kernels.dtype
+    grad_output, features, kernels = _promote(grad_output, features, kernels)
+    grad_features = _arrays.array_empty(features, features.shape, features.dtype)
+    grad_kernels = _arrays.array_empty(features, kernels.shape, kernels.dtype)
+    _launch.launch_backward(
+        geometry,
+        _arrays.array_ref(grad_output),
+        _arrays.array_ref(features),
+        _arrays.array_ref(kernels),
+        _arrays.array_ref(grad_features),
+        _arrays.array_ref(grad_kernels),
+        _arrays.array_device(features),
+        _arrays.array_stream(features),
+    )
+    with _dlpack.on_device(features):
+        grad_features = grad_features.astype(feature_dtype, copy=False)
+        grad_kernels = grad_kernels.astype(kernel_dtype, copy=False)
+    return give_back(grad_features), give_back(grad_kernels)
 
 
 def carafe_backward(
@@ -60,29 +114,6 @@ def carafe_backward(
     scale_factor: int,
 ) -> tuple[Any, Any]:
     """``(grad_features, grad_masks)`` of :func:`carafe`, in the inputs' dtypes."""
-    (grad_output, features, masks), give_back = _dlpack.import_arrays(
-        grad_output=grad_output, features=features, masks=masks
+    return reassemble_backward(
+        grad_output, features, masks, kernel_size, group_size, scale_factor, where="carafe_backward"
     )
-    _check_arrays(grad_output=grad_output, features=features, masks=masks)
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
-    )
-    _validate.check_grad_output_shape(grad_output.shape, geometry)
-    feature_dtype, mask_dtype = features.dtype, masks.dtype
-    grad_output, features, masks = _promote(grad_output, features, masks)
-    grad_features = _arrays.array_empty(features, features.shape, features.dtype)
-    grad_masks = _arrays.array_empty(features, masks.shape, masks.dtype)
-    _launch.launch_backward(
-        geometry,
-        _arrays.array_ref(grad_output),
-        _arrays.array_ref(features),
-        _arrays.array_ref(masks),
-        _arrays.array_ref(grad_features),
-        _arrays.array_ref(grad_masks),
-        _arrays.array_device(features),
-        _arrays.array_stream(features),
-    )
-    with _dlpack.on_device(features):
-        grad_features = grad_features.astype(feature_dtype, copy=False)
-        grad_masks = grad_masks.astype(mask_dtype, copy=False)
-    return give_back(grad_features), give_back(grad_masks)

@@ -48,7 +48,9 @@ def launch_arguments(
 @functools.lru_cache(maxsize=1024)
 def _fixed_arguments(planned: Launch, geometry: Geometry, strides: tuple) -> tuple:
     """The arguments after the pointers, built once per plan, geometry and layout."""
-    args = tuple(np.int64(size) for size in geometry.sizes)
+    # the general kernels also take stride and dilation; the tiled ones run only without
+    sizes = geometry.general_sizes if planned.module == KERNEL_MODULE else geometry.sizes
+    args = tuple(np.int64(size) for size in sizes)
     for tensor_strides in strides:
         args += tuple(np.int64(stride) for stride in tensor_strides)
     return args + tuple(np.int64(value) for value in planned.tiling)

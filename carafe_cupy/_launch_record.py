@@ -61,6 +61,8 @@ class LaunchRecord:
     channel_slices: int = 0  # blocks (grad_masks: warps) sharing one group's channels
     channel_batches: int = 0  # staging rounds per block
     partial_batch: bool = False  # a last batch with fewer channels than channel_batch
+    stride: int = 1  # window stride and dilation (general kernels only; tiled: 1)
+    dilation: int = 1
 
 
 _lock = threading.Lock()
@@ -99,10 +101,24 @@ def decode_launch(
     """The :class:`LaunchRecord` of a launch, from its kernel name and arguments."""
     general = _GENERAL.fullmatch(kernel)
     if general is not None:
-        # 3 pointers, then batch, channels, height, width, k, G, s
-        n, c, _, _, k, g, s = (int(value) for value in args[3:10])
+        # 3 pointers, then batch, channels, height, width, k, G, s, stride, dilation
+        n, c, _, _, k, g, s, t, d = (int(value) for value in args[3:12])
         operation, dtype = _OPERATIONS[general.group(1)], general.group(2)
-        return LaunchRecord(module, kernel, operation, dtype, k, s, "general", requested, n, c, g)
+        return LaunchRecord(
+            module,
+            kernel,
+            operation,
+            dtype,
+            k,
+            s,
+            "general",
+            requested,
+            n,
+            c,
+            g,
+            stride=t,
+            dilation=d,
+        )
     tiled = _TILED.fullmatch(kernel)
     if tiled is None:
         raise ValueError(f"launch record: kernel {kernel!r} is of no known family")
@@ -152,6 +168,10 @@ PLAN_BRANCHES = (
     "general: kernel size has no tiled kernels",
     "general: no channels (grad_masks is zeros)",
     "general: no tiled plan fits (scale too large)",
+    "general: stride or dilation above 1 (no tiled kernels)",
+    "strided windows",
+    "dilated windows",
+    "strided and dilated windows",
     "tiled: forced",
     "tiled: odd scale, no pairs",
     "tiled: pairs not built for this dtype and kernel size",
@@ -183,8 +203,17 @@ def plan_branches(record: LaunchRecord) -> set[str]:
             branches.add("general: forced")
         elif record.kernel_size not in TILED_KERNEL_SIZES:
             branches.add("general: kernel size has no tiled kernels")
+        elif record.stride > 1 or record.dilation > 1:
+            branches.add("general: stride or dilation above 1 (no tiled kernels)")
         else:
             branches.add("general: no tiled plan fits (scale too large)")
+        windows = {
+            (True, False): "strided windows",
+            (False, True): "dilated windows",
+            (True, True): "strided and dilated windows",
+        }.get((record.stride > 1, record.dilation > 1))
+        if windows:
+            branches.add(windows)
         return branches
     if record.variant == "fused":
         branches.add("fused")

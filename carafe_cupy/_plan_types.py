@@ -26,7 +26,12 @@ VARIANTS = ("auto", "general", "tiled", "tiled_pair")
 
 @dataclass(frozen=True)
 class Geometry:
-    """Sizes of one CARAFE problem (already validated)."""
+    """Sizes of one reassembly problem (already validated).
+
+    Output pixel (y, x) reads the window centered on input pixel
+    ((y // s) * t, (x // s) * t) with taps d apart (s scale_factor, t stride,
+    d dilation; at most one of s and t exceeds 1). CARAFE is t = d = 1.
+    """
 
     batch: int
     channels: int
@@ -35,14 +40,30 @@ class Geometry:
     kernel_size: int
     group_size: int
     scale_factor: int
+    stride: int = 1
+    dilation: int = 1
+
+    @property
+    def center_height(self) -> int:
+        """Rows of window centers: ceil(H / t)."""
+        return -(-self.height // self.stride)
+
+    @property
+    def center_width(self) -> int:
+        return -(-self.width // self.stride)
 
     @property
     def out_height(self) -> int:
-        return self.height * self.scale_factor
+        return self.center_height * self.scale_factor
 
     @property
     def out_width(self) -> int:
-        return self.width * self.scale_factor
+        return self.center_width * self.scale_factor
+
+    @property
+    def is_carafe(self) -> bool:
+        """Stride 1 and dilation 1: the tiled kernels' geometry."""
+        return self.stride == 1 and self.dilation == 1
 
     @property
     def mask_channels(self) -> int:
@@ -50,7 +71,8 @@ class Geometry:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """The seven sizes in the order every kernel takes them."""
+        """The seven sizes in the order every kernel takes them (the tiled ones
+        take only these: they run stride 1, dilation 1)."""
         return (
             self.batch,
             self.channels,
@@ -60,6 +82,11 @@ class Geometry:
             self.group_size,
             self.scale_factor,
         )
+
+    @property
+    def general_sizes(self) -> tuple[int, ...]:
+        """The nine sizes the general kernels take: ``sizes``, stride, dilation."""
+        return (*self.sizes, self.stride, self.dilation)
 
 
 @dataclass(frozen=True)

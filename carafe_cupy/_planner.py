@@ -226,7 +226,9 @@ def _choose(variant: str, plans: dict[str, Launch | None], what: str) -> Launch 
 
 
 def _tiled_applies(geometry: Geometry) -> bool:
-    return geometry.kernel_size in TILED_KERNEL_SIZES
+    """The tiled kernels are built for k in TILED_KERNEL_SIZES, stride 1, dilation 1;
+    every other reassembly runs the general kernels."""
+    return geometry.kernel_size in TILED_KERNEL_SIZES and geometry.is_carafe
 
 
 # ---------------------------------------------------------------- plans per call

@@ -1,12 +1,16 @@
-"""The pure-PyTorch CARAFE: any device, memory O(output).
+"""The pure-PyTorch reassembly (CARAFE and its strided, dilated form): any
+device, memory O(input + output).
 
-Work happens in a channels-last view, where an output tile (N, H, s, W, s, G, Cg)
-and the input window (N, H, 1, W, 1, G, Cg) line up, so each of the k*k taps is
-one broadcast multiply-add over contiguous channels, restricted to the centers
+Work happens in a channels-last view, where an output tile (N, Hc, s, Wc, s, G, Cg)
+and the window centers (N, Hc, 1, Wc, 1, G, Cg) line up, so each of the k*k taps
+is one broadcast multiply-add over contiguous channels, restricted to the centers
 whose tap lies inside the input:
 
     out[n, h, a, w, b, g, :] += masks[n, g*k*k + tap, h*s + a, w*s + b]
-                                * features[n, g*Cg:(g+1)*Cg, h + i - r, w + j - r]
+                                * features[n, g*Cg:(g+1)*Cg, h*t + (i - r)*d, w*t + (j - r)*d]
+
+The centers are every t-th input pixel (Hc = ceil(H / t)), so a tap's sources
+are a strided slice of the input: stride t, starting (i - r)*d from the first.
 
 Inputs in fp16/bf16 are accumulated in fp32 (fp64 stays fp64).
 """
@@ -35,13 +39,20 @@ def _channels_last(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return features.to(dtype).permute(0, 2, 3, 1).contiguous()
 
 
-def _tap_ranges(offset: int, size: int) -> tuple[int, int]:
-    """Centers [start, stop) whose tap at ``offset`` lands inside [0, size).
+def _tap_ranges(offset: int, size: int, stride: int = 1) -> tuple[int, int]:
+    """Centers [start, stop) whose tap at ``offset`` lands inside [0, size):
+    center c reads input c*stride + offset, for c < ceil(size / stride).
 
     Taps outside the input are skipped rather than read as zero padding, so a
     mask or gradient of Inf/NaN there does not turn into NaN (Inf * 0).
     """
-    return max(0, -offset), min(size, size - offset)
+    centers = -(-size // stride)
+    return max(0, -(offset // stride)), min(centers, (size - 1 - offset) // stride + 1)
+
+
+def _source_slice(start: int, stop: int, offset: int, stride: int) -> slice:
+    """The input rows (or columns) that centers [start, stop) read at ``offset``."""
+    return slice(start * stride + offset, (stop - 1) * stride + offset + 1, stride)
 
 
 def _masks_by_tap(
@@ -63,17 +74,20 @@ def carafe_forward(
     kernel_size: int,
     group_size: int,
     scale_factor: int,
+    stride: int = 1,
+    dilation: int = 1,
 ) -> torch.Tensor:
     batch, channels, height, width = features.shape
-    s, k = scale_factor, kernel_size
+    s, k, t, d = scale_factor, kernel_size, stride, dilation
     radius = (k - 1) // 2
+    rows, cols = -(-height // t), -(-width // t)  # window centers
     acc = accumulation_dtype(features.dtype)
     features_cl = _channels_last(features, acc)
     mask_taps = _masks_by_tap(masks, group_size, k, s, acc)
 
     channels_per_group = channels // group_size
     out = torch.zeros(
-        (batch, height, s, width, s, group_size, channels_per_group),
+        (batch, rows, s, cols, s, group_size, channels_per_group),
         dtype=acc,
         device=features.device,
     )
@@ -81,24 +95,26 @@ def carafe_forward(
     def forward_band(band: tuple[int, int]) -> None:
         top, bottom = band
         for i in range(k):
-            h0, h1 = _tap_ranges(i - radius, height)
+            row_offset = (i - radius) * d
+            h0, h1 = _tap_ranges(row_offset, height, t)
             h0, h1 = max(h0, top), min(h1, bottom)
             for j in range(k):
-                w0, w1 = _tap_ranges(j - radius, width)
+                col_offset = (j - radius) * d
+                w0, w1 = _tap_ranges(col_offset, width, t)
                 if h0 >= h1 or w0 >= w1:
                     continue
-                source_rows = slice(h0 + i - radius, h1 + i - radius)
-                source_cols = slice(w0 + j - radius, w1 + j - radius)
+                source_rows = _source_slice(h0, h1, row_offset, t)
+                source_cols = _source_slice(w0, w1, col_offset, t)
                 window = features_cl[:, source_rows, source_cols].reshape(
                     batch, h1 - h0, 1, w1 - w0, 1, group_size, channels_per_group
                 )
                 weights = mask_taps[:, h0:h1, :, w0:w1, :, :, i * k + j, None]
                 out[:, h0:h1, :, w0:w1].addcmul_(window, weights)
 
-    bands = row_bands(height, 1, batch * s * s * width * channels)
+    bands = row_bands(rows, 1, batch * s * s * cols * channels)
     run_bands(forward_band, bands, workers_for(features.device, bands))
 
-    out = out.view(batch, height * s, width * s, channels).permute(0, 3, 1, 2)
+    out = out.view(batch, rows * s, cols * s, channels).permute(0, 3, 1, 2)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
 
 
@@ -109,43 +125,49 @@ def carafe_backward(
     kernel_size: int,
     group_size: int,
     scale_factor: int,
+    stride: int = 1,
+    dilation: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_features, grad_masks), each shaped, typed and laid out like its input.
 
-    Per input pixel and group, with W the (Cg, k*k) window of features around it,
+    Per window center and group, with W the (Cg, k*k) window of features it reads,
     M the (s*s, k*k) masks of its s*s outputs and G their (s*s, Cg) grad_output:
     grad_masks = G @ W and grad_window = M^T @ G. Done as batched matmuls over a
     band of rows at a time, so the unfolded windows never exceed a fixed budget.
     """
     batch, channels, height, width = features.shape
-    s, k = scale_factor, kernel_size
+    s, k, t, d = scale_factor, kernel_size, stride, dilation
     radius = (k - 1) // 2
+    reach = radius * d  # how far a window reaches from its center
+    rows, cols = -(-height // t), -(-width // t)  # window centers
     taps = k * k
     acc = accumulation_dtype(features.dtype)
     channels_per_group = channels // group_size
 
-    padded = F.pad(_channels_last(features, acc), (0, 0, radius, radius, radius, radius))
-    windows = padded.unfold(1, k, 1).unfold(2, k, 1)  # (N, H, W, C, k, k), a view
-    # (N, H, W, G, s, s, k*k) and (N, H, W, G, s, s, Cg): grouped by source pixel
-    masks_by_pixel = masks.to(acc).reshape(batch, group_size, taps, height, s, width, s)
+    padded = F.pad(_channels_last(features, acc), (0, 0, reach, reach, reach, reach))
+    span = 2 * reach + 1
+    # (N, Hc, Wc, C, k, k), a view: windows t apart, taps d apart
+    windows = padded.unfold(1, span, t).unfold(2, span, t)[..., ::d, ::d]
+    # (N, Hc, Wc, G, s, s, k*k) and (N, Hc, Wc, G, s, s, Cg): grouped by window center
+    masks_by_pixel = masks.to(acc).reshape(batch, group_size, taps, rows, s, cols, s)
     masks_by_pixel = masks_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
     grad_by_pixel = grad_output.to(acc).reshape(
-        batch, group_size, channels_per_group, height, s, width, s
+        batch, group_size, channels_per_group, rows, s, cols, s
     )
     grad_by_pixel = grad_by_pixel.permute(0, 3, 5, 1, 4, 6, 2)
     # Taps outside the input read padding; their mask gradient is exactly zero
     # (not grad_output * 0, which is NaN where grad_output is infinite).
-    outside = _taps_outside(height, width, k, features.device)
+    outside = _taps_outside(height, width, k, features.device, t, d)
 
     grad_masks = torch.empty(
-        (batch, group_size, taps, height, s, width, s), dtype=acc, device=features.device
+        (batch, group_size, taps, rows, s, cols, s), dtype=acc, device=features.device
     )
     grad_masks_by_pixel = grad_masks.permute(0, 3, 5, 1, 4, 6, 2)
     grad_padded = torch.zeros_like(padded)
 
     def backward_band(band: tuple[int, int]) -> None:
         top, bottom = band
-        shape = (batch, bottom - top, width, group_size)
+        shape = (batch, bottom - top, cols, group_size)
         window = windows[:, top:bottom].reshape(*shape, channels_per_group, taps)
         weights = masks_by_pixel[:, top:bottom].reshape(*shape, s * s, taps)
         upstream = grad_by_pixel[:, top:bottom].reshape(*shape, s * s, channels_per_group)
@@ -154,41 +176,53 @@ def carafe_backward(
         upstream = upstream.contiguous()
 
         band_grad_masks = torch.matmul(upstream, window).view(*shape, s, s, taps)
-        band_outside = outside[top:bottom].view(1, bottom - top, width, 1, 1, 1, taps)
+        band_outside = outside[top:bottom].view(1, bottom - top, cols, 1, 1, 1, taps)
         grad_masks_by_pixel[:, top:bottom] = band_grad_masks.masked_fill(band_outside, 0)
 
         grad_windows = torch.matmul(weights.transpose(-1, -2), upstream)  # (..., k*k, Cg)
         for i in range(k):
             for j in range(k):
-                grad_padded[:, top + i : bottom + i, j : j + width] += grad_windows[
-                    ..., i * k + j, :
-                ].reshape(batch, bottom - top, width, channels)
+                target_rows = _source_slice(top, bottom, i * d, t)
+                target_cols = _source_slice(0, cols, j * d, t)
+                grad_padded[:, target_rows, target_cols] += grad_windows[..., i * k + j, :].reshape(
+                    batch, bottom - top, cols, channels
+                )
 
-    # A band's window gradients reach 2r rows past it: bands at least 2r tall, run
-    # evens then odds, never write the same rows at the same time, in a fixed order.
-    # The unfolded windows of a band stay within about 4M elements.
-    bands = row_bands(height, 2 * radius, batch * width * channels * taps, max_elements=1 << 22)
+    # A band's window gradients reach 2rd padded rows past its last center, t apart:
+    # bands at least ceil(2rd / t) centers tall, run evens then odds, never write the
+    # same rows at the same time, in a fixed order. The unfolded windows of a band
+    # stay within about 4M elements.
+    bands = row_bands(
+        rows, -(-2 * reach // t), batch * cols * channels * taps, max_elements=1 << 22
+    )
     workers = workers_for(features.device, bands)
     for phase in alternating(bands):  # the same summation order with any worker count
         run_bands(backward_band, phase, min(workers, len(phase)))
 
-    grad_features = grad_padded[:, radius : radius + height, radius : radius + width, :]
+    grad_features = grad_padded[:, reach : reach + height, reach : reach + width, :]
     return (
         _like(grad_features.permute(0, 3, 1, 2), features),
         _like(grad_masks.view(masks.shape), masks),
     )
 
 
-def _taps_outside(height: int, width: int, kernel_size: int, device: torch.device) -> torch.Tensor:
-    """(H, W, k*k) bool: tap (i, j) of pixel (h, w) falls outside the input."""
+def _taps_outside(
+    height: int,
+    width: int,
+    kernel_size: int,
+    device: torch.device,
+    stride: int = 1,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """(Hc, Wc, k*k) bool: tap (i, j) of window center (h, w) falls outside the input."""
     radius = (kernel_size - 1) // 2
-    offsets = torch.arange(kernel_size, device=device) - radius
-    rows = torch.arange(height, device=device)[:, None] + offsets  # (H, k)
-    cols = torch.arange(width, device=device)[:, None] + offsets  # (W, k)
+    offsets = (torch.arange(kernel_size, device=device) - radius) * dilation
+    rows = torch.arange(0, height, stride, device=device)[:, None] + offsets  # (Hc, k)
+    cols = torch.arange(0, width, stride, device=device)[:, None] + offsets  # (Wc, k)
     row_outside = (rows < 0) | (rows >= height)
     col_outside = (cols < 0) | (cols >= width)
-    outside = row_outside[:, None, :, None] | col_outside[None, :, None, :]  # (H, W, k, k)
-    return outside.reshape(height, width, kernel_size * kernel_size)
+    outside = row_outside[:, None, :, None] | col_outside[None, :, None, :]  # (Hc, Wc, k, k)
+    return outside.reshape(len(rows), len(cols), kernel_size * kernel_size)
 
 
 def _like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """PyTorch front end: the ``carafe_cupy::carafe_forward/backward`` custom ops.
 
+The ops take ``stride`` and ``dilation`` (default 1) after CARAFE's three
+parameters: :func:`reassemble` and :func:`carafe` are one op, CARAFE being
+stride 1 and dilation 1.
+
 CUDA tensors go to the NVRTC kernels on the caller's current stream, with
 outputs allocated by torch; CPU tensors (or CUDA without CuPy) go to the
 pure-PyTorch path in ``_reference``.
@@ -87,10 +91,11 @@ def _device_and_stream(device: torch.device) -> tuple[int, int]:
     return device.index, torch.cuda.current_stream(device).cuda_stream
 
 
-def _empty_output(features: torch.Tensor, scale_factor: int) -> torch.Tensor:
+def _empty_output(features: torch.Tensor, scale_factor: int, stride: int = 1) -> torch.Tensor:
     batch, channels, height, width = features.shape
+    rows, cols = -(-height // stride), -(-width // stride)  # window centers
     return torch.empty(
-        (batch, channels, height * scale_factor, width * scale_factor),
+        (batch, channels, rows * scale_factor, cols * scale_factor),
         dtype=features.dtype,
         device=features.device,
         memory_format=_reference.output_memory_format(features),
@@ -104,14 +109,15 @@ def carafe_forward(
     kernel_size: int,
     group_size: int,
     scale_factor: int,
+    stride: int = 1,
+    dilation: int = 1,
 ) -> torch.Tensor:
     # checked here too, for callers of torch.ops.carafe_cupy.* (TorchScript among them)
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
-    )
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     if not uses_kernels(features.device):
-        return _reference.carafe_forward(features, masks, kernel_size, group_size, scale_factor)
-    output = _empty_output(features, scale_factor)
+        return _reference.carafe_forward(features, masks, *params)
+    output = _empty_output(features, scale_factor, stride)
     device, stream = _device_and_stream(features.device)
     _launch.launch_forward(
         geometry,
@@ -125,8 +131,10 @@ def carafe_forward(
 
 
 @carafe_forward.register_fake
-def _carafe_forward_fake(features, masks, kernel_size, group_size, scale_factor):
-    return _empty_output(features, scale_factor)
+def _carafe_forward_fake(
+    features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
+):
+    return _empty_output(features, scale_factor, stride)
 
 
 @torch.library.custom_op("carafe_cupy::carafe_backward", mutates_args=())
@@ -137,15 +145,14 @@ def carafe_backward(
     kernel_size: int,
     group_size: int,
     scale_factor: int,
+    stride: int = 1,
+    dilation: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
-    )
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     _validate.check_grad_output_shape(grad_output.shape, geometry)
     if not uses_kernels(features.device):
-        return _reference.carafe_backward(
-            grad_output, features, masks, kernel_size, group_size, scale_factor
-        )
+        return _reference.carafe_backward(grad_output, features, masks, *params)
     grad_features = torch.empty_like(features)
     grad_masks = torch.empty_like(masks)
     device, stream = _device_and_stream(features.device)
@@ -163,29 +170,33 @@ def carafe_backward(
 
 
 @carafe_backward.register_fake
-def _carafe_backward_fake(grad_output, features, masks, kernel_size, group_size, scale_factor):
+def _carafe_backward_fake(
+    grad_output, features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
+):
     return torch.empty_like(features), torch.empty_like(masks)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    features, masks, kernel_size, group_size, scale_factor = inputs
+    """Save the two tensors; the int parameters after them (3 for the fused op,
+    5 for the plain ones) are kept as they came."""
+    features, masks, *params = inputs
     ctx.save_for_backward(features, masks)
-    ctx.params = (kernel_size, group_size, scale_factor)
+    ctx.params = tuple(params)
 
 
 def _backward(ctx, grad_output):
     features, masks = ctx.saved_tensors
     grad_features, grad_masks = carafe_backward(grad_output, features, masks, *ctx.params)
-    return grad_features, grad_masks, None, None, None
+    return grad_features, grad_masks, *(None,) * len(ctx.params)
 
 
 carafe_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _setup_backward_context(ctx, inputs, output) -> None:
-    grad_output, features, masks, kernel_size, group_size, scale_factor = inputs
+    grad_output, features, masks, *params = inputs
     ctx.save_for_backward(grad_output, features, masks)
-    ctx.params = (kernel_size, group_size, scale_factor)
+    ctx.params = tuple(params)
 
 
 def _backward_of_backward(ctx, grad_grad_features, grad_grad_masks):
@@ -212,7 +223,7 @@ def _backward_of_backward(ctx, grad_grad_features, grad_grad_masks):
             grad_grad_output = term if grad_grad_output is None else grad_grad_output + term
         if needs_features:
             grad_features = carafe_backward(grad_output, features, grad_grad_masks, *params)[0]
-    return grad_grad_output, grad_features, grad_masks, None, None, None
+    return grad_grad_output, grad_features, grad_masks, *(None,) * len(params)
 
 
 carafe_backward.register_autograd(_backward_of_backward, setup_context=_setup_backward_context)
@@ -229,7 +240,7 @@ _autocast_library = torch.library.Library("carafe_cupy", "FRAGMENT")
 
 
 def _autocast_forward(device_type: str):
-    def kernel(features, masks, kernel_size, group_size, scale_factor):
+    def kernel(features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1):
         dtype = torch.get_autocast_dtype(device_type)
 
         def cast(tensor: torch.Tensor) -> torch.Tensor:
@@ -242,7 +253,13 @@ def _autocast_forward(device_type: str):
 
         with torch.autocast(device_type, enabled=False):
             return carafe_forward(
-                cast(features), cast(masks), kernel_size, group_size, scale_factor
+                cast(features),
+                cast(masks),
+                kernel_size,
+                group_size,
+                scale_factor,
+                stride,
+                dilation,
             )
 
     return kernel
@@ -254,23 +271,58 @@ for _device_type in _AUTOCAST_DEVICE_TYPES:
     )
 
 
-def _check_tensors(**tensors: object) -> None:
+def _check_tensors(where: str = "carafe", **tensors: object) -> None:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(
-                f"carafe: {name} must be a torch.Tensor like the other inputs, "
+                f"{where}: {name} must be a torch.Tensor like the other inputs, "
                 f"got {type(tensor).__module__}.{type(tensor).__name__}"
             )
-        _validate.check_dtype(name, dtype_name(tensor.dtype))
+        _validate.check_dtype(name, dtype_name(tensor.dtype), where)
     devices = {name: tensor.device for name, tensor in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"carafe: all tensors must be on one device, got {listing}")
+        raise ValueError(f"{where}: all tensors must be on one device, got {listing}")
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # no cast node at all when none is needed keeps traced graphs minimal
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _op_params(geometry) -> tuple[int, ...]:
+    """The ops' int arguments; stride and dilation only where they are not 1, so
+    CARAFE's traced graphs and scripted calls stay as they were."""
+    params = (geometry.kernel_size, geometry.group_size, geometry.scale_factor)
+    return params if geometry.is_carafe else (*params, geometry.stride, geometry.dilation)
+
+
+def reassemble(
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+    where: str = "reassemble",
+) -> torch.Tensor:
+    """The torch side of ``carafe_cupy.reassemble`` (and of ``carafe``, ``where="carafe"``)."""
+    _check_tensors(where, features=features, **{_validate.weights_name(where): kernels})
+    dtype = torch.promote_types(features.dtype, kernels.dtype)
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if _decomposed.exporting_to_onnx():
+        # ONNX has no counterpart of the custom op: export the standard-op formula,
+        # with sizes left symbolic (the full shape check would fix them to ints)
+        return _decomposed.carafe_forward(
+            _as_dtype(features, dtype),
+            _as_dtype(kernels, dtype),
+            *_validate.check_reassembly_params(*params, where),
+        )
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    return carafe_forward(
+        _as_dtype(features, dtype), _as_dtype(kernels, dtype), *_op_params(geometry)
+    )
 
 
 def carafe(
@@ -280,26 +332,33 @@ def carafe(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
-    _check_tensors(features=features, masks=masks)
-    dtype = torch.promote_types(features.dtype, masks.dtype)
-    if _decomposed.exporting_to_onnx():
-        # ONNX has no counterpart of the custom op: export the standard-op formula,
-        # with sizes left symbolic (the full shape check would fix them to ints)
-        return _decomposed.carafe_forward(
-            _as_dtype(features, dtype),
-            _as_dtype(masks, dtype),
-            *_validate.check_params(kernel_size, group_size, scale_factor),
+    return reassemble(features, masks, kernel_size, group_size, scale_factor, where="carafe")
+
+
+def reassemble_backward(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    group_size: int = 1,
+    scale_factor: int = 1,
+    stride: int = 1,
+    dilation: int = 1,
+    where: str = "reassemble_backward",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    name = _validate.weights_name(where)
+    _check_tensors(where, grad_output=grad_output, features=features, **{name: kernels})
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    _validate.check_grad_output_shape(grad_output.shape, geometry, where)
+    dtype = torch.promote_types(features.dtype, kernels.dtype)
+    # Gradients as plain values: this op has no derivative of its own, so the
+    # results must not join the caller's graph (a later .backward() would fail).
+    with torch.no_grad():
+        grad_features, grad_kernels = carafe_backward(
+            grad_output.to(dtype), features.to(dtype), kernels.to(dtype), *_op_params(geometry)
         )
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
-    )
-    return carafe_forward(
-        _as_dtype(features, dtype),
-        _as_dtype(masks, dtype),
-        geometry.kernel_size,
-        geometry.group_size,
-        geometry.scale_factor,
-    )
+    return grad_features.to(features.dtype), grad_kernels.to(kernels.dtype)
 
 
 def carafe_backward_public(
@@ -310,24 +369,9 @@ def carafe_backward_public(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_tensors(grad_output=grad_output, features=features, masks=masks)
-    geometry = _validate.check_geometry(
-        features.shape, masks.shape, kernel_size, group_size, scale_factor
+    return reassemble_backward(
+        grad_output, features, masks, kernel_size, group_size, scale_factor, where="carafe_backward"
     )
-    _validate.check_grad_output_shape(grad_output.shape, geometry)
-    dtype = torch.promote_types(features.dtype, masks.dtype)
-    # Gradients as plain values: this op has no derivative of its own, so the
-    # results must not join the caller's graph (a later .backward() would fail).
-    with torch.no_grad():
-        grad_features, grad_masks = carafe_backward(
-            grad_output.to(dtype),
-            features.to(dtype),
-            masks.to(dtype),
-            geometry.kernel_size,
-            geometry.group_size,
-            geometry.scale_factor,
-        )
-    return grad_features.to(features.dtype), grad_masks.to(masks.dtype)
 
 
 def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) -> torch.Tensor:

@@ -49,12 +49,40 @@ def check_params(
     return kernel_size, group_size, scale_factor
 
 
-def check_dtype(name: str, dtype_name: str) -> None:
+def check_dtype(name: str, dtype_name: str, where: str = "carafe") -> None:
     if dtype_name not in SUPPORTED_DTYPES:
         raise TypeError(
-            f"carafe: {name} must have a floating dtype ({', '.join(SUPPORTED_DTYPES)}), "
+            f"{where}: {name} must have a floating dtype ({', '.join(SUPPORTED_DTYPES)}), "
             f"got {dtype_name}"
         )
+
+
+def check_reassembly_params(
+    kernel_size: Any,
+    group_size: Any,
+    scale_factor: Any,
+    stride: Any = 1,
+    dilation: Any = 1,
+    where: str = "reassemble",
+) -> tuple[int, int, int, int, int]:
+    """(kernel_size, group_size, scale_factor, stride, dilation) as ints, with at
+    most one of scale_factor and stride above 1."""
+    kernel_size, group_size, scale_factor = check_params(
+        kernel_size, group_size, scale_factor, where
+    )
+    stride = check_int("stride", stride, 1, where)
+    dilation = check_int("dilation", dilation, 1, where)
+    if scale_factor > 1 and stride > 1:
+        raise ValueError(
+            f"{where}: at most one of scale_factor and stride may exceed 1 (upsample or "
+            f"downsample, not both); got scale_factor={scale_factor}, stride={stride}"
+        )
+    return kernel_size, group_size, scale_factor, stride, dilation
+
+
+def weights_name(where: str) -> str:
+    """What the caller calls its per-pixel weights: carafe's masks, reassemble's kernels."""
+    return "masks" if where.startswith("carafe") else "kernels"
 
 
 def check_geometry(
@@ -63,38 +91,48 @@ def check_geometry(
     kernel_size: Any,
     group_size: Any,
     scale_factor: Any,
+    stride: Any = 1,
+    dilation: Any = 1,
+    where: str = "carafe",
 ) -> Geometry:
-    """Check shapes against the parameters and return the problem's geometry."""
-    kernel_size, group_size, scale_factor = check_params(kernel_size, group_size, scale_factor)
+    """Check shapes against the parameters and return the problem's geometry.
+
+    ``where`` names the caller in the messages (and so its weights: masks or kernels)."""
+    masks_name = weights_name(where)
+    params = check_reassembly_params(kernel_size, group_size, scale_factor, stride, dilation, where)
+    kernel_size, group_size, scale_factor, stride, dilation = params
+    plain = stride == 1 and dilation == 1
+    out_size = "H*s, W*s" if plain or scale_factor > 1 else "ceil(H/t), ceil(W/t)"
     for name, shape, layout in (
         ("features", features_shape, "(N, C, H, W)"),
-        ("masks", masks_shape, "(N, G*k*k, H*s, W*s)"),
+        (masks_name, masks_shape, f"(N, G*k*k, {out_size})"),
     ):
         if len(shape) != 4:
             raise ValueError(
-                f"carafe: {name} must be 4-D {layout}, got {len(shape)}-D shape {tuple(shape)}"
+                f"{where}: {name} must be 4-D {layout}, got {len(shape)}-D shape {tuple(shape)}"
             )
     batch, channels, height, width = (int(size) for size in features_shape)
     if height < 1 or width < 1:
-        raise ValueError(f"carafe: features must have H, W >= 1, got shape {tuple(features_shape)}")
+        raise ValueError(
+            f"{where}: features must have H, W >= 1, got shape {tuple(features_shape)}"
+        )
     if channels < 1 or channels % group_size:
         raise ValueError(
-            f"carafe: group_size must divide the feature channels C; got C={channels}, "
+            f"{where}: group_size must divide the feature channels C; got C={channels}, "
             f"group_size={group_size}"
         )
-    expected = (
-        batch,
-        group_size * kernel_size * kernel_size,
-        height * scale_factor,
-        width * scale_factor,
+    geometry = Geometry(
+        batch, channels, height, width, kernel_size, group_size, scale_factor, stride, dilation
     )
+    expected = (batch, geometry.mask_channels, geometry.out_height, geometry.out_width)
     if tuple(int(size) for size in masks_shape) != expected:
+        given = f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}"
+        if not plain:
+            given += f", stride={stride}, dilation={dilation}"
         raise ValueError(
-            f"carafe: masks must have shape (N, G*k*k, H*s, W*s) = {expected} for features "
-            f"{tuple(features_shape)}, kernel_size={kernel_size}, group_size={group_size}, "
-            f"scale_factor={scale_factor}; got {tuple(masks_shape)}"
+            f"{where}: {masks_name} must have shape (N, G*k*k, {out_size}) = {expected} for "
+            f"features {tuple(features_shape)}, {given}; got {tuple(masks_shape)}"
         )
-    geometry = Geometry(batch, channels, height, width, kernel_size, group_size, scale_factor)
     check_index_range(geometry)
     return geometry
 
@@ -106,9 +144,10 @@ INDEX_MAX = 2**63 - 1
 def check_index_range(geometry: Geometry) -> None:
     """Every element count the kernels iterate over must fit in int64."""
     out_pixels = geometry.out_height * geometry.out_width
+    out_size = "(H*s)*(W*s)" if geometry.stride == 1 else "ceil(H/t)*ceil(W/t)"
     counts = (
-        ("output", "N*C*(H*s)*(W*s)", geometry.batch * geometry.channels * out_pixels),
-        ("masks", "N*G*k*k*(H*s)*(W*s)", geometry.batch * geometry.mask_channels * out_pixels),
+        ("output", f"N*C*{out_size}", geometry.batch * geometry.channels * out_pixels),
+        ("masks", f"N*G*k*k*{out_size}", geometry.batch * geometry.mask_channels * out_pixels),
     )
     for name, formula, count in counts:
         if count > INDEX_MAX:
@@ -119,10 +158,12 @@ def check_index_range(geometry: Geometry) -> None:
             )
 
 
-def check_grad_output_shape(grad_output_shape: Sequence[int], geometry: Geometry) -> None:
+def check_grad_output_shape(
+    grad_output_shape: Sequence[int], geometry: Geometry, where: str = "carafe_backward"
+) -> None:
     expected = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     if tuple(int(size) for size in grad_output_shape) != expected:
         raise ValueError(
-            f"carafe_backward: grad_output must have the output's shape {expected}, "
+            f"{where}: grad_output must have the output's shape {expected}, "
             f"got {tuple(grad_output_shape)}"
         )

@@ -1,6 +1,6 @@
 """The array front end, for arrays from any library: no torch, no autograd.
 
-``carafe`` and ``carafe_backward`` here take cupy arrays, or any array with
+``carafe``, ``reassemble`` and their backward functions here take cupy arrays, or any array with
 ``__dlpack__`` and ``__dlpack_device__`` (JAX, torch, ...), run on the inputs'
 device on CuPy's current stream there, and return the inputs' kind of array.
 :func:`carafe_cupy.carafe` sends everything but torch tensors here; call this
@@ -9,6 +9,6 @@ module directly to run torch tensors through it too (without autograd).
 
 from __future__ import annotations
 
-from ._cupy_api import carafe, carafe_backward
+from ._cupy_api import carafe, carafe_backward, reassemble, reassemble_backward
 
-__all__ = ["carafe", "carafe_backward"]
+__all__ = ["carafe", "carafe_backward", "reassemble", "reassemble_backward"]

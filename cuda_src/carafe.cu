@@ -1,8 +1,10 @@
-// CARAFE forward and backward, mmcv semantics.
+// Reassembly forward and backward: CARAFE (mmcv semantics) with a window
+// stride t and dilation d, for content-aware downsampling and involution.
 //
 //   out[n, c, y, x] = sum_{i, j} masks[n, g*k*k + i*k + j, y, x]
-//                                * features[n, c, y/s + i - r, x/s + j - r]
-//   g = c / (C / G), r = (k - 1) / 2, taps outside the input are zero.
+//                                * features[n, c, (y/s)*t + (i - r)*d, (x/s)*t + (j - r)*d]
+//   g = c / (C / G), r = (k - 1) / 2, taps outside the input are zero;
+//   the output is ceil(H/t)*s x ceil(W/t)*s (at most one of s and t exceeds 1).
 //
 // One thread per output element (forward), per input element (grad_features)
 // and per mask element (grad_masks). Both gradients are gathers with a fixed
@@ -10,15 +12,33 @@
 // element strides are arguments: any layout, one compile per dtype.
 #include "carafe_common.cuh"
 
+// The general kernels' geometry: CARAFE's seven sizes, then stride and dilation.
+struct reassembly_geometry {
+    index_t batch, channels, height, width;
+    index_t kernel_size, group_size, scale_factor, stride, dilation;
+};
+
+#define REASSEMBLY_GEOMETRY_PARAMS CARAFE_GEOMETRY_PARAMS, index_t stride, index_t dilation
+#define REASSEMBLY_GEOMETRY                                                                \
+    reassembly_geometry {                                                                  \
+        batch, channels, height, width, kernel_size, group_size, scale_factor, stride,     \
+            dilation                                                                       \
+    }
+
+// Window centers per column (row): every t-th input pixel, ceil(size / t) of them.
+__device__ __forceinline__ index_t center_count(index_t size, index_t stride) {
+    return (size + stride - 1) / stride;
+}
+
 template <typename scalar_t>
 __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
                                     const scalar_t* __restrict__ masks,
-                                    scalar_t* __restrict__ output, const carafe_geometry g,
+                                    scalar_t* __restrict__ output, const reassembly_geometry g,
                                     const strides4 feature_strides, const strides4 mask_strides,
                                     const strides4 output_strides) {
     typedef typename storage<scalar_t>::acc_t acc_t;
-    const index_t out_height = g.height * g.scale_factor;
-    const index_t out_width = g.width * g.scale_factor;
+    const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
+    const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
     const index_t total = g.batch * g.channels * out_height * out_width;
     const index_t channels_per_group = g.channels / g.group_size;
     const index_t taps = g.kernel_size * g.kernel_size;
@@ -32,23 +52,27 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
         const index_t c = rest % g.channels;
         const index_t n = rest / g.channels;
         const index_t group = c / channels_per_group;
-        const index_t center_y = y / g.scale_factor;
-        const index_t center_x = x / g.scale_factor;
+        // the window's first row and column: taps are d apart around the center
+        const index_t top = y / g.scale_factor * g.stride - radius * g.dilation;
+        const index_t left = x / g.scale_factor * g.stride - radius * g.dilation;
 
         const scalar_t* feature_plane = features + n * feature_strides.n + c * feature_strides.c;
         const scalar_t* mask_pixel = masks + n * mask_strides.n + group * taps * mask_strides.c +
                                      y * mask_strides.h + x * mask_strides.w;
         acc_t sum = 0;
         for (index_t i = 0; i < g.kernel_size; ++i) {
-            const index_t feature_y = center_y + i - radius;
+            const index_t feature_y = top + i * g.dilation;
             if (feature_y < 0 || feature_y >= g.height) continue;
+            const scalar_t* feature_row = feature_plane + feature_y * feature_strides.h;
+            // unrolled by 2, not the compiler's 4: that needs over 96 registers in bf16
+#pragma unroll 2
             for (index_t j = 0; j < g.kernel_size; ++j) {
-                const index_t feature_x = center_x + j - radius;
+                const index_t feature_x = left + j * g.dilation;
                 if (feature_x < 0 || feature_x >= g.width) continue;
                 const acc_t weight =
                     storage<scalar_t>::load(mask_pixel + (i * g.kernel_size + j) * mask_strides.c);
-                const acc_t value = storage<scalar_t>::load(
-                    feature_plane + feature_y * feature_strides.h + feature_x * feature_strides.w);
+                const acc_t value =
+                    storage<scalar_t>::load(feature_row + feature_x * feature_strides.w);
                 sum += weight * value;
             }
         }
@@ -59,12 +83,57 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
 }
 
 // grad_features[n, c, h, w]: every output pixel whose window covers (h, w).
-// Tap (i, j) of output (y, x) reads (h, w) iff y/s == h - i + r and x/s == w - j + r.
+// Tap (i, j) of output (y, x) reads (h, w) iff (y/s)*t == h - (i - r)*d and
+// (x/s)*t == w - (j - r)*d: per tap, at most one window center, where t divides.
+// Taps tap_step = t / gcd(d, t) apart share their remainder by t, so after the
+// first tap whose center t divides, every tap_step-th one has a center too,
+// center_step = d * tap_step / t nearer: the loops visit only those taps, in
+// increasing order, with no 64-bit division inside them.
+struct tap_walk {
+    index_t tap_step, center_step;
+    index_t step_quotient, step_remainder;  // d = step_quotient * t + step_remainder
+};
+
+__device__ __forceinline__ index_t greatest_common_divisor(index_t a, index_t b) {
+    while (b != 0) {
+        const index_t rest = a % b;
+        a = b;
+        b = rest;
+    }
+    return a;
+}
+
+__device__ __forceinline__ tap_walk make_tap_walk(const index_t dilation, const index_t t) {
+    const index_t tap_step = t / greatest_common_divisor(dilation, t);
+    return tap_walk{tap_step, dilation * tap_step / t, dilation / t, dilation % t};
+}
+
+// The first tap (0 <= tap < tap_step) whose center t divides, and that center, for
+// the input row (or column) ``position``; kernel_size when no tap has one.
+__device__ __forceinline__ index_t first_tap(const index_t position, const index_t radius,
+                                             const index_t kernel_size, const index_t dilation,
+                                             const index_t t, const tap_walk walk,
+                                             index_t& center) {
+    const index_t reach = position + radius * dilation;  // tap 0: center * t + remainder
+    center = reach / t;
+    index_t remainder = reach % t;
+    for (index_t tap = 0; tap < walk.tap_step && tap < kernel_size; ++tap) {
+        if (remainder == 0) return tap;
+        center -= walk.step_quotient;  // the next tap lowers the reach by d
+        remainder -= walk.step_remainder;
+        if (remainder < 0) {
+            remainder += t;
+            --center;
+        }
+    }
+    return kernel_size;
+}
+
 template <typename scalar_t>
 __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_output,
                                               const scalar_t* __restrict__ masks,
                                               scalar_t* __restrict__ grad_features,
-                                              const carafe_geometry g,
+                                              const reassembly_geometry g,
                                               const strides4 grad_output_strides,
                                               const strides4 mask_strides,
                                               const strides4 grad_feature_strides) {
@@ -74,6 +143,10 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t radius = (g.kernel_size - 1) / 2;
     const index_t s = g.scale_factor;
+    const index_t t = g.stride;
+    const index_t center_rows = center_count(g.height, t);
+    const index_t center_cols = center_count(g.width, t);
+    const tap_walk walk = make_tap_walk(g.dilation, t);
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t w = index % g.width;
@@ -87,21 +160,30 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
         const scalar_t* grad_plane =
             grad_output + n * grad_output_strides.n + c * grad_output_strides.c;
         const scalar_t* mask_group = masks + n * mask_strides.n + group * taps * mask_strides.c;
+        index_t first_center_y, first_center_x;
+        const index_t first_i =
+            first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
+        const index_t first_j =
+            first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
+        // sub-pixels outermost: at s = 1 (every strided call) they cost one pass
         acc_t sum = 0;
-        for (index_t i = 0; i < g.kernel_size; ++i) {
-            const index_t center_y = h - i + radius;
-            if (center_y < 0 || center_y >= g.height) continue;
-            for (index_t j = 0; j < g.kernel_size; ++j) {
-                const index_t center_x = w - j + radius;
-                if (center_x < 0 || center_x >= g.width) continue;
-                const scalar_t* mask_tap = mask_group + (i * g.kernel_size + j) * mask_strides.c;
-                for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+        for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+            for (index_t sub_x = 0; sub_x < s; ++sub_x) {
+                index_t center_y = first_center_y;
+                for (index_t i = first_i; i < g.kernel_size;
+                     i += walk.tap_step, center_y -= walk.center_step) {
+                    if (center_y < 0 || center_y >= center_rows) continue;
                     const index_t y = center_y * s + sub_y;
-                    for (index_t sub_x = 0; sub_x < s; ++sub_x) {
+                    const scalar_t* grad_row = grad_plane + y * grad_output_strides.h;
+                    const scalar_t* mask_row =
+                        mask_group + i * g.kernel_size * mask_strides.c + y * mask_strides.h;
+                    index_t center_x = first_center_x;
+                    for (index_t j = first_j; j < g.kernel_size;
+                         j += walk.tap_step, center_x -= walk.center_step) {
+                        if (center_x < 0 || center_x >= center_cols) continue;
                         const index_t x = center_x * s + sub_x;
-                        sum += storage<scalar_t>::load(grad_plane + y * grad_output_strides.h +
-                                                       x * grad_output_strides.w) *
-                               storage<scalar_t>::load(mask_tap + y * mask_strides.h +
+                        sum += storage<scalar_t>::load(grad_row + x * grad_output_strides.w) *
+                               storage<scalar_t>::load(mask_row + j * mask_strides.c +
                                                        x * mask_strides.w);
                     }
                 }
@@ -120,13 +202,13 @@ template <typename scalar_t>
 __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_output,
                                            const scalar_t* __restrict__ features,
                                            scalar_t* __restrict__ grad_masks,
-                                           const carafe_geometry g,
+                                           const reassembly_geometry g,
                                            const strides4 grad_output_strides,
                                            const strides4 feature_strides,
                                            const strides4 grad_mask_strides) {
     typedef typename storage<scalar_t>::acc_t acc_t;
-    const index_t out_height = g.height * g.scale_factor;
-    const index_t out_width = g.width * g.scale_factor;
+    const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
+    const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t mask_channels = g.group_size * taps;
     const index_t total = g.batch * mask_channels * out_height * out_width;
@@ -142,8 +224,10 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
         const index_t n = rest / mask_channels;
         const index_t group = mask_channel / taps;
         const index_t tap = mask_channel % taps;
-        const index_t feature_y = y / g.scale_factor + tap / g.kernel_size - radius;
-        const index_t feature_x = x / g.scale_factor + tap % g.kernel_size - radius;
+        const index_t feature_y =
+            y / g.scale_factor * g.stride + (tap / g.kernel_size - radius) * g.dilation;
+        const index_t feature_x =
+            x / g.scale_factor * g.stride + (tap % g.kernel_size - radius) * g.dilation;
 
         acc_t sum = 0;
         if (feature_y >= 0 && feature_y < g.height && feature_x >= 0 && feature_x < g.width) {
@@ -156,8 +240,9 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
                                             feature_y * feature_strides.h +
                                             feature_x * feature_strides.w;
             for (index_t c = 0; c < channels_per_group; ++c) {
-                sum += storage<scalar_t>::load(grad_pixel + c * grad_output_strides.c) *
-                       storage<scalar_t>::load(feature_pixel + c * feature_strides.c);
+                sum += storage<scalar_t>::load(grad_pixel) * storage<scalar_t>::load(feature_pixel);
+                grad_pixel += grad_output_strides.c;
+                feature_pixel += feature_strides.c;
             }
         }
         storage<scalar_t>::store(grad_masks + n * grad_mask_strides.n +
@@ -167,29 +252,29 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
     }
 }
 
-#define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                \
-    extern "C" __global__ void carafe_forward_##suffix(                                        \
-        const scalar_t* features, const scalar_t* masks, scalar_t* output,                     \
-        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
-        CARAFE_STRIDE_PARAMS(o)) {                                                             \
-        carafe_forward_impl<scalar_t>(features, masks, output, CARAFE_GEOMETRY,                \
+#define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                 \
+    extern "C" __global__ void carafe_forward_##suffix(                                         \
+        const scalar_t* features, const scalar_t* masks, scalar_t* output,                      \
+        REASSEMBLY_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),           \
+        CARAFE_STRIDE_PARAMS(o)) {                                                              \
+        carafe_forward_impl<scalar_t>(features, masks, output, REASSEMBLY_GEOMETRY,             \
                                       CARAFE_STRIDES(a), CARAFE_STRIDES(b), CARAFE_STRIDES(o)); \
-    }                                                                                          \
-    extern "C" __global__ void carafe_backward_features_##suffix(                              \
-        const scalar_t* grad_output, const scalar_t* masks, scalar_t* grad_features,           \
-        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
-        CARAFE_STRIDE_PARAMS(o)) {                                                             \
-        carafe_backward_features_impl<scalar_t>(grad_output, masks, grad_features,             \
-                                                CARAFE_GEOMETRY, CARAFE_STRIDES(a),            \
-                                                CARAFE_STRIDES(b), CARAFE_STRIDES(o));         \
-    }                                                                                          \
-    extern "C" __global__ void carafe_backward_masks_##suffix(                                 \
-        const scalar_t* grad_output, const scalar_t* features, scalar_t* grad_masks,           \
-        CARAFE_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),              \
-        CARAFE_STRIDE_PARAMS(o)) {                                                             \
-        carafe_backward_masks_impl<scalar_t>(grad_output, features, grad_masks,                \
-                                             CARAFE_GEOMETRY, CARAFE_STRIDES(a),               \
-                                             CARAFE_STRIDES(b), CARAFE_STRIDES(o));            \
+    }                                                                                           \
+    extern "C" __global__ void carafe_backward_features_##suffix(                               \
+        const scalar_t* grad_output, const scalar_t* masks, scalar_t* grad_features,            \
+        REASSEMBLY_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),           \
+        CARAFE_STRIDE_PARAMS(o)) {                                                              \
+        carafe_backward_features_impl<scalar_t>(grad_output, masks, grad_features,              \
+                                                REASSEMBLY_GEOMETRY, CARAFE_STRIDES(a),         \
+                                                CARAFE_STRIDES(b), CARAFE_STRIDES(o));          \
+    }                                                                                           \
+    extern "C" __global__ void carafe_backward_masks_##suffix(                                  \
+        const scalar_t* grad_output, const scalar_t* features, scalar_t* grad_masks,            \
+        REASSEMBLY_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),           \
+        CARAFE_STRIDE_PARAMS(o)) {                                                              \
+        carafe_backward_masks_impl<scalar_t>(grad_output, features, grad_masks,                 \
+                                             REASSEMBLY_GEOMETRY, CARAFE_STRIDES(a),            \
+                                             CARAFE_STRIDES(b), CARAFE_STRIDES(o));             \
     }
 
 CARAFE_DEFINE_KERNELS(float32, float)

@@ -42,13 +42,22 @@ def config_id(config) -> str:
     return f"N{n}C{c}_{h}x{w}_k{k}G{g}s{s}"
 
 
+def output_size(config) -> tuple[int, int]:
+    """(Ho, Wo) of a config (N, C, H, W, k, G, s), or (..., s, stride, dilation)."""
+    _, _, h, w, _, _, s, *more = config
+    t = more[0] if more else 1
+    return -(-h // t) * s, -(-w // t) * s
+
+
 def make_inputs(config, seed: int = 0):
-    """float64 numpy features, masks and grad_output for one configuration."""
-    n, c, h, w, k, g, s = config
+    """float64 numpy features, masks and grad_output for one configuration
+    (N, C, H, W, k, G, s), or with stride and dilation after s."""
+    n, c, h, w, k, g = config[:6]
+    out_h, out_w = output_size(config)
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((n, c, h, w))
-    masks = rng.random((n, g * k * k, h * s, w * s))
-    grad_output = rng.standard_normal((n, c, h * s, w * s))
+    masks = rng.random((n, g * k * k, out_h, out_w))
+    grad_output = rng.standard_normal((n, c, out_h, out_w))
     return features, masks, grad_output
 
 
@@ -62,12 +71,14 @@ def assert_close(actual, expected, dtype: str, what: str) -> None:
 
 def make_exact_inputs(config, seed: int = 0):
     """Inputs on a coarse dyadic grid: exact in every storage dtype, so one float64
-    reference serves float64, float32, float16 and bfloat16 alike."""
-    n, c, h, w, k, g, s = config
+    reference serves float64, float32, float16 and bfloat16 alike. ``config`` is
+    (N, C, H, W, k, G, s), or with stride and dilation after s."""
+    n, c, h, w, k, g = config[:6]
+    out_h, out_w = output_size(config)
     rng = np.random.default_rng(seed)
     features = rng.integers(-64, 65, (n, c, h, w)) / 32.0
-    masks = rng.integers(0, 65, (n, g * k * k, h * s, w * s)) / 64.0
-    grad_output = rng.integers(-64, 65, (n, c, h * s, w * s)) / 32.0
+    masks = rng.integers(0, 65, (n, g * k * k, out_h, out_w)) / 64.0
+    grad_output = rng.integers(-64, 65, (n, c, out_h, out_w)) / 32.0
     return features, masks, grad_output
 
 

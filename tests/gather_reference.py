@@ -12,16 +12,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def _taps(height: int, width: int, kernel_size: int, scale_factor: int):
+def _out_shape(height: int, width: int, scale_factor: int, stride: int) -> tuple[int, int]:
+    return -(-height // stride) * scale_factor, -(-width // stride) * scale_factor
+
+
+def _taps(height, width, kernel_size, scale_factor, stride=1, dilation=1):
     """Per tap (i, j): the source row/col of every output pixel and whether it is inside."""
     radius = (kernel_size - 1) // 2
-    out_rows = np.arange(height * scale_factor) // scale_factor
-    out_cols = np.arange(width * scale_factor) // scale_factor
+    out_height, out_width = _out_shape(height, width, scale_factor, stride)
+    out_rows = np.arange(out_height) // scale_factor * stride
+    out_cols = np.arange(out_width) // scale_factor * stride
     for i in range(kernel_size):
-        rows = out_rows + i - radius
+        rows = out_rows + (i - radius) * dilation
         rows_inside = (rows >= 0) & (rows < height)
         for j in range(kernel_size):
-            cols = out_cols + j - radius
+            cols = out_cols + (j - radius) * dilation
             cols_inside = (cols >= 0) & (cols < width)
             inside = rows_inside[:, None] & cols_inside[None, :]
             yield (
@@ -32,33 +37,38 @@ def _taps(height: int, width: int, kernel_size: int, scale_factor: int):
             )
 
 
-def gather_carafe(features, masks, kernel_size, group_size, scale_factor):
+def gather_carafe(features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1):
     features = np.asarray(features, dtype=np.float64)
     masks = np.asarray(masks, dtype=np.float64)
     batch, channels, height, width = features.shape
     taps = kernel_size * kernel_size
     group_of_channel = np.arange(channels) // (channels // group_size)
-    output = np.zeros((batch, channels, height * scale_factor, width * scale_factor))
+    output = np.zeros((batch, channels, *_out_shape(height, width, scale_factor, stride)))
+    taps_of = _taps(height, width, kernel_size, scale_factor, stride, dilation)
     with np.errstate(invalid="ignore", over="ignore"):
-        for tap, rows, cols, inside in _taps(height, width, kernel_size, scale_factor):
+        for tap, rows, cols, inside in taps_of:
             gathered = features[:, :, rows, cols]
             weights = masks[:, group_of_channel * taps + tap]
             output += np.where(inside, weights * gathered, 0.0)
     return output
 
 
-def gather_carafe_backward(grad_output, features, masks, kernel_size, group_size, scale_factor):
+def gather_carafe_backward(
+    grad_output, features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
+):
     grad_output = np.asarray(grad_output, dtype=np.float64)
     features = np.asarray(features, dtype=np.float64)
     masks = np.asarray(masks, dtype=np.float64)
     batch, channels, height, width = features.shape
     taps = kernel_size * kernel_size
-    out_shape = (height * scale_factor, width * scale_factor)
+    out_shape = _out_shape(height, width, scale_factor, stride)
     group_of_channel = np.arange(channels) // (channels // group_size)
     grad_features = np.zeros((batch, channels, height * width))
     grad_masks = np.zeros_like(masks)
     with np.errstate(invalid="ignore", over="ignore"):
-        for tap, rows, cols, inside in _taps(height, width, kernel_size, scale_factor):
+        for tap, rows, cols, inside in _taps(
+            height, width, kernel_size, scale_factor, stride, dilation
+        ):
             gathered = features[:, :, rows, cols]
             per_channel = np.where(inside, grad_output * gathered, 0.0)
             grad_masks[:, tap::taps] = per_channel.reshape(

@@ -100,8 +100,8 @@ def framed_ref(shape, dtype: str, pad: int = 2) -> _launch.TensorRef:
     return _launch.TensorRef((1 << 20) + offset * itemsize, strides, dtype)
 
 
-def _geometry(features: torch.Tensor, k: int, g: int, s: int) -> _launch.Geometry:
-    return _launch.Geometry(*features.shape, k, g, s)
+def _geometry(features: torch.Tensor, k: int, g: int, s: int, t=1, d=1) -> _launch.Geometry:
+    return _launch.Geometry(*features.shape, k, g, s, t, d)
 
 
 def _finish(outputs: dict[str, Framed], inputs: dict[str, Framed]) -> None:
@@ -109,25 +109,27 @@ def _finish(outputs: dict[str, Framed], inputs: dict[str, Framed]) -> None:
         tensor.check_canaries(what)
 
 
-def run_forward(features, masks, k, g, s, pad=2):
-    """output = carafe(features, masks) by the kernels, every tensor framed."""
+def run_forward(features, masks, k, g, s, pad=2, t=1, d=1):
+    """output = reassemble(features, masks) by the kernels, every tensor framed
+    (stride t, dilation d)."""
     f = framed(features.shape, features.dtype, pad, features)
     m = framed(masks.shape, masks.dtype, pad, masks)
-    n, c, h, w = features.shape
-    out = framed((n, c, h * s, w * s), features.dtype, pad)
-    _launch.launch_forward(_geometry(features, k, g, s), f.ref(), m.ref(), out.ref())
+    geometry = _geometry(features, k, g, s, t, d)
+    out_shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
+    out = framed(out_shape, features.dtype, pad)
+    _launch.launch_forward(geometry, f.ref(), m.ref(), out.ref())
     _finish({"output": out}, {"features": f, "masks": m})
     return out.view.clone()
 
 
-def run_backward(grad_output, features, masks, k, g, s, pad=2):
+def run_backward(grad_output, features, masks, k, g, s, pad=2, t=1, d=1):
     """(grad_features, grad_masks) by the kernels, every tensor framed."""
     go = framed(grad_output.shape, grad_output.dtype, pad, grad_output)
     f = framed(features.shape, features.dtype, pad, features)
     m = framed(masks.shape, masks.dtype, pad, masks)
     gf = framed(features.shape, features.dtype, pad)
     gm = framed(masks.shape, masks.dtype, pad)
-    geometry = _geometry(features, k, g, s)
+    geometry = _geometry(features, k, g, s, t, d)
     _launch.launch_backward(geometry, go.ref(), f.ref(), m.ref(), gf.ref(), gm.ref())
     _finish({"grad_features": gf, "grad_masks": gm}, {"grad_output": go, "features": f, "masks": m})
     return gf.view.clone(), gm.view.clone()
@@ -153,10 +155,13 @@ def run_fused(grad_output, features, logits, k, g, s, pad=2):
 # ---------------------------------------------------------------- references
 
 
-def reference(grad_output, features, masks, k, g, s):
+def reference(grad_output, features, masks, k, g, s, t=1, d=1):
     """float64 (output, grad_features, grad_masks) of the values the kernels saw."""
-    go, f, m = (t.double().numpy() for t in (grad_output, features, masks))
-    return (gather_carafe(f, m, k, g, s), *gather_carafe_backward(go, f, m, k, g, s))
+    go, f, m = (x.double().numpy() for x in (grad_output, features, masks))
+    return (
+        gather_carafe(f, m, k, g, s, t, d),
+        *gather_carafe_backward(go, f, m, k, g, s, t, d),
+    )
 
 
 def fused_reference(grad_output, features, logits, k, g, s):

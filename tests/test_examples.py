@@ -67,6 +67,9 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     )
     assert "gradcheck: True" in printed
     assert "forward + backward" in printed
+    assert "same as carafe: True" in printed
+    assert "Involution: (2, 32, 28, 28) -> (2, 32, 14, 14)" in printed
+    assert "CARAFEDownPack: (1, 4, 64, 64) -> (1, 4, 32, 32)" in printed
     assert figures >= 2
 
 

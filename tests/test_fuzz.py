@@ -48,6 +48,16 @@ def problems(draw):
     return config, draw(st.sampled_from(sorted(DTYPES))), draw(st.sampled_from(LAYOUTS))
 
 
+@st.composite
+def reassembly_problems(draw):
+    """A problem with a stride or a scale (never both) and a dilation:
+    (N, C, H, W, k, G, s, t, d), dtype, layout."""
+    (n, c, h, w, k, g, s), dtype, layout = draw(problems())
+    stride = draw(st.integers(1, 3))
+    scale = 1 if stride > 1 else s
+    return (n, c, h, w, k, g, scale, stride, draw(st.integers(1, 3))), dtype, layout
+
+
 def with_layout(values: np.ndarray, dtype: torch.dtype, layout: str, device: str):
     """A leaf tensor holding ``values`` in the requested memory layout."""
     tensor = torch.from_numpy(values).to(dtype=dtype, device=device)
@@ -63,17 +73,19 @@ def with_layout(values: np.ndarray, dtype: torch.dtype, layout: str, device: str
 
 
 def run_carafe(backend, features, masks, grad_output, params):
-    """Output and both gradients (through autograd) on ``backend``, as float64 numpy."""
+    """Output and both gradients (through autograd) on ``backend``, as float64 numpy.
+    ``params``: (k, G, s) for carafe, (k, G, s, stride, dilation) for reassemble."""
     features = features.detach().requires_grad_()
     masks = masks.detach().requires_grad_()
+    op = carafe_cupy.carafe if len(params) == 3 else carafe_cupy.reassemble
     with backend.active():
-        output = carafe_cupy.carafe(features, masks, *params)
+        output = op(features, masks, *params)
         output.backward(grad_output)
     return [t.detach().cpu().double().numpy() for t in (output, features.grad, masks.grad)]
 
 
 def check_problem(backend, config, dtype, layout, seed, special_values=0):
-    *_, k, g, s = config
+    params = tuple(config[4:])
     arrays = list(make_inputs(config, seed))
     if special_values:
         rng = np.random.default_rng(seed + 1)
@@ -87,23 +99,29 @@ def check_problem(backend, config, dtype, layout, seed, special_values=0):
     )
     # the reference sees exactly the values the op sees (after rounding to dtype)
     f, m, go = (t.cpu().double().numpy() for t in (features, masks, grad_output))
-    output, grad_features, grad_masks = run_carafe(backend, features, masks, grad_output, (k, g, s))
-    expected_grad_features, expected_grad_masks = gather_carafe_backward(go, f, m, k, g, s)
-    assert_matches(output, gather_carafe(f, m, k, g, s), dtype, "output")
+    output, grad_features, grad_masks = run_carafe(backend, features, masks, grad_output, params)
+    expected_grad_features, expected_grad_masks = gather_carafe_backward(go, f, m, *params)
+    assert_matches(output, gather_carafe(f, m, *params), dtype, "output")
     assert_matches(grad_features, expected_grad_features, dtype, "grad_features")
     assert_matches(grad_masks, expected_grad_masks, dtype, "grad_masks")
 
 
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=problems(), seed=st.integers(0, 2**16))
-def test_matches_reference(backend, problem, seed):
-    check_problem(backend, *problem, seed)
+# CARAFE problems, and reassembly with a stride or scale and a dilation
+KINDS = {"carafe": problems(), "reassembly": reassembly_problems()}
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
-@given(problem=problems(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
-def test_nan_and_inf_propagate_like_the_reference(backend, problem, seed, special_values):
-    check_problem(backend, *problem, seed, special_values)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_matches_reference(backend, kind, data, seed):
+    check_problem(backend, *data.draw(KINDS[kind], label="problem"), seed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
+@given(data=st.data(), seed=st.integers(0, 2**16), special_values=st.integers(1, 6))
+def test_nan_and_inf_propagate_like_the_reference(backend, kind, data, seed, special_values):
+    check_problem(backend, *data.draw(KINDS[kind], label="problem"), seed, special_values)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
@@ -122,13 +140,22 @@ def test_inf_mask_on_an_outside_tap_is_not_nan(backend):
         assert grad_masks[0, 0, 0, 0] == 0.0, layout
 
 
+# every sixth CARAFE config, then the same shapes strided, dilated, and both
 SPECIALS_CONFIGS = config_matrix()[::6]
+SPECIALS_CONFIGS += [
+    (*config[:6], 1, *window)
+    for config, window in zip(SPECIALS_CONFIGS, [(2, 1), (1, 2), (3, 2), (2, 3)] * 3)
+]
 
 
-@pytest.mark.parametrize("config", SPECIALS_CONFIGS, ids=config_id)
+def specials_id(config) -> str:
+    return config_id(config[:7]) + ("" if len(config) == 7 else "t{}d{}".format(*config[7:]))
+
+
+@pytest.mark.parametrize("config", SPECIALS_CONFIGS, ids=specials_id)
 def test_gather_reference_matches_naive(config):
     """The fast reference agrees with naive.py, NaN/Inf positions included."""
-    *_, k, g, s = config
+    params = config[4:]
     features, masks, grad_output = make_inputs(config, seed=7)
     rng = np.random.default_rng(3)
     for array in (features, masks, grad_output):
@@ -136,11 +163,11 @@ def test_gather_reference_matches_naive(config):
         if flat.size:
             flat[rng.integers(0, flat.size, size=2)] = [np.nan, np.inf]
     with np.errstate(invalid="ignore"):  # naive.py computes Inf - Inf on purpose here
-        expected_output = naive_carafe(features, masks, k, g, s)
-        expected_grads = naive_carafe_backward(grad_output, features, masks, k, g, s)
-    assert_matches(gather_carafe(features, masks, k, g, s), expected_output, "float64", "output")
+        expected_output = naive_carafe(features, masks, *params)
+        expected_grads = naive_carafe_backward(grad_output, features, masks, *params)
+    assert_matches(gather_carafe(features, masks, *params), expected_output, "float64", "output")
     for actual, expected, what in zip(
-        gather_carafe_backward(grad_output, features, masks, k, g, s),
+        gather_carafe_backward(grad_output, features, masks, *params),
         expected_grads,
         ("grad_features", "grad_masks"),
     ):

@@ -56,3 +56,16 @@ def test_forward_and_gradients_match_golden(device):
     torch.testing.assert_close(output.cpu(), load("output"), atol=1e-5, rtol=0)
     torch.testing.assert_close(features.grad.cpu(), load("feat_grad"), atol=1e-5, rtol=0)
     torch.testing.assert_close(masks.grad.cpu(), load("mask_grad"), atol=1e-5, rtol=0)
+
+
+def test_reassemble_at_stride_1_is_carafe_on_golden():
+    """reassemble(f, m, k, G, s) with stride 1, dilation 1 is carafe, bit for bit."""
+    results = []
+    for op, extra in ((carafe_cupy.carafe, ()), (carafe_cupy.reassemble, (1, 1))):
+        features, masks = load("feat").requires_grad_(), load("mask").requires_grad_()
+        output = op(features, masks, KERNEL_SIZE, GROUP_SIZE, SCALE_FACTOR, *extra)
+        output.sum().backward()
+        results.append((output, features.grad, masks.grad))
+    for carafe_result, reassemble_result in zip(*results):
+        assert torch.equal(carafe_result, reassemble_result)
+    torch.testing.assert_close(results[1][0], load("output"), atol=1e-5, rtol=0)

@@ -258,18 +258,25 @@ HUGE = _planner.Geometry(2, 2**14, 2**12, 2**11, 5, 4, 2)
 HUGE_STRIDES = (2**37, 2**23, 2**11, 1)
 
 
-def test_huge_sizes_reach_the_general_kernels_as_exact_int64(monkeypatch):
+# the same, downsampled with stride 2 and dilation 3 (auto: only the general kernels run it)
+HUGE_STRIDED = _planner.Geometry(2, 2**14, 2**13, 2**12, 7, 4, 1, 2, 3)
+
+
+@pytest.mark.parametrize("geometry", [HUGE, HUGE_STRIDED], ids=["carafe", "strided"])
+def test_huge_sizes_reach_the_general_kernels_as_exact_int64(monkeypatch, geometry):
     launches = record_launches(monkeypatch)
     ref = _planner.TensorRef(0x1000, HUGE_STRIDES, "float16")
-    with _planner.forced_variant("general"):
-        _launch.launch_forward(HUGE, ref, ref, ref)
-        _launch.launch_backward(HUGE, ref, ref, ref, ref, ref)
+    variant = "general" if geometry.is_carafe else "auto"
+    with _planner.forced_variant(variant):
+        _launch.launch_forward(geometry, ref, ref, ref)
+        _launch.launch_backward(geometry, ref, ref, ref, ref, ref)
     assert [launch[0] for launch in launches] == list(_sources.kernel_names("float16"))
     for _, grid, block, args in launches:
         assert grid[0] == _planner.MAX_BLOCKS and block == (_planner.THREADS_PER_BLOCK, 1, 1)
         assert all(isinstance(value, np.int64) for value in args[3:])
-        assert [int(value) for value in args[3:10]] == [2, 2**14, 2**12, 2**11, 5, 4, 2]
-        assert [int(value) for value in args[10:14]] == list(HUGE_STRIDES)
+        # nine sizes: CARAFE's seven, then stride and dilation
+        assert [int(value) for value in args[3:12]] == list(geometry.general_sizes)
+        assert [int(value) for value in args[12:16]] == list(HUGE_STRIDES)
 
 
 def test_huge_sizes_reach_the_tiled_kernels_as_exact_int64(monkeypatch):

@@ -1,9 +1,10 @@
 """The planner's whole plan space, launched on the simulator and checked.
 
 The domain is every input the planner decides on: dtype, kernel size (tiled
-and not), every scale 1..9 with N >= 1, every requested variant, pair-aligned
-and misaligned tensors, no channels, and a shape with several tiles, channel
-slices and batches. A dry run (planner only, no kernels) lists what each domain
+and not), every scale 1..9 with N >= 1, strides 2 and 3 and dilations 2 and 3
+(alone, together, and dilation with a scale), every requested variant,
+pair-aligned and misaligned tensors, no channels, and a shape with several
+tiles, channel slices and batches. A dry run (planner only, no kernels) lists what each domain
 point would launch; a point runs for real when it adds a (kernel, k, s) or a
 (kernel, plan branch) not yet launched. Every real run is checked against the
 float64 reference with canaries around every tensor.
@@ -43,26 +44,34 @@ LAYOUTS = {"aligned": 2, "misaligned": 1}  # frame padding; odd puts pairs off a
 # ends at the last channel). SMALL: two channels per group, so channel -> group
 # is tested. NO_CHANNELS: grad_masks of zero channels.
 RICH, SMALL, NO_CHANNELS = (1, 22, 5, 40, 2), (1, 4, 2, 3, 2), (1, 0, 2, 3, 1)
+# (N, C, H, W, G) for strides and dilations: odd sizes, so the last window center
+# is the last row and column at t = 2 and a partial step at t = 3
+WINDOWED = (1, 4, 7, 5, 2)
+# (s, t, d) beyond CARAFE: every one runs the general kernels
+WINDOWS = ((1, 2, 1), (1, 3, 1), (1, 1, 2), (1, 2, 2), (1, 3, 3), (2, 1, 2))
 
 
 def domain():
-    """Every point the planner is asked about: (dtype, config, variant, layout)."""
+    """Every point the planner is asked about: (dtype, config, variant, layout),
+    config being (N, C, H, W, k, G, s, stride, dilation)."""
     shapes = [(RICH, 2)] + [(SMALL, s) for s in SCALES] + [(NO_CHANNELS, 2)]
-    for (shape, s), dtype, k in itertools.product(shapes, DTYPES, KERNEL_SIZES):
-        n, c, h, w, g = shape
+    configs = [(*shape[:4], shape[4], (s, 1, 1)) for shape, s in shapes]
+    configs += [(*WINDOWED[:4], WINDOWED[4], window) for window in WINDOWS]
+    for (n, c, h, w, g, (s, t, d)), dtype, k in itertools.product(configs, DTYPES, KERNEL_SIZES):
         for variant, layout in itertools.product(_planner.VARIANTS, LAYOUTS):
-            yield dtype, (n, c, h, w, k, g, s), variant, layout
+            yield dtype, (n, c, h, w, k, g, s, t, d), variant, layout
 
 
 def plan_point(dtype, config, variant, layout) -> None:
     """Launch a domain point's kernels on made-up addresses (under a dry run)."""
-    n, c, h, w, k, g, s = config
-    geometry = _launch.Geometry(n, c, h, w, k, g, s)
+    n, c, h, w, k, g, s, t, d = config
+    geometry = _launch.Geometry(n, c, h, w, k, g, s, t, d)
     pad = LAYOUTS[layout]
+    out_shape = (n, c, geometry.out_height, geometry.out_width)
     features, output = (
-        harness.framed_ref(shape, dtype, pad) for shape in ((n, c, h, w), (n, c, h * s, w * s))
+        harness.framed_ref(shape, dtype, pad) for shape in ((n, c, h, w), out_shape)
     )
-    masks = harness.framed_ref((n, g * k * k, h * s, w * s), dtype, pad)
+    masks = harness.framed_ref((n, g * k * k, *out_shape[2:]), dtype, pad)
     logits = harness.framed_ref((n, g * k * k * s * s, h, w), dtype, pad)
     try:
         with _planner.forced_variant(variant):
@@ -79,21 +88,21 @@ def plan_point(dtype, config, variant, layout) -> None:
 def launch_point(dtype, config, variant, layout):
     """Run a domain point's kernels; return (what, got, wanted) triples against
     the float64 reference."""
-    n, c, h, w, k, g, s = config
+    n, c, h, w, k, g, s, t, d = config
     features, masks, grad_output = (
         torch.from_numpy(a).to(DTYPES[dtype]) for a in make_exact_inputs(config)
     )
     pad = LAYOUTS[layout]
     try:
         with _planner.forced_variant(variant):
-            output = harness.run_forward(features, masks, k, g, s, pad)
-            grads = harness.run_backward(grad_output, features, masks, k, g, s, pad)
+            output = harness.run_forward(features, masks, k, g, s, pad, t, d)
+            grads = harness.run_backward(grad_output, features, masks, k, g, s, pad, t, d)
     except ValueError as error:  # a forced variant that cannot run this
         assert variant not in ("auto", "general"), error
         return []
-    want = harness.reference(grad_output, features, masks, k, g, s)
+    want = harness.reference(grad_output, features, masks, k, g, s, t, d)
     checks = list(zip(("output", "grad_features", "grad_masks"), (output, *grads), want))
-    geometry = _launch.Geometry(n, c, h, w, k, g, s)
+    geometry = _launch.Geometry(n, c, h, w, k, g, s, t, d)
     if variant == "auto" and layout == "aligned" and _planner.fused_supported(geometry, dtype):
         generator = torch.Generator().manual_seed(k * 10 + s)
         logits = 3 * torch.randn(n, g * k * k * s * s, h, w, generator=generator)
@@ -105,11 +114,14 @@ def launch_point(dtype, config, variant, layout):
 
 
 def targets(records) -> set[tuple]:
-    """What launches cover: (kernel, kernel size, scale) and (kernel, plan branch);
-    the general kernels serve every kernel size, so k counts for them too."""
+    """What launches cover: (kernel, kernel size, scale, stride, dilation) and
+    (kernel, plan branch); the general kernels serve every kernel size, stride and
+    dilation, so each counts for them too."""
     covered = set()
     for record in records:
-        covered.add((record.kernel, f"k={record.kernel_size} s={record.scale_factor}"))
+        sizes = f"k={record.kernel_size} s={record.scale_factor}"
+        sizes += f" t={record.stride} d={record.dilation}"
+        covered.add((record.kernel, sizes))
         covered.update((record.kernel, branch) for branch in _launch_record.plan_branches(record))
     return covered
 

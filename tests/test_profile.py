@@ -153,7 +153,9 @@ def test_profile_cli_json_schema(tmp_path, capsys):
                                                                   ("t4", "1,8,6,10")]
     for row in data["summary"]:
         assert set(row) == {"shape", "dtype", "gpu", "forward_pct_of_floor",
-                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us"}
+                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us",
+                            "forward_est_us", "fwd_bwd_est_us", "unfold_forward_floor_us",
+                            "unfold_fwd_bwd_floor_us", "unfold_extra_mb"}
         assert 0 < row["fwd_bwd_pct_of_floor"] <= 100 and row["host_forward_us"] > 0
 
 
@@ -164,6 +166,9 @@ def test_profile_cli_json_schema(tmp_path, capsys):
         (["--shapes", "1,4,5,5", "--groups", "3"], "--groups must divide"),
         (["--k", "4"], "--k must be a positive odd"),
         (["--gpu", "v100"], "--gpu must be among h100, a100, t4"),
+        (["--stride", "2", "--scale", "2"], "at most one of --scale and --stride"),
+        (["--dilation", "0"], "must be positive"),
+        (["--shapes", "rednet,1"], "--shapes takes"),
     ],
 )
 def test_profile_cli_rejects_bad_arguments(argv, message, capsys):

@@ -198,8 +198,11 @@ class UsesBoth(torch.nn.Module):
 
 def test_compile_fullgraph_forward_and_backward():
     torch.manual_seed(0)
-    model = UsesBoth()
-    x = torch.randn(2, 4, 5, 6)
+    assert_compiled_matches_eager(UsesBoth(), torch.randn(2, 4, 5, 6))
+
+
+def assert_compiled_matches_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """torch.compile(fullgraph, aot_eager): the same output and gradients as eager."""
     eager_x = x.clone().requires_grad_()
     eager_out = model(eager_x)
     eager_out.square().sum().backward()

@@ -10,9 +10,8 @@ from .._planner import Geometry
 from .._sources import SUPPORTED_DTYPES
 from . import report
 from .hardware import GPUS, gpu
+from .shape_sets import FIXED_SETS, FPN_BATCH, FPN_CHANNELS, FPN_LEVELS, fixed_set
 
-FPN_LEVELS = ((13, 21), (26, 42), (52, 84), (104, 168), (64, 64))
-FPN_BATCH, FPN_CHANNELS = 2, 256
 PUBLIC_FIELDS = (
     "kernel", "shape", "dtype", "gpu", "registers", "occupancy", "sass_instructions",
     "global_bytes", "sectors_per_request", "bank_conflicts", "blocks", "waves", "est_us",
@@ -27,12 +26,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--shapes", nargs="+", default=["fpn"],
-        help="'fpn' (N2 C256 at 13x21, 26x42, 52x84, 104x168, 64x64) or N,C,H,W ...",
+        help="'fpn' (N2 C256 at 13x21, 26x42, 52x84, 104x168, 64x64), N,C,H,W ..., or "
+        "'rednet' (involution: k 7, G C/16, stride 1 and 2) and 'carafepp' (CARAFE++ "
+        "downsampler: k 5, G 1, stride 2), which carry their own k, G and stride",
     )
     parser.add_argument("--dtype", default="float32", choices=SUPPORTED_DTYPES)
     parser.add_argument("--k", type=int, default=5, help="kernel size (odd)")
     parser.add_argument("--groups", type=int, default=1)
-    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument(
+        "--scale", type=int, default=None, help="default 2, or 1 with a --stride above 1"
+    )
+    parser.add_argument("--stride", type=int, default=1, help="window stride (downsampling)")
+    parser.add_argument("--dilation", type=int, default=1)
     parser.add_argument("--gpu", default="h100", help=f"comma list of {', '.join(GPUS)}")
     parser.add_argument("--json", type=Path, help="also write the records and summary here")
     parser.add_argument(
@@ -44,13 +49,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def parse_shapes(values: list[str]) -> list[tuple[int, int, int, int]]:
     shapes = []
     for value in values:
+        if value in FIXED_SETS:
+            continue
         if value == "fpn":
             shapes += [(FPN_BATCH, FPN_CHANNELS, h, w) for h, w in FPN_LEVELS]
             continue
         parts = value.split(",")
         if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
             raise ValueError(
-                f"--shapes takes 'fpn' or N,C,H,W with positive integers, got {value!r}"
+                f"--shapes takes 'fpn', 'rednet', 'carafepp' or N,C,H,W with positive "
+                f"integers, got {value!r}"
             )
         shape = tuple(int(part) for part in parts)
         if min(shape) < 1:
@@ -60,18 +68,33 @@ def parse_shapes(values: list[str]) -> list[tuple[int, int, int, int]]:
 
 
 def problems_from(args: argparse.Namespace) -> list[report.Problem]:
+    scale = args.scale if args.scale is not None else (2 if args.stride == 1 else 1)
     if args.k < 1 or args.k % 2 == 0:
         raise ValueError(f"--k must be a positive odd integer, got {args.k}")
-    if args.groups < 1 or args.scale < 1:
-        raise ValueError(f"--groups and --scale must be positive, got {args.groups}, {args.scale}")
+    if min(args.groups, scale, args.stride, args.dilation) < 1:
+        raise ValueError(
+            f"--groups, --scale, --stride and --dilation must be positive, got {args.groups}, "
+            f"{scale}, {args.stride}, {args.dilation}"
+        )
+    if scale > 1 and args.stride > 1:
+        raise ValueError(
+            f"at most one of --scale and --stride may exceed 1, got {scale}, {args.stride}"
+        )
+    detailed = args.stride > 1 or args.dilation > 1
     problems = []
-    for n, c, h, w in parse_shapes(args.shapes):
-        if c % args.groups:
-            raise ValueError(
-                f"--groups must divide the channels: {c} channels, {args.groups} groups"
+    for value in args.shapes:
+        if value in FIXED_SETS:
+            problems += [report.Problem(g, args.dtype, True) for g in fixed_set(value)]
+            continue
+        for n, c, h, w in parse_shapes([value]):
+            if c % args.groups:
+                raise ValueError(
+                    f"--groups must divide the channels: {c} channels, {args.groups} groups"
+                )
+            geometry = Geometry(
+                n, c, h, w, args.k, args.groups, scale, args.stride, args.dilation
             )
-        geometry = Geometry(n, c, h, w, args.k, args.groups, args.scale)
-        problems.append(report.Problem(geometry, args.dtype))
+            problems.append(report.Problem(geometry, args.dtype, detailed))
     return problems
 
 
@@ -131,6 +154,7 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
             f"| {s['shape']} | {s['dtype']} | {s['gpu']} | {s['forward_pct_of_floor']} | "
             f"{s['fwd_bwd_pct_of_floor']} | {s['host_forward_us']} | {s['host_backward_us']} |"
         )
+    lines += unfold_table(summary)
     inexact = sorted({r["kernel"] for r in records if not r["_exact"]})
     unknown = sorted({u for r in records for u in r["sass_instructions"]["unknown_loops"]})
     lines += [
@@ -153,6 +177,25 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         lines += ["", "Loops counted once (source line unknown to the model): "
                   + "; ".join(unknown)]
     return "\n".join(lines) + "\n"
+
+
+def unfold_table(summary: list[dict]) -> list[str]:
+    """The modelled op against the unfold formulation's HBM floor (its least traffic)."""
+    lines = [
+        "",
+        "## Against the unfold formulation (this op modelled; unfold: its HBM floor alone)",
+        "",
+        "| N,C,H,W | dtype | GPU | forward est µs | unfold floor µs | fwd+bwd est µs | "
+        "unfold floor µs | unfold extra memory MB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['shape']} | {s['dtype']} | {s['gpu']} | {s['forward_est_us']} | "
+            f"{s['unfold_forward_floor_us']} | {s['fwd_bwd_est_us']} | "
+            f"{s['unfold_fwd_bwd_floor_us']} | {s['unfold_extra_mb']} |"
+        )
+    return lines
 
 
 def loop_table(records: list[dict]) -> list[str]:

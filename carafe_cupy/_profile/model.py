@@ -54,6 +54,17 @@ def _general_total(launch: Launch, geometry: Geometry) -> int:
     return g.batch * g.channels * g.out_height * g.out_width
 
 
+def _euclid_steps(a: int, b: int) -> int:
+    steps = 0
+    while b:
+        a, b, steps = b, a % b, steps + 1
+    return steps
+
+
+def _tap_step(geometry: Geometry) -> int:
+    return geometry.stride // math.gcd(geometry.dilation, geometry.stride)
+
+
 def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     """Iterations of ``loop`` each time it is entered; None when the line is unknown."""
     text, k, s = loop.source, geometry.kernel_size, geometry.scale_factor
@@ -74,6 +85,13 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return -(-passes // max(1, loop.shared_stores))  # unrolled: one store per element
     if "grid_stride()" in text:
         return -(-_general_total(launch, geometry) // (launch.blocks * launch.threads_per_block))
+    if "= first_i;" in text or "= first_j;" in text:
+        # the general grad_features visits every tap_step-th tap (t / gcd(d, t))
+        return -(-k // _tap_step(geometry))
+    if "while (b != 0)" in text:  # Euclid's gcd(d, t), once per thread
+        return _euclid_steps(geometry.dilation, geometry.stride)
+    if "tap < walk.tap_step" in text:  # finding the first of them: about half a step
+        return min(k, -(-_tap_step(geometry) // 2))
     if "< s;" in text:
         return s
     if "< TAPS" in text:
@@ -83,7 +101,10 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     if "< PAIR" in text:
         return _pairs(launch)
     if "channels_per_group" in text:
-        return geometry.channels // geometry.group_size
+        # the general grad_masks: two loads a channel, so an unrolled copy of the
+        # loop covers global_loads / 2 channels a trip
+        unrolled = max(1, loop.global_loads // 2)
+        return -(-(geometry.channels // geometry.group_size) // unrolled)
     return None
 
 

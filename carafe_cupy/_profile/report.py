@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .._planner import Geometry
 from . import host, model, static, traffic
 from .hardware import GpuModel
+from .shape_sets import unfold_floor_bytes, unfold_peak_bytes
 
 FORWARD_OPS = ("forward", "fused_forward")
 OPS = ("forward", "backward", "fused_forward", "fused_backward")
@@ -20,11 +21,16 @@ OP_ROLES = {
 class Problem:
     geometry: Geometry
     dtype: str
+    detailed: bool = False  # name k, G, s, stride and dilation in the shape label
 
     @property
     def shape(self) -> str:
         g = self.geometry
-        return f"{g.batch},{g.channels},{g.height},{g.width}"
+        label = f"{g.batch},{g.channels},{g.height},{g.width}"
+        if self.detailed:
+            label += f" k{g.kernel_size} G{g.group_size} s{g.scale_factor} t{g.stride}"
+            label += f" d{g.dilation}"
+        return label
 
 
 def op_floor_bytes(op: str, problem: Problem) -> int:
@@ -136,6 +142,8 @@ def summary_for(problem: Problem, gpu: GpuModel, rows: list[dict], host_us) -> d
     backward_floor = op_floor_bytes("backward", problem) / bandwidth
     forward_us = sum(r["est_us"] for r in rows if r["_op"] == "forward")
     backward_us = sum(r["est_us"] for r in rows if r["_op"] == "backward")
+    itemsize = traffic.ITEMSIZE[problem.dtype]
+    unfold_forward, unfold_fwd_bwd = unfold_floor_bytes(problem.geometry, itemsize)
     return {
         "shape": problem.shape,
         "dtype": problem.dtype,
@@ -146,6 +154,11 @@ def summary_for(problem: Problem, gpu: GpuModel, rows: list[dict], host_us) -> d
         ),
         "host_forward_us": round(host_us[0], 1),
         "host_backward_us": round(host_us[1], 1),
+        "forward_est_us": round(forward_us, 1),
+        "fwd_bwd_est_us": round(forward_us + backward_us, 1),
+        "unfold_forward_floor_us": round(unfold_forward / bandwidth, 1),
+        "unfold_fwd_bwd_floor_us": round(unfold_fwd_bwd / bandwidth, 1),
+        "unfold_extra_mb": round(unfold_peak_bytes(problem.geometry, itemsize) / 1e6, 1),
     }
 
 
