@@ -15,6 +15,7 @@ from typing import Optional
 from ._plan_types import (  # noqa: F401 (re-exported: the planner's public names)
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
+    GENERAL_CHANNEL_STRIP,
     ITEMSIZE,
     MAX_BLOCKS,
     MAX_GRID_X,
@@ -52,6 +53,19 @@ def grid_for(total: int) -> tuple[int, int, int]:
     """The general kernels' grid: one thread per element, capped (grid-stride loops)."""
     blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
     return (blocks, 1, 1)
+
+
+def general_threads(kernel: str, geometry: Geometry) -> int:
+    """Threads a general kernel runs: one per mask element (grad_masks), else one per
+    pixel and strip of GENERAL_CHANNEL_STRIP channels of a group."""
+    g = geometry
+    if "backward_masks" in kernel:
+        return g.batch * g.mask_channels * g.out_height * g.out_width
+    per_group = g.channels // g.group_size
+    strips = g.batch * g.group_size * -(-per_group // GENERAL_CHANNEL_STRIP)
+    if "backward_features" in kernel:
+        return strips * g.height * g.width
+    return strips * g.out_height * g.out_width
 
 
 def _general(kernel: str, total: int, operands: tuple[int, int, int]) -> tuple[Launch, ...]:
@@ -264,7 +278,8 @@ def _forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Laun
     plan = _choose(variant, plans, "this forward")
     if plan is not None:
         return (plan,)
-    return _general(kernel_names(dtype)[0], total, (0, 1, 2))
+    general = kernel_names(dtype)[0]
+    return _general(general, general_threads(general, geometry), (0, 1, 2))
 
 
 def plan_backward(
@@ -299,7 +314,7 @@ def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Lau
                 geometry, dtype, kernel, False, (0, 2, None, 3)
             )
         plan = _choose(variant, plans, "this grad_features")
-        total = geometry.batch * geometry.channels * geometry.height * geometry.width
+        total = general_threads(general_features, geometry)
         launches += (plan,) if plan else _general(general_features, total, (0, 2, 3))
     if layout[4] is not None:
         plans = {}

@@ -30,6 +30,29 @@ __device__ __forceinline__ index_t center_count(index_t size, index_t stride) {
     return (size + stride - 1) / stride;
 }
 
+// A thread's strip of channels: up to CHANNEL_STRIP consecutive channels of one
+// group, which share the group's kernel weights, so each weight is loaded once
+// for the strip. GENERAL_CHANNEL_STRIP in carafe_cupy/_plan_types.py.
+#define CHANNEL_STRIP 4
+
+struct channel_strip {
+    index_t n, group, first_channel;
+    int count;  // channels in the strip: CHANNEL_STRIP but at a group's end
+};
+
+// ``rest`` numbers (n, group, strip) with the strip fastest.
+__device__ __forceinline__ channel_strip locate_strip(const index_t rest, const reassembly_geometry& g,
+                                                      const index_t channels_per_group) {
+    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t strips = g.group_size * strips_per_group;
+    const index_t strip = rest % strips;
+    const index_t group = strip / strips_per_group;
+    const index_t offset = strip % strips_per_group * CHANNEL_STRIP;
+    const index_t left = channels_per_group - offset;
+    return channel_strip{rest / strips, group, group * channels_per_group + offset,
+                         (int)(left < CHANNEL_STRIP ? left : CHANNEL_STRIP)};
+}
+
 template <typename scalar_t>
 __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
                                     const scalar_t* __restrict__ masks,
@@ -39,8 +62,9 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
     typedef typename storage<scalar_t>::acc_t acc_t;
     const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
     const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
-    const index_t total = g.batch * g.channels * out_height * out_width;
     const index_t channels_per_group = g.channels / g.group_size;
+    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t total = g.batch * g.group_size * strips_per_group * out_height * out_width;
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t radius = (g.kernel_size - 1) / 2;
 
@@ -48,37 +72,46 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
         const index_t x = index % out_width;
         index_t rest = index / out_width;
         const index_t y = rest % out_height;
-        rest /= out_height;
-        const index_t c = rest % g.channels;
-        const index_t n = rest / g.channels;
-        const index_t group = c / channels_per_group;
+        const channel_strip strip = locate_strip(rest / out_height, g, channels_per_group);
         // the window's first row and column: taps are d apart around the center
         const index_t top = y / g.scale_factor * g.stride - radius * g.dilation;
         const index_t left = x / g.scale_factor * g.stride - radius * g.dilation;
 
-        const scalar_t* feature_plane = features + n * feature_strides.n + c * feature_strides.c;
-        const scalar_t* mask_pixel = masks + n * mask_strides.n + group * taps * mask_strides.c +
-                                     y * mask_strides.h + x * mask_strides.w;
-        acc_t sum = 0;
+        const scalar_t* feature_plane = features + strip.n * feature_strides.n +
+                                        strip.first_channel * feature_strides.c;
+        const scalar_t* mask_pixel = masks + strip.n * mask_strides.n +
+                                     strip.group * taps * mask_strides.c + y * mask_strides.h +
+                                     x * mask_strides.w;
+        acc_t sum[CHANNEL_STRIP];
+#pragma unroll
+        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) sum[cc] = 0;
         for (index_t i = 0; i < g.kernel_size; ++i) {
             const index_t feature_y = top + i * g.dilation;
             if (feature_y < 0 || feature_y >= g.height) continue;
             const scalar_t* feature_row = feature_plane + feature_y * feature_strides.h;
-            // unrolled by 2, not the compiler's 4: that needs over 96 registers in bf16
-#pragma unroll 2
+            // not unrolled: each tap already issues a strip of loads
+#pragma unroll 1
             for (index_t j = 0; j < g.kernel_size; ++j) {
                 const index_t feature_x = left + j * g.dilation;
                 if (feature_x < 0 || feature_x >= g.width) continue;
                 const acc_t weight =
                     storage<scalar_t>::load(mask_pixel + (i * g.kernel_size + j) * mask_strides.c);
-                const acc_t value =
-                    storage<scalar_t>::load(feature_row + feature_x * feature_strides.w);
-                sum += weight * value;
+                const scalar_t* feature = feature_row + feature_x * feature_strides.w;
+#pragma unroll
+                for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+                    if (cc < strip.count) {
+                        sum[cc] += weight * storage<scalar_t>::load(feature + cc * feature_strides.c);
+                    }
+                }
             }
         }
-        storage<scalar_t>::store(output + n * output_strides.n + c * output_strides.c +
-                                     y * output_strides.h + x * output_strides.w,
-                                 sum);
+        scalar_t* out = output + strip.n * output_strides.n +
+                        strip.first_channel * output_strides.c + y * output_strides.h +
+                        x * output_strides.w;
+#pragma unroll
+        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+            if (cc < strip.count) storage<scalar_t>::store(out + cc * output_strides.c, sum[cc]);
+        }
     }
 }
 
@@ -138,8 +171,9 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
                                               const strides4 mask_strides,
                                               const strides4 grad_feature_strides) {
     typedef typename storage<scalar_t>::acc_t acc_t;
-    const index_t total = g.batch * g.channels * g.height * g.width;
     const index_t channels_per_group = g.channels / g.group_size;
+    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t total = g.batch * g.group_size * strips_per_group * g.height * g.width;
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t radius = (g.kernel_size - 1) / 2;
     const index_t s = g.scale_factor;
@@ -147,52 +181,65 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
     const index_t center_rows = center_count(g.height, t);
     const index_t center_cols = center_count(g.width, t);
     const tap_walk walk = make_tap_walk(g.dilation, t);
+    const int kernel_size = (int)g.kernel_size;
+    const int tap_step = (int)walk.tap_step;
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t w = index % g.width;
         index_t rest = index / g.width;
         const index_t h = rest % g.height;
-        rest /= g.height;
-        const index_t c = rest % g.channels;
-        const index_t n = rest / g.channels;
-        const index_t group = c / channels_per_group;
+        const channel_strip strip = locate_strip(rest / g.height, g, channels_per_group);
 
-        const scalar_t* grad_plane =
-            grad_output + n * grad_output_strides.n + c * grad_output_strides.c;
-        const scalar_t* mask_group = masks + n * mask_strides.n + group * taps * mask_strides.c;
+        const scalar_t* grad_plane = grad_output + strip.n * grad_output_strides.n +
+                                     strip.first_channel * grad_output_strides.c;
+        const scalar_t* mask_group =
+            masks + strip.n * mask_strides.n + strip.group * taps * mask_strides.c;
+        scalar_t* target = grad_features + strip.n * grad_feature_strides.n +
+                           strip.first_channel * grad_feature_strides.c +
+                           h * grad_feature_strides.h + w * grad_feature_strides.w;
+        // past the strip's end, loads read its last channel again (never stored)
+        const int last = strip.count - 1;
         index_t first_center_y, first_center_x;
-        const index_t first_i =
-            first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
-        const index_t first_j =
-            first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
+        const int first_i = first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
+        const int first_j = first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
         // sub-pixels outermost: at s = 1 (every strided call) they cost one pass
-        acc_t sum = 0;
+        acc_t sum[CHANNEL_STRIP];
+#pragma unroll
+        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) sum[cc] = 0;
+#pragma unroll 1
         for (index_t sub_y = 0; sub_y < s; ++sub_y) {
+#pragma unroll 1
             for (index_t sub_x = 0; sub_x < s; ++sub_x) {
                 index_t center_y = first_center_y;
-                for (index_t i = first_i; i < g.kernel_size;
-                     i += walk.tap_step, center_y -= walk.center_step) {
+#pragma unroll 1
+                for (int i = first_i; i < kernel_size; i += tap_step, center_y -= walk.center_step) {
                     if (center_y < 0 || center_y >= center_rows) continue;
                     const index_t y = center_y * s + sub_y;
                     const scalar_t* grad_row = grad_plane + y * grad_output_strides.h;
                     const scalar_t* mask_row =
-                        mask_group + i * g.kernel_size * mask_strides.c + y * mask_strides.h;
+                        mask_group + i * kernel_size * mask_strides.c + y * mask_strides.h;
                     index_t center_x = first_center_x;
-                    for (index_t j = first_j; j < g.kernel_size;
-                         j += walk.tap_step, center_x -= walk.center_step) {
+#pragma unroll 1
+                    for (int j = first_j; j < kernel_size; j += tap_step, center_x -= walk.center_step) {
                         if (center_x < 0 || center_x >= center_cols) continue;
                         const index_t x = center_x * s + sub_x;
-                        sum += storage<scalar_t>::load(grad_row + x * grad_output_strides.w) *
-                               storage<scalar_t>::load(mask_row + j * mask_strides.c +
-                                                       x * mask_strides.w);
+                        const acc_t weight = storage<scalar_t>::load(mask_row + j * mask_strides.c +
+                                                                     x * mask_strides.w);
+                        const scalar_t* grad = grad_row + x * grad_output_strides.w;
+#pragma unroll
+                        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+                            const index_t channel = cc < last ? cc : last;
+                            sum[cc] += storage<scalar_t>::load(grad + channel * grad_output_strides.c) *
+                                       weight;
+                        }
                     }
                 }
             }
         }
-        storage<scalar_t>::store(grad_features + n * grad_feature_strides.n +
-                                     c * grad_feature_strides.c + h * grad_feature_strides.h +
-                                     w * grad_feature_strides.w,
-                                 sum);
+#pragma unroll
+        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+            if (cc <= last) storage<scalar_t>::store(target + cc * grad_feature_strides.c, sum[cc]);
+        }
     }
 }
 
@@ -252,8 +299,11 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
     }
 }
 
+// 256 threads (THREADS_PER_BLOCK), three blocks an SM: at most 85 registers, no spills
+#define GENERAL_LAUNCH_BOUNDS __launch_bounds__(256, 3)
+
 #define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                 \
-    extern "C" __global__ void carafe_forward_##suffix(                                         \
+    extern "C" __global__ void GENERAL_LAUNCH_BOUNDS carafe_forward_##suffix(                                         \
         const scalar_t* features, const scalar_t* masks, scalar_t* output,                      \
         REASSEMBLY_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),           \
         CARAFE_STRIDE_PARAMS(o)) {                                                              \

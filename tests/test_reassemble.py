@@ -75,6 +75,22 @@ def test_matches_naive_loops_in_every_dtype(backend, config):
             assert_close(got, want, dtype_name, f"{window_id(config)} {what}")
 
 
+# Group widths 4, 5, 7 and 9 around the general kernels' strip of four channels a
+# thread: whole strips, then partial ones at each group's end.
+WIDE_GROUPS = [
+    (2, 8, 7, 6, 3, 2, 1, 2, 1),
+    (1, 10, 5, 9, 5, 2, 1, 2, 2),
+    (2, 7, 6, 7, 3, 1, 1, 3, 1),
+    (1, 18, 4, 5, 3, 2, 2, 1, 2),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend.name)
+@pytest.mark.parametrize("config", WIDE_GROUPS, ids=window_id)
+def test_groups_wider_than_a_channel_strip_match_naive_loops(backend, config):
+    test_matches_naive_loops_in_every_dtype(backend, config)
+
+
 def test_window_matrix_covers_every_window_kernel_size_and_group():
     configs = window_matrix()
     assert {(k, *c[6:]) for c in configs for k in [c[4]]} == {

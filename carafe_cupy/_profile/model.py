@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._planner import FEATURES_SLOTS, TILE_THREADS, Geometry, Launch, _halo_extent
+from .._planner import (
+    FEATURES_SLOTS,
+    GENERAL_CHANNEL_STRIP,
+    TILE_THREADS,
+    Geometry,
+    Launch,
+    _halo_extent,
+    general_threads,
+)
 from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
 from .occupancy import Occupancy, occupancy
 from .static import KernelStatic, Loop
@@ -45,15 +53,6 @@ def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:
     return batch * _halo_extent(TILE_THREADS[1], s, k) * pitch
 
 
-def _general_total(launch: Launch, geometry: Geometry) -> int:
-    g = geometry
-    if "backward_masks" in launch.kernel:
-        return g.batch * g.mask_channels * g.out_height * g.out_width
-    if "backward_features" in launch.kernel:
-        return g.batch * g.channels * g.height * g.width
-    return g.batch * g.channels * g.out_height * g.out_width
-
-
 def _euclid_steps(a: int, b: int) -> int:
     steps = 0
     while b:
@@ -84,7 +83,8 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         passes = -(-_staged_elements(loop, launch, geometry) // launch.threads_per_block)
         return -(-passes // max(1, loop.shared_stores))  # unrolled: one store per element
     if "grid_stride()" in text:
-        return -(-_general_total(launch, geometry) // (launch.blocks * launch.threads_per_block))
+        threads = launch.blocks * launch.threads_per_block
+        return -(-general_threads(launch.kernel, geometry) // threads)
     if "= first_i;" in text or "= first_j;" in text:
         # the general grad_features visits every tap_step-th tap (t / gcd(d, t))
         return -(-k // _tap_step(geometry))
@@ -92,6 +92,8 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return _euclid_steps(geometry.dilation, geometry.stride)
     if "tap < walk.tap_step" in text:  # finding the first of them: about half a step
         return min(k, -(-_tap_step(geometry) // 2))
+    if "< CHANNEL_STRIP;" in text:  # not unrolled: the strip's channels
+        return GENERAL_CHANNEL_STRIP
     if "< s;" in text:
         return s
     if "< TAPS" in text:
