@@ -20,6 +20,8 @@ TILE_THREADS = (32, 8)  # CARAFE_TILE_THREADS_X / _Y in carafe_tiled.cuh
 CHANNEL_BATCH_MAX = 4  # CARAFE_CHANNEL_BATCH_MAX
 # The general forward and grad_features: channels per thread (CHANNEL_STRIP in carafe.cu).
 GENERAL_CHANNEL_STRIP = 4
+# The general grad_masks: taps per thread (TAP_STRIP in carafe.cu).
+GENERAL_TAP_STRIP = 4
 SHARED_MEMORY_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 # grad_features blocks hold whole s x s sub-pixel groups within 256 threads.
 MAX_TILED_BACKWARD_SCALE = 8

@@ -16,6 +16,7 @@ from ._plan_types import (  # noqa: F401 (re-exported: the planner's public name
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
     GENERAL_CHANNEL_STRIP,
+    GENERAL_TAP_STRIP,
     ITEMSIZE,
     MAX_BLOCKS,
     MAX_GRID_X,
@@ -56,11 +57,13 @@ def grid_for(total: int) -> tuple[int, int, int]:
 
 
 def general_threads(kernel: str, geometry: Geometry) -> int:
-    """Threads a general kernel runs: one per mask element (grad_masks), else one per
-    pixel and strip of GENERAL_CHANNEL_STRIP channels of a group."""
+    """Threads a general kernel runs: grad_masks one per output pixel and strip of
+    GENERAL_TAP_STRIP taps of a group, the others one per pixel and strip of
+    GENERAL_CHANNEL_STRIP channels of a group."""
     g = geometry
     if "backward_masks" in kernel:
-        return g.batch * g.mask_channels * g.out_height * g.out_width
+        tap_strips = -(-g.kernel_size**2 // GENERAL_TAP_STRIP)
+        return g.batch * g.group_size * tap_strips * g.out_height * g.out_width
     per_group = g.channels // g.group_size
     strips = g.batch * g.group_size * -(-per_group // GENERAL_CHANNEL_STRIP)
     if "backward_features" in kernel:
@@ -300,8 +303,7 @@ def plan_backward(
 def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
     _, general_features, general_masks = kernel_names(dtype)
     k = geometry.kernel_size
-    masks_total = geometry.batch * geometry.mask_channels * geometry.out_height
-    masks_total *= geometry.out_width
+    masks_total = general_threads(general_masks, geometry)
     if geometry.batch * geometry.channels == 0:  # zero channels: grad_masks is all zeros
         return _general(general_masks, masks_total, (0, 1, 4)) if layout[4] else ()
     launches: tuple[Launch, ...] = ()

@@ -244,7 +244,11 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
 }
 
 // grad_masks[n, g*k*k + tap, y, x]: the tap's feature value times grad_output,
-// summed over the group's channels.
+// summed over the group's channels. A thread takes a strip of TAP_STRIP
+// consecutive taps of one pixel, so each grad_output value is loaded once for
+// the strip. GENERAL_TAP_STRIP in carafe_cupy/_plan_types.py.
+#define TAP_STRIP 4
+
 template <typename scalar_t>
 __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_output,
                                            const scalar_t* __restrict__ features,
@@ -256,46 +260,67 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
     typedef typename storage<scalar_t>::acc_t acc_t;
     const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
     const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
-    const index_t taps = g.kernel_size * g.kernel_size;
-    const index_t mask_channels = g.group_size * taps;
-    const index_t total = g.batch * mask_channels * out_height * out_width;
+    const int kernel_size = (int)g.kernel_size;
+    const int taps = kernel_size * kernel_size;
+    const index_t strips = g.group_size * ((taps + TAP_STRIP - 1) / TAP_STRIP);
+    const index_t total = g.batch * strips * out_height * out_width;
     const index_t channels_per_group = g.channels / g.group_size;
-    const index_t radius = (g.kernel_size - 1) / 2;
+    const int radius = (kernel_size - 1) / 2;
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t x = index % out_width;
         index_t rest = index / out_width;
         const index_t y = rest % out_height;
         rest /= out_height;
-        const index_t mask_channel = rest % mask_channels;
-        const index_t n = rest / mask_channels;
-        const index_t group = mask_channel / taps;
-        const index_t tap = mask_channel % taps;
-        const index_t feature_y =
-            y / g.scale_factor * g.stride + (tap / g.kernel_size - radius) * g.dilation;
-        const index_t feature_x =
-            x / g.scale_factor * g.stride + (tap % g.kernel_size - radius) * g.dilation;
+        const index_t n = rest / strips;
+        const index_t group = rest % strips / ((taps + TAP_STRIP - 1) / TAP_STRIP);
+        const int first = (int)(rest % strips % ((taps + TAP_STRIP - 1) / TAP_STRIP)) * TAP_STRIP;
+        const index_t center_y = y / g.scale_factor * g.stride;
+        const index_t center_x = x / g.scale_factor * g.stride;
 
-        acc_t sum = 0;
-        if (feature_y >= 0 && feature_y < g.height && feature_x >= 0 && feature_x < g.width) {
+        // each tap's offset in a feature plane; taps past the window or the input load nothing
+        index_t offset[TAP_STRIP];
+        bool inside[TAP_STRIP];
+        bool any_inside = false;
+#pragma unroll
+        for (int tt = 0; tt < TAP_STRIP; ++tt) {
+            const int tap = first + tt;
+            const index_t feature_y = center_y + (tap / kernel_size - radius) * g.dilation;
+            const index_t feature_x = center_x + (tap % kernel_size - radius) * g.dilation;
+            inside[tt] = tap < taps && feature_y >= 0 && feature_y < g.height &&
+                         feature_x >= 0 && feature_x < g.width;
+            offset[tt] = inside[tt] ? feature_y * feature_strides.h + feature_x * feature_strides.w : 0;
+            any_inside |= inside[tt];
+        }
+        acc_t sum[TAP_STRIP];
+#pragma unroll
+        for (int tt = 0; tt < TAP_STRIP; ++tt) sum[tt] = 0;
+        if (any_inside) {
             const index_t first_channel = group * channels_per_group;
             const scalar_t* grad_pixel = grad_output + n * grad_output_strides.n +
                                          first_channel * grad_output_strides.c +
                                          y * grad_output_strides.h + x * grad_output_strides.w;
-            const scalar_t* feature_pixel = features + n * feature_strides.n +
-                                            first_channel * feature_strides.c +
-                                            feature_y * feature_strides.h +
-                                            feature_x * feature_strides.w;
+            const scalar_t* feature_plane =
+                features + n * feature_strides.n + first_channel * feature_strides.c;
+            // unrolled to keep eight channels' loads in flight
+#pragma unroll 8
             for (index_t c = 0; c < channels_per_group; ++c) {
-                sum += storage<scalar_t>::load(grad_pixel) * storage<scalar_t>::load(feature_pixel);
+                const acc_t grad = storage<scalar_t>::load(grad_pixel);
+#pragma unroll
+                for (int tt = 0; tt < TAP_STRIP; ++tt) {
+                    if (inside[tt]) sum[tt] += grad * storage<scalar_t>::load(feature_plane + offset[tt]);
+                }
                 grad_pixel += grad_output_strides.c;
-                feature_pixel += feature_strides.c;
+                feature_plane += feature_strides.c;
             }
         }
-        storage<scalar_t>::store(grad_masks + n * grad_mask_strides.n +
-                                     mask_channel * grad_mask_strides.c +
-                                     y * grad_mask_strides.h + x * grad_mask_strides.w,
-                                 sum);
+        scalar_t* target = grad_masks + n * grad_mask_strides.n +
+                           (group * taps + first) * grad_mask_strides.c + y * grad_mask_strides.h +
+                           x * grad_mask_strides.w;
+#pragma unroll
+        for (int tt = 0; tt < TAP_STRIP; ++tt) {
+            if (first + tt < taps) storage<scalar_t>::store(target + tt * grad_mask_strides.c, sum[tt]);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .._planner import (
     FEATURES_SLOTS,
     GENERAL_CHANNEL_STRIP,
+    GENERAL_TAP_STRIP,
     TILE_THREADS,
     Geometry,
     Launch,
@@ -103,9 +104,9 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     if "< PAIR" in text:
         return _pairs(launch)
     if "channels_per_group" in text:
-        # the general grad_masks: two loads a channel, so an unrolled copy of the
-        # loop covers global_loads / 2 channels a trip
-        unrolled = max(1, loop.global_loads // 2)
+        # the general grad_masks: a grad_output load and a strip of feature loads a
+        # channel, so an unrolled copy of the loop covers that many fewer channels a trip
+        unrolled = max(1, loop.global_loads // (1 + GENERAL_TAP_STRIP))
         return -(-(geometry.channels // geometry.group_size) // unrolled)
     return None
 
