@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel_mutants_strided import STRIDE_DILATION
+from kernel_mutants_strided import STRIDE_DILATION, STRIPS
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ MUTANTS = (
     Mutant(
         "general-output-offset-32-bit",
         GENERAL,
-        r"output \+ (n \* output_strides\.n \+ c \* output_strides\.c \+\s+"
-        r"y \* output_strides\.h \+ x \* output_strides\.w)",
+        r"output \+ (strip\.n \* output_strides\.n \+\s+strip\.first_channel \* "
+        r"output_strides\.c \+ y \* output_strides\.h \+\s+x \* output_strides\.w)",
         r"output + (int)(\1)",
     ),
     # shared-memory layout and synchronisation
@@ -172,8 +172,8 @@ MUTANTS = (
     Mutant(
         "general-wrong-group-index",
         GENERAL,
-        r"const index_t group = c / channels_per_group;",
-        "const index_t group = c % g.group_size;",
+        r"const index_t group = strip / strips_per_group;",
+        "const index_t group = strip % g.group_size;",
     ),
     Mutant(
         "tiled-wrong-mask-channel",
@@ -191,8 +191,8 @@ MUTANTS = (
     Mutant(
         "general-grad-masks-tap-column",
         GENERAL,
-        r"\(tap % g\.kernel_size - radius\) \* g\.dilation",
-        "(tap / g.kernel_size - radius) * g.dilation",
+        r"\(tap % kernel_size - radius\) \* g\.dilation",
+        "(tap / kernel_size - radius) * g.dilation",
     ),
     Mutant(
         "general-forward-single-pass",
@@ -295,4 +295,6 @@ MUTANTS = (
     ),
 )
 
-MUTANTS += tuple(Mutant(name, GENERAL, *change) for name, change in STRIDE_DILATION.items())
+MUTANTS += tuple(
+    Mutant(name, GENERAL, *change) for name, change in {**STRIDE_DILATION, **STRIPS}.items()
+)

@@ -37,11 +37,47 @@ STRIDE_DILATION = {
         "tap_step,",
     ),
     "general-grad-masks-row-without-dilation": (
-        r"\(tap / g\.kernel_size - radius\) \* g\.dilation",
-        "(tap / g.kernel_size - radius)",
+        r"\(tap / kernel_size - radius\) \* g\.dilation",
+        "(tap / kernel_size - radius)",
     ),
     "general-grad-masks-column-without-stride": (
-        r"x / g\.scale_factor \* g\.stride \+",
-        "x / g.scale_factor +",
+        r"center_x = x / g\.scale_factor \* g\.stride;",
+        "center_x = x / g.scale_factor;",
+    ),
+}
+
+# The strips of channels (forward, grad_features) and of taps (grad_masks) a thread takes.
+STRIPS = {
+    "general-channel-strip-offset-ignores-width": (
+        r"strip % strips_per_group \* CHANNEL_STRIP;",
+        "strip % strips_per_group;",
+    ),
+    "general-channel-strip-runs-past-group-end": (
+        r"\(int\)\(left < CHANNEL_STRIP \? left : CHANNEL_STRIP\)",
+        "CHANNEL_STRIP",
+    ),
+    "general-forward-strip-reads-first-channel": (
+        r"load\(feature \+ cc \* feature_strides\.c\)",
+        "load(feature)",
+    ),
+    "general-grad-features-strip-reads-first-channel": (
+        r"load\(grad \+ channel \* grad_output_strides\.c\)",
+        "load(grad)",
+    ),
+    "general-grad-features-stores-past-strip": (
+        r"if \(cc <= last\) storage",
+        "if (cc <= CHANNEL_STRIP) storage",
+    ),
+    "general-grad-masks-tap-strip-start": (
+        r"\* TAP_STRIP;\n",
+        ";\n",
+    ),
+    "general-grad-masks-strip-skips-outside-taps-wrongly": (
+        r"if \(inside\[tt\]\) sum",
+        "if (inside[0]) sum",
+    ),
+    "general-grad-masks-channel-walk": (
+        r"feature_plane \+= feature_strides\.c;",
+        "feature_plane += feature_strides.h;",
     ),
 }
