@@ -49,12 +49,12 @@ STRIDE_DILATION = {
 # The strips of channels (forward, grad_features) and of taps (grad_masks) a thread takes.
 STRIPS = {
     "general-channel-strip-offset-ignores-width": (
-        r"strip % strips_per_group \* CHANNEL_STRIP;",
+        r"strip % strips_per_group \* WIDTH;",
         "strip % strips_per_group;",
     ),
     "general-channel-strip-runs-past-group-end": (
-        r"\(int\)\(left < CHANNEL_STRIP \? left : CHANNEL_STRIP\)",
-        "CHANNEL_STRIP",
+        r"left < WIDTH \? left : WIDTH\}",
+        "WIDTH}",
     ),
     "general-forward-strip-reads-first-channel": (
         r"load\(feature \+ cc \* feature_strides\.c\)",
@@ -66,7 +66,7 @@ STRIPS = {
     ),
     "general-grad-features-stores-past-strip": (
         r"if \(cc <= last\) storage",
-        "if (cc <= CHANNEL_STRIP) storage",
+        "if (cc <= GRAD_FEATURES_CHANNEL_STRIP) storage",
     ),
     "general-grad-masks-tap-strip-start": (
         r"\* TAP_STRIP;\n",

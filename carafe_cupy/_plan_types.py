@@ -18,8 +18,10 @@ ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 ACCUMULATOR_SIZE = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}
 TILE_THREADS = (32, 8)  # CARAFE_TILE_THREADS_X / _Y in carafe_tiled.cuh
 CHANNEL_BATCH_MAX = 4  # CARAFE_CHANNEL_BATCH_MAX
-# The general forward and grad_features: channels per thread (CHANNEL_STRIP in carafe.cu).
-GENERAL_CHANNEL_STRIP = 4
+# The general forward and grad_features: channels per thread
+# (FORWARD_CHANNEL_STRIP and GRAD_FEATURES_CHANNEL_STRIP in carafe.cu).
+GENERAL_FORWARD_STRIP = 4
+GENERAL_FEATURES_STRIP = 2
 # The general grad_masks: taps per thread (TAP_STRIP in carafe.cu).
 GENERAL_TAP_STRIP = 4
 SHARED_MEMORY_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in

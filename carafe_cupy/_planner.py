@@ -15,7 +15,8 @@ from typing import Optional
 from ._plan_types import (  # noqa: F401 (re-exported: the planner's public names)
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
-    GENERAL_CHANNEL_STRIP,
+    GENERAL_FEATURES_STRIP,
+    GENERAL_FORWARD_STRIP,
     GENERAL_TAP_STRIP,
     ITEMSIZE,
     MAX_BLOCKS,
@@ -59,15 +60,16 @@ def grid_for(total: int) -> tuple[int, int, int]:
 def general_threads(kernel: str, geometry: Geometry) -> int:
     """Threads a general kernel runs: grad_masks one per output pixel and strip of
     GENERAL_TAP_STRIP taps of a group, the others one per pixel and strip of
-    GENERAL_CHANNEL_STRIP channels of a group."""
+    channels of a group (GENERAL_FORWARD_STRIP, GENERAL_FEATURES_STRIP)."""
     g = geometry
     if "backward_masks" in kernel:
         tap_strips = -(-g.kernel_size**2 // GENERAL_TAP_STRIP)
         return g.batch * g.group_size * tap_strips * g.out_height * g.out_width
     per_group = g.channels // g.group_size
-    strips = g.batch * g.group_size * -(-per_group // GENERAL_CHANNEL_STRIP)
     if "backward_features" in kernel:
+        strips = g.batch * g.group_size * -(-per_group // GENERAL_FEATURES_STRIP)
         return strips * g.height * g.width
+    strips = g.batch * g.group_size * -(-per_group // GENERAL_FORWARD_STRIP)
     return strips * g.out_height * g.out_width
 
 

@@ -30,27 +30,30 @@ __device__ __forceinline__ index_t center_count(index_t size, index_t stride) {
     return (size + stride - 1) / stride;
 }
 
-// A thread's strip of channels: up to CHANNEL_STRIP consecutive channels of one
-// group, which share the group's kernel weights, so each weight is loaded once
-// for the strip. GENERAL_CHANNEL_STRIP in carafe_cupy/_plan_types.py.
-#define CHANNEL_STRIP 4
+// A thread's strip of channels: up to WIDTH consecutive channels of one group,
+// which share the group's kernel weights, so each weight is loaded once for the
+// strip. Four in the forward, two in grad_features (more would pass 96 registers);
+// GENERAL_FORWARD_STRIP and GENERAL_FEATURES_STRIP in carafe_cupy/_plan_types.py.
+#define FORWARD_CHANNEL_STRIP 4
+#define GRAD_FEATURES_CHANNEL_STRIP 2
 
 struct channel_strip {
     index_t n, group, first_channel;
-    int count;  // channels in the strip: CHANNEL_STRIP but at a group's end
+    index_t count;  // channels in the strip: WIDTH but at a group's end
 };
 
 // ``rest`` numbers (n, group, strip) with the strip fastest.
+template <index_t WIDTH>
 __device__ __forceinline__ channel_strip locate_strip(const index_t rest, const reassembly_geometry& g,
                                                       const index_t channels_per_group) {
-    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t strips_per_group = (channels_per_group + WIDTH - 1) / WIDTH;
     const index_t strips = g.group_size * strips_per_group;
     const index_t strip = rest % strips;
     const index_t group = strip / strips_per_group;
-    const index_t offset = strip % strips_per_group * CHANNEL_STRIP;
+    const index_t offset = strip % strips_per_group * WIDTH;
     const index_t left = channels_per_group - offset;
     return channel_strip{rest / strips, group, group * channels_per_group + offset,
-                         (int)(left < CHANNEL_STRIP ? left : CHANNEL_STRIP)};
+                         left < WIDTH ? left : WIDTH};
 }
 
 template <typename scalar_t>
@@ -63,7 +66,8 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
     const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
     const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
     const index_t channels_per_group = g.channels / g.group_size;
-    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t strips_per_group =
+        (channels_per_group + FORWARD_CHANNEL_STRIP - 1) / FORWARD_CHANNEL_STRIP;
     const index_t total = g.batch * g.group_size * strips_per_group * out_height * out_width;
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t radius = (g.kernel_size - 1) / 2;
@@ -72,7 +76,8 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
         const index_t x = index % out_width;
         index_t rest = index / out_width;
         const index_t y = rest % out_height;
-        const channel_strip strip = locate_strip(rest / out_height, g, channels_per_group);
+        const channel_strip strip =
+            locate_strip<FORWARD_CHANNEL_STRIP>(rest / out_height, g, channels_per_group);
         // the window's first row and column: taps are d apart around the center
         const index_t top = y / g.scale_factor * g.stride - radius * g.dilation;
         const index_t left = x / g.scale_factor * g.stride - radius * g.dilation;
@@ -82,9 +87,9 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
         const scalar_t* mask_pixel = masks + strip.n * mask_strides.n +
                                      strip.group * taps * mask_strides.c + y * mask_strides.h +
                                      x * mask_strides.w;
-        acc_t sum[CHANNEL_STRIP];
+        acc_t sum[FORWARD_CHANNEL_STRIP];
 #pragma unroll
-        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) sum[cc] = 0;
+        for (index_t cc = 0; cc < FORWARD_CHANNEL_STRIP; ++cc) sum[cc] = 0;
         for (index_t i = 0; i < g.kernel_size; ++i) {
             const index_t feature_y = top + i * g.dilation;
             if (feature_y < 0 || feature_y >= g.height) continue;
@@ -98,7 +103,7 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
                     storage<scalar_t>::load(mask_pixel + (i * g.kernel_size + j) * mask_strides.c);
                 const scalar_t* feature = feature_row + feature_x * feature_strides.w;
 #pragma unroll
-                for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+                for (index_t cc = 0; cc < FORWARD_CHANNEL_STRIP; ++cc) {
                     if (cc < strip.count) {
                         sum[cc] += weight * storage<scalar_t>::load(feature + cc * feature_strides.c);
                     }
@@ -109,7 +114,7 @@ __device__ void carafe_forward_impl(const scalar_t* __restrict__ features,
                         strip.first_channel * output_strides.c + y * output_strides.h +
                         x * output_strides.w;
 #pragma unroll
-        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+        for (index_t cc = 0; cc < FORWARD_CHANNEL_STRIP; ++cc) {
             if (cc < strip.count) storage<scalar_t>::store(out + cc * output_strides.c, sum[cc]);
         }
     }
@@ -172,7 +177,8 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
                                               const strides4 grad_feature_strides) {
     typedef typename storage<scalar_t>::acc_t acc_t;
     const index_t channels_per_group = g.channels / g.group_size;
-    const index_t strips_per_group = (channels_per_group + CHANNEL_STRIP - 1) / CHANNEL_STRIP;
+    const index_t strips_per_group =
+        (channels_per_group + GRAD_FEATURES_CHANNEL_STRIP - 1) / GRAD_FEATURES_CHANNEL_STRIP;
     const index_t total = g.batch * g.group_size * strips_per_group * g.height * g.width;
     const index_t taps = g.kernel_size * g.kernel_size;
     const index_t radius = (g.kernel_size - 1) / 2;
@@ -181,14 +187,15 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
     const index_t center_rows = center_count(g.height, t);
     const index_t center_cols = center_count(g.width, t);
     const tap_walk walk = make_tap_walk(g.dilation, t);
-    const int kernel_size = (int)g.kernel_size;
-    const int tap_step = (int)walk.tap_step;
+    const index_t kernel_size = g.kernel_size;
+    const index_t tap_step = walk.tap_step;
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t w = index % g.width;
         index_t rest = index / g.width;
         const index_t h = rest % g.height;
-        const channel_strip strip = locate_strip(rest / g.height, g, channels_per_group);
+        const channel_strip strip =
+            locate_strip<GRAD_FEATURES_CHANNEL_STRIP>(rest / g.height, g, channels_per_group);
 
         const scalar_t* grad_plane = grad_output + strip.n * grad_output_strides.n +
                                      strip.first_channel * grad_output_strides.c;
@@ -198,21 +205,21 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
                            strip.first_channel * grad_feature_strides.c +
                            h * grad_feature_strides.h + w * grad_feature_strides.w;
         // past the strip's end, loads read its last channel again (never stored)
-        const int last = strip.count - 1;
+        const index_t last = strip.count - 1;
         index_t first_center_y, first_center_x;
-        const int first_i = first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
-        const int first_j = first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
+        const index_t first_i = first_tap(h, radius, g.kernel_size, g.dilation, t, walk, first_center_y);
+        const index_t first_j = first_tap(w, radius, g.kernel_size, g.dilation, t, walk, first_center_x);
         // sub-pixels outermost: at s = 1 (every strided call) they cost one pass
-        acc_t sum[CHANNEL_STRIP];
+        acc_t sum[GRAD_FEATURES_CHANNEL_STRIP];
 #pragma unroll
-        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) sum[cc] = 0;
+        for (index_t cc = 0; cc < GRAD_FEATURES_CHANNEL_STRIP; ++cc) sum[cc] = 0;
 #pragma unroll 1
         for (index_t sub_y = 0; sub_y < s; ++sub_y) {
 #pragma unroll 1
             for (index_t sub_x = 0; sub_x < s; ++sub_x) {
                 index_t center_y = first_center_y;
 #pragma unroll 1
-                for (int i = first_i; i < kernel_size; i += tap_step, center_y -= walk.center_step) {
+                for (index_t i = first_i; i < kernel_size; i += tap_step, center_y -= walk.center_step) {
                     if (center_y < 0 || center_y >= center_rows) continue;
                     const index_t y = center_y * s + sub_y;
                     const scalar_t* grad_row = grad_plane + y * grad_output_strides.h;
@@ -220,14 +227,14 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
                         mask_group + i * kernel_size * mask_strides.c + y * mask_strides.h;
                     index_t center_x = first_center_x;
 #pragma unroll 1
-                    for (int j = first_j; j < kernel_size; j += tap_step, center_x -= walk.center_step) {
+                    for (index_t j = first_j; j < kernel_size; j += tap_step, center_x -= walk.center_step) {
                         if (center_x < 0 || center_x >= center_cols) continue;
                         const index_t x = center_x * s + sub_x;
                         const acc_t weight = storage<scalar_t>::load(mask_row + j * mask_strides.c +
                                                                      x * mask_strides.w);
                         const scalar_t* grad = grad_row + x * grad_output_strides.w;
 #pragma unroll
-                        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+                        for (index_t cc = 0; cc < GRAD_FEATURES_CHANNEL_STRIP; ++cc) {
                             const index_t channel = cc < last ? cc : last;
                             sum[cc] += storage<scalar_t>::load(grad + channel * grad_output_strides.c) *
                                        weight;
@@ -237,7 +244,7 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
             }
         }
 #pragma unroll
-        for (int cc = 0; cc < CHANNEL_STRIP; ++cc) {
+        for (index_t cc = 0; cc < GRAD_FEATURES_CHANNEL_STRIP; ++cc) {
             if (cc <= last) storage<scalar_t>::store(target + cc * grad_feature_strides.c, sum[cc]);
         }
     }
@@ -260,12 +267,12 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
     typedef typename storage<scalar_t>::acc_t acc_t;
     const index_t out_height = center_count(g.height, g.stride) * g.scale_factor;
     const index_t out_width = center_count(g.width, g.stride) * g.scale_factor;
-    const int kernel_size = (int)g.kernel_size;
-    const int taps = kernel_size * kernel_size;
+    const index_t kernel_size = g.kernel_size;
+    const index_t taps = kernel_size * kernel_size;
     const index_t strips = g.group_size * ((taps + TAP_STRIP - 1) / TAP_STRIP);
     const index_t total = g.batch * strips * out_height * out_width;
     const index_t channels_per_group = g.channels / g.group_size;
-    const int radius = (kernel_size - 1) / 2;
+    const index_t radius = (kernel_size - 1) / 2;
 
     for (index_t index = global_thread_index(); index < total; index += grid_stride()) {
         const index_t x = index % out_width;
@@ -274,7 +281,7 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
         rest /= out_height;
         const index_t n = rest / strips;
         const index_t group = rest % strips / ((taps + TAP_STRIP - 1) / TAP_STRIP);
-        const int first = (int)(rest % strips % ((taps + TAP_STRIP - 1) / TAP_STRIP)) * TAP_STRIP;
+        const index_t first = rest % strips % ((taps + TAP_STRIP - 1) / TAP_STRIP) * TAP_STRIP;
         const index_t center_y = y / g.scale_factor * g.stride;
         const index_t center_x = x / g.scale_factor * g.stride;
 
@@ -283,8 +290,8 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
         bool inside[TAP_STRIP];
         bool any_inside = false;
 #pragma unroll
-        for (int tt = 0; tt < TAP_STRIP; ++tt) {
-            const int tap = first + tt;
+        for (index_t tt = 0; tt < TAP_STRIP; ++tt) {
+            const index_t tap = first + tt;
             const index_t feature_y = center_y + (tap / kernel_size - radius) * g.dilation;
             const index_t feature_x = center_x + (tap % kernel_size - radius) * g.dilation;
             inside[tt] = tap < taps && feature_y >= 0 && feature_y < g.height &&
@@ -294,7 +301,7 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
         }
         acc_t sum[TAP_STRIP];
 #pragma unroll
-        for (int tt = 0; tt < TAP_STRIP; ++tt) sum[tt] = 0;
+        for (index_t tt = 0; tt < TAP_STRIP; ++tt) sum[tt] = 0;
         if (any_inside) {
             const index_t first_channel = group * channels_per_group;
             const scalar_t* grad_pixel = grad_output + n * grad_output_strides.n +
@@ -307,7 +314,7 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
             for (index_t c = 0; c < channels_per_group; ++c) {
                 const acc_t grad = storage<scalar_t>::load(grad_pixel);
 #pragma unroll
-                for (int tt = 0; tt < TAP_STRIP; ++tt) {
+                for (index_t tt = 0; tt < TAP_STRIP; ++tt) {
                     if (inside[tt]) sum[tt] += grad * storage<scalar_t>::load(feature_plane + offset[tt]);
                 }
                 grad_pixel += grad_output_strides.c;
@@ -318,17 +325,14 @@ __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_out
                            (group * taps + first) * grad_mask_strides.c + y * grad_mask_strides.h +
                            x * grad_mask_strides.w;
 #pragma unroll
-        for (int tt = 0; tt < TAP_STRIP; ++tt) {
+        for (index_t tt = 0; tt < TAP_STRIP; ++tt) {
             if (first + tt < taps) storage<scalar_t>::store(target + tt * grad_mask_strides.c, sum[tt]);
         }
     }
 }
 
-// 256 threads (THREADS_PER_BLOCK), three blocks an SM: at most 85 registers, no spills
-#define GENERAL_LAUNCH_BOUNDS __launch_bounds__(256, 3)
-
 #define CARAFE_DEFINE_KERNELS(suffix, scalar_t)                                                 \
-    extern "C" __global__ void GENERAL_LAUNCH_BOUNDS carafe_forward_##suffix(                                         \
+    extern "C" __global__ void carafe_forward_##suffix(                                         \
         const scalar_t* features, const scalar_t* masks, scalar_t* output,                      \
         REASSEMBLY_GEOMETRY_PARAMS, CARAFE_STRIDE_PARAMS(a), CARAFE_STRIDE_PARAMS(b),           \
         CARAFE_STRIDE_PARAMS(o)) {                                                              \

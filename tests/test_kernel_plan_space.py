@@ -46,7 +46,7 @@ LAYOUTS = {"aligned": 2, "misaligned": 1}  # frame padding; odd puts pairs off a
 RICH, SMALL, NO_CHANNELS = (1, 22, 5, 40, 2), (1, 4, 2, 3, 2), (1, 0, 2, 3, 1)
 # (N, C, H, W, G) for strides and dilations: odd sizes, so the last window center
 # is the last row and column at t = 2 and a partial step at t = 3; groups of five
-# channels, a whole strip of four and a partial one in the general kernels
+# channels, whole strips and a partial one in the general kernels
 WINDOWED = (1, 10, 7, 5, 2)
 # (s, t, d) beyond CARAFE: every one runs the general kernels
 WINDOWS = ((1, 2, 1), (1, 3, 1), (1, 1, 2), (1, 2, 2), (1, 3, 3), (2, 1, 2))

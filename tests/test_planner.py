@@ -62,9 +62,9 @@ def test_backward_plans_only_the_requested_gradients():
 def test_general_variant_plans_one_thread_per_pixel_and_channel_strip():
     with _planner.forced_variant("general"):
         (launch,) = _planner.plan_forward(GEOMETRY, *forward_refs())
-    strips = -(-GEOMETRY.channels // GEOMETRY.group_size // _planner.GENERAL_CHANNEL_STRIP)
+    strips = -(-GEOMETRY.channels // GEOMETRY.group_size // _planner.GENERAL_FORWARD_STRIP)
     total = GEOMETRY.batch * GEOMETRY.group_size * strips * GEOMETRY.out_height * GEOMETRY.out_width
-    assert strips * _planner.GENERAL_CHANNEL_STRIP >= GEOMETRY.channels // GEOMETRY.group_size
+    assert strips * _planner.GENERAL_FORWARD_STRIP >= GEOMETRY.channels // GEOMETRY.group_size
     assert launch.kernel == "carafe_forward_float32" and launch.operands == (0, 1, 2)
     assert launch.blocks * launch.threads_per_block >= total > (launch.blocks - 1) * 256
 

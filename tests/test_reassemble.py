@@ -75,8 +75,8 @@ def test_matches_naive_loops_in_every_dtype(backend, config):
             assert_close(got, want, dtype_name, f"{window_id(config)} {what}")
 
 
-# Group widths 4, 5, 7 and 9 around the general kernels' strip of four channels a
-# thread: whole strips, then partial ones at each group's end.
+# Group widths 4, 5, 7 and 9 around the general kernels' strips of four (forward) and
+# two (grad_features) channels a thread: whole strips, then partial ones at group ends.
 WIDE_GROUPS = [
     (2, 8, 7, 6, 3, 2, 1, 2, 1),
     (1, 10, 5, 9, 5, 2, 1, 2, 2),

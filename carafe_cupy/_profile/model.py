@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from .._planner import (
     FEATURES_SLOTS,
-    GENERAL_CHANNEL_STRIP,
+    GENERAL_FEATURES_STRIP,
+    GENERAL_FORWARD_STRIP,
     GENERAL_TAP_STRIP,
     TILE_THREADS,
     Geometry,
@@ -93,8 +94,10 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return _euclid_steps(geometry.dilation, geometry.stride)
     if "tap < walk.tap_step" in text:  # finding the first of them: about half a step
         return min(k, -(-_tap_step(geometry) // 2))
-    if "< CHANNEL_STRIP;" in text:  # not unrolled: the strip's channels
-        return GENERAL_CHANNEL_STRIP
+    if "< FORWARD_CHANNEL_STRIP;" in text:  # not unrolled: the strip's channels
+        return GENERAL_FORWARD_STRIP
+    if "< GRAD_FEATURES_CHANNEL_STRIP;" in text:
+        return GENERAL_FEATURES_STRIP
     if "< s;" in text:
         return s
     if "< TAPS" in text:
