@@ -144,6 +144,10 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     forward_halo_slots<K, PAIR> slots;
     slots.locate(fs, tile_row0 - R, tile_col0 - R, rows, cols, g.height, g.width);
     const scalar_t* channel = features + p.n * fs.n + c_begin * fs.c;
+    // Strength-reduced: the output pointer and the window advance by one
+    // channel / plane per channel, so the tap loop has no address multiplies.
+    scalar_t* out = output + p.n * os.n + c_begin * os.c + y * os.h + x * os.w;
+    const acc_t* const window0 = halo + row * PITCH + col;
     for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
         const int count = (int)min((index_t)channel_batch, c_end - c0);
         __syncthreads();  // previous batch fully read
@@ -151,9 +155,9 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
         channel += channel_batch * fs.c;
         __syncthreads();
         if (!inside) continue;
+        const acc_t* window = window0;
 #pragma unroll 1
-        for (int cc = 0; cc < count; ++cc) {
-            const acc_t* window = halo + cc * plane + row * PITCH + col;
+        for (int cc = 0; cc < count; ++cc, window += plane, out += os.c) {
             acc_t sum[PAIR];
 #pragma unroll
             for (int q = 0; q < PAIR; ++q) sum[q] = 0;
@@ -165,7 +169,6 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
 #pragma unroll
                     for (int q = 0; q < PAIR; ++q) sum[q] += weight[q][i * K + j] * value;
                 }
-            scalar_t* out = output + p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w;
             if constexpr (PAIR == 2) {
                 pair_access<scalar_t>::store(out, sum[0], sum[PAIR - 1]);
             } else {
