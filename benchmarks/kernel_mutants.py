@@ -45,7 +45,7 @@ TILED = (
     "carafe_tiled_grad_features.cuh",
 )
 COMMON, GENERAL = ("carafe_common.cuh",), ("carafe.cu",)
-OUT_OFFSET = r"p\.n \* os\.n \+ \(c0 \+ cc\) \* os\.c \+ y \* os\.h \+ x \* os\.w"
+OUT_OFFSET = r"p\.n \* os\.n \+ c_begin \* os\.c \+ y \* os\.h \+ x \* os\.w"
 
 MUTANTS = (
     # index width
