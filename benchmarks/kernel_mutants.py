@@ -225,6 +225,18 @@ MUTANTS = (
         r"if \(!tap_in_image\)",
         "if (false)",
     ),
+    Mutant(
+        "forward-outside-tap-mask-loaded",
+        TILED,
+        r"\} else if \(inside && tap_in_image\) \{",
+        "} else if (inside) {",
+    ),
+    Mutant(
+        "forward-last-batch-overrun",
+        TILED,
+        r"const int count = min\(channel_batch, channel_count - c0\);",
+        "const int count = channel_batch;",
+    ),
     # softmax of the fused normaliser
     Mutant(
         "softmax-without-max-subtraction",

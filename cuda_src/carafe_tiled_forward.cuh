@@ -105,35 +105,45 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
         tap_mask = masks + p.n * ms.n + (p.group * TAPS) * ms.c + y * ms.h + x * ms.w;
         tap_step = ms.c;
     }
-    acc_t weight[PAIR][TAPS];
-#pragma unroll
-    for (int t = 0; t < TAPS; ++t, tap_mask += tap_step) {
-        if (!inside) {
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
-        } else if constexpr (FROM_LOGITS) {
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = storage<scalar_t>::load(tap_mask + q * ms.c);
-        } else if constexpr (PAIR == 2) {
-            pair_access<scalar_t>::load(tap_mask, weight[0][t], weight[PAIR - 1][t]);
-        } else {
-            weight[0][t] = storage<scalar_t>::load(tap_mask);
-        }
-    }
-    if (FROM_LOGITS && inside) {
-#pragma unroll
-        for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
-    }
     // Taps outside the input are skipped, not multiplied by the zero halo, so an
     // Inf or NaN mask there leaves the output finite (as the reference does).
     // 32-bit unsigned tests (negative wraps high); K row and K column tests in all.
+    // Masks: an outside tap's weight is never loaded (a zero instead). Logits:
+    // every tap is loaded (the softmax runs over all of them), then zeroed.
+    acc_t weight[PAIR][TAPS];
 #pragma unroll
-    for (int t = 0; t < TAPS; ++t) {
+    for (int t = 0; t < TAPS; ++t, tap_mask += tap_step) {
         const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
                                   (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
-        if (!tap_in_image) {
 #pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        if constexpr (FROM_LOGITS) {
+            if (inside) {
+#pragma unroll
+                for (int q = 0; q < PAIR; ++q)
+                    weight[q][t] = storage<scalar_t>::load(tap_mask + q * ms.c);
+            }
+        } else if (inside && tap_in_image) {
+            if constexpr (PAIR == 2) {
+                pair_access<scalar_t>::load(tap_mask, weight[0][t], weight[PAIR - 1][t]);
+            } else {
+                weight[0][t] = storage<scalar_t>::load(tap_mask);
+            }
+        }
+    }
+    if constexpr (FROM_LOGITS) {
+        if (inside) {
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
+        }
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t) {
+            const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
+                                      (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
+            if (!tap_in_image) {
+#pragma unroll
+                for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+            }
         }
     }
 
@@ -148,8 +158,10 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     // channel / plane per channel, so the tap loop has no address multiplies.
     scalar_t* out = output + p.n * os.n + c_begin * os.c + y * os.h + x * os.w;
     const acc_t* const window0 = halo + row * PITCH + col;
-    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
-        const int count = (int)min((index_t)channel_batch, c_end - c0);
+    // Channel counts in 32 bits (the launcher keeps them below 2^31).
+    const int channel_count = (int)(c_end - c_begin);
+    for (int c0 = 0; c0 < channel_count; c0 += channel_batch) {
+        const int count = min(channel_batch, channel_count - c0);
         __syncthreads();  // previous batch fully read
         slots.stage(halo, channel, fs.c, count, plane);
         channel += channel_batch * fs.c;
