@@ -220,12 +220,6 @@ MUTANTS = (
     ),
     # special values
     Mutant(
-        "forward-outside-tap-weight-kept",
-        TILED,
-        r"if \(!tap_in_image\)",
-        "if (false)",
-    ),
-    Mutant(
         "forward-outside-tap-mask-loaded",
         TILED,
         r"\} else if \(inside && tap_in_image\) \{",

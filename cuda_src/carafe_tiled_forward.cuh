@@ -109,7 +109,9 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     // Inf or NaN mask there leaves the output finite (as the reference does).
     // 32-bit unsigned tests (negative wraps high); K row and K column tests in all.
     // Masks: an outside tap's weight is never loaded (a zero instead). Logits:
-    // every tap is loaded (the softmax runs over all of them), then zeroed.
+    // every tap is loaded (the softmax runs over all of them); an outside tap's
+    // probability then meets the zero halo, which adds +0 (a finite weight) or
+    // nothing new (a NaN or Inf logit makes every probability NaN anyway).
     acc_t weight[PAIR][TAPS];
 #pragma unroll
     for (int t = 0; t < TAPS; ++t, tap_mask += tap_step) {
@@ -131,20 +133,9 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
             }
         }
     }
-    if constexpr (FROM_LOGITS) {
-        if (inside) {
+    if (FROM_LOGITS && inside) {
 #pragma unroll
-            for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
-        }
-#pragma unroll
-        for (int t = 0; t < TAPS; ++t) {
-            const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
-                                      (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
-            if (!tap_in_image) {
-#pragma unroll
-                for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
-            }
-        }
+        for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
     }
 
     const index_t group_begin = p.group * channels_per_group;
