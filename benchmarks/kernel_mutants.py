@@ -45,7 +45,7 @@ TILED = (
     "carafe_tiled_grad_features.cuh",
 )
 COMMON, GENERAL = ("carafe_common.cuh",), ("carafe.cu",)
-OUT_OFFSET = r"p\.n \* os\.n \+ \(c0 \+ cc\) \* os\.c \+ y \* os\.h \+ x \* os\.w"
+OUT_OFFSET = r"p\.n \* os\.n \+ c_begin \* os\.c \+ y \* os\.h \+ x \* os\.w"
 
 MUTANTS = (
     # index width
@@ -220,10 +220,16 @@ MUTANTS = (
     ),
     # special values
     Mutant(
-        "forward-outside-tap-weight-kept",
+        "forward-outside-tap-mask-loaded",
         TILED,
-        r"if \(!tap_in_image\)",
-        "if (false)",
+        r"\} else if \(inside && tap_in_image\) \{",
+        "} else if (inside) {",
+    ),
+    Mutant(
+        "forward-last-batch-overrun",
+        TILED,
+        r"const int count = min\(channel_batch, channel_count - c0\);",
+        "const int count = channel_batch;",
     ),
     # softmax of the fused normaliser
     Mutant(

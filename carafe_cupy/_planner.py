@@ -104,7 +104,7 @@ def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes
     return 0
 
 
-# Forward and grad_features grids aim at about this many blocks: two waves of 2 blocks/SM on a
+# grad_features grids aim at about this many blocks: two waves of 2 blocks/SM on a
 # 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
 # prologue, so slices are added only until the grid is that full.
 FORWARD_TARGET_BLOCKS = 528
@@ -119,6 +119,41 @@ def _target_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int
     even = [n for n in range(1, max(1, per_group // 16) + 1) if batches % n == 0]
     slices = min(even, key=lambda n: (abs(math.log(n / wanted)) if wanted > 0 else n, n))
     return min(per_group, batches // slices * CHANNEL_BATCH_MAX)
+
+
+# The tiled forward's slices are chosen by the work each SM is dealt: blocks go to the
+# SMs of a 132-SM GPU (FORWARD_TARGET_BLOCKS / 4), so an SM runs ceil(blocks / 132) of
+# them, and a block costs its prologue (block position, masks into registers, tap tests,
+# halo slots: about 1.3 staged batches of instructions in the k5 pair kernel's SASS)
+# plus one unit per channel batch.
+PLANNED_SMS = FORWARD_TARGET_BLOCKS // 4
+FORWARD_PROLOGUE_BATCHES = 1.3
+FULL_WAVE_BLOCKS = 2 * PLANNED_SMS
+
+
+def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int, batch: int) -> int:
+    """Channels per block of the tiled forward: whole channel batches, at least 16
+    channels a slice (or the whole group), picked to minimise the blocks per SM
+    times the batches (plus prologue) per block; ties go to fewer slices. The last
+    slice may be shorter."""
+    per_group = geometry.channels // geometry.group_size
+    if per_group <= 16:
+        return per_group
+    smallest = 16
+    whole_batches = range(1, -(-per_group // batch) + 1)
+    candidates = {min(per_group, batches * batch) for batches in whole_batches}
+    candidates = {n for n in candidates if n >= smallest}
+    # At least one full wave (2 blocks per SM) where the slices allow it: one block
+    # of 8 warps per SM cannot hide its latencies, whatever its instruction count.
+    wave = min(FULL_WAVE_BLOCKS, blocks_per_slice * -(-per_group // min(candidates)))
+    candidates = {n for n in candidates if blocks_per_slice * -(-per_group // n) >= wave}
+
+    def dealt_work(per_block: int) -> tuple[float, int]:
+        slices = -(-per_group // per_block)
+        blocks_per_sm = -(-blocks_per_slice * slices // PLANNED_SMS)
+        return blocks_per_sm * (FORWARD_PROLOGUE_BATCHES + -(-per_block // batch)), slices
+
+    return min(candidates, key=dealt_work)
 
 
 def _output_tile_plan(
@@ -138,8 +173,9 @@ def _output_tile_plan(
     tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
-    per_block = _target_channels_per_block(geometry, blocks) if slice_channels else per_group
-    per_block = max(1, per_block)
+    per_block = per_group
+    if slice_channels:
+        per_block = max(1, _forward_channels_per_block(geometry, blocks, batch))
     slices = max(1, -(-per_group // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size

@@ -105,36 +105,37 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
         tap_mask = masks + p.n * ms.n + (p.group * TAPS) * ms.c + y * ms.h + x * ms.w;
         tap_step = ms.c;
     }
+    // Taps outside the input are skipped, not multiplied by the zero halo, so an
+    // Inf or NaN mask there leaves the output finite (as the reference does).
+    // 32-bit unsigned tests (negative wraps high); K row and K column tests in all.
+    // Masks: an outside tap's weight is never loaded (a zero instead). Logits:
+    // every tap is loaded (the softmax runs over all of them); an outside tap's
+    // probability then meets the zero halo, which adds +0 (a finite weight) or
+    // nothing new (a NaN or Inf logit makes every probability NaN anyway).
     acc_t weight[PAIR][TAPS];
 #pragma unroll
     for (int t = 0; t < TAPS; ++t, tap_mask += tap_step) {
-        if (!inside) {
+        const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
+                                  (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
 #pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
-        } else if constexpr (FROM_LOGITS) {
+        for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        if constexpr (FROM_LOGITS) {
+            if (inside) {
 #pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = storage<scalar_t>::load(tap_mask + q * ms.c);
-        } else if constexpr (PAIR == 2) {
-            pair_access<scalar_t>::load(tap_mask, weight[0][t], weight[PAIR - 1][t]);
-        } else {
-            weight[0][t] = storage<scalar_t>::load(tap_mask);
+                for (int q = 0; q < PAIR; ++q)
+                    weight[q][t] = storage<scalar_t>::load(tap_mask + q * ms.c);
+            }
+        } else if (inside && tap_in_image) {
+            if constexpr (PAIR == 2) {
+                pair_access<scalar_t>::load(tap_mask, weight[0][t], weight[PAIR - 1][t]);
+            } else {
+                weight[0][t] = storage<scalar_t>::load(tap_mask);
+            }
         }
     }
     if (FROM_LOGITS && inside) {
 #pragma unroll
         for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
-    }
-    // Taps outside the input are skipped, not multiplied by the zero halo, so an
-    // Inf or NaN mask there leaves the output finite (as the reference does).
-    // 32-bit unsigned tests (negative wraps high); K row and K column tests in all.
-#pragma unroll
-    for (int t = 0; t < TAPS; ++t) {
-        const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
-                                  (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
-        if (!tap_in_image) {
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
-        }
     }
 
     const index_t group_begin = p.group * channels_per_group;
@@ -144,16 +145,22 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     forward_halo_slots<K, PAIR> slots;
     slots.locate(fs, tile_row0 - R, tile_col0 - R, rows, cols, g.height, g.width);
     const scalar_t* channel = features + p.n * fs.n + c_begin * fs.c;
-    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
-        const int count = (int)min((index_t)channel_batch, c_end - c0);
+    // Strength-reduced: the output pointer and the window advance by one
+    // channel / plane per channel, so the tap loop has no address multiplies.
+    scalar_t* out = output + p.n * os.n + c_begin * os.c + y * os.h + x * os.w;
+    const acc_t* const window0 = halo + row * PITCH + col;
+    // Channel counts in 32 bits (the launcher keeps them below 2^31).
+    const int channel_count = (int)(c_end - c_begin);
+    for (int c0 = 0; c0 < channel_count; c0 += channel_batch) {
+        const int count = min(channel_batch, channel_count - c0);
         __syncthreads();  // previous batch fully read
         slots.stage(halo, channel, fs.c, count, plane);
         channel += channel_batch * fs.c;
         __syncthreads();
         if (!inside) continue;
+        const acc_t* window = window0;
 #pragma unroll 1
-        for (int cc = 0; cc < count; ++cc) {
-            const acc_t* window = halo + cc * plane + row * PITCH + col;
+        for (int cc = 0; cc < count; ++cc, window += plane, out += os.c) {
             acc_t sum[PAIR];
 #pragma unroll
             for (int q = 0; q < PAIR; ++q) sum[q] = 0;
@@ -165,7 +172,6 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
 #pragma unroll
                     for (int q = 0; q < PAIR; ++q) sum[q] += weight[q][i * K + j] * value;
                 }
-            scalar_t* out = output + p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w;
             if constexpr (PAIR == 2) {
                 pair_access<scalar_t>::store(out, sum[0], sum[PAIR - 1]);
             } else {

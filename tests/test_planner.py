@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -76,9 +75,7 @@ def test_forced_variant_that_cannot_run_raises():
         _planner.plan_forward(geometry, *refs)
 
 
-@pytest.mark.parametrize("hw", [(13, 21), (26, 42), (52, 84), (104, 168), (64, 64), (3, 5)])
-@pytest.mark.parametrize("channels", [256, 24, 8])
-def test_forward_grid_splits_channels_evenly_near_two_waves(hw, channels):
+def _forward_plan(channels, hw):
     geometry = _planner.Geometry(2, channels, *hw, 5, 1, 2)
     g = geometry
     refs = (
@@ -87,16 +84,43 @@ def test_forward_grid_splits_channels_evenly_near_two_waves(hw, channels):
         contiguous((g.batch, g.channels, g.out_height, g.out_width)),
     )
     (plan,) = _planner.plan_forward(geometry, *refs)
+    return plan
+
+
+def _dealt_work(tiles, channels, per_block, batch):
+    slices = -(-channels // per_block)
+    blocks_per_sm = -(-tiles * slices // _planner.PLANNED_SMS)
+    return blocks_per_sm * (_planner.FORWARD_PROLOGUE_BATCHES + -(-per_block // batch))
+
+
+@pytest.mark.parametrize("hw", [(13, 21), (26, 42), (52, 84), (104, 168), (64, 64), (3, 5)])
+@pytest.mark.parametrize("channels", [256, 24, 8])
+def test_forward_grid_deals_the_least_work_per_sm(hw, channels):
+    plan = _forward_plan(channels, hw)
     per_block, batch = plan.tiling
     slices = -(-channels // per_block)
     tiles = plan.blocks // slices
     assert tiles * slices == plan.blocks
-    # whole channel batches, split evenly: every slice has the same channels
+    # whole channel batches, at least 16 channels a slice; only the last is shorter
     assert per_block % batch == 0 or per_block == channels
-    assert per_block * slices == channels or slices == 1
-    assert slices == 1 or per_block >= 16
-    # no other even split with at least 16 channels a slice is nearer the
-    # target grid (by ratio: one wave too few costs as much as twice too many)
-    wanted = _planner.FORWARD_TARGET_BLOCKS / tiles
-    splits = [n for n in range(1, max(1, channels // 16) + 1) if (channels // batch) % n == 0]
-    assert abs(math.log(slices / wanted)) == min(abs(math.log(n / wanted)) for n in splits)
+    assert per_block >= min(16, channels) and (slices - 1) * per_block < channels
+    # one full wave of 2 blocks per SM wherever 16-channel slices would make one
+    most = tiles * -(-channels // min(16, channels))
+    assert plan.blocks >= min(_planner.FULL_WAVE_BLOCKS, most)
+    # no other such split deals an SM less work (blocks per SM x batches per block)
+    splits = [n for n in range(min(16, channels), channels + 1) if n % batch == 0 or n == channels]
+    wave = min(_planner.FULL_WAVE_BLOCKS, most)
+    splits = [n for n in splits if tiles * -(-channels // n) >= wave]
+    assert _dealt_work(tiles, channels, per_block, batch) == min(
+        _dealt_work(tiles, channels, n, batch) for n in splits
+    )
+
+
+@pytest.mark.parametrize(
+    "hw, blocks",
+    [((13, 21), 128), ((26, 42), 364), ((52, 84), 390), ((104, 168), 624), ((64, 64), 384)],
+)
+def test_forward_grid_of_the_fpn_levels(hw, blocks):
+    # 52x84: 78 tiles x 5 slices of 52 channels (the last 48), 3 blocks per SM
+    # rather than 8 even slices of 32 (5 per SM); the small levels keep a full wave
+    assert _forward_plan(256, hw).blocks == blocks
