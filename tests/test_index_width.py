@@ -103,7 +103,7 @@ def test_every_module_does_stride_math_in_64_bits():
 
 def test_stride_math_check_flags_a_32_bit_output_offset():
     source = _sources.kernel_source(_sources.tiled_module_name("float32", 3))
-    offset = "p.n * os.n + (c0 + cc) * os.c + y * os.h + x * os.w"
+    offset = "p.n * os.n + c_begin * os.c + y * os.h + x * os.w"
     assert offset in source
     narrowed = source.replace(offset, f"(int)({offset})")
     assert any("(int)" in statement for statement in narrowed_stride_math(narrowed))
