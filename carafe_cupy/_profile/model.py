@@ -20,8 +20,8 @@ from .._planner import (
     TILE_THREADS,
     Geometry,
     Launch,
-    _halo_extent,
     general_threads,
+    halo_extent,
 )
 from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
 from .occupancy import Occupancy, occupancy
@@ -52,7 +52,7 @@ def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:
         return batch * plane if "channel_batch" in loop.source else plane
     pairs = _pairs(launch)
     pitch = (TILE_THREADS[0] * pairs - 1 + pairs - 1) // pairs + k
-    return batch * _halo_extent(TILE_THREADS[1], s, k) * pitch
+    return batch * halo_extent(TILE_THREADS[1], s, k) * pitch
 
 
 def _euclid_steps(a: int, b: int) -> int:

@@ -1,0 +1,210 @@
+"""Launch shapes of the tiled kernels: tile sizes, channel batches and slices,
+shared memory. Pure Python, used only by the planner (``_planner``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ._plan_types import (
+    ACCUMULATOR_SIZE,
+    CHANNEL_BATCH_MAX,
+    ITEMSIZE,
+    MAX_GRID_X,
+    MAX_TILED_BACKWARD_SCALE,
+    SHARED_MEMORY_LIMIT,
+    TILE_THREADS,
+    Geometry,
+    Launch,
+)
+from ._sources import pairs_instantiated, tiled_module_name
+
+# An operand as plans see it: element strides and the pointer's offset within 16 bytes.
+Operand = Optional[tuple[tuple[int, int, int, int], int]]
+
+
+def halo_extent(outputs: int, scale: int, kernel_size: int) -> int:
+    return (outputs - 1 + scale - 1) // scale + kernel_size
+
+
+def pairs_fit(geometry: Geometry, dtype: str, operands: tuple[Operand, ...]) -> bool:
+    """Two pixels per thread: even s, and 2-element aligned, x-contiguous tensors."""
+    if not pairs_instantiated(dtype, geometry.kernel_size) or geometry.scale_factor % 2:
+        return False
+    alignment = 2 * ITEMSIZE[dtype]
+    return all(
+        strides[3] == 1
+        and all(stride % 2 == 0 for stride in strides[:3])
+        and offset % alignment == 0
+        for strides, offset in operands
+    )
+
+
+def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes: int = 0) -> int:
+    for batch in range(CHANNEL_BATCH_MAX, 0, -1):
+        if batch * (bytes_per_channel + per_batch_bytes) + fixed_bytes <= SHARED_MEMORY_LIMIT:
+            return batch
+    return 0
+
+
+# grad_features grids aim at about this many blocks: two waves of 2 blocks/SM on a
+# 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
+# prologue, so slices are added only until the grid is that full.
+FORWARD_TARGET_BLOCKS = 528
+
+
+def _target_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+    """Channels per block of a sliced grid: whole channel batches, split evenly
+    (at least 16 channels a slice) into the slice count nearest the target grid."""
+    per_group = geometry.channels // geometry.group_size
+    batches = -(-per_group // CHANNEL_BATCH_MAX)
+    wanted = FORWARD_TARGET_BLOCKS / max(1, blocks_per_slice)
+    even = [n for n in range(1, max(1, per_group // 16) + 1) if batches % n == 0]
+    slices = min(even, key=lambda n: (abs(math.log(n / wanted)) if wanted > 0 else n, n))
+    return min(per_group, batches // slices * CHANNEL_BATCH_MAX)
+
+
+# The tiled forward's slices are chosen by the work each SM is dealt: blocks go to the
+# SMs of a 132-SM GPU (FORWARD_TARGET_BLOCKS / 4), so an SM runs ceil(blocks / 132) of
+# them, and a block costs its prologue (block position, masks into registers, tap tests,
+# halo slots: about 1.3 staged batches of instructions in the k5 pair kernel's SASS)
+# plus one unit per channel batch.
+PLANNED_SMS = FORWARD_TARGET_BLOCKS // 4
+FORWARD_PROLOGUE_BATCHES = 1.3
+FULL_WAVE_BLOCKS = 2 * PLANNED_SMS
+
+
+def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int, batch: int) -> int:
+    """Channels per block of the tiled forward: whole channel batches, at least 16
+    channels a slice (or the whole group), picked to minimise the blocks per SM
+    times the batches (plus prologue) per block; ties go to fewer slices. The last
+    slice may be shorter."""
+    per_group = geometry.channels // geometry.group_size
+    if per_group <= 16:
+        return per_group
+    smallest = 16
+    whole_batches = range(1, -(-per_group // batch) + 1)
+    candidates = {min(per_group, batches * batch) for batches in whole_batches}
+    candidates = {n for n in candidates if n >= smallest}
+    # At least one full wave (2 blocks per SM) where the slices allow it: one block
+    # of 8 warps per SM cannot hide its latencies, whatever its instruction count.
+    wave = min(FULL_WAVE_BLOCKS, blocks_per_slice * -(-per_group // min(candidates)))
+    candidates = {n for n in candidates if blocks_per_slice * -(-per_group // n) >= wave}
+
+    def dealt_work(per_block: int) -> tuple[float, int]:
+        slices = -(-per_group // per_block)
+        blocks_per_sm = -(-blocks_per_slice * slices // PLANNED_SMS)
+        return blocks_per_sm * (FORWARD_PROLOGUE_BATCHES + -(-per_block // batch)), slices
+
+    return min(candidates, key=dealt_work)
+
+
+def output_tile_plan(
+    geometry: Geometry, dtype: str, kernel: str, pair: bool, slice_channels: bool, operands
+) -> Launch | None:
+    """A kernel whose block owns an output tile (forward, grad_masks, fused logits)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if slice_channels and max(geometry.out_height, geometry.out_width, geometry.channels) >= 2**31:
+        return None  # the forward kernels keep sizes and coordinates in 32 bits
+    pairs = 2 if pair else 1
+    tile_w, tile_h = TILE_THREADS[0] * pairs, TILE_THREADS[1]
+    pitch = (tile_w - 1 + pairs - 1) // pairs + k
+    halo_bytes = halo_extent(tile_h, s, k) * pitch * ACCUMULATOR_SIZE[dtype]
+    batch = _channel_batch(halo_bytes)
+    if batch == 0:
+        return None
+    tiles = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_block = per_group
+    if slice_channels:
+        per_block = max(1, _forward_channels_per_block(geometry, blocks, batch))
+    slices = max(1, -(-per_group // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks * slices, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        batch * halo_bytes,
+        operands,
+        (per_block, batch),
+    )
+
+
+MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled_grad_masks.cuh
+MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp
+
+
+def masks_row_plan(
+    geometry: Geometry, dtype: str, kernel: str, pair: bool, operands
+) -> Launch | None:
+    """grad_masks and the fused logits gradient: a block per output row of
+    32 x pairs pixels, its warps splitting the group's channels into subsets."""
+    k = geometry.kernel_size
+    pairs = 2 if pair else 1
+    tile_w = TILE_THREADS[0] * pairs
+    pitch = (tile_w - 1 + pairs - 1) // pairs + k
+    staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch
+    reduction = MASKS_SUBSETS * k * pairs * TILE_THREADS[0]
+    tiles = -(-geometry.out_width // tile_w) * geometry.out_height
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_subset = max(1, -(-per_group // MASKS_SUBSETS))
+    if blocks > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        max(staged, reduction) * ACCUMULATOR_SIZE[dtype],
+        operands,
+        (per_subset, MASKS_BATCH),
+    )
+
+
+FEATURES_SLOTS = 3  # CARAFE_FEATURES_SLOTS in carafe_tiled_grad_features.cuh
+
+
+def padded_sub_plane(plane: int, tile_cols: int) -> int:
+    """grad_features' sub-pixel plane, padded to tile_cols (mod 32) so a warp's
+    sub-pixel columns read distinct shared-memory banks (as carafe_tiled.cuh)."""
+    return plane + (tile_cols - plane) % 32
+
+
+def input_tile_plan(
+    geometry: Geometry, dtype: str, kernel: str, from_logits: bool, operands
+) -> Launch | None:
+    """grad_features: a tile of input pixels, s x s threads each."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if s > MAX_TILED_BACKWARD_SCALE:
+        return None
+    tile_cols, tile_rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+    threads = tile_cols * s * tile_rows * s
+    accumulator = ACCUMULATOR_SIZE[dtype]
+    plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
+    staged_plane = s * s * padded_sub_plane((tile_rows + k - 1) * (tile_cols + k - 1), tile_cols)
+    partial_pitch = threads + 1  # per channel, odd: no bank conflicts
+    batch = _channel_batch(staged_plane * accumulator, per_batch_bytes=partial_pitch * accumulator)
+    if batch == 0 or (from_logits and 2 * plane * accumulator > SHARED_MEMORY_LIMIT):
+        return None
+    shared = batch * (staged_plane + partial_pitch) * accumulator
+    if from_logits:
+        shared = max(shared, 2 * plane * accumulator)
+    blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
+    blocks *= geometry.batch * geometry.group_size
+    per_block = max(1, _target_channels_per_block(geometry, blocks))
+    slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        tiled_module_name(dtype, k),
+        kernel,
+        (blocks * slices, 1, 1),
+        (tile_cols * s, tile_rows * s, 1),
+        shared,
+        operands,
+        (per_block, batch),
+    )
