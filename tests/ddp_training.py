@@ -90,6 +90,9 @@ def run_rank(rank: int, world: int, backend: str, device_type: str, init: str) -
                 raise AssertionError(f"launches on {set(launches)}, expected {expected}")
         else:
             train(torch.nn.parallel.DistributedDataParallel(model), inputs, targets)
+        # No rank tears its group down while another still talks to it: gloo
+        # aborts the process ("terminate called without an active exception").
+        torch.distributed.barrier()
         return {name: value.cpu() for name, value in model.state_dict().items()}
     finally:
         torch.distributed.destroy_process_group()
