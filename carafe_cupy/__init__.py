@@ -158,12 +158,14 @@ def carafe_backward(
     front_end = _front_end(
         "carafe_backward", grad_output=grad_output, features=features, masks=masks
     )
-    if front_end.__name__.endswith("_torch_ops"):
-        return front_end.carafe_backward_public(
-            grad_output, features, masks, kernel_size, group_size, scale_factor
-        )
-    return front_end.carafe_backward(
-        grad_output, features, masks, kernel_size, group_size, scale_factor
+    return front_end.reassemble_backward(
+        grad_output,
+        features,
+        masks,
+        kernel_size,
+        group_size,
+        scale_factor,
+        where="carafe_backward",
     )
 
 

@@ -361,19 +361,6 @@ def reassemble_backward(
     return grad_features.to(features.dtype), grad_kernels.to(kernels.dtype)
 
 
-def carafe_backward_public(
-    grad_output: torch.Tensor,
-    features: torch.Tensor,
-    masks: torch.Tensor,
-    kernel_size: int,
-    group_size: int,
-    scale_factor: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return reassemble_backward(
-        grad_output, features, masks, kernel_size, group_size, scale_factor, where="carafe_backward"
-    )
-
-
 def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) -> torch.Tensor:
     """CARAFEPack's kernel normaliser: pixel_shuffle, then softmax over each group's k*k taps."""
     masks = torch.nn.functional.pixel_shuffle(logits, scale_factor)
