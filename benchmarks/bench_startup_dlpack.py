@@ -79,7 +79,8 @@ def exchange(device: str, calls: int) -> None:
     import numpy as np
     import torch
 
-    from carafe_cupy import _arrays, _torch_ops
+    from carafe_cupy._array import refs as _arrays
+    from carafe_cupy._torch import ops as _torch_ops
 
     tensors = [torch.randn(2, 16, 24, 24, device=device) for _ in range(3)]
     if device == "cpu":
@@ -109,7 +110,7 @@ def main() -> None:
     exchange("cpu", options.calls)
     import torch
 
-    from carafe_cupy import _cupy_runtime
+    from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
     if torch.cuda.is_available() and _cupy_runtime.gpu_kernels_available():
         exchange("cuda", options.calls)

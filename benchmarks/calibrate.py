@@ -65,7 +65,7 @@ def _commit() -> str:
 
 
 def model(args: argparse.Namespace) -> int:
-    from carafe_cupy._planner import Geometry
+    from carafe_cupy._plan.planner import Geometry
     from carafe_cupy._profile import report
     from carafe_cupy._profile.hardware import gpu
 

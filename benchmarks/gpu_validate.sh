@@ -190,7 +190,7 @@ if want checks; then
   gpu_step pytest_graphs_ddp -- "$PY" -m pytest tests/test_distributed_and_graphs.py -m gpu -q -rs
   # a V100 (sm_70) with the cuda13 extra must fall back with one warning naming cuda12
   gpu_step nvrtc_target_check -- "$PY" -c 'import warnings, torch, carafe_cupy
-from carafe_cupy import _cupy_runtime
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 for index in range(torch.cuda.device_count()):
     reason = _cupy_runtime.gpu_kernels_unavailable_reason(index)
     print(f"cuda:{index}", torch.cuda.get_device_capability(index), reason or "kernels usable")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 def main() -> int:
     import test_kernel_plan_space as plan_space
 
-    from carafe_cupy import _launch_record
+    from carafe_cupy._plan import record as _launch_record
 
     launches: Counter = Counter()
     scales: dict[str, set[int]] = defaultdict(set)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._cupy_runtime import KernelsUnavailableError
-from ._sources import KernelCompileError
+from ._kernels.sources import KernelCompileError
+from ._runtime.cupy_runtime import KernelsUnavailableError
 
 __version__ = "0.1.0"
 
@@ -71,7 +71,7 @@ def _is_torch_tensor(value: Any) -> bool:
 def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch, or the array front end
     (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
-    from . import _dlpack
+    from ._array import dlpack as _dlpack
 
     def kind(value: Any) -> str | None:
         if _is_torch_tensor(value):
@@ -90,11 +90,11 @@ def _front_end(function: str, **inputs: Any) -> Any:
             f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
         )
     if "torch" in found:  # its checks name any argument that is not a tensor
-        from . import _torch_ops
+        from ._torch import ops as _torch_ops
 
         return _torch_ops
     if found:
-        from . import _cupy_api
+        from ._array import api as _cupy_api
 
         return _cupy_api
     first = next(iter(inputs))
@@ -248,7 +248,7 @@ def decompositions() -> dict:
     with Pad/Slice/Reshape/Mul/Add, which any exporter (ONNX included) understands.
     Needs torch.
     """
-    from ._decomposed import decompositions as carafe_decompositions
+    from ._torch.export import decompositions as carafe_decompositions
 
     return carafe_decompositions()
 
@@ -267,6 +267,6 @@ def carafe_from_logits(
     """CARAFE with masks taken from raw encoder logits (N, G*k*k*s*s, H, W):
     pixel_shuffle and a softmax over each group's k*k taps are applied inside
     the kernels, as in CARAFEPack. torch tensors only; differentiable."""
-    from ._torch_fused import carafe_from_logits as torch_carafe_from_logits
+    from ._torch.fused import carafe_from_logits as torch_carafe_from_logits
 
     return torch_carafe_from_logits(features, logits, kernel_size, group_size, scale_factor)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ._check import info_lines
+    from ._cli.check import info_lines
 
     print("\n".join(info_lines()))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._check import format_check_table, run_checks, summary_lines
+    from ._cli.check import format_check_table, run_checks, summary_lines
 
     results, notes = run_checks(seed=args.seed)
     if results:

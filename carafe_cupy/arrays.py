@@ -9,6 +9,6 @@ module directly to run torch tensors through it too (without autograd).
 
 from __future__ import annotations
 
-from ._cupy_api import carafe, carafe_backward, reassemble, reassemble_backward
+from ._array.api import carafe, carafe_backward, reassemble, reassemble_backward
 
 __all__ = ["carafe", "carafe_backward", "reassemble", "reassemble_backward"]

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _torch_ops
-from ._validate import check_params
+from ._core.validate import check_params
+from ._torch import ops as _torch_ops
 
 
 def _carafe_backward(

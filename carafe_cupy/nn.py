@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_fused import carafe_from_logits
-from ._torch_ops import carafe, normalize_logits, uses_kernels
-from ._validate import check_int, check_odd, check_params
+from ._core.validate import check_int, check_odd, check_params
+from ._torch.fused import carafe_from_logits
+from ._torch.ops import carafe, normalize_logits, uses_kernels
 
 
 def scripted_carafe(

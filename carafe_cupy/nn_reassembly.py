@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._torch_ops import normalize_logits, reassemble
-from ._validate import check_int, check_odd
+from ._core.validate import check_int, check_odd
+from ._torch.ops import normalize_logits, reassemble
 
 
 def scripted_reassemble(

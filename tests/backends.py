@@ -41,7 +41,7 @@ def available_backends() -> list[Backend]:
 
     import torch
 
-    from carafe_cupy import _cupy_runtime
+    from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
     backends = [Backend("cpu", "cpu")]
     if shutil.which("g++") or shutil.which("c++"):

@@ -17,7 +17,7 @@ import argparse
 import torch
 
 import carafe_cupy
-from carafe_cupy import _launch
+from carafe_cupy._runtime import launch as _launch
 
 BATCH, STEPS, LEARNING_RATE = 4, 3, 0.5
 

@@ -1,6 +1,6 @@
 """A vectorised float64 CARAFE in NumPy, for property tests (much faster than naive.py).
 
-Independent of ``carafe_cupy._reference``: it works in NCHW, computes every
+Independent of ``carafe_cupy._cpu.path``: it works in NCHW, computes every
 output's source index per tap, selects with ``np.where`` instead of padding,
 and scatters feature gradients with ``np.add.at``. Taps outside the input are
 skipped (not multiplied by zero), as in naive.py, so Inf/NaN in a mask or

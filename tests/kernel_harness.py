@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from carafe_cupy import _launch, _planner, _torch_ops
+from carafe_cupy._plan import planner as _planner
+from carafe_cupy._runtime import launch as _launch
+from carafe_cupy._torch import ops as _torch_ops
 
 from gather_reference import gather_carafe, gather_carafe_backward
 

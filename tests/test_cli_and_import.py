@@ -121,7 +121,8 @@ def test_help_texts_are_plain_and_document_every_option():
 
 
 def test_info_says_what_is_missing_for_cupy_arrays():
-    from carafe_cupy import _check, _cupy_runtime
+    from carafe_cupy._cli import check as _check
+    from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
     line = _check.cupy_arrays_line()
     if _cupy_runtime.gpu_kernels_available():
@@ -134,7 +135,7 @@ def test_info_says_what_is_missing_for_cupy_arrays():
 
 
 def test_check_counts_skips_apart_from_passes():
-    from carafe_cupy._check import CheckResult, summary_lines
+    from carafe_cupy._cli.check import CheckResult, summary_lines
 
     results = [
         CheckResult("numpy", "float32", (1,), 0.0, "pass"),

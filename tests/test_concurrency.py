@@ -16,7 +16,8 @@ import warnings
 
 import pytest
 
-from carafe_cupy import _cupy_runtime, _sources
+from carafe_cupy._kernels import sources as _sources
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 THREADS = 8
 SOURCE = "// kernels"
@@ -214,7 +215,7 @@ def test_cupy_imports_with_an_uncreatable_cache_dir(tmp_path):
     blocker.write_text("")
     script = (
         "import warnings\n"
-        "from carafe_cupy import _cupy_runtime\n"
+        "from carafe_cupy._runtime import cupy_runtime as _cupy_runtime\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    _cupy_runtime._import_cupy()\n"

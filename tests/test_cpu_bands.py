@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import carafe_cupy
-from carafe_cupy import _cpu_bands
+from carafe_cupy._cpu import bands as _cpu_bands
 
 from gather_reference import gather_carafe, gather_carafe_backward
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _cupy_runtime  # noqa: E402
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime  # noqa: E402
 
 import ddp_training  # noqa: E402
 
@@ -139,7 +139,7 @@ def test_torch_cuda_graph_captures_forward_and_backward_and_replays_new_data():
 @gpu
 @needs_kernels
 def test_first_call_inside_a_capture_asks_for_a_warm_up(monkeypatch):
-    from carafe_cupy._gpu_checks import KernelNotReadyForCaptureError
+    from carafe_cupy._runtime.gpu_checks import KernelNotReadyForCaptureError
 
     monkeypatch.setattr(_cupy_runtime, "get_runtime", lambda: fresh_runtime)
     fresh_runtime = _cupy_runtime.CupyRuntime()  # nothing compiled yet in this process' view

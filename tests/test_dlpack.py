@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import carafe_cupy
-from carafe_cupy import _cupy_api, _cupy_runtime, arrays
+from carafe_cupy import arrays
+from carafe_cupy._array import api as _cupy_api
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 from naive import naive_carafe
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carafe_cupy import _cupy_runtime
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -129,7 +129,7 @@ def test_cupy_pipeline_never_imports_torch_and_explains_a_missing_gpu():
 def test_cupy_pipeline_math_with_numpy_arrays(monkeypatch, capsys):
     """The pipeline's masks, softmax backward and fitting, with a numpy CARAFE in place."""
     import carafe_cupy
-    from carafe_cupy._check import numpy_reference
+    from carafe_cupy._cli.check import numpy_reference
 
     def forward(features, masks, kernel_size, group_size, scale_factor):
         n, c, h, w = features.shape

@@ -15,8 +15,10 @@ from naive import naive_carafe, naive_carafe_backward
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _planner, _sources, _torch_ops  # noqa: E402
+from carafe_cupy._kernels import sources as _sources  # noqa: E402
+from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._sim import runtime as sim_runtime  # noqa: E402
+from carafe_cupy._torch import ops as _torch_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _cupy_runtime  # noqa: E402
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime  # noqa: E402
 
 from cases import assert_close, config_id, config_matrix, make_inputs, torch_dtypes  # noqa: E402
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
@@ -145,7 +145,7 @@ def test_mixing_torch_and_cupy_is_refused():
 
 
 def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
-    from carafe_cupy import _torch_ops
+    from carafe_cupy._torch import ops as _torch_ops
 
     monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
     _torch_ops._gpu_kernels_available.cache_clear()
@@ -171,7 +171,7 @@ def _free_gpu_bytes() -> int:
 )
 def test_forward_past_2_31_output_elements_in_fp16():
     """64-bit indexing for real: the last output elements sit past 2**31."""
-    from carafe_cupy import _reference
+    from carafe_cupy._cpu import path as _reference
 
     n, c, h, w, k, g, s = 1, 64, 2900, 2900, 5, 1, 2
     r = (k - 1) // 2

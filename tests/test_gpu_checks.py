@@ -9,7 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from carafe_cupy import KernelsUnavailableError, _cupy_runtime, _gpu_checks, _launch
+from carafe_cupy import KernelsUnavailableError
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
+from carafe_cupy._runtime import gpu_checks as _gpu_checks
+from carafe_cupy._runtime import launch as _launch
 
 NVRTC_13_ARCHS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121)
 NVRTC_12_ARCHS = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90)
@@ -84,7 +87,7 @@ def test_mixed_gpus_are_judged_one_by_one(install):
 
 def test_torch_tensors_on_an_untargetable_gpu_take_the_pytorch_path_with_one_warning(install):
     torch = pytest.importorskip("torch")
-    from carafe_cupy import _torch_ops
+    from carafe_cupy._torch import ops as _torch_ops
 
     install(fake_cupy([70, 80]))
     _torch_ops._gpu_kernels_available.cache_clear()
@@ -105,7 +108,7 @@ def test_torch_tensors_on_an_untargetable_gpu_take_the_pytorch_path_with_one_war
 
 def test_every_gpu_untargetable_warns_with_the_reason(install):
     torch = pytest.importorskip("torch")
-    from carafe_cupy import _torch_ops
+    from carafe_cupy._torch import ops as _torch_ops
 
     install(fake_cupy([70]))
     _torch_ops._gpu_kernels_available.cache_clear()

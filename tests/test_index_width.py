@@ -17,7 +17,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from carafe_cupy import _launch, _planner, _sources
+from carafe_cupy._kernels import sources as _sources
+from carafe_cupy._plan import planner as _planner
+from carafe_cupy._runtime import launch as _launch
 
 SIXTY_FOUR_BIT_TYPEDEF = re.compile(r"typedef\s+(long\s+long|int64_t|std::int64_t)\s+index_t\s*;")
 # integer types that must not appear in kernel code (all index math is index_t)
@@ -238,7 +240,7 @@ def test_grid_is_capped_for_huge_problems():
 
 
 def _validate_max() -> int:
-    from carafe_cupy import _validate
+    from carafe_cupy._core import validate as _validate
 
     return _validate.INDEX_MAX
 

@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _planner, _sources  # noqa: E402
+from carafe_cupy._kernels import sources as _sources  # noqa: E402
+from carafe_cupy._plan import planner as _planner  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"

@@ -28,7 +28,10 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
-from carafe_cupy import _launch, _launch_record, _planner, _sources  # noqa: E402
+from carafe_cupy._kernels import sources as _sources  # noqa: E402
+from carafe_cupy._plan import planner as _planner  # noqa: E402
+from carafe_cupy._plan import record as _launch_record  # noqa: E402
+from carafe_cupy._runtime import launch as _launch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from carafe_cupy import _cupy_runtime, _sources
+from carafe_cupy._kernels import sources as _sources
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 pytest.importorskip("cupy")
 try:

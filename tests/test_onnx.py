@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import CARAFE, CARAFEPack, _decomposed  # noqa: E402
+from carafe_cupy import CARAFE, CARAFEPack  # noqa: E402
+from carafe_cupy._torch import export as _decomposed  # noqa: E402
 
 from cases import assert_close, config_id, config_matrix, make_inputs  # noqa: E402
 from naive import naive_carafe  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from carafe_cupy import _planner
+from carafe_cupy._plan import planner as _planner
 
 GEOMETRY = _planner.Geometry(2, 16, 13, 21, 5, 1, 2)
 
@@ -28,7 +28,7 @@ def forward_refs(pointer=0x1000):
 def test_planner_and_launcher_import_no_cupy():
     code = (
         "import sys\n"
-        "from carafe_cupy import _launch, _planner, _sources\n"
+        "from carafe_cupy._runtime import launch\nfrom carafe_cupy._plan import planner\nfrom carafe_cupy._kernels import sources\n"
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

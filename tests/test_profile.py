@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from carafe_cupy import _planner
+from carafe_cupy._plan import planner as _planner
 from carafe_cupy._profile import hardware, model, static
 from carafe_cupy._profile.occupancy import occupancy
 
@@ -43,7 +43,7 @@ def test_ptxas_report_fields():
 
 
 def test_static_analysis_of_real_nvrtc_output(sm90_kernels):
-    from carafe_cupy import _sources
+    from carafe_cupy._kernels import sources as _sources
 
     assert set(_sources.module_kernel_names(MODULE)) <= set(sm90_kernels)
     for kernel in sm90_kernels.values():

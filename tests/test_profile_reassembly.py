@@ -8,7 +8,7 @@ import json
 import pytest
 from test_profile import _nvrtc_and_nvdisasm
 
-from carafe_cupy import _planner
+from carafe_cupy._plan import planner as _planner
 from carafe_cupy._profile import model, shape_sets, static, traffic
 
 

@@ -13,7 +13,8 @@ from test_torch_integration import assert_compiled_matches_eager  # noqa: E402
 from torch._subclasses import FakeTensorMode  # noqa: E402
 
 import carafe_cupy  # noqa: E402
-from carafe_cupy import _decomposed, _torch_ops  # noqa: E402, F401 (registers the ops)
+from carafe_cupy._torch import export as _decomposed  # noqa: E402
+from carafe_cupy._torch import ops as _torch_ops  # noqa: E402, F401 (registers the ops)
 
 from cases import assert_close, make_inputs  # noqa: E402
 from naive import naive_carafe  # noqa: E402

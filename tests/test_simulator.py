@@ -178,7 +178,8 @@ def test_a_missing_barrier_in_the_tiled_kernels_is_caught(order, monkeypatch):
     """Drop the barrier between staging the halo and reading it: the simulator
     (threads run in order between barriers, shared memory starts as garbage)
     must turn that into wrong answers."""
-    from carafe_cupy import _planner, _sources
+    from carafe_cupy._kernels import sources as _sources
+    from carafe_cupy._plan import planner as _planner
 
     # forward: a block barrier; grad_masks: each warp stages its own halo
     barriers_then_reads = (

@@ -133,7 +133,7 @@ def test_backward_of_tensors_that_require_grad_gives_plain_values():
 def test_array_front_end_refuses_torch_cpu_tensors_without_the_simulator(monkeypatch):
     # torch tensors are DLPack arrays, so the array front end takes CUDA ones; CPU
     # memory needs the simulator (tests/test_dlpack.py runs them through it)
-    from carafe_cupy import _cupy_api
+    from carafe_cupy._array import api as _cupy_api
 
     monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
     features, masks = good_inputs()
@@ -144,7 +144,7 @@ def test_array_front_end_refuses_torch_cpu_tensors_without_the_simulator(monkeyp
 
 
 def test_index_range_check_is_exact():
-    from carafe_cupy import _validate
+    from carafe_cupy._core import validate as _validate
 
     # N*C*(H*s)*(W*s) == 2**63 - 1 exactly still fits; one more batch does not
     fits = _validate.check_geometry((1, _validate.INDEX_MAX, 1, 1), (1, 1, 1, 1), 1, 1, 1)
@@ -158,7 +158,7 @@ def test_index_range_check_is_exact():
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or not carafe_cupy._cupy_runtime.cupy_importable(),
+    not torch.cuda.is_available() or not carafe_cupy._runtime.cupy_runtime.cupy_importable(),
     reason="needs a CUDA GPU with CuPy",
 )
 @pytest.mark.gpu

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .._planner import Geometry
-from .._sources import SUPPORTED_DTYPES
+from .._kernels.sources import SUPPORTED_DTYPES
+from .._plan.planner import Geometry
 from . import report
 from .hardware import GPUS, gpu
 from .shape_sets import FIXED_SETS, FPN_BATCH, FPN_CHANNELS, FPN_LEVELS, fixed_set

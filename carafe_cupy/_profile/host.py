@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import time
 
-from .. import _launch
-from .._planner import Geometry
+from .._plan.planner import Geometry
+from .._runtime import launch as _launch
 from .traffic import ROLES, _contiguous, role_shape
 
 

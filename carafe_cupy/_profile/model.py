@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._planner import (
+from .._plan.planner import (
     FEATURES_SLOTS,
     GENERAL_FEATURES_STRIP,
     GENERAL_FORWARD_STRIP,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._planner import Geometry
+from .._plan.planner import Geometry
 from . import host, model, static, traffic
 from .hardware import GpuModel
 from .shape_sets import unfold_floor_bytes, unfold_peak_bytes
@@ -39,7 +39,7 @@ def op_floor_bytes(op: str, problem: Problem) -> int:
 
 
 def _ops(problem: Problem) -> tuple[str, ...]:
-    from .._planner import fused_supported
+    from .._plan.planner import fused_supported
 
     if fused_supported(problem.geometry, problem.dtype):
         return OPS

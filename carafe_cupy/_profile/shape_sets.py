@@ -12,7 +12,7 @@ unfold formulation the reassembly replaces.
 
 from __future__ import annotations
 
-from .._planner import Geometry
+from .._plan.planner import Geometry
 
 FPN_LEVELS = ((13, 21), (26, 42), (52, 84), (104, 168), (64, 64))
 FPN_BATCH, FPN_CHANNELS = 2, 256

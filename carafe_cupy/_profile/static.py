@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import _sources
+from .._kernels import sources as _sources
 
 LINE_INFO = ("--generate-line-info",)
 NVDISASM_HINT = (
@@ -279,7 +279,7 @@ def cache_dir() -> Path:
 
 def _compile(module: str, arch: str) -> tuple[str, str]:
     """ptxas log and SASS text of one module for one architecture."""
-    from .. import _cupy_runtime
+    from .._runtime import cupy_runtime as _cupy_runtime
 
     log, cubin = _cupy_runtime.compile_offline_cubin(arch, module, LINE_INFO)
     with tempfile.TemporaryDirectory() as scratch:
@@ -319,7 +319,7 @@ def module_static(module: str, arch: str) -> dict[str, KernelStatic]:
 
 
 def _tool_versions() -> str:
-    from .. import _cupy_runtime
+    from .._runtime import cupy_runtime as _cupy_runtime
 
     nvrtc = _cupy_runtime._import_cupy().cuda.nvrtc
     return f"nvrtc {nvrtc.getVersion()} nvdisasm {os.path.basename(find_nvdisasm())}"

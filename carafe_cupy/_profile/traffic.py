@@ -17,8 +17,8 @@ from unittest import mock
 
 import numpy as np
 
-from .. import _planner
-from .._planner import Geometry, Launch, TensorRef
+from .._plan import planner as _planner
+from .._plan.planner import Geometry, Launch, TensorRef
 
 ROLES = {
     "forward": ("features", "masks", "output"),
@@ -105,7 +105,8 @@ def simulate(
     op: str, launch: Launch, geometry: Geometry, dtype: str, max_blocks: int | None = None
 ) -> Traffic:
     """Run ``launch`` reduced in the traced simulator; counts scaled to the full launch."""
-    from .. import _arrays, _launch
+    from .._array import refs as _arrays
+    from .._runtime import launch as _launch
     from .._sim.trace import tracing
 
     small, reduced, factor, exact = _reduced(launch, geometry)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import carafe_cupy
-from carafe_cupy import _planner
+from carafe_cupy._plan import planner as _planner
 from carafe_cupy._sim.trace import AccessStats, LaunchTrace, tracing
 
 N, C, H, W, K, G, S = 2, 8, 10, 12, 5, 2, 2

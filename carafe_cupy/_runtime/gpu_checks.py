@@ -69,7 +69,7 @@ def check_before_first_compile(cupy: Any, device: int, stream: int, kernel_name:
     """Raise a clear error where compiling ``kernel_name`` now cannot work."""
     reason = untargetable_reason(cupy, device)
     if reason is not None:
-        from ._cupy_runtime import KernelsUnavailableError
+        from .cupy_runtime import KernelsUnavailableError
 
         raise KernelsUnavailableError(f"carafe_cupy: {reason}.")
     # the legacy default stream (0) cannot be captured

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _arrays, _dlpack, _launch, _validate
+from .._core import validate as _validate
+from .._runtime import launch as _launch
+from . import dlpack as _dlpack
+from . import refs as _arrays
 
 
 def _check_arrays(where: str = "carafe", **arrays: Any) -> None:

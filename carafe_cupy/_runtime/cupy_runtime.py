@@ -17,8 +17,9 @@ import threading
 import warnings
 from typing import Any
 
-from . import _gpu_checks, _sources
-from ._sources import KERNEL_MODULE, NVRTC_OPTIONS, KernelCompileError
+from .._kernels import sources as _sources
+from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS, KernelCompileError
+from . import gpu_checks as _gpu_checks
 
 
 class KernelsUnavailableError(RuntimeError):

@@ -28,10 +28,11 @@ class KernelCompileError(RuntimeError):
 
 def cuda_source_dir() -> Path:
     """Where the ``.cu`` files are: inside the installed package, or the repository."""
-    packaged = Path(__file__).resolve().parent / "cuda_src"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "cuda_src"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "cuda_src"
+    return package.parent / "cuda_src"
 
 
 @functools.cache

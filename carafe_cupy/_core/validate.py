@@ -6,8 +6,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from ._planner import Geometry
-from ._sources import SUPPORTED_DTYPES
+from .._kernels.sources import SUPPORTED_DTYPES
+from .._plan.planner import Geometry
 
 
 def check_int(name: str, value: Any, minimum: int, where: str = "carafe") -> int:

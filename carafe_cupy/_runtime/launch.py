@@ -15,8 +15,10 @@ import os
 
 import numpy as np
 
-from . import _cupy_runtime, _launch_record, _sources
-from ._planner import (
+from .._kernels import sources as _sources
+from .._kernels.sources import KERNEL_MODULE
+from .._plan import record as _launch_record
+from .._plan.planner import (
     Geometry,
     Launch,
     TensorRef,
@@ -26,7 +28,7 @@ from ._planner import (
     plan_fused_forward,
     requested_variant,
 )
-from ._sources import KERNEL_MODULE
+from . import cupy_runtime as _cupy_runtime
 
 _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
@@ -152,7 +154,7 @@ def launch(
     _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
     if simulator_enabled():
-        from ._sim.runtime import get_runtime as simulator_runtime
+        from .._sim.runtime import get_runtime as simulator_runtime
 
         simulator_runtime().launch(module_name, source, kernel_name, grid, block, args, shared_mem)
     else:

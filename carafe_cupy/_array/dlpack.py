@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays, _launch
+from .._runtime import launch as _launch
+from . import refs as _arrays
 
 # DLPack device types (dlpack.h)
 _CPU, _CUDA, _CUDA_HOST, _CUDA_MANAGED = 1, 2, 3, 13

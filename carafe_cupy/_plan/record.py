@@ -193,7 +193,7 @@ PLAN_BRANCHES = (
 
 def plan_branches(record: LaunchRecord) -> set[str]:
     """The names (from ``PLAN_BRANCHES``) of the decisions this launch shows."""
-    from ._sources import TILED_KERNEL_SIZES, pairs_instantiated
+    from .._kernels.sources import TILED_KERNEL_SIZES, pairs_instantiated
 
     branches = set()
     if record.variant == "general":

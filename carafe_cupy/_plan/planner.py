@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import functools
 
-from ._plan_tiles import (  # noqa: F401 (re-exported for the cost model and tests)
+from .._kernels.sources import (
+    KERNEL_MODULE,
+    TILED_KERNEL_SIZES,
+    fused_instantiated,
+    kernel_names,
+)
+from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FEATURES_SLOTS,
     FORWARD_PROLOGUE_BATCHES,
     FULL_WAVE_BLOCKS,
@@ -23,7 +29,7 @@ from ._plan_tiles import (  # noqa: F401 (re-exported for the cost model and tes
     padded_sub_plane,
     pairs_fit,
 )
-from ._plan_types import (  # noqa: F401 (re-exported: the planner's public names)
+from .types import (  # noqa: F401 (re-exported: the planner's public names)
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
     GENERAL_FEATURES_STRIP,
@@ -42,12 +48,6 @@ from ._plan_types import (  # noqa: F401 (re-exported: the planner's public name
     TensorRef,
     forced_variant,
     requested_variant,
-)
-from ._sources import (
-    KERNEL_MODULE,
-    TILED_KERNEL_SIZES,
-    fused_instantiated,
-    kernel_names,
 )
 
 # ---------------------------------------------------------------- launch shapes

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _cupy_runtime
-from ._launch import simulator_enabled
-from ._planner import TensorRef
+from .._plan.planner import TensorRef
+from .._runtime import cupy_runtime as _cupy_runtime
+from .._runtime.launch import simulator_enabled
 
 
 def cupy_module() -> Any:

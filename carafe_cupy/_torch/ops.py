@@ -16,7 +16,12 @@ import warnings
 
 import torch
 
-from . import _cupy_runtime, _decomposed, _launch, _lazy_dynamo, _reference, _validate
+from .._core import validate as _validate
+from .._cpu import path as _reference
+from .._runtime import cupy_runtime as _cupy_runtime
+from .._runtime import launch as _launch
+from . import dynamo as _lazy_dynamo
+from . import export as _decomposed
 
 _DTYPE_NAMES = {
     torch.float32: "float32",
@@ -372,4 +377,4 @@ def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) 
 
 
 # the fused-normaliser ops register with these
-from . import _torch_fused  # noqa: E402, F401
+from . import fused as _torch_fused  # noqa: E402, F401

@@ -26,7 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ._reference import accumulation_dtype, output_memory_format
+from .._cpu.path import accumulation_dtype, output_memory_format
 
 
 def carafe_forward(
@@ -87,6 +87,6 @@ exporting_to_onnx._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 def decompositions() -> dict:
     """``{carafe_cupy::carafe_forward: carafe_forward}`` for ``run_decompositions``."""
-    from . import _torch_ops  # noqa: F401  (registers the op)
+    from . import ops as _torch_ops  # noqa: F401  (registers the op)
 
     return {torch.ops.carafe_cupy.carafe_forward.default: carafe_forward}

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from . import _decomposed, _launch, _lazy_dynamo, _planner, _reference, _validate
-from ._torch_ops import (
+from .._core import validate as _validate
+from .._cpu import path as _reference
+from .._plan import planner as _planner
+from .._runtime import launch as _launch
+from . import dynamo as _lazy_dynamo
+from . import export as _decomposed
+from .ops import (
     _check_tensors,
     _device_and_stream,
     _empty_output,

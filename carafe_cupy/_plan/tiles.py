@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ._plan_types import (
+from .._kernels.sources import pairs_instantiated, tiled_module_name
+from .types import (
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
     ITEMSIZE,
@@ -17,7 +18,6 @@ from ._plan_types import (
     Geometry,
     Launch,
 )
-from ._sources import pairs_instantiated, tiled_module_name
 
 # An operand as plans see it: element strides and the pointer's offset within 16 bytes.
 Operand = Optional[tuple[tuple[int, int, int, int], int]]

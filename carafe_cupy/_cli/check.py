@@ -11,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, _arrays, _cupy_runtime, _launch, _sources
+from .. import __version__
+from .._array import refs as _arrays
+from .._kernels import sources as _sources
+from .._runtime import cupy_runtime as _cupy_runtime
+from .._runtime import launch as _launch
 
 # (N, C, H, W, kernel_size, group_size, scale_factor, stride, dilation): common, odd
 # and tiny CARAFE shapes, then strided (involution, content-aware downsampling)
@@ -292,7 +296,7 @@ def info_lines() -> list[str]:
     try:
         import torch
 
-        from ._torch_ops import backend_name
+        from .._torch.ops import backend_name
 
         lines.append(f"torch CPU tensors use: {backend_name(torch.device('cpu'))}")
         if torch.cuda.is_available():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._cpu_bands import alternating, row_bands, run_bands, workers_for
+from .bands import alternating, row_bands, run_bands, workers_for
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
