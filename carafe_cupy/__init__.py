@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._kernels.sources import KernelCompileError
-from ._runtime.cupy_runtime import KernelsUnavailableError
+from ._core.errors import KernelCompileError, KernelsUnavailableError
 
 __version__ = "0.1.0"
 

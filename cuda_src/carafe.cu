@@ -33,9 +33,8 @@ __device__ __forceinline__ index_t center_count(index_t size, index_t stride) {
 // A thread's strip of channels: up to WIDTH consecutive channels of one group,
 // which share the group's kernel weights, so each weight is loaded once for the
 // strip. Four in the forward, two in grad_features (more would pass 96 registers);
-// GENERAL_FORWARD_STRIP and GENERAL_FEATURES_STRIP in carafe_cupy/_plan_types.py.
-#define FORWARD_CHANNEL_STRIP 4
-#define GRAD_FEATURES_CHANNEL_STRIP 2
+// FORWARD_CHANNEL_STRIP and GRAD_FEATURES_CHANNEL_STRIP come from
+// carafe_cupy/_kernels/constants.py, which the planner reads too.
 
 struct channel_strip {
     index_t n, group, first_channel;
@@ -253,8 +252,7 @@ __device__ void carafe_backward_features_impl(const scalar_t* __restrict__ grad_
 // grad_masks[n, g*k*k + tap, y, x]: the tap's feature value times grad_output,
 // summed over the group's channels. A thread takes a strip of TAP_STRIP
 // consecutive taps of one pixel, so each grad_output value is loaded once for
-// the strip. GENERAL_TAP_STRIP in carafe_cupy/_plan_types.py.
-#define TAP_STRIP 4
+// the strip. TAP_STRIP comes from carafe_cupy/_kernels/constants.py.
 
 template <typename scalar_t>
 __device__ void carafe_backward_masks_impl(const scalar_t* __restrict__ grad_output,

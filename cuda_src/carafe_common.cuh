@@ -5,6 +5,12 @@
 // 16-bit patterns and converted bit-exactly (round to nearest even).
 #pragma once
 
+// Sizes shared with the planner (tile threads, channel batch, strips) are written
+// ahead of this text by carafe_cupy/_kernels/sources.py from _kernels/constants.py.
+#ifndef CARAFE_CONSTANTS_DEFINED
+#error "compile the source that carafe_cupy._kernels.sources.kernel_source() returns"
+#endif
+
 typedef long long index_t;  // 64-bit: products of sizes can pass 2^31
 
 struct half_bits {

@@ -36,11 +36,9 @@
     T* name = reinterpret_cast<T*>(name##_raw_)
 #endif
 
-#define CARAFE_TILE_THREADS_X 32
-#define CARAFE_TILE_THREADS_Y 8
-// Channels staged per barrier pair; the launcher may pick fewer (runtime
-// argument) when the halo would not fit in shared memory.
-#define CARAFE_CHANNEL_BATCH_MAX 4
+// CARAFE_TILE_THREADS_X/_Y and CARAFE_CHANNEL_BATCH_MAX (channels staged per
+// barrier pair; the launcher may pick fewer when the halo would not fit in shared
+// memory) come from carafe_cupy/_kernels/constants.py.
 
 __device__ __forceinline__ float accumulate_exp(float value) { return expf(value); }
 __device__ __forceinline__ double accumulate_exp(double value) { return exp(value); }

@@ -12,8 +12,7 @@ __device__ __forceinline__ int padded_sub_plane(int plane, int tile_cols) {
     return plane + ((target - plane % 32) % 32 + 32) % 32;
 }
 
-// Halo elements one thread stages per pass (CARAFE_FEATURES_SLOTS in the planner).
-#define CARAFE_FEATURES_SLOTS 3
+// Halo elements one thread stages per pass (CARAFE_FEATURES_SLOTS, from _kernels/constants.py).
 
 // The grad_output halo's staging. Element e of the [rows][cols] halo (output
 // pixels) goes to sub-pixel plane (r % s, k % s), row r / s, column k / s. A

@@ -16,7 +16,6 @@
 // (halo and grad_output) is issued before the first store. The warps' partial
 // sums are then added in ascending subset order through shared memory: a
 // fixed order, so the result is bitwise reproducible.
-#define CARAFE_MASKS_BATCH 2  // channels per warp staged per warp barrier pair
 #define CARAFE_MASKS_SUBSETS CARAFE_TILE_THREADS_Y
 
 template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from carafe_cupy._kernels.constants import defines
 from carafe_cupy._kernels import sources as _sources
 from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
@@ -94,7 +95,7 @@ def test_hardware_and_software_conversions_agree_on_the_gpu():
     n = max(halves.size, values.size)
     out = cupy.zeros(4 * n, dtype=cupy.uint32)
     common = (_sources.cuda_source_dir() / "carafe_common.cuh").read_text()
-    source = CHECK_SOURCE.replace('#include "carafe_common.cuh"', common)
+    source = defines() + CHECK_SOURCE.replace('#include "carafe_common.cuh"', common)
     kernel = cupy.RawKernel(source, "compare", options=tuple(_cupy_runtime.NVRTC_OPTIONS))
     kernel(((n + 255) // 256,), (256,), (halves, values, out, np.int64(halves.size),
                                          np.int64(values.size)))

@@ -6,8 +6,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from .._kernels.sources import SUPPORTED_DTYPES
-from .._plan.planner import Geometry
+from .geometry import SUPPORTED_DTYPES, Geometry
 
 
 def check_int(name: str, value: Any, minimum: int, where: str = "carafe") -> int:

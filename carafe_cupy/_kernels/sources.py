@@ -7,12 +7,22 @@ import functools
 import re
 from pathlib import Path
 
-KERNEL_MODULE = "carafe"
-SUPPORTED_DTYPES = ("float32", "float64", "float16", "bfloat16")
-NVRTC_OPTIONS = ("-std=c++17",)
-TILED_KERNEL_SIZES = (3, 5, 7)
+from .._core.errors import KernelCompileError  # noqa: F401 (re-exported)
+from .._core.geometry import SUPPORTED_DTYPES
+from .constants import defines
+from .names import (  # noqa: F401 (re-exported)
+    KERNEL_MODULE,
+    TILED_KERNEL_SIZES,
+    KernelId,
+    fused_instantiated,
+    general_kernels,
+    pairs_instantiated,
+    parse_tiled_module,
+    tiled_kernels,
+    tiled_module_name,
+)
 
-_TILED_MODULE = re.compile(r"carafe_tiled_(float32|float64|float16|bfloat16)_k(\d+)")
+NVRTC_OPTIONS = ("-std=c++17",)
 _SCALAR_TYPES = {
     "float32": "float",
     "float64": "double",
@@ -20,10 +30,6 @@ _SCALAR_TYPES = {
     "bfloat16": "bfloat16_bits",
 }
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
-
-
-class KernelCompileError(RuntimeError):
-    """NVRTC (or the simulator's compiler) rejected a kernel source."""
 
 
 def cuda_source_dir() -> Path:
@@ -53,11 +59,11 @@ def kernel_source(module_name: str = KERNEL_MODULE) -> str:
         text = text.replace("#pragma once", "")
         return _INCLUDE.sub(lambda match: expand(match.group(1)), text)
 
-    match = _TILED_MODULE.fullmatch(module_name)
-    if match is None:
-        return expand(f"{module_name}.cu")
-    dtype, kernel_size = match.group(1), int(match.group(2))
-    header = (
+    tiled = parse_tiled_module(module_name)
+    if tiled is None:
+        return defines() + expand(f"{module_name}.cu")
+    dtype, kernel_size = tiled
+    header = defines() + (
         f"#define CARAFE_TILED_SUFFIX {dtype}\n"
         f"#define CARAFE_TILED_SCALAR {_SCALAR_TYPES[dtype]}\n"
         f"#define CARAFE_TILED_K {kernel_size}\n"
@@ -67,20 +73,6 @@ def kernel_source(module_name: str = KERNEL_MODULE) -> str:
     return header + expand("carafe_tiled.cu")
 
 
-def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
-    """Two pixels per thread doubles the mask registers: built for K <= 5, not fp64."""
-    return dtype != "float64" and kernel_size <= 5
-
-
-def fused_instantiated(dtype: str, kernel_size: int) -> bool:
-    """fp64 with K >= 5 would spill in the fused kernels: it takes the unfused path."""
-    return dtype != "float64" or kernel_size == 3
-
-
-def tiled_module_name(dtype: str, kernel_size: int) -> str:
-    return f"carafe_tiled_{dtype}_k{kernel_size}"
-
-
 def all_module_names() -> list[str]:
     """Every NVRTC module: the general kernels, then one per (dtype, K) of tiled ones."""
     return [KERNEL_MODULE] + [
@@ -88,42 +80,24 @@ def all_module_names() -> list[str]:
     ]
 
 
-def module_kernel_names(module_name: str) -> list[str]:
+def module_kernels(module_name: str) -> list[KernelId]:
+    """The kernels a module defines."""
     if module_name == KERNEL_MODULE:
-        return all_kernel_names()
-    match = _TILED_MODULE.fullmatch(module_name)
-    if match is None:
+        return [kernel for dtype in SUPPORTED_DTYPES for kernel in general_kernels(dtype)]
+    tiled = parse_tiled_module(module_name)
+    if tiled is None:
         raise ValueError(f"unknown kernel module {module_name!r}")
-    dtype, k = match.group(1), int(match.group(2))
-    names = [
-        f"carafe_forward_tiled_k{k}_p1_{dtype}",
-        f"carafe_backward_masks_tiled_k{k}_p1_{dtype}",
-        f"carafe_backward_features_tiled_k{k}_{dtype}",
-    ]
-    if fused_instantiated(dtype, k):
-        names += [
-            f"carafe_fused_forward_k{k}_{dtype}",
-            f"carafe_fused_backward_logits_k{k}_{dtype}",
-            f"carafe_fused_backward_features_k{k}_{dtype}",
-        ]
-    if pairs_instantiated(dtype, k):
-        names += [
-            f"carafe_forward_tiled_k{k}_p2_{dtype}",
-            f"carafe_backward_masks_tiled_k{k}_p2_{dtype}",
-        ]
-        if fused_instantiated(dtype, k):
-            names.append(f"carafe_fused_forward_k{k}_p2_{dtype}")
-    return names
+    return tiled_kernels(*tiled)
 
 
-def kernel_names(dtype: str) -> tuple[str, str, str]:
-    """Forward, grad-features and grad-masks kernel names for a storage dtype."""
-    return (
-        f"carafe_forward_{dtype}",
-        f"carafe_backward_features_{dtype}",
-        f"carafe_backward_masks_{dtype}",
-    )
+def module_kernel_names(module_name: str) -> list[str]:
+    return [kernel.name for kernel in module_kernels(module_name)]
+
+
+def kernel_names(dtype: str) -> tuple[str, ...]:
+    """Forward, grad_features and grad_masks of the general module, for a dtype."""
+    return tuple(kernel.name for kernel in general_kernels(dtype))
 
 
 def all_kernel_names() -> list[str]:
-    return [name for dtype in SUPPORTED_DTYPES for name in kernel_names(dtype)]
+    return module_kernel_names(KERNEL_MODULE)

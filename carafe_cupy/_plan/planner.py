@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 
-from .._kernels.sources import (
-    KERNEL_MODULE,
+from .._kernels.constants import FEATURES_SLOTS  # noqa: F401 (re-exported)
+from .._kernels.names import (
     TILED_KERNEL_SIZES,
+    KernelId,
     fused_instantiated,
-    kernel_names,
+    general_kernels,
 )
 from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
-    FEATURES_SLOTS,
     FORWARD_PROLOGUE_BATCHES,
     FULL_WAVE_BLOCKS,
     PLANNED_SMS,
@@ -63,27 +63,30 @@ def grid_for(total: int) -> tuple[int, int, int]:
     return (blocks, 1, 1)
 
 
-def general_threads(kernel: str, geometry: Geometry) -> int:
+def general_threads(kernel: KernelId, geometry: Geometry) -> int:
     """Threads a general kernel runs: grad_masks one per output pixel and strip of
     GENERAL_TAP_STRIP taps of a group, the others one per pixel and strip of
     channels of a group (GENERAL_FORWARD_STRIP, GENERAL_FEATURES_STRIP)."""
     g = geometry
-    if "backward_masks" in kernel:
+    if kernel.operation == "grad_masks":
         tap_strips = -(-(g.kernel_size**2) // GENERAL_TAP_STRIP)
         return g.batch * g.group_size * tap_strips * g.out_height * g.out_width
     per_group = g.channels // g.group_size
-    if "backward_features" in kernel:
+    if kernel.operation == "grad_features":
         strips = g.batch * g.group_size * -(-per_group // GENERAL_FEATURES_STRIP)
         return strips * g.height * g.width
     strips = g.batch * g.group_size * -(-per_group // GENERAL_FORWARD_STRIP)
     return strips * g.out_height * g.out_width
 
 
-def _general(kernel: str, total: int, operands: tuple[int, int, int]) -> tuple[Launch, ...]:
+def _general(
+    kernel: KernelId, operands: tuple[int, int, int], geometry: Geometry
+) -> tuple[Launch, ...]:
+    total = general_threads(kernel, geometry)
     if total == 0:
         return ()
     block = (THREADS_PER_BLOCK, 1, 1)
-    return (Launch(KERNEL_MODULE, kernel, grid_for(total), block, 0, operands),)
+    return (Launch(kernel.module, kernel.name, grid_for(total), block, 0, operands),)
 
 
 def _choose(variant: str, plans: dict[str, Launch | None], what: str) -> Launch | None:
@@ -126,20 +129,18 @@ def _forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Laun
         return ()
     plans = {}
     if _tiled_applies(geometry):
-        kernel, slots = "carafe_forward_tiled", (0, 1, None, 2)
-        k = geometry.kernel_size
+        slots, k = (0, 1, None, 2), geometry.kernel_size
         plans["tiled"] = output_tile_plan(
-            geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, True, slots
+            geometry, dtype, KernelId("forward", dtype, k), False, True, slots
         )
         if pairs_fit(geometry, dtype, layout[1:]):
             plans["tiled_pair"] = output_tile_plan(
-                geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, True, slots
+                geometry, dtype, KernelId("forward", dtype, k, 2), True, True, slots
             )
     plan = _choose(variant, plans, "this forward")
     if plan is not None:
         return (plan,)
-    general = kernel_names(dtype)[0]
-    return _general(general, general_threads(general, geometry), (0, 1, 2))
+    return _general(KernelId("forward", dtype), (0, 1, 2), geometry)
 
 
 def plan_backward(
@@ -158,36 +159,34 @@ def plan_backward(
 
 @functools.lru_cache(maxsize=512)
 def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
-    _, general_features, general_masks = kernel_names(dtype)
+    _, general_features, general_masks = general_kernels(dtype)
     k = geometry.kernel_size
-    masks_total = general_threads(general_masks, geometry)
     if geometry.batch * geometry.channels == 0:  # zero channels: grad_masks is all zeros
-        return _general(general_masks, masks_total, (0, 1, 4)) if layout[4] else ()
+        return _general(general_masks, (0, 1, 4), geometry) if layout[4] else ()
     launches: tuple[Launch, ...] = ()
     if layout[3] is not None:
         plans = {}
         if _tiled_applies(geometry):
             # one layout only: the pair variant's grad_features is the tiled one
-            kernel = f"carafe_backward_features_tiled_k{k}_{dtype}"
+            kernel = KernelId("grad_features", dtype, k)
             plans["tiled"] = plans["tiled_pair"] = input_tile_plan(
                 geometry, dtype, kernel, False, (0, 2, None, 3)
             )
         plan = _choose(variant, plans, "this grad_features")
-        total = general_threads(general_features, geometry)
-        launches += (plan,) if plan else _general(general_features, total, (0, 2, 3))
+        launches += (plan,) if plan else _general(general_features, (0, 2, 3), geometry)
     if layout[4] is not None:
         plans = {}
         if _tiled_applies(geometry):
-            kernel, slots = "carafe_backward_masks_tiled", (0, 1, None, 4)
+            slots = (0, 1, None, 4)
             plans["tiled"] = masks_row_plan(
-                geometry, dtype, f"{kernel}_k{k}_p1_{dtype}", False, slots
+                geometry, dtype, KernelId("grad_masks", dtype, k), False, slots
             )
             if pairs_fit(geometry, dtype, (layout[0], layout[4])):
                 plans["tiled_pair"] = masks_row_plan(
-                    geometry, dtype, f"{kernel}_k{k}_p2_{dtype}", True, slots
+                    geometry, dtype, KernelId("grad_masks", dtype, k, 2), True, slots
                 )
         plan = _choose(variant, plans, "this grad_masks")
-        launches += (plan,) if plan else _general(general_masks, masks_total, (0, 1, 4))
+        launches += (plan,) if plan else _general(general_masks, (0, 1, 4), geometry)
     return launches
 
 
@@ -197,12 +196,19 @@ def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Lau
 @functools.lru_cache(maxsize=512)
 def fused_supported(geometry: Geometry, dtype: str) -> bool:
     """Whether the fused logits kernels cover this geometry (else compose unfused)."""
+    if not (_tiled_applies(geometry) and fused_instantiated(dtype, geometry.kernel_size)):
+        return False
+    # sized for fp64's accumulators, the largest: one answer for every dtype
+    k = geometry.kernel_size
     return (
-        _tiled_applies(geometry)
-        and fused_instantiated(dtype, geometry.kernel_size)
-        and output_tile_plan(geometry, "float64", "", False, True, ()) is not None
-        and input_tile_plan(geometry, "float64", "", True, ()) is not None
-        and masks_row_plan(geometry, "float64", "", False, ()) is not None
+        output_tile_plan(geometry, "float64", KernelId("fused_forward", dtype, k), False, True, ())
+        is not None
+        and input_tile_plan(
+            geometry, "float64", KernelId("fused_grad_features", dtype, k), True, ()
+        )
+        is not None
+        and masks_row_plan(geometry, "float64", KernelId("fused_grad_logits", dtype, k), False, ())
+        is not None
     )
 
 
@@ -225,10 +231,10 @@ def _fused_forward(geometry: Geometry, dtype: str, layout, variant: str) -> tupl
     plan = None
     # logits are read one element at a time: only the output needs the pair layout
     if variant != "tiled" and pairs_fit(geometry, dtype, layout[2:]):
-        kernel = f"carafe_fused_forward_k{k}_p2_{dtype}"
+        kernel = KernelId("fused_forward", dtype, k, 2)
         plan = output_tile_plan(geometry, dtype, kernel, True, True, slots)
     if plan is None:
-        kernel = f"carafe_fused_forward_k{k}_{dtype}"
+        kernel = KernelId("fused_forward", dtype, k)
         plan = output_tile_plan(geometry, dtype, kernel, False, True, slots)
     assert plan is not None  # fused_supported() was checked by the caller
     return (plan,)
@@ -243,11 +249,11 @@ def plan_fused_backward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
     k = geometry.kernel_size
     launches: tuple[Launch, ...] = ()
     if geometry.channels:
-        kernel = f"carafe_fused_backward_features_k{k}_{dtype}"
+        kernel = KernelId("fused_grad_features", dtype, k)
         plan = input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3))
         assert plan is not None
         launches += (plan,)
-    kernel = f"carafe_fused_backward_logits_k{k}_{dtype}"
+    kernel = KernelId("fused_grad_logits", dtype, k)
     plan = masks_row_plan(geometry, dtype, kernel, False, (0, 1, 2, 4))
     assert plan is not None
     return (*launches, plan)

@@ -11,31 +11,16 @@ a test can demand that each one is taken.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-_DTYPES = "float32|float64|float16|bfloat16"
-_GENERAL = re.compile(rf"carafe_(forward|backward_features|backward_masks)_({_DTYPES})")
-_TILED = re.compile(
-    r"carafe_(forward_tiled|backward_masks_tiled|backward_features_tiled|fused_forward"
-    rf"|fused_backward_logits|fused_backward_features)_k(\d+)(?:_p(\d))?_({_DTYPES})"
-)
-_OPERATIONS = {
-    "forward": "forward",
-    "backward_features": "grad_features",
-    "backward_masks": "grad_masks",
-    "forward_tiled": "forward",
-    "backward_masks_tiled": "grad_masks",
-    "backward_features_tiled": "grad_features",
-    "fused_forward": "fused_forward",
-    "fused_backward_logits": "fused_grad_logits",
-    "fused_backward_features": "fused_grad_features",
-}
+from .._kernels.constants import TILE_THREADS
+from .._kernels.names import TILED_KERNEL_SIZES, KernelId, pairs_instantiated
+
 # Kernels whose block owns a tile of input pixels, s x s threads each.
 _INPUT_TILED = ("grad_features", "fused_grad_features")
-_OUTPUT_TILE = (32, 8)  # threads per output tile (x, y), times 2 in x for pairs
+_OUTPUT_TILE = TILE_THREADS  # threads per output tile (x, y), times 2 in x for pairs
 # Kernels whose block owns one output row, its warps splitting the channels.
 _OUTPUT_ROW = ("grad_masks", "fused_grad_logits")
 
@@ -99,16 +84,16 @@ def decode_launch(
     module: str, kernel: str, block: tuple, args: tuple, requested: str
 ) -> LaunchRecord:
     """The :class:`LaunchRecord` of a launch, from its kernel name and arguments."""
-    general = _GENERAL.fullmatch(kernel)
-    if general is not None:
+    identity = KernelId.parse(kernel)
+    operation, variant = identity.operation, identity.variant
+    if variant == "general":
         # 3 pointers, then batch, channels, height, width, k, G, s, stride, dilation
         n, c, _, _, k, g, s, t, d = (int(value) for value in args[3:12])
-        operation, dtype = _OPERATIONS[general.group(1)], general.group(2)
         return LaunchRecord(
             module,
             kernel,
             operation,
-            dtype,
+            identity.dtype,
             k,
             s,
             "general",
@@ -119,18 +104,10 @@ def decode_launch(
             stride=t,
             dilation=d,
         )
-    tiled = _TILED.fullmatch(kernel)
-    if tiled is None:
-        raise ValueError(f"launch record: kernel {kernel!r} is of no known family")
     # 4 pointers, 7 sizes, 16 strides, then channels per block and channel batch
     n, c, h, w, k, g, s = (int(value) for value in args[4:11])
     per_block, channel_batch = int(args[27]), int(args[28])
-    name, pairs = tiled.group(1), int(tiled.group(3) or 1)
-    operation = _OPERATIONS[name]
-    if name.startswith("fused"):
-        variant = "fused"
-    else:
-        variant = "tiled_pair" if pairs == 2 else "tiled"
+    pairs = identity.pixels
     if operation in _INPUT_TILED:
         tile_cols, tile_rows = block[0] // s, block[1] // s
         tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
@@ -143,7 +120,7 @@ def decode_launch(
         module,
         kernel,
         operation,
-        tiled.group(4),
+        identity.dtype,
         k,
         s,
         variant,
@@ -193,8 +170,6 @@ PLAN_BRANCHES = (
 
 def plan_branches(record: LaunchRecord) -> set[str]:
     """The names (from ``PLAN_BRANCHES``) of the decisions this launch shows."""
-    from .._kernels.sources import TILED_KERNEL_SIZES, pairs_instantiated
-
     branches = set()
     if record.variant == "general":
         if record.channels == 0:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .._kernels.sources import pairs_instantiated, tiled_module_name
+from .._kernels.constants import MASKS_BATCH
+from .._kernels.names import KernelId, pairs_instantiated
 from .types import (
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
@@ -100,7 +101,7 @@ def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int, batch
 
 
 def output_tile_plan(
-    geometry: Geometry, dtype: str, kernel: str, pair: bool, slice_channels: bool, operands
+    geometry: Geometry, dtype: str, kernel: KernelId, pair: bool, slice_channels: bool, operands
 ) -> Launch | None:
     """A kernel whose block owns an output tile (forward, grad_masks, fused logits)."""
     k, s = geometry.kernel_size, geometry.scale_factor
@@ -123,8 +124,8 @@ def output_tile_plan(
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size
     return Launch(
-        tiled_module_name(dtype, k),
-        kernel,
+        kernel.module,
+        kernel.name,
         (blocks * slices, 1, 1),
         (TILE_THREADS[0], TILE_THREADS[1], 1),
         batch * halo_bytes,
@@ -133,12 +134,11 @@ def output_tile_plan(
     )
 
 
-MASKS_BATCH = 2  # CARAFE_MASKS_BATCH in carafe_tiled_grad_masks.cuh
 MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp
 
 
 def masks_row_plan(
-    geometry: Geometry, dtype: str, kernel: str, pair: bool, operands
+    geometry: Geometry, dtype: str, kernel: KernelId, pair: bool, operands
 ) -> Launch | None:
     """grad_masks and the fused logits gradient: a block per output row of
     32 x pairs pixels, its warps splitting the group's channels into subsets."""
@@ -155,17 +155,14 @@ def masks_row_plan(
     if blocks > MAX_GRID_X:
         return None  # the general kernels loop over any size
     return Launch(
-        tiled_module_name(dtype, k),
-        kernel,
+        kernel.module,
+        kernel.name,
         (blocks, 1, 1),
         (TILE_THREADS[0], TILE_THREADS[1], 1),
         max(staged, reduction) * ACCUMULATOR_SIZE[dtype],
         operands,
         (per_subset, MASKS_BATCH),
     )
-
-
-FEATURES_SLOTS = 3  # CARAFE_FEATURES_SLOTS in carafe_tiled_grad_features.cuh
 
 
 def padded_sub_plane(plane: int, tile_cols: int) -> int:
@@ -175,7 +172,7 @@ def padded_sub_plane(plane: int, tile_cols: int) -> int:
 
 
 def input_tile_plan(
-    geometry: Geometry, dtype: str, kernel: str, from_logits: bool, operands
+    geometry: Geometry, dtype: str, kernel: KernelId, from_logits: bool, operands
 ) -> Launch | None:
     """grad_features: a tile of input pixels, s x s threads each."""
     k, s = geometry.kernel_size, geometry.scale_factor
@@ -200,8 +197,8 @@ def input_tile_plan(
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size
     return Launch(
-        tiled_module_name(dtype, k),
-        kernel,
+        kernel.module,
+        kernel.name,
         (blocks * slices, 1, 1),
         (tile_cols * s, tile_rows * s, 1),
         shared,

@@ -10,98 +10,29 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .._core.geometry import (  # noqa: F401 (re-exported: the planner's names)
+    ACCUMULATOR_SIZE,
+    ITEMSIZE,
+    Geometry,
+    TensorRef,
+)
+from .._kernels.constants import (  # noqa: F401 (re-exported)
+    CHANNEL_BATCH_MAX,
+    GENERAL_FEATURES_STRIP,
+    GENERAL_FORWARD_STRIP,
+    GENERAL_TAP_STRIP,
+    TILE_THREADS,
+)
+from .._kernels.names import KernelId
+
 THREADS_PER_BLOCK = 256
 # Kernels use grid-stride loops, so the grid can be capped without losing work.
 MAX_BLOCKS = 1 << 20
 MAX_GRID_X = 2**31 - 1  # CUDA's limit on gridDim.x
-ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
-ACCUMULATOR_SIZE = {"float32": 4, "float64": 8, "float16": 4, "bfloat16": 4}
-TILE_THREADS = (32, 8)  # CARAFE_TILE_THREADS_X / _Y in carafe_tiled.cuh
-CHANNEL_BATCH_MAX = 4  # CARAFE_CHANNEL_BATCH_MAX
-# The general forward and grad_features: channels per thread
-# (FORWARD_CHANNEL_STRIP and GRAD_FEATURES_CHANNEL_STRIP in carafe.cu).
-GENERAL_FORWARD_STRIP = 4
-GENERAL_FEATURES_STRIP = 2
-# The general grad_masks: taps per thread (TAP_STRIP in carafe.cu).
-GENERAL_TAP_STRIP = 4
 SHARED_MEMORY_LIMIT = 48 * 1024  # dynamic shared memory without an opt-in
 # grad_features blocks hold whole s x s sub-pixel groups within 256 threads.
 MAX_TILED_BACKWARD_SCALE = 8
 VARIANTS = ("auto", "general", "tiled", "tiled_pair")
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes of one reassembly problem (already validated).
-
-    Output pixel (y, x) reads the window centered on input pixel
-    ((y // s) * t, (x // s) * t) with taps d apart (s scale_factor, t stride,
-    d dilation; at most one of s and t exceeds 1). CARAFE is t = d = 1.
-    """
-
-    batch: int
-    channels: int
-    height: int
-    width: int
-    kernel_size: int
-    group_size: int
-    scale_factor: int
-    stride: int = 1
-    dilation: int = 1
-
-    @property
-    def center_height(self) -> int:
-        """Rows of window centers: ceil(H / t)."""
-        return -(-self.height // self.stride)
-
-    @property
-    def center_width(self) -> int:
-        return -(-self.width // self.stride)
-
-    @property
-    def out_height(self) -> int:
-        return self.center_height * self.scale_factor
-
-    @property
-    def out_width(self) -> int:
-        return self.center_width * self.scale_factor
-
-    @property
-    def is_carafe(self) -> bool:
-        """Stride 1 and dilation 1: the tiled kernels' geometry."""
-        return self.stride == 1 and self.dilation == 1
-
-    @property
-    def mask_channels(self) -> int:
-        return self.group_size * self.kernel_size * self.kernel_size
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        """The seven sizes in the order every kernel takes them (the tiled ones
-        take only these: they run stride 1, dilation 1)."""
-        return (
-            self.batch,
-            self.channels,
-            self.height,
-            self.width,
-            self.kernel_size,
-            self.group_size,
-            self.scale_factor,
-        )
-
-    @property
-    def general_sizes(self) -> tuple[int, ...]:
-        """The nine sizes the general kernels take: ``sizes``, stride, dilation."""
-        return (*self.sizes, self.stride, self.dilation)
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A 4-D array as the kernels see it: address, element strides, dtype."""
-
-    pointer: int
-    strides: tuple[int, int, int, int]
-    dtype: str
 
 
 @dataclass(frozen=True)
@@ -120,6 +51,10 @@ class Launch:
     shared_mem: int
     operands: tuple[int | None, ...]
     tiling: tuple[int, ...] = ()
+
+    @property
+    def kernel_id(self) -> KernelId:
+        return KernelId.parse(self.kernel)
 
     @property
     def blocks(self) -> int:

@@ -39,14 +39,14 @@ class Execution:
 
 
 def _pairs(launch: Launch) -> int:
-    return 2 if "_p2_" in launch.kernel else 1
+    return launch.kernel_id.pixels
 
 
 def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:
     """Elements one pass of a staging loop writes to shared memory."""
     k, s = geometry.kernel_size, geometry.scale_factor
     batch = launch.tiling[1] if len(launch.tiling) > 1 else 1
-    if "backward_features" in launch.kernel:
+    if launch.kernel_id.operation in ("grad_features", "fused_grad_features"):
         cols, rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
         plane = (rows + k - 1) * s * (cols + k - 1) * s
         return batch * plane if "channel_batch" in loop.source else plane
@@ -86,7 +86,7 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return -(-passes // max(1, loop.shared_stores))  # unrolled: one store per element
     if "grid_stride()" in text:
         threads = launch.blocks * launch.threads_per_block
-        return -(-general_threads(launch.kernel, geometry) // threads)
+        return -(-general_threads(launch.kernel_id, geometry) // threads)
     if "= first_i;" in text or "= first_j;" in text:
         # the general grad_features visits every tap_step-th tap (t / gcd(d, t))
         return -(-k // _tap_step(geometry))

@@ -17,13 +17,10 @@ import threading
 import warnings
 from typing import Any
 
+from .._core.errors import KernelCompileError, KernelsUnavailableError
 from .._kernels import sources as _sources
-from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS, KernelCompileError
+from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS
 from . import gpu_checks as _gpu_checks
-
-
-class KernelsUnavailableError(RuntimeError):
-    """CuPy or NVRTC cannot be used on this machine."""
 
 
 @functools.cache

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._core.errors import KernelsUnavailableError
+
 # The oldest architecture each NVRTC major version compiles for, for CuPy
 # builds without nvrtc.getSupportedArchs().
 _OLDEST_ARCH_BY_NVRTC_MAJOR = {11: 35, 12: 50, 13: 75}
@@ -69,8 +71,6 @@ def check_before_first_compile(cupy: Any, device: int, stream: int, kernel_name:
     """Raise a clear error where compiling ``kernel_name`` now cannot work."""
     reason = untargetable_reason(cupy, device)
     if reason is not None:
-        from .cupy_runtime import KernelsUnavailableError
-
         raise KernelsUnavailableError(f"carafe_cupy: {reason}.")
     # the legacy default stream (0) cannot be captured
     if stream != 0 and cupy.cuda.runtime.streamIsCapturing(stream) != _STREAM_CAPTURE_STATUS_NONE:

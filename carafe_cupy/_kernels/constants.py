@@ -1,0 +1,35 @@
+"""Numbers the device code and the planner must agree on, defined once.
+
+The planner reads them from here; :func:`defines` writes them ahead of every
+kernel module's source (NVRTC, the offline compiles and the simulator alike),
+so the ``.cu`` files use them without spelling them.
+"""
+
+from __future__ import annotations
+
+TILE_THREADS = (32, 8)  # threads of a tiled block (x, y)
+CHANNEL_BATCH_MAX = 4  # channels staged per barrier pair, at most
+FEATURES_SLOTS = 3  # tiled grad_features: staging slots per block
+MASKS_BATCH = 2  # tiled grad_masks: channels per warp staged per warp barrier pair
+# The general kernels: channels per thread (forward, grad_features), taps per thread
+# (grad_masks); more would pass 96 registers.
+GENERAL_FORWARD_STRIP = 4
+GENERAL_FEATURES_STRIP = 2
+GENERAL_TAP_STRIP = 4
+
+_MACROS = {
+    "CARAFE_TILE_THREADS_X": TILE_THREADS[0],
+    "CARAFE_TILE_THREADS_Y": TILE_THREADS[1],
+    "CARAFE_CHANNEL_BATCH_MAX": CHANNEL_BATCH_MAX,
+    "CARAFE_FEATURES_SLOTS": FEATURES_SLOTS,
+    "CARAFE_MASKS_BATCH": MASKS_BATCH,
+    "FORWARD_CHANNEL_STRIP": GENERAL_FORWARD_STRIP,
+    "GRAD_FEATURES_CHANNEL_STRIP": GENERAL_FEATURES_STRIP,
+    "TAP_STRIP": GENERAL_TAP_STRIP,
+}
+
+
+def defines() -> str:
+    """The ``#define`` lines every kernel module starts with."""
+    lines = [f"#define {name} {value}" for name, value in _MACROS.items()]
+    return "\n".join(["#define CARAFE_CONSTANTS_DEFINED 1", *lines]) + "\n"
