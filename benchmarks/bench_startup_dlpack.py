@@ -80,7 +80,7 @@ def exchange(device: str, calls: int) -> None:
     import torch
 
     from carafe_cupy._array import refs as _arrays
-    from carafe_cupy._torch import ops as _torch_ops
+    from carafe_cupy._torch import common as _torch_common
 
     tensors = [torch.randn(2, 16, 24, 24, device=device) for _ in range(3)]
     if device == "cpu":
@@ -89,7 +89,9 @@ def exchange(device: str, calls: int) -> None:
         array_library = _arrays.cupy_module()
     print(f"three {device} tensors to the kernels, per call ({array_library.__name__} DLPack):")
     raw = per_call(
-        "raw pointers + strides (torch path)", lambda: [_torch_ops._ref(t) for t in tensors], calls
+        "raw pointers + strides (torch path)",
+        lambda: [_torch_common.tensor_ref(t) for t in tensors],
+        calls,
     )
 
     def dlpack_in():

@@ -89,13 +89,13 @@ def _front_end(function: str, **inputs: Any) -> Any:
             f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
         )
     if "torch" in found:  # its checks name any argument that is not a tensor
-        from ._torch import ops as _torch_ops
+        from ._torch import functional as torch_functional
 
-        return _torch_ops
+        return torch_functional
     if found:
-        from ._array import api as _cupy_api
+        from ._array import api as array_api
 
-        return _cupy_api
+        return array_api
     first = next(iter(inputs))
     value = inputs[first]
     raise TypeError(

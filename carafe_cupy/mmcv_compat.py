@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._core.validate import check_params
-from ._torch import ops as _torch_ops
+from ._torch import functional as _torch_functional
 
 
 def _carafe_backward(
@@ -23,7 +23,7 @@ def _carafe_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # the op is differentiable, so backward(create_graph=True) works through .apply too
     dtype = torch.promote_types(features.dtype, masks.dtype)
-    grad_features, grad_masks = _torch_ops.carafe_backward(
+    grad_features, grad_masks = _torch_functional.backward_op(
         grad_output.to(dtype), features.to(dtype), masks.to(dtype), *params
     )
     return grad_features.to(features.dtype), grad_masks.to(masks.dtype)
@@ -43,7 +43,7 @@ class CARAFEFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.params = check_params(kernel_size, group_size, scale_factor)
         ctx.save_for_backward(features, masks)
-        return _torch_ops.carafe(features, masks, *ctx.params)
+        return _torch_functional.carafe(features, masks, *ctx.params)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:

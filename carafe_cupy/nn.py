@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from ._core.validate import check_int, check_odd, check_params
+from ._torch.common import uses_kernels
+from ._torch.functional import carafe, normalize_logits
 from ._torch.fused import carafe_from_logits
-from ._torch.ops import carafe, normalize_logits, uses_kernels
 
 
 def scripted_carafe(

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ._core.validate import check_int, check_odd
-from ._torch.ops import normalize_logits, reassemble
+from ._torch.functional import normalize_logits, reassemble
 
 
 def scripted_reassemble(

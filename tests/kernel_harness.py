@@ -22,7 +22,7 @@ import torch
 
 from carafe_cupy._plan import planner as _planner
 from carafe_cupy._runtime import launch as _launch
-from carafe_cupy._torch import ops as _torch_ops
+from carafe_cupy._torch import common as _torch_common
 
 from gather_reference import gather_carafe, gather_carafe_backward
 
@@ -58,7 +58,7 @@ class Framed:
     outside: np.ndarray  # bool, buffer-shaped: True where the canaries are
 
     def ref(self) -> _launch.TensorRef:
-        return _torch_ops._ref(self.view)
+        return _torch_common.tensor_ref(self.view)
 
     def check_canaries(self, what: str) -> None:
         bits = self.buffer.view(BITS[self.buffer.dtype]).numpy()
@@ -140,7 +140,7 @@ def run_backward(grad_output, features, masks, k, g, s, pad=2, t=1, d=1):
 def run_fused(grad_output, features, logits, k, g, s, pad=2):
     """(output, grad_features, grad_logits) by the fused kernels, every tensor framed."""
     geometry = _geometry(features, k, g, s)
-    assert _planner.fused_supported(geometry, _torch_ops.dtype_name(features.dtype))
+    assert _planner.fused_supported(geometry, _torch_common.dtype_name(features.dtype))
     go = framed(grad_output.shape, grad_output.dtype, pad, grad_output)
     f = framed(features.shape, features.dtype, pad, features)
     lg = framed(logits.shape, logits.dtype, pad, logits)
@@ -169,7 +169,7 @@ def reference(grad_output, features, masks, k, g, s, t=1, d=1):
 def fused_reference(grad_output, features, logits, k, g, s):
     """float64 (output, grad_features, grad_logits): softmax masks, then the gather reference."""
     logits = logits.double().requires_grad_()
-    masks = _torch_ops.normalize_logits(logits, k, s)
+    masks = _torch_common.normalize_logits(logits, k, s)
     output, grad_features, grad_masks = reference(grad_output, features, masks.detach(), k, g, s)
     (grad_logits,) = torch.autograd.grad(masks, logits, torch.from_numpy(grad_masks))
     return output, grad_features, grad_logits.numpy()

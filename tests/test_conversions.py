@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carafe_cupy._kernels.constants import defines
 from carafe_cupy._kernels import sources as _sources
+from carafe_cupy._kernels.constants import defines
 from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 cupy = pytest.importorskip("cupy")

@@ -18,7 +18,7 @@ import carafe_cupy  # noqa: E402
 from carafe_cupy._kernels import sources as _sources  # noqa: E402
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._sim import runtime as sim_runtime  # noqa: E402
-from carafe_cupy._torch import ops as _torch_ops  # noqa: E402
+from carafe_cupy._torch import common as _torch_common  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
@@ -154,7 +154,7 @@ FUSED_CONFIGS = [(1, 4, 3, 5, 3, 2, 2), (2, 3, 2, 3, 5, 1, 3), (1, 2, 4, 2, 7, 1
 
 
 def unfused(features, logits, k, g, s):
-    masks = _torch_ops.normalize_logits(logits, k, s)
+    masks = _torch_common.normalize_logits(logits, k, s)
     return carafe_cupy.carafe(features, masks, k, g, s)
 
 

@@ -145,10 +145,10 @@ def test_mixing_torch_and_cupy_is_refused():
 
 
 def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
-    from carafe_cupy._torch import ops as _torch_ops
+    from carafe_cupy._torch import common as _torch_common
 
     monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
-    _torch_ops._gpu_kernels_available.cache_clear()
+    _torch_common._gpu_kernels_available.cache_clear()
     try:
         features = torch.randn(1, 4, 3, 3, device="cuda")
         masks = torch.rand(1, 18, 6, 6, device="cuda")
@@ -157,7 +157,7 @@ def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
         expected = naive_carafe(features.cpu().numpy(), masks.cpu().numpy(), 3, 2, 2)
         assert_close(output.cpu(), expected, "float32", "output")
     finally:
-        _torch_ops._gpu_kernels_available.cache_clear()
+        _torch_common._gpu_kernels_available.cache_clear()
 
 
 def _free_gpu_bytes() -> int:
@@ -191,7 +191,7 @@ def test_forward_past_2_31_output_elements_in_fp16():
         for channel in (0, c - 1):
             crop = features[:, channel : channel + 1, low:high].float()
             crop_masks = masks[:, :, low * s : high * s].float()
-            expected = _reference.carafe_forward(crop, crop_masks, k, g, s)
+            expected = _reference.cpu_forward(crop, crop_masks, k, g, s)
             expected = expected[:, :, (top - low) * s : (bottom - low) * s]
             got = output[:, channel : channel + 1, top * s : bottom * s].float()
             torch.testing.assert_close(got, expected, atol=2e-2, rtol=1e-2)

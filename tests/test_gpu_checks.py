@@ -87,37 +87,37 @@ def test_mixed_gpus_are_judged_one_by_one(install):
 
 def test_torch_tensors_on_an_untargetable_gpu_take_the_pytorch_path_with_one_warning(install):
     torch = pytest.importorskip("torch")
-    from carafe_cupy._torch import ops as _torch_ops
+    from carafe_cupy._torch import common as _torch_common
 
     install(fake_cupy([70, 80]))
-    _torch_ops._gpu_kernels_available.cache_clear()
-    _torch_ops._kernels_target.cache_clear()
+    _torch_common._gpu_kernels_available.cache_clear()
+    _torch_common._kernels_target.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"sm_70.*carafe_cupy\[cuda12\]") as caught:
-            assert not _torch_ops.uses_kernels(torch.device("cuda", 0))
+            assert not _torch_common.uses_kernels(torch.device("cuda", 0))
         assert len(caught) == 1
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert not _torch_ops.uses_kernels(torch.device("cuda", 0))  # warned once only
-            assert _torch_ops.uses_kernels(torch.device("cuda", 1))
-        assert not _torch_ops.uses_kernels(torch.device("cpu"))
+            assert not _torch_common.uses_kernels(torch.device("cuda", 0))  # warned once only
+            assert _torch_common.uses_kernels(torch.device("cuda", 1))
+        assert not _torch_common.uses_kernels(torch.device("cpu"))
     finally:
-        _torch_ops._gpu_kernels_available.cache_clear()
-        _torch_ops._kernels_target.cache_clear()
+        _torch_common._gpu_kernels_available.cache_clear()
+        _torch_common._kernels_target.cache_clear()
 
 
 def test_every_gpu_untargetable_warns_with_the_reason(install):
     torch = pytest.importorskip("torch")
-    from carafe_cupy._torch import ops as _torch_ops
+    from carafe_cupy._torch import common as _torch_common
 
     install(fake_cupy([70]))
-    _torch_ops._gpu_kernels_available.cache_clear()
+    _torch_common._gpu_kernels_available.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"NVRTC 13\.0 cannot compile for cuda:0 \(sm_70\)"):
-            assert not _torch_ops.uses_kernels(torch.device("cuda", 0))
+            assert not _torch_common.uses_kernels(torch.device("cuda", 0))
     finally:
-        _torch_ops._gpu_kernels_available.cache_clear()
-        _torch_ops._kernels_target.cache_clear()
+        _torch_common._gpu_kernels_available.cache_clear()
+        _torch_common._kernels_target.cache_clear()
 
 
 def _launch_once(runtime, stream=7):

@@ -26,7 +26,7 @@ from carafe_cupy._kernels import sources as _sources  # noqa: E402
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
 from carafe_cupy._runtime import launch as _launch  # noqa: E402
-from carafe_cupy._torch import ops as _torch_ops  # noqa: E402
+from carafe_cupy._torch import common as _torch_common  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
@@ -114,7 +114,7 @@ def launch_all(make, dtype, k, variant):
     )
     geometry = _launch.Geometry(n, c, h, w, k, g, s)
     refs = [
-        _torch_ops._ref(t)
+        _torch_common.tensor_ref(t)
         for t in (features, second, grad_output, output, grad_features, grad_second)
     ]
     if variant.startswith("fused"):

@@ -23,7 +23,7 @@ OPSET = 20
 def test_decomposition_matches_naive(config):
     *_, k, g, s = config
     features, masks, _ = (torch.from_numpy(a) for a in make_inputs(config))
-    output = _decomposed.carafe_forward(features, masks, k, g, s)
+    output = _decomposed.decomposed_forward(features, masks, k, g, s)
     assert output.dtype == torch.float64
     assert_close(output, naive_carafe(features.numpy(), masks.numpy(), k, g, s), "float64", "out")
 
@@ -33,7 +33,7 @@ def test_decomposition_keeps_layout_and_dtype_like_the_op():
     masks = torch.rand(2, 2 * 9, 10, 6)
     for dtype in (torch.float32, torch.bfloat16):
         expected = carafe_cupy.carafe(features.to(dtype), masks.to(dtype), 3, 2, 2)
-        output = _decomposed.carafe_forward(features.to(dtype), masks.to(dtype), 3, 2, 2)
+        output = _decomposed.decomposed_forward(features.to(dtype), masks.to(dtype), 3, 2, 2)
         assert output.dtype == expected.dtype
         assert output.stride() == expected.stride()
         torch.testing.assert_close(output, expected)

@@ -28,7 +28,9 @@ def forward_refs(pointer=0x1000):
 def test_planner_and_launcher_import_no_cupy():
     code = (
         "import sys\n"
-        "from carafe_cupy._runtime import launch\nfrom carafe_cupy._plan import planner\nfrom carafe_cupy._kernels import sources\n"
+        "from carafe_cupy._runtime import launch\n"
+        "from carafe_cupy._plan import planner\n"
+        "from carafe_cupy._kernels import sources\n"
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

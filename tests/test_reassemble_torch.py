@@ -14,7 +14,6 @@ from torch._subclasses import FakeTensorMode  # noqa: E402
 
 import carafe_cupy  # noqa: E402
 from carafe_cupy._torch import export as _decomposed  # noqa: E402
-from carafe_cupy._torch import ops as _torch_ops  # noqa: E402, F401 (registers the ops)
 
 from cases import assert_close, make_inputs  # noqa: E402
 from naive import naive_carafe  # noqa: E402
@@ -104,7 +103,7 @@ def test_autocast_casts_and_promotes_like_carafe():
 @pytest.mark.parametrize("params", PARAMS, ids=str)
 def test_decomposition_matches_naive(params):
     features, kernels, _ = inputs(*params)
-    output = _decomposed.carafe_forward(features, kernels, *params)
+    output = _decomposed.decomposed_forward(features, kernels, *params)
     expected = naive_carafe(features.numpy(), kernels.numpy(), *params)
     assert_close(output, expected, "float64", "decomposed")
 

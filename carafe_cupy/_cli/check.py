@@ -296,7 +296,7 @@ def info_lines() -> list[str]:
     try:
         import torch
 
-        from .._torch.ops import backend_name
+        from .._torch.common import backend_name
 
         lines.append(f"torch CPU tensors use: {backend_name(torch.device('cpu'))}")
         if torch.cuda.is_available():

@@ -68,7 +68,7 @@ def _masks_by_tap(
     return by_tap.permute(0, 3, 4, 5, 6, 1, 2)
 
 
-def carafe_forward(
+def cpu_forward(
     features: torch.Tensor,
     masks: torch.Tensor,
     kernel_size: int,
@@ -118,7 +118,7 @@ def carafe_forward(
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
 
 
-def carafe_backward(
+def cpu_backward(
     grad_output: torch.Tensor,
     features: torch.Tensor,
     masks: torch.Tensor,

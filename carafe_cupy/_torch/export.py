@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from .._cpu.path import accumulation_dtype, output_memory_format
+from . import ops as _ops  # noqa: F401 (registers the op this replaces)
 
 
-def carafe_forward(
+def decomposed_forward(
     features: torch.Tensor,
     masks: torch.Tensor,
     kernel_size: int,
@@ -86,7 +87,5 @@ exporting_to_onnx._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def decompositions() -> dict:
-    """``{carafe_cupy::carafe_forward: carafe_forward}`` for ``run_decompositions``."""
-    from . import ops as _torch_ops  # noqa: F401  (registers the op)
-
-    return {torch.ops.carafe_cupy.carafe_forward.default: carafe_forward}
+    """``{carafe_cupy::carafe_forward: decomposed_forward}`` for ``run_decompositions``."""
+    return {torch.ops.carafe_cupy.carafe_forward.default: decomposed_forward}

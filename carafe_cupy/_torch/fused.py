@@ -12,23 +12,21 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
-from .._cpu import path as _reference
+from .._cpu import path as _cpu_path
 from .._plan import planner as _planner
 from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
-from . import export as _decomposed
-from .ops import (
-    _check_tensors,
-    _device_and_stream,
-    _empty_output,
-    _ref,
-    _setup_context,
-    carafe_backward,
-    carafe_forward,
+from . import export as _export
+from .common import (
+    check_tensors,
+    device_and_stream,
     dtype_name,
+    empty_output,
     normalize_logits,
+    tensor_ref,
     uses_kernels,
 )
+from .ops import backward_op, forward_op, save_inputs
 
 
 def check_logits_geometry(
@@ -77,18 +75,18 @@ def carafe_fused_forward(
     )
     if not _uses_fused_kernels(features, geometry):
         masks = normalize_logits(logits, kernel_size, scale_factor)
-        return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
-    output = _empty_output(features, scale_factor)
-    device, stream = _device_and_stream(features.device)
+        return forward_op(features, masks, kernel_size, group_size, scale_factor)
+    output = empty_output(features, scale_factor)
+    device, stream = device_and_stream(features.device)
     _launch.launch_fused_forward(
-        geometry, _ref(features), _ref(logits), _ref(output), device, stream
+        geometry, tensor_ref(features), tensor_ref(logits), tensor_ref(output), device, stream
     )
     return output
 
 
 @carafe_fused_forward.register_fake
 def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
-    return _empty_output(features, scale_factor)
+    return empty_output(features, scale_factor)
 
 
 def fused_backward_composed(
@@ -102,10 +100,10 @@ def fused_backward_composed(
     """The fused backward from differentiable pieces: normalise, plain backward,
     softmax backward per (group, pixel), then undo the pixel_shuffle."""
     masks = normalize_logits(logits, kernel_size, scale_factor)
-    grad_features, grad_masks = carafe_backward(
+    grad_features, grad_masks = backward_op(
         grad_output, features, masks, kernel_size, group_size, scale_factor
     )
-    accumulate = _reference.accumulation_dtype(logits.dtype)
+    accumulate = _cpu_path.accumulation_dtype(logits.dtype)
     batch, mask_channels, height, width = masks.shape
     taps = kernel_size * kernel_size
     shape = (batch, mask_channels // taps, taps, height, width)
@@ -137,14 +135,14 @@ def carafe_fused_backward(
         )
     grad_features = torch.empty_like(features)
     grad_logits = torch.empty_like(logits)
-    device, stream = _device_and_stream(features.device)
+    device, stream = device_and_stream(features.device)
     _launch.launch_fused_backward(
         geometry,
-        _ref(grad_output),
-        _ref(features),
-        _ref(logits),
-        _ref(grad_features),
-        _ref(grad_logits),
+        tensor_ref(grad_output),
+        tensor_ref(features),
+        tensor_ref(logits),
+        tensor_ref(grad_features),
+        tensor_ref(grad_logits),
         device,
         stream,
     )
@@ -171,7 +169,7 @@ def _fused_backward(ctx, grad_output):
     return grad_features, grad_logits, None, None, None
 
 
-carafe_fused_forward.register_autograd(_fused_backward, setup_context=_setup_context)
+carafe_fused_forward.register_autograd(_fused_backward, setup_context=save_inputs)
 for _op in (carafe_fused_forward, carafe_fused_backward):
     _lazy_dynamo.defer_dynamo_import(_op)
 
@@ -187,14 +185,14 @@ def carafe_from_logits(
 
     ``logits`` is the content encoder's raw output, (N, G*k*k*s*s, H, W).
     """
-    _check_tensors(features=features, logits=logits)
+    check_tensors(features=features, logits=logits)
     kernel_size, group_size, scale_factor = _validate.check_params(
         kernel_size, group_size, scale_factor
     )
     dtype = torch.promote_types(features.dtype, logits.dtype)
-    if _decomposed.exporting_to_onnx():
+    if _export.exporting_to_onnx():
         masks = normalize_logits(logits.to(dtype), kernel_size, scale_factor)
-        return _decomposed.carafe_forward(
+        return _export.decomposed_forward(
             features.to(dtype), masks, kernel_size, group_size, scale_factor
         )
     check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)

@@ -113,7 +113,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> list:
     _require_demo_packages()
     import torch
 
-    from .._torch.ops import backend_name
+    from .._torch.common import backend_name
     from .figures import plot_segmentations, plot_training
     from .report import format_table, summarize
     from .scenes import CLASSES, make_scenes
