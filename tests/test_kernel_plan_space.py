@@ -165,11 +165,11 @@ def test_plan_space_matches_the_reference(dtype):
 
 def defined_kernels() -> dict[str, set[str]]:
     """Per module, the kernels its source defines (as the simulator finds them)."""
-    from carafe_cupy._sim import runtime as sim_runtime
+    from carafe_cupy._sim import build as sim_build
 
-    compiler = sim_runtime._find_compiler()
+    compiler = sim_build.find_compiler()
     return {
-        module: set(sim_runtime._kernel_names(_sources.kernel_source(module), compiler, []))
+        module: set(sim_build.kernel_names(_sources.kernel_source(module), compiler, []))
         for module in _sources.all_module_names()
     }
 

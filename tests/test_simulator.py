@@ -23,6 +23,7 @@ from cases import (
 torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
+from carafe_cupy._sim import cache as sim_cache  # noqa: E402
 from carafe_cupy._sim import runtime as sim_runtime  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -144,8 +145,8 @@ def test_eight_concurrent_first_calls_compile_once(tmp_path, monkeypatch):
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     monkeypatch.setenv("CARAFE_CUPY_SIM_CACHE", str(tmp_path))  # empty: a real compile
     monkeypatch.setattr(sim_runtime, "_runtime", sim_runtime.SimRuntime("random", seed=3))
-    monkeypatch.setattr(sim_runtime, "_modules", {})  # forget what this process loaded
-    monkeypatch.setattr(sim_runtime, "_memo", {})
+    monkeypatch.setattr(sim_cache, "_modules", {})  # forget what this process loaded
+    monkeypatch.setattr(sim_cache, "_memo", {})
     before = sim_runtime.get_runtime().compile_count()
 
     config = (1, 4, 3, 4, 3, 2, 2)

@@ -1,7 +1,7 @@
 // cuda_sim.h -- CPU shim that lets CUDA C++ kernel sources compile with g++.
 //
 // Force-included (g++ -include cuda_sim.h) in front of a kernel module by
-// carafe_cupy/_sim/runtime.py. The module, followed by a generated table of
+// carafe_cupy/_sim/build.py. The module, followed by a generated table of
 // its extern "C" __global__ kernels, is linked with cuda_sim_runtime.cpp (the
 // fiber scheduler, compiled once and cached as an object file).
 //
@@ -24,7 +24,7 @@
 //            T* name = reinterpret_cast<T*>(name##_raw_)
 //          #endif
 //   2. `extern __shared__ T name[];` (optionally with __align__(n)) inside a
-//        function body: runtime.py rewrites it to the macro above before
+//        function body: build.py rewrites it to the macro above before
 //        compiling, so unmodified CUDA sources work too.
 //
 // CARAFE_SIMULATOR is defined to 1 so sources can branch if they must.

@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common import safe_name
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -85,6 +87,4 @@ def _short_function(name: str) -> str:
 
 
 def _module_file_stem(module: str) -> str:
-    from .runtime import _safe_name
-
-    return _safe_name(module)
+    return safe_name(module)

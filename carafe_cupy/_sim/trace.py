@@ -81,6 +81,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common import SimulatorError
 from .sites import Frame, symbolize
 
 __all__ = ["AccessStats", "Frame", "LaunchTrace", "SiteStats", "tracing"]
@@ -219,8 +220,6 @@ class _Session:
             buf = (ctypes.c_ulonglong * max(rows * _SITE_ROW, 1))()
             fns.sites(buf, rows)
         if totals[25]:
-            from .runtime import SimulatorError
-
             raise SimulatorError(
                 f"tracing kernel {kernel!r}: more than 2**26 memory accesses between two "
                 "barriers of one block; trace a smaller problem"

@@ -88,9 +88,9 @@ def test_asan_reports_out_of_bounds_read(sim_cache: Path) -> None:
 
 
 def test_asan_without_preload_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    from carafe_cupy._sim import SimRuntime, SimulatorError, runtime
+    from carafe_cupy._sim import SimRuntime, SimulatorError, build
 
-    if runtime._asan_loaded():
+    if build.asan_loaded():
         pytest.skip("this process already runs with libasan")
     monkeypatch.setenv("CARAFE_CUPY_SIM_ASAN", "1")
     with pytest.raises(SimulatorError, match="LD_PRELOAD"):
