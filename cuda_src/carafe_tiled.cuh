@@ -1,4 +1,4 @@
-// Tiled CARAFE kernels: the default wherever they apply (see _planner.py).
+// Tiled CARAFE kernels: the default wherever they apply (see carafe_cupy/_plan/planner.py).
 //
 // A block owns a tile of output pixels (32 x 8 threads). The tile's mask
 // values stay in registers for the whole channel loop (K*K per pixel, K a

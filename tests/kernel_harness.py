@@ -6,7 +6,7 @@ that writes outside it changes a canary, which :meth:`Framed.check_canaries`
 turns into an assertion (not heap corruption). Outputs start as NaN too, so an
 output the kernel never writes shows up as a wrong value.
 
-The launches go through ``_launch.launch_*``: the real planner and argument
+The launches go through ``_runtime.launch.launch_*``: the real planner and argument
 marshalling, on the CPU simulator when ``CARAFE_CUPY_SIMULATOR=1``.
 """
 

@@ -1,6 +1,6 @@
 """Compile-once under concurrent first calls, compile errors and CuPy disk-cache faults.
 
-Runs without a GPU: ``_cupy_runtime._import_cupy`` is replaced by a fake CuPy that
+Runs without a GPU: ``_runtime.cupy_runtime._import_cupy`` is replaced by a fake CuPy that
 records compiles (and sleeps inside them to widen any race window).
 """
 

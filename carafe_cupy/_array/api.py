@@ -2,9 +2,9 @@
 
 Any other array with ``__dlpack__`` and ``__dlpack_device__`` (JAX, torch, ...)
 is taken zero-copy through DLPack and the result handed back as the same kind
-(see ``_dlpack``). Under the simulator (``CARAFE_CUPY_SIMULATOR=1``) numpy
+(see ``_array.dlpack``). Under the simulator (``CARAFE_CUPY_SIMULATOR=1``) numpy
 arrays and CPU DLPack arrays take the same path on the CPU. No torch here;
-CuPy itself is reached only through ``_launch``.
+CuPy itself is reached only through ``_runtime.launch``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Array helpers for the CuPy front end: CuPy arrays on a GPU, or numpy arrays
 standing in for device arrays under the simulator. CuPy itself comes from
-``_cupy_runtime``."""
+``_runtime.cupy_runtime``."""
 
 from __future__ import annotations
 

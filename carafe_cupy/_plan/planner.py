@@ -1,7 +1,7 @@
 """Which kernels a CARAFE call runs, and with what grid, block, shared memory
 and tiling. Pure Python: no CuPy, no device, no pointers beyond their alignment.
 
-The launcher (``_launch``) and the cost model (``_profile``) share these plans.
+The launcher (``_runtime.launch``) and the cost model (``_profile``) share these plans.
 A plan depends only on the geometry, the tensors' dtype, strides and alignment,
 and the requested variant, so it is cached on exactly those.
 """

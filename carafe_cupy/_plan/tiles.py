@@ -1,5 +1,5 @@
 """Launch shapes of the tiled kernels: tile sizes, channel batches and slices,
-shared memory. Pure Python, used only by the planner (``_planner``)."""
+shared memory. Pure Python, used only by the planner (``_plan.planner``)."""
 
 from __future__ import annotations
 

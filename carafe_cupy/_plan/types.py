@@ -1,6 +1,6 @@
 """What a plan is made of: the call's geometry, a tensor as the planner sees it,
 one planned launch, the launch limits, and the kernel variant a caller asks for.
-Pure Python; ``_planner`` builds plans from these and re-exports them.
+Pure Python; ``_plan.planner`` builds plans from these and re-exports them.
 """
 
 from __future__ import annotations

@@ -170,8 +170,8 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         )
         + ". Scaled, not exact: " + (", ".join(inexact) if inexact else "none") + ".",
         "",
-        "Host overhead: planning and argument marshalling per call in `_launch`, the launch "
-        "stubbed, best of five batches, µs on this machine.",
+        "Host overhead: planning and argument marshalling per call in `_runtime.launch`, "
+        "the launch stubbed, best of five batches, µs on this machine.",
     ]
     if unknown:
         lines += ["", "Loops counted once (source line unknown to the model): "

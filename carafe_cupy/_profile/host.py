@@ -1,4 +1,4 @@
-"""Host overhead per call: planning and argument marshalling in ``_launch``,
+"""Host overhead per call: planning and argument marshalling in ``_runtime.launch``,
 with the kernel launch itself replaced by a no-op."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The CuPy runtime: the only module that imports CuPy.
 
-It compiles the modules from ``_sources`` with NVRTC through ``cupy.RawModule``,
+It compiles the modules from ``_kernels.sources`` with NVRTC through ``cupy.RawModule``,
 keeps one loaded kernel per (device, module, kernel), launches it on a stream,
 and compiles offline (no GPU) for the static checks and the cost model.
 """

@@ -5,7 +5,7 @@
 - CUDA graph capture: compiling and loading a module is not allowed while the
   stream is being captured, so a kernel must be compiled by a call before it.
 
-Nothing here imports CuPy: ``_launch`` (the one module that does) passes the
+Nothing here imports CuPy: ``cupy_runtime`` (the one module that does) passes the
 ``cupy`` module in, which also lets the tests hand in a fake one.
 """
 

@@ -2,9 +2,9 @@
 
 Front ends describe their tensors as :class:`TensorRef` (raw pointer, element
 strides, dtype name) and call :func:`launch_forward` / :func:`launch_backward`
-and the fused pair. The planner (``_planner``) chooses the kernels and launch
+and the fused pair. The planner (``_plan.planner``) chooses the kernels and launch
 shapes; this module marshals the arguments and hands each launch to a runtime:
-CuPy/NVRTC on a GPU (``_cupy_runtime``), or the CPU simulator when
+CuPy/NVRTC on a GPU (``_runtime.cupy_runtime``), or the CPU simulator when
 ``CARAFE_CUPY_SIMULATOR=1``.
 """
 
