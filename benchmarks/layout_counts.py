@@ -15,6 +15,19 @@ from collections import Counter
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "carafe_cupy"
+# The private layers, bottom to top; a module may import its own layer and those before it.
+LAYERS = (
+    "_core",
+    "_kernels",
+    "_plan",
+    "_sim",
+    "_runtime",
+    "_cpu",
+    "_torch",
+    "_array",
+    "_profile",
+    "top",
+)
 
 
 def modules() -> dict[str, Path]:
@@ -81,25 +94,40 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def modules_called(call) -> list[str]:
-    """Package modules whose code runs during ``call()`` (second call: caches warm)."""
+def _layer_of(relative: str) -> int:
+    """Position of a module's folder in LAYERS (the public modules are the top)."""
+    folder = relative.split(os.sep)[0] if os.sep in relative else "top"
+    return LAYERS.index(folder) if folder in LAYERS else LAYERS.index("top")
+
+
+def modules_called(call) -> tuple[list[str], list[str]]:
+    """Package modules whose code runs during ``call()`` (second call: caches warm),
+    in the order first entered, and the calls that climb from a lower layer back
+    up to a higher one (a callee above its caller)."""
     call()
     seen: list[str] = []
+    upward: list[str] = []
     root = str(PACKAGE)
 
     def profiler(frame, event, arg):
         filename = frame.f_code.co_filename
-        if event == "call" and filename.startswith(root):
-            module = os.path.relpath(filename, root)
-            if module not in seen:
-                seen.append(module)
+        if event != "call" or not filename.startswith(root):
+            return
+        module = os.path.relpath(filename, root)
+        if module not in seen:
+            seen.append(module)
+        caller = frame.f_back.f_code.co_filename if frame.f_back else ""
+        if caller.startswith(root):
+            source = os.path.relpath(caller, root)
+            if _layer_of(module) > _layer_of(source):
+                upward.append(f"{source} -> {module}")
 
     sys.setprofile(profiler)
     try:
         call()
     finally:
         sys.setprofile(None)
-    return seen
+    return seen, list(dict.fromkeys(upward))
 
 
 def main() -> None:
@@ -108,8 +136,11 @@ def main() -> None:
     print("modules per folder:")
     for folder, count in sorted(per_folder.items()):
         print(f"  {folder}: {count}")
-    long = [(str(p.relative_to(PACKAGE.parent)), n) for p in PACKAGE.rglob("*")
-            if p.suffix in {".py", ".cpp", ".h"} and (n := len(p.read_text().splitlines())) > 400]
+    long = [
+        (str(p.relative_to(PACKAGE.parent)), n)
+        for p in PACKAGE.rglob("*")
+        if p.suffix in {".py", ".cpp", ".h"} and (n := len(p.read_text().splitlines())) > 400
+    ]
     print("files over 400 lines:", long or "none")
     found = cycles(import_graph(mods))
     print(f"import cycles: {len(found)}")
@@ -122,16 +153,21 @@ def main() -> None:
     import carafe_cupy
 
     features, masks = torch.randn(1, 4, 5, 6), torch.rand(1, 9, 10, 12)
-    torch_path = modules_called(lambda: carafe_cupy.carafe(features, masks, 3, 1, 2))
+    torch_path, torch_up = modules_called(lambda: carafe_cupy.carafe(features, masks, 3, 1, 2))
     print(f"carafe() on torch CPU tensors passes through {len(torch_path)} modules:")
     print("  " + " -> ".join(torch_path))
+    print(f"  calls back up to a higher layer: {len(torch_up)} {torch_up}")
     os.environ["CARAFE_CUPY_SIMULATOR"] = "1"
     arrays = features.numpy(), masks.numpy()
-    sim_path = modules_called(lambda: carafe_cupy.carafe(*arrays, 3, 1, 2))
+    sim_path, sim_up = modules_called(lambda: carafe_cupy.carafe(*arrays, 3, 1, 2))
     print(f"carafe() on numpy arrays (simulator) passes through {len(sim_path)} modules:")
     print("  " + " -> ".join(sim_path))
-    assert np.allclose(carafe_cupy.carafe(*arrays, 3, 1, 2),
-                       carafe_cupy.carafe(features, masks, 3, 1, 2).numpy(), atol=1e-5)
+    print(f"  calls back up to a higher layer: {len(sim_up)} {sim_up}")
+    assert np.allclose(
+        carafe_cupy.carafe(*arrays, 3, 1, 2),
+        carafe_cupy.carafe(features, masks, 3, 1, 2).numpy(),
+        atol=1e-5,
+    )
 
 
 if __name__ == "__main__":

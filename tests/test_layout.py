@@ -13,19 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import layout_counts  # noqa: E402
 
-# Bottom to top; a module may import its own layer and the ones before it.
-LAYERS = (
-    "_core",
-    "_kernels",
-    "_plan",
-    "_sim",
-    "_runtime",
-    "_cpu",
-    "_torch",
-    "_array",
-    "_profile",
-    "top",  # the public modules, the CLI and the demo
-)
+LAYERS = layout_counts.LAYERS  # bottom to top; "top": the public modules, the CLI, the demo
 
 
 def _layer(module: str) -> int:
