@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -121,6 +122,16 @@ def pick_device(requested: str) -> Any:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("demo: device 'cuda' was requested but torch sees no CUDA GPU")
     return torch.device(requested)
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """JSON, indented, with every list of plain numbers (a loss curve) on one line."""
+    number = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    return re.sub(
+        rf"\[\s+({number}(?:,\s+{number})*)\s+\]",
+        lambda match: "[" + ", ".join(re.split(r",\s+", match.group(1))) + "]",
+        json.dumps(record, indent=2),
+    )
 
 
 def _cpu_seconds() -> float | None:
@@ -230,7 +241,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> list:
         "summary": summary,
         "runs": [{k: v for k, v in asdict(r).items() if k != "predictions"} for r in results],
     }
-    (out_dir / "results.json").write_text(json.dumps(record, indent=2))
+    (out_dir / "results.json").write_text(dumps(record) + "\n")
     (out_dir / "results.md").write_text(
         "\n\n".join(part for part in (table, paired, "\n".join(summary)) if part) + "\n"
     )
