@@ -66,8 +66,9 @@ def _demo(args: argparse.Namespace) -> int:
         "out_dir": Path(args.out),
         "progress": not args.no_progress,
     }
-    if args.steps is not None:
-        settings["steps"] = args.steps
+    for name in ("steps", "seeds", "jobs"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     try:
         run_demo(config)
@@ -88,14 +89,36 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--out", default="carafe_demo_out", help="where plots and results go")
     demo.add_argument(
-        "--quick", action="store_true", help="reduced run (CI): a few steps on small scenes"
+        "--quick",
+        action="store_true",
+        help="reduced run (CI): a few steps on small scenes, from two seeds",
     )
-    demo.add_argument("--steps", type=int, default=None, help="training steps per upsampler")
+    quick = DemoConfig.quick()
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per network (default {DemoConfig.steps}; {quick.steps} with --quick)",
+    )
+    demo.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds each upsampler is trained from, at least 2; scores are means with 95%% "
+        f"t-intervals over them (default {DemoConfig.seeds}; {quick.seeds} with --quick)",
+    )
     demo.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the generated scenes and initial weights (default %(default)s)",
+        help="first seed of the generated scenes and initial weights (default %(default)s)",
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="networks trained at once, in worker processes (default: one per CPU core at "
+        "--threads each, one on a GPU; results do not depend on it)",
     )
     demo.add_argument(
         "--threads",

@@ -13,7 +13,10 @@ from ..nn import CARAFEPack
 
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixel shuffle", "carafe")
 SCALE = 2
-CARAFE_KERNEL = 5  # mmcv's default up_kernel
+# CARAFEPack's defaults, the paper's settings: k_up 5, k_encoder 3, 64 compressed
+# channels, one mask group (and its initialisation: xavier, encoder at std 0.001)
+CARAFE_SETTINGS = {"up_kernel": 5, "encoder_kernel": 3, "compressed_channels": 64, "up_group": 1}
+CARAFE_KERNEL = CARAFE_SETTINGS["up_kernel"]
 
 
 def make_upsampler(name: str, channels: int) -> nn.Module:
@@ -27,10 +30,7 @@ def make_upsampler(name: str, channels: int) -> nn.Module:
             nn.Conv2d(channels, channels * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE)
         )
     if name == "carafe":
-        # mmcv's defaults (k_up=5, k_encoder=3), with the compressor sized to this network
-        return CARAFEPack(
-            channels, SCALE, up_kernel=CARAFE_KERNEL, compressed_channels=channels // 2
-        )
+        return CARAFEPack(channels, SCALE, **CARAFE_SETTINGS)
     raise ValueError(f"demo: unknown upsampler {name!r}; expected one of {', '.join(UPSAMPLERS)}")
 
 
@@ -81,19 +81,33 @@ def upsampler_parameters(network: SegmentationNetwork) -> int:
     return parameter_count(network.up1) + parameter_count(network.up2)
 
 
-def carafe_kernel_peak(network: SegmentationNetwork, image: torch.Tensor) -> float | None:
-    """Mean largest weight of the last CARAFE's predicted kernels on ``image``
-    (1/k^2 for uniform kernels, 1 for one-hot); None for the other upsamplers."""
-    pack = network.up2
-    if not isinstance(pack, CARAFEPack):
+def carafe_kernel_peaks(network: SegmentationNetwork, image: torch.Tensor) -> list[float] | None:
+    """How far CARAFE's predicted kernels are from uniform, per CARAFE layer (up1, up2):
+    the mean over output pixels (and groups) of the largest of a kernel's k*k softmax
+    weights on ``image``: 1/k^2 for uniform kernels, 1 for one-hot. None for the other
+    upsamplers. The network is run in eval mode, then put back in its former mode."""
+    packs = [network.up1, network.up2]
+    if not all(isinstance(pack, CARAFEPack) for pack in packs):
         return None
-    captured: dict[str, torch.Tensor] = {}
-    handle = network.merge.register_forward_hook(
-        lambda module, args, output: captured.setdefault("x", output)
-    )
-    with torch.no_grad():
-        network(image)
-        handle.remove()
-        logits = pack.content_encoder(pack.channel_compressor(captured["x"]))
-        masks = pack.kernel_normalizer(logits)
-    return float(masks.amax(dim=1).mean())
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [
+        pack.register_forward_pre_hook(lambda module, args, i=i: inputs.setdefault(i, args[0]))
+        for i, pack in enumerate(packs)
+    ]
+    training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            network(image)
+            peaks = []
+            for i, pack in enumerate(packs):
+                logits = pack.content_encoder(pack.channel_compressor(inputs[i]))
+                masks = pack.kernel_normalizer(logits)
+                batch, _, height, width = masks.shape
+                taps = masks.view(batch, pack.up_group, pack.up_kernel**2, height, width)
+                peaks.append(float(taps.amax(dim=2).mean()))
+    finally:
+        for handle in handles:
+            handle.remove()
+        network.train(training)
+    return peaks
