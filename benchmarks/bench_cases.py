@@ -100,23 +100,112 @@ def available_bytes(device: str) -> int:
     return 1 << 62
 
 
+COMMIT_ENV = "CARAFE_CUPY_COMMIT"
+
+
 def git_commit() -> str:
+    """The commit of the carafe_cupy being measured, ``+dirty`` when tracked files differ.
+
+    Looked up, in order: ``CARAFE_CUPY_COMMIT``; the git checkout that tracks the imported
+    package (a clone on PYTHONPATH or an editable install), then the one that tracks these
+    benchmark files; the installed package's metadata (``pip install git+...`` records the
+    commit, ``pip install <dir>`` the directory it was built from). "unknown (why)" only when
+    none of them says.
+    """
+    override = os.environ.get(COMMIT_ENV, "").strip()
+    if override:
+        return override
+    reasons: list[str] = []
+    package = _package_init()
+    for tracked in (package, HERE / "bench_cases.py"):
+        if tracked is not None:
+            found = _git_head(tracked, reasons)
+            if found:
+                return found
+    if package is not None:
+        found = _installed_commit(package, reasons)
+        if found:
+            return found
+    reasons.append(f"set {COMMIT_ENV} to name it")
+    return "unknown (" + "; ".join(dict.fromkeys(reasons)) + ")"
+
+
+def _package_init() -> Path | None:
+    """``carafe_cupy/__init__.py`` as imported here (or as it would be)."""
+    import importlib.util
+    import sys
+
+    module = sys.modules.get("carafe_cupy")
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec("carafe_cupy")
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+    return Path(origin).resolve() if origin else None
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+
+def _git_head(tracked: Path, reasons: list[str]) -> str | None:
+    """HEAD of the git checkout that tracks the file ``tracked``, or None with the reason."""
+    where = tracked.parent
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
-        )
+        listed = _git(["ls-files", "--error-unmatch", tracked.name], where)
+        if listed.returncode != 0:
+            why = (listed.stderr.strip().splitlines() or ["not tracked"])[-1]
+            reasons.append(f"{where} is not in a git checkout that tracks it ({why})")
+            return None
+        head = _git(["rev-parse", "HEAD"], where)
         if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+            why = (head.stderr.strip().splitlines() or ["?"])[-1]
+            reasons.append(f"git rev-parse HEAD failed in {where} ({why})")
+            return None
+        dirty = _git(["status", "--porcelain", "--untracked-files=no"], where)
+    except FileNotFoundError:
+        reasons.append("git is not installed")
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        reasons.append(f"git failed in {where} ({type(exc).__name__}: {exc})")
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _installed_commit(package: Path, reasons: list[str]) -> str | None:
+    """The commit recorded when the imported package was installed (PEP 610 direct_url.json):
+    a VCS install's commit, or the HEAD of the local checkout it was built from."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    try:
+        distribution = metadata.distribution("carafe_cupy")
+    except metadata.PackageNotFoundError:
+        reasons.append("carafe_cupy is not installed as a distribution")
+        return None
+    installed = Path(str(distribution.locate_file("carafe_cupy/__init__.py"))).resolve()
+    if installed != package:
+        reasons.append(f"the installed carafe_cupy ({installed}) is not the one imported")
+        return None
+    try:
+        direct = json.loads(distribution.read_text("direct_url.json") or "{}")
+    except ValueError:
+        direct = {}
+    commit = direct.get("vcs_info", {}).get("commit_id")
+    if commit:
+        return f"{commit} (recorded at install from {direct.get('url', '?')})"
+    url = direct.get("url", "")
+    if "dir_info" in direct and url.startswith("file://"):
+        source = Path(unquote(urlparse(url).path))
+        found = _git_head(source / "carafe_cupy" / "__init__.py", reasons)
+        if found:
+            return f"{found} (HEAD now of {source}, which this install was built from)"
+        return None
+    reasons.append("the installed package records no commit and no source checkout")
+    return None
 
 
 def _cpu_model() -> str:

@@ -55,6 +55,8 @@ def _reset_hwm() -> bool:
 def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: peak RSS delta of each (dtype, impl, mode) of one case."""
     case = Case(*spec["case"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # as the timed calls ran
     impls = implementations("cpu")[0]
     out: dict[str, Any] = {}
     if not _reset_hwm():
@@ -70,6 +72,10 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
             call(impls[impl], tiny, ins, mode)
         except Exception:  # reported by the measured call below
             pass
+    # What is alive now (torch, its modules) stays alive: keep the collections below from
+    # walking it each time (over 0.1 s a collection otherwise).
+    gc.collect()
+    gc.freeze()
     for dname, impl, mode in spec["runs"]:
         ins = make_inputs(case, DTYPES[dname], "cpu")
         if mode == "fwd+bwd":
@@ -117,11 +123,13 @@ def _run_child(args: list[str], env: dict[str, str], timeout_s: float) -> dict[s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_peak_bytes(case: Case, runs: list[tuple[str, str, str]], timeout_s: float) -> dict:
+def cpu_peak_bytes(
+    case: Case, runs: list[tuple[str, str, str]], timeout_s: float, threads: int | None = None
+) -> dict:
     if not runs:
         return {}
     env = _child_env(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
-    spec = json.dumps({"case": list(case), "runs": runs})
+    spec = json.dumps({"case": list(case), "runs": runs, "threads": threads})
     got = _run_child(["--_memory-child", spec], env, timeout_s)
     return got if isinstance(got, dict) else {"error": f"memory {got}"}
 

@@ -55,6 +55,14 @@ def headline(results: list[dict[str, Any]], warnings: list[str]) -> list[str]:
         reasons = Counter(_reason(r.get("status", "?")) for r in missing)
         listing = "; ".join(f"{n} {why}" for why, n in reasons.items())
         lines[0] += f"; NOT MEASURED: {len(missing)} ({listing}), listed below the table"
+    no_memory = [r for r in measured if "peak_mem_note" in r]
+    if no_memory:
+        reasons = Counter(str(r["peak_mem_note"]) for r in no_memory)
+        listing = "; ".join(f"{n} {why}" for why, n in reasons.items())
+        lines.append(
+            f"peak memory NOT MEASURED for {len(no_memory)} of the measured rows ({listing}), "
+            "listed below the table"
+        )
     noisy = [r for r in measured if r.get("noisy")]
     if noisy:
         worst = max(noisy, key=lambda r: r["spread"])
@@ -166,6 +174,14 @@ def _render_first_call(fc: Any) -> list[str]:
     return lines
 
 
+def missing_any(report: dict[str, Any], dtype: str) -> bool:
+    """Whether a row of ``dtype`` lacks its time or its peak memory."""
+    return any(
+        r["dtype"] == dtype and (r.get("status") != "ok" or "peak_mem_note" in r)
+        for r in report["results"]
+    )
+
+
 def make_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     """Median time (bars, min-max whiskers) and peak memory per shape, one PNG per dtype."""
     try:
@@ -180,22 +196,30 @@ def make_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     impls = [i for i, status in report["implementations"].items() if status == "ok"]
     rows = {(r["case"], r["dtype"], r["impl"], r["mode"]): r for r in report["results"]}
     for dtype in report["dtypes"]:
-        fig, axes = plt.subplots(2, 2, figsize=(max(8, 1.4 * len(cases) + 4), 8), squeeze=False)
+        fig, axes = plt.subplots(
+            2,
+            2,
+            figsize=(max(8, 1.4 * len(cases) + 4), 8),
+            squeeze=False,
+            layout="constrained",  # titles, labels and legends are never clipped
+        )
         width = 0.8 / max(len(impls), 1)
         any_data = False
         for col, mode in enumerate(MODES):
-            for row_i, (key, ylabel, scale) in enumerate(
+            for row_i, (key, title, ylabel, scale) in enumerate(
                 (
-                    ("median_ms", "time (ms), median, min-max", 1.0),
-                    ("peak_mem_bytes", "peak MiB", MiB),
+                    ("median_ms", "time", "ms: median, whiskers min to max", 1.0),
+                    ("peak_mem_bytes", "peak memory", "extra MiB at peak", MiB),
                 )
             ):
                 ax = axes[row_i][col]
+                missing: list[tuple[float, str]] = []  # (x, impl) of rows without a value
                 for j, impl in enumerate(impls):
                     xs, ys, lo, hi = [], [], [], []
                     for x, case in enumerate(cases):
                         r = rows.get((case, dtype, impl, mode))
                         if r is None or not isinstance(r.get(key), (int, float)):
+                            missing.append((x + (j - (len(impls) - 1) / 2) * width, impl))
                             continue
                         xs.append(x + (j - (len(impls) - 1) / 2) * width)
                         ys.append(max(r[key] / scale, 1e-6))
@@ -209,17 +233,39 @@ def make_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
                         any_data = True
                         ax.bar(xs, ys, width=width, label=impl, yerr=[lo, hi], capsize=2)
                 ax.set_yscale("log")
-                ax.set_title(f"{mode} {dtype}: {ylabel}")
+                # an unmeasured row is marked where its bar would be, never left blank
+                for x, impl in missing:
+                    ax.text(
+                        x,
+                        0.02,
+                        f"{impl}: not measured",
+                        transform=ax.get_xaxis_transform(),
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="0.35",
+                        clip_on=True,
+                    )
+                ax.set_title(f"{mode} {dtype}: {title}")
+                ax.set_xlim(-0.5, len(cases) - 0.5)  # every case's slot, with bars or not
                 ax.set_xticks(range(len(cases)))
                 ax.set_xticklabels(cases, rotation=30, ha="right", fontsize=8)
                 ax.set_ylabel(ylabel)
-                ax.legend(fontsize=8)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=8)
         if not any_data:
             plt.close(fig)
             continue
         meta = report["meta"]
-        fig.suptitle(f"CARAFE on {meta['machine']} ({meta['date'][:10]}, {meta['commit'][:12]})")
-        fig.tight_layout()
+        commit = str(meta["commit"])
+        if commit.startswith("unknown"):
+            commit = "commit unknown"
+        else:  # the short hash, still marked when the tree had changes
+            commit = commit.split()[0][:12] + ("+dirty" if "+dirty" in commit.split()[0] else "")
+        fig.suptitle(f"CARAFE on {meta['machine']} ({meta['date'][:10]}, {commit})")
+        if missing_any(report, dtype):
+            fig.supxlabel("not measured: see the list under the table in results.md", fontsize=9)
         path = out_dir / f"plot_{dtype}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -13,6 +13,8 @@ from bench_cases import Case
 
 # max / min of one row's times above this marks the row as noisy
 NOISY_SPREAD = 1.5
+# rounds a row gets even when the run's deadline passes while it is being timed
+MIN_REPS = 3
 # runnable processes per core (beyond this benchmark's own threads) that make timings suspect
 BUSY_LOAD_PER_CORE = 0.25
 
@@ -69,13 +71,16 @@ def time_interleaved(
     reps: int,
     min_time_s: float,
     budget_s: float,
+    deadline: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Time every implementation on the same inputs, one call each per round, starting each
     round with the next implementation, so a burst of load hits them all alike.
 
     Each gets one untimed warm-up call first (kernels compile, caches fill); one whose
     warm-up takes longer than ``budget_s`` is left out with that reason as its status.
-    Rounds go on until there are ``reps`` of them and ``min_time_s`` has passed.
+    Rounds go on until there are ``reps`` of them and ``min_time_s`` has passed, or, past
+    ``deadline`` (a ``time.perf_counter()`` value), once there are ``MIN_REPS`` (the
+    ``reps`` of each row say how many it got).
     """
     results: dict[str, dict[str, Any]] = {}
     timed: dict[str, list[float]] = {}
@@ -99,6 +104,8 @@ def time_interleaved(
             timed[name].append(time_once(impls[name], case, ins, mode, device))
         rounds += 1
         if time.perf_counter() - start > 3 * budget_s * len(names):
+            break
+        if deadline is not None and rounds >= MIN_REPS and time.perf_counter() > deadline:
             break
     for name in names:
         results[name] = summarise(timed[name])

@@ -134,13 +134,24 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
+PROFILE_INSTALL_HINT = (
+    "the profile compiles the kernels with NVRTC through CuPy and disassembles them with "
+    "nvdisasm (no GPU needed): from the repository, pip install \".[cuda13,profile]\" "
+    "(or \".[cuda12,profile]\" on a CUDA 12 driver)"
+)
+
+
 def _profile(args: argparse.Namespace) -> int:
+    from . import KernelsUnavailableError
     from ._profile import cli as profile_cli
 
     try:
         return profile_cli.run(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"profile: {error}", file=sys.stderr)
+        return 2
+    except KernelsUnavailableError as error:  # CuPy or NVRTC missing: say what to install
+        print(f"profile: {error}\nprofile: {PROFILE_INSTALL_HINT}", file=sys.stderr)
         return 2
 
 

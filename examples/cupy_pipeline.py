@@ -9,16 +9,22 @@ the work, and only that stream is synchronized.
 
     python examples/cupy_pipeline.py
     python examples/cupy_pipeline.py --with-torch   # also torch <-> CuPy round trips (DLPack)
+    CARAFE_CUPY_SIMULATOR=1 python examples/cupy_pipeline.py   # no GPU or no CuPy needed
+
+On a CUDA GPU it needs CuPy and NVRTC, installed from the repository with
+``pip install ".[cuda13]"`` (or ``".[cuda12]"`` on a CUDA 12 driver). Without a
+GPU, or without CuPy, ``CARAFE_CUPY_SIMULATOR=1`` runs the same CUDA kernels on
+the CPU through carafe_cupy's kernel simulator: numpy arrays instead of cupy
+arrays, no streams, and the time taken from the host's clock.
 
 Exit status: 0 when the pipeline ran and its checks passed, 1 when a check
-failed, 2 when it cannot run here (no CuPy or no CUDA GPU). Without a GPU the
-same script runs on the CPU through carafe_cupy's kernel simulator, where the
-installed carafe_cupy has it: ``CARAFE_CUPY_SIMULATOR=1`` (numpy arrays instead
-of cupy arrays, no streams).
+failed, 2 when it cannot run here (no CuPy or no CUDA GPU, and the simulator is
+not switched on) or the command line is wrong.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import os
@@ -70,8 +76,11 @@ def choose_backend() -> ArrayBackend:
         import cupy
     except ImportError as error:
         raise CannotRunHere(
-            f"CuPy is not installed ({error}); install the kernels with "
-            '`pip install "carafe_cupy[cuda13]"` (or [cuda12]).'
+            f"CuPy is not installed ({error}). On a CUDA GPU, install it from the repository "
+            'with pip install ".[cuda13]" (or ".[cuda12]" on a CUDA 12 driver). Without a GPU '
+            "or CuPy, CARAFE_CUPY_SIMULATOR=1 runs the same kernels on numpy arrays on the CPU "
+            "(carafe_cupy's kernel simulator): "
+            "CARAFE_CUPY_SIMULATOR=1 python examples/cupy_pipeline.py"
         ) from error
     try:
         gpus = cupy.cuda.runtime.getDeviceCount()
@@ -305,14 +314,30 @@ def torch_round_trips(backend: ArrayBackend) -> bool:
     return all(checks.values())
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python examples/cupy_pipeline.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--with-torch",
+        action="store_true",
+        help="also pass the arrays to torch and back through DLPack, without copies "
+        "(needs PyTorch)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         backend = choose_backend()
     except CannotRunHere as reason:
         print(f"cupy_pipeline: {reason}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     passed = run_pipeline(backend)
-    if "--with-torch" in sys.argv[1:]:
+    if args.with_torch:
         passed = torch_round_trips(backend) and passed
     return 0 if passed else 1
 

@@ -137,6 +137,78 @@ def test_slugify():
     assert bench.slugify("Intel(R) Xeon(R) CPU @ 2.20GHz") == "intel-xeon-cpu-2-20ghz"
 
 
+class _FakeDistribution:
+    """importlib.metadata's view of a non-editable install in ``site``."""
+
+    def __init__(self, site: Path, direct_url: dict | None):
+        self.site, self.direct_url = site, direct_url
+
+    def locate_file(self, path: str) -> Path:
+        return self.site / path
+
+    def read_text(self, name: str) -> str | None:
+        return json.dumps(self.direct_url) if self.direct_url is not None else None
+
+
+def _installed_outside_git(tmp_path, monkeypatch, direct_url):
+    """The package and the benchmarks as a wheel puts them: in site-packages, no git."""
+    import importlib.metadata
+
+    cases = sys.modules["bench_cases"]
+    site = tmp_path / "site-packages"
+    (site / "carafe_cupy" / "benchmarks").mkdir(parents=True)
+    (site / "carafe_cupy" / "__init__.py").write_text("")
+    (site / "carafe_cupy" / "benchmarks" / "bench_cases.py").write_text("")
+    monkeypatch.delenv("CARAFE_CUPY_COMMIT", raising=False)
+    monkeypatch.setattr(cases, "HERE", site / "carafe_cupy" / "benchmarks")
+    monkeypatch.setattr(cases, "_package_init", lambda: site / "carafe_cupy" / "__init__.py")
+    monkeypatch.setattr(
+        importlib.metadata, "distribution", lambda name: _FakeDistribution(site, direct_url)
+    )
+    return cases
+
+
+def _head() -> str:
+    root = BENCH.parent
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_commit_of_the_checkout(monkeypatch):
+    monkeypatch.delenv("CARAFE_CUPY_COMMIT", raising=False)
+    commit = sys.modules["bench_cases"].git_commit()
+    if not _head():
+        pytest.skip("not run from a git checkout")
+    assert commit.removesuffix("+dirty") == _head()
+
+
+def test_commit_of_an_install_built_from_a_checkout(tmp_path, monkeypatch):
+    url = {"url": BENCH.parent.resolve().as_uri(), "dir_info": {}}
+    commit = _installed_outside_git(tmp_path, monkeypatch, url).git_commit()
+    if not _head():
+        pytest.skip("not run from a git checkout")
+    assert commit.startswith(_head()), commit
+    assert f"HEAD now of {BENCH.parent.resolve()}, which this install was built from" in commit
+
+
+def test_commit_recorded_by_a_vcs_install(tmp_path, monkeypatch):
+    url = {"url": "https://example.invalid/carafe_cupy.git",
+           "vcs_info": {"vcs": "git", "commit_id": "0123abcd" * 5}}  # fmt: skip
+    commit = _installed_outside_git(tmp_path, monkeypatch, url).git_commit()
+    assert commit.startswith("0123abcd" * 5 + " (recorded at install")
+
+
+def test_commit_unknown_says_why(tmp_path, monkeypatch):
+    cases = _installed_outside_git(tmp_path, monkeypatch, None)
+    commit = cases.git_commit()
+    assert commit.startswith("unknown (")
+    assert "is not in a git checkout" in commit
+    assert "records no commit" in commit and "set CARAFE_CUPY_COMMIT" in commit
+    monkeypatch.setenv("CARAFE_CUPY_COMMIT", "v0.1.0-7-gabc1234")
+    assert cases.git_commit() == "v0.1.0-7-gabc1234"
+
+
 def test_run_benchmark_quick_cpu_report(tmp_path):
     tiny = [bench.Case("tiny-a", 1, 4, 3, 4, k=3, g=2, s=2), bench.Case("tiny-b", 1, 4, 2, 2)]
     report = bench.run_benchmark(
@@ -300,6 +372,127 @@ def test_interleaved_timing_reports_min_median_max():
     for row in timed.values():
         assert row["status"] == "ok" and row["reps"] == 4
         assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+
+def test_interleaved_timing_stops_at_the_deadline_after_a_few_rounds():
+    case = bench.Case("t", 1, 4, 3, 3, k=3, g=1, s=2)
+    ins = bench.make_inputs(case, torch.float32, "cpu")
+    timed = bench.time_interleaved(
+        {"shift": baselines.carafe_shift}, case, ins, "fwd", "cpu",
+        reps=50, min_time_s=0, budget_s=10, deadline=0.0,
+    )  # fmt: skip
+    assert timed["shift"]["status"] == "ok"
+    assert timed["shift"]["reps"] == sys.modules["bench_timing"].MIN_REPS
+
+
+def test_memory_children_end_within_the_whole_run_budget(monkeypatch):
+    """The short run's budget covers the memory children too, with the rows they miss
+    listed, so that the whole run ends on time."""
+    import time
+
+    case = bench.Case("t", 1, 4, 3, 3, k=3, g=1, s=2)
+    rows = [{"case": "t", "dtype": "fp32", "impl": "shift", "mode": "fwd", "status": "ok"}]
+    settings = {"total_budget_s": 45.0, "budget": 5.0}
+    timeouts = []
+
+    def fake_peak_bytes(case, runs, timeout_s, threads=None):
+        timeouts.append((timeout_s, threads))
+        return {"fp32|shift|fwd": 1 << 20}
+
+    monkeypatch.setattr(bench, "cpu_peak_bytes", fake_peak_bytes)
+    runs = [("fp32", "shift", "fwd")]
+    bench._add_cpu_memory(rows, case, runs, settings, time.perf_counter() - 40)
+    ((timeout, threads),) = timeouts
+    assert timeout <= 5.0 and threads == torch.get_num_threads()
+    assert rows[0]["peak_mem_bytes"] == 1 << 20
+    # no time left: no child, and the row says why its memory is missing
+    bench._add_cpu_memory(rows, case, runs, settings, time.perf_counter() - 50)
+    assert len(timeouts) == 1
+    assert rows[0]["peak_mem_bytes"] is None
+    assert rows[0]["peak_mem_note"] == "skipped (whole-run budget 45 s spent)"
+    (line,) = [line for line in bench.headline(rows, []) if "peak memory" in line]
+    assert line.startswith("peak memory NOT MEASURED for 1 of the measured rows (1 skipped")
+
+
+def test_memory_child_runs_with_the_timed_calls_threads():
+    children = sys.modules["bench_children"]
+    spec = {"case": list(bench.Case("t", 1, 4, 3, 3, k=3, g=1, s=2)),
+            "runs": [("fp32", "shift", "fwd")], "threads": 1}  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        got = children.memory_child(spec)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "fp32|shift|fwd" in got or "error" in got
+
+
+def test_short_cpu_run_uses_one_thread_and_gives_the_setting_back(tmp_path):
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("torch already runs one thread here")
+    tiny = [bench.Case("tiny-a", 1, 4, 3, 4, k=3, g=2, s=2)]
+    report = bench.run_benchmark(
+        quick=True, device="cpu", out_dir=tmp_path, plot=False, shapes=tiny, dtypes=["fp32"],
+        impls=["shift"], progress=False, verbose=False, reps=1, measure_memory=False,
+    )  # fmt: skip
+    assert report["meta"]["torch_threads"] == 1
+    assert any("1 torch thread" in note for note in report["meta"]["notes"])
+    assert torch.get_num_threads() == before
+
+
+def _captured_plot(report, tmp_path, monkeypatch):
+    """The figure of make_plots as drawn (not closed), for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    made = bench.make_plots(report, tmp_path)
+    assert made and all(Path(path).is_file() for path in made)
+    return figures[0]
+
+
+def _plot_report(results):
+    return {
+        "meta": {"machine": "AMD EPYC, 2 cores, 1 torch threads", "date": "2026-12-07T10:00",
+                 "commit": "0123456789abcdef0123+dirty"},
+        "cases": {"quick-13x21": {}, "quick-26x42": {}},
+        "implementations": {"carafe_cupy": "ok", "unfold_lowres": "ok", "unfold_upsampled": "ok",
+                            "shift": "ok"},
+        "dtypes": ["fp32"],
+        "results": results,
+    }  # fmt: skip
+
+
+def test_plot_titles_fit_and_unmeasured_rows_are_marked(tmp_path, monkeypatch):
+    impls = ["carafe_cupy", "unfold_lowres", "unfold_upsampled", "shift"]
+    results = []
+    for case in ("quick-13x21", "quick-26x42"):
+        for impl in impls:
+            for mode in ("fwd", "fwd+bwd"):
+                row = {"case": case, "dtype": "fp32", "impl": impl, "mode": mode}
+                if case == "quick-26x42":
+                    row["status"] = "skipped (whole-run budget 45 s spent)"
+                else:
+                    row.update(status="ok", median_ms=5.0, min_ms=4.0, max_ms=6.0,
+                               peak_mem_bytes=1 << 20)  # fmt: skip
+                results.append(row)
+    figure = _captured_plot(_plot_report(results), tmp_path, monkeypatch)
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    texts = [figure._suptitle] + [ax.title for ax in figure.axes]
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    assert "0123456789ab+dirty" in figure._suptitle.get_text()
+    for ax in figure.axes:
+        marks = [t.get_text() for t in ax.texts if "not measured" in t.get_text()]
+        assert sorted(marks) == sorted(f"{impl}: not measured" for impl in impls)
 
 
 def test_headline_warns_about_noise_and_load():

@@ -64,6 +64,23 @@ def test_check_passes_and_says_what_was_not_checked():
         assert "GPU path was not checked" in result.stdout
 
 
+
+@pytest.mark.parametrize("simulator", ["", "1"])
+def test_check_names_the_simulator_when_the_cupy_path_is_not_checked(monkeypatch, simulator):
+    pytest.importorskip("torch")
+    from carafe_cupy import _check, _cupy_runtime
+
+    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", simulator)
+    _, notes = _check.available_backends()
+    (note,) = [note for note in notes if "the CuPy path was not checked" in note]
+    if simulator:
+        assert "were checked on the CPU simulator instead" in note
+    else:
+        assert "CARAFE_CUPY_SIMULATOR=1 python -m carafe_cupy check" in note
+        assert "same CUDA kernels on the CPU simulator" in note
+
+
 def test_check_runs_the_kernels_on_the_simulator():
     pytest.importorskip("torch")
     environment = dict(os.environ, CARAFE_CUPY_SIMULATOR="1")

@@ -83,9 +83,10 @@ NO_TORCH_RUNNER = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, RefuseTorch())
+    sys.argv = sys.argv[1:]  # the script and its arguments, as `python script.py ...` sees them
     status = 0
     try:
-        runpy.run_path(sys.argv[1], run_name="__main__")
+        runpy.run_path(sys.argv[0], run_name="__main__")
     except SystemExit as exit_:
         status = exit_.code
     finally:
@@ -114,6 +115,48 @@ def test_cupy_pipeline_never_imports_torch_and_explains_a_missing_gpu():
         assert result.returncode == 2, result.stdout + result.stderr
         assert "CARAFE_CUPY_SIMULATOR=1" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def _pipeline_without_cupy(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The pipeline with CuPy and torch unimportable."""
+    environment = {k: v for k, v in os.environ.items() if k != "CARAFE_CUPY_SIMULATOR"}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        path for path in (str(ROOT), environment.get("PYTHONPATH")) if path
+    )
+    runner = 'import sys\nsys.modules["cupy"] = None  # as if CuPy were not installed\n'
+    return subprocess.run(
+        [sys.executable, "-c", runner + NO_TORCH_RUNNER, str(PIPELINE), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(environment, **env),
+        timeout=600,
+    )
+
+
+def test_cupy_pipeline_without_cupy_advises_the_repository_and_the_simulator():
+    result = _pipeline_without_cupy()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    # installed from the clone, not by a package name that no index serves
+    assert 'pip install ".[cuda13]"' in result.stderr
+    assert "carafe_cupy[" not in result.stderr
+    assert "CARAFE_CUPY_SIMULATOR=1 python examples/cupy_pipeline.py" in result.stderr
+
+
+def test_cupy_pipeline_help():
+    result = _pipeline_without_cupy("--help")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--with-torch" in result.stdout
+    assert "CARAFE_CUPY_SIMULATOR=1" in result.stdout and 'pip install ".[cuda13]"' in result.stdout
+    assert "cupy_pipeline:" not in result.stderr  # help, not an attempt to run
+
+
+def test_cupy_pipeline_runs_on_the_simulator_without_cupy():
+    result = _pipeline_without_cupy(CARAFE_CUPY_SIMULATOR="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "backend: numpy (CPU simulator)" in result.stdout
+    assert "relative error" in result.stdout and "FAILED" not in result.stdout
 
 
 def test_cupy_pipeline_math_with_numpy_arrays(monkeypatch, capsys):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -123,7 +121,21 @@ class AllEntryPoints(torch.nn.Module):
         return functional, self.carafe(x, masks), packed
 
 
-@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-exporter", "torchscript-exporter"])
+@pytest.mark.parametrize(
+    "dynamo",
+    [
+        True,
+        # The deprecated TorchScript exporter, which deployment scripts still call; tested
+        # here only. Its notice that a strided Slice is not constant-folded is expected.
+        pytest.param(
+            False,
+            marks=pytest.mark.filterwarnings(
+                "ignore:Constant folding - Only steps=1 can be constant folded:UserWarning"
+            ),
+        ),
+    ],
+    ids=["dynamo-exporter", "torchscript-exporter"],
+)
 def test_plain_onnx_export_with_dynamic_sizes(dynamo, tmp_path):
     """torch.onnx.export(model, args, f) as deployment scripts call it, no extra step."""
     torch.manual_seed(0)
@@ -163,7 +175,9 @@ def assert_plain_export_runs(model, dynamo: bool, tmp_path, shapes) -> None:
             np.testing.assert_allclose(output, reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_export_of_the_fused_carafepack_path(monkeypatch):
+# The current exporter, called as documented: nothing deprecated on the way.
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_onnx_export_of_the_fused_carafepack_path(monkeypatch, tmp_path):
     """CARAFEPack's own fused branch (taken where kernels run) exports the same graph."""
     from carafe_cupy import nn as carafe_nn
 
@@ -172,10 +186,11 @@ def test_onnx_export_of_the_fused_carafepack_path(monkeypatch):
     torch.manual_seed(0)
     model = CARAFEPack(4, 2, up_kernel=3, up_group=2, compressed_channels=4).eval()
     torch.nn.init.normal_(model.content_encoder.weight, std=0.3)
+    pytest.importorskip("onnxscript", reason="the ONNX exporter needs onnxscript")
     x = torch.randn(1, 4, 3, 4)
-    buffer = io.BytesIO()
-    torch.onnx.export(model, (x,), buffer, dynamo=False)
-    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    path = tmp_path / "carafepack.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     monkeypatch.undo()
     with torch.no_grad():

@@ -228,3 +228,28 @@ def test_reduced_simulation_scales_to_the_full_launch_exactly(monkeypatch):
     assert scaled.store_sectors == full.global_store.sectors
     conflicts = full.shared_load.bank_conflicts + full.shared_store.bank_conflicts
     assert scaled.bank_conflicts == conflicts
+
+
+def test_profile_without_cupy_says_what_to_install():
+    """No traceback: the reason, what to install from the repository, and a non-zero exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['cupy'] = None\n"  # as if CuPy were not installed
+        "from carafe_cupy.__main__ import main\n"
+        "sys.exit(main(['profile', '--shapes', '1,8,6,10']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "CuPy could not be imported" in result.stderr
+    assert 'pip install ".[cuda13,profile]"' in result.stderr
+    assert result.stdout == ""

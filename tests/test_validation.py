@@ -78,6 +78,42 @@ def test_bad_input_raises_clear_error(case):
     _assert_unchanged(snapshot, (features, masks))
 
 
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: carafe_cupy.carafe(F, M, 5, 1, 1.5), ["s (scale_factor)", "whole number", "1.5"]),
+        (lambda: carafe_cupy.carafe(F, M, 3.5, 2, 2), ["k (kernel_size)", "whole number"]),
+        (lambda: carafe_cupy.carafe(F, M, 3, 2.5, 2), ["G (group_size)", "whole number"]),
+        (lambda: carafe_cupy.carafe(F, M, 3, 2, -2.0), ["s (scale_factor)", "whole number >= 1"]),
+        (
+            lambda: carafe_cupy.reassemble(F, M, 3, 2, 1, stride=1.5),
+            ["t (stride)", "whole number", "1.5"],
+        ),
+        (
+            lambda: carafe_cupy.reassemble(F, M, 3, 2, 1, dilation=np.float32(1.5)),
+            ["d (dilation)", "whole number"],
+        ),
+        (lambda: carafe_cupy.CARAFEPack(16, 2, up_group=1.5), ["G (up_group)", "whole number"]),
+        (lambda: carafe_cupy.CARAFEPack(16.5, 2), ["channels must be a whole number"]),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else "",
+)
+def test_fractional_int_arguments_are_not_advised_to_be_truncated(call, words):
+    """A fractional value is refused as not a whole number, never answered with int(...)."""
+    with pytest.raises(TypeError) as info:
+        call()
+    message = str(info.value)
+    assert "int(" not in message and "pass " not in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_whole_float_int_arguments_are_told_the_int_to_pass():
+    with pytest.raises(TypeError, match=r"scale_factor must be an int, got float 2\.0 \(pass 2\)"):
+        carafe_cupy.carafe(F, M, 3, 2, 2.0)
+
+
 G = torch.ones(1, 4, 6, 6)
 
 BACKWARD_CASES = [

@@ -176,8 +176,19 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
         backends["numpy (kernels on the simulator)"] = _numpy_simulator_backend()
     if _cupy_runtime.gpu_kernels_available():
         backends["cupy"] = _cupy_backend()
+    elif _launch.simulator_enabled():
+        notes.append(
+            "CuPy with a GPU and NVRTC is not available: the CuPy path was not checked; "
+            "CARAFE_CUPY_SIMULATOR is on, so the same CUDA kernels were checked on the CPU "
+            "simulator instead (the rows marked 'kernels on the simulator')"
+        )
     else:
-        notes.append("CuPy with a GPU and NVRTC is not available: the CuPy path was not checked")
+        notes.append(
+            "CuPy with a GPU and NVRTC is not available: the CuPy path was not checked. "
+            "CARAFE_CUPY_SIMULATOR=1 python -m carafe_cupy check runs the same CUDA kernels "
+            "on the CPU simulator (on numpy arrays and torch CPU tensors; no GPU or CuPy "
+            "needed, slower)"
+        )
     return backends, notes
 
 

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
 
 from .geometry import SUPPORTED_DTYPES, Geometry
+
+# The letters the docstrings use for the integer parameters (positional callers know them so).
+_SYMBOLS = {
+    "kernel_size": "k",
+    "up_kernel": "k",
+    "group_size": "G",
+    "up_group": "G",
+    "scale_factor": "s",
+    "stride": "t",
+    "dilation": "d",
+}
+
+
+def _int_hint(name: str, value: Any, minimum: int) -> str:
+    """What to pass instead of a non-int number: never a truncation of a fractional one."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return ""
+    number = float(value)
+    if math.isfinite(number) and number.is_integer() and number >= minimum:
+        return f" (pass {int(number)})"
+    symbol = _SYMBOLS.get(name)
+    label = f"{symbol} ({name})" if symbol else name
+    return f"; {label} must be a whole number >= {minimum}, and {value!r} is not one"
 
 
 def check_int(name: str, value: Any, minimum: int, where: str = "carafe") -> int:
@@ -17,7 +42,7 @@ def check_int(name: str, value: Any, minimum: int, where: str = "carafe") -> int
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(
             f"{where}: {name} must be an int, got {type(value).__name__} {value!r}"
-            + (f" (pass int({value!r}))" if isinstance(value, float) else "")
+            + _int_hint(name, value, minimum)
         )
     value = operator.index(value)
     if value < minimum:

@@ -25,9 +25,9 @@ from .._kernels import sources as _sources
 
 LINE_INFO = ("--generate-line-info",)
 NVDISASM_HINT = (
-    "nvdisasm was not found: install the profile extra (pip install 'carafe_cupy[profile]', "
-    "which brings the nvidia-cuda-nvdisasm wheel), put a CUDA toolkit's nvdisasm on PATH, "
-    "or point CARAFE_CUPY_NVDISASM at it"
+    "nvdisasm was not found: install the profile extra from the repository (pip install "
+    "'.[profile]', which brings the nvidia-cuda-nvdisasm wheel), put a CUDA toolkit's "
+    "nvdisasm on PATH, or point CARAFE_CUPY_NVDISASM at it"
 )
 
 
