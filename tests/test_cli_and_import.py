@@ -68,7 +68,8 @@ def test_check_passes_and_says_what_was_not_checked():
 @pytest.mark.parametrize("simulator", ["", "1"])
 def test_check_names_the_simulator_when_the_cupy_path_is_not_checked(monkeypatch, simulator):
     pytest.importorskip("torch")
-    from carafe_cupy import _check, _cupy_runtime
+    from carafe_cupy._cli import check as _check
+    from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
     monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", simulator)
