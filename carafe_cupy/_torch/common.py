@@ -62,14 +62,33 @@ def _kernels_target(device_index: int) -> bool:
     return reason is None
 
 
+_failed_devices: set[int] = set()
+
+
+def kernels_failed(device: torch.device, error: Exception) -> None:
+    """A launch found the kernels unusable on ``device`` (a compile or load failure
+    the availability check did not see): warn once, then take the PyTorch path there."""
+    index = device.index if device.index is not None else 0
+    if index in _failed_devices:
+        return
+    _failed_devices.add(index)
+    warnings.warn(
+        f"{error} Until then, CUDA tensors on cuda:{index} take the slower pure-PyTorch path.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def uses_kernels(device: torch.device) -> bool:
     """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
     if _launch.simulator_enabled():
         return device.type == "cpu"
+    index = device.index if device.index is not None else 0
     return (
         device.type == "cuda"
         and _gpu_kernels_available()
-        and _kernels_target(device.index if device.index is not None else 0)
+        and _kernels_target(index)
+        and index not in _failed_devices
     )
 
 
@@ -125,5 +144,3 @@ def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) 
     masks = masks.view(batch, mask_channels // taps, taps, height, width)
     masks = masks.softmax(dim=2, dtype=masks.dtype)
     return masks.view(batch, mask_channels, height, width).contiguous()
-
-

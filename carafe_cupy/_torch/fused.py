@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from .._core.errors import KernelsUnavailableError
 from .._cpu import path as _cpu_path
 from .._plan import planner as _planner
 from .._runtime import launch as _launch
@@ -22,6 +23,7 @@ from .common import (
     device_and_stream,
     dtype_name,
     empty_output,
+    kernels_failed,
     normalize_logits,
     tensor_ref,
     uses_kernels,
@@ -73,15 +75,17 @@ def carafe_fused_forward(
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
-    if not _uses_fused_kernels(features, geometry):
-        masks = normalize_logits(logits, kernel_size, scale_factor)
-        return forward_op(features, masks, kernel_size, group_size, scale_factor)
-    output = empty_output(features, scale_factor)
-    device, stream = device_and_stream(features.device)
-    _launch.launch_fused_forward(
-        geometry, tensor_ref(features), tensor_ref(logits), tensor_ref(output), device, stream
-    )
-    return output
+    if _uses_fused_kernels(features, geometry):
+        output = empty_output(features, scale_factor)
+        device, stream = device_and_stream(features.device)
+        try:
+            refs = (tensor_ref(features), tensor_ref(logits), tensor_ref(output))
+            _launch.launch_fused_forward(geometry, *refs, device, stream)
+            return output
+        except KernelsUnavailableError as error:  # found at the first compile or load
+            kernels_failed(features.device, error)
+    masks = normalize_logits(logits, kernel_size, scale_factor)
+    return forward_op(features, masks, kernel_size, group_size, scale_factor)
 
 
 @carafe_fused_forward.register_fake
@@ -129,24 +133,27 @@ def carafe_fused_backward(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
     _validate.check_grad_output_shape(grad_output.shape, geometry)
-    if not _uses_fused_kernels(features, geometry):
-        return fused_backward_composed(
-            grad_output, features, logits, kernel_size, group_size, scale_factor
-        )
-    grad_features = torch.empty_like(features)
-    grad_logits = torch.empty_like(logits)
-    device, stream = device_and_stream(features.device)
-    _launch.launch_fused_backward(
-        geometry,
-        tensor_ref(grad_output),
-        tensor_ref(features),
-        tensor_ref(logits),
-        tensor_ref(grad_features),
-        tensor_ref(grad_logits),
-        device,
-        stream,
+    if _uses_fused_kernels(features, geometry):
+        grad_features = torch.empty_like(features)
+        grad_logits = torch.empty_like(logits)
+        device, stream = device_and_stream(features.device)
+        try:
+            _launch.launch_fused_backward(
+                geometry,
+                tensor_ref(grad_output),
+                tensor_ref(features),
+                tensor_ref(logits),
+                tensor_ref(grad_features),
+                tensor_ref(grad_logits),
+                device,
+                stream,
+            )
+            return grad_features, grad_logits
+        except KernelsUnavailableError as error:  # found at the first compile or load
+            kernels_failed(features.device, error)
+    return fused_backward_composed(
+        grad_output, features, logits, kernel_size, group_size, scale_factor
     )
-    return grad_features, grad_logits
 
 
 @carafe_fused_backward.register_fake

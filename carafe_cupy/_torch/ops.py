@@ -13,10 +13,17 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from .._core.errors import KernelsUnavailableError
 from .._cpu import path as _cpu_path
 from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
-from .common import device_and_stream, empty_output, tensor_ref, uses_kernels
+from .common import (
+    device_and_stream,
+    empty_output,
+    kernels_failed,
+    tensor_ref,
+    uses_kernels,
+)
 
 
 @torch.library.custom_op("carafe_cupy::carafe_forward", mutates_args=())
@@ -36,14 +43,18 @@ def forward_op(
         return _cpu_path.cpu_forward(features, masks, *params)
     output = empty_output(features, scale_factor, stride)
     device, stream = device_and_stream(features.device)
-    _launch.launch_forward(
-        geometry,
-        tensor_ref(features),
-        tensor_ref(masks),
-        tensor_ref(output),
-        device,
-        stream,
-    )
+    try:
+        _launch.launch_forward(
+            geometry,
+            tensor_ref(features),
+            tensor_ref(masks),
+            tensor_ref(output),
+            device,
+            stream,
+        )
+    except KernelsUnavailableError as error:  # found at the first compile or load
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_forward(features, masks, *params)
     return output
 
 
@@ -73,16 +84,20 @@ def backward_op(
     grad_features = torch.empty_like(features)
     grad_masks = torch.empty_like(masks)
     device, stream = device_and_stream(features.device)
-    _launch.launch_backward(
-        geometry,
-        tensor_ref(grad_output),
-        tensor_ref(features),
-        tensor_ref(masks),
-        tensor_ref(grad_features),
-        tensor_ref(grad_masks),
-        device,
-        stream,
-    )
+    try:
+        _launch.launch_backward(
+            geometry,
+            tensor_ref(grad_output),
+            tensor_ref(features),
+            tensor_ref(masks),
+            tensor_ref(grad_features),
+            tensor_ref(grad_masks),
+            device,
+            stream,
+        )
+    except KernelsUnavailableError as error:  # found at the first compile or load
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_backward(grad_output, features, masks, *params)
     return grad_features, grad_masks
 
 
