@@ -131,6 +131,25 @@ def check_tensors(where: str = "carafe", **tensors: object) -> None:
         raise ValueError(f"{where}: all tensors must be on one device, got {listing}")
 
 
+def check_op_tensors(where: str, **tensors: torch.Tensor) -> None:
+    """The tensors of one op call share the first one's dtype (a floating one) and
+    device: a kernel reads every tensor as that dtype, on that device. Raw
+    ``torch.ops.carafe_cupy`` calls reach the ops without the public checks."""
+    (first_name, first), *others = tensors.items()
+    _validate.check_dtype(first_name, dtype_name(first.dtype), where)
+    for name, tensor in others:
+        if tensor.dtype != first.dtype:
+            raise TypeError(
+                f"{where}: {name} must have the dtype of {first_name}, {first.dtype}, "
+                f"got {tensor.dtype}"
+            )
+        if tensor.device != first.device:
+            raise ValueError(
+                f"{where}: {name} must be on the device of {first_name}, {first.device}, "
+                f"got {tensor.device}"
+            )
+
+
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # no cast node at all when none is needed keeps traced graphs minimal
     return tensor if tensor.dtype == dtype else tensor.to(dtype)

@@ -19,6 +19,7 @@ from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
 from . import export as _export
 from .common import (
+    check_op_tensors,
     check_tensors,
     device_and_stream,
     dtype_name,
@@ -58,6 +59,10 @@ def check_logits_geometry(
     )
 
 
+_FUSED_FORWARD = "carafe_cupy::carafe_fused_forward"
+_FUSED_BACKWARD = "carafe_cupy::carafe_fused_backward"
+
+
 def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> bool:
     return uses_kernels(features.device) and _planner.fused_supported(
         geometry, dtype_name(features.dtype)
@@ -72,6 +77,7 @@ def carafe_fused_forward(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
+    check_op_tensors(_FUSED_FORWARD, features=features, logits=logits)
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
@@ -90,6 +96,7 @@ def carafe_fused_forward(
 
 @carafe_fused_forward.register_fake
 def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
+    check_op_tensors(_FUSED_FORWARD, features=features, logits=logits)
     return empty_output(features, scale_factor)
 
 
@@ -129,6 +136,7 @@ def carafe_fused_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_op_tensors(_FUSED_BACKWARD, features=features, logits=logits, grad_output=grad_output)
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
@@ -158,6 +166,7 @@ def carafe_fused_backward(
 
 @carafe_fused_backward.register_fake
 def _carafe_fused_backward_fake(grad_output, features, logits, kernel_size, group_size, scale):
+    check_op_tensors(_FUSED_BACKWARD, features=features, logits=logits, grad_output=grad_output)
     return torch.empty_like(features), torch.empty_like(logits)
 
 

@@ -18,12 +18,16 @@ from .._cpu import path as _cpu_path
 from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
 from .common import (
+    check_op_tensors,
     device_and_stream,
     empty_output,
     kernels_failed,
     tensor_ref,
     uses_kernels,
 )
+
+_FORWARD = "carafe_cupy::carafe_forward"
+_BACKWARD = "carafe_cupy::carafe_backward"
 
 
 @torch.library.custom_op("carafe_cupy::carafe_forward", mutates_args=())
@@ -37,6 +41,7 @@ def forward_op(
     dilation: int = 1,
 ) -> torch.Tensor:
     # checked here too, for callers of torch.ops.carafe_cupy.* (TorchScript among them)
+    check_op_tensors(_FORWARD, features=features, masks=masks)
     params = (kernel_size, group_size, scale_factor, stride, dilation)
     geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     if not uses_kernels(features.device):
@@ -62,6 +67,7 @@ def forward_op(
 def _carafe_forward_fake(
     features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
 ):
+    check_op_tensors(_FORWARD, features=features, masks=masks)
     return empty_output(features, scale_factor, stride)
 
 
@@ -76,6 +82,7 @@ def backward_op(
     stride: int = 1,
     dilation: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_op_tensors(_BACKWARD, features=features, masks=masks, grad_output=grad_output)
     params = (kernel_size, group_size, scale_factor, stride, dilation)
     geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     _validate.check_grad_output_shape(grad_output.shape, geometry)
@@ -105,6 +112,7 @@ def backward_op(
 def _carafe_backward_fake(
     grad_output, features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
 ):
+    check_op_tensors(_BACKWARD, features=features, masks=masks, grad_output=grad_output)
     return torch.empty_like(features), torch.empty_like(masks)
 
 
