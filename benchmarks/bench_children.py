@@ -160,10 +160,10 @@ def first_call_child() -> dict[str, Any]:
 
 
 def first_call_latency(timeout_s: float = 300.0) -> dict[str, Any]:
-    """Cold (empty CUPY_CACHE_DIR) and warm (same dir, new process) first-call times."""
+    """Cold (empty kernel caches) and warm (same caches, new process) first-call times."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="carafe-cupy-cache-") as cache:
-        env = _child_env(CUPY_CACHE_DIR=cache)
+        env = _child_env(CUPY_CACHE_DIR=cache, CARAFE_CUPY_KERNEL_CACHE=cache)
         for label in ("cold", "warm"):
             out[label] = _run_child(["--_first-call-child"], env, timeout_s)
         out["cache_files_after_cold_and_warm"] = sum(len(f) for _, _, f in os.walk(cache))

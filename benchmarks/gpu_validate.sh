@@ -15,7 +15,9 @@
 #              bench, calibrate (model, ncu, mmcv, model-against-measured table).
 #   --out DIR  results directory (default benchmarks/results/<date>-<gpu-slug>/).
 #
-# Results (at most 8 files): summary.md, steps.log (every step's output), the benchmark's
+# Results (at most 8 files): summary.md, steps.log (every step's output), first_gpu.json (what
+# the GPU showed about the runtime: CUDA headers, the binary and its options, registers and
+# spills, subnormals, the target; also a section of summary.md), the benchmark's
 # results.json / results.md / plot, calibration.json and calibration.md. Parts run one
 # after another add to the same summary. Every step continues past failures; the exit status
 # is non-zero if any step failed.
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --part) PART=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -99,6 +101,7 @@ fi
 } >>"$SUMMARY"
 
 FAILED=()
+FIRST_GPU_MD=$(mktemp)
 
 # step NAME [allowed-exit-codes...] -- COMMAND...: log to steps.log, record status, go on.
 step() {
@@ -199,6 +202,10 @@ with warnings.catch_warnings(record=True) as caught:
     x = torch.randn(1, 4, 3, 3, device="cuda")
     print(carafe_cupy.carafe(x, torch.rand(1, 9, 6, 6, device="cuda"), 3, 1, 2).shape)
 print("warnings:", [str(w.message) for w in caught])'
+  # The runtime on this GPU: compiles and loads without CUDA headers, loads the binaries the
+  # offline checks read (no spills, subnormals kept) for the target NVRTC builds here.
+  gpu_step first_gpu_checks -- "$PY" benchmarks/first_gpu_checks.py \
+    --json "$RES/first_gpu.json" --markdown "$FIRST_GPU_MD"
   # No caching allocator under memcheck: out-of-bounds accesses into a neighbouring tensor of
   # the same pool block would otherwise go unseen.
   gpu_step sanitize_memcheck -- env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
@@ -243,6 +250,8 @@ if want calibrate; then
   rm -rf "$NCU_TMP"
 fi
 
+[ -s "$FIRST_GPU_MD" ] && cat "$FIRST_GPU_MD" >>"$SUMMARY"
+rm -f "$FIRST_GPU_MD"
 {
   echo
   if [ ${#FAILED[@]} -eq 0 ]; then

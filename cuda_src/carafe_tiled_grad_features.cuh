@@ -14,11 +14,51 @@ __device__ __forceinline__ int padded_sub_plane(int plane, int tile_cols) {
 
 // Halo elements one thread stages per pass (CARAFE_FEATURES_SLOTS, from _kernels/constants.py).
 
-// The grad_output halo's staging. Element e of the [rows][cols] halo (output
-// pixels) goes to sub-pixel plane (r % s, k % s), row r / s, column k / s. A
-// thread owns elements first + i * threads (i < SLOTS) of a pass; their global
-// offsets, shared indices and image tests are computed once per pass, not per
-// channel, so a staged element costs one predicated load and one store.
+// Where element e of the [rows][cols] grad_output halo (output pixels) goes:
+// sub-pixel plane (r % s, k % s), row r / s, column k / s.
+struct halo_element {
+    index_t offset;  // y * gs.h + x * gs.w
+    int at;          // shared index in the sub-pixel layout
+    bool staged;     // in the halo
+    bool loaded;     // in the halo and inside the image
+
+    __device__ __forceinline__ halo_element(int e, int rows, int cols, int s, int sub_plane,
+                                            int centre_cols, index_t row0, index_t col0,
+                                            const strides4& gs, index_t out_height,
+                                            index_t out_width) {
+        const int r = e / cols, k = e - (e / cols) * cols;
+        const int centre_r = r / s, centre_k = k / s;
+        at = ((r - centre_r * s) * s + (k - centre_k * s)) * sub_plane + centre_r * centre_cols +
+             centre_k;
+        const index_t y = row0 + r, x = col0 + k;
+        offset = y * gs.h + x * gs.w;
+        staged = r < rows;
+        loaded = staged && y >= 0 && y < out_height && x >= 0 && x < out_width;
+    }
+
+    // Channels [0, count) of this element (channel stride `stride`) into the
+    // halo planes [0, count), `plane` apart: every load before any store.
+    template <typename scalar_t, typename acc_t>
+    __device__ __forceinline__ void stage(acc_t* halo, const scalar_t* channels, index_t stride,
+                                          int count, int plane) const {
+        if (!staged) return;
+        acc_t value[CARAFE_CHANNEL_BATCH_MAX];
+#pragma unroll
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+            value[cc] = 0;
+            if (loaded && cc < count)
+                value[cc] = storage<scalar_t>::load(channels + cc * stride + offset);
+        }
+#pragma unroll
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc)
+            if (cc < count) halo[cc * plane + at] = value[cc];
+    }
+};
+
+// The grad_output halo's staging. A thread owns elements first + i * threads
+// (i < SLOTS) of a pass; their global offsets, shared indices and image tests
+// are computed once per pass, not per channel, so a staged element costs one
+// predicated load and one store.
 struct features_halo_slots {
     index_t offset[CARAFE_FEATURES_SLOTS];  // y * gs.h + x * gs.w
     int at[CARAFE_FEATURES_SLOTS];          // shared index in the sub-pixel layout
@@ -32,16 +72,12 @@ struct features_halo_slots {
         loaded = staged = 0;
 #pragma unroll
         for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
-            const int e = first + i * threads;
-            const int r = e / cols, k = e - (e / cols) * cols;
-            const int centre_r = r / s, centre_k = k / s;
-            at[i] = ((r - centre_r * s) * s + (k - centre_k * s)) * sub_plane +
-                    centre_r * centre_cols + centre_k;
-            const index_t y = row0 + r, x = col0 + k;
-            offset[i] = y * gs.h + x * gs.w;
-            if (r < rows) staged |= 1u << i;
-            if (r < rows && y >= 0 && y < out_height && x >= 0 && x < out_width)
-                loaded |= 1u << i;
+            const halo_element element(first + i * threads, rows, cols, s, sub_plane,
+                                       centre_cols, row0, col0, gs, out_height, out_width);
+            at[i] = element.at;
+            offset[i] = element.offset;
+            if (element.staged) staged |= 1u << i;
+            if (element.loaded) loaded |= 1u << i;
         }
     }
 
@@ -201,11 +237,17 @@ __device__ void carafe_backward_features_tiled_impl(
         const int count = (int)min((index_t)channel_batch, c_end - c0);
         __syncthreads();  // previous batch's halo and partial sums fully read
         first_pass.stage(halo, go_channels, gs.c, count, channel_plane);
-        for (int pass = 1; pass < passes; ++pass) {  // large s only
-            features_halo_slots slots;
-            slots.locate(thread + pass * pass_elements, threads, rows, cols, s, sub_plane,
-                         centre_cols, centre_row0 * s, centre_col0 * s, gs, out_height, out_width);
-            slots.stage(halo, go_channels, gs.c, count, channel_plane);
+        // Large s only: the further passes' elements one at a time, so no second
+        // set of slots is live beside the first (it made ptxas spill on sm_100+).
+        for (int pass = 1; pass < passes; ++pass) {
+#pragma unroll 1
+            for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
+                const halo_element element(thread + (pass * CARAFE_FEATURES_SLOTS + i) * threads,
+                                           rows, cols, s, sub_plane, centre_cols,
+                                           centre_row0 * s, centre_col0 * s, gs, out_height,
+                                           out_width);
+                element.stage(halo, go_channels, gs.c, count, channel_plane);
+            }
         }
         go_channels += channel_batch * gs.c;
         __syncthreads();

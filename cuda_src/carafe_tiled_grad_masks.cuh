@@ -157,7 +157,9 @@ __device__ void carafe_backward_masks_tiled_impl(
                             partial[((other * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane];
         }
     }
-    if (subset != 0 || !inside) return;  // after the last barrier
+    // After the last barrier. FROM_LOGITS keeps the warp's outside lanes for the
+    // warp barrier below.
+    if (subset != 0 || (!FROM_LOGITS && !inside)) return;
     {
         // A tap outside the input has no effect on the output: its gradient is
         // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
@@ -174,6 +176,18 @@ __device__ void carafe_backward_masks_tiled_impl(
     if constexpr (FROM_LOGITS) {
         // d logits_t = p_t * (g_t - sum_u p_u g_u), p = softmax(logits); the
         // logits are re-read (cache hits) instead of held, to save registers.
+        // The sums wait in shared memory, in this lane's own column of the space the
+        // reduction used (no other warp touches it after the last barrier), so they
+        // and the K * K probabilities are not held in registers together. The warp
+        // barrier keeps the compiler from carrying the stored values in registers.
+        static_assert(TAPS * PAIR * LANES <= SUBSETS * SUBSET_PLANE, "sums space");
+        acc_t* sums = halo + lane;
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t)
+#pragma unroll
+            for (int q = 0; q < PAIR; ++q) sums[(t * PAIR + q) * LANES] = sum[q][t];
+        __syncwarp();
+        if (!inside) return;
         const index_t centre_y = y / s, centre_x = x / s;
         const int sub_y = (int)(y - centre_y * s), sub_x = (int)(x - centre_x * s);
 #pragma unroll
@@ -186,13 +200,13 @@ __device__ void carafe_backward_masks_tiled_impl(
             softmax_in_place<TAPS>(probability);
             acc_t dot = 0;
 #pragma unroll
-            for (int t = 0; t < TAPS; ++t) dot += probability[t] * sum[q][t];
+            for (int t = 0; t < TAPS; ++t) dot += probability[t] * sums[(t * PAIR + q) * LANES];
 #pragma unroll
             for (int t = 0; t < TAPS; ++t) {
                 const index_t channel = ((p.group * TAPS + t) * s + sub_y) * s + sub_x + q;
                 storage<scalar_t>::store(grad_masks + p.n * ms.n + channel * ms.c +
                                              centre_y * ms.h + centre_x * ms.w,
-                                         probability[t] * (sum[q][t] - dot));
+                                         probability[t] * (sums[(t * PAIR + q) * LANES] - dot));
             }
         }
     } else {

@@ -96,7 +96,8 @@ def test_hardware_and_software_conversions_agree_on_the_gpu():
     out = cupy.zeros(4 * n, dtype=cupy.uint32)
     common = (_sources.cuda_source_dir() / "carafe_common.cuh").read_text()
     source = defines() + CHECK_SOURCE.replace('#include "carafe_common.cuh"', common)
-    kernel = cupy.RawKernel(source, "compare", options=tuple(_cupy_runtime.NVRTC_OPTIONS))
+    # compiled and loaded as the kernels are: the same options, target and loader
+    kernel = _cupy_runtime.CupyRuntime().kernel("conversion_check", source, "compare", 0)
     kernel(((n + 255) // 256,), (256,), (halves, values, out, np.int64(halves.size),
                                          np.int64(values.size)))
     result = cupy.asnumpy(out).reshape(n, 4)

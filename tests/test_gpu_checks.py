@@ -1,58 +1,54 @@
-"""GPU-side decisions, checked on the CPU with a fake CuPy: NVRTC's oldest target
-(V100 with NVRTC 13) and kernels first used inside a CUDA graph capture."""
+"""GPU-side decisions, checked on the CPU with a fake CuPy (tests/fake_cuda.py): NVRTC's
+range (V100 with NVRTC 13, sm_120 with NVRTC 12.4), the target each GPU gets, a compile or
+load that fails (no CUDA headers, a driver that refuses the binary) turned into a fallback
+with one warning, and kernels first used inside a CUDA graph capture."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from types import SimpleNamespace
 
 import pytest
+from fake_cuda import NVRTC_12_ARCHS, NVRTC_13_ARCHS, FakeCupy, FakeNvrtc
 
 from carafe_cupy import KernelsUnavailableError
+from carafe_cupy._runtime import binaries as _binaries
 from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 from carafe_cupy._runtime import gpu_checks as _gpu_checks
 from carafe_cupy._runtime import launch as _launch
 
-NVRTC_13_ARCHS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121)
-NVRTC_12_ARCHS = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90)
+HEADERS_ERROR = RuntimeError(
+    "Failed to find CUDA headers. Please install the CUDA Toolkit or set CUDA_PATH"
+)
 
 
-def fake_cupy(capabilities, nvrtc=(13, 0), archs=NVRTC_13_ARCHS, capturing=False):
-    """Just the parts of CuPy the checks and the launch read."""
-    launched = []
-
-    class Device:
-        def __init__(self, index):
-            self.compute_capability = str(capabilities[index])
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    nvrtc_module = SimpleNamespace(getVersion=lambda: nvrtc)
-    if archs is not None:
-        nvrtc_module.getSupportedArchs = lambda: archs
-    runtime = SimpleNamespace(
-        getDeviceCount=lambda: len(capabilities),
-        streamIsCapturing=lambda stream: 1 if capturing else 0,
-    )
-    stream_class = SimpleNamespace(from_external=lambda handle: contextlib.nullcontext())
-    cuda = SimpleNamespace(nvrtc=nvrtc_module, runtime=runtime, Device=Device, Stream=stream_class)
-    return SimpleNamespace(cuda=cuda, launched=launched)
+def fake_cupy(capabilities, nvrtc=(13, 0), archs=NVRTC_13_ARCHS, **options):
+    return FakeCupy(capabilities, FakeNvrtc(nvrtc, archs), **options)
 
 
 @pytest.fixture
-def install(monkeypatch):
+def install(monkeypatch, tmp_path):
+    """Put a fake CuPy in, with a fresh kernel cache and fresh availability answers."""
+    monkeypatch.setenv("CARAFE_CUPY_KERNEL_CACHE", str(tmp_path / "kernels"))
+
+    def reset():
+        _cupy_runtime._cupy_stream.cache_clear()
+        _cupy_runtime._probes.clear()
+        _binaries._memory.clear()
+        try:
+            from carafe_cupy._torch import common as _torch_common
+        except ImportError:
+            return
+        _torch_common._gpu_kernels_available.cache_clear()
+        _torch_common._kernels_target.cache_clear()
+        _torch_common._failed_devices.clear()
+
     def use(cupy):
         monkeypatch.setattr(_cupy_runtime, "_import_cupy", lambda: cupy)
-        _cupy_runtime._cupy_stream.cache_clear()
+        reset()
         return cupy
 
     yield use
-    _cupy_runtime._cupy_stream.cache_clear()
+    reset()
 
 
 def test_v100_with_nvrtc_13_reports_no_kernels_and_names_the_cuda12_extra(install):
@@ -67,7 +63,7 @@ def test_v100_with_nvrtc_13_reports_no_kernels_and_names_the_cuda12_extra(instal
     [
         (70, (12, 8), NVRTC_12_ARCHS, True),
         (75, (13, 0), NVRTC_13_ARCHS, True),
-        (120, (12, 4), NVRTC_12_ARCHS, True),  # newer than NVRTC: CuPy compiles for its newest
+        (120, (12, 4), NVRTC_12_ARCHS, True),  # newer than NVRTC: PTX the driver compiles
         (70, (13, 1), None, False),  # no getSupportedArchs: NVRTC 13's known range
         (70, (12, 0), None, True),
     ],
@@ -78,6 +74,56 @@ def test_nvrtc_range_against_the_compute_capability(install, capability, nvrtc, 
     assert _cupy_runtime.gpu_kernels_available(0) is available
 
 
+@pytest.mark.parametrize(
+    "capability, nvrtc, archs, target",
+    [
+        (80, (13, 0), NVRTC_13_ARCHS, "sm_80"),
+        (120, (13, 0), NVRTC_13_ARCHS, "sm_120"),
+        (120, (12, 4), NVRTC_12_ARCHS, "compute_90"),  # sm_90 cubins do not load on sm_120
+        (100, (12, 4), None, "compute_90"),  # CuPy without getSupportedArchs
+        (121, (12, 8), (75, 80, 86, 89, 90, 100, 120), "sm_120"),  # a cubin runs on its major
+        (89, (12, 4), (75, 80, 86, 90), "sm_80"),
+        (120, (12, 9), None, "sm_120"),
+    ],
+)
+def test_each_gpu_gets_a_target_it_can_load(install, capability, nvrtc, archs, target):
+    cupy = install(fake_cupy([capability], nvrtc=nvrtc, archs=archs))
+    assert _gpu_checks.compile_target(cupy, 0).name == target
+
+
+def test_sm120_with_nvrtc_12_4_loads_ptx_for_compute_90(install):
+    cupy = install(fake_cupy([120], nvrtc=(12, 4), archs=NVRTC_12_ARCHS))
+    runtime = _cupy_runtime.CupyRuntime()
+    _launch_once(runtime)
+    ((device, image),) = cupy.loads
+    assert device == 0 and image.startswith(b"// FAKE-PTX carafe.cu")
+    assert b"--gpu-architecture=compute_90" in image and image.endswith(b"\0")
+
+
+def test_info_names_each_gpus_binary(install):
+    from carafe_cupy._cli import check as _check
+
+    install(fake_cupy([120, 70], nvrtc=(12, 4), archs=NVRTC_12_ARCHS[7:]))
+    lines = _check.info_lines()
+    assert "cuda:0 kernels: PTX for compute_90, compiled by the driver when loaded" in lines
+    (line,) = [line for line in lines if line.startswith("cuda:1 kernels: unavailable:")]
+    assert "sm_70" in line and "sm_72" in line
+    assert any(line.startswith("NVRTC options: -std=c++17 -ftz=false") for line in lines)
+    assert _check.cupy_arrays_line() == "cuda kernels"
+
+
+def test_a_driver_that_cannot_load_the_ptx_is_reported_with_the_fix(install):
+    error = RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled ...")
+    install(fake_cupy([120], nvrtc=(12, 4), archs=NVRTC_12_ARCHS, load_error=error))
+    assert _cupy_runtime.gpu_kernels_available()  # no GPU is touched without a device
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason(0)
+    assert "cuda:0" in reason and "PTX for compute_90" in reason
+    assert "UNSUPPORTED_PTX_VERSION" in reason and "update the NVIDIA driver" in reason
+    runtime = _cupy_runtime.CupyRuntime()
+    with pytest.raises(KernelsUnavailableError, match="update the NVIDIA driver"):
+        _launch_once(runtime)
+
+
 def test_mixed_gpus_are_judged_one_by_one(install):
     install(fake_cupy([70, 80]))
     assert _cupy_runtime.gpu_kernels_available()
@@ -85,25 +131,83 @@ def test_mixed_gpus_are_judged_one_by_one(install):
     assert _cupy_runtime.gpu_kernels_available(1)
 
 
+# ------------------------------------------------ a compile that fails (no headers)
+
+
+def test_a_compile_without_cuda_headers_makes_the_kernels_unavailable(install):
+    cupy = install(fake_cupy([80]))
+    cupy.nvrtc.compile_error = HEADERS_ERROR
+    reason = _cupy_runtime.gpu_kernels_unavailable_reason()
+    assert "Failed to find CUDA headers" in reason and "carafe_cupy[cuda13]" in reason
+    assert not _cupy_runtime.gpu_kernels_available(0)
+    runtime = _cupy_runtime.CupyRuntime()
+    with pytest.raises(KernelsUnavailableError, match="Failed to find CUDA headers"):
+        _launch_once(runtime)
+    assert not cupy.loads
+
+
+def test_info_says_what_to_install_when_the_compile_fails(install):
+    from carafe_cupy._cli import check as _check
+
+    cupy = install(fake_cupy([80]))
+    cupy.nvrtc.compile_error = HEADERS_ERROR
+    line = _check.cupy_arrays_line()
+    assert line.startswith("unavailable:") and "Failed to find CUDA headers" in line
+    assert 'pip install "carafe_cupy[cuda13]"' in line
+
+
+def test_torch_falls_back_with_one_warning_when_the_compile_fails(install):
+    torch = pytest.importorskip("torch")
+    from carafe_cupy._torch import common as _torch_common
+
+    cupy = install(fake_cupy([80]))
+    cupy.nvrtc.compile_error = HEADERS_ERROR
+    with pytest.warns(RuntimeWarning, match="Failed to find CUDA headers") as caught:
+        assert not _torch_common.uses_kernels(torch.device("cuda", 0))
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _torch_common.uses_kernels(torch.device("cuda", 0))
+
+
+def test_a_failure_found_at_launch_falls_back_with_one_warning(install, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from carafe_cupy._torch import common as _torch_common
+    from carafe_cupy._torch import ops as _ops
+
+    install(fake_cupy([80]))
+    error = KernelsUnavailableError("carafe_cupy: cuda:0 could not load carafe (...).")
+    monkeypatch.setattr(_ops, "uses_kernels", lambda device: True)
+
+    def refuse(*args):
+        raise error
+
+    monkeypatch.setattr(_ops._launch, "launch_forward", refuse)
+    features, masks = torch.rand(1, 2, 3, 3), torch.rand(1, 9, 6, 6)
+    with pytest.warns(RuntimeWarning, match="could not load carafe") as caught:
+        output = _ops.forward_op(features, masks, 3, 1, 2)
+    assert len(caught) == 1
+    expected = _ops._cpu_path.cpu_forward(features, masks, 3, 1, 2, 1, 1)
+    torch.testing.assert_close(output, expected)
+    assert not _torch_common.uses_kernels(torch.device("cuda", 0))  # from now on
+
+
+# ------------------------------------------------ torch's one warning per device
+
+
 def test_torch_tensors_on_an_untargetable_gpu_take_the_pytorch_path_with_one_warning(install):
     torch = pytest.importorskip("torch")
     from carafe_cupy._torch import common as _torch_common
 
     install(fake_cupy([70, 80]))
-    _torch_common._gpu_kernels_available.cache_clear()
-    _torch_common._kernels_target.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match=r"sm_70.*carafe_cupy\[cuda12\]") as caught:
-            assert not _torch_common.uses_kernels(torch.device("cuda", 0))
-        assert len(caught) == 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert not _torch_common.uses_kernels(torch.device("cuda", 0))  # warned once only
-            assert _torch_common.uses_kernels(torch.device("cuda", 1))
-        assert not _torch_common.uses_kernels(torch.device("cpu"))
-    finally:
-        _torch_common._gpu_kernels_available.cache_clear()
-        _torch_common._kernels_target.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"sm_70.*carafe_cupy\[cuda12\]") as caught:
+        assert not _torch_common.uses_kernels(torch.device("cuda", 0))
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _torch_common.uses_kernels(torch.device("cuda", 0))  # warned once only
+        assert _torch_common.uses_kernels(torch.device("cuda", 1))
+    assert not _torch_common.uses_kernels(torch.device("cpu"))
 
 
 def test_every_gpu_untargetable_warns_with_the_reason(install):
@@ -111,13 +215,11 @@ def test_every_gpu_untargetable_warns_with_the_reason(install):
     from carafe_cupy._torch import common as _torch_common
 
     install(fake_cupy([70]))
-    _torch_common._gpu_kernels_available.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match=r"NVRTC 13\.0 cannot compile for cuda:0 \(sm_70\)"):
-            assert not _torch_common.uses_kernels(torch.device("cuda", 0))
-    finally:
-        _torch_common._gpu_kernels_available.cache_clear()
-        _torch_common._kernels_target.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"NVRTC 13\.0 cannot compile for cuda:0 \(sm_70\)"):
+        assert not _torch_common.uses_kernels(torch.device("cuda", 0))
+
+
+# ------------------------------------------------ launching
 
 
 def _launch_once(runtime, stream=7):
@@ -126,11 +228,11 @@ def _launch_once(runtime, stream=7):
 
 
 def test_the_cupy_front_end_refuses_an_untargetable_gpu_before_compiling(install):
-    install(fake_cupy([70]))
+    cupy = install(fake_cupy([70]))
     runtime = _cupy_runtime.CupyRuntime()
     with pytest.raises(KernelsUnavailableError, match=r"sm_70.*cuda12"):
         _launch_once(runtime)
-    assert runtime.compile_count == 0
+    assert runtime.compile_count == 0 and not cupy.nvrtc.compiles
 
 
 def test_a_first_call_inside_a_graph_capture_says_to_warm_up(install):
@@ -141,21 +243,23 @@ def test_a_first_call_inside_a_graph_capture_says_to_warm_up(install):
     assert runtime.compile_count == 0
 
 
-def test_a_compiled_kernel_launches_during_a_capture(install):
-    install(fake_cupy([80], capturing=True))
+def test_every_kernel_of_a_loaded_module_launches_during_a_capture(install):
+    cupy = install(fake_cupy([80]))
     runtime = _cupy_runtime.CupyRuntime()
-    calls = []
-    key = (0, _launch.KERNEL_MODULE, "carafe_forward_float32")
-    runtime._kernels[key] = lambda grid, block, args, shared_mem: calls.append((grid, block))
-    _launch_once(runtime)
-    assert calls == [((1, 1, 1), (32, 1, 1))]
+    _launch_once(runtime, stream=0)  # the warm-up: loads the module
+    cupy.cuda.runtime.streamIsCapturing = lambda stream: 1
+    args = ((1, 1, 1), (32, 1, 1), ())
+    runtime.launch(_launch.KERNEL_MODULE, "source", "carafe_backward_masks_float64", *args, 0, 0, 7)
+    assert [launch[1] for launch in cupy.launches] == [
+        "carafe_forward_float32",
+        "carafe_backward_masks_float64",
+    ]
+    assert runtime.compile_count == 1
 
 
 def test_the_legacy_default_stream_is_never_asked_about_capture(install):
     cupy = install(fake_cupy([80], capturing=True))
     cupy.cuda.runtime.streamIsCapturing = lambda stream: pytest.fail("asked about stream 0")
     runtime = _cupy_runtime.CupyRuntime()
-    compiled = []
-    runtime._compile = lambda *args: compiled.append(args) or (lambda *a, **k: None)
     _launch_once(runtime, stream=0)
-    assert len(compiled) == 1
+    assert runtime.compile_count == 1

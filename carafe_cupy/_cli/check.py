@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -174,7 +172,7 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
             notes.append("no CUDA GPU visible to torch: the torch GPU path was not checked")
     if _launch.simulator_enabled():
         backends["numpy (kernels on the simulator)"] = _numpy_simulator_backend()
-    if _cupy_runtime.gpu_kernels_available():
+    if _cupy_runtime.gpu_kernels_available(0):  # CuPy's current device
         backends["cupy"] = _cupy_backend()
     elif _launch.simulator_enabled():
         notes.append(
@@ -271,10 +269,6 @@ def _version(module: str) -> str:
         return f"not available ({type(error).__name__})"
 
 
-def cache_dir() -> str:
-    return os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache"))
-
-
 def info_lines() -> list[str]:
     lines = [
         f"carafe_cupy {__version__}",
@@ -299,8 +293,12 @@ def info_lines() -> list[str]:
             pass
     lines.append(f"NVRTC {nvrtc}")
     lines.append(f"GPUs: {', '.join(gpus) if gpus else 'none visible'}")
+    for index in range(len(gpus)):
+        lines.append(f"cuda:{index} kernels: {_cupy_runtime.device_kernels_line(index)}")
     lines.append(f"kernel sources: {_sources.cuda_source_dir()}")
-    lines.append(f"kernel cache (CUPY_CACHE_DIR): {cache_dir()}")
+    options = " ".join(_sources.NVRTC_OPTIONS)
+    lines.append(f"NVRTC options: {options} (NVRTC alone: no CUDA headers or toolkit needed)")
+    lines.append(f"kernel cache (CARAFE_CUPY_KERNEL_CACHE): {_cupy_runtime.kernel_cache_dir()}")
     lines.append(
         f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}"
     )
@@ -349,7 +347,10 @@ def cupy_arrays_line() -> str:
             f"({type(error).__name__}); install it with "
             'pip install ".[cuda13]" (or ".[cuda12]"), or a CUDA toolkit'
         )
-    reason = _cupy_runtime.gpu_kernels_unavailable_reason()
-    if reason is not None:  # e.g. NVRTC cannot target this GPU's architecture
-        return f"unavailable: {reason}"
+    # e.g. NVRTC cannot target the GPU, cannot compile, or the driver refuses the binary
+    reasons = [_cupy_runtime.gpu_kernels_unavailable_reason()]
+    if reasons[0] is None:
+        reasons = [_cupy_runtime.gpu_kernels_unavailable_reason(index) for index in range(gpus)]
+    if None not in reasons:
+        return f"unavailable: {reasons[0]}"
     return "cuda kernels"

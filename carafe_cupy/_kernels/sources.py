@@ -22,7 +22,20 @@ from .names import (  # noqa: F401 (re-exported)
     tiled_module_name,
 )
 
-NVRTC_OPTIONS = ("-std=c++17",)
+# Every NVRTC option the kernels are compiled with, wherever they are compiled (the
+# runtime, the offline checks, the cost model), plus the target (``_runtime.binaries``).
+# IEEE fp32: subnormals kept (no flush to zero), divisions and square roots rounded
+# correctly, as in the simulator and in torch; FMA contraction on (NVRTC's default,
+# which the simulator does not model). Line info and ptxas' report change no code.
+NVRTC_OPTIONS = (
+    "-std=c++17",
+    "-ftz=false",
+    "-prec-div=true",
+    "-prec-sqrt=true",
+    "-fmad=true",
+    "--generate-line-info",
+    "-Xptxas=-v",
+)
 _SCALAR_TYPES = {
     "float32": "float",
     "float64": "double",

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from .._kernels import sources as _sources
 
-LINE_INFO = ("--generate-line-info",)
 NVDISASM_HINT = (
     "nvdisasm was not found: install the profile extra from the repository (pip install "
     "'.[profile]', which brings the nvidia-cuda-nvdisasm wheel), put a CUDA toolkit's "
@@ -281,7 +280,7 @@ def _compile(module: str, arch: str) -> tuple[str, str]:
     """ptxas log and SASS text of one module for one architecture."""
     from .._runtime import cupy_runtime as _cupy_runtime
 
-    log, cubin = _cupy_runtime.compile_offline_cubin(arch, module, LINE_INFO)
+    log, cubin = _cupy_runtime.compile_offline_cubin(arch, module)  # the binary that runs
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / f"{module}.cubin"
         path.write_bytes(cubin)
@@ -297,7 +296,7 @@ def module_static(module: str, arch: str) -> dict[str, KernelStatic]:
     """Every kernel of ``module`` compiled for ``arch``, analysed (disk-cached)."""
     source = _sources.kernel_source(module)
     key = hashlib.sha256(
-        "\0".join((source, arch, *LINE_INFO, *_sources.NVRTC_OPTIONS, _tool_versions())).encode()
+        "\0".join((source, arch, *_sources.NVRTC_OPTIONS, _tool_versions())).encode()
     ).hexdigest()[:24]
     path = cache_dir() / f"{module}-{arch}-{key}.json"
     if path.is_file():

@@ -1,16 +1,16 @@
 """The CuPy runtime: the only module that imports CuPy.
 
-It compiles the modules from ``_kernels.sources`` with NVRTC through ``cupy.RawModule``,
-keeps one loaded kernel per (device, module, kernel), launches it on a stream,
-and compiles offline (no GPU) for the static checks and the cost model.
+Kernels are compiled by NVRTC through ``cupy.cuda.nvrtc`` with the one option set
+of ``_kernels.sources.NVRTC_OPTIONS`` (``binaries``; no CUDA headers needed) and
+loaded with CuPy's module loading, one module per (device, module name), from
+which every kernel of the module is taken. The offline compiles (the static
+checks, the cost model) produce the very same binaries.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import struct
 import sys
 import tempfile
 import threading
@@ -19,8 +19,10 @@ from typing import Any
 
 from .._core.errors import KernelCompileError, KernelsUnavailableError
 from .._kernels import sources as _sources
-from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS
+from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS  # noqa: F401 (re-exported)
+from . import binaries as _binaries
 from . import gpu_checks as _gpu_checks
+from .binaries import Binary, Target
 
 
 @functools.cache
@@ -35,7 +37,7 @@ def _import_cupy() -> Any:
 
 
 def cupy_cache_dir() -> str:
-    """The directory CuPy's disk cache uses (the same rule as CuPy's own)."""
+    """The directory CuPy's own disk cache uses (the same rule as CuPy's)."""
     return os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
 
 
@@ -43,9 +45,9 @@ def _ensure_cupy_cache_dir() -> None:
     """Make sure ``import cupy`` can create its kernel cache directory.
 
     CuPy creates ``CUPY_CACHE_DIR`` while it is imported, and the import fails
-    if it cannot (a path under a file, a read-only mount). An unusable cache
-    must not cost the GPU kernels, so CuPy gets a private temporary directory
-    instead, with a warning.
+    if it cannot (a path under a file, a read-only mount). The kernels here do
+    not use that cache, so CuPy gets a private temporary directory instead, with
+    a warning.
     """
     directory = cupy_cache_dir()
     try:
@@ -54,7 +56,7 @@ def _ensure_cupy_cache_dir() -> None:
         fallback = tempfile.mkdtemp(prefix="carafe_cupy_kernel_cache_")
         warnings.warn(
             f"carafe_cupy: CuPy's kernel cache directory {directory!r} cannot be created "
-            f"({error}); compiled kernels go to {fallback!r} for this process. Set "
+            f"({error}); CuPy's own kernels go to {fallback!r} for this process. Set "
             "CUPY_CACHE_DIR to a writable directory to keep them between runs.",
             RuntimeWarning,
             stacklevel=3,
@@ -71,8 +73,9 @@ def cupy_importable() -> bool:
 
 
 def gpu_kernels_available(device: int | None = None) -> bool:
-    """True when CuPy imports, sees a GPU, NVRTC can be loaded and can compile
-    for that GPU (``device``; by default for at least one visible GPU)."""
+    """True when CuPy imports, sees a GPU, and NVRTC compiles for it: for ``device``
+    (a test kernel is also loaded onto it), or by default for at least one visible
+    GPU (no GPU is touched then)."""
     return gpu_kernels_unavailable_reason(device) is None
 
 
@@ -90,7 +93,85 @@ def gpu_kernels_unavailable_reason(device: int | None = None) -> str | None:
         reasons = [_gpu_checks.untargetable_reason(cupy, index) for index in devices]
     except Exception as error:
         return f"CUDA or NVRTC is not usable ({error})"
-    return None if None in reasons else reasons[0]
+    if None not in reasons:
+        return reasons[0]
+    return _probe(cupy, None) or (None if device is None else _probe(cupy, device))
+
+
+# A test kernel, compiled with the kernels' options before any real one: NVRTC
+# alone (device None), or compiled for a GPU and loaded onto it.
+_PROBE_SOURCE = 'extern "C" __global__ void carafe_probe(float* out) { if (out) *out = 1.0f; }\n'
+_probes: dict[int | None, str | None] = {}
+_probe_lock = threading.Lock()
+
+
+def _probe(cupy: Any, device: int | None) -> str | None:
+    with _probe_lock:
+        if device not in _probes:
+            _probes[device] = _run_probe(cupy, device)
+        return _probes[device]
+
+
+def _run_probe(cupy: Any, device: int | None) -> str | None:
+    target = None
+    try:
+        if device is None:
+            target = Target(_gpu_checks.supported_archs(cupy)[-1])
+        else:
+            target = _gpu_checks.compile_target(cupy, device)
+        binary = _binaries.compile_module(cupy.cuda.nvrtc, "carafe_probe", _PROBE_SOURCE, target)
+    except KernelsUnavailableError as error:
+        return str(error).removeprefix("carafe_cupy: ").rstrip(".")
+    except Exception as error:  # NVRTC missing or broken, options refused
+        return _compile_failure(cupy, "a test kernel", target, error)
+    if device is None:
+        return None
+    try:
+        _load_module(cupy, binary, device)
+    except Exception as error:  # the driver refuses the cubin or cannot compile the PTX
+        return _load_failure(binary, device, error)
+    return None
+
+
+def _compile_failure(cupy: Any, what: str, target: Target | None, error: Exception) -> str:
+    try:
+        version = ".".join(str(part) for part in _gpu_checks.nvrtc_version(cupy))
+    except Exception:
+        version = "(version unknown)"
+    aim = f" for {target.name}" if target is not None else ""
+    return (
+        f"NVRTC {version} could not compile {what}{aim} ({type(error).__name__}: "
+        f"{_first_line(error)}); install NVRTC with the CUDA major version of your driver, "
+        '`pip install "carafe_cupy[cuda13]"` or `pip install "carafe_cupy[cuda12]"`'
+    )
+
+
+def _load_failure(binary: Binary, device: int, error: Exception) -> str:
+    fix = (
+        "update the NVIDIA driver, or install an NVRTC that targets this GPU "
+        '(`pip install "carafe_cupy[cuda13]"`)'
+        if binary.target.ptx
+        else "update the NVIDIA driver to one of NVRTC's CUDA version or later, or install "
+        'the NVRTC of the driver\'s CUDA version (`pip install "carafe_cupy[cuda12]"`)'
+    )
+    return (
+        f"cuda:{device} could not load {binary.module} as {binary.target.describe()} "
+        f"({type(error).__name__}: {_first_line(error)}); {fix}"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _load_module(cupy: Any, binary: Binary, device: int) -> Any:
+    """Load a binary onto ``device`` with CuPy's module loading (the driver
+    compiles PTX for the GPU here)."""
+    with cupy.cuda.Device(device):
+        module = cupy.cuda.function.Module()
+        module.load(binary.image)
+    return module
 
 
 class _StreamHandle:
@@ -104,60 +185,55 @@ class _StreamHandle:
 
 
 class CupyRuntime:
-    """NVRTC through ``cupy.RawModule``: compiled once per (device, module).
-
-    CuPy keeps the binary in its disk cache (``CUPY_CACHE_DIR``); the lock
-    makes concurrent first calls compile once.
-    """
+    """Modules loaded once per (device, module name); every kernel of a module
+    taken from it when it is loaded, so a loaded module needs no further driver
+    work, even inside a CUDA graph capture. The lock makes concurrent first
+    calls load once. ``compile_count`` counts module loads (each compiled, or
+    read from the disk cache)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kernels: dict[tuple[int, str, str], Any] = {}
-        self._disk_cache_warned = False
+        self._modules: dict[tuple[int, str], dict[str, Any]] = {}
         self.compile_count = 0
 
+    def loaded(self, module_name: str, device: int) -> bool:
+        return (device, module_name) in self._modules
+
     def kernel(self, module_name: str, source: str, kernel_name: str, device: int) -> Any:
-        key = (device, module_name, kernel_name)
-        kernel = self._kernels.get(key)
-        if kernel is not None:
-            return kernel
-        cupy = _import_cupy()
-        with self._lock:
-            kernel = self._kernels.get(key)
-            if kernel is None:
-                kernel = self._compile(cupy, module_name, source, kernel_name, device)
-                self.compile_count += 1
-                self._kernels[key] = kernel
+        kernels = self._modules.get((device, module_name))
+        if kernels is None:
+            cupy = _import_cupy()
+            with self._lock:
+                kernels = self._modules.get((device, module_name))
+                if kernels is None:
+                    kernels = self._load(cupy, module_name, source, kernel_name, device)
+                    self.compile_count += 1
+                    self._modules[(device, module_name)] = kernels
+        kernel = kernels.get(kernel_name)
+        if kernel is None:
+            raise KernelCompileError(f"module {module_name} has no kernel {kernel_name!r}")
         return kernel
 
-    def _compile(
+    def _load(
         self, cupy: Any, module_name: str, source: str, kernel_name: str, device: int
-    ) -> Any:
+    ) -> dict[str, Any]:
+        target = _gpu_checks.compile_target(cupy, device)
         try:
-            try:
-                return _load_kernel(cupy, source, kernel_name, device)
-            except OSError as error:
-                # CuPy could not read or write its disk cache (CUPY_CACHE_DIR);
-                # compiling in memory still gives a working kernel.
-                self._warn_disk_cache_unusable(error)
-                with _cupy_cache_in_memory():
-                    return _load_kernel(cupy, source, kernel_name, device)
-        except cupy.cuda.compiler.CompileException as error:
+            binary = _binaries.module_binary(cupy.cuda.nvrtc, module_name, source, target)
+        except KernelCompileError as error:
             raise KernelCompileError(
                 f"NVRTC failed to compile kernel {kernel_name!r} from {module_name}.cu:\n{error}"
             ) from error
-
-    def _warn_disk_cache_unusable(self, error: OSError) -> None:
-        if self._disk_cache_warned:
-            return
-        self._disk_cache_warned = True
-        warnings.warn(
-            f"carafe_cupy: CuPy's kernel cache in {cupy_cache_dir()!r} is unusable ({error}); "
-            "kernels are compiled in memory, and again in every process. Point "
-            "CUPY_CACHE_DIR at a writable directory to keep them.",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        except Exception as error:  # no usable NVRTC: the caller can fall back
+            reason = _compile_failure(cupy, f"{module_name}.cu", target, error)
+            raise KernelsUnavailableError(f"carafe_cupy: {reason}.") from error
+        try:
+            module = _load_module(cupy, binary, device)
+            names = _module_kernel_names(module_name, kernel_name)
+            return {name: module.get_function(name) for name in names}
+        except Exception as error:
+            reason = _load_failure(binary, device, error)
+            raise KernelsUnavailableError(f"carafe_cupy: {reason}.") from error
 
     def launch(
         self,
@@ -172,39 +248,20 @@ class CupyRuntime:
         stream: int = 0,
     ) -> None:
         cupy = _import_cupy()
-        if (device, module_name, kernel_name) not in self._kernels:
+        if not self.loaded(module_name, device):
             _gpu_checks.check_before_first_compile(cupy, device, stream, kernel_name)
         kernel = self.kernel(module_name, source, kernel_name, device)
         with cupy.cuda.Device(device), _cupy_stream(stream, device):
             kernel(grid, block, args, shared_mem=shared_mem)
 
 
-def _load_kernel(cupy: Any, source: str, kernel_name: str, device: int) -> Any:
-    """Compile (or take from CuPy's cache) one kernel and load it onto ``device``."""
-    with cupy.cuda.Device(device):
-        module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
-        kernel = module.get_function(kernel_name)
-        kernel.attributes  # noqa: B018 - forces the load onto this device
-    return kernel
-
-
-@contextlib.contextmanager
-def _cupy_cache_in_memory():
-    """Have CuPy compile without its disk cache (``CUPY_CACHE_IN_MEMORY=1``).
-
-    CuPy reads the variable at each compile. It is process-wide, so a CuPy
-    compile in another thread meanwhile also skips the disk cache, which costs
-    that compile nothing but its caching.
-    """
-    previous = os.environ.get("CUPY_CACHE_IN_MEMORY")
-    os.environ["CUPY_CACHE_IN_MEMORY"] = "1"
+def _module_kernel_names(module_name: str, kernel_name: str) -> list[str]:
+    """Every kernel a module defines (the asked one first)."""
     try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["CUPY_CACHE_IN_MEMORY"]
-        else:
-            os.environ["CUPY_CACHE_IN_MEMORY"] = previous
+        names = _sources.module_kernel_names(module_name)
+    except ValueError:  # not one of the package's modules (tests)
+        names = []
+    return [kernel_name] + [name for name in names if name != kernel_name]
 
 
 @functools.lru_cache(maxsize=64)
@@ -221,49 +278,40 @@ def get_runtime() -> CupyRuntime:
     return CupyRuntime()
 
 
+def device_kernels_line(device: int) -> str:
+    """What the kernels are on ``device``: the binary it loads, or why none."""
+    reason = gpu_kernels_unavailable_reason(device)
+    if reason is not None:
+        return f"unavailable: {reason}"
+    return _gpu_checks.compile_target(_import_cupy(), device).describe()
+
+
+def kernel_cache_dir() -> str:
+    """Where compiled kernel binaries are kept (``CARAFE_CUPY_KERNEL_CACHE``)."""
+    return str(_binaries.cache_dir())
+
+
 # ---------------------------------------------------------------- offline build
+
+
+def module_binary(target: str | Target, module_name: str = KERNEL_MODULE) -> Binary:
+    """The binary the runtime loads on a GPU whose target is ``target`` (e.g.
+    "sm_80", or "compute_90" for PTX), compiled without a GPU (or from the cache)."""
+    if isinstance(target, str):
+        target = Target.parse(target)
+    nvrtc = _import_cupy().cuda.nvrtc
+    return _binaries.module_binary(nvrtc, module_name, _sources.kernel_source(module_name), target)
 
 
 def compile_offline(arch: str, module_name: str = KERNEL_MODULE) -> str:
     """Compile a module for ``arch`` (e.g. "sm_80") without a GPU; return ptxas' report.
 
-    Uses NVRTC's C API through ``cupy.cuda.nvrtc``, which needs no device
-    (``RawModule`` does). Raises KernelCompileError with the log on failure.
+    Raises KernelCompileError with the log on failure.
     """
-    return compile_offline_cubin(arch, module_name)[0]
+    return module_binary(arch, module_name).log
 
 
-def compile_offline_cubin(
-    arch: str, module_name: str = KERNEL_MODULE, extra_options: tuple[str, ...] = ()
-) -> tuple[str, bytes]:
-    """Like :func:`compile_offline`, and also return the module's cubin for ``arch``
-    (``extra_options``, e.g. ``("--generate-line-info",)``, go to NVRTC too)."""
-    nvrtc = _import_cupy().cuda.nvrtc
-    source = _sources.kernel_source(module_name)
-    program = nvrtc.createProgram(source, f"{module_name}.cu", [], [])
-    options = [f"--gpu-architecture={arch}", "-Xptxas=-v", *NVRTC_OPTIONS, *extra_options]
-    failure = None
-    cubin = b""
-    try:
-        nvrtc.compileProgram(program, options)
-    except nvrtc.NVRTCError as error:
-        failure = error
-    log = nvrtc.getProgramLog(program)
-    if failure is None:
-        cubin = _whole_elf(bytes(nvrtc.getCUBIN(program)))
-    nvrtc.destroyProgram(program)
-    if failure is not None:
-        message = f"NVRTC failed on {module_name}.cu for {arch}:\n{log}"
-        raise KernelCompileError(message) from failure
-    return log, cubin
-
-
-def _whole_elf(image: bytes) -> bytes:
-    """CuPy's ``getCUBIN`` drops the image's last byte (it sizes it like a C
-    string); restore the length the ELF header declares (the tail is padding)."""
-    if image[:4] != b"\x7fELF" or len(image) < 64:
-        return image
-    program_headers, section_headers = struct.unpack_from("<QQ", image, 0x20)
-    ph_size, ph_count, sh_size, sh_count = struct.unpack_from("<HHHH", image, 0x36)
-    end = max(program_headers + ph_size * ph_count, section_headers + sh_size * sh_count)
-    return image + b"\0" * max(0, end - len(image))
+def compile_offline_cubin(arch: str, module_name: str = KERNEL_MODULE) -> tuple[str, bytes]:
+    """Like :func:`compile_offline`, and also return the module's cubin for ``arch``."""
+    binary = module_binary(arch, module_name)
+    return binary.log, binary.image

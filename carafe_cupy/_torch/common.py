@@ -62,14 +62,33 @@ def _kernels_target(device_index: int) -> bool:
     return reason is None
 
 
+_failed_devices: set[int] = set()
+
+
+def kernels_failed(device: torch.device, error: Exception) -> None:
+    """A launch found the kernels unusable on ``device`` (a compile or load failure
+    the availability check did not see): warn once, then take the PyTorch path there."""
+    index = device.index if device.index is not None else 0
+    if index in _failed_devices:
+        return
+    _failed_devices.add(index)
+    warnings.warn(
+        f"{error} Until then, CUDA tensors on cuda:{index} take the slower pure-PyTorch path.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def uses_kernels(device: torch.device) -> bool:
     """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
     if _launch.simulator_enabled():
         return device.type == "cpu"
+    index = device.index if device.index is not None else 0
     return (
         device.type == "cuda"
         and _gpu_kernels_available()
-        and _kernels_target(device.index if device.index is not None else 0)
+        and _kernels_target(index)
+        and index not in _failed_devices
     )
 
 
@@ -112,6 +131,25 @@ def check_tensors(where: str = "carafe", **tensors: object) -> None:
         raise ValueError(f"{where}: all tensors must be on one device, got {listing}")
 
 
+def check_op_tensors(where: str, **tensors: torch.Tensor) -> None:
+    """The tensors of one op call share the first one's dtype (a floating one) and
+    device: a kernel reads every tensor as that dtype, on that device. Raw
+    ``torch.ops.carafe_cupy`` calls reach the ops without the public checks."""
+    (first_name, first), *others = tensors.items()
+    _validate.check_dtype(first_name, dtype_name(first.dtype), where)
+    for name, tensor in others:
+        if tensor.dtype != first.dtype:
+            raise TypeError(
+                f"{where}: {name} must have the dtype of {first_name}, {first.dtype}, "
+                f"got {tensor.dtype}"
+            )
+        if tensor.device != first.device:
+            raise ValueError(
+                f"{where}: {name} must be on the device of {first_name}, {first.device}, "
+                f"got {tensor.device}"
+            )
+
+
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # no cast node at all when none is needed keeps traced graphs minimal
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
@@ -125,5 +163,3 @@ def normalize_logits(logits: torch.Tensor, kernel_size: int, scale_factor: int) 
     masks = masks.view(batch, mask_channels // taps, taps, height, width)
     masks = masks.softmax(dim=2, dtype=masks.dtype)
     return masks.view(batch, mask_channels, height, width).contiguous()
-
-

@@ -12,16 +12,19 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from .._core.errors import KernelsUnavailableError
 from .._cpu import path as _cpu_path
 from .._plan import planner as _planner
 from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
 from . import export as _export
 from .common import (
+    check_op_tensors,
     check_tensors,
     device_and_stream,
     dtype_name,
     empty_output,
+    kernels_failed,
     normalize_logits,
     tensor_ref,
     uses_kernels,
@@ -56,6 +59,10 @@ def check_logits_geometry(
     )
 
 
+_FUSED_FORWARD = "carafe_cupy::carafe_fused_forward"
+_FUSED_BACKWARD = "carafe_cupy::carafe_fused_backward"
+
+
 def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> bool:
     return uses_kernels(features.device) and _planner.fused_supported(
         geometry, dtype_name(features.dtype)
@@ -70,22 +77,26 @@ def carafe_fused_forward(
     group_size: int,
     scale_factor: int,
 ) -> torch.Tensor:
+    check_op_tensors(_FUSED_FORWARD, features=features, logits=logits)
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
-    if not _uses_fused_kernels(features, geometry):
-        masks = normalize_logits(logits, kernel_size, scale_factor)
-        return forward_op(features, masks, kernel_size, group_size, scale_factor)
-    output = empty_output(features, scale_factor)
-    device, stream = device_and_stream(features.device)
-    _launch.launch_fused_forward(
-        geometry, tensor_ref(features), tensor_ref(logits), tensor_ref(output), device, stream
-    )
-    return output
+    if _uses_fused_kernels(features, geometry):
+        output = empty_output(features, scale_factor)
+        device, stream = device_and_stream(features.device)
+        try:
+            refs = (tensor_ref(features), tensor_ref(logits), tensor_ref(output))
+            _launch.launch_fused_forward(geometry, *refs, device, stream)
+            return output
+        except KernelsUnavailableError as error:  # found at the first compile or load
+            kernels_failed(features.device, error)
+    masks = normalize_logits(logits, kernel_size, scale_factor)
+    return forward_op(features, masks, kernel_size, group_size, scale_factor)
 
 
 @carafe_fused_forward.register_fake
 def _carafe_fused_forward_fake(features, logits, kernel_size, group_size, scale_factor):
+    check_op_tensors(_FUSED_FORWARD, features=features, logits=logits)
     return empty_output(features, scale_factor)
 
 
@@ -125,32 +136,37 @@ def carafe_fused_backward(
     group_size: int,
     scale_factor: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_op_tensors(_FUSED_BACKWARD, features=features, logits=logits, grad_output=grad_output)
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
     _validate.check_grad_output_shape(grad_output.shape, geometry)
-    if not _uses_fused_kernels(features, geometry):
-        return fused_backward_composed(
-            grad_output, features, logits, kernel_size, group_size, scale_factor
-        )
-    grad_features = torch.empty_like(features)
-    grad_logits = torch.empty_like(logits)
-    device, stream = device_and_stream(features.device)
-    _launch.launch_fused_backward(
-        geometry,
-        tensor_ref(grad_output),
-        tensor_ref(features),
-        tensor_ref(logits),
-        tensor_ref(grad_features),
-        tensor_ref(grad_logits),
-        device,
-        stream,
+    if _uses_fused_kernels(features, geometry):
+        grad_features = torch.empty_like(features)
+        grad_logits = torch.empty_like(logits)
+        device, stream = device_and_stream(features.device)
+        try:
+            _launch.launch_fused_backward(
+                geometry,
+                tensor_ref(grad_output),
+                tensor_ref(features),
+                tensor_ref(logits),
+                tensor_ref(grad_features),
+                tensor_ref(grad_logits),
+                device,
+                stream,
+            )
+            return grad_features, grad_logits
+        except KernelsUnavailableError as error:  # found at the first compile or load
+            kernels_failed(features.device, error)
+    return fused_backward_composed(
+        grad_output, features, logits, kernel_size, group_size, scale_factor
     )
-    return grad_features, grad_logits
 
 
 @carafe_fused_backward.register_fake
 def _carafe_fused_backward_fake(grad_output, features, logits, kernel_size, group_size, scale):
+    check_op_tensors(_FUSED_BACKWARD, features=features, logits=logits, grad_output=grad_output)
     return torch.empty_like(features), torch.empty_like(logits)
 
 

@@ -13,10 +13,21 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from .._core.errors import KernelsUnavailableError
 from .._cpu import path as _cpu_path
 from .._runtime import launch as _launch
 from . import dynamo as _lazy_dynamo
-from .common import device_and_stream, empty_output, tensor_ref, uses_kernels
+from .common import (
+    check_op_tensors,
+    device_and_stream,
+    empty_output,
+    kernels_failed,
+    tensor_ref,
+    uses_kernels,
+)
+
+_FORWARD = "carafe_cupy::carafe_forward"
+_BACKWARD = "carafe_cupy::carafe_backward"
 
 
 @torch.library.custom_op("carafe_cupy::carafe_forward", mutates_args=())
@@ -30,20 +41,25 @@ def forward_op(
     dilation: int = 1,
 ) -> torch.Tensor:
     # checked here too, for callers of torch.ops.carafe_cupy.* (TorchScript among them)
+    check_op_tensors(_FORWARD, features=features, masks=masks)
     params = (kernel_size, group_size, scale_factor, stride, dilation)
     geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     if not uses_kernels(features.device):
         return _cpu_path.cpu_forward(features, masks, *params)
     output = empty_output(features, scale_factor, stride)
     device, stream = device_and_stream(features.device)
-    _launch.launch_forward(
-        geometry,
-        tensor_ref(features),
-        tensor_ref(masks),
-        tensor_ref(output),
-        device,
-        stream,
-    )
+    try:
+        _launch.launch_forward(
+            geometry,
+            tensor_ref(features),
+            tensor_ref(masks),
+            tensor_ref(output),
+            device,
+            stream,
+        )
+    except KernelsUnavailableError as error:  # found at the first compile or load
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_forward(features, masks, *params)
     return output
 
 
@@ -51,6 +67,7 @@ def forward_op(
 def _carafe_forward_fake(
     features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
 ):
+    check_op_tensors(_FORWARD, features=features, masks=masks)
     return empty_output(features, scale_factor, stride)
 
 
@@ -65,6 +82,7 @@ def backward_op(
     stride: int = 1,
     dilation: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_op_tensors(_BACKWARD, features=features, masks=masks, grad_output=grad_output)
     params = (kernel_size, group_size, scale_factor, stride, dilation)
     geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     _validate.check_grad_output_shape(grad_output.shape, geometry)
@@ -73,16 +91,20 @@ def backward_op(
     grad_features = torch.empty_like(features)
     grad_masks = torch.empty_like(masks)
     device, stream = device_and_stream(features.device)
-    _launch.launch_backward(
-        geometry,
-        tensor_ref(grad_output),
-        tensor_ref(features),
-        tensor_ref(masks),
-        tensor_ref(grad_features),
-        tensor_ref(grad_masks),
-        device,
-        stream,
-    )
+    try:
+        _launch.launch_backward(
+            geometry,
+            tensor_ref(grad_output),
+            tensor_ref(features),
+            tensor_ref(masks),
+            tensor_ref(grad_features),
+            tensor_ref(grad_masks),
+            device,
+            stream,
+        )
+    except KernelsUnavailableError as error:  # found at the first compile or load
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_backward(grad_output, features, masks, *params)
     return grad_features, grad_masks
 
 
@@ -90,6 +112,7 @@ def backward_op(
 def _carafe_backward_fake(
     grad_output, features, masks, kernel_size, group_size, scale_factor, stride=1, dilation=1
 ):
+    check_op_tensors(_BACKWARD, features=features, masks=masks, grad_output=grad_output)
     return torch.empty_like(features), torch.empty_like(masks)
 
 
