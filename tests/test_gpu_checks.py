@@ -55,7 +55,7 @@ def test_v100_with_nvrtc_13_reports_no_kernels_and_names_the_cuda12_extra(instal
     install(fake_cupy([70]))
     assert not _cupy_runtime.gpu_kernels_available()
     reason = _cupy_runtime.gpu_kernels_unavailable_reason()
-    assert "sm_70" in reason and "sm_75" in reason and "carafe_cupy[cuda12]" in reason
+    assert "sm_70" in reason and "sm_75" in reason and '".[cuda12]"' in reason
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_a_compile_without_cuda_headers_makes_the_kernels_unavailable(install):
     cupy = install(fake_cupy([80]))
     cupy.nvrtc.compile_error = HEADERS_ERROR
     reason = _cupy_runtime.gpu_kernels_unavailable_reason()
-    assert "Failed to find CUDA headers" in reason and "carafe_cupy[cuda13]" in reason
+    assert "Failed to find CUDA headers" in reason and '".[cuda13]"' in reason
     assert not _cupy_runtime.gpu_kernels_available(0)
     runtime = _cupy_runtime.CupyRuntime()
     with pytest.raises(KernelsUnavailableError, match="Failed to find CUDA headers"):
@@ -153,7 +153,7 @@ def test_info_says_what_to_install_when_the_compile_fails(install):
     cupy.nvrtc.compile_error = HEADERS_ERROR
     line = _check.cupy_arrays_line()
     assert line.startswith("unavailable:") and "Failed to find CUDA headers" in line
-    assert 'pip install "carafe_cupy[cuda13]"' in line
+    assert 'pip install ".[cuda13]"' in line
 
 
 def test_torch_falls_back_with_one_warning_when_the_compile_fails(install):
@@ -200,7 +200,7 @@ def test_torch_tensors_on_an_untargetable_gpu_take_the_pytorch_path_with_one_war
     from carafe_cupy._torch import common as _torch_common
 
     install(fake_cupy([70, 80]))
-    with pytest.warns(RuntimeWarning, match=r"sm_70.*carafe_cupy\[cuda12\]") as caught:
+    with pytest.warns(RuntimeWarning, match=r"sm_70.*\.\[cuda12\]") as caught:
         assert not _torch_common.uses_kernels(torch.device("cuda", 0))
     assert len(caught) == 1
     with warnings.catch_warnings():

@@ -9,3 +9,8 @@ class KernelsUnavailableError(RuntimeError):
 
 class KernelCompileError(RuntimeError):
     """NVRTC (or the simulator's compiler) rejected a kernel source."""
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra: from the repository, since the package is on no index."""
+    return f'`pip install ".[{extra}]"` in a clone of the carafe_cupy repository'

@@ -17,7 +17,7 @@ import threading
 import warnings
 from typing import Any
 
-from .._core.errors import KernelCompileError, KernelsUnavailableError
+from .._core.errors import KernelCompileError, KernelsUnavailableError, install_hint
 from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS  # noqa: F401 (re-exported)
 from . import binaries as _binaries
@@ -142,17 +142,17 @@ def _compile_failure(cupy: Any, what: str, target: Target | None, error: Excepti
     return (
         f"NVRTC {version} could not compile {what}{aim} ({type(error).__name__}: "
         f"{_first_line(error)}); install NVRTC with the CUDA major version of your driver, "
-        '`pip install "carafe_cupy[cuda13]"` or `pip install "carafe_cupy[cuda12]"`'
+        f"{install_hint('cuda13')} or {install_hint('cuda12')}"
     )
 
 
 def _load_failure(binary: Binary, device: int, error: Exception) -> str:
     fix = (
         "update the NVIDIA driver, or install an NVRTC that targets this GPU "
-        '(`pip install "carafe_cupy[cuda13]"`)'
+        f"({install_hint('cuda13')})"
         if binary.target.ptx
         else "update the NVIDIA driver to one of NVRTC's CUDA version or later, or install "
-        'the NVRTC of the driver\'s CUDA version (`pip install "carafe_cupy[cuda12]"`)'
+        f"the NVRTC of the driver's CUDA version ({install_hint('cuda12')})"
     )
     return (
         f"cuda:{device} could not load {binary.module} as {binary.target.describe()} "

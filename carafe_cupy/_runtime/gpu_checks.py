@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core.errors import KernelsUnavailableError
+from .._core.errors import KernelsUnavailableError, install_hint
 from .binaries import Target
 
 # The oldest architecture each NVRTC major version compiles for, and the newest
@@ -104,7 +104,7 @@ def untargetable_reason(cupy: Any, device: int) -> str | None:
     return (
         f"NVRTC {major}.{minor} cannot compile for cuda:{device} (sm_{capability}): the oldest "
         f"GPU it targets is sm_{oldest}. Install the CUDA 12 kernels instead, "
-        '`pip install "carafe_cupy[cuda12]"` (NVRTC 12 targets sm_50 and newer)'
+        f"{install_hint('cuda12')} (NVRTC 12 targets sm_50 and newer)"
     )
 
 

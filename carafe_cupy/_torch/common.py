@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from .._core import validate as _validate
+from .._core.errors import install_hint
 from .._cpu import path as _cpu_path
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._runtime import launch as _launch
@@ -39,9 +40,9 @@ def _gpu_kernels_available() -> bool:
         )
         warnings.warn(
             f"carafe_cupy: {reason}, so CUDA tensors take the slower pure-PyTorch path. Install "
-            "the kernels with `pip install carafe_cupy[cuda12]` or `pip install "
-            "carafe_cupy[cuda13]` (matching your CUDA driver; cuda12 for sm_70 and older GPUs, "
-            "which NVRTC 13 no longer targets).",
+            f"the kernels with {install_hint('cuda13')} or {install_hint('cuda12')} (matching "
+            "your CUDA driver; cuda12 for sm_70 and older GPUs, which NVRTC 13 no longer "
+            "targets).",
             RuntimeWarning,
             stacklevel=4,
         )
