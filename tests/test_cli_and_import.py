@@ -71,7 +71,7 @@ def test_check_names_the_simulator_when_the_cupy_path_is_not_checked(monkeypatch
     from carafe_cupy._cli import check as _check
     from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
-    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
+    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda device=None: False)
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", simulator)
     _, notes = _check.available_backends()
     (note,) = [note for note in notes if "the CuPy path was not checked" in note]
