@@ -147,7 +147,7 @@ def test_mixing_torch_and_cupy_is_refused():
 def test_without_cupy_falls_back_to_pytorch_with_a_warning(monkeypatch):
     from carafe_cupy._torch import common as _torch_common
 
-    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda: False)
+    monkeypatch.setattr(_cupy_runtime, "gpu_kernels_available", lambda device=None: False)
     _torch_common._gpu_kernels_available.cache_clear()
     try:
         features = torch.randn(1, 4, 3, 3, device="cuda")
