@@ -221,6 +221,13 @@ def get_runtime() -> CupyRuntime:
     return CupyRuntime()
 
 
+@functools.lru_cache(maxsize=64)
+def device_sms_and_arch(device: int) -> tuple[int, str]:
+    """The GPU's SM count and architecture ("sm_90"), which the planner deals blocks to."""
+    properties = _import_cupy().cuda.runtime.getDeviceProperties(device)
+    return int(properties["multiProcessorCount"]), f"sm_{properties['major']}{properties['minor']}"
+
+
 # ---------------------------------------------------------------- offline build
 
 
