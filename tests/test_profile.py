@@ -143,6 +143,13 @@ def test_control_bits_reach_every_instruction(sm90_kernels):
     assert len(loads) == 25 and all(i.control.write_scoreboard is not None for i in loads)
 
 
+def test_rounds_text():
+    from carafe_cupy._profile.cli import rounds_text
+
+    assert rounds_text([2, 2, 2, 1]) == "2 x 3 + 1"
+    assert rounds_text([1]) == "1"
+
+
 def test_busiest_sm_rounds_and_random_phase_latency():
     # 390 blocks on 132 SMs, 2 resident: the busiest SM runs 2, then 1 alone
     assert compose.busiest_rounds(390, 132, 2) == (2, 1)

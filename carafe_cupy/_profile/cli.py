@@ -100,6 +100,17 @@ def problems_from(args: argparse.Namespace) -> list[report.Problem]:
     return problems
 
 
+def rounds_text(rounds: list[int]) -> str:
+    """Rounds of resident blocks as "2 x 4 + 1" (four rounds of 2, then a lone block)."""
+    runs: list[list[int]] = []
+    for blocks in rounds:
+        if runs and runs[-1][0] == blocks:
+            runs[-1][1] += 1
+        else:
+            runs.append([blocks, 1])
+    return " + ".join(f"{blocks} x {count}" if count > 1 else str(blocks) for blocks, count in runs)
+
+
 def _fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -139,7 +150,7 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
                 f"({occ['warps_per_sm']}, {occ['limited_by']}) | {sass['per_warp']} | "
                 f"{_fmt(spr['load'], 2)}, {_fmt(spr['store'], 2)} | "
                 f"{_fmt(r['bank_conflicts']['per_request'], 2)} | {r['blocks']} | "
-                f"{' + '.join(str(b) for b in r['busiest_sm_rounds'])} | "
+                f"{rounds_text(r['busiest_sm_rounds'])} | "
                 f"{r['issue_efficiency']:.2f} | {r['dram_us']:.1f} | {_fmt(r['l2_us'])} | "
                 f"{r['shared_us']:.1f} | {r['issue_us']:.1f} | {r['latency_us']:.1f} | "
                 f"{r['est_us']:.1f} ({r['est_in_phase_us']:.1f}) | {r['bound']} | "

@@ -41,7 +41,7 @@ from .._plan.planner import Launch
 from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
 from .model import Execution
 from .occupancy import Occupancy, occupancy
-from .schedule import GLOBAL_LOAD, Latencies, entry_cycles, ops_for
+from .schedule import GLOBAL_LOAD, SHARED, Latencies, entry_cycles, ops_for
 from .static import KernelStatic
 
 SCHEDULERS = 4
@@ -70,7 +70,7 @@ class Estimate:
     warp_instructions: float  # the whole launch
     dram_us: float  # compulsory bytes at the achievable DRAM bandwidth
     l2_us: float | None  # None without simulated traffic
-    shared_us: float  # the busiest SM's data-path wavefronts at one per clock
+    shared_us: float  # the busiest SM's LDS/STS wavefronts at one per clock
     issue_us: float  # its schedulers at the issue rate stalls and occupancy allow
     latency_us: float  # exposed global-load latency
     sm_us: float  # the busiest SM, composed
@@ -172,7 +172,9 @@ def estimate(
     for instructions, entries, trips in phases(static, work):
         ops = ops_for(instructions, (memory.shared_load_factor, memory.shared_store_factor),
                       global_wavefronts)
-        wavefronts_per_warp += entries * trips * sum(op[5] for op in ops)
+        # shared_us counts shared accesses; the scheduler model also queues the L1's
+        # global wavefronts on the same path
+        wavefronts_per_warp += entries * trips * sum(op[5] for op in ops if op[4] == SHARED)
         far = latencies(gpu, memory, sum(op[4] == GLOBAL_LOAD for op in ops))[1]
         alone = entry_cycles(ops, 1, 1, 1, near, False, trips)
         waited = entry_cycles(ops, 1, 1, 1, far, False, trips) - alone
