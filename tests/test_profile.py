@@ -143,6 +143,23 @@ def test_control_bits_reach_every_instruction(sm90_kernels):
     assert len(loads) == 25 and all(i.control.write_scoreboard is not None for i in loads)
 
 
+def test_loads_waited_together():
+    from carafe_cupy._profile.schedule import GLOBAL_LOAD, OTHER
+
+    def load(board):
+        return (1, (), board, -1, GLOBAL_LOAD, 1.0)
+
+    def use(*boards):
+        return (1, boards, -1, -1, OTHER, 0.0)
+
+    # staged in pairs, each pair waited for before the next is loaded (16-bit staging)
+    assert compose.loads_per_wait((load(2), load(3), use(2), use(3)) * 2) == 2
+    # all four in flight, then one wait (32-bit staging)
+    assert compose.loads_per_wait((load(5), load(5), load(5), load(5), use(5))) == 4
+    # a load never waited for in the loop counts as one group
+    assert compose.loads_per_wait((load(1), use())) == 1
+
+
 def test_rounds_text():
     from carafe_cupy._profile.cli import rounds_text
 
@@ -197,6 +214,7 @@ def test_profile_cli_json_schema(tmp_path, capsys):
         )
         assert record["sm_us"] >= max(record["shared_us"], record["issue_us"]) - 2e-3
         assert record["est_in_phase_us"] >= record["est_us"] - 2e-3
+        assert record["data_path_us"] >= record["shared_us"]
         assert 0 < record["issue_efficiency"] <= 1
         assert record["bound"] in ("dram", "l2", "shared", "issue", "latency")
         assert sum(record["busiest_sm_rounds"]) == -(-record["blocks"] // (

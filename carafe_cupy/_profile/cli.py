@@ -16,7 +16,7 @@ PUBLIC_FIELDS = (
     "kernel", "shape", "dtype", "gpu", "registers", "occupancy", "sass_instructions",
     "global_bytes", "sectors_per_request", "bank_conflicts", "blocks", "waves",
     "busiest_sm_rounds", "est_us", "est_in_phase_us", "dram_us", "l2_us", "shared_us",
-    "issue_us", "latency_us", "sm_us", "issue_efficiency", "bound", "floor_us",
+    "data_path_us", "issue_us", "latency_us", "sm_us", "issue_efficiency", "bound", "floor_us",
     "floor_achievable_us", "pct_of_floor", "pct_of_achievable_floor",
 )
 
@@ -138,7 +138,7 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
             "",
             "| kernel | regs | blocks/SM (warps, limit) | SASS/warp run | sectors/req ld, st | "
             "bank conflicts/req | blocks | busiest SM rounds | IPC/4 | DRAM µs | L2 µs | "
-            "shared µs | issue µs | latency µs | est µs (in phase) | bound | "
+            "shared µs (with L1) | issue µs | latency µs | est µs (in phase) | bound | "
             "% floor (nominal, achievable) |",
             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
             "| ---: | ---: | ---: | --- | ---: |",
@@ -152,7 +152,8 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
                 f"{_fmt(r['bank_conflicts']['per_request'], 2)} | {r['blocks']} | "
                 f"{rounds_text(r['busiest_sm_rounds'])} | "
                 f"{r['issue_efficiency']:.2f} | {r['dram_us']:.1f} | {_fmt(r['l2_us'])} | "
-                f"{r['shared_us']:.1f} | {r['issue_us']:.1f} | {r['latency_us']:.1f} | "
+                f"{r['shared_us']:.1f} ({r['data_path_us']:.1f}) | {r['issue_us']:.1f} | "
+                f"{r['latency_us']:.1f} | "
                 f"{r['est_us']:.1f} ({r['est_in_phase_us']:.1f}) | {r['bound']} | "
                 f"{r['pct_of_floor']:.0f}, {r['pct_of_achievable_floor']:.0f} |"
             )

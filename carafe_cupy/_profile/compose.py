@@ -10,8 +10,9 @@ The formula (``docs/performance.md`` gives it too)::
     P   = sum over loops l of e_l * cycles_l(n)       (scheduler model, data path included)
     G   = sum over loops l of e_l * (one warp's cycles_l at L2/DRAM latency
                                      - the same at L1 latency)
-          (a pass waits DRAM's latency unless all its m loads hit L2: each misses
-           with the launch's DRAM share of loaded bytes, f; L2 + (DRAM - L2)(1 - (1-f)^m))
+          (a wait lasts DRAM's latency unless all m loads it waits for hit L2, each
+           missing with the launch's DRAM share of loaded bytes f:
+           L2 + (DRAM - L2)(1 - (1-f)^m), m = the loop's loads per wait for them)
     dram = compulsory bytes / achievable DRAM bandwidth
     l2   = sectors * 32 B / L2 bandwidth
 
@@ -71,6 +72,7 @@ class Estimate:
     dram_us: float  # compulsory bytes at the achievable DRAM bandwidth
     l2_us: float | None  # None without simulated traffic
     shared_us: float  # the busiest SM's LDS/STS wavefronts at one per clock
+    data_path_us: float  # the same with the L1's global-access wavefronts, which share it
     issue_us: float  # its schedulers at the issue rate stalls and occupancy allow
     latency_us: float  # exposed global-load latency
     sm_us: float  # the busiest SM, composed
@@ -137,14 +139,35 @@ def phases(static: KernelStatic, work: Execution) -> list[tuple[tuple, float, in
     return out
 
 
-def latencies(gpu: GpuModel, memory: Memory, loads: int) -> tuple[Latencies, Latencies]:
+def loads_per_wait(ops) -> float:
+    """Global loads waited for together: the loads over the waits for them, where a
+    wait is a run of instructions waiting on scoreboards with global loads pending,
+    with no new global load between them."""
+    loads = waits = 0
+    issued_since_wait = False
+    pending: set[int] = set()
+    for op in ops:
+        waited = pending.intersection(op[1])
+        if waited:
+            waits += issued_since_wait
+            issued_since_wait = False
+            pending -= waited
+        if op[4] == GLOBAL_LOAD:
+            loads += 1
+            issued_since_wait = True
+            if op[2] >= 0:
+                pending.add(op[2])
+    return loads / waits if waits else float(max(1, loads))
+
+
+def latencies(gpu: GpuModel, memory: Memory, loads: float) -> tuple[Latencies, Latencies]:
     """(issue runs: a global load at the L1 latency; latency runs: at L2 or DRAM).
 
-    A pass waits for the last of its ``loads`` global loads; each misses L2 with
-    the probability that its bytes come from DRAM (the share of compulsory bytes
-    in those loaded), so the pass waits DRAM's latency unless all of them hit."""
+    A wait is for the last of the ``loads`` global loads waited on together; each
+    misses L2 with the probability that its bytes come from DRAM (the share of
+    compulsory bytes in those loaded), so it lasts DRAM's latency unless all hit."""
     share = min(1.0, max(0.0, memory.dram_share_of_loads))
-    any_miss = 1 - (1 - share) ** max(1, loads)
+    any_miss = 1 - (1 - share) ** max(1.0, loads)
     far = gpu.l2_latency_cycles + any_miss * (gpu.dram_latency_cycles - gpu.l2_latency_cycles)
     near = Latencies(gpu.shared_latency_cycles, gpu.shared_latency_cycles,
                      gpu.other_latency_cycles)
@@ -167,7 +190,7 @@ def estimate(
     near = latencies(gpu, memory, 1)[0]
     per_block_on_scheduler = -(-warps_per_block // SCHEDULERS)
     sm_cycles = in_phase_cycles = phase_cycles = issue_cycles = 0.0
-    wait_per_block = wavefronts_per_warp = 0.0
+    wait_per_block = wavefronts_per_warp = path_per_warp = 0.0
     parts = []
     for instructions, entries, trips in phases(static, work):
         ops = ops_for(instructions, (memory.shared_load_factor, memory.shared_store_factor),
@@ -175,7 +198,8 @@ def estimate(
         # shared_us counts shared accesses; the scheduler model also queues the L1's
         # global wavefronts on the same path
         wavefronts_per_warp += entries * trips * sum(op[5] for op in ops if op[4] == SHARED)
-        far = latencies(gpu, memory, sum(op[4] == GLOBAL_LOAD for op in ops))[1]
+        path_per_warp += entries * trips * sum(op[5] for op in ops)
+        far = latencies(gpu, memory, loads_per_wait(ops))[1]
         alone = entry_cycles(ops, 1, 1, 1, near, False, trips)
         waited = entry_cycles(ops, 1, 1, 1, far, False, trips) - alone
         wait_per_block += entries * max(0.0, waited)
@@ -199,7 +223,8 @@ def estimate(
     l2_us = None
     if memory.sectors is not None:
         l2_us = memory.sectors * SECTOR_BYTES / (gpu.l2_gb_per_s * 1e3)
-    shared_cycles = dealt * warps_per_block * wavefronts_per_warp * 128 / gpu.shared_bytes_per_clock
+    per_wavefront = dealt * warps_per_block * 128 / gpu.shared_bytes_per_clock
+    shared_cycles = per_wavefront * wavefronts_per_warp
     latency_cycles = sm_cycles - phase_cycles  # what the loads' waits add
     return Estimate(
         occupancy=occ,
@@ -209,6 +234,7 @@ def estimate(
         dram_us=dram_us,
         l2_us=l2_us,
         shared_us=shared_cycles / clock,
+        data_path_us=per_wavefront * path_per_warp / clock,
         issue_us=issue_cycles / clock,
         latency_us=max(0.0, latency_cycles) / clock,
         sm_us=sm_cycles / clock,

@@ -132,6 +132,7 @@ def records_for(problem: Problem, gpu: GpuModel, measured: dict) -> list[dict]:
                     "dram_us": round(est.dram_us, 3),
                     "l2_us": None if est.l2_us is None else round(est.l2_us, 3),
                     "shared_us": round(est.shared_us, 3),
+                    "data_path_us": round(est.data_path_us, 3),
                     "issue_us": round(est.issue_us, 3),
                     "latency_us": round(est.latency_us, 3),
                     "sm_us": round(est.sm_us, 3),
