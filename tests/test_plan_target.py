@@ -69,3 +69,22 @@ def test_the_simulator_plans_for_the_default_gpu(monkeypatch):
 
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
     assert _launch.plan_target(0) == _planner.DEFAULT_TARGET
+
+
+def test_a_device_that_cannot_be_asked_plans_for_the_default_gpu(monkeypatch):
+    from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
+    from carafe_cupy._runtime import launch as _launch
+
+    def unavailable(device):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
+    monkeypatch.setattr(_cupy_runtime, "device_sms_and_arch", unavailable)
+    _launch._device_target.cache_clear()
+    try:
+        assert _launch.plan_target(7) == _planner.DEFAULT_TARGET
+        monkeypatch.setattr(_cupy_runtime, "device_sms_and_arch", lambda device: (108, "sm_80"))
+        _launch._device_target.cache_clear()
+        assert _launch.plan_target(7) == PlanTarget(108, "sm_80")
+    finally:
+        _launch._device_target.cache_clear()

@@ -42,9 +42,15 @@ def simulator_enabled() -> bool:
 def plan_target(device: int) -> PlanTarget:
     """The GPU the plans are dealt to: the device's SM count and architecture, or
     the default (an H100) on the simulator."""
-    if simulator_enabled():
+    return DEFAULT_TARGET if simulator_enabled() else _device_target(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_target(device: int) -> PlanTarget:
+    try:
+        return PlanTarget(*_cupy_runtime.device_sms_and_arch(device))
+    except Exception:  # no device to ask (planning without a GPU): the default
         return DEFAULT_TARGET
-    return PlanTarget(*_cupy_runtime.device_sms_and_arch(device))
 
 
 def launch_arguments(
