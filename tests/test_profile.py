@@ -8,7 +8,7 @@ import json
 import pytest
 
 from carafe_cupy._plan import planner as _planner
-from carafe_cupy._profile import hardware, model, static
+from carafe_cupy._profile import compose, control, hardware, model, static
 from carafe_cupy._profile.occupancy import occupancy
 
 MODULE = "carafe_tiled_float32_k5"
@@ -90,7 +90,7 @@ def _loop(line, source, own, parent=None, loads=0, stores=0, rounds=0):
     return static.Loop(0, 0, line, source, own, own, loads, stores, rounds, parent)
 
 
-def test_time_model_arithmetic():
+def test_loop_trips_and_executed_instructions():
     geometry = _planner.Geometry(1, 64, 16, 16, 5, 1, 2)
     launch = _planner.Launch("m", "carafe_forward_tiled_k5_p1_float32", (264, 1, 1), (32, 8, 1),
                              4 * 1024, (0, 1, None, 2), (16, 4))
@@ -109,19 +109,76 @@ def test_time_model_arithmetic():
     assert [trips for _, trips, _ in work.loops] == [4, 3, 4]
     assert work.instructions == 100 + 4 * (30 + 3 * 40 + 4 * 50)
     assert work.load_rounds == 1 + 4 * (1 + 3 * 2)
-    gpu = hardware.gpu("h100")
-    est = model.estimate(gpu, kernel, work, launch, compulsory_bytes=3_350_000, sectors=1e6)
-    clock = gpu.boost_clock_ghz * 1e9
-    assert est.occupancy.blocks_per_sm == 4  # 64 registers: 2048 per warp -> 32 warps
-    assert est.dram_us == pytest.approx(1.0)  # 3.35 MB at 3.35 TB/s
-    assert est.l2_us == pytest.approx(32e6 / (gpu.l2_gb_per_s * 1e9) * 1e6)
-    blocks_per_sm = 2  # ceil(264 / 132)
-    assert est.issue_us == pytest.approx(blocks_per_sm * 8 * work.instructions / (4 * clock) * 1e6)
-    waves = 264 / (4 * 132)
-    assert est.waves == pytest.approx(waves)
-    assert est.latency_us == pytest.approx(1 * work.load_rounds * 600 / clock * 1e6)
-    assert est.est_us == max(est.dram_us, est.l2_us, est.issue_us, est.latency_us)
-    assert est.floor_us == est.dram_us
+    # a caller's trip counts replace the plan's
+    fixed = model.execution(kernel, None, None, lambda loop: 2)
+    assert fixed.instructions == 100 + 2 * (30 + 2 * 40 + 2 * 50)
+
+
+@pytest.mark.parametrize(
+    "high_word, stall, write, read, waits",
+    [
+        (0x000FE20000000800, 1, None, None, ()),  # LDC R1: one cycle, no scoreboard
+        (0x000E220000000800, 1, 0, None, ()),  # LDC R13: writes scoreboard 0
+        (0x010FC4000F8E02FF, 2, None, None, (4,)),  # IMAD: waits for scoreboard 4
+        (0x0209E80000000800, 4, None, 4, (5,)),  # STS: waits for its load, frees on 4
+    ],
+)
+def test_control_bits_decode(high_word, stall, write, read, waits):
+    """High words of sm_90 instructions from nvdisasm -hex (the first three from the
+    tiled forward's prologue)."""
+    ctl = control.decode(high_word)
+    assert (ctl.stall, ctl.write_scoreboard, ctl.read_scoreboard, ctl.waits) == (
+        stall, write, read, waits
+    )
+
+
+def test_control_bits_reach_every_instruction(sm90_kernels):
+    forward = sm90_kernels["carafe_forward_tiled_k5_p2_float32"]
+    assert len(forward.body) == forward.instructions - forward.subroutine_instructions
+    assert all(i.control is not None for i in forward.body)
+    taps = [i for i, loop in enumerate(forward.loops) if "cc < count" in loop.source]
+    body = forward.own_body(taps[0])
+    # every FFMA of the tap loop waits for a shared load's scoreboard or a stall count
+    loads = [i for i in body if i.opcode == "LDS"]
+    assert len(loads) == 25 and all(i.control.write_scoreboard is not None for i in loads)
+
+
+def test_loads_waited_together():
+    from carafe_cupy._profile.schedule import GLOBAL_LOAD, OTHER
+
+    def load(board):
+        return (1, (), board, -1, GLOBAL_LOAD, 1.0)
+
+    def use(*boards):
+        return (1, boards, -1, -1, OTHER, 0.0)
+
+    # staged in pairs, each pair waited for before the next is loaded (16-bit staging)
+    assert compose.loads_per_wait((load(2), load(3), use(2), use(3)) * 2) == 2
+    # all four in flight, then one wait (32-bit staging)
+    assert compose.loads_per_wait((load(5), load(5), load(5), load(5), use(5))) == 4
+    # a load never waited for in the loop counts as one group
+    assert compose.loads_per_wait((load(1), use())) == 1
+
+
+def test_rounds_text():
+    from carafe_cupy._profile.cli import rounds_text
+
+    assert rounds_text([2, 2, 2, 1]) == "2 x 3 + 1"
+    assert rounds_text([1]) == "1"
+
+
+def test_busiest_sm_rounds_and_random_phase_latency():
+    # 390 blocks on 132 SMs, 2 resident: the busiest SM runs 2, then 1 alone
+    assert compose.busiest_rounds(390, 132, 2) == (2, 1)
+    assert compose.busiest_rounds(264, 132, 2) == (2,)
+    assert compose.busiest_rounds(100, 132, 4) == (1,)
+    # one block waits fully; more blocks hide part of the wait, never below G + P / b
+    assert compose.round_time(1000, 400, 1) == 1400
+    two = compose.round_time(1000, 400, 2)
+    assert two == pytest.approx((1000 + (1000**2 + 4 * 400**2) ** 0.5) / 2, rel=1e-6)
+    assert 1000 < two < 1400
+    assert compose.round_time(100, 5000, 4) >= 5000 + 100 / 4
+    assert compose.round_time(1000, 0, 2) == 1000
 
 
 def test_profile_cli_json_schema(tmp_path, capsys):
@@ -147,16 +204,42 @@ def test_profile_cli_json_schema(tmp_path, capsys):
         assert 1 <= record["sectors_per_request"]["load"] <= 32
         assert record["global_bytes"]["load"] > 0 and record["global_bytes"]["compulsory"] > 0
         assert record["blocks"] >= 1 and record["waves"] > 0
-        assert record["est_us"] >= record["floor_us"] > 0
-        assert 0 < record["pct_of_floor"] <= 100
+        assert record["est_us"] >= record["floor_achievable_us"] > record["floor_us"] > 0
+        assert 0 < record["pct_of_floor"] <= record["pct_of_achievable_floor"] <= 100
+        # every bound is kept; the estimate composes them, the SM's time at least its parts
+        terms = [record[f"{term}_us"] for term in ("dram", "l2", "shared", "issue", "latency")]
+        assert all(term is not None and term >= 0 for term in terms)
+        assert record["est_us"] == pytest.approx(
+            max(record["sm_us"], record["dram_us"], record["l2_us"]), abs=2e-3
+        )
+        assert record["sm_us"] >= max(record["shared_us"], record["issue_us"]) - 2e-3
+        assert record["est_in_phase_us"] >= record["est_us"] - 2e-3
+        assert record["data_path_us"] >= record["shared_us"]
+        assert 0 < record["issue_efficiency"] <= 1
+        assert record["bound"] in ("dram", "l2", "shared", "issue", "latency")
+        assert sum(record["busiest_sm_rounds"]) == -(-record["blocks"] // (
+            132 if record["gpu"] == "h100" else 40))
     assert [(s["gpu"], s["shape"]) for s in data["summary"]] == [("h100", "1,8,6,10"),
                                                                   ("t4", "1,8,6,10")]
     for row in data["summary"]:
-        assert set(row) == {"shape", "dtype", "gpu", "forward_pct_of_floor",
-                            "fwd_bwd_pct_of_floor", "host_forward_us", "host_backward_us",
-                            "forward_est_us", "fwd_bwd_est_us", "unfold_forward_floor_us",
-                            "unfold_fwd_bwd_floor_us", "unfold_extra_mb"}
-        assert 0 < row["fwd_bwd_pct_of_floor"] <= 100 and row["host_forward_us"] > 0
+        assert set(row) == {
+            "shape", "dtype", "gpu", "forward_pct_of_floor", "fwd_bwd_pct_of_floor",
+            "forward_pct_of_achievable_floor", "fwd_bwd_pct_of_achievable_floor",
+            "forward_est_us", "fwd_bwd_est_us", "host_torch_forward_us", "host_torch_fwd_bwd_us",
+            "host_array_forward_us", "cupy_launch_us_assumed", "host_forward_us",
+            "host_fwd_bwd_us", "forward_bound", "fwd_bwd_bound", "unfold_forward_floor_us",
+            "unfold_fwd_bwd_floor_us", "unfold_extra_mb",
+        }
+        assert 0 < row["fwd_bwd_pct_of_floor"] <= 100 and row["host_torch_forward_us"] > 0
+        # one forward launch, two backward: the assumed CuPy cost added per launch
+        assert row["host_forward_us"] == pytest.approx(
+            row["host_torch_forward_us"] + row["cupy_launch_us_assumed"], abs=0.11
+        )
+        assert row["host_fwd_bwd_us"] == pytest.approx(
+            row["host_torch_fwd_bwd_us"] + 3 * row["cupy_launch_us_assumed"], abs=0.11
+        )
+        # at this tiny shape the host takes longer than the modelled GPU work
+        assert row["forward_bound"] == row["fwd_bwd_bound"] == "host"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@ and tiling. Pure Python: no CuPy, no device, no pointers beyond their alignment.
 
 The launcher (``_runtime.launch``) and the cost model (``_profile``) share these plans.
 A plan depends only on the geometry, the tensors' dtype, strides and alignment,
-and the requested variant, so it is cached on exactly those.
+the requested variant and the target GPU (``PlanTarget``: SM count and
+architecture; an H100 when not given), so it is cached on exactly those.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .._kernels.names import (
     fused_instantiated,
     general_kernels,
 )
+from .target import DEFAULT_TARGET, PlanTarget  # noqa: F401 (re-exported)
 from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FORWARD_PROLOGUE_BATCHES,
     FULL_WAVE_BLOCKS,
@@ -115,15 +117,21 @@ def _tiled_applies(geometry: Geometry) -> bool:
 
 
 def plan_forward(
-    geometry: Geometry, features: TensorRef, masks: TensorRef, output: TensorRef
+    geometry: Geometry,
+    features: TensorRef,
+    masks: TensorRef,
+    output: TensorRef,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> tuple[Launch, ...]:
     """output = carafe(features, masks). Operands: 0 features, 1 masks, 2 output."""
     layout = _operands((features, masks, output))
-    return _forward(geometry, features.dtype, layout, requested_variant())
+    return _forward(geometry, features.dtype, layout, requested_variant(), target)
 
 
 @functools.lru_cache(maxsize=512)
-def _forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
+def _forward(
+    geometry: Geometry, dtype: str, layout, variant: str, target: PlanTarget
+) -> tuple[Launch, ...]:
     total = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
     if total == 0:
         return ()
@@ -131,11 +139,11 @@ def _forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Laun
     if _tiled_applies(geometry):
         slots, k = (0, 1, None, 2), geometry.kernel_size
         plans["tiled"] = output_tile_plan(
-            geometry, dtype, KernelId("forward", dtype, k), False, True, slots
+            geometry, dtype, KernelId("forward", dtype, k), False, True, slots, target
         )
         if pairs_fit(geometry, dtype, layout[1:]):
             plans["tiled_pair"] = output_tile_plan(
-                geometry, dtype, KernelId("forward", dtype, k, 2), True, True, slots
+                geometry, dtype, KernelId("forward", dtype, k, 2), True, True, slots, target
             )
     plan = _choose(variant, plans, "this forward")
     if plan is not None:
@@ -150,15 +158,18 @@ def plan_backward(
     masks: TensorRef,
     grad_features: TensorRef | None,
     grad_masks: TensorRef | None,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> tuple[Launch, ...]:
     """Whichever of grad_features / grad_masks is given. Operands: 0 grad_output,
     1 features, 2 masks, 3 grad_features, 4 grad_masks."""
     layout = _operands((grad_output, features, masks, grad_features, grad_masks))
-    return _backward(geometry, grad_output.dtype, layout, requested_variant())
+    return _backward(geometry, grad_output.dtype, layout, requested_variant(), target)
 
 
 @functools.lru_cache(maxsize=512)
-def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
+def _backward(
+    geometry: Geometry, dtype: str, layout, variant: str, target: PlanTarget
+) -> tuple[Launch, ...]:
     _, general_features, general_masks = general_kernels(dtype)
     k = geometry.kernel_size
     if geometry.batch * geometry.channels == 0:  # zero channels: grad_masks is all zeros
@@ -170,7 +181,7 @@ def _backward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Lau
             # one layout only: the pair variant's grad_features is the tiled one
             kernel = KernelId("grad_features", dtype, k)
             plans["tiled"] = plans["tiled_pair"] = input_tile_plan(
-                geometry, dtype, kernel, False, (0, 2, None, 3)
+                geometry, dtype, kernel, False, (0, 2, None, 3), target
             )
         plan = _choose(variant, plans, "this grad_features")
         launches += (plan,) if plan else _general(general_features, (0, 2, 3), geometry)
@@ -213,18 +224,24 @@ def fused_supported(geometry: Geometry, dtype: str) -> bool:
 
 
 def plan_fused_forward(
-    geometry: Geometry, features: TensorRef, logits: TensorRef, output: TensorRef
+    geometry: Geometry,
+    features: TensorRef,
+    logits: TensorRef,
+    output: TensorRef,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> tuple[Launch, ...]:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
     Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``.
     Two pixels per thread where the output allows, unless the "tiled" variant
     (one pixel per thread) is forced."""
     layout = _operands((features, logits, output))
-    return _fused_forward(geometry, features.dtype, layout, requested_variant())
+    return _fused_forward(geometry, features.dtype, layout, requested_variant(), target)
 
 
 @functools.lru_cache(maxsize=512)
-def _fused_forward(geometry: Geometry, dtype: str, layout, variant: str) -> tuple[Launch, ...]:
+def _fused_forward(
+    geometry: Geometry, dtype: str, layout, variant: str, target: PlanTarget
+) -> tuple[Launch, ...]:
     if geometry.batch * geometry.channels == 0:
         return ()
     k, slots = geometry.kernel_size, (0, 1, None, 2)
@@ -232,16 +249,18 @@ def _fused_forward(geometry: Geometry, dtype: str, layout, variant: str) -> tupl
     # logits are read one element at a time: only the output needs the pair layout
     if variant != "tiled" and pairs_fit(geometry, dtype, layout[2:]):
         kernel = KernelId("fused_forward", dtype, k, 2)
-        plan = output_tile_plan(geometry, dtype, kernel, True, True, slots)
+        plan = output_tile_plan(geometry, dtype, kernel, True, True, slots, target)
     if plan is None:
         kernel = KernelId("fused_forward", dtype, k)
-        plan = output_tile_plan(geometry, dtype, kernel, False, True, slots)
+        plan = output_tile_plan(geometry, dtype, kernel, False, True, slots, target)
     assert plan is not None  # fused_supported() was checked by the caller
     return (plan,)
 
 
 @functools.lru_cache(maxsize=512)
-def plan_fused_backward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
+def plan_fused_backward(
+    geometry: Geometry, dtype: str, target: PlanTarget = DEFAULT_TARGET
+) -> tuple[Launch, ...]:
     """Gradients of the fused forward. Operands: 0 grad_output, 1 features,
     2 logits, 3 grad_features, 4 grad_logits. Needs ``fused_supported``."""
     if geometry.batch == 0:
@@ -250,7 +269,7 @@ def plan_fused_backward(geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
     launches: tuple[Launch, ...] = ()
     if geometry.channels:
         kernel = KernelId("fused_grad_features", dtype, k)
-        plan = input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3))
+        plan = input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3), target)
         assert plan is not None
         launches += (plan,)
     kernel = KernelId("fused_grad_logits", dtype, k)

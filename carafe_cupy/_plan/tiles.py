@@ -8,6 +8,7 @@ from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH
 from .._kernels.names import KernelId, pairs_instantiated
+from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
     CHANNEL_BATCH_MAX,
@@ -48,34 +49,33 @@ def _channel_batch(bytes_per_channel: int, fixed_bytes: int = 0, per_batch_bytes
     return 0
 
 
-# grad_features grids aim at about this many blocks: two waves of 2 blocks/SM on a
-# 132-SM GPU. Each extra channel slice re-reads its tile's masks and repeats the
-# prologue, so slices are added only until the grid is that full.
-FORWARD_TARGET_BLOCKS = 528
-
-
-def _target_channels_per_block(geometry: Geometry, blocks_per_slice: int) -> int:
+def _target_channels_per_block(
+    geometry: Geometry, blocks_per_slice: int, target: PlanTarget = DEFAULT_TARGET
+) -> int:
     """Channels per block of a sliced grid: whole channel batches, split evenly
-    (at least 16 channels a slice) into the slice count nearest the target grid."""
+    (at least 16 channels a slice) into the slice count nearest the target grid
+    (two full waves of the target GPU: each extra slice re-reads its tile's masks
+    and repeats the prologue, so slices are added only until the grid is that full)."""
     per_group = geometry.channels // geometry.group_size
     batches = -(-per_group // CHANNEL_BATCH_MAX)
-    wanted = FORWARD_TARGET_BLOCKS / max(1, blocks_per_slice)
+    wanted = target.features_target_blocks / max(1, blocks_per_slice)
     even = [n for n in range(1, max(1, per_group // 16) + 1) if batches % n == 0]
     slices = min(even, key=lambda n: (abs(math.log(n / wanted)) if wanted > 0 else n, n))
     return min(per_group, batches // slices * CHANNEL_BATCH_MAX)
 
 
 # The tiled forward's slices are chosen by the work each SM is dealt: blocks go to the
-# SMs of a 132-SM GPU (FORWARD_TARGET_BLOCKS / 4), so an SM runs ceil(blocks / 132) of
-# them, and a block costs its prologue (block position, masks into registers, tap tests,
-# halo slots: about 1.3 staged batches of instructions in the k5 pair kernel's SASS)
-# plus one unit per channel batch.
-PLANNED_SMS = FORWARD_TARGET_BLOCKS // 4
-FORWARD_PROLOGUE_BATCHES = 1.3
-FULL_WAVE_BLOCKS = 2 * PLANNED_SMS
+# target GPU's SMs, so an SM runs ceil(blocks / SMs) of them, and a block costs its
+# prologue (``target.prologue_batches``, from the kernel's SASS per architecture) plus
+# one unit per channel batch. The default target's figures, for tests and readers:
+PLANNED_SMS = DEFAULT_TARGET.sms
+FORWARD_PROLOGUE_BATCHES = DEFAULT_TARGET.prologue_batches
+FULL_WAVE_BLOCKS = DEFAULT_TARGET.full_wave_blocks
 
 
-def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int, batch: int) -> int:
+def _forward_channels_per_block(
+    geometry: Geometry, blocks_per_slice: int, batch: int, target: PlanTarget = DEFAULT_TARGET
+) -> int:
     """Channels per block of the tiled forward: whole channel batches, at least 16
     channels a slice (or the whole group), picked to minimise the blocks per SM
     times the batches (plus prologue) per block; ties go to fewer slices. The last
@@ -89,19 +89,25 @@ def _forward_channels_per_block(geometry: Geometry, blocks_per_slice: int, batch
     candidates = {n for n in candidates if n >= smallest}
     # At least one full wave (2 blocks per SM) where the slices allow it: one block
     # of 8 warps per SM cannot hide its latencies, whatever its instruction count.
-    wave = min(FULL_WAVE_BLOCKS, blocks_per_slice * -(-per_group // min(candidates)))
+    wave = min(target.full_wave_blocks, blocks_per_slice * -(-per_group // min(candidates)))
     candidates = {n for n in candidates if blocks_per_slice * -(-per_group // n) >= wave}
 
     def dealt_work(per_block: int) -> tuple[float, int]:
         slices = -(-per_group // per_block)
-        blocks_per_sm = -(-blocks_per_slice * slices // PLANNED_SMS)
-        return blocks_per_sm * (FORWARD_PROLOGUE_BATCHES + -(-per_block // batch)), slices
+        blocks_per_sm = -(-blocks_per_slice * slices // target.sms)
+        return blocks_per_sm * (target.prologue_batches + -(-per_block // batch)), slices
 
     return min(candidates, key=dealt_work)
 
 
 def output_tile_plan(
-    geometry: Geometry, dtype: str, kernel: KernelId, pair: bool, slice_channels: bool, operands
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    pair: bool,
+    slice_channels: bool,
+    operands,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> Launch | None:
     """A kernel whose block owns an output tile (forward, grad_masks, fused logits)."""
     k, s = geometry.kernel_size, geometry.scale_factor
@@ -119,7 +125,7 @@ def output_tile_plan(
     per_group = geometry.channels // geometry.group_size
     per_block = per_group
     if slice_channels:
-        per_block = max(1, _forward_channels_per_block(geometry, blocks, batch))
+        per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
     slices = max(1, -(-per_group // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size
@@ -172,7 +178,12 @@ def padded_sub_plane(plane: int, tile_cols: int) -> int:
 
 
 def input_tile_plan(
-    geometry: Geometry, dtype: str, kernel: KernelId, from_logits: bool, operands
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    from_logits: bool,
+    operands,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> Launch | None:
     """grad_features: a tile of input pixels, s x s threads each."""
     k, s = geometry.kernel_size, geometry.scale_factor
@@ -192,7 +203,7 @@ def input_tile_plan(
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
-    per_block = max(1, _target_channels_per_block(geometry, blocks))
+    per_block = max(1, _target_channels_per_block(geometry, blocks, target))
     slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size

@@ -14,8 +14,10 @@ from .shape_sets import FIXED_SETS, FPN_BATCH, FPN_CHANNELS, FPN_LEVELS, fixed_s
 
 PUBLIC_FIELDS = (
     "kernel", "shape", "dtype", "gpu", "registers", "occupancy", "sass_instructions",
-    "global_bytes", "sectors_per_request", "bank_conflicts", "blocks", "waves", "est_us",
-    "floor_us", "pct_of_floor",
+    "global_bytes", "sectors_per_request", "bank_conflicts", "blocks", "waves",
+    "busiest_sm_rounds", "est_us", "est_in_phase_us", "dram_us", "l2_us", "shared_us",
+    "data_path_us", "issue_us", "latency_us", "sm_us", "issue_efficiency", "bound", "floor_us",
+    "floor_achievable_us", "pct_of_floor", "pct_of_achievable_floor",
 )
 
 
@@ -98,6 +100,17 @@ def problems_from(args: argparse.Namespace) -> list[report.Problem]:
     return problems
 
 
+def rounds_text(rounds: list[int]) -> str:
+    """Rounds of resident blocks as "2 x 4 + 1" (four rounds of 2, then a lone block)."""
+    runs: list[list[int]] = []
+    for blocks in rounds:
+        if runs and runs[-1][0] == blocks:
+            runs[-1][1] += 1
+        else:
+            runs.append([blocks, 1])
+    return " + ".join(f"{blocks} x {count}" if count > 1 else str(blocks) for blocks, count in runs)
+
+
 def _fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -107,10 +120,13 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
     lines = [
         "# CARAFE kernels: cost model (a model, not a measurement)",
         "",
-        "Static figures from NVRTC (`-Xptxas=-v`) and `nvdisasm`; traffic from the CPU "
-        "simulator's memory tracer running the launcher's real plans; time = max(DRAM, L2, "
-        "issue, latency). See `carafe_cupy/_profile/hardware.py` for every constant and its "
-        "source.",
+        "Static figures from NVRTC (`-Xptxas=-v`) and `nvdisasm -hex` (stall counts and "
+        "scoreboards from each instruction's control bits); traffic from the CPU simulator's "
+        "memory tracer running the launcher's real plans. est = max(busiest SM, DRAM at the "
+        "achievable bandwidth, L2), the busiest SM's time composed from its schedulers, its "
+        "shared-memory path and its exposed load latency, round by round (formula: "
+        "`carafe_cupy/_profile/compose.py`). Every constant and its source or assumption: "
+        "`carafe_cupy/_profile/hardware.py`.",
         "",
     ]
     groups: dict[tuple[str, str, str], list[dict]] = {}
@@ -120,39 +136,52 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         lines += [
             f"## N,C,H,W = {shape}, {dtype}, {GPUS[key].name}",
             "",
-            "| kernel | regs | blocks/SM (warps, limit) | SASS static | SASS/warp run | "
-            "load / store MB | sectors/req ld, st | bank conflicts/req | blocks | waves | "
-            "bound | est µs | floor µs | % floor |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: "
-            "| ---: | ---: |",
+            "| kernel | regs | blocks/SM (warps, limit) | SASS/warp run | sectors/req ld, st | "
+            "bank conflicts/req | blocks | busiest SM rounds | IPC/4 | DRAM µs | L2 µs | "
+            "shared µs (with L1) | issue µs | latency µs | est µs (in phase) | bound | "
+            "% floor (nominal, achievable) |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
+            "| ---: | ---: | ---: | --- | ---: |",
         ]
         for r in rows:
-            occ, sass = r["occupancy"], r["sass_instructions"]
-            moved, spr = r["global_bytes"], r["sectors_per_request"]
-            load = None if moved["load"] is None else moved["load"] / 1e6
-            store = None if moved["store"] is None else moved["store"] / 1e6
+            occ, sass, spr = r["occupancy"], r["sass_instructions"], r["sectors_per_request"]
             lines.append(
                 f"| {r['kernel']} | {r['registers']} | {occ['blocks_per_sm']} "
-                f"({occ['warps_per_sm']}, {occ['limited_by']}) | {sass['static']} | "
-                f"{sass['per_warp']} | {_fmt(load)} / {_fmt(store)} | "
+                f"({occ['warps_per_sm']}, {occ['limited_by']}) | {sass['per_warp']} | "
                 f"{_fmt(spr['load'], 2)}, {_fmt(spr['store'], 2)} | "
                 f"{_fmt(r['bank_conflicts']['per_request'], 2)} | {r['blocks']} | "
-                f"{r['waves']:.2f} | {r['_bound']} | {r['est_us']:.1f} | "
-                f"{r['floor_us']:.1f} | {r['pct_of_floor']:.0f} |"
+                f"{rounds_text(r['busiest_sm_rounds'])} | "
+                f"{r['issue_efficiency']:.2f} | {r['dram_us']:.1f} | {_fmt(r['l2_us'])} | "
+                f"{r['shared_us']:.1f} ({r['data_path_us']:.1f}) | {r['issue_us']:.1f} | "
+                f"{r['latency_us']:.1f} | "
+                f"{r['est_us']:.1f} ({r['est_in_phase_us']:.1f}) | {r['bound']} | "
+                f"{r['pct_of_floor']:.0f}, {r['pct_of_achievable_floor']:.0f} |"
             )
         lines.append("")
     lines += loop_table(records)
     lines += [
         "## Summary (the unfused op: forward = carafe, backward = both gradients)",
         "",
-        "| N,C,H,W | dtype | GPU | forward % of floor | fwd+bwd % of floor | "
-        "host µs forward | host µs backward |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "% of floor: the op's tensors once at the nominal and at the achievable DRAM "
+        "bandwidth. Host: the public call on this machine's CPU with the launch stubbed "
+        "(torch forward, torch forward+backward through autograd, the array front end), "
+        "and the host total with each launch's assumed CuPy cost added; 'host' marks an op "
+        "whose host time exceeds its modelled GPU time.",
+        "",
+        "| N,C,H,W | dtype | GPU | forward est µs | % floor | fwd+bwd est µs | % floor | "
+        "host µs torch fwd, fwd+bwd, array fwd | host µs with launches fwd, fwd+bwd | "
+        "bound fwd, fwd+bwd |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for s in summary:
         lines.append(
-            f"| {s['shape']} | {s['dtype']} | {s['gpu']} | {s['forward_pct_of_floor']} | "
-            f"{s['fwd_bwd_pct_of_floor']} | {s['host_forward_us']} | {s['host_backward_us']} |"
+            f"| {s['shape']} | {s['dtype']} | {s['gpu']} | {s['forward_est_us']} | "
+            f"{s['forward_pct_of_floor']}, {s['forward_pct_of_achievable_floor']} | "
+            f"{s['fwd_bwd_est_us']} | {s['fwd_bwd_pct_of_floor']}, "
+            f"{s['fwd_bwd_pct_of_achievable_floor']} | {s['host_torch_forward_us']}, "
+            f"{s['host_torch_fwd_bwd_us']}, {s['host_array_forward_us']} | "
+            f"{s['host_forward_us']}, {s['host_fwd_bwd_us']} | {s['forward_bound']}, "
+            f"{s['fwd_bwd_bound']} |"
         )
     lines += unfold_table(summary)
     inexact = sorted({r["kernel"] for r in records if not r["_exact"]})
@@ -170,8 +199,10 @@ def markdown(records: list[dict], summary: list[dict], max_blocks: int | None) -
         )
         + ". Scaled, not exact: " + (", ".join(inexact) if inexact else "none") + ".",
         "",
-        "Host overhead: planning and argument marshalling per call in `_runtime.launch`, "
-        "the launch stubbed, best of five batches, µs on this machine.",
+        "Host time: best of five batches of public calls on this machine, the kernel launch "
+        "stubbed; each launch's CuPy cost is an assumption ("
+        + f"{summary[0]['cupy_launch_us_assumed'] if summary else '-'} µs, "
+        "`hardware.CUPY_LAUNCH_SOURCE`) until a GPU measures it.",
     ]
     if unknown:
         lines += ["", "Loops counted once (source line unknown to the model): "

@@ -25,6 +25,27 @@ DRAM_LATENCY_SOURCE = (
     "CUDA C++ Best Practices Guide, 'Device Memory Spaces': device memory costs hundreds of "
     "cycles (400-800); the midpoint is used until gpu_validate.sh measures it"
 )
+SHARED_PATH_SOURCE = (
+    "CUDA C++ Programming Guide, shared memory of compute capability 7.x-9.0: 32 banks of "
+    "32 bits per clock, so one 128-byte wavefront per clock per SM, shared with the L1's "
+    "global accesses"
+)
+LATENCY_ASSUMPTION = (
+    "assumptions until gpu_validate.sh measures them: shared memory and an L1 hit about 30 "
+    "cycles, an L2 hit about 2/5 of a DRAM access, MUFU/LDC/S2R results and a store's "
+    "register read about 20 cycles (microbenchmark papers report 20-35, 200-300 and 15-30)"
+)
+ACHIEVABLE_DRAM_SOURCE = (
+    "assumption until gpu_validate.sh measures it: a device-to-device copy reaches about "
+    "3.0 of the H100 SXM's 3.35 TB/s (90%); the same share is assumed for A100's HBM2e and "
+    "80% for T4's GDDR6"
+)
+CUPY_LAUNCH_US = 10.0
+CUPY_LAUNCH_SOURCE = (
+    "assumption until a GPU measures it: CuPy's RawKernel call with this project's 20-40 "
+    "numpy-scalar arguments (argument packing, device and stream context) plus "
+    "cuLaunchKernel, about 10 µs per launch"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,11 @@ class GpuModel:
     shared_reserved_per_block: int
     dram_latency_cycles: int
     sources: tuple[tuple[str, str], ...]  # (which constants, where they come from)
+    achievable_dram_share: float = 0.9  # of hbm_gb_per_s, what streaming code reaches
+    shared_bytes_per_clock: int = 128  # the SM's shared-memory / L1 data path
+    shared_latency_cycles: int = 30  # an LDS, or an L1 hit, with nothing queued
+    l2_latency_cycles: int = 240
+    other_latency_cycles: int = 20  # MUFU, conversions, LDC, S2R; a store's operand read
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -74,7 +100,7 @@ GPUS: dict[str, GpuModel] = {
         sms=132,
         boost_clock_ghz=1.98,
         hbm_gb_per_s=3350.0,
-        l2_gb_per_s=_l2_scaled_from_a100(132, 1.98),
+        l2_gb_per_s=_l2_scaled_from_a100(132, 1.98) / 2,
         l2_bytes=50 * 2**20,
         issue_per_clock_per_sm=4,
         max_warps_per_sm=64,
@@ -90,13 +116,19 @@ GPUS: dict[str, GpuModel] = {
             ("boost_clock_ghz", "NVIDIA H100 Tensor Core GPU Architecture whitepaper "
              "(H100 SXM5 boost clock 1.98 GHz for non-tensor work)"),
             ("l2_gb_per_s", "derived: A100 whitepaper's 5120 B/clk over 108 SMs, scaled to "
-             "132 SMs at 1.98 GHz (NVIDIA publishes no H100 figure)"),
+             "132 SMs at 1.98 GHz (NVIDIA publishes no H100 figure), then halved: an SASS-level "
+             "audit judged the scaled figure about 2x optimistic for H100's partitioned L2; "
+             "an assumption until gpu_validate.sh measures it"),
             ("issue_per_clock_per_sm", "H100 whitepaper: four warp schedulers per SM, "
              "one warp-instruction per clock each"),
             ("max_warps_per_sm, max_blocks_per_sm, registers_per_sm, shared_*",
              PROGRAMMING_GUIDE + " (compute capability 9.0: 64 warps, 32 blocks, 64K "
              "registers, 228 KB shared per SM, 227 KB per block)"),
             ("dram_latency_cycles", DRAM_LATENCY_SOURCE),
+            ("shared_bytes_per_clock", SHARED_PATH_SOURCE),
+            ("shared_latency_cycles, l2_latency_cycles, other_latency_cycles",
+             LATENCY_ASSUMPTION),
+            ("achievable_dram_share", ACHIEVABLE_DRAM_SOURCE),
         ),
     ),
     "a100": GpuModel(
@@ -126,6 +158,10 @@ GPUS: dict[str, GpuModel] = {
              PROGRAMMING_GUIDE + " (compute capability 8.0: 64 warps, 32 blocks, 64K "
              "registers, 164 KB shared per SM, 163 KB per block)"),
             ("dram_latency_cycles", DRAM_LATENCY_SOURCE),
+            ("shared_bytes_per_clock", SHARED_PATH_SOURCE),
+            ("shared_latency_cycles, l2_latency_cycles, other_latency_cycles",
+             LATENCY_ASSUMPTION),
+            ("achievable_dram_share", ACHIEVABLE_DRAM_SOURCE),
         ),
     ),
     "t4": GpuModel(
@@ -145,6 +181,7 @@ GPUS: dict[str, GpuModel] = {
         shared_per_block_max=64 * 1024,
         shared_reserved_per_block=0,
         dram_latency_cycles=600,
+        achievable_dram_share=0.8,
         sources=(
             ("sms, boost_clock_ghz, hbm_gb_per_s", "NVIDIA T4 datasheet and NVIDIA Turing "
              "GPU Architecture whitepaper (40 SMs, 1590 MHz boost, 320 GB/s GDDR6)"),
@@ -156,6 +193,10 @@ GPUS: dict[str, GpuModel] = {
              PROGRAMMING_GUIDE + " (compute capability 7.5: 32 warps, 16 blocks, 64K "
              "registers, 64 KB shared per SM and per block)"),
             ("dram_latency_cycles", DRAM_LATENCY_SOURCE),
+            ("shared_bytes_per_clock", SHARED_PATH_SOURCE),
+            ("shared_latency_cycles, l2_latency_cycles, other_latency_cycles",
+             LATENCY_ASSUMPTION),
+            ("achievable_dram_share", ACHIEVABLE_DRAM_SOURCE),
         ),
     ),
 }

@@ -1,5 +1,5 @@
-"""The time model: executed SASS per warp from the loops' trip counts, then the
-largest of DRAM, L2, issue and latency time for each planned launch.
+"""Executed SASS per warp, from the loops' trip counts (``compose.py`` turns it
+into time).
 
 Trip counts come from the plan (channels per block, channel batch, block shape)
 and the geometry, matched to each SASS loop by the source line of its backward
@@ -10,6 +10,7 @@ once and the estimate names it in ``unknown_loops``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._plan.planner import (
@@ -23,8 +24,6 @@ from .._plan.planner import (
     general_threads,
     halo_extent,
 )
-from .hardware import SECTOR_BYTES, WARP_SIZE, GpuModel
-from .occupancy import Occupancy, occupancy
 from .static import KernelStatic, Loop
 
 
@@ -114,8 +113,15 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     return None
 
 
-def execution(static: KernelStatic, launch: Launch, geometry: Geometry) -> Execution:
-    """Warp-instructions and dependent load rounds one warp executes."""
+def execution(
+    static: KernelStatic,
+    launch: Launch | None,
+    geometry: Geometry | None,
+    trips_of: Callable[[Loop], int | None] | None = None,
+) -> Execution:
+    """Warp-instructions and dependent load rounds one warp executes. Trip counts
+    come from ``trips_of(loop)`` where given (a kernel outside the project's), else
+    from the plan and geometry (``loop_trips``)."""
     loops = static.loops
     # Of several SASS loops for one source loop under one parent (versions of
     # the loop for different cases), only the largest is counted.
@@ -130,7 +136,7 @@ def execution(static: KernelStatic, launch: Launch, geometry: Geometry) -> Execu
     unknown = []
     trips = {}
     for index, loop in enumerate(loops):
-        found = loop_trips(loop, launch, geometry)
+        found = trips_of(loop) if trips_of else loop_trips(loop, launch, geometry)
         if found is None:
             unknown.append(f"line {loop.line}: {loop.source}")
             found = 1
@@ -154,66 +160,17 @@ def execution(static: KernelStatic, launch: Launch, geometry: Geometry) -> Execu
     return Execution(instructions, rounds, tuple(rows), tuple(unknown))
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """The model's time for one launch on one GPU."""
+def forward_prologue_batches(arch: str) -> float:
+    """The tiled pair forward's prologue in channel batches for ``arch``: the k = 5
+    float32 kernel's straight-line SASS over one pass of its channel loop (the
+    loop's own body and its tap loop at 4 channels), which the planner's
+    ``FORWARD_PROLOGUE_BATCHES`` table holds per architecture."""
+    from .._kernels.names import KernelId
+    from .static import module_static
 
-    occupancy: Occupancy
-    waves: float
-    warp_instructions: float
-    dram_us: float
-    l2_us: float | None  # None without simulated traffic
-    issue_us: float
-    latency_us: float
-    floor_us: float
-
-    @property
-    def est_us(self) -> float:
-        return max(t for t in (self.dram_us, self.l2_us, self.issue_us, self.latency_us) if t)
-
-    @property
-    def bound(self) -> str:
-        terms = {"dram": self.dram_us, "l2": self.l2_us or 0.0, "issue": self.issue_us,
-                 "latency": self.latency_us}
-        return max(terms, key=lambda name: terms[name])
-
-
-def estimate(
-    gpu: GpuModel,
-    static: KernelStatic,
-    work: Execution,
-    launch: Launch,
-    compulsory_bytes: int,
-    sectors: float | None,
-) -> Estimate:
-    """max(DRAM, L2, issue, latency) for one launch.
-
-    * DRAM: the launch's compulsory bytes at the HBM bandwidth (also its floor);
-    * L2: every 32-byte sector the warps request, at the L2 bandwidth;
-    * issue: each SM issues its blocks' warp-instructions at ``issue_per_clock``;
-    * latency: each wave of resident blocks waits for its warps' dependent
-      global-load rounds, one DRAM latency each.
-    """
-    shared = launch.shared_mem + static.resources.static_shared
-    occ = occupancy(gpu, launch.threads_per_block, static.resources.registers, shared)
-    clock = gpu.boost_clock_ghz * 1e9
-    warps_per_block = -(-launch.threads_per_block // WARP_SIZE)
-    resident = max(1, occ.blocks_per_sm) * gpu.sms
-    waves = launch.blocks / resident
-    blocks_per_sm = math.ceil(launch.blocks / gpu.sms)
-    issue_s = blocks_per_sm * warps_per_block * work.instructions / (
-        gpu.issue_per_clock_per_sm * clock
-    )
-    latency_s = math.ceil(waves) * work.load_rounds * gpu.dram_latency_cycles / clock
-    dram_s = compulsory_bytes / (gpu.hbm_gb_per_s * 1e9)
-    l2_us = None if sectors is None else sectors * SECTOR_BYTES / (gpu.l2_gb_per_s * 1e9) * 1e6
-    return Estimate(
-        occupancy=occ,
-        waves=waves,
-        warp_instructions=work.instructions * warps_per_block * launch.blocks,
-        dram_us=dram_s * 1e6,
-        l2_us=l2_us,
-        issue_us=issue_s * 1e6,
-        latency_us=latency_s * 1e6,
-        floor_us=dram_s * 1e6,
-    )
+    kernel_id = KernelId("forward", "float32", 5, 2)
+    kernel = module_static(kernel_id.module, arch)[kernel_id.name]
+    (channel,) = [loop for loop in kernel.loops if "c0 += channel_batch" in loop.source]
+    (taps,) = [loop for loop in kernel.loops if "cc < count" in loop.source]
+    per_batch = channel.own_instructions + 4 * taps.own_instructions
+    return kernel.straight_line_instructions / per_batch

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._plan.planner import Geometry
-from . import host, model, static, traffic
-from .hardware import GpuModel
+from .._plan.planner import Geometry, PlanTarget
+from . import compose, host, model, static, traffic
+from .hardware import CUPY_LAUNCH_US, GpuModel
 from .shape_sets import unfold_floor_bytes, unfold_peak_bytes
 
 FORWARD_OPS = ("forward", "fused_forward")
@@ -46,14 +46,22 @@ def _ops(problem: Problem) -> tuple[str, ...]:
     return ("forward", "backward")
 
 
-def simulate_problem(problem: Problem, max_blocks: int | None) -> dict:
-    """Simulated traffic of every launch of every op (GPU-independent)."""
+def plan_target(gpu: GpuModel) -> PlanTarget:
+    """The planner's view of the modelled GPU: its SM count and architecture."""
+    return PlanTarget(gpu.sms, gpu.arch)
+
+
+def simulate_problem(problem: Problem, max_blocks: int | None, gpus: list[GpuModel]) -> dict:
+    """Simulated traffic of every launch of every op, per distinct launch (the GPUs'
+    plans may differ in their channel slices)."""
     measured = {}
-    for op in _ops(problem):
-        for launch in traffic.planned(op, problem.geometry, problem.dtype):
-            measured[(op, launch.kernel)] = traffic.simulate(
-                op, launch, problem.geometry, problem.dtype, max_blocks
-            )
+    for gpu in gpus:
+        for op in _ops(problem):
+            for launch in traffic.planned(op, problem.geometry, problem.dtype, plan_target(gpu)):
+                if (op, launch) not in measured:
+                    measured[(op, launch)] = traffic.simulate(
+                        op, launch, problem.geometry, problem.dtype, max_blocks
+                    )
     return measured
 
 
@@ -66,14 +74,14 @@ def records_for(problem: Problem, gpu: GpuModel, measured: dict) -> list[dict]:
     rows = []
     g = problem.geometry
     for op in _ops(problem):
-        for launch in traffic.planned(op, g, problem.dtype):
+        for launch in traffic.planned(op, g, problem.dtype, plan_target(gpu)):
             kernel_static = static.module_static(launch.module, gpu.arch)[launch.kernel]
             work = model.execution(kernel_static, launch, g)
-            moved = measured.get((op, launch.kernel))
+            moved = measured.get((op, launch))
             compulsory = traffic.compulsory_bytes(op, launch, g, problem.dtype)
-            est = model.estimate(
-                gpu, kernel_static, work, launch, compulsory, moved.sectors if moved else None
-            )
+            memory = memory_of(moved, compulsory,
+                               traffic.compulsory_bytes(op, launch, g, problem.dtype, True))
+            est = compose.estimate(gpu, kernel_static, work, launch, memory)
             rows.append(
                 {
                     "kernel": launch.kernel,
@@ -118,16 +126,28 @@ def records_for(problem: Problem, gpu: GpuModel, measured: dict) -> list[dict]:
                     },
                     "blocks": launch.blocks,
                     "waves": round(est.waves, 3),
+                    "busiest_sm_rounds": list(est.rounds),
                     "est_us": round(est.est_us, 3),
+                    "est_in_phase_us": round(est.est_in_phase_us, 3),
+                    "dram_us": round(est.dram_us, 3),
+                    "l2_us": None if est.l2_us is None else round(est.l2_us, 3),
+                    "shared_us": round(est.shared_us, 3),
+                    "data_path_us": round(est.data_path_us, 3),
+                    "issue_us": round(est.issue_us, 3),
+                    "latency_us": round(est.latency_us, 3),
+                    "sm_us": round(est.sm_us, 3),
+                    "issue_efficiency": round(est.issue_efficiency, 3),
+                    "bound": est.bound,
                     "floor_us": round(est.floor_us, 3),
+                    "floor_achievable_us": round(est.floor_achievable_us, 3),
                     "pct_of_floor": round(100 * est.floor_us / est.est_us, 1),
-                    # not in JSON: kept for the markdown table
+                    "pct_of_achievable_floor": round(
+                        100 * est.floor_achievable_us / est.est_us, 1
+                    ),
+                    # not in JSON: kept for the markdown table and the calibration
                     "_op": op,
                     "_bound": est.bound,
-                    "_terms": {
-                        "dram": est.dram_us, "l2": est.l2_us, "issue": est.issue_us,
-                        "latency": est.latency_us,
-                    },
+                    "_terms": est.terms(),
                     "_simulated": moved.simulated if moved else "not simulated",
                     "_exact": moved.exact if moved else False,
                 }
@@ -135,27 +155,59 @@ def records_for(problem: Problem, gpu: GpuModel, measured: dict) -> list[dict]:
     return rows
 
 
-def summary_for(problem: Problem, gpu: GpuModel, rows: list[dict], host_us) -> dict:
-    """The unfused op's % of its HBM floor, forward and forward+backward."""
+def memory_of(moved, compulsory: int, compulsory_loads: int) -> compose.Memory:
+    """The tracer's counts as the composed model takes them (defaults without)."""
+    if moved is None:
+        return compose.Memory(compulsory)
+    factor = traffic.Traffic.conflict_factor
+    return compose.Memory(
+        compulsory_bytes=compulsory,
+        sectors=moved.sectors,
+        load_sectors_per_request=_ratio(moved.load_sectors, moved.load_requests) or 4.0,
+        store_sectors_per_request=_ratio(moved.store_sectors, moved.store_requests) or 4.0,
+        shared_load_factor=factor(*moved.shared_load),
+        shared_store_factor=factor(*moved.shared_store),
+        dram_share_of_loads=min(1.0, compulsory_loads / moved.load_bytes)
+        if moved.load_bytes else 1.0,
+    )
+
+
+def summary_for(problem: Problem, gpu: GpuModel, rows: list[dict], times: host.HostTimes) -> dict:
+    """The unfused op's % of its DRAM floor (nominal and achievable bandwidth),
+    forward and forward+backward, and its host time per call."""
     bandwidth = gpu.hbm_gb_per_s * 1e3  # bytes per µs
     forward_floor = op_floor_bytes("forward", problem) / bandwidth
     backward_floor = op_floor_bytes("backward", problem) / bandwidth
     forward_us = sum(r["est_us"] for r in rows if r["_op"] == "forward")
     backward_us = sum(r["est_us"] for r in rows if r["_op"] == "backward")
+    fwd_bwd_us = forward_us + backward_us
     itemsize = traffic.ITEMSIZE[problem.dtype]
     unfold_forward, unfold_fwd_bwd = unfold_floor_bytes(problem.geometry, itemsize)
+    share = gpu.achievable_dram_share
+    host_forward = times.torch_forward + times.launches_forward * CUPY_LAUNCH_US
+    host_fwd_bwd = times.torch_forward_backward + (
+        times.launches_forward + times.launches_backward
+    ) * CUPY_LAUNCH_US
     return {
         "shape": problem.shape,
         "dtype": problem.dtype,
         "gpu": gpu.key,
         "forward_pct_of_floor": round(100 * forward_floor / forward_us, 1),
-        "fwd_bwd_pct_of_floor": round(
-            100 * (forward_floor + backward_floor) / (forward_us + backward_us), 1
+        "fwd_bwd_pct_of_floor": round(100 * (forward_floor + backward_floor) / fwd_bwd_us, 1),
+        "forward_pct_of_achievable_floor": round(100 * forward_floor / share / forward_us, 1),
+        "fwd_bwd_pct_of_achievable_floor": round(
+            100 * (forward_floor + backward_floor) / share / fwd_bwd_us, 1
         ),
-        "host_forward_us": round(host_us[0], 1),
-        "host_backward_us": round(host_us[1], 1),
         "forward_est_us": round(forward_us, 1),
-        "fwd_bwd_est_us": round(forward_us + backward_us, 1),
+        "fwd_bwd_est_us": round(fwd_bwd_us, 1),
+        "host_torch_forward_us": round(times.torch_forward, 1),
+        "host_torch_fwd_bwd_us": round(times.torch_forward_backward, 1),
+        "host_array_forward_us": round(times.array_forward, 1),
+        "cupy_launch_us_assumed": CUPY_LAUNCH_US,
+        "host_forward_us": round(host_forward, 1),
+        "host_fwd_bwd_us": round(host_fwd_bwd, 1),
+        "forward_bound": "host" if host_forward > forward_us else "gpu",
+        "fwd_bwd_bound": "host" if host_fwd_bwd > fwd_bwd_us else "gpu",
         "unfold_forward_floor_us": round(unfold_forward / bandwidth, 1),
         "unfold_fwd_bwd_floor_us": round(unfold_fwd_bwd / bandwidth, 1),
         "unfold_extra_mb": round(unfold_peak_bytes(problem.geometry, itemsize) / 1e6, 1),
@@ -166,10 +218,10 @@ def profile(problems: list[Problem], gpus: list[GpuModel], max_blocks: int | Non
     """(records, summary) for every problem on every GPU."""
     records, summary = [], []
     for problem in problems:
-        measured = simulate_problem(problem, max_blocks)
-        host_us = host.host_overhead_us(problem.geometry, problem.dtype)
+        measured = simulate_problem(problem, max_blocks, gpus)
+        times = host.host_times(problem.geometry, problem.dtype)
         for gpu in gpus:
             rows = records_for(problem, gpu, measured)
             records += rows
-            summary.append(summary_for(problem, gpu, rows, host_us))
+            summary.append(summary_for(problem, gpu, rows, times))
     return records, summary

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._kernels import sources as _sources
+from .control import Control, decode
 
+# nvdisasm's options: -hex prints each instruction's encoding, whose control bits
+# (stall counts, scoreboards) the scheduling model reads (``control.py``)
+NVDISASM_OPTIONS = ("-c", "-g", "-hex")
 NVDISASM_HINT = (
     "nvdisasm was not found: install the profile extra from the repository (pip install "
     "'.[profile]', which brings the nvidia-cuda-nvdisasm wheel), put a CUDA toolkit's "
@@ -47,6 +51,7 @@ class Instruction:
     opcode: str  # mnemonic with modifiers, without predicate or operands
     text: str
     line: int | None  # innermost source line (of the expanded module source)
+    control: Control | None = None  # None when the SASS was printed without -hex
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,22 @@ class KernelStatic:
     straight_line_instructions: int  # outside every loop and subroutine
     straight_line_load_rounds: int
     loops: tuple[Loop, ...]
+    body: tuple[Instruction, ...] = ()  # in address order, subroutines left out
+
+    def own_body(self, index: int) -> tuple[Instruction, ...]:
+        """Loop ``index``'s instructions outside its nested loops, in address order."""
+        loop = self.loops[index]
+        children = [(o.start, o.end) for o in self.loops if o.parent == index]
+        return tuple(
+            i for i in self.body if loop.start <= i.address <= loop.end
+            and not any(s <= i.address <= e for s, e in children)
+        )
+
+    def straight_body(self) -> tuple[Instruction, ...]:
+        """The instructions outside every loop, in address order."""
+        return tuple(
+            i for i in self.body if not any(o.start <= i.address <= o.end for o in self.loops)
+        )
 
     def as_dict(self) -> dict:
         return {
@@ -141,6 +162,7 @@ _LINE_MARK = re.compile(r'//## File "[^"]*", line (\d+)')
 _LABEL = re.compile(r"^\s*([.$\w]+):\s*$")
 _INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _TARGET = re.compile(r"`\(([.$\w]+)\)")
+_HIGH_WORD = re.compile(r"^\s*/\* 0x([0-9a-f]{16}) \*/\s*$")
 
 
 def _opcode(text: str) -> str:
@@ -151,7 +173,9 @@ def _opcode(text: str) -> str:
 
 
 def parse_sass(sass: str) -> dict[str, tuple[list[Instruction], dict[str, int]]]:
-    """Per kernel: its instructions in order, and its labels' addresses."""
+    """Per kernel: its instructions in order, and its labels' addresses. With
+    ``nvdisasm -hex`` output, each instruction carries its decoded control bits
+    (from the second word printed, on the line after it)."""
     kernels: dict[str, tuple[list[Instruction], dict[str, int]]] = {}
     instructions: list[Instruction] = []
     labels: dict[str, int] = {}
@@ -162,6 +186,13 @@ def parse_sass(sass: str) -> dict[str, tuple[list[Instruction], dict[str, int]]]
         if section:
             instructions, labels, pending, line = [], {}, [], None
             kernels[section.group(1)] = (instructions, labels)
+            continue
+        high = _HIGH_WORD.match(raw)
+        if high and instructions and instructions[-1].control is None:
+            last = instructions[-1]
+            instructions[-1] = Instruction(
+                last.address, last.opcode, last.text, last.line, decode(int(high.group(1), 16))
+            )
             continue
         mark = _LINE_MARK.search(raw)
         if mark:
@@ -246,6 +277,7 @@ def analyse_kernel(
         straight_line_instructions=len(straight),
         straight_line_load_rounds=load_rounds(straight),
         loops=tuple(loops),
+        body=tuple(body),
     )
 
 
@@ -285,7 +317,7 @@ def _compile(module: str, arch: str) -> tuple[str, str]:
         path = Path(scratch) / f"{module}.cubin"
         path.write_bytes(cubin)
         done = subprocess.run(
-            [find_nvdisasm(), "-c", "-g", str(path)], capture_output=True, text=True
+            [find_nvdisasm(), *NVDISASM_OPTIONS, str(path)], capture_output=True, text=True
         )
     if done.returncode != 0:
         raise RuntimeError(f"nvdisasm failed on {module} for {arch}: {done.stderr.strip()}")
@@ -296,7 +328,8 @@ def module_static(module: str, arch: str) -> dict[str, KernelStatic]:
     """Every kernel of ``module`` compiled for ``arch``, analysed (disk-cached)."""
     source = _sources.kernel_source(module)
     key = hashlib.sha256(
-        "\0".join((source, arch, *_sources.NVRTC_OPTIONS, _tool_versions())).encode()
+        "\0".join((source, arch, *NVDISASM_OPTIONS, *_sources.NVRTC_OPTIONS, _tool_versions()))
+        .encode()
     ).hexdigest()[:24]
     path = cache_dir() / f"{module}-{arch}-{key}.json"
     if path.is_file():
@@ -321,4 +354,9 @@ def _tool_versions() -> str:
     from .._runtime import cupy_runtime as _cupy_runtime
 
     nvrtc = _cupy_runtime._import_cupy().cuda.nvrtc
-    return f"nvrtc {nvrtc.getVersion()} nvdisasm {os.path.basename(find_nvdisasm())}"
+    # the offline compile's options live in cupy_runtime: any change there recompiles
+    compiler = hashlib.sha256(Path(_cupy_runtime.__file__).read_bytes()).hexdigest()[:12]
+    return (
+        f"nvrtc {nvrtc.getVersion()} nvdisasm {os.path.basename(find_nvdisasm())} "
+        f"cupy_runtime {compiler}"
+    )

@@ -18,7 +18,7 @@ from unittest import mock
 import numpy as np
 
 from .._plan import planner as _planner
-from .._plan.planner import Geometry, Launch, TensorRef
+from .._plan.planner import DEFAULT_TARGET, Geometry, Launch, PlanTarget, TensorRef
 
 ROLES = {
     "forward": ("features", "masks", "output"),
@@ -45,21 +45,32 @@ def _contiguous(shape: tuple[int, ...], dtype: str) -> TensorRef:
     return TensorRef(0x10000, (c * h * w, h * w, w, 1), dtype)
 
 
-def planned(op: str, geometry: Geometry, dtype: str) -> tuple[Launch, ...]:
-    """The launches the launcher makes for ``op`` on contiguous, aligned tensors."""
+def planned(
+    op: str, geometry: Geometry, dtype: str, target: PlanTarget = DEFAULT_TARGET
+) -> tuple[Launch, ...]:
+    """The launches the launcher makes for ``op`` on contiguous, aligned tensors,
+    on the ``target`` GPU."""
     refs = [_contiguous(role_shape(role, geometry), dtype) for role in ROLES[op]]
     if op in ("forward", "backward", "fused_forward"):
-        return getattr(_planner, f"plan_{op}")(geometry, *refs)
-    return getattr(_planner, f"plan_{op}")(geometry, dtype)
+        return getattr(_planner, f"plan_{op}")(geometry, *refs, target)
+    return getattr(_planner, f"plan_{op}")(geometry, dtype, target)
 
 
 def tensor_bytes(role: str, geometry: Geometry, dtype: str) -> int:
     return int(np.prod(role_shape(role, geometry))) * ITEMSIZE[dtype]
 
 
-def compulsory_bytes(op: str, launch: Launch, geometry: Geometry, dtype: str) -> int:
-    """Bytes the launch must move at least once: every tensor it is given."""
+INPUTS = ("features", "masks", "logits", "grad_output")
+
+
+def compulsory_bytes(
+    op: str, launch: Launch, geometry: Geometry, dtype: str, inputs_only: bool = False
+) -> int:
+    """Bytes the launch must move at least once: every tensor it is given (or
+    every tensor it reads, with ``inputs_only``)."""
     roles = {ROLES[op][index] for index in launch.operands if index is not None}
+    if inputs_only:
+        roles &= set(INPUTS)
     return sum(tensor_bytes(role, geometry, dtype) for role in roles)
 
 
@@ -78,9 +89,19 @@ class Traffic:
     exact: bool  # False when blocks were sampled or a slice is partial
     simulated: str  # what ran: "N1 C16, 39 of 39 blocks"
 
+    # shared memory per direction: (wavefronts, bank conflicts), for the conflict factors
+    shared_load: tuple[float, float] = (0.0, 0.0)
+    shared_store: tuple[float, float] = (0.0, 0.0)
+
     @property
     def sectors(self) -> float:
         return self.load_sectors + self.store_sectors
+
+    @staticmethod
+    def conflict_factor(wavefronts: float, conflicts: float) -> float:
+        """Wavefronts over the conflict-free count (1 without conflicts or accesses)."""
+        minimum = wavefronts - conflicts
+        return wavefronts / minimum if minimum > 0 else 1.0
 
 
 def _reduced(launch: Launch, geometry: Geometry) -> tuple[Geometry, Launch, float, bool]:
@@ -138,6 +159,10 @@ def simulate(
         shared_requests=(trace.shared_load.requests + trace.shared_store.requests) * scale,
         bank_conflicts=(trace.shared_load.bank_conflicts + trace.shared_store.bank_conflicts)
         * scale,
+        shared_load=(trace.shared_load.sectors * scale, trace.shared_load.bank_conflicts * scale),
+        shared_store=(
+            trace.shared_store.sectors * scale, trace.shared_store.bank_conflicts * scale
+        ),
         exact=exact and trace.blocks_traced == trace.blocks_total,
         simulated=(
             f"N1 C{small.channels}, {trace.blocks_traced} of {trace.blocks_total} blocks"

@@ -291,6 +291,13 @@ def kernel_cache_dir() -> str:
     return str(_binaries.cache_dir())
 
 
+@functools.lru_cache(maxsize=64)
+def device_sms_and_arch(device: int) -> tuple[int, str]:
+    """The GPU's SM count and architecture ("sm_90"), which the planner deals blocks to."""
+    properties = _import_cupy().cuda.runtime.getDeviceProperties(device)
+    return int(properties["multiProcessorCount"]), f"sm_{properties['major']}{properties['minor']}"
+
+
 # ---------------------------------------------------------------- offline build
 
 

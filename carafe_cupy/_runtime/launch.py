@@ -19,8 +19,10 @@ from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE
 from .._plan import record as _launch_record
 from .._plan.planner import (
+    DEFAULT_TARGET,
     Geometry,
     Launch,
+    PlanTarget,
     TensorRef,
     plan_backward,
     plan_forward,
@@ -35,6 +37,20 @@ _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
 def simulator_enabled() -> bool:
     return os.environ.get("CARAFE_CUPY_SIMULATOR", "") not in ("", "0")
+
+
+def plan_target(device: int) -> PlanTarget:
+    """The GPU the plans are dealt to: the device's SM count and architecture, or
+    the default (an H100) on the simulator."""
+    return DEFAULT_TARGET if simulator_enabled() else _device_target(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_target(device: int) -> PlanTarget:
+    try:
+        return PlanTarget(*_cupy_runtime.device_sms_and_arch(device))
+    except Exception:  # no device to ask (planning without a GPU): the default
+        return DEFAULT_TARGET
 
 
 def launch_arguments(
@@ -89,7 +105,7 @@ def launch_forward(
 ) -> None:
     """output = carafe(features, masks); all three share one dtype."""
     tensors = (features, masks, output)
-    _run(plan_forward(geometry, *tensors), geometry, tensors, device, stream)
+    _run(plan_forward(geometry, *tensors, plan_target(device)), geometry, tensors, device, stream)
 
 
 def launch_backward(
@@ -104,7 +120,7 @@ def launch_backward(
 ) -> None:
     """Write whichever of grad_features / grad_masks is given."""
     tensors = (grad_output, features, masks, grad_features, grad_masks)
-    _run(plan_backward(geometry, *tensors), geometry, tensors, device, stream)
+    _run(plan_backward(geometry, *tensors, plan_target(device)), geometry, tensors, device, stream)
 
 
 def launch_fused_forward(
@@ -117,7 +133,8 @@ def launch_fused_forward(
 ) -> None:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored."""
     tensors = (features, logits, output)
-    _run(plan_fused_forward(geometry, *tensors), geometry, tensors, device, stream)
+    launches = plan_fused_forward(geometry, *tensors, plan_target(device))
+    _run(launches, geometry, tensors, device, stream)
 
 
 def launch_fused_backward(
@@ -131,7 +148,7 @@ def launch_fused_backward(
     stream: int = 0,
 ) -> None:
     """Gradients of the fused forward with respect to features and raw logits."""
-    launches = plan_fused_backward(geometry, grad_output.dtype)
+    launches = plan_fused_backward(geometry, grad_output.dtype, plan_target(device))
     tensors = (grad_output, features, logits, grad_features, grad_logits)
     _run(launches, geometry, tensors, device, stream)
 
