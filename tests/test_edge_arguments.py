@@ -143,6 +143,33 @@ def test_a_strided_grad_output_wrong_in_width_is_refused(backend):
         carafe_cupy.reassemble_backward(torch.randn(1, 4, 4, 4), features, kernels, K, G, 1, 2)
 
 
+@pytest.mark.parametrize("axis", AXES.values(), ids=list(AXES))
+def test_masks_wrong_in_one_size_are_refused(backend, axis):
+    features, masks, _ = torch_inputs()
+    shape = list(masks.shape)
+    shape[axis] += 1
+    with pytest.raises(ValueError, match="masks must have shape") as info:
+        carafe_cupy.carafe(features, torch.rand(shape), K, G, S)
+    assert "(2, 18, 6, 10) for features (2, 4, 3, 5)" in str(info.value)
+    assert f"got {tuple(shape)}" in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 3, 0), (1, 4, 0, 3), (1, 4, 0, 0)])
+def test_empty_planes_are_refused(backend, shape):
+    n, c, h, w = shape
+    masks = torch.rand(n, K * K, h * S, w * S)
+    with pytest.raises(ValueError, match=r"features must have H, W >= 1"):
+        carafe_cupy.carafe(torch.randn(shape), masks, K, 1, S)
+
+
+def test_an_output_of_2_to_the_63_elements_is_refused():
+    """One element past what signed 64-bit indices address (meta tensors: no memory)."""
+    features = torch.empty(1, 2**21, 2**20, 2**20, device="meta", dtype=torch.float16)
+    masks = torch.empty(1, 1, 2**21, 2**21, device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"the output would have .* = 9223372036854775808 "):
+        carafe_cupy.carafe(features, masks, 1, 1, 2)
+
+
 # ---------------------------------------------------------------- the modules' own checks
 
 
