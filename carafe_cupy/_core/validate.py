@@ -140,7 +140,11 @@ def check_geometry(
         raise ValueError(
             f"{where}: features must have H, W >= 1, got shape {tuple(features_shape)}"
         )
-    if channels < 1 or channels % group_size:
+    if channels < 1:
+        raise ValueError(
+            f"{where}: features must have C >= 1 channels, got shape {tuple(features_shape)}"
+        )
+    if channels % group_size:
         raise ValueError(
             f"{where}: group_size must divide the feature channels C; got C={channels}, "
             f"group_size={group_size}"
