@@ -121,8 +121,9 @@ MUTANTS = (
     M(
         "forward-default-stream",
         LAUNCH,
-        r"tensors\), geometry, tensors, device, stream\)",
-        r"tensors), geometry, tensors, device, 0)",
+        r"(plan_forward\(geometry, \*tensors, plan_target\(device\)\)), geometry, tensors, "
+        r"device, stream\)",
+        r"\1, geometry, tensors, device, 0)",
     ),
     M(
         "fused-backward-device-0",
