@@ -43,12 +43,13 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 LARGEST = {"float16": 65504.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
-# What is added to the largest value: below the midpoint to the next power of two,
-# one step below it (rounds down), the midpoint (ties to even: Inf), one step above,
-# well above, and the largest value again (far past the range).
+# What is added to the largest value: nothing, less than half a step (rounds back
+# down), one fp16 step less than the midpoint to the next power of two, the midpoint
+# (a tie, to even: Inf), a little past it, the next power of two, and (fp16) the
+# largest value again, far past the range.
 ADDED = {
     "float16": (0.0, 8.0, 15.0, 16.0 - 2.0**-7, 16.0, 17.0, 32.0, 65504.0),
-    "bfloat16": (0.0, 2.0**118, 2.0**119 - 2.0**112, 2.0**119, 2.0**119 + 2.0**112, 2.0**120),
+    "bfloat16": (0.0, 2.0**118, 2.0**119 - 2.0**111, 2.0**119, 2.0**119 + 2.0**112, 2.0**120),
 }
 CONFIG = (1, 2, 3, 4, 3, 1, 2)  # (N, C, H, W, k, G, s): even s and W for the pair kernels
 RUNS = [
@@ -149,8 +150,8 @@ def assert_rounded_exactly(actual: torch.Tensor, exact: np.ndarray, dtype: str, 
     largest = LARGEST[dtype]
     rounded = expected.double().numpy()
     # the inputs do reach every case: rounded down to the largest value, a tie to Inf, beyond
-    assert ((exact > largest) & (rounded == largest)).any(), f"{what}: nothing rounds down"
-    assert ((exact < -largest) & (rounded == -largest)).any(), f"{what}: nothing rounds up"
+    assert ((exact > largest) & (rounded == largest)).any(), f"{what}: none rounds to the largest"
+    assert ((exact < -largest) & (rounded == -largest)).any(), f"{what}: none rounds to -largest"
     assert (rounded == np.inf).any() and (rounded == -np.inf).any(), f"{what}: no overflow"
 
 
