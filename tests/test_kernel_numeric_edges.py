@@ -2,10 +2,10 @@
 
 Overflow: each output (forward and grad_masks in one set of inputs,
 grad_features in another) is a short sum the kernels form exactly in fp32,
-chosen to land on the format's largest value, below and just below the
-midpoint to the next power of two (rounds down to the largest value), on it
-(a tie, to even: infinity) and above it, with both signs. Expected: torch's
-rounding of the exact float64 sum, bit for bit.
+chosen to land on the format's largest value, below and one fp32 ulp below the
+midpoint to the next power of two (65520 for fp16: rounds down to the largest
+value), on it (a tie, to even: infinity) and past it, with both signs.
+Expected: torch's rounding of the exact float64 sum, bit for bit.
 
 NaN payloads: mmcv's and torch's semantics are IEEE arithmetic over the taps
 inside the image, so a NaN feature, mask or gradient that reaches a result
@@ -43,15 +43,33 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 LARGEST = {"float16": 65504.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
-# What is added to the largest value: nothing, less than half a step (rounds back
-# down), one fp16 step less than the midpoint to the next power of two, the midpoint
-# (a tie, to even: Inf), a little past it, the next power of two, and (fp16) the
-# largest value again, far past the range.
+# What is added to the largest value, as two parts exact in the format (their sums
+# are exact in fp32): nothing; less than half a step (rounds back down); one fp32
+# ulp below the midpoint to the next power of two (still rounds down); the midpoint
+# (a tie, to even: Inf); one fp32 ulp past it; the next power of two; past it by
+# more than half an fp16 step (the fp16 exponent would carry into a NaN pattern);
+# the largest value again.
 ADDED = {
-    "float16": (0.0, 8.0, 15.0, 16.0 - 2.0**-7, 16.0, 17.0, 32.0, 65504.0),
-    "bfloat16": (0.0, 2.0**118, 2.0**119 - 2.0**111, 2.0**119, 2.0**119 + 2.0**112, 2.0**120),
+    "float16": (
+        (0.0, 0.0),
+        (8.0, 7.0),
+        (16.0 - 2.0**-7, 2.0**-7 - 2.0**-8),
+        (16.0, 0.0),
+        (16.0, 2.0**-8),
+        (32.0, 0.0),
+        (64.0, 1.0),
+        (65504.0, 0.0),
+    ),
+    "bfloat16": (
+        (0.0, 0.0),
+        (2.0**118, 2.0**117),
+        (2.0**119 - 2.0**111, 2.0**111 - 2.0**104),
+        (2.0**119, 0.0),
+        (2.0**119, 2.0**104),
+        (2.0**120, 0.0),
+    ),
 }
-CONFIG = (1, 2, 3, 4, 3, 1, 2)  # (N, C, H, W, k, G, s): even s and W for the pair kernels
+CONFIG = (1, 3, 3, 4, 3, 1, 2)  # (N, C, H, W, k, G, s): even s and W for the pair kernels
 RUNS = [
     (backend, variant)
     for backend in BACKENDS
@@ -92,33 +110,35 @@ def _inside(config) -> np.ndarray:
 def output_and_grad_masks_landing(dtype: str, seed: int = 0):
     """Inputs whose output and grad_masks are +-(largest + added), added from ADDED.
 
-    Features are +1 (channel 0) and -1 (channel 1); each output pixel weighs the
-    centre tap by the largest value and one other inside tap by an added value,
-    so output = +-(largest + added). grad_output is (+-largest, -+added') per
-    pixel, so grad_masks = +-(largest + added') on every inside tap."""
+    Features are +1 (channel 0) and -1 (the others); each output pixel weighs the
+    centre tap by the largest value and two other inside taps by the two parts
+    of an added value, so output = +-(largest + added). grad_output is
+    (+-largest, -+part, -+part') per pixel, so grad_masks = +-(largest + added')
+    on every inside tap."""
     n, c, h, w, k, g, s = CONFIG
     rng = np.random.default_rng(seed)
     largest, added = LARGEST[dtype], np.array(ADDED[dtype])
     out_h, out_w = h * s, w * s
-    features = np.stack([np.ones((h, w)), -np.ones((h, w))])[None]
+    features = np.ones((n, c, h, w))
+    features[:, 1:] = -1.0
     masks = np.zeros((n, k * k, out_h, out_w))
     masks[0, k * k // 2] = largest
     inside = _inside(CONFIG)
     inside[k * k // 2] = False
     for y in range(out_h):
         for x in range(out_w):
-            tap = rng.choice(np.flatnonzero(inside[:, y, x]))
-            masks[0, tap, y, x] = added[(y * out_w + x) % added.size]
+            taps = rng.choice(np.flatnonzero(inside[:, y, x]), size=2, replace=False)
+            masks[0, taps, y, x] = added[(y * out_w + x) % len(added)]
     sign = rng.choice([-1.0, 1.0], size=(out_h, out_w))
-    second = added[rng.permutation(out_h * out_w) % added.size].reshape(out_h, out_w)
-    grad_output = np.stack([sign * largest, -sign * second])[None]
+    parts = added[rng.permutation(out_h * out_w) % len(added)].reshape(out_h, out_w, 2)
+    grad_output = np.stack([sign * largest, -sign * parts[..., 0], -sign * parts[..., 1]])[None]
     return features, masks, grad_output
 
 
 def grad_features_landing(dtype: str, seed: int = 1):
     """Inputs whose grad_features is +-(largest + added): only the centre tap weighs
     (1), so an input pixel's gradient is the sum of its s*s sub-pixels' grad_output,
-    which hold the largest value, an added value and zeros."""
+    which hold the largest value, the two parts of an added value and a zero."""
     n, c, h, w, k, g, s = CONFIG
     rng = np.random.default_rng(seed)
     largest, added = LARGEST[dtype], np.array(ADDED[dtype])
@@ -128,13 +148,11 @@ def grad_features_landing(dtype: str, seed: int = 1):
     for channel in range(c):
         for y in range(h):
             for x in range(w):
-                a, b = rng.choice(s * s, size=2, replace=False)
                 block = np.zeros(s * s)
-                block[a] = largest
-                block[b] = added[(channel * h * w + y * w + x) % added.size]
+                block[:3] = largest, *added[(channel * h * w + y * w + x) % len(added)]
                 sign = rng.choice([-1.0, 1.0])
                 grad_output[0, channel, y * s : y * s + s, x * s : x * s + s] = (
-                    sign * block.reshape(s, s)
+                    sign * rng.permutation(block).reshape(s, s)
                 )
     features = rng.integers(-4, 5, size=(n, c, h, w)) / 4.0
     return features, masks, grad_output
