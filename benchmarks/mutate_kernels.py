@@ -41,6 +41,10 @@ KERNEL_TESTS = (
     "tests/test_simulator.py",
     "tests/test_fast_kernels.py",
     "tests/test_conversions.py",
+    "tests/test_conversions_exhaustive.py",
+    "tests/test_kernel_offset_products.py",
+    "tests/test_kernel_fused_softmax.py",
+    "tests/test_kernel_numeric_edges.py",
 )
 
 
