@@ -137,76 +137,83 @@ static std::string state_summary() {
   return out;
 }
 
-// Completes every warp group whose members all wait; returns how many
+// Completes every group of warp w whose members all wait; returns how many
 // threads were released, or -1 on error.
+static int release_warp(unsigned w) {
+  int released = 0;
+  unsigned base = w * 32;
+  unsigned nl = std::min(32u, g_nthreads - base);
+  unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
+  for (unsigned l = 0; l < nl; ++l) {
+    Fiber& lead = g_fibers[base + l];
+    if (lead.state != WAIT_WARP) continue;
+    unsigned members = lead.mask & exist;
+    bool ready = true;
+    for (unsigned m = 0; m < nl; ++m) {
+      if (!(members & (1u << m))) continue;
+      const Fiber& o = g_fibers[base + m];
+      if (o.state == DONE) {
+        g_error = std::string(lead.what) + " at " + where(lead.file, lead.line) +
+                  ": thread " + tid_str(o.tid) + " (lane " + std::to_string(m) +
+                  ") named in the member mask has exited (warp " + std::to_string(w) +
+                  ")";
+        return -1;
+      }
+      if (o.state != WAIT_WARP || o.mask != lead.mask) ready = false;
+    }
+    if (!ready) continue;
+    uint64_t ballot = 0;
+    unsigned count = 0;
+    for (unsigned m = 0; m < nl; ++m)
+      if (members & (1u << m)) {
+        ++count;
+        if (g_fibers[base + m].value) ballot |= 1ull << m;
+      }
+    for (unsigned m = 0; m < nl; ++m) {
+      if (!(members & (1u << m))) continue;
+      Fiber& t = g_fibers[base + m];
+      int wdt = t.width;
+      int seg = int(m) & ~(wdt - 1);
+      int src = int(m);
+      switch (t.op) {
+        case OP_IDX: src = seg + (t.param & (wdt - 1)); break;
+        case OP_UP: src = (int(m) - seg) >= t.param ? int(m) - t.param : int(m); break;
+        case OP_DOWN: src = (int(m) - seg) + t.param < wdt ? int(m) + t.param : int(m); break;
+        case OP_XOR: {
+          int s = int(m) ^ t.param;
+          src = (s >= seg && s < seg + wdt) ? s : int(m);
+          break;
+        }
+        default: break;
+      }
+      switch (t.op) {
+        case OP_SYNC: t.result = 0; break;
+        case OP_BALLOT: t.result = ballot; break;
+        case OP_ANY: t.result = ballot != 0; break;
+        case OP_ALL: t.result = unsigned(__builtin_popcountll(ballot)) == count; break;
+        default:
+          // Reading a lane outside the mask is undefined on hardware; give
+          // back the caller's own value.
+          t.result = (src >= 0 && src < int(nl) && (members & (1u << src)))
+                         ? g_fibers[base + unsigned(src)].value
+                         : t.value;
+      }
+    }
+    for (unsigned m = 0; m < nl; ++m)
+      if (members & (1u << m)) {
+        g_fibers[base + m].state = RUNNABLE;
+        ++released;
+      }
+  }
+  return released;
+}
+
 static int release_warps() {
   int released = 0;
-  unsigned nwarps = (g_nthreads + 31) / 32;
-  for (unsigned w = 0; w < nwarps; ++w) {
-    unsigned base = w * 32;
-    unsigned nl = std::min(32u, g_nthreads - base);
-    unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
-    for (unsigned l = 0; l < nl; ++l) {
-      Fiber& lead = g_fibers[base + l];
-      if (lead.state != WAIT_WARP) continue;
-      unsigned members = lead.mask & exist;
-      bool ready = true;
-      for (unsigned m = 0; m < nl; ++m) {
-        if (!(members & (1u << m))) continue;
-        const Fiber& o = g_fibers[base + m];
-        if (o.state == DONE) {
-          g_error = std::string(lead.what) + " at " + where(lead.file, lead.line) +
-                    ": thread " + tid_str(o.tid) + " (lane " + std::to_string(m) +
-                    ") named in the member mask has exited (warp " + std::to_string(w) +
-                    ")";
-          return -1;
-        }
-        if (o.state != WAIT_WARP || o.mask != lead.mask) ready = false;
-      }
-      if (!ready) continue;
-      uint64_t ballot = 0;
-      unsigned count = 0;
-      for (unsigned m = 0; m < nl; ++m)
-        if (members & (1u << m)) {
-          ++count;
-          if (g_fibers[base + m].value) ballot |= 1ull << m;
-        }
-      for (unsigned m = 0; m < nl; ++m) {
-        if (!(members & (1u << m))) continue;
-        Fiber& t = g_fibers[base + m];
-        int wdt = t.width;
-        int seg = int(m) & ~(wdt - 1);
-        int src = int(m);
-        switch (t.op) {
-          case OP_IDX: src = seg + (t.param & (wdt - 1)); break;
-          case OP_UP: src = (int(m) - seg) >= t.param ? int(m) - t.param : int(m); break;
-          case OP_DOWN: src = (int(m) - seg) + t.param < wdt ? int(m) + t.param : int(m); break;
-          case OP_XOR: {
-            int s = int(m) ^ t.param;
-            src = (s >= seg && s < seg + wdt) ? s : int(m);
-            break;
-          }
-          default: break;
-        }
-        switch (t.op) {
-          case OP_SYNC: t.result = 0; break;
-          case OP_BALLOT: t.result = ballot; break;
-          case OP_ANY: t.result = ballot != 0; break;
-          case OP_ALL: t.result = unsigned(__builtin_popcountll(ballot)) == count; break;
-          default:
-            // Reading a lane outside the mask is undefined on hardware; give
-            // back the caller's own value.
-            t.result = (src >= 0 && src < int(nl) && (members & (1u << src)))
-                           ? g_fibers[base + unsigned(src)].value
-                           : t.value;
-        }
-      }
-      for (unsigned m = 0; m < nl; ++m)
-        if (members & (1u << m)) {
-          g_fibers[base + m].state = RUNNABLE;
-          ++released;
-        }
-    }
+  for (unsigned w = 0; w < (g_nthreads + 31) / 32; ++w) {
+    int r = release_warp(w);
+    if (r < 0) return -1;
+    released += r;
   }
   return released;
 }
@@ -263,14 +270,53 @@ static void poison_shared() {
   if (g_dyn_size) std::memset(g_dyn_shared, 0xff, g_dyn_size);
 }
 
+// Thread orders (runtime.py's _ORDERS). The first three resume every runnable
+// thread once per round, all warps interleaved; the warp orders run one warp at
+// a time from one block barrier to the next, so a warp barrier standing in for
+// a block barrier lets the first warp overwrite what later warps still read.
+enum Order : int { FORWARD = 0, REVERSE, RANDOM, WARP_SERIAL, RANDOM_WARP };
+
+static bool warp_granular(int order) { return order == WARP_SERIAL || order == RANDOM_WARP; }
+
+// The warps in the order they run until the next block barrier.
+static void warp_order(int order, Rng& rng, std::vector<unsigned>& warps) {
+  for (unsigned w = 0; w < warps.size(); ++w) warps[w] = w;
+  if (order == RANDOM_WARP)
+    for (size_t i = warps.size(); i > 1; --i) std::swap(warps[i - 1], warps[rng.next() % i]);
+}
+
+// Runs warp w (lanes in order, meeting at warp primitives) until every lane
+// waits at a block barrier, has exited, or waits at a warp primitive that
+// cannot complete. Returns 0, or -1 on error.
+static int run_warp(unsigned w) {
+  const unsigned base = w * 32, end = std::min(g_nthreads, base + 32);
+  for (;;) {
+    for (unsigned i = base; i < end; ++i) {
+      if (g_fibers[i].state != RUNNABLE) continue;
+      resume(&g_fibers[i]);
+      if (!g_error.empty()) return -1;
+    }
+    int r = release_warp(w);
+    if (r <= 0) return r;
+  }
+}
+
 static int run_block(int order, Rng& rng, size_t stack_size) {
   poison_shared();
   std::vector<unsigned> perm(g_nthreads);
+  std::vector<unsigned> warps((g_nthreads + 31) / 32);
   if (g_fast_path) {
-    for (unsigned i = 0; i < g_nthreads; ++i) perm[i] = i;
-    if (order == 1) std::reverse(perm.begin(), perm.end());
-    if (order == 2)
-      for (unsigned i = g_nthreads; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
+    if (warp_granular(order)) {
+      warp_order(order, rng, warps);
+      unsigned n = 0;
+      for (unsigned w : warps)
+        for (unsigned i = w * 32; i < std::min(g_nthreads, w * 32 + 32); ++i) perm[n++] = i;
+    } else {
+      for (unsigned i = 0; i < g_nthreads; ++i) perm[i] = i;
+      if (order == REVERSE) std::reverse(perm.begin(), perm.end());
+      if (order == RANDOM)
+        for (unsigned i = g_nthreads; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
+    }
     if (setjmp(g_fast_jmp)) return -1;
     for (unsigned i : perm) {
       threadIdx = g_fibers[i].tid;
@@ -283,15 +329,21 @@ static int run_block(int order, Rng& rng, size_t stack_size) {
                g_slot_bytes - g_page);
   (void)stack_size;
   for (;;) {
-    unsigned n = 0;
-    for (unsigned i = 0; i < g_nthreads; ++i)
-      if (g_fibers[i].state == RUNNABLE) perm[n++] = i;
-    if (order == 1) std::reverse(perm.begin(), perm.begin() + n);
-    if (order == 2)
-      for (unsigned i = n; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
-    for (unsigned k = 0; k < n; ++k) {
-      resume(&g_fibers[perm[k]]);
-      if (!g_error.empty()) return -1;
+    if (warp_granular(order)) {
+      warp_order(order, rng, warps);
+      for (unsigned w : warps)
+        if (run_warp(w) < 0) return -1;
+    } else {
+      unsigned n = 0;
+      for (unsigned i = 0; i < g_nthreads; ++i)
+        if (g_fibers[i].state == RUNNABLE) perm[n++] = i;
+      if (order == REVERSE) std::reverse(perm.begin(), perm.begin() + n);
+      if (order == RANDOM)
+        for (unsigned i = n; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
+      for (unsigned k = 0; k < n; ++k) {
+        resume(&g_fibers[perm[k]]);
+        if (!g_error.empty()) return -1;
+      }
     }
     unsigned done = 0;
     for (unsigned i = 0; i < g_nthreads; ++i) done += g_fibers[i].state == DONE;
