@@ -160,6 +160,13 @@ extern "C" __global__ void bad_mask(float* out) {
 }
 """
 
+# No barrier or warp primitive: the module runs each thread to completion in turn.
+FAST_SRC = r"""
+extern "C" __global__ void run_order(unsigned* counter, unsigned* out) {
+  out[blockIdx.x * blockDim.x + threadIdx.x] = atomicAdd(counter + blockIdx.x, 1u);
+}
+"""
+
 
 def line_of(src: str, marker: str) -> int:
     """1-based line number of the first line of ``src`` containing ``marker``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_kernels import BROKEN_SRC, MAIN_SRC, line_of
+from sim_kernels import BROKEN_SRC, FAST_SRC, MAIN_SRC, line_of
 
 from carafe_cupy._sim import SimRuntime, SimulatorError, get_runtime
 from carafe_cupy._sim import runtime as sim_runtime
@@ -175,6 +175,31 @@ def test_warp_orders_run_one_warp_at_a_time(order: str) -> None:
         assert len(schedules) > 1
         np.testing.assert_array_equal(run_tickets(order, seed=5), tickets)
         assert not np.array_equal(run_tickets(order, seed=6), tickets)
+
+
+def test_barrier_free_modules_run_threads_in_the_order_asked(rt: SimRuntime) -> None:
+    blocks, threads = 8, 96
+    counter = np.zeros(blocks, np.uint32)
+    out = np.zeros(blocks * threads, np.uint32)
+    rt.launch(
+        "fast", FAST_SRC, "run_order", (blocks, 1, 1), (threads, 1, 1), (ptr(counter), ptr(out))
+    )
+    tickets = out.reshape(blocks, threads)
+    for block in tickets:
+        assert sorted(block) == list(range(threads))
+    in_order = np.broadcast_to(np.arange(threads), tickets.shape)
+    if rt.order in ("forward", "warp-serial"):
+        np.testing.assert_array_equal(tickets, in_order)
+    elif rt.order == "reverse":
+        np.testing.assert_array_equal(tickets, in_order[:, ::-1])
+    elif rt.order == "random":
+        assert not np.array_equal(tickets, in_order)
+    else:  # random-warp: whole warps, lanes in order, warps shuffled
+        warps = tickets.reshape(blocks, 3, 32)
+        np.testing.assert_array_equal(
+            warps - warps[:, :, :1], np.broadcast_to(np.arange(32), warps.shape)
+        )
+        assert not np.array_equal(tickets, in_order)
 
 
 def test_a_warp_barrier_for_a_block_barrier_is_caught_by_the_warp_orders() -> None:
