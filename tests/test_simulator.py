@@ -190,7 +190,8 @@ def test_weakened_barriers_in_the_tiled_kernels_give_wrong_answers(
 ):
     """The simulator (threads scheduled in ``order``, shared memory starting as
     garbage) turns barriers that do not wait for the whole block into wrong
-    answers in every tiled kernel. The shim weakens them at compile time."""
+    answers in every tiled kernel. The scheduler weakens them when built with
+    -DCARAFE_SIM_WEAK_BARRIERS; the kernel source is not touched."""
     from carafe_cupy._plan import planner as _planner
 
     monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")

@@ -135,20 +135,8 @@ inline T from_bits(uint64_t b) {
 using carafe_sim_loc = std::source_location;
 #define CARAFE_SIM_LOC const carafe_sim_loc& loc = carafe_sim_loc::current()
 
-// Weakened barriers, to check that tests notice them (set through
-// CARAFE_CUPY_SIM_CXXFLAGS): -DCARAFE_SIM_WEAK_BARRIERS=1 makes __syncthreads
-// wait for the thread's warp only, =2 makes __syncthreads and __syncwarp no-ops.
-#ifndef CARAFE_SIM_WEAK_BARRIERS
-#define CARAFE_SIM_WEAK_BARRIERS 0
-#endif
 inline void __syncthreads(CARAFE_SIM_LOC) {
-#if CARAFE_SIM_WEAK_BARRIERS == 0
   carafe_sim::block_barrier(carafe_sim::BAR_PLAIN, 0, loc);
-#elif CARAFE_SIM_WEAK_BARRIERS == 1
-  carafe_sim::warp_op(0xffffffffu, carafe_sim::OP_SYNC, 0, 0, 32, "__syncthreads", loc);
-#else
-  (void)loc;
-#endif
 }
 inline int __syncthreads_count(int pred, CARAFE_SIM_LOC) {
   return carafe_sim::block_barrier(carafe_sim::BAR_COUNT, pred != 0, loc);
@@ -160,11 +148,7 @@ inline int __syncthreads_or(int pred, CARAFE_SIM_LOC) {
   return carafe_sim::block_barrier(carafe_sim::BAR_OR, pred != 0, loc);
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, CARAFE_SIM_LOC) {
-#if CARAFE_SIM_WEAK_BARRIERS < 2
   carafe_sim::warp_op(mask, carafe_sim::OP_SYNC, 0, 0, 32, "__syncwarp", loc);
-#else
-  (void)mask, (void)loc;
-#endif
 }
 template <class T>
 inline T __shfl_sync(unsigned mask, T var, int src, int width = warpSize, CARAFE_SIM_LOC) {

@@ -11,6 +11,7 @@
 // straight to completion on the OS stack.
 
 #include "cuda_sim_fibers.h"
+#include "cuda_sim_orders.h"
 
 namespace carafe_sim {
 
@@ -37,9 +38,16 @@ static void fail_current(std::string msg) {
   __builtin_unreachable();
 }
 
+// -DCARAFE_SIM_WEAK_BARRIERS (in CARAFE_CUPY_SIM_CXXFLAGS), to check that tests
+// notice weakened barriers: =1 makes __syncthreads wait for the thread's warp
+// only, =2 makes __syncthreads and __syncwarp return at once.
 int block_barrier(int kind, int pred, const std::source_location& loc) {
   Fiber* f = g_cur;
   if (!f) fast_path_violation("__syncthreads");
+#ifdef CARAFE_SIM_WEAK_BARRIERS
+  if (kind == BAR_PLAIN && CARAFE_SIM_WEAK_BARRIERS == 2) return 0;
+  if (kind == BAR_PLAIN) return int(warp_op(~0u, OP_SYNC, 0, 0, 32, "__syncthreads", loc));
+#endif
   f->state = WAIT_BLOCK;
   f->bkind = kind;
   f->pred = pred;
@@ -54,6 +62,9 @@ uint64_t warp_op(unsigned mask, int op, uint64_t value, int param, int width, co
                  const std::source_location& loc) {
   Fiber* f = g_cur;
   if (!f) fast_path_violation(name);
+#ifdef CARAFE_SIM_WEAK_BARRIERS
+  if (op == OP_SYNC && CARAFE_SIM_WEAK_BARRIERS == 2) return 0;
+#endif
   if (!(mask & (1u << f->lane))) {
     fail_current(std::string(name) + " at " + where(loc.file_name(), loc.line()) +
                  ": thread " + tid_str(f->tid) + " (lane " + std::to_string(f->lane) +
@@ -97,16 +108,6 @@ unsigned active_mask() {
 }
 
 // -------------------------------------------------------------- scheduler
-struct Rng {
-  uint64_t s;
-  uint64_t next() {  // splitmix64
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
-
 static std::string state_summary() {
   // "N thread(s) at WHAT (file:line)" for every distinct waiting site.
   std::vector<std::pair<std::string, unsigned>> sites;
@@ -270,21 +271,6 @@ static void poison_shared() {
   if (g_dyn_size) std::memset(g_dyn_shared, 0xff, g_dyn_size);
 }
 
-// Thread orders (runtime.py's _ORDERS). The first three resume every runnable
-// thread once per round, all warps interleaved; the warp orders run one warp at
-// a time from one block barrier to the next, so a warp barrier standing in for
-// a block barrier lets the first warp overwrite what later warps still read.
-enum Order : int { FORWARD = 0, REVERSE, RANDOM, WARP_SERIAL, RANDOM_WARP };
-
-static bool warp_granular(int order) { return order == WARP_SERIAL || order == RANDOM_WARP; }
-
-// The warps in the order they run until the next block barrier.
-static void warp_order(int order, Rng& rng, std::vector<unsigned>& warps) {
-  for (unsigned w = 0; w < warps.size(); ++w) warps[w] = w;
-  if (order == RANDOM_WARP)
-    for (size_t i = warps.size(); i > 1; --i) std::swap(warps[i - 1], warps[rng.next() % i]);
-}
-
 // Runs warp w (lanes in order, meeting at warp primitives) until every lane
 // waits at a block barrier, has exited, or waits at a warp primitive that
 // cannot complete. Returns 0, or -1 on error.
@@ -303,20 +289,13 @@ static int run_warp(unsigned w) {
 
 static int run_block(int order, Rng& rng, size_t stack_size) {
   poison_shared();
-  std::vector<unsigned> perm(g_nthreads);
-  std::vector<unsigned> warps((g_nthreads + 31) / 32);
+  std::vector<unsigned> perm(g_nthreads), warps((g_nthreads + 31) / 32);
   if (g_fast_path) {
-    if (warp_granular(order)) {
-      warp_order(order, rng, warps);
-      unsigned n = 0;
-      for (unsigned w : warps)
-        for (unsigned i = w * 32; i < std::min(g_nthreads, w * 32 + 32); ++i) perm[n++] = i;
-    } else {
-      for (unsigned i = 0; i < g_nthreads; ++i) perm[i] = i;
-      if (order == REVERSE) std::reverse(perm.begin(), perm.end());
-      if (order == RANDOM)
-        for (unsigned i = g_nthreads; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
-    }
+    unsigned n = 0;
+    warp_order(order, rng, warps);  // warp orders: whole warps, lanes in order
+    for (unsigned w : warps)
+      for (unsigned i = w * 32; i < std::min(g_nthreads, w * 32 + 32); ++i) perm[n++] = i;
+    round_order(order, rng, perm.data(), n);
     if (setjmp(g_fast_jmp)) return -1;
     for (unsigned i : perm) {
       threadIdx = g_fibers[i].tid;
@@ -337,9 +316,7 @@ static int run_block(int order, Rng& rng, size_t stack_size) {
       unsigned n = 0;
       for (unsigned i = 0; i < g_nthreads; ++i)
         if (g_fibers[i].state == RUNNABLE) perm[n++] = i;
-      if (order == REVERSE) std::reverse(perm.begin(), perm.begin() + n);
-      if (order == RANDOM)
-        for (unsigned i = n; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
+      round_order(order, rng, perm.data(), n);
       for (unsigned k = 0; k < n; ++k) {
         resume(&g_fibers[perm[k]]);
         if (!g_error.empty()) return -1;

@@ -22,7 +22,9 @@ Environment:
           CARAFE_CUPY_SIM_ASAN=1 python -m pytest ...
 
 * ``CARAFE_CUPY_SIM_CXXFLAGS``: extra compiler flags (part of the cache key);
-  ``-DCARAFE_SIM_UCONTEXT`` forces the portable ucontext fiber switch.
+  ``-DCARAFE_SIM_UCONTEXT`` forces the portable ucontext fiber switch;
+  ``-DCARAFE_SIM_WEAK_BARRIERS=1`` makes ``__syncthreads`` wait for the warp
+  only and ``=2`` makes it and ``__syncwarp`` no-ops (do the tests notice?).
 * ``CXX``: the C++ compiler (default ``g++``, then ``c++``); it needs C++20.
 
 Compiled modules are cached as ``<module>-<sha256>.so`` (plus a ``.sha256``
