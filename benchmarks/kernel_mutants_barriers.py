@@ -21,6 +21,7 @@ CUDA_SRC = Path(__file__).resolve().parent.parent / "cuda_src"
 # is the barrier call, group 2 the context, kept as it is.
 SITES = {
     # staging a channel batch overwrites the halo the previous batch read
+    # (removed, this is kernel_mutants.py's missing-barrier-before-restaging too)
     "forward-barrier-before-restaging": (
         "carafe_tiled_forward.cuh",
         r"(__syncthreads\(\);)(  // previous batch fully read\n)",
