@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_mutants_barriers import BARRIERS
 from kernel_mutants_numerics import NUMERICS
 from kernel_mutants_strided import STRIDE_DILATION, STRIPS
 
@@ -305,4 +306,5 @@ MUTANTS = (
 MUTANTS += tuple(
     Mutant(name, GENERAL, *change) for name, change in {**STRIDE_DILATION, **STRIPS}.items()
 )
+MUTANTS += tuple(Mutant(name, *spec) for name, spec in BARRIERS.items())
 MUTANTS += tuple(Mutant(*spec) for spec in NUMERICS)

@@ -12,6 +12,11 @@ on meanwhile): the mutated file is written, the kernel tests run with ``-x``
 (the first failure kills the mutant), and the original text is restored before
 the next mutant. Simulator modules go to a private cache; the copy and cache
 are removed at the end. Not part of CI: a full run takes a while.
+
+The tests run under each simulator thread order of ``--orders`` in turn
+(``CARAFE_CUPY_SIM_ORDER``; default forward, then random-warp, seed
+``CARAFE_CUPY_SIM_SEED`` or 0) until one kills the mutant: a block barrier
+weakened to a warp barrier only shows when one warp runs ahead of the others.
 Exit status: 0 when every mutant is killed.
 """
 
@@ -46,7 +51,8 @@ KERNEL_TESTS = (
     "tests/test_kernel_fused_softmax.py",
     "tests/test_kernel_numeric_edges.py",
 )
-
+SIM_ORDERS = ("forward", "reverse", "random", "warp-serial", "random-warp")
+DEFAULT_ORDERS = ("forward", "random-warp")
 
 
 def failing_test(output: str) -> str:
@@ -68,26 +74,15 @@ def scratch_copy(directory: Path) -> Path:
     return root
 
 
-def run_tests(root: Path, tests: list[str], timeout: float, env: dict):
+def run_tests(root: Path, tests: list[str], timeout: float, env: dict, order: str):
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
+    env = {**env, "CARAFE_CUPY_SIM_ORDER": order}
     return subprocess.run(
         command + tests, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
-def run_mutant(
-    root: Path, mutant: Mutant, tests: list[str], timeout: float, env: dict
-) -> tuple[str, str]:
-    """Plant the mutant in ``root``, run the tests, restore. Returns (verdict, detail)."""
-    path, original, mutated = mutant.plant(root / "cuda_src")
-    try:
-        path.write_text(mutated)
-        try:
-            result = run_tests(root, tests, timeout, env)
-        except subprocess.TimeoutExpired:
-            return "killed", f"timed out after {timeout:.0f} s"
-    finally:
-        path.write_text(original)
+def judge(result: subprocess.CompletedProcess) -> tuple[str, str]:
     output = result.stdout + result.stderr
     if result.returncode == 0:
         return "SURVIVED", ""
@@ -98,12 +93,42 @@ def run_mutant(
     return "ERROR", output.strip().splitlines()[-1] if output.strip() else str(result.returncode)
 
 
+def run_mutant(
+    root: Path, mutant: Mutant, tests: list[str], timeout: float, env: dict, orders: list[str]
+) -> tuple[str, str]:
+    """Plant the mutant in ``root``, run the tests under each order until one
+    kills it, restore. Returns (verdict, detail)."""
+    path, original, mutated = mutant.plant(root / "cuda_src")
+    verdict, detail = "SURVIVED", ""
+    try:
+        path.write_text(mutated)
+        for order in orders:
+            try:
+                verdict, detail = judge(run_tests(root, tests, timeout, env, order))
+            except subprocess.TimeoutExpired:
+                verdict, detail = "killed", f"timed out after {timeout:.0f} s"
+            if verdict != "SURVIVED":
+                return verdict, f"{order}: {detail}" if len(orders) > 1 else detail
+    finally:
+        path.write_text(original)
+    return verdict, detail
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
     parser.add_argument("--tests", nargs="+", default=list(KERNEL_TESTS), help="test files")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per test run")
+    parser.add_argument(
+        "--orders",
+        nargs="+",
+        default=list(DEFAULT_ORDERS),
+        choices=SIM_ORDERS,
+        metavar="ORDER",
+        help=f"simulator thread orders, tried in turn ({', '.join(SIM_ORDERS)}; "
+        f"default: {' '.join(DEFAULT_ORDERS)})",
+    )
     args = parser.parse_args(argv)
 
     mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
@@ -127,19 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         "CARAFE_CUPY_SIM_CACHE": str(scratch / "sim_cache"),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        "CARAFE_CUPY_SIM_SEED": os.environ.get("CARAFE_CUPY_SIM_SEED", "0"),
     }
     rows = []
     try:
-        start = time.monotonic()
-        baseline = run_tests(root, args.tests, args.timeout, env)
-        if baseline.returncode != 0:
-            print(baseline.stdout[-4000:] + baseline.stderr[-2000:])
-            print("the unmodified sources fail these tests: no mutant can be judged")
-            return 2
-        print(f"unmodified sources pass in {time.monotonic() - start:.0f} s", flush=True)
+        for order in args.orders:
+            start = time.monotonic()
+            baseline = run_tests(root, args.tests, args.timeout, env, order)
+            if baseline.returncode != 0:
+                print(baseline.stdout[-4000:] + baseline.stderr[-2000:])
+                print(f"the unmodified sources fail these tests ({order}): no mutant can be judged")
+                return 2
+            took = time.monotonic() - start
+            print(f"unmodified sources pass in {took:.0f} s ({order})", flush=True)
         for mutant in mutants:
             start = time.monotonic()
-            verdict, detail = run_mutant(root, mutant, args.tests, args.timeout, env)
+            verdict, detail = run_mutant(root, mutant, args.tests, args.timeout, env, args.orders)
             where = mutant.plant(root / "cuda_src")[0].name
             rows.append((mutant.name, where, verdict, time.monotonic() - start, detail))
             print(f"{verdict:8} {mutant.name:45} {rows[-1][3]:6.0f} s  {detail}", flush=True)

@@ -188,14 +188,16 @@ class _NoLaunch:
 @contextlib.contextmanager
 def simulator(order: str | None = None, dry_run: bool = False) -> Iterator[None]:
     """Kernels on the CPU simulator, threads resumed in ``order`` between
-    barriers (default: ``CARAFE_CUPY_SIM_ORDER``, else forward)."""
+    barriers (default: ``CARAFE_CUPY_SIM_ORDER``, else forward; seeded by
+    ``CARAFE_CUPY_SIM_SEED``)."""
     from carafe_cupy._sim import runtime as sim_runtime
 
     order = order or os.environ.get("CARAFE_CUPY_SIM_ORDER", "forward")
+    seed = int(os.environ.get("CARAFE_CUPY_SIM_SEED", "0") or 0)
     previous_flag = os.environ.get("CARAFE_CUPY_SIMULATOR")
     previous_runtime = sim_runtime._runtime
     os.environ["CARAFE_CUPY_SIMULATOR"] = "1"
-    sim_runtime._runtime = _NoLaunch() if dry_run else sim_runtime.SimRuntime(order)
+    sim_runtime._runtime = _NoLaunch() if dry_run else sim_runtime.SimRuntime(order, seed)
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ _SHIM_FILES = (
     "cuda_sim_observer.h",
     "cuda_sim_runtime.cpp",
     "cuda_sim_fibers.h",
+    "cuda_sim_orders.h",
     "cuda_sim_trace_measure.h",
     "cuda_sim_trace_hooks.h",
 )

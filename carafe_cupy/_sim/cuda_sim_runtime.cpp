@@ -11,6 +11,7 @@
 // straight to completion on the OS stack.
 
 #include "cuda_sim_fibers.h"
+#include "cuda_sim_orders.h"
 
 namespace carafe_sim {
 
@@ -37,9 +38,16 @@ static void fail_current(std::string msg) {
   __builtin_unreachable();
 }
 
+// -DCARAFE_SIM_WEAK_BARRIERS (in CARAFE_CUPY_SIM_CXXFLAGS), to check that tests
+// notice weakened barriers: =1 makes __syncthreads wait for the thread's warp
+// only, =2 makes __syncthreads and __syncwarp return at once.
 int block_barrier(int kind, int pred, const std::source_location& loc) {
   Fiber* f = g_cur;
   if (!f) fast_path_violation("__syncthreads");
+#ifdef CARAFE_SIM_WEAK_BARRIERS
+  if (kind == BAR_PLAIN && CARAFE_SIM_WEAK_BARRIERS == 2) return 0;
+  if (kind == BAR_PLAIN) return int(warp_op(~0u, OP_SYNC, 0, 0, 32, "__syncthreads", loc));
+#endif
   f->state = WAIT_BLOCK;
   f->bkind = kind;
   f->pred = pred;
@@ -54,6 +62,9 @@ uint64_t warp_op(unsigned mask, int op, uint64_t value, int param, int width, co
                  const std::source_location& loc) {
   Fiber* f = g_cur;
   if (!f) fast_path_violation(name);
+#ifdef CARAFE_SIM_WEAK_BARRIERS
+  if (op == OP_SYNC && CARAFE_SIM_WEAK_BARRIERS == 2) return 0;
+#endif
   if (!(mask & (1u << f->lane))) {
     fail_current(std::string(name) + " at " + where(loc.file_name(), loc.line()) +
                  ": thread " + tid_str(f->tid) + " (lane " + std::to_string(f->lane) +
@@ -97,16 +108,6 @@ unsigned active_mask() {
 }
 
 // -------------------------------------------------------------- scheduler
-struct Rng {
-  uint64_t s;
-  uint64_t next() {  // splitmix64
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
-
 static std::string state_summary() {
   // "N thread(s) at WHAT (file:line)" for every distinct waiting site.
   std::vector<std::pair<std::string, unsigned>> sites;
@@ -137,76 +138,83 @@ static std::string state_summary() {
   return out;
 }
 
-// Completes every warp group whose members all wait; returns how many
+// Completes every group of warp w whose members all wait; returns how many
 // threads were released, or -1 on error.
+static int release_warp(unsigned w) {
+  int released = 0;
+  unsigned base = w * 32;
+  unsigned nl = std::min(32u, g_nthreads - base);
+  unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
+  for (unsigned l = 0; l < nl; ++l) {
+    Fiber& lead = g_fibers[base + l];
+    if (lead.state != WAIT_WARP) continue;
+    unsigned members = lead.mask & exist;
+    bool ready = true;
+    for (unsigned m = 0; m < nl; ++m) {
+      if (!(members & (1u << m))) continue;
+      const Fiber& o = g_fibers[base + m];
+      if (o.state == DONE) {
+        g_error = std::string(lead.what) + " at " + where(lead.file, lead.line) +
+                  ": thread " + tid_str(o.tid) + " (lane " + std::to_string(m) +
+                  ") named in the member mask has exited (warp " + std::to_string(w) +
+                  ")";
+        return -1;
+      }
+      if (o.state != WAIT_WARP || o.mask != lead.mask) ready = false;
+    }
+    if (!ready) continue;
+    uint64_t ballot = 0;
+    unsigned count = 0;
+    for (unsigned m = 0; m < nl; ++m)
+      if (members & (1u << m)) {
+        ++count;
+        if (g_fibers[base + m].value) ballot |= 1ull << m;
+      }
+    for (unsigned m = 0; m < nl; ++m) {
+      if (!(members & (1u << m))) continue;
+      Fiber& t = g_fibers[base + m];
+      int wdt = t.width;
+      int seg = int(m) & ~(wdt - 1);
+      int src = int(m);
+      switch (t.op) {
+        case OP_IDX: src = seg + (t.param & (wdt - 1)); break;
+        case OP_UP: src = (int(m) - seg) >= t.param ? int(m) - t.param : int(m); break;
+        case OP_DOWN: src = (int(m) - seg) + t.param < wdt ? int(m) + t.param : int(m); break;
+        case OP_XOR: {
+          int s = int(m) ^ t.param;
+          src = (s >= seg && s < seg + wdt) ? s : int(m);
+          break;
+        }
+        default: break;
+      }
+      switch (t.op) {
+        case OP_SYNC: t.result = 0; break;
+        case OP_BALLOT: t.result = ballot; break;
+        case OP_ANY: t.result = ballot != 0; break;
+        case OP_ALL: t.result = unsigned(__builtin_popcountll(ballot)) == count; break;
+        default:
+          // Reading a lane outside the mask is undefined on hardware; give
+          // back the caller's own value.
+          t.result = (src >= 0 && src < int(nl) && (members & (1u << src)))
+                         ? g_fibers[base + unsigned(src)].value
+                         : t.value;
+      }
+    }
+    for (unsigned m = 0; m < nl; ++m)
+      if (members & (1u << m)) {
+        g_fibers[base + m].state = RUNNABLE;
+        ++released;
+      }
+  }
+  return released;
+}
+
 static int release_warps() {
   int released = 0;
-  unsigned nwarps = (g_nthreads + 31) / 32;
-  for (unsigned w = 0; w < nwarps; ++w) {
-    unsigned base = w * 32;
-    unsigned nl = std::min(32u, g_nthreads - base);
-    unsigned exist = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
-    for (unsigned l = 0; l < nl; ++l) {
-      Fiber& lead = g_fibers[base + l];
-      if (lead.state != WAIT_WARP) continue;
-      unsigned members = lead.mask & exist;
-      bool ready = true;
-      for (unsigned m = 0; m < nl; ++m) {
-        if (!(members & (1u << m))) continue;
-        const Fiber& o = g_fibers[base + m];
-        if (o.state == DONE) {
-          g_error = std::string(lead.what) + " at " + where(lead.file, lead.line) +
-                    ": thread " + tid_str(o.tid) + " (lane " + std::to_string(m) +
-                    ") named in the member mask has exited (warp " + std::to_string(w) +
-                    ")";
-          return -1;
-        }
-        if (o.state != WAIT_WARP || o.mask != lead.mask) ready = false;
-      }
-      if (!ready) continue;
-      uint64_t ballot = 0;
-      unsigned count = 0;
-      for (unsigned m = 0; m < nl; ++m)
-        if (members & (1u << m)) {
-          ++count;
-          if (g_fibers[base + m].value) ballot |= 1ull << m;
-        }
-      for (unsigned m = 0; m < nl; ++m) {
-        if (!(members & (1u << m))) continue;
-        Fiber& t = g_fibers[base + m];
-        int wdt = t.width;
-        int seg = int(m) & ~(wdt - 1);
-        int src = int(m);
-        switch (t.op) {
-          case OP_IDX: src = seg + (t.param & (wdt - 1)); break;
-          case OP_UP: src = (int(m) - seg) >= t.param ? int(m) - t.param : int(m); break;
-          case OP_DOWN: src = (int(m) - seg) + t.param < wdt ? int(m) + t.param : int(m); break;
-          case OP_XOR: {
-            int s = int(m) ^ t.param;
-            src = (s >= seg && s < seg + wdt) ? s : int(m);
-            break;
-          }
-          default: break;
-        }
-        switch (t.op) {
-          case OP_SYNC: t.result = 0; break;
-          case OP_BALLOT: t.result = ballot; break;
-          case OP_ANY: t.result = ballot != 0; break;
-          case OP_ALL: t.result = unsigned(__builtin_popcountll(ballot)) == count; break;
-          default:
-            // Reading a lane outside the mask is undefined on hardware; give
-            // back the caller's own value.
-            t.result = (src >= 0 && src < int(nl) && (members & (1u << src)))
-                           ? g_fibers[base + unsigned(src)].value
-                           : t.value;
-        }
-      }
-      for (unsigned m = 0; m < nl; ++m)
-        if (members & (1u << m)) {
-          g_fibers[base + m].state = RUNNABLE;
-          ++released;
-        }
-    }
+  for (unsigned w = 0; w < (g_nthreads + 31) / 32; ++w) {
+    int r = release_warp(w);
+    if (r < 0) return -1;
+    released += r;
   }
   return released;
 }
@@ -263,14 +271,31 @@ static void poison_shared() {
   if (g_dyn_size) std::memset(g_dyn_shared, 0xff, g_dyn_size);
 }
 
+// Runs warp w (lanes in order, meeting at warp primitives) until every lane
+// waits at a block barrier, has exited, or waits at a warp primitive that
+// cannot complete. Returns 0, or -1 on error.
+static int run_warp(unsigned w) {
+  const unsigned base = w * 32, end = std::min(g_nthreads, base + 32);
+  for (;;) {
+    for (unsigned i = base; i < end; ++i) {
+      if (g_fibers[i].state != RUNNABLE) continue;
+      resume(&g_fibers[i]);
+      if (!g_error.empty()) return -1;
+    }
+    int r = release_warp(w);
+    if (r <= 0) return r;
+  }
+}
+
 static int run_block(int order, Rng& rng, size_t stack_size) {
   poison_shared();
-  std::vector<unsigned> perm(g_nthreads);
+  std::vector<unsigned> perm(g_nthreads), warps((g_nthreads + 31) / 32);
   if (g_fast_path) {
-    for (unsigned i = 0; i < g_nthreads; ++i) perm[i] = i;
-    if (order == 1) std::reverse(perm.begin(), perm.end());
-    if (order == 2)
-      for (unsigned i = g_nthreads; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
+    unsigned n = 0;
+    warp_order(order, rng, warps);  // warp orders: whole warps, lanes in order
+    for (unsigned w : warps)
+      for (unsigned i = w * 32; i < std::min(g_nthreads, w * 32 + 32); ++i) perm[n++] = i;
+    round_order(order, rng, perm.data(), n);
     if (setjmp(g_fast_jmp)) return -1;
     for (unsigned i : perm) {
       threadIdx = g_fibers[i].tid;
@@ -283,15 +308,19 @@ static int run_block(int order, Rng& rng, size_t stack_size) {
                g_slot_bytes - g_page);
   (void)stack_size;
   for (;;) {
-    unsigned n = 0;
-    for (unsigned i = 0; i < g_nthreads; ++i)
-      if (g_fibers[i].state == RUNNABLE) perm[n++] = i;
-    if (order == 1) std::reverse(perm.begin(), perm.begin() + n);
-    if (order == 2)
-      for (unsigned i = n; i > 1; --i) std::swap(perm[i - 1], perm[rng.next() % i]);
-    for (unsigned k = 0; k < n; ++k) {
-      resume(&g_fibers[perm[k]]);
-      if (!g_error.empty()) return -1;
+    if (warp_granular(order)) {
+      warp_order(order, rng, warps);
+      for (unsigned w : warps)
+        if (run_warp(w) < 0) return -1;
+    } else {
+      unsigned n = 0;
+      for (unsigned i = 0; i < g_nthreads; ++i)
+        if (g_fibers[i].state == RUNNABLE) perm[n++] = i;
+      round_order(order, rng, perm.data(), n);
+      for (unsigned k = 0; k < n; ++k) {
+        resume(&g_fibers[perm[k]]);
+        if (!g_error.empty()) return -1;
+      }
     }
     unsigned done = 0;
     for (unsigned i = 0; i < g_nthreads; ++i) done += g_fibers[i].state == DONE;

@@ -7,9 +7,10 @@ launched block by block; the threads of a block run as fibers (see
 
 Environment:
 
-* ``CARAFE_CUPY_SIM_ORDER``: ``forward`` (default), ``reverse`` or ``random``:
-  the order in which :func:`get_runtime` resumes threads between barriers.
-* ``CARAFE_CUPY_SIM_SEED``: seed for ``random`` (default 0).
+* ``CARAFE_CUPY_SIM_ORDER``: how :func:`get_runtime` schedules a block's
+  threads between barriers (see :class:`SimRuntime`): ``forward`` (default),
+  ``reverse``, ``random``, ``warp-serial`` or ``random-warp``.
+* ``CARAFE_CUPY_SIM_SEED``: seed for ``random`` and ``random-warp`` (default 0).
 * ``CARAFE_CUPY_SIM_CACHE``: directory of compiled modules (default
   ``~/.cache/carafe_cupy/sim``).
 * ``CARAFE_CUPY_SIM_STACK``: fiber stack size in bytes (default 65536).
@@ -21,7 +22,9 @@ Environment:
           CARAFE_CUPY_SIM_ASAN=1 python -m pytest ...
 
 * ``CARAFE_CUPY_SIM_CXXFLAGS``: extra compiler flags (part of the cache key);
-  ``-DCARAFE_SIM_UCONTEXT`` forces the portable ucontext fiber switch.
+  ``-DCARAFE_SIM_UCONTEXT`` forces the portable ucontext fiber switch;
+  ``-DCARAFE_SIM_WEAK_BARRIERS=1`` makes ``__syncthreads`` wait for the warp
+  only and ``=2`` makes it and ``__syncwarp`` no-ops (do the tests notice?).
 * ``CXX``: the C++ compiler (default ``g++``, then ``c++``); it needs C++20.
 
 Compiled modules are cached as ``<module>-<sha256>.so`` (plus a ``.sha256``
@@ -48,9 +51,11 @@ from . import trace as _trace
 from .cache import get_module
 from .common import SimulatorError
 
-__all__ = ["SimRuntime", "SimulatorError", "get_runtime"]
+__all__ = ["ORDERS", "SimRuntime", "SimulatorError", "get_runtime"]
 
-_ORDERS = {"forward": 0, "reverse": 1, "random": 2}
+# name -> the scheduler's order code (enum Order in cuda_sim_runtime.cpp)
+_ORDERS = {"forward": 0, "reverse": 1, "random": 2, "warp-serial": 3, "random-warp": 4}
+ORDERS = tuple(_ORDERS)
 _DEFAULT_STACK = 64 * 1024
 _ERR_LEN = 8192
 _state_lock = threading.Lock()
@@ -76,14 +81,26 @@ def _marshal(args: tuple[Any, ...]) -> tuple[list[Any], Any, list[int]]:
 class SimRuntime:
     """Launches CUDA kernels on the CPU.
 
-    ``order`` chooses how threads are resumed between barriers: ``"forward"``,
-    ``"reverse"`` or ``"random"`` (shuffled with ``seed``). Running a kernel in
-    more than one order exposes missing ``__syncthreads``.
+    ``order`` chooses how a block's threads are scheduled between barriers:
+
+    * ``"forward"``, ``"reverse"``, ``"random"`` (shuffled with ``seed``): every
+      thread that can run is resumed once per round, in thread-index order,
+      its reverse or a shuffle, and runs to its next barrier or warp primitive;
+      the warps advance together.
+    * ``"warp-serial"``: one warp at a time. Warp 0's threads (lanes in order,
+      meeting at ``__syncwarp``, shuffles and votes) run until all of them wait
+      at the next block barrier or have exited, then warp 1's, and so on.
+    * ``"random-warp"``: like ``"warp-serial"``, with the warps in an order
+      shuffled with ``seed`` afresh after every block barrier.
+
+    Running a kernel in more than one order exposes a missing ``__syncthreads``;
+    the warp orders also expose one weakened to ``__syncwarp``. A given order
+    and seed always schedule the same way.
     """
 
     def __init__(self, order: str = "forward", seed: int = 0, *, stack_size: int | None = None):
         if order not in _ORDERS:
-            raise ValueError(f"order must be one of {sorted(_ORDERS)}, got {order!r}")
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
         self.order = order
         self.seed = int(seed)
         if stack_size is None:
@@ -176,8 +193,14 @@ def get_runtime() -> SimRuntime:
             order = os.environ.get("CARAFE_CUPY_SIM_ORDER", "forward").strip().lower()
             if order not in _ORDERS:
                 raise SimulatorError(
-                    f"CARAFE_CUPY_SIM_ORDER must be forward, reverse or random, got {order!r}"
+                    f"CARAFE_CUPY_SIM_ORDER must be one of {', '.join(ORDERS)}; got {order!r}"
                 )
-            seed = int(os.environ.get("CARAFE_CUPY_SIM_SEED", "0") or 0)
+            seed_text = os.environ.get("CARAFE_CUPY_SIM_SEED", "0").strip() or "0"
+            try:
+                seed = int(seed_text)
+            except ValueError:
+                raise SimulatorError(
+                    f"CARAFE_CUPY_SIM_SEED must be an integer, got {seed_text!r}"
+                ) from None
             _runtime = SimRuntime(order, seed)
         return _runtime

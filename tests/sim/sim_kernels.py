@@ -89,6 +89,18 @@ extern "C" __global__ void atomics(const int* x, int n, float* fsum, int* imax,
   }
 }
 
+// Tickets in the order threads run: before and after a warp barrier, then
+// after a block barrier.
+extern "C" __global__ void tickets(unsigned* counter, unsigned* out) {
+  unsigned t = threadIdx.x, n = blockDim.x;
+  unsigned* o = out + 3 * n * blockIdx.x;
+  o[t] = atomicAdd(counter + blockIdx.x, 1u);
+  __syncwarp();
+  o[n + t] = atomicAdd(counter + blockIdx.x, 1u);
+  __syncthreads();
+  o[2 * n + t] = atomicAdd(counter + blockIdx.x, 1u);
+}
+
 extern "C" __global__ void bits(const float* x, unsigned* u, float* y) {
   unsigned i = threadIdx.x;
   u[i] = __float_as_uint(x[i]);
@@ -114,6 +126,14 @@ extern "C" __global__ void with_sync(const float* in, float* out) {
   out[threadIdx.x] = s[(threadIdx.x + 63) % 64];
 }
 
+// A warp barrier where a block barrier belongs: another warp's slot is read.
+extern "C" __global__ void warp_sync_only(const float* in, float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = in[threadIdx.x];
+  __syncwarp();
+  out[threadIdx.x] = s[(threadIdx.x + 32) % 64];
+}
+
 extern "C" __global__ void divergent(float* out) {
   if (threadIdx.x < 16) __syncthreads();
   out[threadIdx.x] = 1.f;
@@ -137,6 +157,13 @@ extern "C" __global__ void warp_deadlock(float* out) {
 
 extern "C" __global__ void bad_mask(float* out) {
   out[threadIdx.x] = __shfl_sync(0x1u, 1.f, 0);
+}
+"""
+
+# No barrier or warp primitive: the module runs each thread to completion in turn.
+FAST_SRC = r"""
+extern "C" __global__ void run_order(unsigned* counter, unsigned* out) {
+  out[blockIdx.x * blockDim.x + threadIdx.x] = atomicAdd(counter + blockIdx.x, 1u);
 }
 """
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_kernels import BROKEN_SRC, MAIN_SRC, line_of
+from sim_kernels import BROKEN_SRC, FAST_SRC, MAIN_SRC, line_of
 
 from carafe_cupy._sim import SimRuntime, SimulatorError, get_runtime
+from carafe_cupy._sim import runtime as sim_runtime
 
-ORDERS = ["forward", "reverse", "random"]
+ROUND_ORDERS = ["forward", "reverse", "random"]  # every runnable thread once a round
+WARP_ORDERS = ["warp-serial", "random-warp"]  # one warp at a time between block barriers
+ORDERS = ROUND_ORDERS + WARP_ORDERS
 
 
 def ptr(a: np.ndarray) -> np.uint64:
@@ -130,6 +133,94 @@ def test_missing_syncthreads_gives_wrong_results() -> None:
     assert any(not np.array_equal(r, want) for r in results.values())
 
 
+def run_tickets(order: str, seed: int, blocks: int = 8, threads: int = 96) -> np.ndarray:
+    """[block, phase, thread]: when each thread ran before the warp barrier,
+    after it, and after the block barrier (0, 1, ... per block)."""
+    counter = np.zeros(blocks, np.uint32)
+    out = np.zeros(blocks * 3 * threads, np.uint32)
+    args = (ptr(counter), ptr(out))
+    SimRuntime(order, seed).launch(
+        "main", MAIN_SRC, "tickets", (blocks, 1, 1), (threads, 1, 1), args
+    )
+    return out.reshape(blocks, 3, threads)
+
+
+def test_round_orders_take_every_warp_to_a_warp_barrier_first() -> None:
+    tickets = run_tickets("forward", 0)
+    np.testing.assert_array_equal(tickets[:, 0], np.broadcast_to(np.arange(96), (8, 96)))
+    np.testing.assert_array_equal(tickets[:, 1], tickets[:, 0] + 96)
+
+
+@pytest.mark.parametrize("order", WARP_ORDERS)
+def test_warp_orders_run_one_warp_at_a_time(order: str) -> None:
+    tickets = run_tickets(order, seed=5)
+    lanes = np.arange(32)
+    schedules = set()
+    for block in tickets:
+        before, after, final = (phase.reshape(3, 32) for phase in block)
+        # from the start to the block barrier each warp runs alone, through
+        # its warp barrier, lanes in order
+        slot = before[:, 0] // 64
+        assert sorted(slot) == [0, 1, 2]
+        after_barrier = (final[:, 0] - 192) // 32
+        assert sorted(after_barrier) == [0, 1, 2]
+        for warp in range(3):
+            np.testing.assert_array_equal(before[warp], 64 * slot[warp] + lanes)
+            np.testing.assert_array_equal(after[warp], 64 * slot[warp] + 32 + lanes)
+            np.testing.assert_array_equal(final[warp], 192 + 32 * after_barrier[warp] + lanes)
+        schedules.update((tuple(slot), tuple(after_barrier)))
+    if order == "warp-serial":
+        assert schedules == {(0, 1, 2)}
+    else:  # shuffled per block and per block barrier; the seed fixes the schedule
+        assert len(schedules) > 1
+        np.testing.assert_array_equal(run_tickets(order, seed=5), tickets)
+        assert not np.array_equal(run_tickets(order, seed=6), tickets)
+
+
+def test_barrier_free_modules_run_threads_in_the_order_asked(rt: SimRuntime) -> None:
+    blocks, threads = 8, 96
+    counter = np.zeros(blocks, np.uint32)
+    out = np.zeros(blocks * threads, np.uint32)
+    rt.launch(
+        "fast", FAST_SRC, "run_order", (blocks, 1, 1), (threads, 1, 1), (ptr(counter), ptr(out))
+    )
+    tickets = out.reshape(blocks, threads)
+    for block in tickets:
+        assert sorted(block) == list(range(threads))
+    in_order = np.broadcast_to(np.arange(threads), tickets.shape)
+    if rt.order in ("forward", "warp-serial"):
+        np.testing.assert_array_equal(tickets, in_order)
+    elif rt.order == "reverse":
+        np.testing.assert_array_equal(tickets, in_order[:, ::-1])
+    elif rt.order == "random":
+        assert not np.array_equal(tickets, in_order)
+    else:  # random-warp: whole warps, lanes in order, warps shuffled
+        warps = tickets.reshape(blocks, 3, 32)
+        np.testing.assert_array_equal(
+            warps - warps[:, :, :1], np.broadcast_to(np.arange(32), warps.shape)
+        )
+        assert not np.array_equal(tickets, in_order)
+
+
+def test_a_warp_barrier_for_a_block_barrier_is_caught_by_the_warp_orders() -> None:
+    x = np.arange(64, dtype=np.float32) + 1
+    want = np.roll(x, 32)
+    results = {}
+    for order in ORDERS:
+        out = np.zeros(64, np.float32)
+        args = (ptr(x), ptr(out))
+        SimRuntime(order, seed=1).launch(
+            "broken", BROKEN_SRC, "warp_sync_only", (1, 1, 1), (64, 1, 1), args
+        )
+        results[order] = out
+    # the round orders take every warp to the warp barrier before any passes
+    # it, so they cannot see the difference: the reason the warp orders exist
+    for order in ROUND_ORDERS:
+        np.testing.assert_array_equal(results[order], want)
+    for order in WARP_ORDERS:
+        assert np.isnan(results[order]).any(), order
+
+
 def test_barrier_in_divergent_code_is_an_error() -> None:
     out = np.zeros(32, np.float32)
     with pytest.raises(SimulatorError, match=r"(?s)exited.*__syncthreads.*broken\.cu:"):
@@ -146,8 +237,7 @@ def test_different_barrier_sites_are_an_error() -> None:
     assert f"broken.cu:{line_of(BROKEN_SRC, 'SITE_B')}" in msg
 
 
-def test_deadlock_and_bad_mask_are_errors_and_runtime_recovers() -> None:
-    rt = SimRuntime()
+def test_deadlock_and_bad_mask_are_errors_and_runtime_recovers(rt: SimRuntime) -> None:
     out = np.zeros(32, np.float32)
     with pytest.raises(SimulatorError, match="deadlock"):
         rt.launch("broken", BROKEN_SRC, "warp_deadlock", (1, 1, 1), (32, 1, 1), (ptr(out),))
@@ -172,7 +262,9 @@ def test_argument_checks() -> None:
         rt.launch("main", MAIN_SRC, "vadd", (1, 1, 1), (4, 1, 1), (ptr(c), ptr(c), ptr(c), 4))
     with pytest.raises(SimulatorError, match="not found"):
         rt.launch("main", MAIN_SRC, "nope", (1, 1, 1), (4, 1, 1), ())
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"order must be one of forward, .*random-warp; got 'sideways'"
+    ):
         SimRuntime("sideways")
 
 
@@ -191,7 +283,24 @@ def test_get_runtime_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     rt = get_runtime()
     assert (rt.order, rt.seed) == ("random", 42)
     assert get_runtime() is rt
+    for order in WARP_ORDERS:
+        monkeypatch.setattr(runtime, "_runtime", None)
+        monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", order.upper())
+        assert (get_runtime().order, get_runtime().seed) == (order, 42)
     monkeypatch.setattr(runtime, "_runtime", None)
-    monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", "bogus")
-    with pytest.raises(SimulatorError, match="CARAFE_CUPY_SIM_ORDER"):
+    monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", "warp_serial")
+    choices = "forward, reverse, random, warp-serial, random-warp"
+    with pytest.raises(
+        SimulatorError, match=f"CARAFE_CUPY_SIM_ORDER must be one of {choices}; got 'warp_serial'"
+    ):
         get_runtime()
+    monkeypatch.setenv("CARAFE_CUPY_SIM_ORDER", "random")
+    monkeypatch.setenv("CARAFE_CUPY_SIM_SEED", "seven")
+    with pytest.raises(
+        SimulatorError, match="CARAFE_CUPY_SIM_SEED must be an integer, got 'seven'"
+    ):
+        get_runtime()
+
+
+def test_every_order_is_tested() -> None:
+    assert sim_runtime.ORDERS == tuple(ORDERS)
