@@ -102,14 +102,14 @@ MUTANTS = (
     Mutant(
         "grad-features-halo-sub-pixel-transposed",
         TILED,
-        r"at\[i\] = \(\(r - centre_r \* s\) \* s \+ \(k - centre_k \* s\)\) \* sub_plane",
-        "at[i] = ((k - centre_k * s) * s + (r - centre_r * s)) * sub_plane",
+        r"at = \(\(r - centre_r \* s\) \* s \+ \(k - centre_k \* s\)\) \* sub_plane",
+        "at = ((k - centre_k * s) * s + (r - centre_r * s)) * sub_plane",
     ),
     Mutant(
         "grad-features-halo-column-bound-off-by-one",
         TILED,
-        r"x >= 0 && x < out_width\)\n(\s+)loaded",
-        r"x >= 0 && x <= out_width)\n\1loaded",
+        r"loaded = staged && y >= 0 && y < out_height && x >= 0 && x < out_width;",
+        "loaded = staged && y >= 0 && y < out_height && x >= 0 && x <= out_width;",
     ),
     Mutant(
         "grad-features-second-staging-pass-skipped",
@@ -243,8 +243,8 @@ MUTANTS = (
     Mutant(
         "fused-grad-logits-without-the-dot-term",
         TILED,
-        r"probability\[t\] \* \(sum\[q\]\[t\] - dot\)",
-        "probability[t] * sum[q][t]",
+        r"probability\[t\] \* \(sums\[\(t \* PAIR \+ q\) \* LANES\] - dot\)",
+        "probability[t] * sums[(t * PAIR + q) * LANES]",
     ),
     Mutant(
         "fused-grad-features-normaliser-without-max",

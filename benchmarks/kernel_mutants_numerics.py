@@ -218,8 +218,8 @@ STEP_WIDTH = (
     (
         "grad-features-halo-offset-32-bit",
         GRAD_FEATURES,
-        r"offset\[i\] = y \* gs\.h \+ x \* gs\.w;",
-        "offset[i] = (int)(y * gs.h + x * gs.w);",
+        r"offset = y \* gs\.h \+ x \* gs\.w;",
+        "offset = (int)(y * gs.h + x * gs.w);",
         0,
     ),
     (
