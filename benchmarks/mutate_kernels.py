@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    return report(rows)
+
+
+def report(rows: list[tuple[str, str, str, float, str]]) -> int:
+    """Print the verdict table and the score; exit status 0 when every mutant is killed."""
     killed = sum(row[2] == "killed" for row in rows)
     print("\n| mutant | file | verdict | seconds | caught by |\n|---|---|---|---|---|")
     for name, file, verdict, seconds, detail in rows:

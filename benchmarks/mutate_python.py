@@ -27,7 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from mutate_kernels import CHECKOUT, failing_test, run_tests, scratch_copy  # beside this script
+from mutate_kernels import (  # beside this script
+    CHECKOUT,
+    failing_test,
+    report,
+    run_tests,
+    scratch_copy,
+)
 from python_mutants import MUTANTS, PythonMutant
 
 # Fast, focused files first: with -x most mutants die in the first few seconds.
@@ -129,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    killed = sum(row[2] == "killed" for row in rows)
-    print("\n| mutant | file | verdict | seconds | caught by |\n|---|---|---|---|---|")
-    for name, file, verdict, seconds, detail in rows:
-        print(f"| {name} | {file} | {verdict} | {seconds:.0f} | {detail} |")
-    print(f"\nkilled {killed} of {len(rows)} ({100 * killed / max(1, len(rows)):.0f}%)")
-    return 0 if killed == len(rows) else 1
+    return report(rows)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ bit for bit, the same kernels on compact copies.
 
 from __future__ import annotations
 
-import mmap
 import shutil
-import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
+from sparse_memory import START, SparseArena  # noqa: E402
 
 from carafe_cupy._kernels import sources as _sources  # noqa: E402
 from carafe_cupy._plan import planner as _planner  # noqa: E402
@@ -32,23 +31,17 @@ pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
 )
 
-START = 2**31  # first element of a tensor within its file
 IMAGE_STRIDE = 2**32 + 2**20  # image 1 past 2**32
 CHANNEL_STRIDE = 2**31 + 2**18  # channel 1 of a 2-channel tensor past 2**31
 ELEMENTS = START + IMAGE_STRIDE + CHANNEL_STRIDE + 2**22
-MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 DTYPES = {name: getattr(torch, name) for name in _sources.SUPPORTED_DTYPES}
 CONFIG = (2, 2, 3, 4, None, 1, 2)  # (N, C, H, W, k, G, s): even s and W for pairs
 
 
-class SparseTensors:
+class SparseTensors(SparseArena):
     """4-D tensors, each in its own sparse file, at offsets past 2**31 and 2**32."""
 
-    def __init__(self, directory) -> None:
-        self.directory = directory
-        self.maps: list[mmap.mmap] = []
-
-    def tensor(self, values: torch.Tensor | None, shape, dtype: torch.dtype) -> torch.Tensor:
+    def image_tensor(self, values: torch.Tensor | None, shape, dtype: torch.dtype) -> torch.Tensor:
         n, c, h, w = shape
         pitch = w + 2 + w % 2  # even: pairs need even strides
         if c == 2:
@@ -56,7 +49,7 @@ class SparseTensors:
         else:  # many channels: the last one just past 2**31
             channel_stride = max((h + 1) * pitch, (2**31 + 2**10) // max(1, c - 1) // 2 * 2 + 2)
         itemsize = torch.empty((), dtype=dtype).element_size()
-        self.maps.append(self._sparse_mapping(ELEMENTS * itemsize))
+        self.maps.append(self._mapping(ELEMENTS * itemsize))
         storage = torch.frombuffer(self.maps[-1], dtype=dtype)
         view = storage.as_strided(shape, (IMAGE_STRIDE, channel_stride, pitch, 1), START)
         assert view.data_ptr() % 16 == 0
@@ -65,24 +58,6 @@ class SparseTensors:
         else:
             view.copy_(values)
         return view
-
-    def _sparse_mapping(self, size: int) -> mmap.mmap:
-        try:  # no swap reserved: untouched pages never exist
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
-            return mmap.mmap(-1, size, flags=flags)
-        except OSError:  # strict overcommit: a sparse file instead
-            path = self.directory / f"tensor{len(self.maps)}.bin"
-            with open(path, "wb") as file:
-                file.truncate(size)
-            with open(path, "r+b") as file:
-                return mmap.mmap(file.fileno(), size)
-
-    def close(self) -> None:
-        for mapping in self.maps:
-            try:
-                mapping.close()
-            except BufferError:  # a tensor still points into it; the OS unmaps at exit
-                pass
 
 
 @pytest.fixture
@@ -149,7 +124,7 @@ def test_offsets_past_2_to_the_31_and_32(sparse, dtype, k):
         return torch.full(shape, float("nan"), dtype=torch_dtype) if values is None else values
 
     def far(values, shape):
-        return sparse.tensor(values, shape, torch_dtype)
+        return sparse.image_tensor(values, shape, torch_dtype)
 
     with harness.simulator(), _launch_record.recording() as records:
         for variant in variants(dtype, k):
