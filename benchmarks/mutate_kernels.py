@@ -74,7 +74,7 @@ def scratch_copy(directory: Path) -> Path:
     return root
 
 
-def run_tests(root: Path, tests: list[str], timeout: float, env: dict, order: str):
+def run_tests(root: Path, tests: list[str], timeout: float, env: dict, order: str = "forward"):
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
     env = {**env, "CARAFE_CUPY_SIM_ORDER": order}
     return subprocess.run(
