@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 
+from carafe_cupy._core.errors import CPU_TORCH_HINT
+
 # tests import their helpers (naive.py) by plain name
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # What the suite needs to test anything worth the name. A missing one fails the run up front
 # instead of skipping whole modules; only tests that need a GPU may skip.
-CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+CPU_TORCH = CPU_TORCH_HINT
 TEST_EXTRA = 'pip install -e ".[test,cuda13]"'
 REQUIRED = {
-    "torch": f"the CPU build is enough: {CPU_TORCH}",
+    "torch": f"the CPU build is enough, {CPU_TORCH}",
     "cupy": f"the kernels are compiled offline with NVRTC through CuPy: {TEST_EXTRA}",
     **{
         module: TEST_EXTRA

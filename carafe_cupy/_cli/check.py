@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import __version__
 from .._array import refs as _arrays
+from .._core.errors import CPU_TORCH_HINT
 from .._kernels import sources as _sources
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._runtime import launch as _launch
@@ -246,8 +247,7 @@ def summary_lines(results: list[CheckResult]) -> list[str]:
     if not results:
         return [
             "nothing was checked: no backend is available on this machine.",
-            "Install PyTorch (on a CPU-only machine the CPU build is enough: pip install torch "
-            "--index-url https://download.pytorch.org/whl/cpu) to check the CPU path,",
+            f"Install PyTorch (on a CPU-only machine, {CPU_TORCH_HINT}) to check the CPU path,",
             "or run the CUDA kernels on the CPU simulator: "
             "CARAFE_CUPY_SIMULATOR=1 python -m carafe_cupy check",
         ]

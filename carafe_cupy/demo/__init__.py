@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._core.errors import CPU_TORCH_HINT
+
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixel shuffle", "carafe")
 SHOWN_SCENES = 3  # held-out scenes drawn in the figure
 
@@ -107,8 +109,7 @@ def _require_demo_packages() -> None:
     if missing:
         raise DemoDependencyError(
             f"the demo needs {', '.join(missing)}; install them with: "
-            'pip install ".[demo]" (on a CPU-only machine, first: pip install torch '
-            "--index-url https://download.pytorch.org/whl/cpu)"
+            f'pip install ".[demo]" (on a CPU-only machine, first {CPU_TORCH_HINT})'
         )
 
 
