@@ -69,7 +69,7 @@ def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> b
     )
 
 
-@torch.library.custom_op("carafe_cupy::carafe_fused_forward", mutates_args=())
+@torch.library.custom_op(_FUSED_FORWARD, mutates_args=())
 def carafe_fused_forward(
     features: torch.Tensor,
     logits: torch.Tensor,
@@ -127,7 +127,7 @@ def fused_backward_composed(
     return grad_features, grad_logits
 
 
-@torch.library.custom_op("carafe_cupy::carafe_fused_backward", mutates_args=())
+@torch.library.custom_op(_FUSED_BACKWARD, mutates_args=())
 def carafe_fused_backward(
     grad_output: torch.Tensor,
     features: torch.Tensor,

@@ -30,7 +30,7 @@ _FORWARD = "carafe_cupy::carafe_forward"
 _BACKWARD = "carafe_cupy::carafe_backward"
 
 
-@torch.library.custom_op("carafe_cupy::carafe_forward", mutates_args=())
+@torch.library.custom_op(_FORWARD, mutates_args=())
 def forward_op(
     features: torch.Tensor,
     masks: torch.Tensor,
@@ -71,7 +71,7 @@ def _carafe_forward_fake(
     return empty_output(features, scale_factor, stride)
 
 
-@torch.library.custom_op("carafe_cupy::carafe_backward", mutates_args=())
+@torch.library.custom_op(_BACKWARD, mutates_args=())
 def backward_op(
     grad_output: torch.Tensor,
     features: torch.Tensor,
