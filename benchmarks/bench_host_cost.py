@@ -114,7 +114,8 @@ class StubKernels(dict):
 @contextlib.contextmanager
 def driver_launch_stubbed():
     """Every launch runs the CuPy runtime's launch path on device 0, the stream 0,
-    with a stand-in CuPy; kernels count as loaded, the driver launch does nothing."""
+    with a stand-in CuPy; kernels count as loaded, the driver launch does nothing.
+    The launches of CPU tensors under the simulator are the ones redirected."""
     runtime = _cupy_runtime.CupyRuntime()
 
     kernels = StubKernels()
@@ -132,8 +133,8 @@ def driver_launch_stubbed():
     runtime._modules = Modules()
     cupy = stand_in_cupy()
     patches = [mock.patch.object(_cupy_runtime, "_import_cupy", lambda: cupy)]
-    if hasattr(_launch, "kernel_runtime"):  # the launcher names the runtime it launches on
-        patches.append(mock.patch.object(_launch, "kernel_runtime", lambda: runtime))
+    if hasattr(_launch, "_SIMULATED"):  # the simulator's stand-in for the GPU runtime
+        patches.append(mock.patch.object(_launch, "_SIMULATED", runtime))
     else:  # older launcher: the simulator's runtime is the one CPU tensors reach
 
         class ToCupy:

@@ -22,6 +22,7 @@ from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS  # noqa: F401 (re-exported)
 from . import binaries as _binaries
 from . import gpu_checks as _gpu_checks
+from .arguments import KernelArguments
 from .binaries import Binary, Target
 
 
@@ -194,6 +195,7 @@ class CupyRuntime:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._modules: dict[tuple[int, str], dict[str, Any]] = {}
+        self._launchable: dict[tuple[int, str, str], Any] = {}  # (device, module, kernel)
         self.compile_count = 0
 
     def loaded(self, module_name: str, device: int) -> bool:
@@ -242,17 +244,58 @@ class CupyRuntime:
         kernel_name: str,
         grid: tuple[int, int, int],
         block: tuple[int, int, int],
-        args: tuple,
+        args: KernelArguments | tuple,
         shared_mem: int = 0,
         device: int = 0,
         stream: int = 0,
     ) -> None:
+        """Launch on ``device`` and the raw ``stream``. Packed arguments go straight to
+        the driver; a tuple of numpy scalars goes through CuPy's own marshalling."""
+        kernel = self._launchable.get((device, module_name, kernel_name))
+        if kernel is None:
+            kernel = self._first_launch(module_name, source, kernel_name, device, stream)
         cupy = _import_cupy()
-        if not self.loaded(module_name, device):
-            _gpu_checks.check_before_first_compile(cupy, device, stream, kernel_name)
-        kernel = self.kernel(module_name, source, kernel_name, device)
+        if isinstance(args, KernelArguments):
+            _driver_launch(cupy, kernel, grid, block, args, shared_mem, device, stream)
+            return
         with cupy.cuda.Device(device), _cupy_stream(stream, device):
             kernel(grid, block, args, shared_mem=shared_mem)
+
+    def _first_launch(
+        self, module_name: str, source: str, kernel_name: str, device: int, stream: int
+    ) -> Any:
+        """The kernel, loading its module first if needed (after the checks that
+        must come before a compile); remembered for the next launches."""
+        if not self.loaded(module_name, device):
+            _gpu_checks.check_before_first_compile(_import_cupy(), device, stream, kernel_name)
+        kernel = self.kernel(module_name, source, kernel_name, device)
+        self._launchable[(device, module_name, kernel_name)] = kernel
+        return kernel
+
+
+def _driver_launch(
+    cupy: Any,
+    kernel: Any,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: KernelArguments,
+    shared_mem: int,
+    device: int,
+    stream: int,
+) -> None:
+    """One ``cuLaunchKernel`` with the packed arguments' ``kernelParams``, on the raw
+    stream handle, with ``device`` current (its primary context holds the module)."""
+    runtime = cupy.cuda.runtime
+    previous = runtime.getDevice()
+    if previous != device:
+        runtime.setDevice(device)
+    try:
+        cupy.cuda.driver.launchKernel(
+            kernel.ptr, *grid, *block, shared_mem, stream, args.kernel_params(), 0
+        )
+    finally:
+        if previous != device:
+            runtime.setDevice(previous)
 
 
 def _module_kernel_names(module_name: str, kernel_name: str) -> list[str]:

@@ -11,9 +11,8 @@ CuPy/NVRTC on a GPU (``_runtime.cupy_runtime``), or the CPU simulator when
 from __future__ import annotations
 
 import functools
+import operator
 import os
-
-import numpy as np
 
 from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE
@@ -31,6 +30,7 @@ from .._plan.planner import (
     requested_variant,
 )
 from . import cupy_runtime as _cupy_runtime
+from .arguments import ArgumentLayout, KernelArguments
 
 _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
@@ -55,23 +55,23 @@ def _device_target(device: int) -> PlanTarget:
 
 def launch_arguments(
     planned: Launch, geometry: Geometry, tensors: tuple[TensorRef | None, ...]
-) -> tuple:
+) -> KernelArguments:
     """The kernel's arguments: pointers, sizes, every tensor's strides, tiling;
-    all 64-bit so no size or offset is ever truncated."""
+    all 64-bit so no size or offset is ever truncated, packed in one buffer."""
     slots = [_NO_TENSOR if index is None else tensors[index] for index in planned.operands]
-    fixed = _fixed_arguments(planned, geometry, tuple(ref.strides for ref in slots))
-    return tuple(np.uint64(ref.pointer) for ref in slots) + fixed
+    layout = _argument_layout(planned, geometry, tuple(ref.strides for ref in slots))
+    return KernelArguments(layout, tuple(ref.pointer for ref in slots))
 
 
 @functools.lru_cache(maxsize=1024)
-def _fixed_arguments(planned: Launch, geometry: Geometry, strides: tuple) -> tuple:
-    """The arguments after the pointers, built once per plan, geometry and layout."""
+def _argument_layout(planned: Launch, geometry: Geometry, strides: tuple) -> ArgumentLayout:
+    """The words after the pointers, built once per plan, geometry and layout."""
     # the general kernels also take stride and dilation; the tiled ones run only without
     sizes = geometry.general_sizes if planned.module == KERNEL_MODULE else geometry.sizes
-    args = tuple(np.int64(size) for size in sizes)
+    fixed = tuple(sizes)
     for tensor_strides in strides:
-        args += tuple(np.int64(stride) for stride in tensor_strides)
-    return args + tuple(np.int64(value) for value in planned.tiling)
+        fixed += tuple(tensor_strides)
+    return ArgumentLayout(len(strides), fixed + tuple(planned.tiling))
 
 
 def _run(
@@ -81,8 +81,12 @@ def _run(
     device: int,
     stream: int,
 ) -> None:
-    for planned in launches:
-        args = launch_arguments(planned, geometry, tensors)
+    _start(((p, launch_arguments(p, geometry, tensors)) for p in launches), device, stream)
+
+
+def _start(steps, device: int, stream: int, simulated: bool | None = None) -> None:
+    """Start each (planned launch, its arguments) in order."""
+    for planned, args in steps:
         launch(
             planned.kernel,
             planned.grid,
@@ -92,7 +96,72 @@ def _run(
             device,
             stream,
             planned.module,
+            simulated,
         )
+
+
+class PreparedCall:
+    """The launches of one call signature (geometry, dtype, layout, variant, target),
+    each with its argument layout: a call only supplies its tensors' pointers, in
+    the operand order of the matching ``launch_*`` function (0 for an absent one)."""
+
+    __slots__ = ("steps", "simulated")
+
+    def __init__(
+        self, launches: tuple[Launch, ...], geometry: Geometry, refs: tuple, simulated: bool
+    ) -> None:
+        steps = []
+        for planned in launches:
+            slots = [_NO_TENSOR if index is None else refs[index] for index in planned.operands]
+            layout = _argument_layout(planned, geometry, tuple(ref.strides for ref in slots))
+            # the pointers in slot order; -1 picks the 0 appended for "no tensor"
+            picks = tuple(-1 if index is None else index for index in planned.operands)
+            steps.append((planned, operator.itemgetter(*picks), layout))
+        self.steps = tuple(steps)
+        self.simulated = simulated
+
+    def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
+        pointers += (0,)
+        steps = (
+            (planned, KernelArguments(layout, pick(pointers)))
+            for planned, pick, layout in self.steps
+        )
+        _start(steps, device, stream, self.simulated)
+
+
+_PLANNERS = {"forward": plan_forward, "backward": plan_backward}
+
+
+def prepare(
+    operation: str,
+    geometry: Geometry,
+    dtype: str,
+    layout: tuple[tuple[tuple[int, ...], int] | None, ...],
+    device: int,
+) -> PreparedCall:
+    """The prepared ``operation`` ("forward" or "backward", operands as in
+    :func:`launch_forward` / :func:`launch_backward`) for tensors of ``dtype`` with
+    ``layout``: each operand's (element strides, pointer % 16), or None if absent.
+    Cached per call signature, the requested variant and the target."""
+    simulated = simulator_enabled()
+    return _prepared(operation, geometry, dtype, layout, requested_variant(), device, simulated)
+
+
+@functools.lru_cache(maxsize=512)
+def _prepared(
+    operation: str,
+    geometry: Geometry,
+    dtype: str,
+    layout: tuple,
+    variant: str,
+    device: int,
+    simulated: bool,
+) -> PreparedCall:
+    # a pointer's alignment is all a plan reads of it
+    refs = tuple(None if item is None else TensorRef(item[1], item[0], dtype) for item in layout)
+    target = DEFAULT_TARGET if simulated else _device_target(device)
+    launches = _PLANNERS[operation](geometry, *refs, target)
+    return PreparedCall(launches, geometry, refs, simulated)
 
 
 def launch_forward(
@@ -153,28 +222,51 @@ def launch_fused_backward(
     _run(launches, geometry, tensors, device, stream)
 
 
+class _Simulated:
+    """The CPU simulator behind the GPU runtime's launch signature (one device, no
+    streams); it takes the arguments as numpy scalars read back from their buffer."""
+
+    def launch(
+        self,
+        module_name: str,
+        source: str,
+        kernel_name: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: KernelArguments,
+        shared_mem: int = 0,
+        device: int = 0,
+        stream: int = 0,
+    ) -> None:
+        from .._sim.runtime import get_runtime as simulator_runtime
+
+        runtime = simulator_runtime()
+        runtime.launch(module_name, source, kernel_name, grid, block, tuple(args), shared_mem)
+
+
+_SIMULATED = _Simulated()
+
+
 def launch(
     kernel_name: str,
     grid: tuple[int, int, int],
     block: tuple[int, int, int],
-    args: tuple,
+    args: KernelArguments,
     shared_mem: int,
     device: int,
     stream: int,
     module_name: str = KERNEL_MODULE,
+    simulated: bool | None = None,
 ) -> None:
-    """The one place a kernel starts: on the GPU, or on the CPU simulator.
+    """The one place a kernel starts: on the GPU, or on the CPU simulator
+    (``simulated``: whether ``CARAFE_CUPY_SIMULATOR`` was set, when the caller read it).
 
-    Everything before this (kernel choice, grid, arguments, outputs) is the
+    Everything before this (kernel choice, grid, packed arguments, outputs) is the
     same for both, so the simulator exercises the real launch code.
     """
     _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
-    if simulator_enabled():
-        from .._sim.runtime import get_runtime as simulator_runtime
-
-        simulator_runtime().launch(module_name, source, kernel_name, grid, block, args, shared_mem)
-    else:
-        _cupy_runtime.get_runtime().launch(
-            module_name, source, kernel_name, grid, block, args, shared_mem, device, stream
-        )
+    if simulated is None:
+        simulated = simulator_enabled()
+    runtime = _SIMULATED if simulated else _cupy_runtime.get_runtime()
+    runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)

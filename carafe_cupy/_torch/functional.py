@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from . import eager as _eager
 from . import export as _export
 from .common import as_dtype, check_tensors, normalize_logits  # noqa: F401 (re-exported)
 from .fused import carafe_from_logits  # noqa: F401 (re-exported)
@@ -30,9 +31,11 @@ def reassemble(
     where: str = "reassemble",
 ) -> torch.Tensor:
     """The torch side of ``carafe_cupy.reassemble`` (and of ``carafe``, ``where="carafe"``)."""
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if _eager.applies(features, kernels, params):  # eager, plain tensors: no custom op
+        return _eager.reassemble(features, kernels, params, where)
     check_tensors(where, features=features, **{_validate.weights_name(where): kernels})
     dtype = torch.promote_types(features.dtype, kernels.dtype)
-    params = (kernel_size, group_size, scale_factor, stride, dilation)
     if _export.exporting_to_onnx():
         # ONNX has no counterpart of the custom op: export the standard-op formula,
         # with sizes left symbolic (the full shape check would fix them to ints)
@@ -42,9 +45,7 @@ def reassemble(
             *_validate.check_reassembly_params(*params, where),
         )
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
-    return forward_op(
-        as_dtype(features, dtype), as_dtype(kernels, dtype), *_op_params(geometry)
-    )
+    return forward_op(as_dtype(features, dtype), as_dtype(kernels, dtype), *_op_params(geometry))
 
 
 def carafe(
@@ -81,5 +82,3 @@ def reassemble_backward(
             grad_output.to(dtype), features.to(dtype), kernels.to(dtype), *_op_params(geometry)
         )
     return grad_features.to(features.dtype), grad_kernels.to(kernels.dtype)
-
-

@@ -1,0 +1,100 @@
+"""A call's checks, cached per signature.
+
+What the checks of a call conclude depends only on its signature: the tensors'
+shapes, strides, dtypes and devices and the int parameters. The first call of a
+signature runs the checks (``_core.validate`` and the torch side's, unchanged)
+and keeps what they give; later calls of that signature look it up. A call that
+fails a check is not kept, so it fails again, with the same error, every time.
+Only the eager fast path (``_torch.eager``) uses this: while tracing or compiling,
+sizes may be symbolic and the checks run as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._core import validate as _validate
+from .._core.geometry import Geometry
+from .._cpu import path as _cpu_path
+from .common import check_tensors, dtype_name
+
+_MAX_SIGNATURES = 512  # then start afresh: a long-running process sees few shapes
+
+
+class CheckedForward:
+    """A forward signature that passed its checks, and what the call needs of it."""
+
+    __slots__ = (
+        "geometry",
+        "params",
+        "op_params",
+        "output_shape",
+        "memory_format",
+        "dtype",
+        "backwards",
+    )
+
+    def __init__(self, geometry: Geometry, params: tuple[int, ...], features: torch.Tensor):
+        self.geometry = geometry
+        self.params = params  # kernel size, group, scale, stride, dilation
+        # the custom ops' int arguments: stride and dilation only where they are not 1
+        self.op_params = params if not geometry.is_carafe else params[:3]
+        g = geometry
+        self.output_shape = (g.batch, g.channels, g.out_height, g.out_width)
+        self.memory_format = _cpu_path.output_memory_format(features)
+        self.dtype = dtype_name(features.dtype)
+        # grad_output signatures (shape, strides, dtype, device) that passed their checks
+        self.backwards: set[tuple] = set()
+
+
+_forward_signatures: dict[tuple, CheckedForward] = {}
+
+
+def _remember(table: dict | set, size: int) -> None:
+    if size >= _MAX_SIGNATURES:
+        table.clear()
+
+
+def checked_forward(
+    where: str, features: torch.Tensor, masks: torch.Tensor, params: tuple[int, ...]
+) -> CheckedForward:
+    """The checks of ``reassemble`` (or ``carafe``, by ``where``) for these tensors and
+    the five int parameters (kernel size, group, scale, stride, dilation), run once
+    per signature. ``params`` must be ints (a bool equals 1 as a key but is refused
+    by the checks), and both tensors one dtype."""
+    key = (
+        where,
+        params,
+        features.shape,
+        features.stride(),
+        features.dtype,
+        features.device,
+        masks.shape,
+        masks.stride(),
+        masks.dtype,
+        masks.device,
+    )
+    checked = _forward_signatures.get(key)
+    if checked is None:
+        check_tensors(where, features=features, **{_validate.weights_name(where): masks})
+        geometry = _validate.check_geometry(features.shape, masks.shape, *params, where=where)
+        checked = CheckedForward(geometry, params, features)
+        _remember(_forward_signatures, len(_forward_signatures))
+        _forward_signatures[key] = checked
+    return checked
+
+
+def check_grad_output(checked: CheckedForward, grad_output: torch.Tensor) -> None:
+    """grad_output's shape against the forward ``checked``, as the backward op checks
+    it, once per grad_output signature (the caller sees to its dtype and device)."""
+    key = (grad_output.shape, grad_output.stride(), grad_output.dtype, grad_output.device)
+    if key in checked.backwards:
+        return
+    _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
+    _remember(checked.backwards, len(checked.backwards))
+    checked.backwards.add(key)
+
+
+def clear() -> None:
+    """Forget every checked signature (tests)."""
+    _forward_signatures.clear()

@@ -1,0 +1,133 @@
+"""The eager fast path: a plain ``torch.autograd.Function`` straight to the launcher.
+
+An eager call with plain tensors of one dtype, on a device that runs the kernels,
+needs none of the custom op's machinery (its dispatcher round trips, schema
+checks, the autograd wrapper around an opaque op). It is checked once per
+signature (``checked_calls``), and its launches are prepared once per signature
+and layout (``_runtime.launch.prepare``), so a call allocates its outputs, reads
+pointers and strides, and launches. The custom ops (``ops.py``) stay the path for
+everything else: ``torch.compile`` and export, jit tracing, functorch transforms
+(vmap, grad), fake tensors, dispatch and function modes, autocast, tensor
+subclasses, ONNX export, mixed dtypes. Both paths launch the same plans with the
+same arguments, so they give identical results.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._core.errors import KernelsUnavailableError
+from .._cpu import path as _cpu_path
+from .._runtime import launch as _launch
+from . import export as _export
+from .checked_calls import CheckedForward, check_grad_output, checked_forward
+from .common import device_and_stream, kernels_failed, uses_kernels
+from .ops import backward_op
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_ALIGNMENT = 16  # all a plan reads of a pointer is its offset from 16 bytes
+
+
+def _no_special_mode() -> bool:
+    """Nothing that must see the custom op is active: compiling or exporting, jit
+    tracing, a functorch transform, a dispatch or function mode, autocast."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._get_tracing_state()
+        and torch._C._functorch.peek_interpreter_stack() is None
+        and not torch._C._len_torch_dispatch_stack()
+        and not torch._C._len_torch_function_stack()
+        and not torch._C._is_any_autocast_enabled()
+        and not _export.exporting_to_onnx()
+    )
+
+
+def applies(features: object, weights: object, params: tuple) -> bool:
+    """Whether a public call with these arguments takes the fast path."""
+    return (
+        type(features) in _PLAIN
+        and type(weights) in _PLAIN
+        and features.dtype == weights.dtype  # type: ignore[attr-defined]
+        and all(type(param) is int for param in params)
+        and _no_special_mode()
+        and uses_kernels(features.device)  # type: ignore[attr-defined]
+    )
+
+
+def _layout(tensor: torch.Tensor | None) -> tuple[tuple[int, ...], int] | None:
+    return None if tensor is None else (tensor.stride(), tensor.data_ptr() % _ALIGNMENT)
+
+
+def _pointer(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
+    output = torch.empty(
+        checked.output_shape,
+        dtype=features.dtype,
+        device=features.device,
+        memory_format=checked.memory_format,
+    )
+    tensors = (features, masks, output)
+    device, stream = device_and_stream(features.device)
+    layout = tuple(_layout(tensor) for tensor in tensors)
+    try:
+        prepared = _launch.prepare("forward", checked.geometry, checked.dtype, layout, device)
+        prepared.run(tuple(tensor.data_ptr() for tensor in tensors), device, stream)
+    except KernelsUnavailableError as error:  # found at the first compile or load
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_forward(features, masks, *checked.params)
+    return output
+
+
+def _launch_backward(grad_output, features, masks, checked: CheckedForward, wanted):
+    check_grad_output(checked, grad_output)
+    grad_features = torch.empty_like(features) if wanted[0] else None
+    grad_masks = torch.empty_like(masks) if wanted[1] else None
+    tensors = (grad_output, features, masks, grad_features, grad_masks)
+    device, stream = device_and_stream(features.device)
+    layout = tuple(_layout(tensor) for tensor in tensors)
+    try:
+        prepared = _launch.prepare("backward", checked.geometry, checked.dtype, layout, device)
+        prepared.run(tuple(_pointer(tensor) for tensor in tensors), device, stream)
+    except KernelsUnavailableError as error:
+        kernels_failed(features.device, error)
+        return _cpu_path.cpu_backward(grad_output, features, masks, *checked.params)
+    return grad_features, grad_masks
+
+
+class _Reassembly(torch.autograd.Function):
+    """forward_op and its autograd, for the fast path."""
+
+    @staticmethod
+    def forward(ctx, features, masks, checked):
+        ctx.checked = checked
+        ctx.save_for_backward(features, masks)
+        return _launch_forward(features, masks, checked)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        features, masks = ctx.saved_tensors
+        checked = ctx.checked
+        plain = (
+            type(grad_output) in _PLAIN
+            and grad_output.dtype == features.dtype
+            and grad_output.device == features.device
+        )
+        # grad mode is on here only for create_graph: the differentiable op then,
+        # as for anything unusual (its checks give the errors)
+        if torch.is_grad_enabled() or not (plain and _no_special_mode()):
+            grads = backward_op(grad_output, features, masks, *checked.op_params)
+        else:
+            wanted = ctx.needs_input_grad[:2]
+            grads = _launch_backward(grad_output, features, masks, checked, wanted)
+        return grads[0], grads[1], None
+
+
+def reassemble(features, weights, params: tuple[int, ...], where: str) -> torch.Tensor:
+    """The fast path of ``reassemble`` / ``carafe`` (``applies`` was True)."""
+    checked = checked_forward(where, features, weights, params)
+    if torch.is_grad_enabled() and (features.requires_grad or weights.requires_grad):
+        return _Reassembly.apply(features, weights, checked)
+    return _launch_forward(features, weights, checked)
