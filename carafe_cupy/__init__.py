@@ -67,9 +67,18 @@ def _is_torch_tensor(value: Any) -> bool:
     )
 
 
+# Types whose every input was a torch tensor, and the torch front end once loaded:
+# a call with tensors of these types finds its front end in one set lookup.
+_torch_types: set[type] = set()
+_torch_front_end: Any = None
+
+
 def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch, or the array front end
     (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
+    global _torch_front_end
+    if _torch_front_end is not None and _torch_types.issuperset(map(type, inputs.values())):
+        return _torch_front_end
     from ._array import dlpack as _dlpack
 
     def kind(value: Any) -> str | None:
@@ -91,6 +100,9 @@ def _front_end(function: str, **inputs: Any) -> Any:
     if "torch" in found:  # its checks name any argument that is not a tensor
         from ._torch import functional as torch_functional
 
+        if found == {"torch"} and None not in kinds.values():
+            _torch_types.update(type(value) for value in inputs.values())
+            _torch_front_end = torch_functional
         return torch_functional
     if found:
         from ._array import api as array_api

@@ -29,12 +29,13 @@ _WORD_MASK = (1 << 64) - 1  # negative values as their two's complement words
 class ArgumentLayout:
     """The packed arguments of one launch: ``pointer_count`` pointers, then ``fixed``."""
 
-    __slots__ = ("pointer_count", "fixed", "_local")
+    __slots__ = ("pointer_count", "fixed", "_local", "_pointer_slots")
 
     def __init__(self, pointer_count: int, fixed: tuple[int, ...]) -> None:
         self.pointer_count = pointer_count
         self.fixed = tuple(int(value) for value in fixed)
         self._local = threading.local()
+        self._pointer_slots = slice(0, pointer_count)
 
     def __len__(self) -> int:
         return self.pointer_count + len(self.fixed)
@@ -58,8 +59,7 @@ class ArgumentLayout:
             words, _, address = self._local.buffers
         except AttributeError:
             words, _, address = self._new_buffers()
-        for index, pointer in enumerate(pointers):
-            words[index] = pointer
+        words[self._pointer_slots] = pointers
         return address
 
 
@@ -69,10 +69,8 @@ class KernelArguments(Sequence):
     __slots__ = ("layout", "pointers")
 
     def __init__(self, layout: ArgumentLayout, pointers: tuple[int, ...]) -> None:
-        if len(pointers) != layout.pointer_count:
-            raise ValueError(
-                f"kernel arguments: {layout.pointer_count} pointers expected, got {len(pointers)}"
-            )
+        # no check here (a launch makes one of these): the launcher picks
+        # exactly the layout's pointer_count pointers
         self.layout = layout
         self.pointers = pointers
 

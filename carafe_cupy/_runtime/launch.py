@@ -81,10 +81,10 @@ def _run(
     device: int,
     stream: int,
 ) -> None:
-    _start(((p, launch_arguments(p, geometry, tensors)) for p in launches), device, stream)
+    _start([(p, launch_arguments(p, geometry, tensors)) for p in launches], device, stream)
 
 
-def _start(steps, device: int, stream: int, simulated: bool | None = None) -> None:
+def _start(steps: list, device: int, stream: int, simulated: bool | None = None) -> None:
     """Start each (planned launch, its arguments) in order."""
     for planned, args in steps:
         launch(
@@ -122,10 +122,10 @@ class PreparedCall:
 
     def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
         pointers += (0,)
-        steps = (
+        steps = [
             (planned, KernelArguments(layout, pick(pointers)))
             for planned, pick, layout in self.steps
-        )
+        ]
         _start(steps, device, stream, self.simulated)
 
 

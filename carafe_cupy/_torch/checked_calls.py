@@ -32,6 +32,7 @@ class CheckedForward:
         "memory_format",
         "dtype",
         "backwards",
+        "launches",
     )
 
     def __init__(self, geometry: Geometry, params: tuple[int, ...], features: torch.Tensor):
@@ -45,6 +46,8 @@ class CheckedForward:
         self.dtype = dtype_name(features.dtype)
         # grad_output signatures (shape, strides, dtype, device) that passed their checks
         self.backwards: set[tuple] = set()
+        # the launcher's prepared calls for this signature, by the eager path's key
+        self.launches: dict[tuple, object] = {}
 
 
 _forward_signatures: dict[tuple, CheckedForward] = {}

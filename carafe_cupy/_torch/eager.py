@@ -18,7 +18,8 @@ import torch
 
 from .._core.errors import KernelsUnavailableError
 from .._cpu import path as _cpu_path
-from .._runtime import launch as _launch
+from .._plan.types import requested_variant
+from .._runtime import launch as _launcher
 from . import export as _export
 from .checked_calls import CheckedForward, check_grad_output, checked_forward
 from .common import device_and_stream, kernels_failed, uses_kernels
@@ -48,18 +49,40 @@ def applies(features: object, weights: object, params: tuple) -> bool:
         type(features) in _PLAIN
         and type(weights) in _PLAIN
         and features.dtype == weights.dtype  # type: ignore[attr-defined]
-        and all(type(param) is int for param in params)
+        and set(map(type, params)) == _INTS  # a bool is refused by the checks, not here
         and _no_special_mode()
         and uses_kernels(features.device)  # type: ignore[attr-defined]
     )
 
 
-def _layout(tensor: torch.Tensor | None) -> tuple[tuple[int, ...], int] | None:
-    return None if tensor is None else (tensor.stride(), tensor.data_ptr() % _ALIGNMENT)
+_INTS = {int}
+_MAX_PREPARED = 64  # per signature: alignments, variants, simulator or GPU
 
 
-def _pointer(tensor: torch.Tensor | None) -> int:
-    return 0 if tensor is None else tensor.data_ptr()
+def _launch(operation: str, checked: CheckedForward, tensors: tuple, device: int, stream: int):
+    """Launch ``operation`` for ``tensors`` (None where absent), its prepared call
+    kept on the checked signature: what it depends on beyond the signature is the
+    pointers' alignment, the requested variant and simulator or GPU."""
+    pointers = tuple([0 if tensor is None else tensor.data_ptr() for tensor in tensors])
+    misaligned = 0
+    for pointer in pointers:
+        misaligned |= pointer
+    # every pointer 16-byte aligned (torch's allocations are): one key for them all
+    alignment = tuple([p % _ALIGNMENT for p in pointers]) if misaligned % _ALIGNMENT else None
+    present = tuple([tensor is not None for tensor in tensors])
+    simulated = _launcher.simulator_enabled()
+    key = (operation, alignment, present, requested_variant(), simulated)
+    prepared = checked.launches.get(key)
+    if prepared is None:
+        layout = tuple(
+            None if tensor is None else (tensor.stride(), pointer % _ALIGNMENT)
+            for tensor, pointer in zip(tensors, pointers)
+        )
+        prepared = _launcher.prepare(operation, checked.geometry, checked.dtype, layout, device)
+        if len(checked.launches) >= _MAX_PREPARED:
+            checked.launches.clear()
+        checked.launches[key] = prepared
+    prepared.run(pointers, device, stream)
 
 
 def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
@@ -69,12 +92,9 @@ def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
         device=features.device,
         memory_format=checked.memory_format,
     )
-    tensors = (features, masks, output)
     device, stream = device_and_stream(features.device)
-    layout = tuple(_layout(tensor) for tensor in tensors)
     try:
-        prepared = _launch.prepare("forward", checked.geometry, checked.dtype, layout, device)
-        prepared.run(tuple(tensor.data_ptr() for tensor in tensors), device, stream)
+        _launch("forward", checked, (features, masks, output), device, stream)
     except KernelsUnavailableError as error:  # found at the first compile or load
         kernels_failed(features.device, error)
         return _cpu_path.cpu_forward(features, masks, *checked.params)
@@ -87,10 +107,8 @@ def _launch_backward(grad_output, features, masks, checked: CheckedForward, want
     grad_masks = torch.empty_like(masks) if wanted[1] else None
     tensors = (grad_output, features, masks, grad_features, grad_masks)
     device, stream = device_and_stream(features.device)
-    layout = tuple(_layout(tensor) for tensor in tensors)
     try:
-        prepared = _launch.prepare("backward", checked.geometry, checked.dtype, layout, device)
-        prepared.run(tuple(_pointer(tensor) for tensor in tensors), device, stream)
+        _launch("backward", checked, tensors, device, stream)
     except KernelsUnavailableError as error:
         kernels_failed(features.device, error)
         return _cpu_path.cpu_backward(grad_output, features, masks, *checked.params)
