@@ -49,6 +49,8 @@ COMMON, FUNCTIONAL, FUSED, OPS = (
     "_torch/ops.py",
 )
 VALIDATE, CPU = "_core/validate.py", "_cpu/path.py"
+ARGUMENTS, CUPY_RUNTIME = "_runtime/arguments.py", "_runtime/cupy_runtime.py"
+EAGER, CHECKED = "_torch/eager.py", "_torch/checked_calls.py"
 
 MUTANTS = (
     # ---- the planner: which tensors a decision reads, what each argument is
@@ -115,8 +117,8 @@ MUTANTS = (
     M(
         "runtime-device-stream-swapped",
         LAUNCH,
-        r"shared_mem, device, stream\n",
-        r"shared_mem, stream, device\n",
+        r"args, shared_mem, device, stream\)",
+        r"args, shared_mem, stream, device)",
     ),
     M(
         "forward-default-stream",
@@ -136,6 +138,88 @@ MUTANTS = (
         LAUNCH,
         r"_NO_TENSOR if index is None else tensors\[index\]",
         r"tensors[index or 0]",
+    ),
+    # ---- the packed arguments and the driver launch
+    M(
+        "prepared-null-slot-gets-a-pointer",
+        LAUNCH,
+        r"-1 if index is None else index",
+        r"0 if index is None else index",
+    ),
+    M(
+        "packed-pointers-not-written",
+        ARGUMENTS,
+        r"words\[self\._pointer_slots\] = pointers",
+        r"pass",
+    ),
+    M(
+        "packed-negative-words-unsigned",
+        ARGUMENTS,
+        r"np\.uint64\(word\)\.view\(np\.int64\)",
+        r"np.int64(word & (1 << 63) - 1)",
+    ),
+    M(
+        "driver-launch-default-stream",
+        CUPY_RUNTIME,
+        r"shared_mem, stream, args\.kernel_params\(\)",
+        r"shared_mem, 0, args.kernel_params()",
+    ),
+    M(
+        "driver-launch-device-left-switched",
+        CUPY_RUNTIME,
+        r"finally:\n(\s+)if previous != device:\n\s+runtime\.setDevice\(previous\)",
+        r"finally:\n\1pass",
+    ),
+    M(
+        "driver-launch-on-current-device",
+        CUPY_RUNTIME,
+        r"if previous != device:\n(\s+)runtime\.setDevice\(device\)",
+        r"if False:\n\1runtime.setDevice(device)",
+    ),
+    M(
+        "launchable-kernels-shared-across-devices",
+        CUPY_RUNTIME,
+        r"self\._launchable\[\(device, module_name, kernel_name\)\] = kernel",
+        r"self._launchable[(device, module_name, kernel_name)] = kernel\n"
+        r"        self._launchable[(1 - device, module_name, kernel_name)] = kernel",
+    ),
+    # ---- the eager fast path and the checks cached per signature
+    M(
+        "fast-path-under-dispatch-modes",
+        EAGER,
+        r"and not torch\._C\._len_torch_dispatch_stack\(\)",
+        r"",
+    ),
+    M("fast-path-under-autocast", EAGER, r"and not torch\._C\._is_any_autocast_enabled\(\)", r""),
+    M(
+        "fast-path-under-functorch",
+        EAGER,
+        r"and torch\._C\._functorch\.peek_interpreter_stack\(\) is None",
+        r"",
+    ),
+    M(
+        "fast-backward-ignores-create-graph",
+        EAGER,
+        r"if torch\.is_grad_enabled\(\) or not",
+        r"if not",
+    ),
+    M(
+        "fast-path-ignores-alignment",
+        EAGER,
+        r"if misaligned % _ALIGNMENT else None",
+        r"if False else None",
+    ),
+    M(
+        "checked-signature-ignores-strides",
+        CHECKED,
+        r"features\.shape,\n(\s+)features\.stride\(\),",
+        r"features.shape,",
+    ),
+    M(
+        "checked-grad-output-unchecked",
+        CHECKED,
+        r"_validate\.check_grad_output_shape\(grad_output\.shape, checked\.geometry\)",
+        r"pass",
     ),
     M("torch-stream-of-current-device", COMMON, r"current_stream\(device\)", r"current_stream()"),
     M("torch-device-0", COMMON, r"return device\.index, torch", r"return 0, torch"),

@@ -165,6 +165,7 @@ def driver_cupy(monkeypatch):
 def test_packed_launches_reach_the_driver_on_the_device_and_raw_stream(driver_cupy):
     fake, functions = driver_cupy
     stream = 0x7F00_BEEF_0000
+    _launch.launch_forward(GEOMETRY, *forward_refs(GEOMETRY), 0, stream)  # cuda:0 loads first
     for geometry in (GEOMETRY, STRIDED):
         refs = forward_refs(geometry)
         fake.driver_launches.clear()
@@ -172,17 +173,16 @@ def test_packed_launches_reach_the_driver_on_the_device_and_raw_stream(driver_cu
         planned = _planner.plan_forward(geometry, *refs)
         assert len(fake.driver_launches) == len(planned) > 0
         for launch, record in zip(planned, fake.driver_launches, strict=True):
-            args = _launch.launch_arguments(launch, geometry, refs)
-            assert record["function"] == functions[(1, launch.kernel)].ptr
+            assert record["function"] == functions[(1, launch.kernel)].ptr  # cuda:1's handle
             assert (record["grid"], record["block"]) == (launch.grid, launch.block)
             assert (record["shared_mem"], record["stream"]) == (launch.shared_mem, stream)
             assert (record["device"], record["extra"]) == (1, 0)
-            # the words are read back now: this thread's buffer, last written by this launch
-        assert read_words(fake.driver_launches[-1]["params"], len(args)) == [
-            as_word(value) for value in args
-        ]
-    assert fake.current_device == 0  # the caller's device is current again
-    assert fake.device_switches[:2] == [1, 0]
+        # the words as the driver reads them (this thread's buffer, last written now)
+        args = _launch.launch_arguments(planned[-1], geometry, refs)
+        words = read_words(fake.driver_launches[-1]["params"], len(args))
+        assert words == [as_word(value) for value in args]
+        assert fake.current_device == 0  # the caller's device is current again
+    assert fake.device_switches == [1, 0, 1, 0]
 
 
 def test_no_device_switch_when_the_device_is_current(driver_cupy):
@@ -282,6 +282,24 @@ def test_double_backward_through_the_fast_path_matches_the_op(simulator):
         results.append((*first, *second))
     for mine, theirs in zip(*results, strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_a_misaligned_view_gets_its_own_plan(simulator, monkeypatch):
+    launched = []
+    real_launch = _launch.launch
+    monkeypatch.setattr(
+        _launch, "launch", lambda name, *a: launched.append(name) or real_launch(name, *a)
+    )
+    storage = torch.rand(2 * 18 * 10 * 12 + 1)
+    features = inputs(requires_grad=False)[0]
+    aligned = storage[:-1].view(2, 18, 10, 12)
+    misaligned = storage[1:].view(2, 18, 10, 12)  # 4 bytes off: no two-pixel plans
+    for masks in (aligned, misaligned):
+        output = carafe_cupy.carafe(features, masks, 3, 2, 2)
+        assert torch.equal(output, forward_op(features, masks, 3, 2, 2))
+    fast_aligned, op_aligned, fast_misaligned, op_misaligned = launched
+    assert (fast_aligned, fast_misaligned) == (op_aligned, op_misaligned)
+    assert fast_aligned != fast_misaligned
 
 
 def test_no_grad_calls_and_channels_last_inputs_match_the_op(simulator):

@@ -10,8 +10,9 @@ thread packs into its own buffer, so concurrent calls never share one.
 
 :class:`KernelArguments` is one call's arguments (the layout and the pointers): a
 sequence of numpy scalars (``np.uint64`` pointers, ``np.int64`` the rest) for the
-simulator and the launch record, and :meth:`KernelArguments.kernel_params` for a
-driver launch. No CuPy here.
+launch record and tests, :meth:`KernelArguments.kernel_params` for a driver launch,
+and :meth:`KernelArguments.read_back` for the simulator, which reads the words
+through the same ``kernelParams`` a driver gets. No CuPy here.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ class KernelArguments(Sequence):
     def kernel_params(self) -> int:
         """``kernelParams`` for a driver launch made right away on this thread."""
         return self.layout.kernel_params(self.pointers)
+
+    def read_back(self) -> tuple[np.generic, ...]:
+        """The arguments as a driver reads them (through :meth:`kernel_params`), as
+        numpy scalars: what the simulator launches with, so it runs the packed buffer."""
+        count = len(self)
+        addresses = (ctypes.c_void_p * max(count, 1)).from_address(self.kernel_params())
+        words = [ctypes.c_uint64.from_address(addresses[i]).value for i in range(count)]
+        pointers = self.layout.pointer_count
+        return tuple(np.uint64(word) for word in words[:pointers]) + tuple(
+            np.uint64(word).view(np.int64) for word in words[pointers:]
+        )
 
     def __len__(self) -> int:
         return len(self.layout)

@@ -224,7 +224,8 @@ def launch_fused_backward(
 
 class _Simulated:
     """The CPU simulator behind the GPU runtime's launch signature (one device, no
-    streams); it takes the arguments as numpy scalars read back from their buffer."""
+    streams); it takes the arguments as numpy scalars read back from the packed
+    buffer, as a driver reads them."""
 
     def launch(
         self,
@@ -241,7 +242,8 @@ class _Simulated:
         from .._sim.runtime import get_runtime as simulator_runtime
 
         runtime = simulator_runtime()
-        runtime.launch(module_name, source, kernel_name, grid, block, tuple(args), shared_mem)
+        scalars = args.read_back() if isinstance(args, KernelArguments) else tuple(args)
+        runtime.launch(module_name, source, kernel_name, grid, block, scalars, shared_mem)
 
 
 _SIMULATED = _Simulated()
