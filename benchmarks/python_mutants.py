@@ -141,6 +141,18 @@ MUTANTS = (
     ),
     # ---- the packed arguments and the driver launch
     M(
+        "prepared-drops-device",
+        LAUNCH,
+        r"planned\.shared_mem,\n(\s+)device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self",
+        r"planned.shared_mem,\n\g<1>0,\n\g<2>stream,\n\g<3>planned.module,\n\g<4>self",
+    ),
+    M(
+        "prepared-drops-stream",
+        LAUNCH,
+        r"device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self\.simulated",
+        r"device,\n\g<1>0,\n\g<2>planned.module,\n\g<3>self.simulated",
+    ),
+    M(
         "prepared-null-slot-gets-a-pointer",
         LAUNCH,
         r"-1 if index is None else index",
@@ -161,20 +173,20 @@ MUTANTS = (
     M(
         "driver-launch-default-stream",
         CUPY_RUNTIME,
-        r"shared_mem, stream, args\.kernel_params\(\)",
-        r"shared_mem, 0, args.kernel_params()",
+        r"shared_mem, stream, params, 0\)",
+        r"shared_mem, 0, params, 0)",
     ),
     M(
         "driver-launch-device-left-switched",
         CUPY_RUNTIME,
-        r"finally:\n(\s+)if previous != device:\n\s+runtime\.setDevice\(previous\)",
+        r"finally:\n(\s+)if previous != device:\n\s+set_device\(previous\)",
         r"finally:\n\1pass",
     ),
     M(
         "driver-launch-on-current-device",
         CUPY_RUNTIME,
-        r"if previous != device:\n(\s+)runtime\.setDevice\(device\)",
-        r"if False:\n\1runtime.setDevice(device)",
+        r"if previous != device:\n(\s+)set_device\(device\)",
+        r"if False:\n\1set_device(device)",
     ),
     M(
         "launchable-kernels-shared-across-devices",

@@ -409,4 +409,8 @@ def test_a_wrong_grad_output_is_refused_on_the_fast_path(simulator):
     for _ in range(2):
         with pytest.raises(ValueError, match="grad_output"):
             eager._launch_backward(grad[:, :, :-1], features, masks, checked, (True, True))
-    assert not any(key[0] == grad[:, :, :-1].shape for key in checked.backwards)
+    assert not checked.grad_output_checked
+    eager._launch_backward(grad, features, masks, checked, (True, True))
+    assert checked.grad_output_checked
+    with pytest.raises(ValueError, match="grad_output"):  # still refused after a good one
+        eager._launch_backward(grad[:, :, :-1], features, masks, checked, (True, True))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -64,8 +64,10 @@ class ArgumentLayout:
         return address
 
 
-class KernelArguments(Sequence):
-    """One launch's arguments: a layout and the call's pointers (0 for no tensor)."""
+class KernelArguments:
+    """One launch's arguments: a layout and the call's pointers (0 for no tensor).
+    A sequence of numpy scalars (not a ``Sequence`` subclass: an ABC makes every
+    launch's creation and ``isinstance`` slower)."""
 
     __slots__ = ("layout", "pointers")
 

@@ -196,6 +196,7 @@ class CupyRuntime:
         self._lock = threading.Lock()
         self._modules: dict[tuple[int, str], dict[str, Any]] = {}
         self._launchable: dict[tuple[int, str, str], Any] = {}  # (device, module, kernel)
+        self._driver: tuple[Any, Any, Any] | None = None
         self.compile_count = 0
 
     def loaded(self, module_name: str, device: int) -> bool:
@@ -254,12 +255,30 @@ class CupyRuntime:
         kernel = self._launchable.get((device, module_name, kernel_name))
         if kernel is None:
             kernel = self._first_launch(module_name, source, kernel_name, device, stream)
-        cupy = _import_cupy()
-        if isinstance(args, KernelArguments):
-            _driver_launch(cupy, kernel, grid, block, args, shared_mem, device, stream)
+        if type(args) is not KernelArguments:  # numpy scalars: CuPy's own marshalling
+            cupy = _import_cupy()
+            with cupy.cuda.Device(device), _cupy_stream(stream, device):
+                kernel(grid, block, args, shared_mem=shared_mem)
             return
-        with cupy.cuda.Device(device), _cupy_stream(stream, device):
-            kernel(grid, block, args, shared_mem=shared_mem)
+        # one cuLaunchKernel with the packed buffer's kernelParams, on the raw stream
+        # handle, with the device current (its primary context holds the module)
+        get_device, set_device, launch_kernel = self._driver or self._driver_calls()
+        previous = get_device()
+        if previous != device:
+            set_device(device)
+        try:
+            params = args.layout.kernel_params(args.pointers)
+            launch_kernel(kernel.ptr, *grid, *block, shared_mem, stream, params, 0)
+        finally:
+            if previous != device:
+                set_device(previous)
+
+    def _driver_calls(self) -> tuple[Any, Any, Any]:
+        """CuPy's getDevice, setDevice and the driver's launchKernel, looked up once."""
+        cupy = _import_cupy()
+        runtime = cupy.cuda.runtime
+        self._driver = (runtime.getDevice, runtime.setDevice, cupy.cuda.driver.launchKernel)
+        return self._driver
 
     def _first_launch(
         self, module_name: str, source: str, kernel_name: str, device: int, stream: int
@@ -271,31 +290,6 @@ class CupyRuntime:
         kernel = self.kernel(module_name, source, kernel_name, device)
         self._launchable[(device, module_name, kernel_name)] = kernel
         return kernel
-
-
-def _driver_launch(
-    cupy: Any,
-    kernel: Any,
-    grid: tuple[int, int, int],
-    block: tuple[int, int, int],
-    args: KernelArguments,
-    shared_mem: int,
-    device: int,
-    stream: int,
-) -> None:
-    """One ``cuLaunchKernel`` with the packed arguments' ``kernelParams``, on the raw
-    stream handle, with ``device`` current (its primary context holds the module)."""
-    runtime = cupy.cuda.runtime
-    previous = runtime.getDevice()
-    if previous != device:
-        runtime.setDevice(device)
-    try:
-        cupy.cuda.driver.launchKernel(
-            kernel.ptr, *grid, *block, shared_mem, stream, args.kernel_params(), 0
-        )
-    finally:
-        if previous != device:
-            runtime.setDevice(previous)
 
 
 def _module_kernel_names(module_name: str, kernel_name: str) -> list[str]:

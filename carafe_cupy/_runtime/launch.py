@@ -122,11 +122,18 @@ class PreparedCall:
 
     def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
         pointers += (0,)
-        steps = [
-            (planned, KernelArguments(layout, pick(pointers)))
-            for planned, pick, layout in self.steps
-        ]
-        _start(steps, device, stream, self.simulated)
+        for planned, pick, layout in self.steps:
+            launch(
+                planned.kernel,
+                planned.grid,
+                planned.block,
+                KernelArguments(layout, pick(pointers)),
+                planned.shared_mem,
+                device,
+                stream,
+                planned.module,
+                self.simulated,
+            )
 
 
 _PLANNERS = {"forward": plan_forward, "backward": plan_backward}

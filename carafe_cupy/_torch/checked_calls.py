@@ -31,7 +31,7 @@ class CheckedForward:
         "output_shape",
         "memory_format",
         "dtype",
-        "backwards",
+        "grad_output_checked",
         "launches",
     )
 
@@ -44,18 +44,12 @@ class CheckedForward:
         self.output_shape = (g.batch, g.channels, g.out_height, g.out_width)
         self.memory_format = _cpu_path.output_memory_format(features)
         self.dtype = dtype_name(features.dtype)
-        # grad_output signatures (shape, strides, dtype, device) that passed their checks
-        self.backwards: set[tuple] = set()
+        self.grad_output_checked = False  # a grad_output of the output's shape passed
         # the launcher's prepared calls for this signature, by the eager path's key
         self.launches: dict[tuple, object] = {}
 
 
 _forward_signatures: dict[tuple, CheckedForward] = {}
-
-
-def _remember(table: dict | set, size: int) -> None:
-    if size >= _MAX_SIGNATURES:
-        table.clear()
 
 
 def checked_forward(
@@ -82,20 +76,20 @@ def checked_forward(
         check_tensors(where, features=features, **{_validate.weights_name(where): masks})
         geometry = _validate.check_geometry(features.shape, masks.shape, *params, where=where)
         checked = CheckedForward(geometry, params, features)
-        _remember(_forward_signatures, len(_forward_signatures))
+        if len(_forward_signatures) >= _MAX_SIGNATURES:
+            _forward_signatures.clear()
         _forward_signatures[key] = checked
     return checked
 
 
 def check_grad_output(checked: CheckedForward, grad_output: torch.Tensor) -> None:
     """grad_output's shape against the forward ``checked``, as the backward op checks
-    it, once per grad_output signature (the caller sees to its dtype and device)."""
-    key = (grad_output.shape, grad_output.stride(), grad_output.dtype, grad_output.device)
-    if key in checked.backwards:
+    it: the check runs until a grad_output of the output's shape has passed it (the
+    caller sees to its dtype and device)."""
+    if checked.grad_output_checked and grad_output.shape == checked.output_shape:
         return
     _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
-    _remember(checked.backwards, len(checked.backwards))
-    checked.backwards.add(key)
+    checked.grad_output_checked = grad_output.shape == checked.output_shape
 
 
 def clear() -> None:

@@ -59,30 +59,33 @@ _INTS = {int}
 _MAX_PREPARED = 64  # per signature: alignments, variants, simulator or GPU
 
 
-def _launch(operation: str, checked: CheckedForward, tensors: tuple, device: int, stream: int):
-    """Launch ``operation`` for ``tensors`` (None where absent), its prepared call
-    kept on the checked signature: what it depends on beyond the signature is the
+def _launch(
+    operation: tuple, checked: CheckedForward, tensors: tuple, pointers: tuple, device, stream
+) -> None:
+    """Launch ``operation`` ("forward", or "backward" with the gradients wanted) for
+    ``tensors`` (None where absent) at ``pointers`` (0 there), its prepared call kept
+    on the checked signature: what it depends on beyond the signature is the
     pointers' alignment, the requested variant and simulator or GPU."""
-    pointers = tuple([0 if tensor is None else tensor.data_ptr() for tensor in tensors])
     misaligned = 0
     for pointer in pointers:
         misaligned |= pointer
     # every pointer 16-byte aligned (torch's allocations are): one key for them all
     alignment = tuple([p % _ALIGNMENT for p in pointers]) if misaligned % _ALIGNMENT else None
-    present = tuple([tensor is not None for tensor in tensors])
-    simulated = _launcher.simulator_enabled()
-    key = (operation, alignment, present, requested_variant(), simulated)
+    key = (operation, alignment, requested_variant(), _launcher.simulator_enabled())
     prepared = checked.launches.get(key)
     if prepared is None:
         layout = tuple(
             None if tensor is None else (tensor.stride(), pointer % _ALIGNMENT)
             for tensor, pointer in zip(tensors, pointers)
         )
-        prepared = _launcher.prepare(operation, checked.geometry, checked.dtype, layout, device)
+        prepared = _launcher.prepare(operation[0], checked.geometry, checked.dtype, layout, device)
         if len(checked.launches) >= _MAX_PREPARED:
             checked.launches.clear()
         checked.launches[key] = prepared
     prepared.run(pointers, device, stream)
+
+
+_FORWARD = ("forward",)
 
 
 def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
@@ -93,8 +96,9 @@ def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
         memory_format=checked.memory_format,
     )
     device, stream = device_and_stream(features.device)
+    pointers = (features.data_ptr(), masks.data_ptr(), output.data_ptr())
     try:
-        _launch("forward", checked, (features, masks, output), device, stream)
+        _launch(_FORWARD, checked, (features, masks, output), pointers, device, stream)
     except KernelsUnavailableError as error:  # found at the first compile or load
         kernels_failed(features.device, error)
         return _cpu_path.cpu_forward(features, masks, *checked.params)
@@ -106,9 +110,16 @@ def _launch_backward(grad_output, features, masks, checked: CheckedForward, want
     grad_features = torch.empty_like(features) if wanted[0] else None
     grad_masks = torch.empty_like(masks) if wanted[1] else None
     tensors = (grad_output, features, masks, grad_features, grad_masks)
+    pointers = (
+        grad_output.data_ptr(),
+        features.data_ptr(),
+        masks.data_ptr(),
+        0 if grad_features is None else grad_features.data_ptr(),
+        0 if grad_masks is None else grad_masks.data_ptr(),
+    )
     device, stream = device_and_stream(features.device)
     try:
-        _launch("backward", checked, tensors, device, stream)
+        _launch(("backward", *wanted), checked, tensors, pointers, device, stream)
     except KernelsUnavailableError as error:
         kernels_failed(features.device, error)
         return _cpu_path.cpu_backward(grad_output, features, masks, *checked.params)
