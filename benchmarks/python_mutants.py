@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from python_mutants_host import HOST_MUTANTS  # beside this file
+
 
 @dataclass(frozen=True)
 class PythonMutant:
@@ -49,8 +51,6 @@ COMMON, FUNCTIONAL, FUSED, OPS = (
     "_torch/ops.py",
 )
 VALIDATE, CPU = "_core/validate.py", "_cpu/path.py"
-ARGUMENTS, CUPY_RUNTIME = "_runtime/arguments.py", "_runtime/cupy_runtime.py"
-EAGER, CHECKED = "_torch/eager.py", "_torch/checked_calls.py"
 
 MUTANTS = (
     # ---- the planner: which tensors a decision reads, what each argument is
@@ -138,100 +138,6 @@ MUTANTS = (
         LAUNCH,
         r"_NO_TENSOR if index is None else tensors\[index\]",
         r"tensors[index or 0]",
-    ),
-    # ---- the packed arguments and the driver launch
-    M(
-        "prepared-drops-device",
-        LAUNCH,
-        r"planned\.shared_mem,\n(\s+)device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self",
-        r"planned.shared_mem,\n\g<1>0,\n\g<2>stream,\n\g<3>planned.module,\n\g<4>self",
-    ),
-    M(
-        "prepared-drops-stream",
-        LAUNCH,
-        r"device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self\.simulated",
-        r"device,\n\g<1>0,\n\g<2>planned.module,\n\g<3>self.simulated",
-    ),
-    M(
-        "prepared-null-slot-gets-a-pointer",
-        LAUNCH,
-        r"-1 if index is None else index",
-        r"0 if index is None else index",
-    ),
-    M(
-        "packed-pointers-not-written",
-        ARGUMENTS,
-        r"words\[self\._pointer_slots\] = pointers",
-        r"pass",
-    ),
-    M(
-        "packed-negative-words-unsigned",
-        ARGUMENTS,
-        r"np\.uint64\(word\)\.view\(np\.int64\)",
-        r"np.int64(word & (1 << 63) - 1)",
-    ),
-    M(
-        "driver-launch-default-stream",
-        CUPY_RUNTIME,
-        r"shared_mem, stream, params, 0\)",
-        r"shared_mem, 0, params, 0)",
-    ),
-    M(
-        "driver-launch-device-left-switched",
-        CUPY_RUNTIME,
-        r"finally:\n(\s+)if previous != device:\n\s+set_device\(previous\)",
-        r"finally:\n\1pass",
-    ),
-    M(
-        "driver-launch-on-current-device",
-        CUPY_RUNTIME,
-        r"if previous != device:\n(\s+)set_device\(device\)",
-        r"if False:\n\1set_device(device)",
-    ),
-    M(
-        "launchable-kernels-shared-across-devices",
-        CUPY_RUNTIME,
-        r"self\._launchable\[\(device, module_name, kernel_name\)\] = kernel",
-        r"self._launchable[(device, module_name, kernel_name)] = kernel\n"
-        r"        self._launchable[(1 - device, module_name, kernel_name)] = kernel",
-    ),
-    # ---- the eager fast path and the checks cached per signature
-    M(
-        "fast-path-under-dispatch-modes",
-        EAGER,
-        r"and not torch\._C\._len_torch_dispatch_stack\(\)",
-        r"",
-    ),
-    M("fast-path-under-autocast", EAGER, r"and not torch\._C\._is_any_autocast_enabled\(\)", r""),
-    M(
-        "fast-path-under-functorch",
-        EAGER,
-        r"and torch\._C\._functorch\.peek_interpreter_stack\(\) is None",
-        r"",
-    ),
-    M(
-        "fast-backward-ignores-create-graph",
-        EAGER,
-        r"if torch\.is_grad_enabled\(\) or not",
-        r"if not",
-    ),
-    M(
-        "fast-path-ignores-alignment",
-        EAGER,
-        r"if misaligned % _ALIGNMENT else None",
-        r"if False else None",
-    ),
-    M(
-        "checked-signature-ignores-strides",
-        CHECKED,
-        r"features\.shape,\n(\s+)features\.stride\(\),",
-        r"features.shape,",
-    ),
-    M(
-        "checked-grad-output-unchecked",
-        CHECKED,
-        r"_validate\.check_grad_output_shape\(grad_output\.shape, checked\.geometry\)",
-        r"pass",
     ),
     M("torch-stream-of-current-device", COMMON, r"current_stream\(device\)", r"current_stream()"),
     M("torch-device-0", COMMON, r"return device\.index, torch", r"return 0, torch"),
@@ -436,4 +342,4 @@ MUTANTS = (
         r'_check_divides\(where, "down_group", down_group, channels\)',
         r"pass",
     ),
-)
+) + tuple(M(*mutant) for mutant in HOST_MUTANTS)

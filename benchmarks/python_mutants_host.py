@@ -1,0 +1,107 @@
+"""The Python mutants of the host path: the packed kernel arguments, the driver
+launch, the prepared calls, the eager fast path and the checks cached per call
+signature. Rows of (name, file under carafe_cupy/, pattern, replacement), made into
+``PythonMutant`` objects by ``python_mutants.py``."""
+
+from __future__ import annotations
+
+LAUNCH = "_runtime/launch.py"
+ARGUMENTS, CUPY_RUNTIME = "_runtime/arguments.py", "_runtime/cupy_runtime.py"
+EAGER, CHECKED = "_torch/eager.py", "_torch/checked_calls.py"
+
+HOST_MUTANTS = (
+    # ---- the packed arguments and the driver launch
+    (
+        "prepared-drops-device",
+        LAUNCH,
+        r"planned\.shared_mem,\n(\s+)device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self",
+        r"planned.shared_mem,\n\g<1>0,\n\g<2>stream,\n\g<3>planned.module,\n\g<4>self",
+    ),
+    (
+        "prepared-drops-stream",
+        LAUNCH,
+        r"device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self\.simulated",
+        r"device,\n\g<1>0,\n\g<2>planned.module,\n\g<3>self.simulated",
+    ),
+    (
+        "prepared-null-slot-gets-a-pointer",
+        LAUNCH,
+        r"-1 if index is None else index",
+        r"0 if index is None else index",
+    ),
+    (
+        "packed-pointers-not-written",
+        ARGUMENTS,
+        r"words\[self\._pointer_slots\] = pointers",
+        r"pass",
+    ),
+    (
+        "packed-negative-words-unsigned",
+        ARGUMENTS,
+        r"np\.uint64\(word\)\.view\(np\.int64\)",
+        r"np.int64(word & (1 << 63) - 1)",
+    ),
+    (
+        "driver-launch-default-stream",
+        CUPY_RUNTIME,
+        r"shared_mem, stream, params, 0\)",
+        r"shared_mem, 0, params, 0)",
+    ),
+    (
+        "driver-launch-device-left-switched",
+        CUPY_RUNTIME,
+        r"finally:\n(\s+)if previous != device:\n\s+set_device\(previous\)",
+        r"finally:\n\1pass",
+    ),
+    (
+        "driver-launch-on-current-device",
+        CUPY_RUNTIME,
+        r"if previous != device:\n(\s+)set_device\(device\)",
+        r"if False:\n\1set_device(device)",
+    ),
+    (
+        "launchable-kernels-shared-across-devices",
+        CUPY_RUNTIME,
+        r"self\._launchable\[\(device, module_name, kernel_name\)\] = kernel",
+        r"self._launchable[(device, module_name, kernel_name)] = kernel\n"
+        r"        self._launchable[(1 - device, module_name, kernel_name)] = kernel",
+    ),
+    # ---- the eager fast path and the checks cached per signature
+    (
+        "fast-path-under-dispatch-modes",
+        EAGER,
+        r"and not torch\._C\._len_torch_dispatch_stack\(\)",
+        r"",
+    ),
+    ("fast-path-under-autocast", EAGER, r"and not torch\._C\._is_any_autocast_enabled\(\)", r""),
+    (
+        "fast-path-under-functorch",
+        EAGER,
+        r"and torch\._C\._functorch\.peek_interpreter_stack\(\) is None",
+        r"",
+    ),
+    (
+        "fast-backward-ignores-create-graph",
+        EAGER,
+        r"if torch\.is_grad_enabled\(\) or not",
+        r"if not",
+    ),
+    (
+        "fast-path-ignores-alignment",
+        EAGER,
+        r"if misaligned % _ALIGNMENT else None",
+        r"if False else None",
+    ),
+    (
+        "checked-signature-ignores-strides",
+        CHECKED,
+        r"features\.shape,\n(\s+)features\.stride\(\),",
+        r"features.shape,",
+    ),
+    (
+        "checked-grad-output-unchecked",
+        CHECKED,
+        r"_validate\.check_grad_output_shape\(grad_output\.shape, checked\.geometry\)",
+        r"pass",
+    ),
+)
