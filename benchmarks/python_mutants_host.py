@@ -70,15 +70,15 @@ HOST_MUTANTS = (
     (
         "fast-path-under-dispatch-modes",
         EAGER,
-        r"and not torch\._C\._len_torch_dispatch_stack\(\)",
-        r"",
+        r"or _dispatch_modes\(\)\n",
+        r"\n",
     ),
-    ("fast-path-under-autocast", EAGER, r"and not torch\._C\._is_any_autocast_enabled\(\)", r""),
+    ("fast-path-under-autocast", EAGER, r"or _any_autocast\(\)\n", r"\n"),
     (
         "fast-path-under-functorch",
         EAGER,
-        r"and torch\._C\._functorch\.peek_interpreter_stack\(\) is None",
-        r"",
+        r"or _functorch_transform\(\) is not None\n",
+        r"\n",
     ),
     (
         "fast-backward-ignores-create-graph",

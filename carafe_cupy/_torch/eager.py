@@ -29,17 +29,25 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _ALIGNMENT = 16  # all a plan reads of a pointer is its offset from 16 bytes
 
 
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_functorch_transform = torch._C._functorch.peek_interpreter_stack
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._len_torch_function_stack
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
 def _no_special_mode() -> bool:
     """Nothing that must see the custom op is active: compiling or exporting, jit
     tracing, a functorch transform, a dispatch or function mode, autocast."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch._C._get_tracing_state()
-        and torch._C._functorch.peek_interpreter_stack() is None
-        and not torch._C._len_torch_dispatch_stack()
-        and not torch._C._len_torch_function_stack()
-        and not torch._C._is_any_autocast_enabled()
-        and not _export.exporting_to_onnx()
+    return not (
+        _is_compiling()  # first: under torch.compile the rest is never traced
+        or _tracing_state()
+        or _functorch_transform() is not None
+        or _dispatch_modes()
+        or _function_modes()
+        or _any_autocast()
+        or _export.exporting_to_onnx()
     )
 
 
@@ -60,7 +68,13 @@ _MAX_PREPARED = 64  # per signature: alignments, variants, simulator or GPU
 
 
 def _launch(
-    operation: tuple, checked: CheckedForward, tensors: tuple, pointers: tuple, device, stream
+    operation: tuple,
+    checked: CheckedForward,
+    tensors: tuple,
+    pointers: tuple,
+    device_type: str,
+    device: int,
+    stream: int,
 ) -> None:
     """Launch ``operation`` ("forward", or "backward" with the gradients wanted) for
     ``tensors`` (None where absent) at ``pointers`` (0 there), its prepared call kept
@@ -71,7 +85,8 @@ def _launch(
         misaligned |= pointer
     # every pointer 16-byte aligned (torch's allocations are): one key for them all
     alignment = tuple([p % _ALIGNMENT for p in pointers]) if misaligned % _ALIGNMENT else None
-    key = (operation, alignment, requested_variant(), _launcher.simulator_enabled())
+    # on this path a CPU tensor runs the kernels only on the simulator (uses_kernels)
+    key = (operation, alignment, requested_variant(), device_type == "cpu")
     prepared = checked.launches.get(key)
     if prepared is None:
         layout = tuple(
@@ -95,10 +110,11 @@ def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
         device=features.device,
         memory_format=checked.memory_format,
     )
-    device, stream = device_and_stream(features.device)
+    where = features.device
+    device, stream = device_and_stream(where)
     pointers = (features.data_ptr(), masks.data_ptr(), output.data_ptr())
     try:
-        _launch(_FORWARD, checked, (features, masks, output), pointers, device, stream)
+        _launch(_FORWARD, checked, (features, masks, output), pointers, where.type, device, stream)
     except KernelsUnavailableError as error:  # found at the first compile or load
         kernels_failed(features.device, error)
         return _cpu_path.cpu_forward(features, masks, *checked.params)
@@ -117,9 +133,11 @@ def _launch_backward(grad_output, features, masks, checked: CheckedForward, want
         0 if grad_features is None else grad_features.data_ptr(),
         0 if grad_masks is None else grad_masks.data_ptr(),
     )
-    device, stream = device_and_stream(features.device)
+    where = features.device
+    device, stream = device_and_stream(where)
     try:
-        _launch(("backward", *wanted), checked, tensors, pointers, device, stream)
+        operation = ("backward", *wanted)
+        _launch(operation, checked, tensors, pointers, where.type, device, stream)
     except KernelsUnavailableError as error:
         kernels_failed(features.device, error)
         return _cpu_path.cpu_backward(grad_output, features, masks, *checked.params)
