@@ -73,6 +73,9 @@ def test_negative_words_are_their_twos_complement_and_read_back_signed():
     args = KernelArguments(layout, (0xDEAD_BEEF,))
     assert read_words(args.kernel_params(), 3) == [0xDEAD_BEEF, (1 << 64) - 3, 7]
     assert [int(value) for value in args] == [0xDEAD_BEEF, -3, 7]
+    read_back = args.read_back()  # what the simulator launches with
+    assert [int(value) for value in read_back] == [0xDEAD_BEEF, -3, 7]
+    assert [value.dtype.name for value in read_back] == ["uint64", "int64", "int64"]
     assert args == tuple(args) and args[1:] == tuple(args)[1:]
 
 
