@@ -102,18 +102,43 @@ def path_problem(
     return None
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(path))))
+
+
+def _refusal(folder: Path, variable: str, problem: str) -> UntrustedPathError:
+    return UntrustedPathError(
+        f"cache folder {folder} (from {variable}) is not safe to use: {problem}. Use a "
+        f"folder only this user can write (mode 0700), or point {variable} at one"
+    )
+
+
+def _deepest_existing(folder: Path) -> Path:
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    return existing
+
+
+def dir_problem(path: str | os.PathLike[str], variable: str) -> str | None:
+    """What ``private_dir`` would refuse, without creating anything; None where it
+    would succeed (creating the folder if it is missing)."""
+    folder = _absolute(path)
+    existing = _deepest_existing(folder)
+    problem = path_problem(folder) if existing == folder else _parents_problem(existing)
+    return None if problem is None else str(_refusal(folder, variable, problem))
+
+
 def private_dir(path: str | os.PathLike[str], variable: str) -> Path:
     """``path`` made absolute and without symlinks, created (mode 0700) where
     missing, and checked. Raises UntrustedPathError, naming the folder and
     ``variable``, where another user could write it, or OSError where it
     cannot be created."""
-    folder = Path(os.path.realpath(os.path.abspath(os.path.expanduser(path))))
-    existing = folder
-    while not os.path.lexists(existing):
-        existing = existing.parent
+    folder = _absolute(path)
+    existing = _deepest_existing(folder)
     # Nothing is created under a folder someone else controls.
-    above = path_problem(existing) if existing == folder else _parents_problem(existing)
-    if above is None and existing != folder:
+    problem = path_problem(folder) if existing == folder else _parents_problem(existing)
+    if problem is None and existing != folder:
         missing_count = len(folder.parts) - len(existing.parts)
         for missing in reversed([folder, *folder.parents][:missing_count]):
             try:
@@ -121,12 +146,9 @@ def private_dir(path: str | os.PathLike[str], variable: str) -> Path:
             except FileExistsError:
                 continue
             os.chmod(missing, 0o700)  # the umask may have taken bits off
-        above = path_problem(folder)
-    if above is not None:
-        raise UntrustedPathError(
-            f"cache folder {folder} (from {variable}) is not private: {above}. Use a folder "
-            f"only this user can write (mode 0700), or point {variable} at one"
-        )
+        problem = path_problem(folder)
+    if problem is not None:
+        raise _refusal(folder, variable, problem)
     return folder
 
 

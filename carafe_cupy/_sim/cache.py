@@ -83,11 +83,7 @@ def _default_cache() -> Path:
 def cache_problem() -> str | None:
     """Why the configured cache is not used (modules then go to a private
     temporary folder), or None."""
-    try:
-        _private_dirs.private_dir(cache_dir(), CACHE_VARIABLE)
-    except OSError as error:
-        return str(error)
-    return None
+    return _private_dirs.dir_problem(cache_dir(), CACHE_VARIABLE)
 
 
 def _warn_once(message: str) -> None:
