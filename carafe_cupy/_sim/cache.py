@@ -111,7 +111,7 @@ def _trusted_cache() -> Path:
 
 
 def _blocked(paths: list[Path]) -> str | None:
-    """A reason when something other than a regular file sits where a build goes."""
+    """A reason when a folder sits where a build goes (other files are replaced)."""
     for path in paths:
         try:
             mode = path.lstat().st_mode
@@ -119,8 +119,8 @@ def _blocked(paths: list[Path]) -> str | None:
             continue
         except OSError as error:
             return f"{path} cannot be checked ({error})"
-        if not stat.S_ISREG(mode):
-            return f"{path} is in the way and is not a regular file; remove it"
+        if stat.S_ISDIR(mode):  # a rename cannot replace it
+            return f"{path} is a folder where a build goes; remove it"
     return None
 
 
@@ -141,6 +141,11 @@ def _dlopen(path: Path) -> ctypes.CDLL:
         return ctypes.CDLL(str(alias), mode=os.RTLD_NOW | os.RTLD_LOCAL)
     finally:
         alias.unlink(missing_ok=True)
+
+
+def module_file_name(module_name: str, key: str, traced: bool = False) -> str:
+    """The cache file of a module whose build key is ``key``."""
+    return f"{safe_name(module_name)}{'-traced' if traced else ''}-{key[:32]}.so"
 
 
 def _load(path: Path, kernels: tuple[str, ...]) -> _Module:
@@ -186,7 +191,7 @@ def _get_module_slow(module_name: str, source: str, traced: bool) -> _Module:
             mod = _modules.get(key)
         if mod is not None:
             return mod
-        fname = f"{safe_name(module_name)}{'-traced' if traced else ''}-{key[:32]}.so"
+        fname = module_file_name(module_name, key, traced)
         directory = _trusted_cache()
         final = directory / fname
         mod = None
