@@ -7,7 +7,8 @@ build would have, so only the trust rules (``carafe_cupy._core.private_dirs``)
 stand between it and the process; a control test switches them off and sees the
 marker appear. Files are planted as a second user (uid 65534) with ``setpriv``
 where the tests run as root (as CI does); elsewhere those tests skip, and the
-rules are checked against faked ``stat`` results in tests/test_cache_trust.py.
+rules are checked against faked ``stat`` results in tests/test_cache_trust.py
+(helpers: tests/second_user.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from second_user import folder_of_nobody, needs_second_user, write_as_nobody
 
 from carafe_cupy._core import private_dirs
 from carafe_cupy._sim import SimRuntime
@@ -31,7 +33,6 @@ from carafe_cupy._sim import build as _build
 from carafe_cupy._sim import cache as _cache
 from carafe_cupy._sim.common import HERE
 
-NOBODY = 65534
 ADD_SRC = r"""
 extern "C" __global__ void add1(float* x, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -48,51 +49,16 @@ __attribute__((constructor)) static void carafe_planted_marker(void) {
 """
 
 
-def _second_user_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "planting files as a second user needs root (CI runs as root)"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed"
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "true"],
-        capture_output=True,
-        text=True,
-    )
-    return None if probe.returncode == 0 else f"setpriv cannot switch user: {probe.stderr}"
-
-
-SECOND_USER = _second_user_reason()
-needs_second_user = pytest.mark.skipif(SECOND_USER is not None, reason=str(SECOND_USER))
-
-
-def as_nobody(*command: str, data: bytes | None = None) -> None:
-    """Run ``command`` as uid/gid 65534."""
-    subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command],
-        input=data,
-        check=True,
-        capture_output=True,
-    )
-
-
 def plant(path: Path, data: bytes, *, by_nobody: bool) -> None:
     """Write ``path`` as the attacker would: with the module's sidecar digest when it is a .so."""
     files = {path: data}
     if path.suffix == ".so":
         files[path.with_name(path.name + ".sha256")] = hashlib.sha256(data).hexdigest().encode()
     for target, content in files.items():
-        if not by_nobody:
+        if by_nobody:
+            write_as_nobody(target, content)
+        else:
             target.write_bytes(content)
-            continue
-        # written by the other user where it can reach, then moved in (keeping its owner)
-        staging = Path(tempfile.mkdtemp(prefix="carafe_trust_stage_"))
-        try:
-            os.chmod(staging, 0o1777)
-            as_nobody("sh", "-c", 'cat > "$0"', str(staging / "file"), data=content)
-            os.rename(staging / "file", target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        assert target.stat().st_uid == NOBODY
 
 
 def compile_marker(tmp_path: Path, marker: Path, *, runtime: bool = False) -> bytes:
@@ -154,8 +120,7 @@ def shared_tmp():
 
     def make(mode: int, *, owner_nobody: bool = False) -> Path:
         if owner_nobody:
-            path = Path(tempfile.gettempdir()) / f"carafe_trust_{uuid.uuid4().hex}"
-            as_nobody("mkdir", "-m", oct(mode)[2:], str(path))
+            path = folder_of_nobody(mode)
         else:
             path = Path(tempfile.mkdtemp(prefix="carafe_trust_"))
             os.chmod(path, mode)
