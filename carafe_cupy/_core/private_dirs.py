@@ -174,10 +174,15 @@ def read_trusted(path: Path) -> bytes:
         raise
     except OSError as error:  # a symlink (ELOOP), a folder, no permission
         raise UntrustedPathError(f"{path} cannot be opened as a cache file ({error})") from None
-    with os.fdopen(descriptor, "rb") as handle:
+    try:
         problem = file_problem(os.fstat(descriptor), os.geteuid())
-        if problem:
-            raise UntrustedPathError(f"{path} {problem}")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    if problem:
+        os.close(descriptor)
+        raise UntrustedPathError(f"{path} {problem}")
+    with os.fdopen(descriptor, "rb") as handle:
         return handle.read()
 
 
