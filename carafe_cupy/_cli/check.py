@@ -317,6 +317,8 @@ def info_lines() -> list[str]:
             lines.append(f"torch CUDA tensors use: {backend_name(torch.device('cuda'))}")
     except ImportError:
         pass
+    except ValueError as error:  # an environment variable that cannot be parsed
+        lines.append(f"torch tensors use: unknown ({error})")
     lines.append(f"cupy arrays use: {cupy_arrays_line()}")
     if simulator == "on":
         lines.append("numpy arrays use: cuda kernels on the CPU simulator")
