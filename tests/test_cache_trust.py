@@ -342,3 +342,25 @@ def test_cupy_cache_dir_at_a_file_is_not_reported_as_cupy_missing(tmp_path):
     assert "CuPy is not installed" not in child.stdout
     assert "cupy not available" not in child.stdout
     assert str(blocker) in child.stderr  # the warning says what was wrong with it
+
+
+FORK_CHILD = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from carafe_cupy._core import private_dirs
+folder = private_dirs.fallback_dir("carafe_cupy_fork_test-")
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit runs the inherited exit handlers
+os.waitpid(pid, 0)
+assert folder.is_dir(), "a forked child removed its parent's folder"
+print(folder)
+"""
+
+
+def test_a_forked_child_leaves_its_parents_fallback_folder(tmp_path):
+    child = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD, str(ROOT)], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr
+    assert not Path(child.stdout.strip()).exists()  # removed when the parent exits

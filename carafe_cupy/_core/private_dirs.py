@@ -31,6 +31,8 @@ from pathlib import Path
 
 StatFunction = Callable[[str], os.stat_result]
 
+# Owners and modes are POSIX notions; elsewhere (Windows) only the creation rules apply.
+_POSIX = hasattr(os, "geteuid")
 _fallbacks: dict[str, Path] = {}
 _fallback_lock = threading.Lock()
 
@@ -88,7 +90,10 @@ def path_problem(
 ) -> str | None:
     """Why the absolute ``folder`` is not a safe cache folder (it and every folder
     above it checked), or None. ``lstat`` and ``uid`` are for tests."""
-    uid = os.geteuid() if uid is None else uid
+    if uid is None:
+        if not _POSIX:
+            return None
+        uid = os.geteuid()
     try:
         problem = folder_problem(lstat(str(folder)), uid)
         if problem:
@@ -153,6 +158,8 @@ def private_dir(path: str | os.PathLike[str], variable: str) -> Path:
 
 
 def _parents_problem(existing: Path) -> str | None:
+    if not _POSIX:
+        return None
     uid = os.geteuid()
     for folder in (existing, *existing.parents):
         try:
@@ -168,6 +175,8 @@ def read_trusted(path: Path) -> bytes:
     """The bytes of a cache file, read only where ``file_problem`` finds nothing
     (checked on the open file, so it cannot be swapped in between). Raises
     FileNotFoundError where there is none, UntrustedPathError otherwise."""
+    if not _POSIX:
+        return path.read_bytes()
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -188,6 +197,8 @@ def read_trusted(path: Path) -> bytes:
 
 def trusted_file(path: Path) -> bool:
     """Whether ``path`` exists and ``file_problem`` finds nothing in it (by lstat)."""
+    if not _POSIX:
+        return path.is_file()
     try:
         return file_problem(os.lstat(path), os.geteuid()) is None
     except OSError:
@@ -196,6 +207,8 @@ def trusted_file(path: Path) -> bool:
 
 def foreign_entry(folder: Path) -> str | None:
     """The first entry of ``folder`` that is not a file of this user's, as a reason, or None."""
+    if not _POSIX:
+        return None
     uid = os.geteuid()
     try:
         with os.scandir(folder) as entries:
@@ -220,5 +233,11 @@ def fallback_dir(prefix: str) -> Path:
         if folder is None or not folder.is_dir():
             folder = Path(tempfile.mkdtemp(prefix=prefix))
             _fallbacks[prefix] = folder
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            atexit.register(_remove, folder, os.getpid())
         return folder
+
+
+def _remove(folder: Path, owner_pid: int) -> None:
+    # a forked child that exits normally runs the handlers too: the folder is the parent's
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, ignore_errors=True)
