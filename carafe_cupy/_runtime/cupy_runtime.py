@@ -318,11 +318,6 @@ def device_kernels_line(device: int) -> str:
     return _gpu_checks.compile_target(_import_cupy(), device).describe()
 
 
-def kernel_cache_dir() -> str:
-    """Where compiled kernel binaries are kept (``CARAFE_CUPY_KERNEL_CACHE``)."""
-    return str(_binaries.cache_dir())
-
-
 @functools.lru_cache(maxsize=64)
 def device_sms_and_arch(device: int) -> tuple[int, str]:
     """The GPU's SM count and architecture ("sm_90"), which the planner deals blocks to."""
