@@ -1,5 +1,5 @@
 """The cache trust rules (carafe_cupy._core.private_dirs) and the caches that use
-them besides the simulator's (tests/sim/test_cache_trust.py): the kernel binary
+them besides the simulator's (tests/sim/test_sim_cache_trust.py): the kernel binary
 cache and CuPy's kernel cache folder.
 
 The rules are checked on faked ``stat`` results, so every case runs as any user;
