@@ -364,3 +364,21 @@ def test_a_forked_child_leaves_its_parents_fallback_folder(tmp_path):
     )
     assert child.returncode == 0, child.stderr
     assert not Path(child.stdout.strip()).exists()  # removed when the parent exits
+
+
+def test_a_cupy_that_fails_to_import_is_reported_with_its_error(monkeypatch):
+    import importlib.util
+
+    from carafe_cupy import KernelsUnavailableError
+    from carafe_cupy._cli import check as _check
+
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed, so its import cannot fail for another reason")
+
+    def broken():
+        raise KernelsUnavailableError("CuPy could not be imported: [Errno 17] File exists: '/x'")
+
+    monkeypatch.setattr(_cupy_runtime, "_import_cupy", broken)
+    line = _check.cupy_arrays_line()
+    assert "CuPy is installed but CuPy could not be imported: [Errno 17]" in line
+    assert "not installed" not in line
