@@ -52,7 +52,13 @@ _TORCH_NAMES = {
     "xavier_init": "mmcv_compat",
 }
 
+# Public submodules, reachable as attributes once the package is imported (loaded on
+# first use, so that importing the package stays cheap and needs neither torch nor CuPy).
+# carafe_cupy.mmengine_registry is left out: importing it registers with mmengine.
+_SUBMODULES = ("arrays", "mmcv_compat", "nn", "nn_reassembly")
+
 if TYPE_CHECKING:
+    from . import arrays, mmcv_compat, nn, nn_reassembly  # noqa: F401 (for type checkers)
     from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
     from .nn import CARAFE, CARAFENaive, CARAFEPack
     from .nn_reassembly import CARAFEDownPack, Involution
@@ -69,26 +75,26 @@ def _is_torch_tensor(value: Any) -> bool:
 
 def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch, or the array front end
-    (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
+    (CuPy, numpy, and any other DLPack array), never a mix of torch and another kind."""
     from ._array import dlpack as _dlpack
 
-    def kind(value: Any) -> str | None:
+    def kind(name: str, value: Any) -> str | None:
         if _is_torch_tensor(value):
-            return "torch"
-        if _dlpack.is_kernel_array(value):
-            return "cupy"
-        if _dlpack.is_dlpack_array(value):
-            return "dlpack"
+            return "torch.Tensor"
+        _dlpack.refuse_tracers(function, **{name: value})
+        if _dlpack.is_kernel_array(value) or _dlpack.is_dlpack_array(value):
+            return _dlpack.describe(value)
         return None
 
-    kinds = {name: kind(value) for name, value in inputs.items()}
+    kinds = {name: kind(name, value) for name, value in inputs.items()}
     found = {kind for kind in kinds.values() if kind is not None}
-    if {"torch", "cupy"} <= found:
+    if "torch.Tensor" in found and len(found) > 1:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
         raise TypeError(
-            f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
+            f"{function}: inputs must all be torch tensors, or all arrays of one other kind "
+            f"(cupy, numpy, ...); {listing}"
         )
-    if "torch" in found:  # its checks name any argument that is not a tensor
+    if "torch.Tensor" in found:  # its checks name any argument that is not a tensor
         from ._torch import functional as torch_functional
 
         return torch_functional
@@ -253,10 +259,12 @@ def decompositions() -> dict:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        import importlib
+    import importlib
 
+    if name in _TORCH_NAMES:
         return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
