@@ -124,20 +124,22 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
     group's k*k taps first); taps that fall outside the input contribute zero.
 
     Args:
-        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
-            another DLPack array.
+        features: (N, C, H, W) torch tensor, cupy or numpy array, or another DLPack
+            array (JAX, ...).
         masks: (N, G*k*k, H*s, W*s), same kind and device as ``features``.
         kernel_size: k, odd int >= 1.
         group_size: G, int >= 1 dividing C.
         scale_factor: s, int >= 1 (floats such as 2.0 are refused).
 
     Returns (N, C, H*s, W*s). dtypes: float32, float64, float16 and bfloat16
-    (bfloat16 for torch only); float16/bfloat16 accumulate in float32. Mixed
-    feature/mask dtypes follow torch's type promotion; integer, bool and complex
-    inputs raise TypeError. Arguments follow ``mmcv.ops.carafe``. torch tensors
-    are differentiable; cupy arrays run on CuPy's current stream (see
-    :func:`carafe_backward` for their gradients); other DLPack arrays run on
-    their device and come back as their own kind.
+    (bfloat16 for torch tensors and DLPack arrays in host memory); float16/bfloat16
+    accumulate in float32. Mixed feature/mask dtypes follow torch's type promotion;
+    integer, bool and complex inputs raise TypeError. Arguments follow
+    ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on CuPy's
+    current stream (see :func:`carafe_backward` for their gradients); other DLPack
+    arrays run on their device (those in host memory, numpy's too, on the PyTorch
+    CPU path, or the simulator when it is on) and come back as their own kind. JAX
+    tracers are refused: the package runs eagerly, outside JAX transforms.
     """
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
@@ -203,8 +205,8 @@ def reassemble(
     ``reassemble(f, m, k, G, s)``, bit for bit.
 
     Args:
-        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
-            another DLPack array.
+        features: (N, C, H, W) torch tensor, cupy or numpy array, or another DLPack
+            array (JAX, ...).
         kernels: (N, G*k*k, Ho, Wo), same kind and device as ``features``.
         kernel_size: k, odd int >= 1.
         group_size: G, int >= 1 dividing C (channels c*C/G ... (c+1)*C/G - 1 share
