@@ -13,10 +13,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import recording_runtime
 import torch
 
 import carafe_cupy
 from carafe_cupy import arrays
+from carafe_cupy._runtime import cupy_runtime as _cupy_runtime
 
 from naive import naive_carafe, naive_carafe_backward
 
@@ -125,6 +127,37 @@ def test_a_bare_dlpack_object_comes_back_as_numpy(cpu_route):
     for grad, reference in zip(grads, expected):
         assert type(grad) is np.ndarray
         np.testing.assert_allclose(grad, reference, rtol=1e-12, atol=1e-12)
+
+
+class BareCudaArray:
+    """Nothing but the DLPack protocol, in CUDA memory (of a fake CuPy's device 1)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("read through the fake cupy.from_dlpack")
+
+    def __dlpack_device__(self):
+        return (2, 1)  # kDLCUDA, device 1
+
+
+def test_a_bare_dlpack_object_in_cuda_memory_comes_back_as_cupy(monkeypatch):
+    from test_launch_device_stream import FakeCupy
+
+    runtime = recording_runtime.install(monkeypatch)
+    fake = FakeCupy(streams={0: 0x100, 1: 0x111})
+    fake.from_dlpack = lambda value: fake.array(value.data, fake.current)
+    monkeypatch.setitem(sys.modules, "cupy", fake)  # is_cupy_array looks here
+    monkeypatch.setattr(_cupy_runtime, "_import_cupy", lambda: fake)
+    features, masks, grad_output = _inputs(dtype=np.float32)
+    out = carafe_cupy.carafe(BareCudaArray(features), BareCudaArray(masks), K, G, S)
+    grads = arrays.carafe_backward(
+        *(BareCudaArray(a) for a in (grad_output, features, masks)), K, G, S
+    )
+    for result in (out, *grads):
+        assert isinstance(result, fake.ndarray) and result.device.id == 1
+    assert {(launch.device, launch.stream) for launch in runtime.launches} == {(1, 0x111)}
 
 
 def test_bfloat16_arrays_go_through_torch_and_come_back_as_their_kind(cpu_route):
