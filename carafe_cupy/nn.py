@@ -85,6 +85,19 @@ class CARAFENaive(CARAFE):
     """mmcv's name for the reference implementation: the same op and results here."""
 
 
+def _mmcv_group(up_group: object, where: str) -> object:
+    """mmcv's CARAFEPack multiplies ``up_group`` into the encoder's channel count and
+    passes it to the op as an int, so ``True`` means one group there: take it so here.
+    ``False`` (no groups at all) fails there, and is refused here."""
+    if up_group is True:
+        return 1
+    if up_group is False:
+        raise ValueError(
+            f"{where}: up_group must be >= 1 (True counts as 1, as in mmcv), got False"
+        )
+    return up_group
+
+
 class CARAFEPack(nn.Module):
     """The complete CARAFE upsampler, layer for layer as mmcv's ``CARAFEPack``.
 
@@ -98,6 +111,7 @@ class CARAFEPack(nn.Module):
         scale_factor: s, the integer upsampling factor: (N, C, H, W) -> (N, C, H*s, W*s).
         up_kernel: k, odd side of the window each output pixel reassembles (default 5).
         up_group: G, mask groups; channel c uses group c // (C // G). Must divide channels.
+            ``True`` counts as 1, as in mmcv.
         encoder_kernel: odd kernel size of the content encoder convolution (default 3).
         encoder_dilation: dilation of the content encoder convolution (default 1).
         compressed_channels: output channels of the 1x1 channel compressor (default 64).
@@ -120,6 +134,7 @@ class CARAFEPack(nn.Module):
         super().__init__()
         where = "CARAFEPack"
         self.channels = check_int("channels", channels, 1, where)
+        up_group = _mmcv_group(up_group, where)
         self.up_kernel, self.up_group, self.scale_factor = check_params(
             up_kernel,
             up_group,
