@@ -14,14 +14,14 @@ HOST_MUTANTS = (
     (
         "prepared-drops-device",
         LAUNCH,
-        r"planned\.shared_mem,\n(\s+)device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self",
-        r"planned.shared_mem,\n\g<1>0,\n\g<2>stream,\n\g<3>planned.module,\n\g<4>self",
+        r"pick\(pointers\)\),\n(\s+)planned\.shared_mem,\n(\s+)device,",
+        r"pick(pointers)),\n\g<1>planned.shared_mem,\n\g<2>0,",
     ),
     (
         "prepared-drops-stream",
         LAUNCH,
-        r"device,\n(\s+)stream,\n(\s+)planned\.module,\n(\s+)self\.simulated",
-        r"device,\n\g<1>0,\n\g<2>planned.module,\n\g<3>self.simulated",
+        r"pick\(pointers\)\),\n(\s+)planned\.shared_mem,\n(\s+)device,\n(\s+)stream,",
+        r"pick(pointers)),\n\g<1>planned.shared_mem,\n\g<2>device,\n\g<3>0,",
     ),
     (
         "prepared-null-slot-gets-a-pointer",

@@ -85,7 +85,7 @@ def _run(
     _start([(p, launch_arguments(p, geometry, tensors)) for p in launches], device, stream)
 
 
-def _start(steps: list, device: int, stream: int, simulated: bool | None = None) -> None:
+def _start(steps: list, device: int, stream: int) -> None:
     """Start each (planned launch, its arguments) in order."""
     for planned, args in steps:
         launch(
@@ -97,7 +97,6 @@ def _start(steps: list, device: int, stream: int, simulated: bool | None = None)
             device,
             stream,
             planned.module,
-            simulated,
         )
 
 
@@ -106,11 +105,9 @@ class PreparedCall:
     each with its argument layout: a call only supplies its tensors' pointers, in
     the operand order of the matching ``launch_*`` function (0 for an absent one)."""
 
-    __slots__ = ("steps", "simulated")
+    __slots__ = ("steps",)
 
-    def __init__(
-        self, launches: tuple[Launch, ...], geometry: Geometry, refs: tuple, simulated: bool
-    ) -> None:
+    def __init__(self, launches: tuple[Launch, ...], geometry: Geometry, refs: tuple) -> None:
         steps = []
         for planned in launches:
             slots = [_NO_TENSOR if index is None else refs[index] for index in planned.operands]
@@ -119,7 +116,6 @@ class PreparedCall:
             picks = tuple(-1 if index is None else index for index in planned.operands)
             steps.append((planned, operator.itemgetter(*picks), layout))
         self.steps = tuple(steps)
-        self.simulated = simulated
 
     def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
         pointers += (0,)
@@ -133,7 +129,6 @@ class PreparedCall:
                 device,
                 stream,
                 planned.module,
-                self.simulated,
             )
 
 
@@ -169,7 +164,7 @@ def _prepared(
     refs = tuple(None if item is None else TensorRef(item[1], item[0], dtype) for item in layout)
     target = DEFAULT_TARGET if simulated else _device_target(device)
     launches = _PLANNERS[operation](geometry, *refs, target)
-    return PreparedCall(launches, geometry, refs, simulated)
+    return PreparedCall(launches, geometry, refs)
 
 
 def launch_forward(
@@ -266,17 +261,13 @@ def launch(
     device: int,
     stream: int,
     module_name: str = KERNEL_MODULE,
-    simulated: bool | None = None,
 ) -> None:
-    """The one place a kernel starts: on the GPU, or on the CPU simulator
-    (``simulated``: whether ``CARAFE_CUPY_SIMULATOR`` was set, when the caller read it).
+    """The one place a kernel starts: on the GPU, or on the CPU simulator.
 
     Everything before this (kernel choice, grid, packed arguments, outputs) is the
     same for both, so the simulator exercises the real launch code.
     """
     _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
-    if simulated is None:
-        simulated = simulator_enabled()
-    runtime = _SIMULATED if simulated else _cupy_runtime.get_runtime()
+    runtime = _SIMULATED if simulator_enabled() else _cupy_runtime.get_runtime()
     runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)
