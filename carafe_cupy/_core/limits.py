@@ -69,10 +69,14 @@ def check_fits(
     total = sum(size for _, size in parts)
     if capacity is None or total <= capacity:
         return
-    listing = " and ".join(f"{what} ({size} bytes)" for what, size in parts)
+    if len(parts) == 1:
+        listing = f"{parts[0][0]} would take {total} bytes ({format_bytes(total)})"
+    else:
+        listing = " and ".join(f"{what} ({size} bytes)" for what, size in parts)
+        listing += f" would take {total} bytes ({format_bytes(total)}) in all"
     raise ValueError(
-        f"{where}: {listing} would take {total} bytes ({format_bytes(total)}), more than "
-        f"all the memory of {device} ({capacity} bytes, {format_bytes(capacity)}); {cause}"
+        f"{where}: {listing}, more than all the memory of {device} ({capacity} bytes, "
+        f"{format_bytes(capacity)}); {cause}"
     )
 
 
@@ -111,6 +115,6 @@ def reassembly_cause(geometry: Geometry, dtype: str) -> str:
     size = "(H*s)*(W*s)" if g.stride == 1 else "ceil(H/t)*ceil(W/t)"
     features = (g.batch, g.channels, g.height, g.width)
     return (
-        f"in {dtype}, the output has N*C*{size} elements and the masks N*G*k*k*{size}, "
-        f"for features {features} and {_parameters(g)}"
+        f"in {dtype}, the output has N*C*{size} elements and the masks N*G*k*k*{size}: "
+        f"features {features}, {_parameters(g)}"
     )

@@ -22,7 +22,7 @@ Inputs in fp16/bf16 are accumulated in fp32 (fp64 stays fp64).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -85,18 +85,28 @@ def check_memory(
     workspace: bool = False,
     where: str = "carafe",
     weights: str = "masks",
+    casts: Sequence[tuple[str, torch.Tensor]] = (),
 ) -> None:
     """Refuse, before allocating, a call whose results (and, with ``workspace``, this
     path's temporaries) would need more than all the memory of ``device``.
-    ``weights`` is what the caller calls its masks (the fused op's logits)."""
+    ``weights`` is what the caller calls its masks (the fused op's logits); ``casts``
+    are (name, tensor) inputs about to be cast to ``dtype`` (a copy where it differs:
+    of the whole size even for an expanded tensor)."""
     name = str(dtype).replace("torch.", "")
-    parts = _limits.reassembly_parts(geometry, dtype.itemsize, backward, weights)
+    parts = [
+        (f"{input_name} cast to {name}", tensor.numel() * dtype.itemsize)
+        for input_name, tensor in casts
+        if tensor.dtype != dtype
+    ]
+    parts += _limits.reassembly_parts(geometry, dtype.itemsize, backward, weights)
     if workspace:
-        parts.append(
-            ("the PyTorch path's workspace", _workspace_bytes(geometry, dtype, backward))
-        )
+        parts.append(("the PyTorch path's workspace", _workspace_bytes(geometry, dtype, backward)))
     cause = _limits.reassembly_cause(geometry, name)
-    _limits.check_fits(where, parts, device_memory_bytes(device), str(device), cause)
+    _limits.check_fits(where, parts, device_memory_bytes(device), device_label(device), cause)
+
+
+def device_label(device: torch.device) -> str:
+    return "the host (cpu)" if device.type == "cpu" else str(device)
 
 
 def _geometry(features: torch.Tensor, *params: int) -> Geometry:
