@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._core import limits as _limits
+from .._core import validate as _validate
 from .._core.geometry import Geometry
 from .._plan.planner import TensorRef
 from .._runtime import cupy_runtime as _cupy_runtime
@@ -110,7 +111,8 @@ def check_fits(where: str, geometry: Geometry, *arrays: Any, backward: bool) -> 
     memory of their device (checked before any array is cast or allocated)."""
     array = arrays[0]
     dtype = np.result_type(*(each.dtype for each in arrays))
-    parts = _limits.reassembly_parts(geometry, dtype.itemsize, backward)
+    weights = _validate.weights_name(where)
+    parts = _limits.reassembly_parts(geometry, dtype.itemsize, backward, weights)
     device = "the host" if isinstance(array, np.ndarray) else f"cuda:{array.device.id}"
     cause = _limits.reassembly_cause(geometry, dtype.name)
     _limits.check_fits(where, parts, device_memory_bytes(array), device, cause)

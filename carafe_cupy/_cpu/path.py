@@ -86,19 +86,20 @@ def check_memory(
     where: str = "carafe",
     weights: str = "masks",
     casts: Sequence[tuple[str, torch.Tensor]] = (),
+    extra: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Refuse, before allocating, a call whose results (and, with ``workspace``, this
     path's temporaries) would need more than all the memory of ``device``.
     ``weights`` is what the caller calls its masks (the fused op's logits); ``casts``
     are (name, tensor) inputs about to be cast to ``dtype`` (a copy where it differs:
-    of the whole size even for an expanded tensor)."""
+    of the whole size even for an expanded tensor); ``extra`` are (what, bytes) more."""
     name = str(dtype).replace("torch.", "")
     parts = [
         (f"{input_name} cast to {name}", tensor.numel() * dtype.itemsize)
         for input_name, tensor in casts
         if tensor.dtype != dtype
     ]
-    parts += _limits.reassembly_parts(geometry, dtype.itemsize, backward, weights)
+    parts += [*extra, *_limits.reassembly_parts(geometry, dtype.itemsize, backward, weights)]
     if workspace:
         parts.append(("the PyTorch path's workspace", _workspace_bytes(geometry, dtype, backward)))
     cause = _limits.reassembly_cause(geometry, name)

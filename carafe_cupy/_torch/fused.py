@@ -78,6 +78,14 @@ def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> b
     )
 
 
+def _normalised_masks(logits: torch.Tensor, fused: bool) -> list[tuple[str, int]]:
+    """Memory the composed path takes before the plain op checks its own: the
+    pixel_shuffled and the softmaxed logits (nothing where the fused kernels run)."""
+    if fused:
+        return []
+    return [("the masks normalised from the logits", 2 * logits.numel() * logits.itemsize)]
+
+
 @torch.library.custom_op(_FUSED_FORWARD, mutates_args=())
 def carafe_fused_forward(
     features: torch.Tensor,
@@ -90,8 +98,13 @@ def carafe_fused_forward(
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
-    if _uses_fused_kernels(features, geometry):
-        _cpu_path.check_memory(geometry, features.dtype, features.device, backward=False)
+    fused = _uses_fused_kernels(features, geometry)
+    extra = _normalised_masks(logits, fused)
+    where = "carafe_from_logits"
+    _cpu_path.check_memory(
+        geometry, features.dtype, features.device, False, where=where, extra=extra
+    )
+    if fused:
         output = empty_output(features, scale_factor)
         device, stream = device_and_stream(features.device)
         try:
@@ -151,9 +164,19 @@ def carafe_fused_backward(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
     _validate.check_grad_output_shape(grad_output.shape, geometry)
-    if _uses_fused_kernels(features, geometry):
-        device = features.device
-        _cpu_path.check_memory(geometry, features.dtype, device, True, weights="logits")
+    fused = _uses_fused_kernels(features, geometry)
+    extra = _normalised_masks(logits, fused)
+    device = features.device
+    _cpu_path.check_memory(
+        geometry,
+        features.dtype,
+        device,
+        True,
+        where="carafe_from_logits",
+        weights="logits",
+        extra=extra,
+    )
+    if fused:
         grad_features = torch.empty_like(features)
         grad_logits = torch.empty_like(logits)
         device, stream = device_and_stream(features.device)
@@ -223,7 +246,12 @@ def carafe_from_logits(
         return _export.decomposed_forward(
             features.to(dtype), masks, kernel_size, group_size, scale_factor
         )
-    check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)
+    geometry = check_logits_geometry(
+        features.shape, logits.shape, kernel_size, group_size, scale_factor
+    )
+    casts = (("features", features), ("logits", logits))
+    where = "carafe_from_logits"
+    _cpu_path.check_memory(geometry, dtype, features.device, False, where=where, casts=casts)
     return carafe_fused_forward(
         features.to(dtype), logits.to(dtype), kernel_size, group_size, scale_factor
     )
