@@ -50,8 +50,7 @@ def check_weights_fit(where: str, weights: list[tuple[str, str, int]], arguments
     memory of torch's default device. ``weights``: (which, formula, count) per tensor;
     ``arguments``: the constructor arguments that set their sizes."""
     dtype = torch.get_default_dtype()
-    get_device = getattr(torch, "get_default_device", None)  # torch >= 2.3
-    device = get_device() if get_device is not None else torch.device("cpu")
+    device = torch.get_default_device()
     parts = [
         (
             f"{which}, {formula} = {count} {str(dtype).replace('torch.', '')} values,",
