@@ -1,7 +1,8 @@
 """Sizes no memory could hold are refused before anything is allocated, naming what
 sets them and the bytes; index arithmetic that would overflow is refused; the
 pure-PyTorch path's memory stays O(input + output) at any dilation, and its work
-follows the taps that can touch the image, not k*k."""
+follows the taps that can touch the image, not k*k. CuPy arrays (a fake CuPy on
+numpy memory) take the same size and layout checks."""
 
 from __future__ import annotations
 
@@ -289,3 +290,38 @@ def test_backward_memory_does_not_grow_with_the_dilation():
     )
     grown = int(child.stdout.split()[-1])
     assert grown < allowed, f"peak RSS grew {grown} bytes; padding would take {padded_bytes}"
+
+
+def fake_cupy(monkeypatch):
+    """CuPy's array front end on numpy memory, with one 80 GB GPU."""
+    from test_launch_device_stream import FakeCupy
+
+    from carafe_cupy._runtime import cupy_runtime
+
+    fake = FakeCupy(streams={0: 0x100})
+    monkeypatch.setitem(sys.modules, "cupy", fake)  # is_cupy_array looks here
+    monkeypatch.setattr(cupy_runtime, "_import_cupy", lambda: fake)
+    return fake
+
+
+def test_cupy_arrays_no_gpu_memory_holds_are_refused(monkeypatch):
+    fake = fake_cupy(monkeypatch)
+    features = fake.ndarray(np.ones((1, 1, 1, 1), np.float32), 0)
+    masks = fake.ndarray(np.broadcast_to(np.ones((1, 1, 1, 1), np.float32), (1, 1, HUGE, HUGE)), 0)
+    with pytest.raises(ValueError) as info:
+        arrays.carafe(features, masks, 1, 1, HUGE)
+    assert str(info.value).startswith(
+        f"carafe: the output (1, 1, {HUGE}, {HUGE}) would take {HUGE * HUGE * 4} bytes (4.0 TB), "
+        f"more than all the memory of cuda:0 ({80 * 10**9} bytes, 80.0 GB); "
+    )
+
+
+def test_cupy_arrays_with_uneven_strides_are_refused_naming_them(monkeypatch):
+    fake = fake_cupy(monkeypatch)
+    records = np.zeros(1 * 4 * 3 * 5, dtype=[("tag", "u1"), ("value", "<f4")])
+    features = fake.ndarray(records["value"].reshape(1, 4, 3, 5), 0)
+    masks = fake.ndarray(np.ones((1, 9, 6, 10), np.float32), 0)
+    with pytest.raises(TypeError, match=r"^carafe: features has byte strides \(300, 75, 25, 5\)"):
+        arrays.carafe(features, masks, 3, 1, 2)
+    with pytest.raises(TypeError, match=r"pass cupy\.ascontiguousarray\(features\) instead$"):
+        arrays.carafe(features, masks, 3, 1, 2)

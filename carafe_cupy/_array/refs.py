@@ -61,7 +61,7 @@ def layout_problem(array: Any, negative_strides: bool = True) -> str | None:
     matter. Negative strides are read correctly, from the element at the pointer
     down; ``negative_strides=False`` refuses them, for a consumer (torch) that has none.
     """
-    if array.size == 0:
+    if 0 in array.shape:
         return None
     itemsize = array.dtype.itemsize
     moving = [stride for stride, size in zip(array.strides, array.shape) if size > 1]
