@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._core import limits as _limits
 from ._core.validate import check_int, check_odd, check_params
+from ._cpu.path import device_label, device_memory_bytes
 from ._torch.common import uses_kernels
 from ._torch.functional import carafe, normalize_logits
 from ._torch.fused import carafe_from_logits
@@ -41,6 +43,23 @@ def scripted_carafe_from_logits(
     return torch.ops.carafe_cupy.carafe_fused_forward(
         features.to(dtype), logits.to(dtype), kernel_size, group_size, scale_factor
     )
+
+
+def check_weights_fit(where: str, weights: list[tuple[str, str, int]], arguments: str) -> None:
+    """Refuse, before any is allocated, parameters that would need more than all the
+    memory of torch's default device. ``weights``: (which, formula, count) per tensor;
+    ``arguments``: the constructor arguments that set their sizes."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device()
+    parts = [
+        (
+            f"{which}, {formula} = {count} {str(dtype).replace('torch.', '')} values,",
+            count * dtype.itemsize,
+        )
+        for which, formula, count in weights
+    ]
+    capacity = device_memory_bytes(device)
+    _limits.check_fits(where, parts, capacity, device_label(device), f"lower {arguments}")
 
 
 class CARAFE(nn.Module):
@@ -152,6 +171,25 @@ class CARAFEPack(nn.Module):
             "compressed_channels", compressed_channels, 1, where
         )
         up_kernel, up_group, scale_factor = self.up_kernel, self.up_group, self.scale_factor
+        encoded = up_kernel * up_kernel * up_group * scale_factor * scale_factor
+        check_weights_fit(
+            where,
+            [
+                (
+                    "the channel compressor's weight",
+                    "channels*compressed_channels",
+                    channels * compressed_channels,
+                ),
+                (
+                    "the content encoder's weight",
+                    "compressed_channels*up_kernel**2*up_group*scale_factor**2"
+                    f"*encoder_kernel**2 = {compressed_channels}*{up_kernel}**2*{up_group}"
+                    f"*{scale_factor}**2*{encoder_kernel}**2",
+                    compressed_channels * encoded * encoder_kernel**2,
+                ),
+            ],
+            "scale_factor, up_kernel, up_group, compressed_channels or encoder_kernel",
+        )
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,

@@ -22,6 +22,7 @@ from . import via_torch as _via_torch
 def _check_arrays(where: str = "carafe", **arrays: Any) -> None:
     for name, array in arrays.items():
         _validate.check_dtype(name, _arrays.array_dtype_name(array.dtype), where)
+        _arrays.check_layout(where, name, array)
     devices = {name: _arrays.array_device(array) for name, array in arrays.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on cuda:{device}" for name, device in devices.items())
@@ -55,6 +56,7 @@ def reassemble(
     features, kernels = arrays
     _check_arrays(where, features=features, **{name: kernels})
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    _arrays.check_fits(where, geometry, features, kernels, backward=False)
     features, kernels = _promote(features, kernels)
     shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     output = _arrays.array_empty(features, shape, features.dtype)
@@ -98,6 +100,7 @@ def reassemble_backward(
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     feature_dtype, kernel_dtype = features.dtype, kernels.dtype
+    _arrays.check_fits(where, geometry, grad_output, features, kernels, backward=True)
     grad_output, features, kernels = _promote(grad_output, features, kernels)
     grad_features = _arrays.array_empty(features, features.shape, features.dtype)
     grad_kernels = _arrays.array_empty(features, kernels.shape, kernels.dtype)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from . import refs as _arrays
+
 # Where torch.from_dlpack fails (a readonly or unsupported buffer), the message says why.
 _DLPACK_ERRORS = (BufferError, RuntimeError, TypeError, ValueError)
 
@@ -30,6 +34,12 @@ def _as_tensors(where: str, values: dict[str, Any]) -> list[Any]:
         if isinstance(value, torch.Tensor):
             tensors.append(value.detach())  # no autograd on the array side
             continue
+        if isinstance(value, np.ndarray):
+            _arrays.check_layout(where, name, value)
+            if any(stride < 0 or stride % value.itemsize for stride in value.strides):
+                # torch has no negative strides (its from_dlpack aborts the process on
+                # them), and DLPack no uneven ones even along a size-1 axis: a copy
+                value = np.ascontiguousarray(value)
         try:
             tensors.append(torch.from_dlpack(value))
         except _DLPACK_ERRORS as error:

@@ -75,6 +75,9 @@ def checked_forward(
     if checked is None:
         check_tensors(where, features=features, **{_validate.weights_name(where): masks})
         geometry = _validate.check_geometry(features.shape, masks.shape, *params, where=where)
+        inputs = (("features", features), (_validate.weights_name(where), masks))
+        device = features.device
+        _cpu_path.check_memory(geometry, features.dtype, device, False, where, casts=inputs)
         checked = CheckedForward(geometry, params, features)
         if len(_forward_signatures) >= _MAX_SIGNATURES:
             _forward_signatures.clear()
@@ -82,13 +85,17 @@ def checked_forward(
     return checked
 
 
-def check_grad_output(checked: CheckedForward, grad_output: torch.Tensor) -> None:
-    """grad_output's shape against the forward ``checked``, as the backward op checks
-    it: the check runs until a grad_output of the output's shape has passed it (the
-    caller sees to its dtype and device)."""
+def check_grad_output(
+    checked: CheckedForward, grad_output: torch.Tensor, features: torch.Tensor
+) -> None:
+    """What the backward op checks before it allocates: grad_output's shape against
+    the forward ``checked``, and that the gradients fit the device's memory; run
+    until a grad_output of the output's shape has passed them (the caller sees to
+    grad_output's dtype and device)."""
     if checked.grad_output_checked and grad_output.shape == checked.output_shape:
         return
     _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
+    _cpu_path.check_memory(checked.geometry, features.dtype, features.device, backward=True)
     checked.grad_output_checked = grad_output.shape == checked.output_shape
 
 

@@ -122,7 +122,7 @@ def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
 
 
 def _launch_backward(grad_output, features, masks, checked: CheckedForward, wanted):
-    check_grad_output(checked, grad_output)
+    check_grad_output(checked, grad_output, features)
     grad_features = torch.empty_like(features) if wanted[0] else None
     grad_masks = torch.empty_like(masks) if wanted[1] else None
     tensors = (grad_output, features, masks, grad_features, grad_masks)
