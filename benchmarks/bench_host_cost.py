@@ -11,7 +11,9 @@ own code with a stand-in CuPy whose driver launch does nothing. Everything else 
 GPU call does runs: the public checks, the dispatch, autograd, output allocation
 (torch's CPU allocator standing in for its CUDA caching allocator), planning,
 argument packing and the runtime's per-launch path. A GPU call also asks torch for
-the current stream, which a CPU tensor skips.
+the current stream, which a CPU tensor skips; the size checks' device memory, which a
+GPU call reads once (its total) and the host's would read from the system on every call,
+is read once here too.
 
 Times are the process's CPU time (other processes on a busy machine do not count)
 per call, over batches of ``--calls`` calls; each round times every measurement
@@ -145,6 +147,14 @@ def driver_launch_stubbed():
 
         to_cupy = ToCupy()
         patches.append(mock.patch.object(_sim_runtime, "get_runtime", lambda: to_cupy))
+    try:  # the size checks' device memory: a GPU's total is read once and kept, the
+        # host's (the CPU stand-in here) read afresh each call, cgroup files and all
+        from carafe_cupy._core import limits as _limits
+    except ImportError:  # a tree from before the size checks
+        _limits = None
+    if _limits is not None:
+        host_memory = _limits.host_memory_bytes()
+        patches.append(mock.patch.object(_limits, "host_memory_bytes", lambda: host_memory))
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)

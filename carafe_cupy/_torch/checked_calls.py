@@ -19,6 +19,7 @@ from .._cpu import path as _cpu_path
 from .common import check_tensors, dtype_name
 
 _MAX_SIGNATURES = 512  # then start afresh: a long-running process sees few shapes
+_UNCHECKED = object()
 
 
 class CheckedForward:
@@ -31,11 +32,16 @@ class CheckedForward:
         "output_shape",
         "memory_format",
         "dtype",
+        "where",
         "grad_output_checked",
+        "forward_capacity",
+        "backward_capacity",
         "launches",
     )
 
-    def __init__(self, geometry: Geometry, params: tuple[int, ...], features: torch.Tensor):
+    def __init__(
+        self, geometry: Geometry, params: tuple[int, ...], features: torch.Tensor, where: str
+    ):
         self.geometry = geometry
         self.params = params  # kernel size, group, scale, stride, dilation
         # the custom ops' int arguments: stride and dilation only where they are not 1
@@ -44,7 +50,11 @@ class CheckedForward:
         self.output_shape = (g.batch, g.channels, g.out_height, g.out_width)
         self.memory_format = _cpu_path.output_memory_format(features)
         self.dtype = dtype_name(features.dtype)
+        self.where = where
         self.grad_output_checked = False  # a grad_output of the output's shape passed
+        # the device memory (bytes) the results last fitted, forward and backward
+        self.forward_capacity: object = _UNCHECKED
+        self.backward_capacity: object = _UNCHECKED
         # the launcher's prepared calls for this signature, by the eager path's key
         self.launches: dict[tuple, object] = {}
 
@@ -75,28 +85,42 @@ def checked_forward(
     if checked is None:
         check_tensors(where, features=features, **{_validate.weights_name(where): masks})
         geometry = _validate.check_geometry(features.shape, masks.shape, *params, where=where)
-        inputs = (("features", features), (_validate.weights_name(where), masks))
-        device = features.device
-        _cpu_path.check_memory(geometry, features.dtype, device, False, where, casts=inputs)
-        checked = CheckedForward(geometry, params, features)
+        checked = CheckedForward(geometry, params, features, where)
         if len(_forward_signatures) >= _MAX_SIGNATURES:
             _forward_signatures.clear()
         _forward_signatures[key] = checked
     return checked
 
 
+def check_forward_memory(checked: CheckedForward, features: torch.Tensor) -> None:
+    """That the forward's output fits all the memory of the device, as the public
+    function checks it before allocating: again whenever the device's memory reads
+    differently (a GPU's total is read once; the host's, with its cgroup limit, each
+    time)."""
+    device = features.device
+    capacity = _cpu_path.device_memory_bytes(device)
+    if capacity != checked.forward_capacity:
+        inputs = (("features", features),)
+        where = checked.where
+        _cpu_path.check_memory(checked.geometry, features.dtype, device, False, where, casts=inputs)
+        checked.forward_capacity = capacity
+
+
 def check_grad_output(
     checked: CheckedForward, grad_output: torch.Tensor, features: torch.Tensor
 ) -> None:
     """What the backward op checks before it allocates: grad_output's shape against
-    the forward ``checked``, and that the gradients fit the device's memory; run
-    until a grad_output of the output's shape has passed them (the caller sees to
-    grad_output's dtype and device)."""
-    if checked.grad_output_checked and grad_output.shape == checked.output_shape:
-        return
-    _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
-    _cpu_path.check_memory(checked.geometry, features.dtype, features.device, backward=True)
-    checked.grad_output_checked = grad_output.shape == checked.output_shape
+    the forward ``checked`` (until a grad_output of the output's shape has passed),
+    and that the gradients fit the device's memory (as for the forward); the caller
+    sees to grad_output's dtype and device."""
+    if not (checked.grad_output_checked and grad_output.shape == checked.output_shape):
+        _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
+        checked.grad_output_checked = grad_output.shape == checked.output_shape
+    device = features.device
+    capacity = _cpu_path.device_memory_bytes(device)
+    if capacity != checked.backward_capacity:
+        _cpu_path.check_memory(checked.geometry, features.dtype, device, backward=True)
+        checked.backward_capacity = capacity
 
 
 def clear() -> None:

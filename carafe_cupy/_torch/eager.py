@@ -21,7 +21,12 @@ from .._cpu import path as _cpu_path
 from .._plan.types import requested_variant
 from .._runtime import launch as _launcher
 from . import export as _export
-from .checked_calls import CheckedForward, check_grad_output, checked_forward
+from .checked_calls import (
+    CheckedForward,
+    check_forward_memory,
+    check_grad_output,
+    checked_forward,
+)
 from .common import device_and_stream, kernels_failed, uses_kernels
 from .ops import backward_op
 
@@ -175,6 +180,7 @@ class _Reassembly(torch.autograd.Function):
 def reassemble(features, weights, params: tuple[int, ...], where: str) -> torch.Tensor:
     """The fast path of ``reassemble`` / ``carafe`` (``applies`` was True)."""
     checked = checked_forward(where, features, weights, params)
+    check_forward_memory(checked, features)
     if torch.is_grad_enabled() and (features.requires_grad or weights.requires_grad):
         return _Reassembly.apply(features, weights, checked)
     return _launch_forward(features, weights, checked)
