@@ -41,6 +41,7 @@ FAST_TESTS = (
     "tests/test_plan_plumbing.py",
     "tests/test_launch_device_stream.py",
     "tests/test_host_path.py",
+    "tests/test_limits.py",
     "tests/test_edge_arguments.py",
     "tests/test_dtypes_and_layouts.py",
     "tests/test_validation.py",

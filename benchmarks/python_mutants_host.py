@@ -104,4 +104,16 @@ HOST_MUTANTS = (
         r"_validate\.check_grad_output_shape\(grad_output\.shape, checked\.geometry\)",
         r"pass",
     ),
+    (
+        "fast-forward-memory-checked-once",
+        CHECKED,
+        r"if capacity != checked\.forward_capacity:",
+        r"if checked.forward_capacity is _UNCHECKED:",
+    ),
+    (
+        "fast-backward-memory-unchecked",
+        CHECKED,
+        r"_cpu_path\.check_memory\(checked\.geometry, features\.dtype, device, backward=True\)",
+        r"pass",
+    ),
 )

@@ -417,3 +417,21 @@ def test_a_wrong_grad_output_is_refused_on_the_fast_path(simulator):
     assert checked.grad_output_checked
     with pytest.raises(ValueError, match="grad_output"):  # still refused after a good one
         eager._launch_backward(grad[:, :, :-1], features, masks, checked, (True, True))
+
+
+def test_the_fast_path_checks_memory_per_call_as_the_op_does(simulator, monkeypatch):
+    from carafe_cupy._core import limits
+
+    features = torch.randn(1, 2, 3, 3, requires_grad=True)
+    masks = torch.rand(1, 9, 6, 6, requires_grad=True)
+    monkeypatch.setattr(limits, "host_memory_bytes", lambda: 10**9)
+    carafe_cupy.carafe(features, masks, 3, 1, 2)  # the signature is checked and kept
+    # the output (288 bytes) fits, the gradients (72 + 1296 bytes) do not
+    monkeypatch.setattr(limits, "host_memory_bytes", lambda: 1000)
+    for function in (carafe_cupy.carafe, forward_op):
+        output = function(features, masks, 3, 1, 2)
+        with pytest.raises(ValueError, match="grad_masks"):
+            torch.autograd.grad(output, (features, masks), torch.ones_like(output))
+    monkeypatch.setattr(limits, "host_memory_bytes", lambda: 287)
+    with pytest.raises(ValueError, match=r"the output \(1, 2, 6, 6\)"):
+        carafe_cupy.carafe(features, masks, 3, 1, 2)
