@@ -45,3 +45,5 @@ for _device_type in _AUTOCAST_DEVICE_TYPES:
     _autocast_library.impl(
         "carafe_forward", _autocast_forward(_device_type), f"Autocast{_device_type.upper()}"
     )
+
+

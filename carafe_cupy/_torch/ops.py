@@ -171,3 +171,5 @@ def _backward_of_backward(ctx, grad_grad_features, grad_grad_masks):
 backward_op.register_autograd(_backward_of_backward, setup_context=_setup_backward_context)
 for _op in (forward_op, backward_op):
     _lazy_dynamo.defer_dynamo_import(_op)
+
+
