@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import jit_dispatch
 from .bands import alternating, row_bands, run_bands, workers_for
 
 
@@ -77,6 +78,11 @@ def cpu_forward(
     stride: int = 1,
     dilation: int = 1,
 ) -> torch.Tensor:
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if jit_dispatch.use_jit(features.device):  # the compiled kernels, where numba is
+        out = jit_dispatch.forward(features, masks, params, output_memory_format(features))
+        if out is not None:
+            return out
     batch, channels, height, width = features.shape
     s, k, t, d = scale_factor, kernel_size, stride, dilation
     radius = (k - 1) // 2

@@ -1,0 +1,221 @@
+"""Which CPU path runs, and the torch side of the compiled CPU kernels.
+
+``CARAFE_CUPY_CPU_KERNEL`` picks the path for torch CPU tensors: ``auto`` (the
+default) runs the kernels compiled by Numba when numba imports and the
+pure-PyTorch path otherwise; ``numba`` insists on the kernels (an error names
+what is missing); ``torch`` always takes the pure-PyTorch path. Numba is imported
+on the first CPU call, not with the package.
+
+The kernels get flat views of the tensors' memory and their strides, so no
+input is copied or converted; outputs are allocated by torch. Numba runs them on
+``torch.get_num_threads()`` threads (set for the call, then put back), handing
+out work items one at a time so that a thread on a busy core simply takes fewer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+ENVIRONMENT_VARIABLE = "CARAFE_CUPY_CPU_KERNEL"
+CHOICES = ("auto", "numba", "torch")
+INSTALL_HINT = "pip install 'carafe_cupy[cpu]' (or numba) for the compiled CPU kernels"
+# Work items per call to aim for: enough for threads to even out on busy cores.
+TARGET_ITEMS = 64
+
+_NUMPY_VIEWS = {
+    torch.float64: (torch.float64, np.float64),
+    torch.float32: (torch.float32, np.float32),
+    torch.float16: (torch.int16, np.int16),  # the kernels convert fp16 from its bits
+    torch.bfloat16: (torch.int16, np.uint16),  # and bf16 from its bits, told apart by sign
+}
+
+_load_lock = threading.Lock()
+_run_lock = threading.Lock()
+_state: dict[str, Any] = {"kernels": None, "error": None, "loaded": False}
+
+
+def requested() -> str:
+    """The path asked for in CARAFE_CUPY_CPU_KERNEL; ValueError for anything else."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "auto")
+    if value not in CHOICES:
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE} must be one of {', '.join(CHOICES)} "
+            f"(or unset, meaning auto), got {value!r}"
+        )
+    return value
+
+
+def _kernels() -> Any:
+    """The compiled-kernel module, or None (the reason kept in _state['error'])."""
+    with _load_lock:
+        if not _state["loaded"]:
+            _state["loaded"] = True
+            try:
+                from . import jit_kernels
+
+                _state["kernels"] = jit_kernels
+            except ImportError as error:
+                _state["error"] = f"numba is not installed ({error})"
+            except Exception as error:  # a numba that imports but does not work here
+                _state["error"] = f"numba failed to load ({type(error).__name__}: {error})"
+        return _state["kernels"]
+
+
+def _disable(error: Exception) -> None:
+    with _load_lock:
+        _state["kernels"] = None
+        _state["error"] = f"the compiled kernels failed ({type(error).__name__}: {error})"
+    warnings.warn(
+        f"carafe_cupy: {_state['error']}; using the pure-PyTorch CPU path from now on",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def use_jit(device: torch.device) -> bool:
+    """Whether CPU tensors on ``device`` go to the compiled kernels."""
+    if device.type != "cpu":
+        return False
+    choice = requested()
+    if choice == "torch":
+        return False
+    if _kernels() is None:
+        if choice == "numba":
+            raise RuntimeError(
+                f"carafe_cupy: {ENVIRONMENT_VARIABLE}=numba, but {_state['error']}; "
+                f"{INSTALL_HINT}, or unset {ENVIRONMENT_VARIABLE}"
+            )
+        return False
+    return True
+
+
+def describe() -> str:
+    """One line: which path torch CPU tensors take, and why."""
+    try:
+        choice = requested()
+    except ValueError as error:
+        return f"unusable setting: {error}"
+    if choice == "torch":
+        return f"pure PyTorch ({ENVIRONMENT_VARIABLE}=torch)"
+    if _kernels() is None:
+        if choice == "numba":
+            return f"none: {ENVIRONMENT_VARIABLE}=numba, but {_state['error']}"
+        return f"pure PyTorch ({_state['error']}; {INSTALL_HINT})"
+    import numba
+
+    from . import jit_cache
+
+    where = jit_cache.user_cache_dir() or jit_cache.configured_dir()
+    return (
+        f"CPU kernels compiled by Numba {numba.__version__} "
+        f"({ENVIRONMENT_VARIABLE}={choice}; cache {where})"
+    )
+
+
+def _flat(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D numpy view of the tensor's memory, and its element strides."""
+    view_dtype, numpy_dtype = _NUMPY_VIEWS[tensor.dtype]
+    tensor = tensor.detach().view(view_dtype)
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    flat = tensor.as_strided((span,), (1,)).numpy().view(numpy_dtype)
+    return flat, np.array(tensor.stride(), dtype=np.int64)
+
+
+def _dims(features: torch.Tensor, params: tuple[int, ...], rows: int) -> np.ndarray:
+    """(N, C, H, W, k, G, s, t, d, band): bands of ``rows`` cut from the shape alone."""
+    batch, group_size = features.shape[0], params[1]
+    bands = -(-TARGET_ITEMS // max(1, batch * group_size))
+    band = max(1, -(-rows // bands))
+    return np.array([*features.shape, *params, band], dtype=np.int64)
+
+
+def _run(kernel: Any, *args: Any) -> None:
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    # one launch at a time: Numba's fallback thread pool (workqueue) cannot take
+    # launches from two threads at once, and the thread settings are per caller
+    with _run_lock:
+        previous_threads = numba.get_num_threads()
+        previous_chunk = numba.get_parallel_chunksize()
+        numba.set_num_threads(threads)
+        numba.set_parallel_chunksize(1)  # items are taken one at a time
+        try:
+            kernel(*args)
+        finally:
+            numba.set_parallel_chunksize(previous_chunk)
+            numba.set_num_threads(previous_threads)
+
+
+def _guarded(call: Any) -> Any:
+    """Run ``call``; if Numba cannot compile the kernels here, fall back (auto only)."""
+    from numba.core.errors import NumbaError
+
+    try:
+        return call()
+    except NumbaError as error:
+        if requested() == "numba":
+            raise
+        _disable(error)
+        return None
+
+
+def forward(
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    params: tuple[int, int, int, int, int],
+    memory_format: torch.memory_format,
+) -> torch.Tensor | None:
+    """CARAFE forward; params (k, G, s, t, d). None if the kernels failed to compile."""
+    kernels = _kernels()
+    batch, channels, height, width = features.shape
+    scale, stride = params[2], params[3]
+    rows, cols = -(-height // stride), -(-width // stride)
+    out = torch.empty(
+        (batch, channels, rows * scale, cols * scale),
+        dtype=features.dtype,
+        memory_format=memory_format,
+    )
+    if out.numel() == 0:
+        return out
+    if features.numel() == 0 or masks.numel() == 0:
+        return out.zero_()
+    dims = _dims(features, params, rows)
+    (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
+    items = kernels.item_count(dims, rows)
+    done = _guarded(lambda: _run(kernels.forward, f, m, o, fs, ms, os_, dims, items) or True)
+    return out if done else None
+
+
+def backward(
+    grad_output: torch.Tensor,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    params: tuple[int, int, int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(grad_features, grad_masks), each laid out like its input; None if the
+    kernels failed to compile."""
+    kernels = _kernels()
+    grad_features = torch.empty_like(features)
+    grad_masks = torch.empty_like(masks)
+    if grad_output.numel() == 0 or features.numel() == 0 or masks.numel() == 0:
+        return grad_features.zero_(), grad_masks.zero_()
+    height, stride = features.shape[2], params[3]
+    rows = -(-height // stride)
+    (g, gs), (f, fs), (m, ms) = _flat(grad_output), _flat(features), _flat(masks)
+    (gf, gfs), (gm, gms) = _flat(grad_features), _flat(grad_masks)
+
+    def run() -> bool:
+        dims = _dims(features, params, rows)
+        _run(kernels.grad_masks, g, f, gm, gs, fs, gms, dims, kernels.item_count(dims, rows))
+        dims = _dims(features, params, height)
+        _run(kernels.grad_features, g, m, gf, gs, ms, gfs, dims, kernels.item_count(dims, height))
+        return True
+
+    return (grad_features, grad_masks) if _guarded(run) else None
