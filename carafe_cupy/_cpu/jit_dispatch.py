@@ -7,9 +7,11 @@ what is missing); ``torch`` always takes the pure-PyTorch path. Numba is importe
 on the first CPU call, not with the package.
 
 The kernels get flat views of the tensors' memory and their strides, so no
-input is copied or converted; outputs are allocated by torch. Numba runs them on
-``torch.get_num_threads()`` threads (set for the call, then put back), handing
-out work items one at a time so that a thread on a busy core simply takes fewer.
+input is copied or converted; outputs are allocated by torch. Work items
+(batch, group, band of rows) are shared out over ``torch.get_num_threads()``
+threads the way the pure-PyTorch path shares its bands (``bands.run_bands``):
+each thread takes the next item when done, so one on a busy core simply does
+fewer. The kernels release the GIL. Items are cut from the shape alone.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bands import run_bands, workers_for
+
 ENVIRONMENT_VARIABLE = "CARAFE_CUPY_CPU_KERNEL"
 CHOICES = ("auto", "numba", "torch")
 INSTALL_HINT = "pip install 'carafe_cupy[cpu]' (or numba) for the compiled CPU kernels"
-# Work items per call to aim for: enough for threads to even out on busy cores.
-TARGET_ITEMS = 64
+# Work items per call to aim for: enough for threads to even out on busy cores,
+# few enough that the per-item call overhead (tens of microseconds) stays small.
+TARGET_ITEMS = 16
 
 _NUMPY_VIEWS = {
     torch.float64: (torch.float64, np.float64),
@@ -36,7 +41,6 @@ _NUMPY_VIEWS = {
 }
 
 _load_lock = threading.Lock()
-_run_lock = threading.Lock()
 _state: dict[str, Any] = {"kernels": None, "error": None, "loaded": False}
 
 
@@ -127,30 +131,32 @@ def _flat(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return flat, np.array(tensor.stride(), dtype=np.int64)
 
 
-def _dims(features: torch.Tensor, params: tuple[int, ...], rows: int) -> np.ndarray:
-    """(N, C, H, W, k, G, s, t, d, band): bands of ``rows`` cut from the shape alone."""
-    batch, group_size = features.shape[0], params[1]
-    bands = -(-TARGET_ITEMS // max(1, batch * group_size))
+def _dims(features: torch.Tensor, params: tuple[int, ...]) -> np.ndarray:
+    """(N, C, H, W, k, G, s, t, d) for the kernels."""
+    return np.array([*features.shape, *params], dtype=np.int64)
+
+
+def _items(batch: int, groups: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """(n, g, top, bottom) work items: about TARGET_ITEMS, whatever the thread count."""
+    bands = -(-TARGET_ITEMS // max(1, batch * groups))
     band = max(1, -(-rows // bands))
-    return np.array([*features.shape, *params, band], dtype=np.int64)
+    return [
+        (n, g, top, min(rows, top + band))
+        for n in range(batch)
+        for g in range(groups)
+        for top in range(0, rows, band)
+    ]
 
 
-def _run(kernel: Any, *args: Any) -> None:
-    import numba
+def _run(kernel: Any, args: tuple[Any, ...], items: list[tuple[int, int, int, int]]) -> None:
+    """kernel(*args, *item) for every item, over torch's CPU threads."""
 
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    # one launch at a time: Numba's fallback thread pool (workqueue) cannot take
-    # launches from two threads at once, and the thread settings are per caller
-    with _run_lock:
-        previous_threads = numba.get_num_threads()
-        previous_chunk = numba.get_parallel_chunksize()
-        numba.set_num_threads(threads)
-        numba.set_parallel_chunksize(1)  # items are taken one at a time
-        try:
-            kernel(*args)
-        finally:
-            numba.set_parallel_chunksize(previous_chunk)
-            numba.set_num_threads(previous_threads)
+    def work(band: tuple[int, int]) -> None:
+        for index in range(*band):
+            kernel(*args, *items[index])
+
+    bands = [(index, index + 1) for index in range(len(items))]
+    run_bands(work, bands, workers_for(torch.device("cpu"), bands))
 
 
 def _guarded(call: Any) -> Any:
@@ -186,10 +192,10 @@ def forward(
         return out
     if features.numel() == 0 or masks.numel() == 0:
         return out.zero_()
-    dims = _dims(features, params, rows)
     (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
-    items = kernels.item_count(dims, rows)
-    done = _guarded(lambda: _run(kernels.forward, f, m, o, fs, ms, os_, dims, items) or True)
+    args = (f, m, o, fs, ms, os_, _dims(features, params))
+    items = _items(batch, params[1], rows)
+    done = _guarded(lambda: _run(kernels.forward, args, items) or True)
     return out if done else None
 
 
@@ -211,11 +217,13 @@ def backward(
     (g, gs), (f, fs), (m, ms) = _flat(grad_output), _flat(features), _flat(masks)
     (gf, gfs), (gm, gms) = _flat(grad_features), _flat(grad_masks)
 
+    dims = _dims(features, params)
+    batch, groups = features.shape[0], params[1]
+
     def run() -> bool:
-        dims = _dims(features, params, rows)
-        _run(kernels.grad_masks, g, f, gm, gs, fs, gms, dims, kernels.item_count(dims, rows))
-        dims = _dims(features, params, height)
-        _run(kernels.grad_features, g, m, gf, gs, ms, gfs, dims, kernels.item_count(dims, height))
+        _run(kernels.grad_masks, (g, f, gm, gs, fs, gms, dims), _items(batch, groups, rows))
+        # a gather over the outputs that read each input row: split by input rows
+        _run(kernels.grad_features, (g, m, gf, gs, ms, gfs, dims), _items(batch, groups, height))
         return True
 
     return (grad_features, grad_masks) if _guarded(run) else None

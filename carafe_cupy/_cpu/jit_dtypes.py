@@ -113,7 +113,7 @@ def accumulation_zeros(shape, storage):
     raise NotImplementedError("compiled-only")
 
 
-@overload(widen, inline="always")
+@overload(widen)
 def _widen(value):
     if value == types.float64 or value == types.float32:
         return lambda value: value
@@ -124,7 +124,7 @@ def _widen(value):
     return None
 
 
-@overload(narrow, inline="always")
+@overload(narrow)
 def _narrow(value, storage):
     element = storage.dtype
     if element == types.float64:
@@ -138,7 +138,7 @@ def _narrow(value, storage):
     return None
 
 
-@overload(accumulation_zeros, inline="always")
+@overload(accumulation_zeros)
 def _accumulation_zeros(shape, storage):
     if storage.dtype == types.float64:
         return lambda shape, storage: np.zeros(shape, np.float64)

@@ -3,11 +3,13 @@
 Every tensor arrives as a flat 1-D array over its memory with its four element
 strides, so one compiled kernel serves contiguous, channels_last, expanded and
 other strided layouts alike, and nothing is copied. ``dims`` holds
-(N, C, H, W, k, G, s, t, d, band): the sizes, kernel size, groups, scale, stride,
-dilation and the band height in rows of the axis the kernel splits.
+(N, C, H, W, k, G, s, t, d): the sizes, kernel size, groups, scale, stride and
+dilation.
 
-Work items are (batch, group, band of rows), each writing its own outputs with
-a fixed order of summation: results are the same bitwise for any thread count.
+A call computes one work item, (batch n, group g, band of rows [top, bottom)),
+and writes only its own outputs, with a fixed order of summation: results are
+the same bitwise for any thread count. The kernels release the GIL, so the
+caller's threads run items side by side.
 Within an item, the rows a loop reads are first gathered into small contiguous
 scratch rows in the accumulation dtype, masks split by sub-pixel column
 (``weights[a, tap, b, wc]`` for output (hc*s + a, wc*s + b)), so that the inner
@@ -20,17 +22,10 @@ skipped, never read as zeros, so an Inf mask there does not become NaN.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import jit_cache  # noqa: F401  (places the on-disk cache before anything compiles)
 from .jit_dtypes import accumulation_zeros, narrow, widen
-
-
-@njit(cache=True)
-def _tap_range(offset, size, stride, centers):
-    """Centers [lo, hi) whose tap at ``offset`` reads inside [0, size)."""
-    return max(0, -(offset // stride)), min(centers, (size - 1 - offset) // stride + 1)
 
 
 @njit(cache=True)
@@ -56,23 +51,6 @@ def _spread(target, weights, values, lo, hi, stride, offset):
 
 
 @njit(cache=True)
-def _item(item, rows, dims):
-    """(n, g, top, bottom) of work item ``item`` over ``rows`` rows."""
-    groups, band = dims[5], dims[9]
-    bands = (rows + band - 1) // band
-    n = item // (groups * bands)
-    g = (item // bands) % groups
-    top = (item % bands) * band
-    return n, g, top, min(rows, top + band)
-
-
-@njit(cache=True)
-def _load_row(row, array, base, step):
-    for w in range(row.size):
-        row[w] = widen(array[base + w * step])
-
-
-@njit(cache=True)
 def _load_center_row(split, array, strides, n, channel, hc, scale):
     """split[a, b, wc] = array[n, channel, hc*s + a, wc*s + b]."""
     centers = split.shape[2]
@@ -82,13 +60,6 @@ def _load_center_row(split, array, strides, n, channel, hc, scale):
             target = split[a, b]
             for wc in range(centers):
                 target[wc] = widen(array[base + (wc * scale + b) * strides[3]])
-
-
-@njit(cache=True)
-def _load_center_masks(weights, masks, strides, n, g, hc, scale, taps):
-    """weights[a, tap, b, wc] = masks[n, g*k*k + tap, hc*s + a, wc*s + b]."""
-    for tap in range(taps):
-        _load_center_row(weights[:, tap], masks, strides, n, g * taps + tap, hc, scale)
 
 
 @njit(cache=True)
@@ -103,46 +74,51 @@ def _store_center_row(array, strides, n, channel, hc, split):
                 array[base + (wc * scale + b) * strides[3]] = narrow(source[wc], array)
 
 
-@njit(cache=True)
-def _forward_item(item, features, masks, out, fs, ms, os, dims):
+@njit(cache=True, nogil=True)
+def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
+    """Outputs of batch n, group g, center rows [top, bottom)."""
     channels, height, width = dims[1], dims[2], dims[3]
     k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
     radius, taps = (k - 1) // 2, k * k
-    rows, centers = (height + stride - 1) // stride, (width + stride - 1) // stride
+    centers = (width + stride - 1) // stride
     per_group = channels // groups
-    n, g, top, bottom = _item(item, rows, dims)
-    weights = accumulation_zeros((scale, taps, scale, centers), features)
+    weights = accumulation_zeros((taps, scale, scale, centers), features)
     total = accumulation_zeros((scale, scale, centers), features)
     row = accumulation_zeros(width, features)
     for hc in range(top, bottom):
         # the masks of this center row, read once for all channels of the group
-        _load_center_masks(weights, masks, ms, n, g, hc, scale, taps)
+        for tap in range(taps):
+            _load_center_row(weights[tap], masks, ms, n, g * taps + tap, hc, scale)
         for channel in range(g * per_group, (g + 1) * per_group):
             total[:] = 0
             for i in range(k):
                 source_row = hc * stride + (i - radius) * dilation
                 if source_row < 0 or source_row >= height:
                     continue
-                _load_row(row, features, n * fs[0] + channel * fs[1] + source_row * fs[2], fs[3])
+                base = n * fs[0] + channel * fs[1] + source_row * fs[2]
+                for w in range(width):
+                    row[w] = widen(features[base + w * fs[3]])
                 for j in range(k):
                     offset = (j - radius) * dilation
-                    lo, hi = _tap_range(offset, width, stride, centers)
+                    # the centers whose tap j reads inside the row
+                    lo = max(0, -(offset // stride))
+                    hi = min(centers, (width - 1 - offset) // stride + 1)
                     for a in range(scale):
                         for b in range(scale):
-                            _accumulate(total[a, b], weights[a, i * k + j, b], row, lo, hi,
+                            _accumulate(total[a, b], weights[i * k + j, a, b], row, lo, hi,
                                         stride, offset)
             _store_center_row(out, os, n, channel, hc, total)
 
 
-@njit(cache=True)
-def _grad_masks_item(item, grad_output, features, grad_masks, gs, fs, ms, dims):
+@njit(cache=True, nogil=True)
+def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
+    """Mask gradients of batch n, group g, center rows [top, bottom)."""
     channels, height, width = dims[1], dims[2], dims[3]
     k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
     radius, taps = (k - 1) // 2, k * k
-    rows, centers = (height + stride - 1) // stride, (width + stride - 1) // stride
+    centers = (width + stride - 1) // stride
     per_group = channels // groups
-    n, g, top, bottom = _item(item, rows, dims)
-    totals = accumulation_zeros((scale, taps, scale, centers), features)
+    totals = accumulation_zeros((taps, scale, scale, centers), features)
     upstream = accumulation_zeros((scale, scale, centers), features)
     row = accumulation_zeros(width, features)
     for hc in range(top, bottom):
@@ -153,28 +129,32 @@ def _grad_masks_item(item, grad_output, features, grad_masks, gs, fs, ms, dims):
                 source_row = hc * stride + (i - radius) * dilation
                 if source_row < 0 or source_row >= height:
                     continue
-                _load_row(row, features, n * fs[0] + channel * fs[1] + source_row * fs[2], fs[3])
+                base = n * fs[0] + channel * fs[1] + source_row * fs[2]
+                for w in range(width):
+                    row[w] = widen(features[base + w * fs[3]])
                 for j in range(k):
                     offset = (j - radius) * dilation
-                    lo, hi = _tap_range(offset, width, stride, centers)
+                    # the centers whose tap j reads inside the row
+                    lo = max(0, -(offset // stride))
+                    hi = min(centers, (width - 1 - offset) // stride + 1)
                     for a in range(scale):
                         for b in range(scale):
-                            _accumulate(totals[a, i * k + j, b], upstream[a, b], row, lo, hi,
+                            _accumulate(totals[i * k + j, a, b], upstream[a, b], row, lo, hi,
                                         stride, offset)
         for tap in range(taps):
-            _store_center_row(grad_masks, ms, n, g * taps + tap, hc, totals[:, tap])
+            _store_center_row(grad_masks, ms, n, g * taps + tap, hc, totals[tap])
 
 
-@njit(cache=True)
-def _grad_features_item(item, grad_output, masks, grad_features, gs, ms, fs, dims):
-    """A gather: each input row sums the outputs that read it, tap by tap."""
+@njit(cache=True, nogil=True)
+def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top, bottom):
+    """Feature gradients of batch n, group g, input rows [top, bottom): a gather,
+    each input row summing the outputs that read it, tap by tap."""
     channels, height, width = dims[1], dims[2], dims[3]
     k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
     radius, taps = (k - 1) // 2, k * k
     rows, centers = (height + stride - 1) // stride, (width + stride - 1) // stride
     per_group = channels // groups
-    n, g, top, bottom = _item(item, height, dims)
-    weights = accumulation_zeros((scale, taps, scale, centers), masks)
+    weights = accumulation_zeros((taps, scale, scale, centers), masks)
     upstream = accumulation_zeros((scale, scale, centers), masks)
     totals = accumulation_zeros((per_group, width), masks)
     for h in range(top, bottom):
@@ -185,16 +165,19 @@ def _grad_features_item(item, grad_output, masks, grad_features, gs, ms, fs, dim
             if reach < 0 or reach % stride != 0 or reach // stride >= rows:
                 continue
             hc = reach // stride
-            _load_center_masks(weights, masks, ms, n, g, hc, scale, taps)
+            for tap in range(taps):
+                _load_center_row(weights[tap], masks, ms, n, g * taps + tap, hc, scale)
             for c in range(per_group):
                 _load_center_row(upstream, grad_output, gs, n, g * per_group + c, hc, scale)
                 total = totals[c]
                 for j in range(k):
                     offset = (j - radius) * dilation
-                    lo, hi = _tap_range(offset, width, stride, centers)
+                    # the centers whose tap j reads inside the row
+                    lo = max(0, -(offset // stride))
+                    hi = min(centers, (width - 1 - offset) // stride + 1)
                     for a in range(scale):
                         for b in range(scale):
-                            _spread(total, weights[a, i * k + j, b], upstream[a, b], lo, hi,
+                            _spread(total, weights[i * k + j, a, b], upstream[a, b], lo, hi,
                                     stride, offset)
         for c in range(per_group):
             base = n * fs[0] + (g * per_group + c) * fs[1] + h * fs[2]
@@ -202,26 +185,3 @@ def _grad_features_item(item, grad_output, masks, grad_features, gs, ms, fs, dim
             for w in range(width):
                 grad_features[base + w * fs[3]] = narrow(total[w], grad_features)
 
-
-@njit(parallel=True, cache=True)
-def forward(features, masks, out, fs, ms, os, dims, items):
-    for item in prange(items):
-        _forward_item(item, features, masks, out, fs, ms, os, dims)
-
-
-@njit(parallel=True, cache=True)
-def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, items):
-    for item in prange(items):
-        _grad_masks_item(item, grad_output, features, grad_masks, gs, fs, ms, dims)
-
-
-@njit(parallel=True, cache=True)
-def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, items):
-    for item in prange(items):
-        _grad_features_item(item, grad_output, masks, grad_features, gs, ms, fs, dims)
-
-
-def item_count(dims: np.ndarray, rows: int) -> int:
-    """Work items of a kernel that splits ``rows`` rows into bands of dims[9]."""
-    batch, groups, band = int(dims[0]), int(dims[5]), int(dims[9])
-    return batch * groups * (-(-rows // band))
