@@ -141,6 +141,11 @@ def cpu_backward(
     grad_masks = G @ W and grad_window = M^T @ G. Done as batched matmuls over a
     band of rows at a time, so the unfolded windows never exceed a fixed budget.
     """
+    params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if jit_dispatch.use_jit(features.device):  # the compiled kernels, where numba is
+        grads = jit_dispatch.backward(grad_output, features, masks, params)
+        if grads is not None:
+            return grads
     batch, channels, height, width = features.shape
     s, k, t, d = scale_factor, kernel_size, stride, dilation
     radius = (k - 1) // 2
