@@ -22,73 +22,114 @@ skipped, never read as zeros, so an Inf mask there does not become NaN.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from . import jit_cache  # noqa: F401  (places the on-disk cache before anything compiles)
 from .jit_dtypes import accumulation_zeros, narrow, widen
 
+# Indices are unsigned (every index here is): Numba then skips its negative-index
+# wraparound, which would otherwise keep LLVM from vectorising the loops.
+U = np.uint64
 
-@njit(cache=True)
-def _accumulate(total, weights, source, lo, hi, stride, offset):
-    """total[wc] += weights[wc] * source[wc*stride + offset] over [lo, hi)."""
+
+@njit(cache=True, inline="always")
+def _accumulate(total, at, weights, wt, source, lo, hi, stride, offset):
+    """total[at + wc] += weights[wt + wc] * source[wc*stride + offset] over [lo, hi)."""
+    if hi <= lo:
+        return
+    t0, w0, s0 = U(at + lo), U(wt + lo), U(lo * stride + offset)
     if stride == 1:
-        for wc in range(lo, hi):
-            total[wc] += weights[wc] * source[wc + offset]
+        for q in range(U(hi - lo)):
+            total[t0 + q] += weights[w0 + q] * source[s0 + q]
     else:
-        for wc in range(lo, hi):
-            total[wc] += weights[wc] * source[wc * stride + offset]
+        step = U(stride)
+        for q in range(U(hi - lo)):
+            total[t0 + q] += weights[w0 + q] * source[s0 + q * step]
 
 
-@njit(cache=True)
-def _spread(target, weights, values, lo, hi, stride, offset):
-    """target[wc*stride + offset] += weights[wc] * values[wc] over [lo, hi)."""
+@njit(cache=True, inline="always")
+def _spread(target, at, weights, wt, values, vt, lo, hi, stride, offset):
+    """target[at + wc*stride + offset] += weights[wt + wc] * values[vt + wc] over [lo, hi)."""
+    if hi <= lo:
+        return
+    t0, w0, v0 = U(at + lo * stride + offset), U(wt + lo), U(vt + lo)
     if stride == 1:
-        for wc in range(lo, hi):
-            target[wc + offset] += weights[wc] * values[wc]
+        for q in range(U(hi - lo)):
+            target[t0 + q] += weights[w0 + q] * values[v0 + q]
     else:
-        for wc in range(lo, hi):
-            target[wc * stride + offset] += weights[wc] * values[wc]
+        step = U(stride)
+        for q in range(U(hi - lo)):
+            target[t0 + q * step] += weights[w0 + q] * values[v0 + q]
 
 
-@njit(cache=True)
-def _load_center_row(split, array, strides, n, channel, hc, scale):
-    """split[a, b, wc] = array[n, channel, hc*s + a, wc*s + b]."""
-    centers = split.shape[2]
-    for a in range(scale):
-        base = n * strides[0] + channel * strides[1] + (hc * scale + a) * strides[2]
-        for b in range(scale):
-            target = split[a, b]
-            for wc in range(centers):
-                target[wc] = widen(array[base + (wc * scale + b) * strides[3]])
+@njit(cache=True, inline="always")
+def _load_upsampled_row(row, array, base, step, scale):
+    """row[w*s + b] = array[base + w*step] for b < s: an input row repeated the way
+    the outputs read it, in the accumulation dtype."""
+    start, stride, repeat = U(base), U(step), U(scale)
+    for w in range(U(row.size // scale)):
+        value = widen(array[start + w * stride])
+        for b in range(repeat):
+            row[w * repeat + b] = value
 
 
-@njit(cache=True)
-def _store_center_row(array, strides, n, channel, hc, split):
-    """array[n, channel, hc*s + a, wc*s + b] = split[a, b, wc], rounded once."""
-    scale, centers = split.shape[0], split.shape[2]
-    for a in range(scale):
-        base = n * strides[0] + channel * strides[1] + (hc * scale + a) * strides[2]
-        for b in range(scale):
-            source = split[a, b]
-            for wc in range(centers):
-                array[base + (wc * scale + b) * strides[3]] = narrow(source[wc], array)
+@njit(cache=True, inline="always")
+def _load_rows(rows, at, array, strides, n, channel, y0, count, width):
+    """rows[at + a*width + x] = array[n, channel, y0 + a, x] for a < count."""
+    step = U(strides[3])
+    for a in range(count):
+        source = U(n * strides[0] + channel * strides[1] + (y0 + a) * strides[2])
+        target = U(at + a * width)
+        for x in range(U(width)):
+            rows[target + x] = widen(array[source + x * step])
+
+
+@njit(cache=True, inline="always")
+def _store_rows(array, strides, n, channel, y0, count, width, rows, at):
+    """array[n, channel, y0 + a, x] = rows[at + a*width + x] for a < count, rounded once."""
+    step = U(strides[3])
+    for a in range(count):
+        target = U(n * strides[0] + channel * strides[1] + (y0 + a) * strides[2])
+        source = U(at + a * width)
+        for x in range(U(width)):
+            array[target + x * step] = narrow(rows[source + x], array)
+
+
+@njit(cache=True, inline="always")
+def _geometry(dims):
+    """radius, taps, center rows, output width, upsampled input width, channels per group."""
+    width, k, groups, scale, stride = dims[3], dims[4], dims[5], dims[6], dims[7]
+    rows = (dims[2] + stride - 1) // stride
+    out_width = (width + stride - 1) // stride * scale
+    return (k - 1) // 2, k * k, rows, out_width, width * scale, dims[1] // groups
+
+
+@njit(cache=True, inline="always")
+def _tap_columns(j, radius, dims, out_width):
+    """Output columns [lo, hi) whose tap column j lands inside the input, and where
+    column x reads in the upsampled input row: x*t + offset."""
+    width, scale, stride, dilation = dims[3], dims[6], dims[7], dims[8]
+    shift = (j - radius) * dilation  # in input columns
+    lo = max(0, -(shift // stride)) * scale
+    hi = min(out_width // scale, (width - 1 - shift) // stride + 1) * scale
+    return lo, hi, shift * scale
 
 
 @njit(cache=True, nogil=True)
 def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     """Outputs of batch n, group g, center rows [top, bottom)."""
-    channels, height, width = dims[1], dims[2], dims[3]
-    k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
-    radius, taps = (k - 1) // 2, k * k
-    centers = (width + stride - 1) // stride
-    per_group = channels // groups
-    weights = accumulation_zeros((taps, scale, scale, centers), features)
-    total = accumulation_zeros((scale, scale, centers), features)
-    row = accumulation_zeros(width, features)
+    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
+    radius, taps, _, out_width, up_width, per_group = _geometry(dims)
+    block = scale * out_width  # the s output rows of one center row
+    weights = accumulation_zeros(taps * block, features)
+    total = accumulation_zeros(block, features)
+    row = accumulation_zeros(up_width, features)
     for hc in range(top, bottom):
         # the masks of this center row, read once for all channels of the group
         for tap in range(taps):
-            _load_center_row(weights[tap], masks, ms, n, g * taps + tap, hc, scale)
+            _load_rows(weights, tap * block, masks, ms, n, g * taps + tap, hc * scale, scale,
+                       out_width)
         for channel in range(g * per_group, (g + 1) * per_group):
             total[:] = 0
             for i in range(k):
@@ -96,67 +137,56 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                 if source_row < 0 or source_row >= height:
                     continue
                 base = n * fs[0] + channel * fs[1] + source_row * fs[2]
-                for w in range(width):
-                    row[w] = widen(features[base + w * fs[3]])
+                _load_upsampled_row(row, features, base, fs[3], scale)
                 for j in range(k):
-                    offset = (j - radius) * dilation
-                    # the centers whose tap j reads inside the row
-                    lo = max(0, -(offset // stride))
-                    hi = min(centers, (width - 1 - offset) // stride + 1)
+                    lo, hi, offset = _tap_columns(j, radius, dims, out_width)
                     for a in range(scale):
-                        for b in range(scale):
-                            _accumulate(total[a, b], weights[i * k + j, a, b], row, lo, hi,
-                                        stride, offset)
-            _store_center_row(out, os, n, channel, hc, total)
+                        _accumulate(total, a * out_width, weights,
+                                    (i * k + j) * block + a * out_width, row, lo, hi,
+                                    stride, offset)
+            _store_rows(out, os, n, channel, hc * scale, scale, out_width, total, 0)
 
 
 @njit(cache=True, nogil=True)
 def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
     """Mask gradients of batch n, group g, center rows [top, bottom)."""
-    channels, height, width = dims[1], dims[2], dims[3]
-    k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
-    radius, taps = (k - 1) // 2, k * k
-    centers = (width + stride - 1) // stride
-    per_group = channels // groups
-    totals = accumulation_zeros((taps, scale, scale, centers), features)
-    upstream = accumulation_zeros((scale, scale, centers), features)
-    row = accumulation_zeros(width, features)
+    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
+    radius, taps, _, out_width, up_width, per_group = _geometry(dims)
+    block = scale * out_width
+    totals = accumulation_zeros(taps * block, features)
+    upstream = accumulation_zeros(block, features)
+    row = accumulation_zeros(up_width, features)
     for hc in range(top, bottom):
         totals[:] = 0  # taps outside the input keep an exact zero
         for channel in range(g * per_group, (g + 1) * per_group):  # summed in channel order
-            _load_center_row(upstream, grad_output, gs, n, channel, hc, scale)
+            _load_rows(upstream, 0, grad_output, gs, n, channel, hc * scale, scale, out_width)
             for i in range(k):
                 source_row = hc * stride + (i - radius) * dilation
                 if source_row < 0 or source_row >= height:
                     continue
                 base = n * fs[0] + channel * fs[1] + source_row * fs[2]
-                for w in range(width):
-                    row[w] = widen(features[base + w * fs[3]])
+                _load_upsampled_row(row, features, base, fs[3], scale)
                 for j in range(k):
-                    offset = (j - radius) * dilation
-                    # the centers whose tap j reads inside the row
-                    lo = max(0, -(offset // stride))
-                    hi = min(centers, (width - 1 - offset) // stride + 1)
+                    lo, hi, offset = _tap_columns(j, radius, dims, out_width)
                     for a in range(scale):
-                        for b in range(scale):
-                            _accumulate(totals[i * k + j, a, b], upstream[a, b], row, lo, hi,
-                                        stride, offset)
+                        _accumulate(totals, (i * k + j) * block + a * out_width, upstream,
+                                    a * out_width, row, lo, hi, stride, offset)
         for tap in range(taps):
-            _store_center_row(grad_masks, ms, n, g * taps + tap, hc, totals[tap])
+            _store_rows(grad_masks, ms, n, g * taps + tap, hc * scale, scale, out_width,
+                        totals, tap * block)
 
 
 @njit(cache=True, nogil=True)
 def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top, bottom):
     """Feature gradients of batch n, group g, input rows [top, bottom): a gather,
-    each input row summing the outputs that read it, tap by tap."""
-    channels, height, width = dims[1], dims[2], dims[3]
-    k, groups, scale, stride, dilation = dims[4], dims[5], dims[6], dims[7], dims[8]
-    radius, taps = (k - 1) // 2, k * k
-    rows, centers = (height + stride - 1) // stride, (width + stride - 1) // stride
-    per_group = channels // groups
-    weights = accumulation_zeros((taps, scale, scale, centers), masks)
-    upstream = accumulation_zeros((scale, scale, centers), masks)
-    totals = accumulation_zeros((per_group, width), masks)
+    each input row summing the outputs that read it, tap by tap, into an upsampled
+    row whose s copies of each column are added last."""
+    k, scale, stride, dilation = dims[4], dims[6], dims[7], dims[8]
+    radius, taps, rows, out_width, up_width, per_group = _geometry(dims)
+    block = scale * out_width
+    weights = accumulation_zeros(taps * block, masks)
+    upstream = accumulation_zeros(block, masks)
+    totals = accumulation_zeros(per_group * up_width, masks)
     for h in range(top, bottom):
         totals[:] = 0
         for i in range(k):
@@ -166,22 +196,22 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
                 continue
             hc = reach // stride
             for tap in range(taps):
-                _load_center_row(weights[tap], masks, ms, n, g * taps + tap, hc, scale)
+                _load_rows(weights, tap * block, masks, ms, n, g * taps + tap, hc * scale,
+                           scale, out_width)
             for c in range(per_group):
-                _load_center_row(upstream, grad_output, gs, n, g * per_group + c, hc, scale)
-                total = totals[c]
+                _load_rows(upstream, 0, grad_output, gs, n, g * per_group + c, hc * scale,
+                           scale, out_width)
                 for j in range(k):
-                    offset = (j - radius) * dilation
-                    # the centers whose tap j reads inside the row
-                    lo = max(0, -(offset // stride))
-                    hi = min(centers, (width - 1 - offset) // stride + 1)
+                    lo, hi, offset = _tap_columns(j, radius, dims, out_width)
                     for a in range(scale):
-                        for b in range(scale):
-                            _spread(total, weights[i * k + j, a, b], upstream[a, b], lo, hi,
-                                    stride, offset)
+                        _spread(totals, c * up_width, weights,
+                                (i * k + j) * block + a * out_width, upstream, a * out_width,
+                                lo, hi, stride, offset)
         for c in range(per_group):
-            base = n * fs[0] + (g * per_group + c) * fs[1] + h * fs[2]
-            total = totals[c]
-            for w in range(width):
-                grad_features[base + w * fs[3]] = narrow(total[w], grad_features)
-
+            base = U(n * fs[0] + (g * per_group + c) * fs[1] + h * fs[2])
+            step, first, repeat = U(fs[3]), U(c * up_width), U(scale)
+            for w in range(U(up_width // scale)):
+                value = totals[first + w * repeat]
+                for b in range(U(1), repeat):
+                    value += totals[first + w * repeat + b]
+                grad_features[base + w * step] = narrow(value, grad_features)
