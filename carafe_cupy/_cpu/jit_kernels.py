@@ -49,6 +49,59 @@ def _accumulate(total, at, weights, wt, source, lo, hi, stride, offset):
 
 
 @njit(cache=True, inline="always")
+def _accumulate_taps(total, at, weights, wt, wstep, source, offset, step, count, lo, hi):
+    """For x in [lo, hi) and taps q < count (1 to 3) in order:
+    total[at + x] += weights[wt + q*wstep + x] * source[x + offset + q*step].
+    One pass for several taps: each total is loaded and stored once, and every
+    element still adds its taps in the same order as one pass per tap would."""
+    if hi <= lo:
+        return
+    t0, w0, w1 = U(at + lo), U(wt + lo), U(wt + wstep + lo)
+    s0, s1 = U(lo + offset), U(lo + offset + step)
+    if count == 1:
+        for q in range(U(hi - lo)):
+            total[t0 + q] += weights[w0 + q] * source[s0 + q]
+    elif count == 2:
+        for q in range(U(hi - lo)):
+            value = total[t0 + q] + weights[w0 + q] * source[s0 + q]
+            total[t0 + q] = value + weights[w1 + q] * source[s1 + q]
+    else:
+        w2, s2 = U(wt + 2 * wstep + lo), U(lo + offset + 2 * step)
+        for q in range(U(hi - lo)):
+            value = total[t0 + q] + weights[w0 + q] * source[s0 + q]
+            value = value + weights[w1 + q] * source[s1 + q]
+            total[t0 + q] = value + weights[w2 + q] * source[s2 + q]
+
+
+@njit(cache=True, inline="always")
+def _accumulate_tap_row(total, at, weights, wt, wstep, source, k, radius, dims, out_width):
+    """The k taps of one tap row: total[at + x] += weights[wt + j*wstep + x] *
+    source[x*t + offset_j], j in order. Where every tap lands inside the input,
+    taps go two or three to a pass (stride 1); the edges go one tap at a time."""
+    stride = dims[7]
+    inner_lo, inner_hi = 0, out_width
+    for j in range(k):
+        lo, hi, _ = _tap_columns(j, radius, dims, out_width)
+        inner_lo, inner_hi = max(inner_lo, lo), min(inner_hi, hi)
+    if stride != 1 or inner_lo >= inner_hi:
+        inner_lo = inner_hi = out_width  # no shared interior: one tap at a time
+    # with stride 1, tap j reads the upsampled row at x + first + j*step
+    first, step = _tap_columns(0, radius, dims, out_width)[2], dims[8] * dims[6]
+    j = 0
+    while j < k:
+        count = 2 if k - j == 4 else min(3, k - j)
+        _accumulate_taps(total, at, weights, wt + j * wstep, wstep, source, first + j * step,
+                         step, count, inner_lo, inner_hi)
+        j += count
+    for j in range(k):  # the columns outside the shared interior
+        lo, hi, offset = _tap_columns(j, radius, dims, out_width)
+        _accumulate(total, at, weights, wt + j * wstep, source, lo, min(hi, inner_lo), stride,
+                    offset)
+        _accumulate(total, at, weights, wt + j * wstep, source, max(lo, inner_hi), hi, stride,
+                    offset)
+
+
+@njit(cache=True, inline="always")
 def _spread(target, at, weights, wt, values, vt, lo, hi, stride, offset):
     """target[at + wc*stride + offset] += weights[wt + wc] * values[vt + wc] over [lo, hi)."""
     if hi <= lo:
@@ -68,10 +121,20 @@ def _load_upsampled_row(row, array, base, step, scale):
     """row[w*s + b] = array[base + w*step] for b < s: an input row repeated the way
     the outputs read it, in the accumulation dtype."""
     start, stride, repeat = U(base), U(step), U(scale)
-    for w in range(U(row.size // scale)):
-        value = widen(array[start + w * stride])
-        for b in range(repeat):
-            row[w * repeat + b] = value
+    count = U(row.size // scale)
+    if scale == 1 and step == 1:  # the common layouts get loops LLVM vectorises
+        for w in range(count):
+            row[w] = widen(array[start + w])
+    elif scale == 2 and step == 1:
+        for w in range(count):
+            value = widen(array[start + w])
+            row[w * U(2)] = value
+            row[w * U(2) + U(1)] = value
+    else:
+        for w in range(count):
+            value = widen(array[start + w * stride])
+            for b in range(repeat):
+                row[w * repeat + b] = value
 
 
 @njit(cache=True, inline="always")
@@ -81,8 +144,12 @@ def _load_rows(rows, at, array, strides, n, channel, y0, count, width):
     for a in range(count):
         source = U(n * strides[0] + channel * strides[1] + (y0 + a) * strides[2])
         target = U(at + a * width)
-        for x in range(U(width)):
-            rows[target + x] = widen(array[source + x * step])
+        if step == 1:
+            for x in range(U(width)):
+                rows[target + x] = widen(array[source + x])
+        else:
+            for x in range(U(width)):
+                rows[target + x] = widen(array[source + x * step])
 
 
 @njit(cache=True, inline="always")
@@ -92,8 +159,12 @@ def _store_rows(array, strides, n, channel, y0, count, width, rows, at):
     for a in range(count):
         target = U(n * strides[0] + channel * strides[1] + (y0 + a) * strides[2])
         source = U(at + a * width)
-        for x in range(U(width)):
-            array[target + x * step] = narrow(rows[source + x], array)
+        if step == 1:
+            for x in range(U(width)):
+                array[target + x] = narrow(rows[source + x], array)
+        else:
+            for x in range(U(width)):
+                array[target + x * step] = narrow(rows[source + x], array)
 
 
 @njit(cache=True, inline="always")
@@ -138,12 +209,10 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                     continue
                 base = n * fs[0] + channel * fs[1] + source_row * fs[2]
                 _load_upsampled_row(row, features, base, fs[3], scale)
-                for j in range(k):
-                    lo, hi, offset = _tap_columns(j, radius, dims, out_width)
-                    for a in range(scale):
-                        _accumulate(total, a * out_width, weights,
-                                    (i * k + j) * block + a * out_width, row, lo, hi,
-                                    stride, offset)
+                for a in range(scale):
+                    _accumulate_tap_row(total, a * out_width, weights,
+                                        i * k * block + a * out_width, block, row, k, radius,
+                                        dims, out_width)
             _store_rows(out, os, n, channel, hc * scale, scale, out_width, total, 0)
 
 
