@@ -1,4 +1,5 @@
-"""The pure-PyTorch path against the naive reference (runs everywhere)."""
+"""The CPU paths, the compiled kernels and pure PyTorch, against the naive
+reference (runs everywhere)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cases import (  # noqa: E402
     torch_dtypes,
 )
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
+from cpu_paths import cpu_path  # noqa: E402, F401  (each test on both CPU paths)
 
 DTYPES = torch_dtypes()
 
