@@ -1,5 +1,6 @@
 """Where Numba keeps the compiled CPU kernels: ``CARAFE_CUPY_CPU_CACHE``
-(default ``~/.cache/carafe_cupy/cpu``), beside the package's other caches.
+(default ``~/.cache/carafe_cupy/cpu``), beside the package's other caches and,
+like them, private to the user.
 
 A user's ``NUMBA_CACHE_DIR`` wins (Numba's own locator comes first). The folder
 is named by the Numba version and a digest of the kernel sources, because Numba
@@ -47,7 +48,7 @@ def _source_digest() -> str:
 
 def _writable(path: Path) -> bool:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # private to the user
         tempfile.TemporaryFile(dir=path).close()
         return True
     except OSError:

@@ -74,31 +74,92 @@ def _accumulate_taps(total, at, weights, wt, wstep, source, offset, step, count,
 
 
 @njit(cache=True, inline="always")
-def _accumulate_tap_row(total, at, weights, wt, wstep, source, k, radius, dims, out_width):
-    """The k taps of one tap row: total[at + x] += weights[wt + j*wstep + x] *
-    source[x*t + offset_j], j in order. Where every tap lands inside the input,
-    taps go two or three to a pass (stride 1); the edges go one tap at a time."""
-    stride = dims[7]
+def _tap_table(k, radius, dims, out_width):
+    """Per tap column j: (lo, hi, offset) from _tap_columns, and the output columns
+    [inner_lo, inner_hi) where every tap lands inside the input (empty unless stride 1)."""
+    table = np.empty((k, 3), np.int64)
     inner_lo, inner_hi = 0, out_width
     for j in range(k):
-        lo, hi, _ = _tap_columns(j, radius, dims, out_width)
+        lo, hi, offset = _tap_columns(j, radius, dims, out_width)
+        table[j, 0], table[j, 1], table[j, 2] = lo, hi, offset
         inner_lo, inner_hi = max(inner_lo, lo), min(inner_hi, hi)
-    if stride != 1 or inner_lo >= inner_hi:
+    if dims[7] != 1 or inner_lo >= inner_hi:
         inner_lo = inner_hi = out_width  # no shared interior: one tap at a time
-    # with stride 1, tap j reads the upsampled row at x + first + j*step
-    first, step = _tap_columns(0, radius, dims, out_width)[2], dims[8] * dims[6]
+    return table, inner_lo, inner_hi
+
+
+@njit(cache=True, inline="always")
+def _accumulate_tap_row(total, at, weights, wt, wstep, source, table, inner_lo, inner_hi,
+                        stride):
+    """The taps of one tap row: total[at + x] += weights[wt + j*wstep + x] *
+    source[x*t + offset_j], j in order. In the shared interior taps go two or three
+    to a pass; the edges go one tap at a time."""
+    k = table.shape[0]
     j = 0
     while j < k:
         count = 2 if k - j == 4 else min(3, k - j)
-        _accumulate_taps(total, at, weights, wt + j * wstep, wstep, source, first + j * step,
+        step = table[j + 1, 2] - table[j, 2] if count > 1 else 0
+        _accumulate_taps(total, at, weights, wt + j * wstep, wstep, source, table[j, 2],
                          step, count, inner_lo, inner_hi)
         j += count
     for j in range(k):  # the columns outside the shared interior
-        lo, hi, offset = _tap_columns(j, radius, dims, out_width)
+        lo, hi, offset = table[j, 0], table[j, 1], table[j, 2]
         _accumulate(total, at, weights, wt + j * wstep, source, lo, min(hi, inner_lo), stride,
                     offset)
         _accumulate(total, at, weights, wt + j * wstep, source, max(lo, inner_hi), hi, stride,
                     offset)
+
+
+@njit(cache=True, inline="always")
+def _gather_taps(target, at, weights, wt, wstep, values, vt, offset, step, count, lo, hi):
+    """For x' in [lo, hi) and taps q < count (1 to 3) in order, with x = x' - offset -
+    q*step: target[at + x'] += weights[wt + q*wstep + x] * values[vt + x]."""
+    if hi <= lo:
+        return
+    t0, first = U(at + lo), vt + lo - offset
+    v0, v1, v2 = U(first), U(first - step), U(first - 2 * step)
+    w0, w1, w2 = U(wt + lo - offset), U(wt + wstep + lo - offset - step), U(
+        wt + 2 * wstep + lo - offset - 2 * step)
+    if count == 1:
+        for q in range(U(hi - lo)):
+            target[t0 + q] += weights[w0 + q] * values[v0 + q]
+    elif count == 2:
+        for q in range(U(hi - lo)):
+            value = target[t0 + q] + weights[w0 + q] * values[v0 + q]
+            target[t0 + q] = value + weights[w1 + q] * values[v1 + q]
+    else:
+        for q in range(U(hi - lo)):
+            value = target[t0 + q] + weights[w0 + q] * values[v0 + q]
+            value = value + weights[w1 + q] * values[v1 + q]
+            target[t0 + q] = value + weights[w2 + q] * values[v2 + q]
+
+
+@njit(cache=True, inline="always")
+def _spread_tap_row(target, at, weights, wt, wstep, values, vt, table, inner_lo, inner_hi,
+                    stride, up_width):
+    """The taps of one tap row, as a gather per target column: target[at + x*t +
+    offset_j] += weights[wt + j*wstep + x] * values[vt + x], j in order for each target.
+    With stride 1, target columns that every tap reaches take their taps two or
+    three to a pass; the rest go one tap at a time."""
+    k = table.shape[0]
+    lo, hi = 0, up_width  # the targets every tap reaches from inside its columns
+    for j in range(k):
+        lo, hi = max(lo, table[j, 0] + table[j, 2]), min(hi, table[j, 1] + table[j, 2])
+    if inner_lo >= inner_hi or lo >= hi:
+        lo = hi = up_width
+    j = 0
+    while j < k:
+        count = 2 if k - j == 4 else min(3, k - j)
+        step = table[j + 1, 2] - table[j, 2] if count > 1 else 0
+        _gather_taps(target, at, weights, wt + j * wstep, wstep, values, vt, table[j, 2], step,
+                     count, lo, hi)
+        j += count
+    for j in range(k):  # the columns whose targets lie outside [lo, hi)
+        first, last, offset = table[j, 0], table[j, 1], table[j, 2]
+        _spread(target, at, weights, wt + j * wstep, values, vt, first,
+                min(last, lo - offset), stride, offset)
+        _spread(target, at, weights, wt + j * wstep, values, vt, max(first, hi - offset),
+                last, stride, offset)
 
 
 @njit(cache=True, inline="always")
@@ -196,6 +257,7 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     weights = accumulation_zeros(taps * block, features)
     total = accumulation_zeros(block, features)
     row = accumulation_zeros(up_width, features)
+    table, inner_lo, inner_hi = _tap_table(k, radius, dims, out_width)
     for hc in range(top, bottom):
         # the masks of this center row, read once for all channels of the group
         for tap in range(taps):
@@ -211,8 +273,8 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                 _load_upsampled_row(row, features, base, fs[3], scale)
                 for a in range(scale):
                     _accumulate_tap_row(total, a * out_width, weights,
-                                        i * k * block + a * out_width, block, row, k, radius,
-                                        dims, out_width)
+                                        i * k * block + a * out_width, block, row, table,
+                                        inner_lo, inner_hi, stride)
             _store_rows(out, os, n, channel, hc * scale, scale, out_width, total, 0)
 
 
@@ -256,6 +318,7 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
     weights = accumulation_zeros(taps * block, masks)
     upstream = accumulation_zeros(block, masks)
     totals = accumulation_zeros(per_group * up_width, masks)
+    table, inner_lo, inner_hi = _tap_table(k, radius, dims, out_width)
     for h in range(top, bottom):
         totals[:] = 0
         for i in range(k):
@@ -270,12 +333,10 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
             for c in range(per_group):
                 _load_rows(upstream, 0, grad_output, gs, n, g * per_group + c, hc * scale,
                            scale, out_width)
-                for j in range(k):
-                    lo, hi, offset = _tap_columns(j, radius, dims, out_width)
-                    for a in range(scale):
-                        _spread(totals, c * up_width, weights,
-                                (i * k + j) * block + a * out_width, upstream, a * out_width,
-                                lo, hi, stride, offset)
+                for a in range(scale):
+                    _spread_tap_row(totals, c * up_width, weights,
+                                    i * k * block + a * out_width, block, upstream,
+                                    a * out_width, table, inner_lo, inner_hi, stride, up_width)
         for c in range(per_group):
             base = U(n * fs[0] + (g * per_group + c) * fs[1] + h * fs[2])
             step, first, repeat = U(fs[3]), U(c * up_width), U(scale)
