@@ -53,9 +53,9 @@ def _step(torch, carafe_cupy, config, mode):
     return forward_backward
 
 
-def timings(config, reps: int) -> dict[str, list[float]]:
-    """Milliseconds per call, rounds interleaved between the paths so both see the
-    same machine load."""
+def timings(config, reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU milliseconds per call (CPU: all of the process's threads), rounds
+    interleaved between the paths so both see the same machine load."""
     import torch
 
     import carafe_cupy
@@ -63,14 +63,16 @@ def timings(config, reps: int) -> dict[str, list[float]]:
     steps = {(path, mode): _step(torch, carafe_cupy, config, mode)
              for path in PATHS for mode in ("forward", "forward+backward")}
     times: dict[str, list[float]] = {f"{path} {mode}": [] for path, mode in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in times}
     for round_ in range(reps + 1):  # round 0 warms up (and compiles)
         for (path, mode), step in steps.items():
             os.environ[VARIABLE] = path
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             step()
             if round_:
                 times[f"{path} {mode}"].append((time.perf_counter() - started) * 1e3)
-    return times
+                cpu[f"{path} {mode}"].append((time.process_time() - cpu_started) * 1e3)
+    return times, cpu
 
 
 def _kib(field: str) -> int:
@@ -111,14 +113,15 @@ import time
 import torch, carafe_cupy
 from carafe_cupy._cpu import jit_dispatch
 features, masks = torch.randn(1, 8, 6, 6), torch.rand(1, 25, 12, 12)
-started = time.perf_counter()
+marks = [(time.perf_counter(), time.process_time())]
 jit_dispatch._kernels()
-loaded = time.perf_counter()
+marks.append((time.perf_counter(), time.process_time()))
 out = carafe_cupy.carafe(features, masks, 5, 1, 2)
-forward = time.perf_counter()
+marks.append((time.perf_counter(), time.process_time()))
 carafe_cupy.carafe_backward(torch.ones_like(out), features, masks, 5, 1, 2)
-done = time.perf_counter()
-print(loaded - started, forward - loaded, done - forward)
+marks.append((time.perf_counter(), time.process_time()))
+for (wall, cpu), (wall_end, cpu_end) in zip(marks, marks[1:]):
+    print(wall_end - wall, cpu_end - cpu)
 """
 
 
@@ -132,13 +135,13 @@ def first_call() -> dict[str, list[float]]:
         for name in ("cold", "cached"):
             line = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True,
                                   capture_output=True, text=True).stdout.split()
-            result[name] = [float(value) for value in line]
+            result[name] = [float(value) for value in line]  # (wall, CPU) per step
     return result
 
 
-def _row(name: str, values: list[float]) -> str:
+def _row(name: str, values: list[float], cpu: list[float]) -> str:
     return (f"| {name} | {min(values):.1f} | {statistics.median(values):.1f} | "
-            f"{max(values):.1f} |")
+            f"{max(values):.1f} | {min(cpu):.1f} | {statistics.median(cpu):.1f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-first-call", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = (*map(int, args.shape.split(",")), args.k, args.groups, args.scale)
@@ -164,9 +168,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"N={n} C={c} {h}x{w} -> {h * s}x{w * s}, k{k} G{g} s{s}, fp32, "
           f"{torch.get_num_threads()} threads, {args.reps} interleaved rounds after a warm-up; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print("\n| path, mode | min ms | median ms | max ms |\n| --- | ---: | ---: | ---: |")
-    for name, values in timings(config, args.reps).items():
-        print(_row(name, values))
+    print("\n| path, mode | min ms | median ms | max ms | CPU ms, min | CPU ms, median |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
+    wall, cpu = timings(config, args.reps)
+    for name, values in wall.items():
+        print(_row(name, values, cpu[name]))
+    if not args.no_memory:
+        _print_memory(args, config)
+    if not args.no_first_call:
+        print("\n| first call, fresh process, fp32: s (CPU s) | import numba + kernels | "
+              "first forward | first backward |\n| --- | ---: | ---: | ---: |")
+        for name, values in first_call().items():
+            cells = [f"{wall:.2f} ({cpu:.2f})" for wall, cpu in zip(values[::2], values[1::2])]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _print_memory(args, config) -> None:
+    n, c, h, w, k, g, s = config
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024), PYTHONPATH=str(ROOT))
     child = [sys.executable, __file__, "--memory-child", "1", "--shape", args.shape,
              "--k", str(k), "--groups", str(g), "--scale", str(s)]
@@ -179,11 +197,6 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("forward", "forward+backward"):
             print(f"| {path} {mode} | {memory[f'{path} {mode}']:.0f} | "
                   f"{memory[f'compulsory {mode}']:.0f} |")
-    if not args.no_first_call:
-        print("\n| first call, fresh process | import numba + kernels s | first forward s | "
-              "first backward s |\n| --- | ---: | ---: | ---: |")
-        for name, values in first_call().items():
-            print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
 
 
 if __name__ == "__main__":
