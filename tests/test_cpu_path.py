@@ -19,8 +19,8 @@ from cases import (  # noqa: E402
     make_inputs,
     torch_dtypes,
 )
-from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 from cpu_paths import cpu_path  # noqa: E402, F401  (each test on both CPU paths)
+from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 
 DTYPES = torch_dtypes()
 
