@@ -223,3 +223,13 @@ def test_no_extra_copies_of_the_inputs(monkeypatch):
     bfloat = torch.randn(3, 4, dtype=torch.bfloat16)[:, ::2]
     flat, _ = jit_dispatch._flat(bfloat)
     assert flat.dtype == np.uint16 and flat.ctypes.data == bfloat.data_ptr()
+
+
+def test_numba_with_its_compiler_switched_off_is_not_used(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(jit_dispatch, "_state", {"kernels": None, "error": None, "loaded": False})
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    monkeypatch.setenv(VARIABLE, "auto")
+    assert jit_dispatch.describe().startswith("pure PyTorch (Numba's compiler is switched off")
+    assert not jit_dispatch.use_jit(torch.device("cpu"))

@@ -108,7 +108,8 @@ def _register() -> bool:
     in-tree and user-wide ones. False (Numba's own folders then) if this Numba
     lays its caching out differently."""
     try:
-        classes = caching.CacheImpl._locator_classes
+        implementation = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+        classes = implementation._locator_classes
         locator = _locator_class()
     except AttributeError:
         return False

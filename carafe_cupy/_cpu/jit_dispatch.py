@@ -61,6 +61,11 @@ def _kernels() -> Any:
         if not _state["loaded"]:
             _state["loaded"] = True
             try:
+                import numba
+
+                if numba.config.DISABLE_JIT:  # the kernels would run as Python loops
+                    _state["error"] = "Numba's compiler is switched off (NUMBA_DISABLE_JIT)"
+                    return None
                 from . import jit_kernels
 
                 _state["kernels"] = jit_kernels
