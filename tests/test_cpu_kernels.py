@@ -150,12 +150,14 @@ def test_fused_carafepack_path_matches_the_pure_pytorch_path(monkeypatch):
 
 
 def test_the_switch_is_parsed_strictly(monkeypatch):
-    for value in ("", "Numba", "jit", "auto "):
+    for value in ("Numba", "jit", "1", "numba torch"):
         monkeypatch.setenv(VARIABLE, value)
         with pytest.raises(ValueError, match=f"{VARIABLE} must be one of auto, numba, torch"):
             carafe_cupy.carafe(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), 1, 1, 1)
-    monkeypatch.setenv(VARIABLE, "torch")
+    monkeypatch.setenv(VARIABLE, " torch ")  # spaces around, as for every variable
     assert jit_dispatch.describe() == f"pure PyTorch ({VARIABLE}=torch)"
+    monkeypatch.setenv(VARIABLE, "")  # empty is unset: auto
+    assert jit_dispatch.requested() == "auto"
     monkeypatch.setenv(VARIABLE, "auto")
     assert jit_dispatch.describe().startswith("CPU kernels compiled by Numba")
 
@@ -201,11 +203,20 @@ def _import_kernels(environment: dict) -> subprocess.CompletedProcess:
                           text=True, check=True, timeout=300)
 
 
-def test_an_unwritable_cache_folder_warns_once_and_uses_a_temporary_one(tmp_path):
+def test_an_unusable_cache_folder_warns_once_and_uses_a_temporary_one(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     result = _import_kernels({"CARAFE_CUPY_CPU_CACHE": str(blocked / "cache")})
-    assert result.stderr.count("is not writable") == 1, result.stderr
+    assert result.stderr.count("CPU kernel cache") == 1, result.stderr
+    assert "carafe_cupy_cpu-" in result.stdout
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = _import_kernels({"CARAFE_CUPY_CPU_CACHE": str(shared)})
+    assert "not safe to use" in result.stderr, result.stderr
     assert "carafe_cupy_cpu-" in result.stdout
 
 

@@ -16,7 +16,6 @@ fewer. The kernels release the GIL. Items are cut from the shape alone.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._core import env as _env
 from .bands import run_bands, workers_for
 
 ENVIRONMENT_VARIABLE = "CARAFE_CUPY_CPU_KERNEL"
@@ -45,8 +45,9 @@ _state: dict[str, Any] = {"kernels": None, "error": None, "loaded": False}
 
 
 def requested() -> str:
-    """The path asked for in CARAFE_CUPY_CPU_KERNEL; ValueError for anything else."""
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "auto")
+    """The path asked for in CARAFE_CUPY_CPU_KERNEL (surrounding spaces ignored, as
+    for every variable); ValueError for anything but the three names."""
+    value = _env.text(ENVIRONMENT_VARIABLE) or "auto"  # unset or empty: auto
     if value not in CHOICES:
         raise ValueError(
             f"{ENVIRONMENT_VARIABLE} must be one of {', '.join(CHOICES)} "

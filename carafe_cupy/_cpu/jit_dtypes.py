@@ -14,7 +14,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from . import jit_cache  # noqa: F401  (places the on-disk cache before anything compiles)
+from . import jit_cache
+
+jit_cache.register()  # the on-disk cache, before anything here is decorated
 
 
 @intrinsic

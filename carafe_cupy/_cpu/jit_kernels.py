@@ -25,8 +25,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import jit_cache  # noqa: F401  (places the on-disk cache before anything compiles)
+from . import jit_cache
 from .jit_dtypes import accumulation_zeros, narrow, widen
+
+jit_cache.register()  # the on-disk cache, before anything here is decorated
 
 # Indices are unsigned (every index here is): Numba then skips its negative-index
 # wraparound, which would otherwise keep LLVM from vectorising the loops.
