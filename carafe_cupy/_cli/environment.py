@@ -8,7 +8,7 @@ import os
 
 from .._core import env as _env
 from .._cpu import jit_cache as _jit_cache
-from .._cpu import jit_dispatch as _jit_dispatch
+from .._cpu import jit_choice as _jit_choice
 from .._runtime import binaries as _binaries
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._sim import cache as _sim_cache
@@ -59,7 +59,7 @@ def _problem(name: str) -> str | None:
         "CARAFE_CUPY_SIM_STACK": lambda: _sim_stack(),
         "CARAFE_CUPY_SIM_CXXFLAGS": lambda: _env.words(name),
         "CXX": lambda: _env.words(name),
-        "CARAFE_CUPY_CPU_KERNEL": lambda: _jit_dispatch.requested(),
+        "CARAFE_CUPY_CPU_KERNEL": lambda: _jit_choice.requested(),
     }
     try:
         readers.get(name, lambda: None)()

@@ -23,11 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._core import env as _env
 from .bands import run_bands, workers_for
+from .jit_choice import CHOICES, ENVIRONMENT_VARIABLE, requested  # noqa: F401  (re-exported)
 
-ENVIRONMENT_VARIABLE = "CARAFE_CUPY_CPU_KERNEL"
-CHOICES = ("auto", "numba", "torch")
 INSTALL_HINT = "pip install 'carafe_cupy[cpu]' (or numba) for the compiled CPU kernels"
 # Work items per call to aim for: enough for threads to even out on busy cores,
 # few enough that the per-item call overhead (tens of microseconds) stays small.
@@ -42,18 +40,6 @@ _NUMPY_VIEWS = {
 
 _load_lock = threading.Lock()
 _state: dict[str, Any] = {"kernels": None, "error": None, "loaded": False}
-
-
-def requested() -> str:
-    """The path asked for in CARAFE_CUPY_CPU_KERNEL (surrounding spaces ignored, as
-    for every variable); ValueError for anything but the three names."""
-    value = _env.text(ENVIRONMENT_VARIABLE) or "auto"  # unset or empty: auto
-    if value not in CHOICES:
-        raise ValueError(
-            f"{ENVIRONMENT_VARIABLE} must be one of {', '.join(CHOICES)} "
-            f"(or unset, meaning auto), got {value!r}"
-        )
-    return value
 
 
 def _kernels() -> Any:
