@@ -27,6 +27,7 @@ REQUIRED = {
             "matplotlib",
             "skimage",
             "nbclient",
+            "numba",
         )
     },
 }

@@ -1,4 +1,5 @@
-"""The pure-PyTorch path against the naive reference (runs everywhere)."""
+"""The CPU paths, the compiled kernels and pure PyTorch, against the naive
+reference (runs everywhere)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cases import (  # noqa: E402
     make_inputs,
     torch_dtypes,
 )
+from cpu_paths import cpu_path  # noqa: E402, F401  (each test on both CPU paths)
 from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 
 DTYPES = torch_dtypes()

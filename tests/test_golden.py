@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 import carafe_cupy  # noqa: E402
 
+from cpu_paths import cpu_path  # noqa: E402, F401  (each test on both CPU paths)
 from naive import naive_carafe  # noqa: E402
 
 DATA = Path(__file__).parent / "data"

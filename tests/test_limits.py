@@ -237,6 +237,7 @@ def test_the_tap_span_is_exactly_the_taps_that_can_touch_the_input():
 def test_work_follows_the_taps_that_touch_the_image(monkeypatch, kernel_size, dilation):
     """k = 1001 on a 1x1 image (or taps 10**4 apart on 5x5): a handful of taps can
     read it, and only those are visited, forward and backward."""
+    monkeypatch.setenv("CARAFE_CUPY_CPU_KERNEL", "torch")  # the pure-PyTorch path's taps
     visited = []
     tap_ranges = cpu_path._tap_ranges
 

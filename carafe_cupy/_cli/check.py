@@ -168,6 +168,7 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
     if torch is not None:
         simulated = " (kernels on the simulator)" if _launch.simulator_enabled() else ""
         backends[f"torch cpu{simulated}"] = _torch_backend("cpu")
+        notes.append(f"torch CPU tensors use: {_cpu_path_line()}")
         if torch.cuda.is_available():
             backends["torch cuda"] = _torch_backend("cuda")
         else:
@@ -190,6 +191,15 @@ def available_backends() -> tuple[dict[str, Backend], list[str]]:
             "needed, slower)"
         )
     return backends, notes
+
+
+def _cpu_path_line() -> str:
+    """Which CPU path the torch cpu rows ran: the compiled kernels or pure PyTorch."""
+    import torch
+
+    from .._torch.common import backend_name
+
+    return backend_name(torch.device("cpu"))
 
 
 def run_checks(seed: int = 0) -> tuple[list[CheckResult], list[str]]:

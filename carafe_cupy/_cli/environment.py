@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 
 from .._core import env as _env
+from .._cpu import jit_cache as _jit_cache
+from .._cpu import jit_choice as _jit_choice
 from .._runtime import binaries as _binaries
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._sim import cache as _sim_cache
@@ -38,7 +40,14 @@ def cache_lines() -> list[str]:
         kernel += "; binaries are kept in memory only"
     if simulator_problem:
         simulator += "; modules go to a private temporary folder removed at exit"
-    return [kernel, simulator, cupy]
+    cpu_problem = _jit_cache.cache_problem()
+    cpu = _folder_line(
+        "CPU kernel cache", _jit_cache.CACHE_VARIABLE, str(_jit_cache.configured_dir()),
+        cpu_problem,
+    )
+    if cpu_problem:
+        cpu += "; compiled CPU kernels go to a private temporary folder removed at exit"
+    return [kernel, simulator, cupy, cpu]
 
 
 def _problem(name: str) -> str | None:
@@ -50,6 +59,7 @@ def _problem(name: str) -> str | None:
         "CARAFE_CUPY_SIM_STACK": lambda: _sim_stack(),
         "CARAFE_CUPY_SIM_CXXFLAGS": lambda: _env.words(name),
         "CXX": lambda: _env.words(name),
+        "CARAFE_CUPY_CPU_KERNEL": lambda: _jit_choice.requested(),
     }
     try:
         readers.get(name, lambda: None)()

@@ -36,6 +36,14 @@ VARIABLES: dict[str, str] = {
         "CuPy's own kernel cache (default ~/.cupy/kernel_cache); replaced by a private "
         "temporary folder for the process when it is unusable or not private"
     ),
+    "CARAFE_CUPY_CPU_KERNEL": (
+        "the path torch CPU tensors take: auto (default: the kernels Numba compiles where "
+        "numba imports, else pure PyTorch), numba, or torch"
+    ),
+    "CARAFE_CUPY_CPU_CACHE": (
+        "folder of the compiled CPU kernels (default ~/.cache/carafe_cupy/cpu); must be "
+        "private to the user; a NUMBA_CACHE_DIR you set takes precedence"
+    ),
     "CARAFE_CUPY_PROFILE_CACHE": (
         "the cost model's compile cache (default ~/.cache/carafe_cupy/profile)"
     ),

@@ -1,2 +1,3 @@
-"""The PyTorch CPU path (also the fallback on CUDA without CuPy) and its row
-bands. Imports torch and nothing else of the package."""
+"""The CPU paths (also the fallback on CUDA without CuPy): the kernels compiled by
+Numba (``jit_*``, where numba imports) and the pure-PyTorch path with its row
+bands. Imports torch and numba, and nothing else of the package."""

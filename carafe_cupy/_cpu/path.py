@@ -28,6 +28,7 @@ import torch
 
 from .._core import limits as _limits
 from .._core.geometry import Geometry
+from . import jit_dispatch
 from .bands import alternating, row_bands, run_bands, workers_for
 
 # Elements of the temporaries one backward worker holds at a time (a tile of window
@@ -175,6 +176,12 @@ def cpu_forward(
     dilation: int = 1,
 ) -> torch.Tensor:
     params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if jit_dispatch.use_jit(features.device):  # the compiled kernels, where numba is
+        # they hold only the results (and scratch rows), so no workspace to count
+        check_memory(_geometry(features, *params), features.dtype, features.device, False)
+        out = jit_dispatch.forward(features, masks, params, output_memory_format(features))
+        if out is not None:
+            return out
     check_memory(_geometry(features, *params), features.dtype, features.device, False, True)
     batch, channels, height, width = features.shape
     s, k, t, d = scale_factor, kernel_size, stride, dilation
@@ -240,6 +247,11 @@ def cpu_backward(
     the inputs' and outputs' own plus a fixed budget, whatever the dilation.
     """
     params = (kernel_size, group_size, scale_factor, stride, dilation)
+    if jit_dispatch.use_jit(features.device):  # the compiled kernels, where numba is
+        check_memory(_geometry(features, *params), features.dtype, features.device, True)
+        grads = jit_dispatch.backward(grad_output, features, masks, params)
+        if grads is not None:
+            return grads
     check_memory(_geometry(features, *params), features.dtype, features.device, True, True)
     batch, channels, height, width = features.shape
     s, k, t, d = scale_factor, kernel_size, stride, dilation

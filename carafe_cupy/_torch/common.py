@@ -11,6 +11,7 @@ import torch
 
 from .._core import validate as _validate
 from .._core.errors import install_hint
+from .._cpu import jit_dispatch as _jit_dispatch
 from .._cpu import path as _cpu_path
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._runtime import launch as _launch
@@ -98,6 +99,8 @@ def backend_name(device: torch.device) -> str:
         return "cuda kernels on the CPU simulator"
     if device.type == "cuda" and _cupy_runtime.gpu_kernels_available(device.index):
         return "cuda kernels (NVRTC via CuPy)"
+    if device.type == "cpu":
+        return _jit_dispatch.describe()  # the compiled kernels or pure PyTorch, and why
     return f"pure PyTorch on {device.type}"
 
 
