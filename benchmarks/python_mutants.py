@@ -255,8 +255,8 @@ MUTANTS = (
     M(
         "cpu-gradients-not-like-inputs",
         CPU,
-        r"_like\(grad_features\.permute\(0, 3, 1, 2\), features\)",
-        r"grad_features.permute(0, 3, 1, 2)",
+        r"_like\(grad_features_cl\.permute\(0, 3, 1, 2\), features\)",
+        r"grad_features_cl.permute(0, 3, 1, 2)",
     ),
     M(
         "cpu-fp16-accumulates-in-fp16",
