@@ -220,8 +220,13 @@ def ratios(rows) -> list[dict[str, Any]]:
                 theirs = [t for m in peer_modes if (t := _get(rows, peer, m, key)) is not None]
                 if ours and theirs:
                     out.append(
-                        {"peer": peer, "mode": mode, "on": key[:-3], "peer_modes": peer_modes,
-                         "ratio": min(theirs) / ours}
+                        {
+                            "peer": peer,
+                            "mode": mode,
+                            "on": key[:-3],
+                            "peer_modes": peer_modes,
+                            "ratio": min(theirs) / ours,
+                        }
                     )
     return out
 
@@ -318,8 +323,12 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--shape", type=parse_shape, default=ISSUE_SHAPE, help="N,C,H,W of the "
-                   "features (default %(default)s: the 52x84 FPN level, N=2, C=256)")
+    p.add_argument(
+        "--shape",
+        type=parse_shape,
+        default=ISSUE_SHAPE,
+        help="N,C,H,W of the features (default %(default)s: the 52x84 FPN level, N=2, C=256)",
+    )
     p.add_argument("--k", type=int, default=5, help="kernel size (default %(default)s)")
     p.add_argument("--groups", type=int, default=1, help="groups G (default %(default)s)")
     p.add_argument("--scale", type=int, default=2, help="scale factor s (default %(default)s)")
@@ -327,13 +336,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=7, help="interleaved rounds (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--impls", default=None, help="comma list of " + ",".join(PEER_LABELS))
-    p.add_argument("--budget", type=float, default=60.0,
-                   help="seconds a first call may take before its row is left out")
-    p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend of the compiled peers (default %(default)s)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds a first call may take before its row is left out",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled peers (default %(default)s)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results directory (default ./carafe_bench_out/<date>-cpu-peers)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default ./carafe_bench_out/<date>-cpu-peers)",
+    )
     return p
 
 
