@@ -243,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--shape wants N,C,H,W; --formulations from {list(formulations())}", file=sys.stderr)
         return 2
     threads = args.threads or torch.get_num_threads()
-    load_start = load_average()
+    load_start, commit = load_average(), git_commit()
     rows = run(shape, names, args.reps, threads)
     load_end = load_average()
     report = {
         "meta": {
             "command": "python benchmarks/bench_onnx.py " + shlex.join(argv),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(),
+            "commit": commit,
             "machine": machine_label("cpu"),
             "versions": versions(str(getattr(sys.modules.get("carafe_cupy"), "__version__", "?"))),
             "onnxruntime": onnxruntime.__version__,
