@@ -167,6 +167,13 @@ def test_plain_onnx_export_with_dynamic_sizes(dynamo, tmp_path):
     assert_plain_export_runs(model, dynamo, tmp_path, ((2, 4, 3, 5), (1, 4, 6, 2)))
 
 
+def test_onnx_export_from_a_batch_of_one_keeps_the_batch_dynamic(tmp_path):
+    """A size of 1 at export must not be fixed to 1 in the graph."""
+    torch.manual_seed(0)
+    model = AllEntryPoints(fused=True).eval()
+    assert_plain_export_runs(model, True, tmp_path, ((1, 4, 3, 5), (2, 4, 4, 3)))
+
+
 def assert_plain_export_runs(model, dynamo: bool, tmp_path, shapes) -> None:
     """Export with batch, height and width dynamic, check the model is standard ONNX,
     and compare every output with PyTorch in onnxruntime at each of ``shapes``."""

@@ -6,17 +6,17 @@ backend consuming an ``ExportedProgram``) can replace it with this function via
 Pad, Slice, Concat, Transpose, Reshape, MatMul and Add, with no in-place updates.
 
 The s*s output pixels of one window center share its k*k input pixels, so each kernel
-row ``i`` is one batched matrix product per center (n, h, w, g):
+row ``i`` is one batched matrix product over all centers (n, h, w, g):
 
-    out[n, h, w, g, a*s + b, :] = sum over i of
-        masks[n, h, w, g, i, a*s + b, j] @ columns[n, h*t + i*d, w, g, j, :]
+    out[n, h, w, g, a*s + b, :] += sum over j of
+        masks_i[n, h, w, g, a*s + b, j] * window_i[n, h, w, g, j, :]
 
-where ``columns`` holds, for every padded input row and every center column ``w``, the
-k inputs of that row the center's kernel row reads (input column w*t + j*d, channels
-last), and the masks are viewed as (N, Hc, Wc, G, k, s*s, k). ``padded`` is the features
-with ``r*d`` zeros on each side (r = (k - 1) // 2, t the stride, d the dilation). In
-onnxruntime this runs several times faster than multiplying each tap's window into the
-full output and adding (``benchmarks/bench_onnx.py``). Sizes are read from the tensors,
+where ``window_i[n, h, w, g, j]`` is the group's channels of padded input pixel
+(h*t + i*d, w*t + j*d) (channels last; ``padded`` is the features with ``r*d`` zeros on
+each side, r = (k - 1) // 2, t the stride, d the dilation) and ``masks_i`` the masks of
+kernel row i. In onnxruntime this runs several times faster than
+multiplying each tap's window into the full output and adding
+(``benchmarks/bench_onnx.py``). Sizes are read from the tensors,
 so under ``torch.export`` (and the ONNX exporters) they stay symbolic where the caller
 marks them dynamic.
 
@@ -51,27 +51,38 @@ def decomposed_forward(
     acc = accumulation_dtype(features.dtype)
     channels_per_group = channels // g
 
+    centers = batch * rows * cols * g
     padded = F.pad(features.to(acc), (reach, reach, reach, reach))
     # (N, Hp, Wp, G, C/G): channels last, so each center's pixels are contiguous rows
     padded = padded.reshape(
         batch, g, channels_per_group, height + 2 * reach, width + 2 * reach
     ).permute(0, 3, 4, 1, 2)
-    # (N, Hp, Wc, G, k, C/G): the k inputs of each padded row that center column w reads
-    columns = torch.stack(
-        [padded[:, :, j * d : j * d + (cols - 1) * t + 1 : t] for j in range(k)], dim=4
-    )
-    # (N, Hc, Wc, G, k rows, s*s sub-pixels, k columns)
+    # (k rows, N*Hc*Wc*G centers, s*s sub-pixels, k columns)
     mask_rows = (
         masks.to(acc)
         .reshape(batch, g, k, k, rows, s, cols, s)
-        .permute(0, 4, 6, 1, 2, 5, 7, 3)
-        .reshape(batch, rows, cols, g, k, s * s, k)
+        .permute(2, 0, 4, 6, 1, 5, 7, 3)
+        .reshape(k, centers, s * s, k)
     )
 
     out = None
     for i in range(k):
-        window = columns[:, i * d : i * d + (rows - 1) * t + 1 : t]  # (N, Hc, Wc, G, k, C/G)
-        term = torch.matmul(mask_rows[:, :, :, :, i], window)  # (N, Hc, Wc, G, s*s, C/G)
+        # (N, Hc, Wc, G, k, C/G): the k inputs of kernel row i of every center, built by
+        # stacking (a new tensor), so merging its leading sizes below needs no stride checks,
+        # which would fix a dynamic batch of 1 at export to 1
+        window = torch.stack(
+            [
+                padded[
+                    :,
+                    i * d : i * d + (rows - 1) * t + 1 : t,
+                    j * d : j * d + (cols - 1) * t + 1 : t,
+                ]
+                for j in range(k)
+            ],
+            dim=4,
+        )
+        # (N*Hc*Wc*G, s*s, C/G)
+        term = torch.bmm(mask_rows[i], window.reshape(centers, k, channels_per_group))
         out = term if out is None else out + term
 
     out = out.reshape(batch, rows, cols, g, s, s, channels_per_group).permute(0, 3, 6, 1, 4, 2, 5)
