@@ -74,7 +74,7 @@ def pin_mmap_threshold() -> bool:
     follows allocations and frees; False where that is not glibc (no memory figures then)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not a glibc (or not a POSIX) C library
         return False
     m_mmap_threshold = -3  # from glibc's malloc.h
     return mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) == 1
@@ -127,7 +127,8 @@ def warm_up_and_check(
         try:
             got = run_once(impls[impl], case, ins, mode)
         except Exception as exc:  # a peer that cannot run here (no C++ compiler, ...)
-            row["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            first_line = (str(exc).splitlines() or [""])[0][:160]
+            row["status"] = f"error: {type(exc).__name__}: {first_line}"
             continue
         row["first_call_s"] = time.perf_counter() - start
         if impl == "carafe_cupy":
@@ -360,24 +361,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    for name, value, wrong in (
+        ("--k", args.k, args.k < 1 or args.k % 2 == 0),
+        ("--groups", args.groups, args.groups < 1 or args.shape[1] % args.groups),
+        ("--scale", args.scale, args.scale < 1),
+        ("--reps", args.reps, args.reps < 1),
+    ):
+        if wrong:
+            want = {"--k": "an odd kernel size >= 1", "--groups": "a divisor of C >= 1"}
+            parser.error(f"{name} must be {want.get(name, 'at least 1')}, got {value}")
     t_start, load_start = time.perf_counter(), load_average()
     commit = git_commit()  # the code measured, before anything may change the checkout
     memory_pinned = not args.no_memory and pin_mmap_threshold()
     if args.threads:
         torch.set_num_threads(args.threads)
     case = Case("peers", *args.shape, k=args.k, g=args.groups, s=args.scale)
-    if case.k % 2 != 1 or case.g < 1 or case.c % case.g or case.s < 1:
-        print(f"bad case {case.label}: k must be odd, G divide C, s >= 1", file=sys.stderr)
-        return 2
     dtype = DTYPES[args.dtype]
-    impls = peers(args.compile_backend)
-    wanted = args.impls.split(",") if args.impls else list(impls)
-    unknown = [i for i in wanted if i not in impls]
-    if unknown or "carafe_cupy" not in wanted:
-        print(f"--impls must name carafe_cupy and only {', '.join(impls)}", file=sys.stderr)
-        return 2
-    impls = {i: impls[i] for i in impls if i in wanted}
+    wanted = args.impls.split(",") if args.impls else list(PEER_LABELS)
+    if "carafe_cupy" not in wanted or any(i not in PEER_LABELS for i in wanted):
+        names = ", ".join(PEER_LABELS)
+        parser.error(f"--impls must name carafe_cupy and only {names}; got {args.impls}")
+    impls = {i: fn for i, fn in peers(args.compile_backend).items() if i in wanted}
     gemm = sgemm_gflops(dtype)
     copy_gbps = copy_bandwidth("cpu", 256 * MiB)
     ins = _inputs(case, dtype)

@@ -615,3 +615,19 @@ def test_bench_peers_runs_every_peer_and_mode_side_by_side(tmp_path):
     for label in cpu_peers.PEER_LABELS.values():
         assert f"| {label} |" in md
     assert "vs unfold port, eager, fwd+bwd: " in md and "% of it (median)" in md
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--k", "4"], "--k"),
+        (["--groups", "3"], "--groups"),
+        (["--impls", "unfold_eager"], "--impls"),
+    ],
+)
+def test_bench_peers_refuses_bad_arguments_naming_them(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        peers.main(["--shape", "1,4,3,4", *args])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and args[1] in error
