@@ -52,7 +52,13 @@ _TORCH_NAMES = {
     "xavier_init": "mmcv_compat",
 }
 
+# Public submodules, reachable as attributes once the package is imported (loaded on
+# first use, so that importing the package stays cheap and needs neither torch nor CuPy).
+# carafe_cupy.mmengine_registry is left out: importing it registers with mmengine.
+_SUBMODULES = ("arrays", "mmcv_compat", "nn", "nn_reassembly")
+
 if TYPE_CHECKING:
+    from . import arrays, mmcv_compat, nn, nn_reassembly  # noqa: F401 (for type checkers)
     from .mmcv_compat import CARAFEFunction, CARAFENaiveFunction, normal_init, xavier_init
     from .nn import CARAFE, CARAFENaive, CARAFEPack
     from .nn_reassembly import CARAFEDownPack, Involution
@@ -69,26 +75,26 @@ def _is_torch_tensor(value: Any) -> bool:
 
 def _front_end(function: str, **inputs: Any) -> Any:
     """The module that handles these inputs: torch, or the array front end
-    (CuPy, and any other DLPack array), never a mix of torch and CuPy."""
+    (CuPy, numpy, and any other DLPack array), never a mix of torch and another kind."""
     from ._array import dlpack as _dlpack
 
-    def kind(value: Any) -> str | None:
+    def kind(name: str, value: Any) -> str | None:
         if _is_torch_tensor(value):
-            return "torch"
-        if _dlpack.is_kernel_array(value):
-            return "cupy"
-        if _dlpack.is_dlpack_array(value):
-            return "dlpack"
+            return "torch.Tensor"
+        _dlpack.refuse_tracers(function, **{name: value})
+        if _dlpack.is_kernel_array(value) or _dlpack.is_dlpack_array(value):
+            return _dlpack.describe(value)
         return None
 
-    kinds = {name: kind(value) for name, value in inputs.items()}
+    kinds = {name: kind(name, value) for name, value in inputs.items()}
     found = {kind for kind in kinds.values() if kind is not None}
-    if {"torch", "cupy"} <= found:
+    if "torch.Tensor" in found and len(found) > 1:
         listing = ", ".join(f"{name} is {kind or 'neither'}" for name, kind in kinds.items())
         raise TypeError(
-            f"{function}: inputs must all be torch tensors or all cupy arrays; {listing}"
+            f"{function}: inputs must all be torch tensors, or all arrays of one other kind "
+            f"(cupy, numpy, ...); {listing}"
         )
-    if "torch" in found:  # its checks name any argument that is not a tensor
+    if "torch.Tensor" in found:  # its checks name any argument that is not a tensor
         from ._torch import functional as torch_functional
 
         return torch_functional
@@ -118,20 +124,22 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
     group's k*k taps first); taps that fall outside the input contribute zero.
 
     Args:
-        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
-            another DLPack array.
+        features: (N, C, H, W) torch tensor, cupy or numpy array, or another DLPack
+            array (JAX, ...).
         masks: (N, G*k*k, H*s, W*s), same kind and device as ``features``.
         kernel_size: k, odd int >= 1.
         group_size: G, int >= 1 dividing C.
         scale_factor: s, int >= 1 (floats such as 2.0 are refused).
 
     Returns (N, C, H*s, W*s). dtypes: float32, float64, float16 and bfloat16
-    (bfloat16 for torch only); float16/bfloat16 accumulate in float32. Mixed
-    feature/mask dtypes follow torch's type promotion; integer, bool and complex
-    inputs raise TypeError. Arguments follow ``mmcv.ops.carafe``. torch tensors
-    are differentiable; cupy arrays run on CuPy's current stream (see
-    :func:`carafe_backward` for their gradients); other DLPack arrays run on
-    their device and come back as their own kind.
+    (bfloat16 for torch tensors and DLPack arrays in host memory); float16/bfloat16
+    accumulate in float32. Mixed feature/mask dtypes follow torch's type promotion;
+    integer, bool and complex inputs raise TypeError. Arguments follow
+    ``mmcv.ops.carafe``. torch tensors are differentiable; cupy arrays run on CuPy's
+    current stream (see :func:`carafe_backward` for their gradients); other DLPack
+    arrays run on their device (those in host memory, numpy's too, on the PyTorch
+    CPU path, or the simulator when it is on) and come back as their own kind. JAX
+    tracers are refused: the package runs eagerly, outside JAX transforms.
     """
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
@@ -197,8 +205,8 @@ def reassemble(
     ``reassemble(f, m, k, G, s)``, bit for bit.
 
     Args:
-        features: (N, C, H, W) torch tensor, cupy array (numpy under the simulator) or
-            another DLPack array.
+        features: (N, C, H, W) torch tensor, cupy or numpy array, or another DLPack
+            array (JAX, ...).
         kernels: (N, G*k*k, Ho, Wo), same kind and device as ``features``.
         kernel_size: k, odd int >= 1.
         group_size: G, int >= 1 dividing C (channels c*C/G ... (c+1)*C/G - 1 share
@@ -253,10 +261,12 @@ def decompositions() -> dict:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        import importlib
+    import importlib
 
+    if name in _TORCH_NAMES:
         return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._core import limits as _limits
 from ._core.validate import check_int, check_odd, check_params
+from ._cpu.path import device_label, device_memory_bytes
 from ._torch.common import uses_kernels
 from ._torch.functional import carafe, normalize_logits
 from ._torch.fused import carafe_from_logits
@@ -41,6 +43,23 @@ def scripted_carafe_from_logits(
     return torch.ops.carafe_cupy.carafe_fused_forward(
         features.to(dtype), logits.to(dtype), kernel_size, group_size, scale_factor
     )
+
+
+def check_weights_fit(where: str, weights: list[tuple[str, str, int]], arguments: str) -> None:
+    """Refuse, before any is allocated, parameters that would need more than all the
+    memory of torch's default device. ``weights``: (which, formula, count) per tensor;
+    ``arguments``: the constructor arguments that set their sizes."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device()
+    parts = [
+        (
+            f"{which}, {formula} = {count} {str(dtype).replace('torch.', '')} values,",
+            count * dtype.itemsize,
+        )
+        for which, formula, count in weights
+    ]
+    capacity = device_memory_bytes(device)
+    _limits.check_fits(where, parts, capacity, device_label(device), f"lower {arguments}")
 
 
 class CARAFE(nn.Module):
@@ -85,6 +104,19 @@ class CARAFENaive(CARAFE):
     """mmcv's name for the reference implementation: the same op and results here."""
 
 
+def _mmcv_group(up_group: object, where: str) -> object:
+    """mmcv's CARAFEPack multiplies ``up_group`` into the encoder's channel count and
+    passes it to the op as an int, so ``True`` means one group there: take it so here.
+    ``False`` (no groups at all) fails there, and is refused here."""
+    if up_group is True:
+        return 1
+    if up_group is False:
+        raise ValueError(
+            f"{where}: up_group must be >= 1 (True counts as 1, as in mmcv), got False"
+        )
+    return up_group
+
+
 class CARAFEPack(nn.Module):
     """The complete CARAFE upsampler, layer for layer as mmcv's ``CARAFEPack``.
 
@@ -98,6 +130,7 @@ class CARAFEPack(nn.Module):
         scale_factor: s, the integer upsampling factor: (N, C, H, W) -> (N, C, H*s, W*s).
         up_kernel: k, odd side of the window each output pixel reassembles (default 5).
         up_group: G, mask groups; channel c uses group c // (C // G). Must divide channels.
+            ``True`` counts as 1, as in mmcv.
         encoder_kernel: odd kernel size of the content encoder convolution (default 3).
         encoder_dilation: dilation of the content encoder convolution (default 1).
         compressed_channels: output channels of the 1x1 channel compressor (default 64).
@@ -120,6 +153,7 @@ class CARAFEPack(nn.Module):
         super().__init__()
         where = "CARAFEPack"
         self.channels = check_int("channels", channels, 1, where)
+        up_group = _mmcv_group(up_group, where)
         self.up_kernel, self.up_group, self.scale_factor = check_params(
             up_kernel,
             up_group,
@@ -137,6 +171,25 @@ class CARAFEPack(nn.Module):
             "compressed_channels", compressed_channels, 1, where
         )
         up_kernel, up_group, scale_factor = self.up_kernel, self.up_group, self.scale_factor
+        encoded = up_kernel * up_kernel * up_group * scale_factor * scale_factor
+        check_weights_fit(
+            where,
+            [
+                (
+                    "the channel compressor's weight",
+                    "channels*compressed_channels",
+                    channels * compressed_channels,
+                ),
+                (
+                    "the content encoder's weight",
+                    "compressed_channels*up_kernel**2*up_group*scale_factor**2"
+                    f"*encoder_kernel**2 = {compressed_channels}*{up_kernel}**2*{up_group}"
+                    f"*{scale_factor}**2*{encoder_kernel}**2",
+                    compressed_channels * encoded * encoder_kernel**2,
+                ),
+            ],
+            "scale_factor, up_kernel, up_group, compressed_channels or encoder_kernel",
+        )
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,

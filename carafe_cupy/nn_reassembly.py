@@ -8,6 +8,7 @@ from torch import nn
 
 from ._core.validate import check_int, check_odd
 from ._torch.functional import normalize_logits, reassemble
+from .nn import check_weights_fit
 
 
 def scripted_reassemble(
@@ -141,6 +142,19 @@ class Involution(_StridedReassembly):
             )
         self.groups = channels // group_channels
         reduced = channels // reduction_ratio
+        check_weights_fit(
+            where,
+            [
+                ("conv1's weight", "channels*(channels//reduction_ratio)", channels * reduced),
+                (
+                    "conv2's weight",
+                    "(channels//reduction_ratio)*kernel_size**2*(channels//group_channels) = "
+                    f"{reduced}*{kernel_size}**2*{self.groups}",
+                    reduced * kernel_size * kernel_size * self.groups,
+                ),
+            ],
+            "kernel_size, or raise group_channels or reduction_ratio",
+        )
         self.avgpool: nn.Module = (
             nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
         )
@@ -211,6 +225,23 @@ class CARAFEDownPack(_StridedReassembly):
         _check_divides(where, "down_group", down_group, channels)
         self.encoder_kernel = check_odd("encoder_kernel", encoder_kernel, where)
         self.compressed_channels = check_int("compressed_channels", compressed_channels, 1, where)
+        check_weights_fit(
+            where,
+            [
+                (
+                    "the channel compressor's weight",
+                    "channels*compressed_channels",
+                    channels * compressed_channels,
+                ),
+                (
+                    "the content encoder's weight",
+                    "compressed_channels*down_kernel**2*down_group*encoder_kernel**2 = "
+                    f"{compressed_channels}*{down_kernel}**2*{down_group}*{encoder_kernel}**2",
+                    compressed_channels * down_kernel**2 * down_group * encoder_kernel**2,
+                ),
+            ],
+            "down_kernel, down_group, compressed_channels or encoder_kernel",
+        )
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,

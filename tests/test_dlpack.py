@@ -86,13 +86,20 @@ def test_torch_cpu_tensors_through_the_array_front_end(simulator):
     assert np.from_dlpack(features).ctypes.data == features.data_ptr()
 
 
-def test_cpu_arrays_without_the_simulator_are_refused_with_the_ways_out(monkeypatch):
+def test_cpu_arrays_without_the_simulator_run_on_the_torch_cpu_path(monkeypatch):
+    # tests/test_interop_dlpack_cpu.py has the rest: numpy, bare objects, bfloat16, no torch
     monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
-    features, masks, _ = _inputs()
-    with pytest.raises(TypeError, match=r"features \(numpy.ndarray\) is in CPU memory.*SIMULATOR"):
-        carafe_cupy.carafe(features, masks, K, G, S)
-    with pytest.raises(TypeError, match=r"features \(.*ForeignArray\) is in CPU memory"):
-        carafe_cupy.carafe(ForeignArray(features), ForeignArray(masks), K, G, S)
+    features, masks, grad_output = _inputs()
+    out = carafe_cupy.carafe(ForeignArray(features), ForeignArray(masks), K, G, S)
+    assert isinstance(out, ForeignArray)
+    np.testing.assert_allclose(out.data, naive_carafe(features, masks, K, G, S), rtol=1e-5)
+    grads = arrays.carafe_backward(
+        ForeignArray(grad_output), ForeignArray(features), ForeignArray(masks), K, G, S
+    )
+    expected = carafe_cupy.carafe_backward(grad_output, features, masks, K, G, S)
+    for grad, reference in zip(grads, expected):
+        assert isinstance(grad, ForeignArray)
+        np.testing.assert_array_equal(grad.data, reference)
 
 
 def test_arrays_of_different_kinds_are_refused(simulator):

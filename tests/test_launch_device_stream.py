@@ -188,6 +188,10 @@ class FakeCupy:
                 fake.current = self.previous
                 return False
 
+            @property
+            def mem_info(self):  # (free, total) bytes: an 80 GB GPU
+                return 80 * 10**9, 80 * 10**9
+
         self.ndarray = ndarray
         self.cuda = types.SimpleNamespace(
             Device=Device,

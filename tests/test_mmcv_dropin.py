@@ -155,3 +155,17 @@ def test_carafepack_init_uses_the_helpers_like_mmcv():
     carafe_cupy.normal_init(pack.content_encoder, std=0.001)
     for name, value in pack.state_dict().items():
         torch.testing.assert_close(value, expected[name], msg=name)
+
+
+def test_carafepack_takes_up_group_true_as_one_group_like_mmcv():
+    # mmcv multiplies up_group into the encoder's channel count and hands it to the op
+    # as an int, where True is 1
+    torch.manual_seed(0)
+    pack = carafe_cupy.CARAFEPack(16, 2, up_group=True)
+    torch.manual_seed(0)
+    one_group = carafe_cupy.CARAFEPack(16, 2, up_group=1)
+    assert pack.up_group == 1 and type(pack.up_group) is int
+    features = torch.randn(1, 16, 3, 4)
+    torch.testing.assert_close(pack(features), one_group(features), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"CARAFEPack: up_group must be >= 1 .*got False"):
+        carafe_cupy.CARAFEPack(16, 2, up_group=False)

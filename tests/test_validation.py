@@ -166,17 +166,21 @@ def test_backward_of_tensors_that_require_grad_gives_plain_values():
     assert torch.equal(grad_masks, masks.grad)
 
 
-def test_array_front_end_refuses_torch_cpu_tensors_without_the_simulator(monkeypatch):
-    # torch tensors are DLPack arrays, so the array front end takes CUDA ones; CPU
-    # memory needs the simulator (tests/test_dlpack.py runs them through it)
+def test_array_front_end_runs_torch_cpu_tensors_on_the_torch_path_without_the_simulator(
+    monkeypatch,
+):
+    # torch tensors are DLPack arrays, so the array front end takes them; host memory
+    # without the simulator runs on the PyTorch CPU path (tests/test_interop_dlpack_cpu.py)
     from carafe_cupy._array import api as _cupy_api
 
     monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
     features, masks = good_inputs()
-    with pytest.raises(TypeError, match=r"features \(torch\.Tensor\) is in CPU memory"):
-        _cupy_api.carafe(features, masks, 3, 2, 2)
-    with pytest.raises(TypeError, match=r"grad_output \(torch\.Tensor\) is in CPU memory"):
-        _cupy_api.carafe_backward(G, features, masks, 3, 2, 2)
+    torch.testing.assert_close(
+        _cupy_api.carafe(features, masks, 3, 2, 2), carafe_cupy.carafe(features, masks, 3, 2, 2)
+    )
+    grads = _cupy_api.carafe_backward(G, features, masks, 3, 2, 2)
+    for grad, want in zip(grads, carafe_cupy.carafe_backward(G, features, masks, 3, 2, 2)):
+        torch.testing.assert_close(grad, want)
 
 
 def test_index_range_check_is_exact():

@@ -3,8 +3,9 @@
 Any other array with ``__dlpack__`` and ``__dlpack_device__`` (JAX, torch, ...)
 is taken zero-copy through DLPack and the result handed back as the same kind
 (see ``_array.dlpack``). Under the simulator (``CARAFE_CUPY_SIMULATOR=1``) numpy
-arrays and CPU DLPack arrays take the same path on the CPU. No torch here;
-CuPy itself is reached only through ``_runtime.launch``.
+arrays and CPU DLPack arrays take the same path on the CPU; without it, arrays in
+host memory run on the PyTorch CPU path (``_array.via_torch``), as do bfloat16
+ones, which numpy lacks. CuPy itself is reached only through ``_runtime.launch``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from .._core import validate as _validate
 from .._runtime import launch as _launch
 from . import dlpack as _dlpack
 from . import refs as _arrays
+from . import via_torch as _via_torch
 
 
 def _check_arrays(where: str = "carafe", **arrays: Any) -> None:
     for name, array in arrays.items():
         _validate.check_dtype(name, _arrays.array_dtype_name(array.dtype), where)
+        _arrays.check_layout(where, name, array)
     devices = {name: _arrays.array_device(array) for name, array in arrays.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{name} on cuda:{device}" for name, device in devices.items())
@@ -45,10 +48,15 @@ def reassemble(
 ) -> Any:
     """Reassembly on arrays (no autograd); see :func:`carafe_cupy.reassemble`."""
     name = _validate.weights_name(where)
-    (features, kernels), give_back = _dlpack.import_arrays(features=features, **{name: kernels})
-    _check_arrays(where, features=features, **{name: kernels})
     params = (kernel_size, group_size, scale_factor, stride, dilation)
+    inputs = {"features": features, name: kernels}
+    arrays, give_back = _dlpack.import_arrays(where, **inputs)
+    if arrays is None:
+        return give_back(_via_torch.reassemble(where, inputs, params))
+    features, kernels = arrays
+    _check_arrays(where, features=features, **{name: kernels})
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    _arrays.check_fits(where, geometry, features, kernels, backward=False)
     features, kernels = _promote(features, kernels)
     shape = (geometry.batch, geometry.channels, geometry.out_height, geometry.out_width)
     output = _arrays.array_empty(features, shape, features.dtype)
@@ -81,14 +89,18 @@ def reassemble_backward(
 ) -> tuple[Any, Any]:
     """``(grad_features, grad_kernels)`` of :func:`reassemble`, in the inputs' dtypes."""
     name = _validate.weights_name(where)
-    (grad_output, features, kernels), give_back = _dlpack.import_arrays(
-        grad_output=grad_output, features=features, **{name: kernels}
-    )
-    _check_arrays(where, grad_output=grad_output, features=features, **{name: kernels})
     params = (kernel_size, group_size, scale_factor, stride, dilation)
+    inputs = {"grad_output": grad_output, "features": features, name: kernels}
+    arrays, give_back = _dlpack.import_arrays(where, **inputs)
+    if arrays is None:
+        grads = _via_torch.reassemble_backward(where, inputs, params)
+        return give_back(grads[0]), give_back(grads[1])
+    grad_output, features, kernels = arrays
+    _check_arrays(where, grad_output=grad_output, features=features, **{name: kernels})
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     feature_dtype, kernel_dtype = features.dtype, kernels.dtype
+    _arrays.check_fits(where, geometry, grad_output, features, kernels, backward=True)
     grad_output, features, kernels = _promote(grad_output, features, kernels)
     grad_features = _arrays.array_empty(features, features.shape, features.dtype)
     grad_kernels = _arrays.array_empty(features, kernels.shape, kernels.dtype)

@@ -15,6 +15,7 @@ from .._core.errors import CPU_TORCH_HINT
 from .._kernels import sources as _sources
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._runtime import launch as _launch
+from . import environment as _environment
 
 # (N, C, H, W, kernel_size, group_size, scale_factor, stride, dilation): common, odd
 # and tiny CARAFE shapes, then strided (involution, content-aware downsampling)
@@ -270,16 +271,18 @@ def _version(module: str) -> str:
 
 
 def info_lines() -> list[str]:
+    # CuPy is imported the runtime's way first: it settles CuPy's cache folder.
+    cupy_error = _cupy_runtime.cupy_import_error()
     lines = [
         f"carafe_cupy {__version__}",
         f"python {platform.python_version()} ({platform.machine()})",
         f"numpy {_version('numpy')}",
         f"torch {_version('torch')}",
-        f"cupy {_version('cupy')}",
+        f"cupy {_version('cupy') if cupy_error is None else f'not available ({cupy_error})'}",
     ]
     nvrtc = "not available"
     gpus: list[str] = []
-    if _cupy_runtime.cupy_importable():
+    if cupy_error is None:
         cupy = _arrays.cupy_module()
         try:
             nvrtc = ".".join(str(v) for v in cupy.cuda.nvrtc.getVersion())
@@ -298,10 +301,12 @@ def info_lines() -> list[str]:
     lines.append(f"kernel sources: {_sources.cuda_source_dir()}")
     options = " ".join(_sources.NVRTC_OPTIONS)
     lines.append(f"NVRTC options: {options} (NVRTC alone: no CUDA headers or toolkit needed)")
-    lines.append(f"kernel cache (CARAFE_CUPY_KERNEL_CACHE): {_cupy_runtime.kernel_cache_dir()}")
-    lines.append(
-        f"simulator (CARAFE_CUPY_SIMULATOR): {'on' if _launch.simulator_enabled() else 'off'}"
-    )
+    lines += _environment.cache_lines()
+    try:
+        simulator = "on" if _launch.simulator_enabled() else "off"
+    except ValueError as error:
+        simulator = f"off ({error})"
+    lines.append(f"simulator (CARAFE_CUPY_SIMULATOR): {simulator}")
     try:
         import torch
 
@@ -312,24 +317,33 @@ def info_lines() -> list[str]:
             lines.append(f"torch CUDA tensors use: {backend_name(torch.device('cuda'))}")
     except ImportError:
         pass
+    except ValueError as error:  # an environment variable that cannot be parsed
+        lines.append(f"torch tensors use: unknown ({error})")
     lines.append(f"cupy arrays use: {cupy_arrays_line()}")
-    if _launch.simulator_enabled():
+    if simulator == "on":
         lines.append("numpy arrays use: cuda kernels on the CPU simulator")
-    return lines
+    return lines + _environment.environment_lines()
 
 
 def cupy_arrays_line() -> str:
     """What CuPy arrays run on, or precisely which of CuPy, a GPU and NVRTC is missing and
     what to do about it."""
-    if _launch.simulator_enabled():
+    try:
+        simulator_on = _launch.simulator_enabled()
+    except ValueError:
+        simulator_on = False
+    if simulator_on:
         simulator_hint = "the simulator is on, so numpy arrays run the kernels instead"
     else:
         simulator_hint = "CARAFE_CUPY_SIMULATOR=1 runs the same kernels on numpy arrays on the CPU"
-    if not _cupy_runtime.cupy_importable():
+    cupy_error = _cupy_runtime.cupy_import_error()
+    if cupy_error == "not installed":
         return (
             'unavailable: CuPy is not installed (pip install ".[cuda13]", or ".[cuda12]" on a '
             f"CUDA 12 driver); without a GPU, {simulator_hint}"
         )
+    if cupy_error is not None:
+        return f"unavailable: CuPy is installed but {cupy_error}; {simulator_hint}"
     cupy = _arrays.cupy_module()
     try:
         gpus = cupy.cuda.runtime.getDeviceCount()

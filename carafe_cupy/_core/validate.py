@@ -184,6 +184,24 @@ def check_index_range(geometry: Geometry) -> None:
                 f"kernels' 64-bit indices address (at most 2**63 - 1 = {INDEX_MAX}); "
                 f"got {geometry}"
             )
+    # A window reaches (k - 1)*d/2 input pixels either side of its center, and the
+    # kernels step between taps in multiples of d*t: both must stay within int64.
+    g = geometry
+    reach = (g.kernel_size - 1) * g.dilation + max(g.height, g.width)
+    for culprit, formula, value in (
+        (f"dilation ({g.dilation})", "(kernel_size - 1)*dilation + max(H, W)", reach),
+        (
+            f"dilation ({g.dilation}) with stride ({g.stride})",
+            "dilation*stride",
+            g.dilation * g.stride,
+        ),
+    ):
+        if value > INDEX_MAX:
+            raise ValueError(
+                f"carafe: {culprit} is too large: the taps' offsets need {formula} = {value}, "
+                f"more than the kernels' 64-bit indices address (at most 2**63 - 1 = "
+                f"{INDEX_MAX}); got {geometry}"
+            )
 
 
 def check_grad_output_shape(

@@ -8,8 +8,10 @@ binary onto the GPU (``cupy_runtime``), the offline checks read its ptxas report
 
 Binaries are kept in memory per process and on disk, per module, target,
 source and NVRTC version, in ``CARAFE_CUPY_KERNEL_CACHE`` (default
-``~/.cache/carafe_cupy/kernels``, created private to the user). An unusable
-cache costs a warning, never the kernels.
+``~/.cache/carafe_cupy/kernels``, created mode 0700). A binary is read only
+from a folder no other user can write, and only when it is this user's file
+(``_core.private_dirs``): a cubin planted there would run on the GPU. An
+unusable or shared cache costs a warning, never the kernels.
 
 No CuPy import: callers pass ``cupy.cuda.nvrtc`` in (tests pass a fake).
 """
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._core import env as _env
+from .._core import private_dirs
 from .._core.errors import KernelCompileError
 from .._kernels.sources import NVRTC_OPTIONS
 
@@ -98,11 +102,19 @@ def compile_module(nvrtc: Any, module_name: str, source: str, target: Target) ->
     return Binary(module_name, target, image, log)
 
 
+CACHE_VARIABLE = "CARAFE_CUPY_KERNEL_CACHE"
+
+
 def cache_dir() -> Path:
-    explicit = os.environ.get("CARAFE_CUPY_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path.home() / ".cache" / "carafe_cupy" / "kernels"
+    """The configured binary cache, absolute."""
+    explicit = _env.text(CACHE_VARIABLE)
+    path = Path(explicit).expanduser() if explicit else Path.home() / ".cache/carafe_cupy/kernels"
+    return Path(os.path.abspath(path))
+
+
+def cache_problem() -> str | None:
+    """Why the binary cache is not used (binaries are then kept in memory only), or None."""
+    return private_dirs.dir_problem(cache_dir(), CACHE_VARIABLE)
 
 
 _memory: dict[str, Binary] = {}
@@ -121,15 +133,20 @@ def module_binary(nvrtc: Any, module_name: str, source: str, target: Target) -> 
     binary = _memory.get(key)
     if binary is not None:
         return binary
-    path = cache_dir() / f"{module_name}-{target.name}-{key}.bin"
     try:
+        # another user's folder or file is never read: it could hold their code
+        path = private_dirs.private_dir(cache_dir(), CACHE_VARIABLE) / (
+            f"{module_name}-{target.name}-{key}.bin"
+        )
         binary = _read(path, module_name, target)
     except OSError as error:
+        path = None
         _warn_unusable(error)
     if binary is None:
         binary = compile_module(nvrtc, module_name, source, target)
         try:
-            _write(path, binary)
+            if path is not None:
+                _write(path, binary)
         except OSError as error:
             _warn_unusable(error)
     with _memory_lock:
@@ -139,9 +156,13 @@ def module_binary(nvrtc: Any, module_name: str, source: str, target: Target) -> 
 def _read(path: Path, module_name: str, target: Target) -> Binary | None:
     """A cached binary, or None where there is none or it is damaged."""
     try:
-        data = path.read_bytes()
+        data = private_dirs.read_trusted(path)
     except FileNotFoundError:
         return None
+    except private_dirs.UntrustedPathError:
+        if path.is_dir() and not path.is_symlink():
+            raise  # cannot be replaced by a fresh binary
+        return None  # replaced by a fresh binary of this user's
     start = len(_FORMAT) + _DIGEST
     body = data[start:]
     if not data.startswith(_FORMAT) or hashlib.sha256(body).digest() != data[len(_FORMAT) : start]:
@@ -152,8 +173,7 @@ def _read(path: Path, module_name: str, target: Target) -> Binary | None:
 
 
 def _write(path: Path, binary: Binary) -> None:
-    """Write atomically (a temporary file renamed), private to the user."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Write atomically (a temporary file renamed) into the private cache folder."""
     log = binary.log.encode()
     body = struct.pack("<Q", len(log)) + log + binary.image
     descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mode 0600
@@ -175,7 +195,7 @@ def _warn_unusable(error: OSError) -> None:
     warnings.warn(
         f"carafe_cupy: the kernel cache in {str(cache_dir())!r} is unusable ({error}); "
         "kernels are compiled in memory, and again in every process. Point "
-        "CARAFE_CUPY_KERNEL_CACHE at a writable directory to keep them.",
+        "CARAFE_CUPY_KERNEL_CACHE at a writable folder private to this user to keep them.",
         RuntimeWarning,
         stacklevel=4,
     )

@@ -10,13 +10,15 @@ checks, the cost model) produce the very same binaries.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import sys
-import tempfile
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
+from .._core import private_dirs
 from .._core.errors import KernelCompileError, KernelsUnavailableError, install_hint
 from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE, NVRTC_OPTIONS  # noqa: F401 (re-exported)
@@ -41,27 +43,57 @@ def cupy_cache_dir() -> str:
     return os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
 
 
+def cupy_cache_problem() -> str | None:
+    """Why CuPy's kernel cache folder is not used as it is, or None.
+
+    CuPy loads the binaries it finds there onto the GPU, so the folder must be
+    private like this package's caches, and hold only this user's files."""
+    problem = private_dirs.dir_problem(cupy_cache_dir(), "CUPY_CACHE_DIR")
+    folder = cupy_cache_dir()
+    if problem is not None or not os.path.isdir(folder):
+        return problem  # a missing folder is created private by _ensure_cupy_cache_dir
+    foreign = private_dirs.foreign_entry(Path(folder))
+    if foreign:
+        return f"CuPy's kernel cache (CUPY_CACHE_DIR) holds a file that is not private: {foreign}"
+    return None
+
+
 def _ensure_cupy_cache_dir() -> None:
-    """Make sure ``import cupy`` can create its kernel cache directory.
+    """Give ``import cupy`` a kernel cache folder it can create and may trust.
 
     CuPy creates ``CUPY_CACHE_DIR`` while it is imported, and the import fails
-    if it cannot (a path under a file, a read-only mount). The kernels here do
-    not use that cache, so CuPy gets a private temporary directory instead, with
-    a warning.
+    if it cannot (a path under a file, a read-only mount); it also loads any
+    binary in it. The kernels here do not use that cache, so where the folder
+    is unusable or not private, CuPy gets a private temporary folder instead
+    (removed at exit), with a warning.
     """
-    directory = cupy_cache_dir()
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        fallback = tempfile.mkdtemp(prefix="carafe_cupy_kernel_cache_")
+    problem = cupy_cache_problem()
+    if problem is None:
+        try:
+            private_dirs.private_dir(cupy_cache_dir(), "CUPY_CACHE_DIR")
+        except OSError as error:
+            problem = str(error)
+    if problem is not None:
+        fallback = private_dirs.fallback_dir("carafe_cupy_kernel_cache_")
         warnings.warn(
-            f"carafe_cupy: CuPy's kernel cache directory {directory!r} cannot be created "
-            f"({error}); CuPy's own kernels go to {fallback!r} for this process. Set "
-            "CUPY_CACHE_DIR to a writable directory to keep them between runs.",
+            f"carafe_cupy: CuPy's kernel cache folder {cupy_cache_dir()!r} is not used "
+            f"({problem}); CuPy's own kernels go to {str(fallback)!r} for this process. Set "
+            "CUPY_CACHE_DIR to a folder only this user can write to keep them between runs.",
             RuntimeWarning,
             stacklevel=3,
         )
-        os.environ["CUPY_CACHE_DIR"] = fallback
+        os.environ["CUPY_CACHE_DIR"] = str(fallback)
+
+
+def cupy_import_error() -> str | None:
+    """Why CuPy cannot be imported ("not installed" or its import error), or None."""
+    if importlib.util.find_spec("cupy") is None:
+        return "not installed"
+    try:
+        _import_cupy()
+    except KernelsUnavailableError as error:
+        return str(error)
+    return None
 
 
 def cupy_importable() -> bool:
@@ -284,11 +316,6 @@ def device_kernels_line(device: int) -> str:
     if reason is not None:
         return f"unavailable: {reason}"
     return _gpu_checks.compile_target(_import_cupy(), device).describe()
-
-
-def kernel_cache_dir() -> str:
-    """Where compiled kernel binaries are kept (``CARAFE_CUPY_KERNEL_CACHE``)."""
-    return str(_binaries.cache_dir())
 
 
 @functools.lru_cache(maxsize=64)

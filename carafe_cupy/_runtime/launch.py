@@ -11,10 +11,10 @@ CuPy/NVRTC on a GPU (``_runtime.cupy_runtime``), or the CPU simulator when
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
+from .._core import env as _env
 from .._kernels import sources as _sources
 from .._kernels.sources import KERNEL_MODULE
 from .._plan import record as _launch_record
@@ -36,7 +36,8 @@ _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
 
 def simulator_enabled() -> bool:
-    return os.environ.get("CARAFE_CUPY_SIMULATOR", "") not in ("", "0")
+    """``CARAFE_CUPY_SIMULATOR`` as a boolean (ValueError naming it when it is not one)."""
+    return _env.flag("CARAFE_CUPY_SIMULATOR")
 
 
 def plan_target(device: int) -> PlanTarget:

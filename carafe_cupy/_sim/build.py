@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._core import env as _env
+from .._core import private_dirs
 from . import trace as _trace
 from .common import HERE, SimulatorError, safe_name
 
@@ -64,9 +66,8 @@ _compiler_info: dict[tuple[str, ...], str] = {}
 
 
 def find_compiler() -> list[str]:
-    env = os.environ.get("CXX", "").strip()
-    if env:
-        cmd = shlex.split(env)
+    cmd = _env.words("CXX")
+    if cmd:
         if shutil.which(cmd[0]) is None:
             raise SimulatorError(
                 f"C++ compiler {cmd[0]!r} from the CXX environment variable was not found. "
@@ -104,7 +105,7 @@ def _compiler_version(cxx: list[str]) -> str:
 
 
 def _asan_requested() -> bool:
-    return os.environ.get("CARAFE_CUPY_SIM_ASAN", "") not in ("", "0")
+    return _env.flag("CARAFE_CUPY_SIM_ASAN")
 
 
 def asan_loaded() -> bool:
@@ -220,6 +221,29 @@ def _build_runtime_object(cxx: list[str], flags: list[str], out: Path, source: s
         _run_compiler(cmd, build, f"the simulator runtime ({source})")
 
 
+def _runtime_object_path(
+    directory: Path, flags: list[str], version: str, source: str = "cuda_sim_runtime.cpp"
+) -> Path:
+    h = hashlib.sha256()
+    for part in (_shim_digest(), "\0".join(flags), version, source):
+        h.update(part.encode() + b"\0\1\0")
+    h.update((HERE / source).read_bytes())
+    stem = "runtime" if source == "cuda_sim_runtime.cpp" else Path(source).stem
+    return directory / f"{stem}-{h.hexdigest()[:32]}.o"
+
+
+def _object_sources(traced: bool) -> list[str]:
+    return ["cuda_sim_runtime.cpp"] + ([_trace.HOOKS_SOURCE] if traced else [])
+
+
+def runtime_objects(directory: Path, spec: BuildSpec, traced: bool) -> list[Path]:
+    """The cached scheduler objects a module built into ``directory`` links."""
+    return [
+        _runtime_object_path(directory, spec.flags, spec.version, source)
+        for source in _object_sources(traced)
+    ]
+
+
 def _runtime_object(
     directory: Path,
     cxx: list[str],
@@ -227,20 +251,19 @@ def _runtime_object(
     version: str,
     source: str = "cuda_sim_runtime.cpp",
 ) -> tuple[Path, bool]:
-    """Path of the cached object built from ``source``, and whether it was built just now."""
-    h = hashlib.sha256()
-    for part in (_shim_digest(), "\0".join(flags), version, source):
-        h.update(part.encode() + b"\0\1\0")
-    h.update((HERE / source).read_bytes())
-    stem = "runtime" if source == "cuda_sim_runtime.cpp" else Path(source).stem
-    final = directory / f"{stem}-{h.hexdigest()[:32]}.o"
+    """Path of the cached object built from ``source``, and whether it was built just now.
+
+    Only an object of this user's that nobody else can write is linked; any
+    other file under its name is replaced by a fresh build."""
+    final = _runtime_object_path(directory, flags, version, source)
     with _runtime_lock:
-        if final.is_file() and final.stat().st_size > 0:
+        if private_dirs.trusted_file(final) and final.stat().st_size > 0:
             return final, False
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".o")
         os.close(fd)
         try:
             _build_runtime_object(cxx, flags, Path(tmp), source)
+            os.chmod(tmp, 0o600)  # the linker writes it with the umask's mode
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
@@ -253,10 +276,14 @@ def digest_file(path: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def compile_into(
@@ -267,7 +294,7 @@ def compile_into(
     # Build next to the final name, then rename: readers never see half a file.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".so")
     os.close(fd)
-    sources = ["cuda_sim_runtime.cpp"] + ([_trace.HOOKS_SOURCE] if traced else [])
+    sources = _object_sources(traced)
     try:
         built = [_runtime_object(directory, cxx, flags, version, s) for s in sources]
         try:
@@ -282,6 +309,7 @@ def compile_into(
             objects = [_runtime_object(directory, cxx, flags, version, s)[0] for s in sources]
             _compile(cxx, flags, glue, Path(tmp), name, objects, traced)
         digest = digest_file(Path(tmp))
+        os.chmod(tmp, 0o600)  # the linker writes it with the umask's mode
         os.replace(tmp, final)
         _write_atomic(final.with_name(final.name + ".sha256"), digest + "\n")
     finally:
@@ -321,8 +349,7 @@ def build_spec(module_name: str, source: str, traced: bool) -> BuildSpec:
         )
     cxx = find_compiler()
     flags = list(_BASE_FLAGS) + (list(ASAN_FLAGS) if asan else [])
-    extra = os.environ.get("CARAFE_CUPY_SIM_CXXFLAGS", "")
-    flags += shlex.split(extra)
+    flags += _env.words("CARAFE_CUPY_SIM_CXXFLAGS")
     kernels = kernel_names(source, cxx, flags)
     glue = _glue(module_name, source, kernels, may_block)
     version = _compiler_version(cxx)

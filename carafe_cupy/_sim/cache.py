@@ -1,17 +1,24 @@
 """Compiled simulator modules: found in the cache folder (or built there by
-``build``), checked against their recorded digest, loaded with ctypes, and kept
-per process keyed on everything that went into the build."""
+``build``), checked (``verify``: this user's, its recorded digest, a whole ELF
+file), loaded with ctypes, and kept per process keyed on everything that went
+into the build. Only a private cache folder is read (``_core.private_dirs``);
+otherwise modules go to a private temporary folder removed at exit."""
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
-import tempfile
+import shutil
+import stat
 import threading
 import warnings
 from pathlib import Path
 
+from .._core import env as _env
+from .._core import private_dirs as _private_dirs
 from . import build as _build
+from . import verify as _verify
 from .common import SimulatorError, safe_name
 
 
@@ -55,49 +62,95 @@ _state_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
 _modules: dict[str, _Module] = {}
 _memo: dict[tuple[str, ...], _Module] = {}
-_fallback_dir: str | None = None
+_opened: set[str] = set()  # every path handed to dlopen in this process
+_aliases = itertools.count()
+_warned: set[str] = set()
+CACHE_VARIABLE = "CARAFE_CUPY_SIM_CACHE"
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("CARAFE_CUPY_SIM_CACHE")
-    if env:
-        return Path(env).expanduser()
+def cache_dir() -> Path:
+    """The configured module cache, absolute (a relative one is taken from the
+    working folder now, since the compiler runs elsewhere)."""
+    configured = _env.text(CACHE_VARIABLE)
+    path = Path(configured).expanduser() if configured else _default_cache()
+    return Path(os.path.abspath(path))
+
+
+def _default_cache() -> Path:
     return Path.home() / ".cache" / "carafe_cupy" / "sim"
 
 
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
-        os.close(fd)
-        os.unlink(probe)
-        return True
-    except OSError:
-        return False
+def cache_problem() -> str | None:
+    """Why the configured cache is not used (modules then go to a private
+    temporary folder), or None."""
+    return _private_dirs.dir_problem(cache_dir(), CACHE_VARIABLE)
+
+
+def _warn_once(message: str) -> None:
+    with _state_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
 def _fallback_cache() -> Path:
-    global _fallback_dir
-    with _state_lock:
-        if _fallback_dir is None:
-            _fallback_dir = tempfile.mkdtemp(prefix="carafe_cupy_sim-")
-        return Path(_fallback_dir)
+    return _private_dirs.fallback_dir("carafe_cupy_sim-")
 
 
-def _verify(path: Path) -> None:
-    # dlopen of a truncated library can SIGBUS instead of failing, so check the
-    # digest recorded next to it before mapping it.
-    sidecar = path.with_name(path.name + ".sha256")
+def _trusted_cache() -> Path:
+    """The configured cache when it is private; otherwise nothing in it is read."""
     try:
-        want = sidecar.read_text().strip()
-    except OSError as exc:
-        raise OSError(f"{sidecar} missing ({exc})") from exc
-    if _build.digest_file(path) != want:
-        raise OSError(f"{path} does not match its recorded sha256 (damaged cache file)")
+        return _private_dirs.private_dir(cache_dir(), CACHE_VARIABLE)
+    except OSError as error:
+        _warn_once(
+            f"simulator modules are not read from or written to {cache_dir()}: {error}. "
+            "They are compiled into a private temporary folder for this process instead."
+        )
+        return _fallback_cache()
+
+
+def _blocked(paths: list[Path]) -> str | None:
+    """A reason when a folder sits where a build goes (other files are replaced)."""
+    for path in paths:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            return f"{path} cannot be checked ({error})"
+        if stat.S_ISDIR(mode):  # a rename cannot replace it
+            return f"{path} is a folder where a build goes; remove it"
+    return None
+
+
+def _dlopen(path: Path) -> ctypes.CDLL:
+    # dlopen hands back the library already loaded under the same name, so a
+    # module rebuilt at a path loaded before is opened through a fresh hard link.
+    with _state_lock:
+        seen = str(path) in _opened
+        _opened.add(str(path))
+    if not seen:
+        return ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    alias = path.with_name(f".load-{os.getpid()}-{next(_aliases)}-{path.name}")
+    try:
+        os.link(path, alias)
+    except OSError:
+        shutil.copyfile(path, alias)
+    try:
+        return ctypes.CDLL(str(alias), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    finally:
+        alias.unlink(missing_ok=True)
+
+
+def module_file_name(module_name: str, key: str, traced: bool = False) -> str:
+    """The cache file of a module whose build key is ``key``."""
+    return f"{safe_name(module_name)}{'-traced' if traced else ''}-{key[:32]}.so"
 
 
 def _load(path: Path, kernels: tuple[str, ...]) -> _Module:
-    lib = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    _verify.check_module(path)
+    lib = _dlopen(path)
     try:
         return _Module(lib, str(path), kernels)
     except AttributeError as exc:
@@ -138,33 +191,27 @@ def _get_module_slow(module_name: str, source: str, traced: bool) -> _Module:
             mod = _modules.get(key)
         if mod is not None:
             return mod
-        fname = f"{safe_name(module_name)}{'-traced' if traced else ''}-{key[:32]}.so"
-        directory = _cache_dir()
-        if not _writable_dir(directory):
-            if not (directory / fname).is_file():
-                warnings.warn(
-                    f"simulator cache directory {directory} is not writable; "
-                    "compiling into a temporary directory instead",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                directory = _fallback_cache()
+        fname = module_file_name(module_name, key, traced)
+        directory = _trusted_cache()
         final = directory / fname
         mod = None
-        if final.is_file():
+        if final.exists() or final.is_symlink():
             try:
-                _verify(final)
                 mod = _load(final, kernels)
             except OSError as exc:
-                warnings.warn(
-                    f"cached simulator module {final} could not be loaded ({exc}); recompiling",
-                    RuntimeWarning,
-                    stacklevel=3,
+                _warn_once(
+                    f"cached simulator module {final} could not be loaded ({exc}); recompiling"
                 )
-                if not _writable_dir(directory):
-                    directory = _fallback_cache()
-                    final = directory / fname
         if mod is None:
+            targets = [final, final.with_name(final.name + ".sha256")]
+            targets += _build.runtime_objects(directory, spec, traced)
+            blocked = _blocked(targets)
+            if blocked or not os.access(directory, os.W_OK):
+                if blocked:
+                    _warn_once(f"simulator cache: {blocked}; compiling into a private "
+                               "temporary folder for this process instead")
+                directory = _fallback_cache()
+                final = directory / fname
             _build.compile_into(directory, final, spec, module_name, traced)
             try:
                 mod = _load(final, kernels)

@@ -12,10 +12,13 @@ Environment:
   ``reverse``, ``random``, ``warp-serial`` or ``random-warp``.
 * ``CARAFE_CUPY_SIM_SEED``: seed for ``random`` and ``random-warp`` (default 0).
 * ``CARAFE_CUPY_SIM_CACHE``: directory of compiled modules (default
-  ``~/.cache/carafe_cupy/sim``).
-* ``CARAFE_CUPY_SIM_STACK``: fiber stack size in bytes (default 65536).
-* ``CARAFE_CUPY_SIM_ASAN=1``: build modules with AddressSanitizer. The Python
-  process must start with libasan preloaded, e.g.::
+  ``~/.cache/carafe_cupy/sim``); used only when private to the user (see
+  ``_core.private_dirs``), otherwise a private temporary folder is.
+* ``CARAFE_CUPY_SIM_STACK``: fiber stack size in bytes, 16384 to 67108864
+  (default 65536).
+* ``CARAFE_CUPY_SIM_ASAN=1`` (a boolean: 1/0, true/false, yes/no, on/off):
+  build modules with AddressSanitizer. The Python process must start with
+  libasan preloaded, e.g.::
 
       LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" \\
       ASAN_OPTIONS=detect_leaks=0 \\
@@ -40,12 +43,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
+from .._core import env as _env
 from . import build as _build
 from . import trace as _trace
 from .cache import get_module
@@ -57,6 +60,8 @@ __all__ = ["ORDERS", "SimRuntime", "SimulatorError", "get_runtime"]
 _ORDERS = {"forward": 0, "reverse": 1, "random": 2, "warp-serial": 3, "random-warp": 4}
 ORDERS = tuple(_ORDERS)
 _DEFAULT_STACK = 64 * 1024
+# Up to 1024 fibers each map a stack: 64 MiB apiece is 64 GiB of address space.
+MIN_STACK, MAX_STACK = 16 * 1024, 64 * 1024 * 1024
 _ERR_LEN = 8192
 _state_lock = threading.Lock()
 
@@ -104,8 +109,14 @@ class SimRuntime:
         self.order = order
         self.seed = int(seed)
         if stack_size is None:
-            stack_size = int(os.environ.get("CARAFE_CUPY_SIM_STACK", _DEFAULT_STACK))
-        self.stack_size = max(int(stack_size), 16 * 1024)
+            stack_size = _env.integer(
+                "CARAFE_CUPY_SIM_STACK", _DEFAULT_STACK, MIN_STACK, MAX_STACK
+            )
+        elif not MIN_STACK <= int(stack_size) <= MAX_STACK:
+            raise ValueError(
+                f"stack_size must be between {MIN_STACK} and {MAX_STACK} bytes, got {stack_size}"
+            )
+        self.stack_size = int(stack_size)
         self._launches = 0
         self._lock = threading.Lock()
 
@@ -190,17 +201,11 @@ def get_runtime() -> SimRuntime:
     global _runtime
     with _state_lock:
         if _runtime is None:
-            order = os.environ.get("CARAFE_CUPY_SIM_ORDER", "forward").strip().lower()
+            order = _env.text("CARAFE_CUPY_SIM_ORDER").lower() or "forward"
             if order not in _ORDERS:
-                raise SimulatorError(
+                raise ValueError(
                     f"CARAFE_CUPY_SIM_ORDER must be one of {', '.join(ORDERS)}; got {order!r}"
                 )
-            seed_text = os.environ.get("CARAFE_CUPY_SIM_SEED", "0").strip() or "0"
-            try:
-                seed = int(seed_text)
-            except ValueError:
-                raise SimulatorError(
-                    f"CARAFE_CUPY_SIM_SEED must be an integer, got {seed_text!r}"
-                ) from None
+            seed = _env.integer("CARAFE_CUPY_SIM_SEED", 0)
             _runtime = SimRuntime(order, seed)
         return _runtime

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._core import validate as _validate
+from .._cpu import path as _cpu_path
 from . import export as _export
 from .common import as_dtype, check_tensors, normalize_logits  # noqa: F401 (re-exported)
 from .fused import carafe_from_logits  # noqa: F401 (re-exported)
@@ -42,6 +43,8 @@ def reassemble(
             *_validate.check_reassembly_params(*params, where),
         )
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
+    inputs = (("features", features), (_validate.weights_name(where), kernels))
+    _cpu_path.check_memory(geometry, dtype, features.device, False, where=where, casts=inputs)
     return forward_op(
         as_dtype(features, dtype), as_dtype(kernels, dtype), *_op_params(geometry)
     )
@@ -74,6 +77,10 @@ def reassemble_backward(
     geometry = _validate.check_geometry(features.shape, kernels.shape, *params, where=where)
     _validate.check_grad_output_shape(grad_output.shape, geometry, where)
     dtype = torch.promote_types(features.dtype, kernels.dtype)
+    inputs = (("grad_output", grad_output), ("features", features), (name, kernels))
+    _cpu_path.check_memory(
+        geometry, dtype, features.device, True, where=where, weights=name, casts=inputs
+    )
     # Gradients as plain values: this op has no derivative of its own, so the
     # results must not join the caller's graph (a later .backward() would fail).
     with torch.no_grad():

@@ -38,24 +38,33 @@ def check_logits_geometry(
     kernel_size: int,
     group_size: int,
     scale_factor: int,
+    where: str = "carafe_from_logits",
 ) -> _launch.Geometry:
-    """The geometry of CARAFE on ``features`` with masks from ``logits``."""
+    """The geometry of CARAFE on ``features`` with masks from ``logits``; a wrong
+    logits shape is reported as the logits', not as that of the masks made from them."""
     kernel_size, group_size, scale_factor = _validate.check_params(
-        kernel_size, group_size, scale_factor
+        kernel_size, group_size, scale_factor, where
     )
+    layout = "(N, G*k*k*s*s, H, W)"
     if len(logits_shape) != 4:
         raise ValueError(
-            f"carafe: logits must be 4-D (N, G*k*k*s*s, H, W), got {len(logits_shape)}-D"
+            f"{where}: logits must be 4-D {layout}, got {len(logits_shape)}-D shape "
+            f"{tuple(logits_shape)}"
         )
-    batch, channels, height, width = logits_shape
-    expected = group_size * kernel_size * kernel_size * scale_factor * scale_factor
-    if channels != expected:
-        raise ValueError(
-            f"carafe: logits must have G*k*k*s*s = {expected} channels, got {channels}"
-        )
+    channels = group_size * kernel_size * kernel_size * scale_factor * scale_factor
+    if len(features_shape) == 4:  # features of another rank are refused by check_geometry
+        batch, _, height, width = (int(size) for size in features_shape)
+        expected = (batch, channels, height, width)
+        if tuple(int(size) for size in logits_shape) != expected:
+            raise ValueError(
+                f"{where}: logits must have shape {layout} = {expected} for features "
+                f"{tuple(features_shape)}, kernel_size={kernel_size}, group_size={group_size}, "
+                f"scale_factor={scale_factor}; got {tuple(logits_shape)}"
+            )
+    batch, _, height, width = logits_shape
     masks_shape = (batch, group_size * kernel_size**2, height * scale_factor, width * scale_factor)
     return _validate.check_geometry(
-        features_shape, masks_shape, kernel_size, group_size, scale_factor
+        features_shape, masks_shape, kernel_size, group_size, scale_factor, where=where
     )
 
 
@@ -67,6 +76,14 @@ def _uses_fused_kernels(features: torch.Tensor, geometry: _launch.Geometry) -> b
     return uses_kernels(features.device) and _planner.fused_supported(
         geometry, dtype_name(features.dtype)
     )
+
+
+def _normalised_masks(logits: torch.Tensor, fused: bool) -> list[tuple[str, int]]:
+    """Memory the composed path takes before the plain op checks its own: the
+    pixel_shuffled and the softmaxed logits (nothing where the fused kernels run)."""
+    if fused:
+        return []
+    return [("the masks normalised from the logits", 2 * logits.numel() * logits.itemsize)]
 
 
 @torch.library.custom_op(_FUSED_FORWARD, mutates_args=())
@@ -81,7 +98,13 @@ def carafe_fused_forward(
     geometry = check_logits_geometry(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
-    if _uses_fused_kernels(features, geometry):
+    fused = _uses_fused_kernels(features, geometry)
+    extra = _normalised_masks(logits, fused)
+    where = "carafe_from_logits"
+    _cpu_path.check_memory(
+        geometry, features.dtype, features.device, False, where=where, extra=extra
+    )
+    if fused:
         output = empty_output(features, scale_factor)
         device, stream = device_and_stream(features.device)
         try:
@@ -141,7 +164,19 @@ def carafe_fused_backward(
         features.shape, logits.shape, kernel_size, group_size, scale_factor
     )
     _validate.check_grad_output_shape(grad_output.shape, geometry)
-    if _uses_fused_kernels(features, geometry):
+    fused = _uses_fused_kernels(features, geometry)
+    extra = _normalised_masks(logits, fused)
+    device = features.device
+    _cpu_path.check_memory(
+        geometry,
+        features.dtype,
+        device,
+        True,
+        where="carafe_from_logits",
+        weights="logits",
+        extra=extra,
+    )
+    if fused:
         grad_features = torch.empty_like(features)
         grad_logits = torch.empty_like(logits)
         device, stream = device_and_stream(features.device)
@@ -211,7 +246,12 @@ def carafe_from_logits(
         return _export.decomposed_forward(
             features.to(dtype), masks, kernel_size, group_size, scale_factor
         )
-    check_logits_geometry(features.shape, logits.shape, kernel_size, group_size, scale_factor)
+    geometry = check_logits_geometry(
+        features.shape, logits.shape, kernel_size, group_size, scale_factor
+    )
+    casts = (("features", features), ("logits", logits))
+    where = "carafe_from_logits"
+    _cpu_path.check_memory(geometry, dtype, features.device, False, where=where, casts=casts)
     return carafe_fused_forward(
         features.to(dtype), logits.to(dtype), kernel_size, group_size, scale_factor
     )

@@ -46,6 +46,7 @@ def forward_op(
     geometry = _validate.check_geometry(features.shape, masks.shape, *params)
     if not uses_kernels(features.device):
         return _cpu_path.cpu_forward(features, masks, *params)
+    _cpu_path.check_memory(geometry, features.dtype, features.device, backward=False)
     output = empty_output(features, scale_factor, stride)
     device, stream = device_and_stream(features.device)
     try:
@@ -88,6 +89,7 @@ def backward_op(
     _validate.check_grad_output_shape(grad_output.shape, geometry)
     if not uses_kernels(features.device):
         return _cpu_path.cpu_backward(grad_output, features, masks, *params)
+    _cpu_path.check_memory(geometry, features.dtype, features.device, backward=True)
     grad_features = torch.empty_like(features)
     grad_masks = torch.empty_like(masks)
     device, stream = device_and_stream(features.device)
