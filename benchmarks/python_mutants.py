@@ -51,6 +51,7 @@ COMMON, FUNCTIONAL, FUSED, OPS = (
     "_torch/ops.py",
 )
 VALIDATE, CPU = "_core/validate.py", "_cpu/path.py"
+EXPORT = "_torch/export.py"
 
 MUTANTS = (
     # ---- the planner: which tensors a decision reads, what each argument is
@@ -335,6 +336,19 @@ MUTANTS = (
         "nn_reassembly.py",
         r"if reduction_ratio > channels:",
         r"if reduction_ratio > 2 * channels:",
+    ),
+    # ---- the standard-op decomposition that ONNX exports
+    M(
+        "export-kernel-row-ignores-dilation",
+        EXPORT,
+        r"i \* d : i \* d \+ \(rows - 1\) \* t \+ 1 : t,",
+        r"i : i + (rows - 1) * t + 1 : t,",
+    ),
+    M(
+        "export-mask-rows-and-columns-swapped",
+        EXPORT,
+        r"\.permute\(2, 0, 4, 6, 1, 5, 7, 3\)",
+        r".permute(3, 0, 4, 6, 1, 5, 7, 2)",
     ),
     M(
         "downpack-group-check-off",

@@ -37,18 +37,29 @@ def _benchmark_script(name: str = "bench_carafe.py") -> Path:
     raise SystemExit(f"carafe_cupy: benchmarks/{name} not found in this install")
 
 
+def _load_benchmark(script: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, _benchmark_script(script))
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses and pickling look the module up
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def _bench(bench_args: list[str]) -> int:
     forwarded = list(bench_args)
+    if "--peers" in forwarded:
+        # --peers: the CPU path against torch.compile loops and the eager unfold port
+        forwarded.remove("--peers")
+        bench = _load_benchmark("bench_cpu_peers.py", "carafe_cupy_bench_cpu_peers")
+        return bench.main(forwarded, prog="python -m carafe_cupy bench --peers")
     # --reassembly: involution and CARAFE++ downsampling against unfold instead
     reassembly = "--reassembly" in forwarded
     if reassembly:
         forwarded.remove("--reassembly")
-    path = _benchmark_script("bench_reassembly.py" if reassembly else "bench_carafe.py")
-    name = "carafe_cupy_bench_reassembly" if reassembly else "carafe_cupy_bench"
-    spec = importlib.util.spec_from_file_location(name, path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses and pickling look the module up
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark(
+        "bench_reassembly.py" if reassembly else "bench_carafe.py",
+        "carafe_cupy_bench_reassembly" if reassembly else "carafe_cupy_bench",
+    )
     if reassembly:
         return bench.main(forwarded)
     return bench.main(forwarded, prog="python -m carafe_cupy bench", quick_by_default=True)
@@ -175,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "bench",
         help="benchmark against the unfold and shift baselines (short run; --full for all; "
         "other options go to benchmarks/bench_carafe.py); --reassembly: Involution and "
-        "CARAFEDownPack against unfold (benchmarks/bench_reassembly.py)",
+        "CARAFEDownPack against unfold (benchmarks/bench_reassembly.py); --peers: the CPU "
+        "path against torch.compile loops and the eager unfold port at one shape "
+        "(benchmarks/bench_cpu_peers.py)",
     )
     from ._profile import cli as profile_cli
 

@@ -524,3 +524,110 @@ def test_contention_mode_prints_slowdowns(tmp_path):
     }
     for row in rows:
         assert row["status"] == "ok" and row["slowdown"] > 0  # a figure, not a speed target
+
+
+peers = _load("carafe_bench_cpu_peers", BENCH / "bench_cpu_peers.py")
+cpu_peers = sys.modules["cpu_peers"]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_peer_shift_loop_matches_naive_loop_and_its_gradients(cfg):
+    feat, masks = _inputs(cfg, seed=4)
+    k, g, s = cfg[4:]
+    want = naive_carafe(feat.numpy(), masks.numpy(), k, g, s)
+    f, m = feat.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+    got = cpu_peers.carafe_shift_upsampled(f, m, k, g, s)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(got.shape, generator=torch.Generator().manual_seed(5), dtype=got.dtype)
+    f2, m2 = feat.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+    expected = torch.autograd.grad(baselines.carafe_shift(f2, m2, k, g, s), (f2, m2), grad_out)
+    for a, b in zip(torch.autograd.grad(got, (f, m), grad_out), expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_peer_flops_count_a_multiply_add_per_tap_channel_and_pixel():
+    n, c, h, w, k, s = 2, 8, 3, 5, 3, 2
+    per_pass = 2 * n * c * (h * s) * (w * s) * k * k
+    assert cpu_peers.carafe_flops(n, c, h, w, k, s, "fwd") == per_pass
+    assert cpu_peers.carafe_flops(n, c, h, w, k, s, "fwd-grad") == per_pass
+    assert cpu_peers.carafe_flops(n, c, h, w, k, s, "fwd+bwd") == 3 * per_pass
+
+
+def test_peers_check_leaves_a_wrong_peer_untimed():
+    import carafe_cupy
+
+    case = bench.Case("t", 1, 4, 3, 3, k=3, g=2, s=2)
+    ins = peers._inputs(case, torch.float32)
+
+    def off_by_a_tap(f, m, k, g, s):  # the unfold port with one mask channel dropped
+        m = m.clone()
+        m[:, 0] = 0
+        return baselines.carafe_unfold_lowres(f, m, k, g, s)
+
+    impls = {"carafe_cupy": carafe_cupy.carafe, "unfold_eager": off_by_a_tap}
+    rows = peers.warm_up_and_check(impls, case, ins, budget_s=60)
+    assert rows[("carafe_cupy", "fwd")]["check"] == "reference"
+    for mode in ("fwd", "fwd+bwd"):
+        assert rows[("unfold_eager", mode)]["status"].startswith("wrong result: ")
+    peers.time_rounds(impls, case, ins, rows, reps=2)
+    assert "min_ms" not in rows[("unfold_eager", "fwd")]
+    assert rows[("carafe_cupy", "fwd")]["reps"] == 2
+
+
+def test_bench_peers_runs_every_peer_and_mode_side_by_side(tmp_path):
+    """`bench --peers` at a tiny shape, the compiled peers through dynamo without code
+    generation: behaviour only (every row timed, checked, with memory and the speed-ups)."""
+    out = tmp_path / "peers"
+    result = _bench_cli(
+        "--peers", "--shape", "1,4,3,4", "--k", "3", "--groups", "2", "--reps", "2",
+        "--compile-backend", "eager", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["impl"], r["mode"]): r for r in report["rows"]}
+    compiled = {"shift_compiled", "unfold_compiled"}
+    assert set(rows) == {
+        (impl, mode)
+        for impl in ("carafe_cupy", *compiled, "unfold_eager")
+        for mode in ("fwd", "fwd-grad", "fwd+bwd")
+        if mode != "fwd-grad" or impl in compiled
+    }
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["reps"] == 2 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["check"] == ("reference" if row["impl"] == "carafe_cupy" else "ok")
+        if sys.platform.startswith("linux"):
+            assert isinstance(row["peak_mem_bytes"], int)
+    assert {(r["peer"], r["mode"], r["on"]) for r in report["ratios"]} == {
+        (peer, mode, on)
+        for peer in ("shift_compiled", "unfold_compiled", "unfold_eager")
+        for mode in ("fwd", "fwd+bwd")
+        for on in ("median", "min")
+    }
+    assert report["gemm"]["gflops"] > 0 and report["copy_gbps"] > 0
+    assert report["floor"]["fwd+bwd"]["flops"] == 3 * report["floor"]["fwd"]["flops"]
+    from carafe_cupy._torch.common import backend_name
+
+    assert report["meta"]["cpu_path"] == backend_name(torch.device("cpu"))
+    md = (out / "results.md").read_text()
+    assert md == result.stdout.split("\nresults written to")[0]
+    assert "command: `python -m carafe_cupy bench --peers --shape 1,4,3,4" in md
+    for label in cpu_peers.PEER_LABELS.values():
+        assert f"| {label} |" in md
+    assert "vs unfold port, eager, fwd+bwd: " in md and "% of it (median)" in md
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--k", "4"], "--k"),
+        (["--groups", "3"], "--groups"),
+        (["--impls", "unfold_eager"], "--impls"),
+    ],
+)
+def test_bench_peers_refuses_bad_arguments_naming_them(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        peers.main(["--shape", "1,4,3,4", *args])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and args[1] in error

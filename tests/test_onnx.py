@@ -73,7 +73,8 @@ def assert_standard_onnx(model_proto):
     assert domains == {""}, f"non-standard domains: {domains}"
 
 
-@pytest.mark.parametrize("k, g, s", [(3, 2, 3)])
+# odd scale; one tap; many groups; a kernel wider than the input; scale 1
+@pytest.mark.parametrize("k, g, s", [(3, 2, 3), (1, 1, 2), (5, 4, 2), (7, 1, 1)])
 def test_onnx_carafe_matches_pytorch(k, g, s):
     torch.manual_seed(0)
     features = torch.randn(2, 4, 5, 3)
@@ -83,6 +84,28 @@ def test_onnx_carafe_matches_pytorch(k, g, s):
     assert_standard_onnx(model_proto)
     expected = module(features, masks).numpy()
     np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
+
+
+class Reassemble(torch.nn.Module):
+    def __init__(self, k: int, g: int, s: int, t: int, d: int):
+        super().__init__()
+        self.params = (k, g, s, t, d)
+
+    def forward(self, features, kernels):
+        return carafe_cupy.reassemble(features, kernels, *self.params)
+
+
+# (k, G, s, stride, dilation): strided, dilated, both, with upsampling; centers past the edge
+@pytest.mark.parametrize("params", [(3, 2, 1, 2, 1), (5, 1, 1, 3, 2), (3, 2, 2, 1, 2)], ids=str)
+def test_onnx_reassemble_with_stride_and_dilation_matches_pytorch(params):
+    k, g, s, t, d = params
+    torch.manual_seed(0)
+    features = torch.randn(2, 4, 7, 5)
+    kernels = torch.rand(2, g * k * k, -(-7 // t) * s, -(-5 // t) * s)
+    module = Reassemble(*params)
+    model_proto, (output,) = export_and_run(module, (features, kernels))
+    assert_standard_onnx(model_proto)
+    np.testing.assert_allclose(output, module(features, kernels).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_carafepack_matches_pytorch():
@@ -142,6 +165,13 @@ def test_plain_onnx_export_with_dynamic_sizes(dynamo, tmp_path):
     model = AllEntryPoints(fused=dynamo).eval()
     # the second shape was not seen at export
     assert_plain_export_runs(model, dynamo, tmp_path, ((2, 4, 3, 5), (1, 4, 6, 2)))
+
+
+def test_onnx_export_from_a_batch_of_one_keeps_the_batch_dynamic(tmp_path):
+    """A size of 1 at export must not be fixed to 1 in the graph."""
+    torch.manual_seed(0)
+    model = AllEntryPoints(fused=True).eval()
+    assert_plain_export_runs(model, True, tmp_path, ((1, 4, 3, 5), (2, 4, 4, 3)))
 
 
 def assert_plain_export_runs(model, dynamo: bool, tmp_path, shapes) -> None:

@@ -2,18 +2,23 @@
 
 Exporters that do not know the ``carafe_cupy::carafe_forward`` op (ONNX, or any
 backend consuming an ``ExportedProgram``) can replace it with this function via
-``ExportedProgram.run_decompositions(carafe_cupy.decompositions())``. It is the
-formula written out tap by tap, with no in-place updates, so it traces to
-Pad, Slice, Reshape, Mul and Add:
+``ExportedProgram.run_decompositions(carafe_cupy.decompositions())``. It traces to
+Pad, Slice, Concat, Transpose, Reshape, MatMul and Add, with no in-place updates.
 
-    out[n, g, c, h, a, w, b] = sum over taps (i, j) of
-        masks[n, g, i*k + j, h, a, w, b] * padded[n, g, c, h*t + i*d, w*t + j*d]
+The s*s output pixels of one window center share its k*k input pixels, so each kernel
+row ``i`` is one batched matrix product over all centers (n, h, w, g):
 
-where ``padded`` is the features with ``r*d`` zeros on each side (r = (k - 1) // 2,
-t the stride, d the dilation), (h, a) indexes output row ``h*s + a`` and (w, b)
-output column ``w*s + b``; each tap's window is a strided slice of ``padded``.
-Sizes are read from the tensors, so under ``torch.export`` (and the ONNX
-exporters) they stay symbolic where the caller marks them dynamic.
+    out[n, h, w, g, a*s + b, :] += sum over j of
+        masks_i[n, h, w, g, a*s + b, j] * window_i[n, h, w, g, j, :]
+
+where ``window_i[n, h, w, g, j]`` is the group's channels of padded input pixel
+(h*t + i*d, w*t + j*d) (channels last; ``padded`` is the features with ``r*d`` zeros on
+each side, r = (k - 1) // 2, t the stride, d the dilation) and ``masks_i`` the masks of
+kernel row i. In onnxruntime this runs several times faster than
+multiplying each tap's window into the full output and adding
+(``benchmarks/bench_onnx.py``). Sizes are read from the tensors,
+so under ``torch.export`` (and the ONNX exporters) they stay symbolic where the caller
+marks them dynamic.
 
 :func:`carafe_cupy.carafe` and the modules take this path by themselves while
 ``torch.onnx.export`` runs, so a plain export needs no extra step.
@@ -40,31 +45,47 @@ def decomposed_forward(
     dilation: int = 1,
 ) -> torch.Tensor:
     batch, channels, height, width = features.shape
-    k, s, t, d = kernel_size, scale_factor, stride, dilation
+    k, g, s, t, d = kernel_size, group_size, scale_factor, stride, dilation
     reach = (k - 1) // 2 * d
     rows, cols = (height + t - 1) // t, (width + t - 1) // t  # window centers
     acc = accumulation_dtype(features.dtype)
+    channels_per_group = channels // g
 
+    centers = batch * rows * cols * g
     padded = F.pad(features.to(acc), (reach, reach, reach, reach))
-    channels_per_group = channels // group_size
+    # (N, Hp, Wp, G, C/G): channels last, so each center's pixels are contiguous rows
     padded = padded.reshape(
-        batch, group_size, channels_per_group, height + 2 * reach, width + 2 * reach
+        batch, g, channels_per_group, height + 2 * reach, width + 2 * reach
+    ).permute(0, 3, 4, 1, 2)
+    # (k rows, N*Hc*Wc*G centers, s*s sub-pixels, k columns)
+    mask_rows = (
+        masks.to(acc)
+        .reshape(batch, g, k, k, rows, s, cols, s)
+        .permute(2, 0, 4, 6, 1, 5, 7, 3)
+        .reshape(k, centers, s * s, k)
     )
-    # (N, G, k*k, Hc, s, Wc, s): one mask value per tap, output sub-pixel (a, b) and center
-    mask_taps = masks.to(acc).reshape(batch, group_size, k * k, rows, s, cols, s)
 
     out = None
     for i in range(k):
-        for j in range(k):
-            # the input pixel each output tile reads at this tap, broadcast over (a, b)
-            source_rows = slice(i * d, i * d + (rows - 1) * t + 1, t)
-            source_cols = slice(j * d, j * d + (cols - 1) * t + 1, t)
-            window = padded[:, :, :, source_rows, source_cols]
-            window = window.reshape(batch, group_size, channels_per_group, rows, 1, cols, 1)
-            mask = mask_taps[:, :, i * k + j].unsqueeze(2)
-            term = window * mask
-            out = term if out is None else out + term
+        # (N, Hc, Wc, G, k, C/G): the k inputs of kernel row i of every center, built by
+        # stacking (a new tensor), so merging its leading sizes below needs no stride checks,
+        # which would fix a dynamic batch of 1 at export to 1
+        window = torch.stack(
+            [
+                padded[
+                    :,
+                    i * d : i * d + (rows - 1) * t + 1 : t,
+                    j * d : j * d + (cols - 1) * t + 1 : t,
+                ]
+                for j in range(k)
+            ],
+            dim=4,
+        )
+        # (N*Hc*Wc*G, s*s, C/G)
+        term = torch.bmm(mask_rows[i], window.reshape(centers, k, channels_per_group))
+        out = term if out is None else out + term
 
+    out = out.reshape(batch, rows, cols, g, s, s, channels_per_group).permute(0, 3, 6, 1, 4, 2, 5)
     out = out.reshape(batch, channels, rows * s, cols * s)
     return out.to(dtype=features.dtype, memory_format=output_memory_format(features))
 
