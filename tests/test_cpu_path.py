@@ -102,6 +102,17 @@ def test_channels_last_in_channels_last_out():
     assert contiguous_out.is_contiguous()
 
 
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradients_come_back_in_their_inputs_layout(layout):
+    features = torch.randn(2, 8, 5, 4).to(memory_format=layout).requires_grad_()
+    masks = torch.rand(2, 2 * 9, 10, 8).to(memory_format=layout).requires_grad_()
+    # autograd.grad, not .grad: accumulation into .grad would restride a stray layout
+    output = carafe_cupy.carafe(features, masks, 3, 2, 2)
+    grad_features, grad_masks = torch.autograd.grad(output.sum(), (features, masks))
+    assert grad_features.stride() == features.stride()
+    assert grad_masks.stride() == masks.stride()
+
 def test_empty_batch():
     features = torch.randn(0, 4, 3, 3, requires_grad=True)
     masks = torch.rand(0, 2 * 25, 6, 6, requires_grad=True)
