@@ -49,21 +49,6 @@ __device__ void carafe_backward_masks_quad_impl(
     const int cols = halo_extent(TILE_W, (int)s, K);
     const index_t row0 = y / s - R, col0 = x0 / s - R;
 
-    // This lane's element of each run of 32 staged elements: its offset from the
-    // halo's first row and whether it lies in the image, computed once.
-    index_t quad_offset[SLOTS];
-    unsigned quad_ok = 0;
-#pragma unroll
-    for (int slot = 0; slot < SLOTS; ++slot) {
-        const int e = lane + slot * LANES;
-        const int r = e / PITCH, k_col = e - r * PITCH;
-        const index_t in_row = row0 + r, in_col = col0 + k_col;
-        const bool ok = e < CHANNEL_PLANE && k_col < cols && in_row >= 0 &&
-                        in_row < g.height && in_col >= 0 && in_col < g.width;
-        quad_ok |= ok ? 1u << slot : 0u;
-        quad_offset[slot] = (index_t)r * fs.h + in_col * fs.w;
-    }
-
     acc_t sum[2][2][TAPS];  // [row][column][tap]
 #pragma unroll
     for (int a = 0; a < 2; ++a)
@@ -73,39 +58,68 @@ __device__ void carafe_backward_masks_quad_impl(
             for (int t = 0; t < TAPS; ++t) sum[a][b][t] = 0;
 
     const index_t c_begin = p.group * channels_per_group;
-    const index_t c_end = c_begin + channels_per_group;
     const index_t chunk = channels_per_block;  // channels per subset
     const index_t my_begin = c_begin + subset * chunk;
-    const scalar_t* feature_rows = features + p.n * fs.n + row0 * fs.h;
-    const scalar_t* go_base = grad_output + p.n * gs.n + y * gs.h + x * gs.w;
+    // this subset's channels: chunk, fewer in the group's last subsets
+    const index_t my_count = max((index_t)0, min(chunk, c_begin + channels_per_group - my_begin));
+
+    // A channel's halo, K rows of PITCH, is staged as SLOTS runs of 32 elements.
+    // This lane's element of each run, in the subset's first channel, is found
+    // once, its address clamped into the image so that every load is valid; an
+    // element outside the image (or past the halo) is then zeroed by its mask,
+    // with no predicate. The channel loop adds a channel offset to each address.
+    const scalar_t* quad_source[SLOTS];
+    unsigned quad_keep[SLOTS];  // all ones: the element lies in the image
+    // (A subset with no channels, where the group has fewer channels than
+    // subsets, reads the group's first channel, all masked.)
+    const scalar_t* first_plane =
+        features + p.n * fs.n + (my_count > 0 ? my_begin : c_begin) * fs.c;
+#pragma unroll
+    for (int slot = 0; slot < SLOTS; ++slot) {
+        const int e = lane + slot * LANES;
+        const int r = e / PITCH, k_col = e - r * PITCH;
+        const index_t in_row = row0 + r, in_col = col0 + k_col;
+        const bool ok = e < CHANNEL_PLANE && k_col < cols && in_row >= 0 &&
+                        in_row < g.height && in_col >= 0 && in_col < g.width;
+        quad_keep[slot] = ok ? ~0u : 0u;
+        const index_t row = min(max(in_row, (index_t)0), g.height - 1);
+        const index_t col = min(max(in_col, (index_t)0), g.width - 1);
+        quad_source[slot] = first_plane + (row * fs.h + col * fs.w);
+    }
+    const scalar_t* go_source = grad_output + p.n * gs.n + my_begin * gs.c + y * gs.h + x * gs.w;
     acc_t* own = halo + subset * SUBSET_PLANE;
     const acc_t* window = own + (int)(x / s - x0 / s);
 
-    // One batch's raw halo elements and grad_output values, loaded ahead of use.
+    // One batch's raw halo elements, their channel masks and grad_output
+    // values, loaded ahead of use. A channel past the subset's end re-reads
+    // the subset's first channel, masked to zero, with grad_output 0.
     raw_t staged[BATCH][SLOTS];
+    unsigned channel_keep[BATCH];
     acc_t grad[BATCH][2][2];
+    index_t next_step = 0;  // the next channel's offset from quad_source
+    const scalar_t* go_next = go_source;
     auto load_batch = [&](index_t first) {
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
-            const index_t channel = my_begin + first + cc;
-            const bool channel_ok = first + cc < chunk && channel < c_end;
-            const scalar_t* plane = feature_rows + channel * fs.c;
+            const bool channel_ok = first + cc < my_count;
+            channel_keep[cc] = channel_ok ? ~0u : 0u;
+            const index_t feature_step = channel_ok ? next_step : 0;
 #pragma unroll
-            for (int slot = 0; slot < SLOTS; ++slot) {
-                staged[cc][slot] = 0;
-                if (channel_ok && (quad_ok >> slot & 1u))
-                    staged[cc][slot] = storage<scalar_t>::load_raw(plane + quad_offset[slot]);
-            }
+            for (int slot = 0; slot < SLOTS; ++slot)
+                staged[cc][slot] = storage<scalar_t>::load_raw(quad_source[slot] + feature_step);
 #pragma unroll
             for (int a = 0; a < 2; ++a) grad[cc][a][0] = grad[cc][a][1] = 0;
             if (inside && channel_ok) {
-                const scalar_t* go = go_base + channel * gs.c;
-                pair_access<scalar_t>::load(go, grad[cc][0][0], grad[cc][0][1]);
-                pair_access<scalar_t>::load(go + gs.h, grad[cc][1][0], grad[cc][1][1]);
+                pair_access<scalar_t>::load(go_next, grad[cc][0][0], grad[cc][0][1]);
+                pair_access<scalar_t>::load(go_next + gs.h, grad[cc][1][0], grad[cc][1][1]);
             }
+            next_step += fs.c;
+            go_next += gs.c;
         }
     };
     (void)channel_batch;  // == BATCH, passed for the launch record and the cost model
+    // Every warp runs the same trips (a uniform loop for the warp barriers);
+    // the group's last subsets may run past their channels, masked.
     load_batch(0);
     for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
         __syncwarp();  // the warp's previous quad batch fully read
@@ -113,9 +127,10 @@ __device__ void carafe_backward_masks_quad_impl(
         for (int cc = 0; cc < BATCH; ++cc)
 #pragma unroll
             for (int slot = 0; slot < SLOTS; ++slot)
-                if (SLOTS * LANES == CHANNEL_PLANE || lane + slot * LANES < CHANNEL_PLANE)
-                    own[cc * CHANNEL_PLANE + lane + slot * LANES] =
-                        storage<scalar_t>::widen(staged[cc][slot]);
+                if (slot < SLOTS - 1 || lane + slot * LANES < CHANNEL_PLANE)  // the last run's tail
+                    own[cc * CHANNEL_PLANE + lane + slot * LANES] = __uint_as_float(
+                        __float_as_uint(storage<scalar_t>::widen(staged[cc][slot])) &
+                        quad_keep[slot] & channel_keep[cc]);
         acc_t current[BATCH][2][2];
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc)
@@ -124,8 +139,8 @@ __device__ void carafe_backward_masks_quad_impl(
 #pragma unroll
                 for (int b = 0; b < 2; ++b) current[cc][a][b] = grad[cc][a][b];
         __syncwarp();  // the quad batch staged
-        load_batch(c0 + channel_batch);  // past the subset's end: nothing is loaded
-        // Channels past the subset's end have grad 0 and a zero halo: adding
+        load_batch(c0 + channel_batch);  // the next batch, in flight during the sums
+        // A channel past the subset's end has grad 0 and a zero halo: adding
         // 0 * 0 leaves every sum unchanged, so no test is needed here.
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
