@@ -10,7 +10,8 @@
 //   grad_masks:      one output row per block, K*K sums per pixel in
 //                    registers; the 8 warps split the group's channels, each
 //                    staging its own feature halo (warp barriers only), and
-//                    their partial sums are added in a fixed order.
+//                    their partial sums are added in a fixed order. Pairs:
+//                    2 x 2 pixels a thread (carafe_tiled_grad_masks_quad.cuh).
 //   grad_features:   a tile of input pixels; each of its s*s sub-pixel threads
 //                    holds the K*K masks that reach its input pixel, sums over
 //                    the grad_output halo in smem (padded sub-pixel planes: no
