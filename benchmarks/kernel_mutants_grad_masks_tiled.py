@@ -19,7 +19,8 @@ BARRIER_SITES = {
     # units the last round's reducers may still read
     "grad-masks-quad-barrier-before-units": (
         QUAD[0],
-        r"(__syncthreads\(\);)(\n#pragma unroll\n        for \(int v = 0; v < ROUND_UNITS; \+\+v\))",
+        r"(__syncthreads\(\);)"
+        r"(\n#pragma unroll\n        for \(int v = 0; v < ROUND_UNITS; \+\+v\))",
     ),
     "grad-masks-quad-barrier-after-units": (
         QUAD[0],
