@@ -1,8 +1,11 @@
 """Mutants of grad_masks with 2 x 2 output pixels per thread
 (cuda_src/carafe_tiled_grad_masks_quad.cuh), for benchmarks/mutate_kernels.py:
 its register tile (four sums per window value, the second output row), the
-staging with clamped addresses and bit masks, the prefetch of the next channel
-batch, the parallel cross-warp reduction and its tails, and the 64-bit offsets.
+staging with clamped addresses and channel masks, the prefetch of the next
+channel batch, the parallel cross-warp reduction and its tails, and the 64-bit
+offsets. (The clamped staging addresses need no image mask: an element outside
+the image feeds only taps outside it, whose sums are zeroed. Dropping the clamp
+would read outside the tensor without changing a result, so it has no mutant.)
 
 ``GRAD_MASKS_TILED`` holds (name, files, pattern, replacement, occurrence), the
 fields of kernel_mutants.Mutant; ``BARRIER_SITES`` the kernel's block barriers in
@@ -47,18 +50,6 @@ _CHANGES = {
         "window = own + (int)(x / 2 - x0 / 2);",
     ),
     # staging: masks, the last run's tail, the prefetch and the warp barriers
-    "grad-masks-quad-image-mask-dropped": (
-        r"quad_keep\[slot\] = ok \? ~0u : 0u;",
-        "quad_keep[slot] = ~0u;",
-    ),
-    "grad-masks-quad-channel-mask-dropped": (
-        r"channel_keep\[cc\] = channel_ok \? ~0u : 0u;",
-        "channel_keep[cc] = ~0u;",
-    ),
-    "grad-masks-quad-halo-column-bound": (
-        r"ok = e < CHANNEL_PLANE && k_col < cols && ",
-        "ok = e < CHANNEL_PLANE && k_col <= cols && ",
-    ),
     "grad-masks-quad-last-run-tail-unguarded": (
         r"if \(slot < SLOTS - 1 \|\| lane \+ slot \* LANES < CHANNEL_PLANE\)",
         "if (true)",

@@ -46,7 +46,6 @@ __device__ void carafe_backward_masks_quad_impl(
     const index_t x = x0 + (index_t)threadIdx.x * 2;
     const int subset = threadIdx.y, lane = threadIdx.x;
     const bool inside = x < out_width;  // x and out_width are even: x + 1 is inside too
-    const int cols = halo_extent(TILE_W, (int)s, K);
     const index_t row0 = y / s - R, col0 = x0 / s - R;
 
     acc_t sum[2][2][TAPS];  // [row][column][tap]
@@ -65,25 +64,21 @@ __device__ void carafe_backward_masks_quad_impl(
 
     // A channel's halo, K rows of PITCH, is staged as SLOTS runs of 32 elements.
     // This lane's element of each run, in the subset's first channel, is found
-    // once, its address clamped into the image so that every load is valid; an
-    // element outside the image (or past the halo) is then zeroed by its mask,
-    // with no predicate. The channel loop adds a channel offset to each address.
-    const scalar_t* quad_source[SLOTS];
-    unsigned quad_keep[SLOTS];  // all ones: the element lies in the image
+    // once, clamped into the image so that every load is valid and needs no
+    // predicate: an element outside the image feeds only the sums of taps that
+    // lie outside it, which are set to zero at the end. The channel loop adds a
+    // channel offset to each address.
     // (A subset with no channels, where the group has fewer channels than
-    // subsets, reads the group's first channel, all masked.)
+    // subsets, reads the group's first channel, masked.)
     const scalar_t* first_plane =
         features + p.n * fs.n + (my_count > 0 ? my_begin : c_begin) * fs.c;
+    const scalar_t* quad_source[SLOTS];
 #pragma unroll
     for (int slot = 0; slot < SLOTS; ++slot) {
         const int e = lane + slot * LANES;
         const int r = e / PITCH, k_col = e - r * PITCH;
-        const index_t in_row = row0 + r, in_col = col0 + k_col;
-        const bool ok = e < CHANNEL_PLANE && k_col < cols && in_row >= 0 &&
-                        in_row < g.height && in_col >= 0 && in_col < g.width;
-        quad_keep[slot] = ok ? ~0u : 0u;
-        const index_t row = min(max(in_row, (index_t)0), g.height - 1);
-        const index_t col = min(max(in_col, (index_t)0), g.width - 1);
+        const index_t row = min(max(row0 + r, (index_t)0), g.height - 1);
+        const index_t col = min(max(col0 + k_col, (index_t)0), g.width - 1);
         quad_source[slot] = first_plane + (row * fs.h + col * fs.w);
     }
     const scalar_t* go_source = grad_output + p.n * gs.n + my_begin * gs.c + y * gs.h + x * gs.w;
@@ -92,7 +87,8 @@ __device__ void carafe_backward_masks_quad_impl(
 
     // One batch's raw halo elements, their channel masks and grad_output
     // values, loaded ahead of use. A channel past the subset's end re-reads
-    // the subset's first channel, masked to zero, with grad_output 0.
+    // the subset's first channel, masked to zero (it may hold Inf or NaN), with
+    // grad_output 0.
     raw_t staged[BATCH][SLOTS];
     unsigned channel_keep[BATCH];
     acc_t grad[BATCH][2][2];
@@ -130,7 +126,7 @@ __device__ void carafe_backward_masks_quad_impl(
                 if (slot < SLOTS - 1 || lane + slot * LANES < CHANNEL_PLANE)  // the last run's tail
                     own[cc * CHANNEL_PLANE + lane + slot * LANES] = __uint_as_float(
                         __float_as_uint(storage<scalar_t>::widen(staged[cc][slot])) &
-                        quad_keep[slot] & channel_keep[cc]);
+                        channel_keep[cc]);
         acc_t current[BATCH][2][2];
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc)
