@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kernel_mutants_grad_masks_tiled import BARRIER_SITES as GRAD_MASKS_TILED_SITES
+
 CUDA_SRC = Path(__file__).resolve().parent.parent / "cuda_src"
 
 # name -> (file, the barrier with enough context to match it alone): group 1
@@ -60,6 +62,7 @@ SITES = {
         "carafe_tiled_grad_masks.cuh",
         r"(__syncthreads\(\);)(\n        if \(subset == 0\) \{)",
     ),
+    **GRAD_MASKS_TILED_SITES,
 }
 
 WEAKENINGS = {"removed": "", "as-syncwarp": "__syncwarp();"}

@@ -13,7 +13,7 @@
 #endif
 
 #define CARAFE_TILED_EXPAND(suffix, scalar_t, K) CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)
-#define CARAFE_TILED_EXPAND_PAIRS(suffix, scalar_t, K) CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, 2)
+#define CARAFE_TILED_EXPAND_PAIRS(suffix, scalar_t, K) CARAFE_DEFINE_TILED_PAIRS_K(suffix, scalar_t, K)
 
 CARAFE_TILED_EXPAND(CARAFE_TILED_SUFFIX, CARAFE_TILED_SCALAR, CARAFE_TILED_K)
 #if CARAFE_TILED_FUSED

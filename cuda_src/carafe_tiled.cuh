@@ -10,7 +10,8 @@
 //   grad_masks:      one output row per block, K*K sums per pixel in
 //                    registers; the 8 warps split the group's channels, each
 //                    staging its own feature halo (warp barriers only), and
-//                    their partial sums are added in a fixed order.
+//                    their partial sums are added in a fixed order. Pairs:
+//                    2 x 2 pixels a thread (carafe_tiled_grad_masks_quad.cuh).
 //   grad_features:   a tile of input pixels; each of its s*s sub-pixel threads
 //                    holds the K*K masks that reach its input pixel, sums over
 //                    the grad_output halo in smem (padded sub-pixel planes: no
@@ -161,6 +162,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 
 #include "carafe_tiled_forward.cuh"
 #include "carafe_tiled_grad_masks.cuh"
+#include "carafe_tiled_grad_masks_quad.cuh"
 #include "carafe_tiled_grad_features.cuh"
 
 // ---------------------------------------------------------------- entry points
@@ -179,13 +181,16 @@ template <typename scalar_t, int K>
 constexpr int carafe_two_blocks_min =
     K <= 5 && sizeof(typename storage<scalar_t>::acc_t) == 4 ? 2 : 1;
 
-#define CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, PAIR)                                       \
+#define CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, PAIR)                               \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_forward_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_forward_tiled_impl<scalar_t, K, PAIR, false>(                                   \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
-    }                                                                                          \
+    }
+
+#define CARAFE_DEFINE_TILED_K(suffix, scalar_t, K, PAIR)                                       \
+    CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, PAIR)                                   \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_backward_masks_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) { \
         carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
@@ -198,6 +203,17 @@ constexpr int carafe_two_blocks_min =
     extern "C" __global__ void __launch_bounds__(256, carafe_two_blocks_min<scalar_t, K>)    \
         carafe_backward_features_tiled_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_features_tiled_impl<scalar_t, K, false>(                               \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }
+
+// Even s, pair-aligned tensors: the forward's two pixels per thread and
+// grad_masks' 2 x 2 pixels per thread (carafe_tiled_grad_masks_quad.cuh).
+#define CARAFE_DEFINE_TILED_PAIRS_K(suffix, scalar_t, K)                                       \
+    CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, 2)                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                       \
+        carafe_backward_masks_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
+        carafe_backward_masks_quad_impl<scalar_t, K>(                                          \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }

@@ -313,7 +313,7 @@ def test_gpu_validate_calibration_dry_run(tmp_path):
     assert "| ncu_2x256x52x84 | not run (dry run) |" in summary
     assert "| mmcv_baseline | not run (dry run) |" in summary
     table = (out / "calibration.md").read_text()
-    assert "carafe_backward_masks_tiled_k5_p2_float32" in table and "2,256,64,64" in table
+    assert "carafe_backward_masks_tiled_k5_p4_float32" in table and "2,256,64,64" in table
     data = json.loads((out / "calibration.json").read_text())
     assert data["model"]["gpu"] == "h100" and len(data["model"]["records"]) >= 6
     assert "--kernel-name regex:carafe" in (out / "steps.log").read_text()

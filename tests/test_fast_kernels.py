@@ -80,6 +80,10 @@ PAIR_CONFIGS = [
     (2, 3, 3, 17, 5, 1, 2),  # output width 34: a partial second pair tile
     (1, 2, 2, 3, 5, 2, 4),
     (1, 9, 4, 4, 3, 1, 2),  # 9 channels: two full batches and a partial one
+    # 20 channels: grad_masks' warps take 3 each (a batch, then a partial one
+    # loaded while the first is summed; restaged over a full tile of 64 columns),
+    # one takes 2 and one none
+    (1, 20, 2, 32, 3, 1, 2),
 ]
 
 

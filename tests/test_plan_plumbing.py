@@ -140,7 +140,7 @@ def test_pairs_fit_needs_an_even_scale_and_built_pair_kernels():
 # For each call and its pair kernel: the tensors whose layout decides whether it runs.
 PAIR_READERS = {
     "forward": ("forward_tiled_k3_p2", {"masks", "output"}),
-    "backward": ("backward_masks_tiled_k3_p2", {"grad_output", "grad_masks"}),
+    "backward": ("backward_masks_tiled_k3_p4", {"grad_output", "grad_masks"}),
     "fused_forward": ("fused_forward_k3_p2", {"output"}),
 }
 

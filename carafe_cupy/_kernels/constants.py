@@ -11,6 +11,7 @@ TILE_THREADS = (32, 8)  # threads of a tiled block (x, y)
 CHANNEL_BATCH_MAX = 4  # channels staged per barrier pair, at most
 FEATURES_SLOTS = 3  # tiled grad_features: staging slots per block
 MASKS_BATCH = 2  # tiled grad_masks: channels per warp staged per warp barrier pair
+MASKS_QUAD_SHARE = 2  # grad_masks 2 x 2: units each warp adds up per reduction round
 # The general kernels: channels per thread (forward, grad_features), taps per thread
 # (grad_masks); more would pass 96 registers.
 GENERAL_FORWARD_STRIP = 4
@@ -23,6 +24,7 @@ _MACROS = {
     "CARAFE_CHANNEL_BATCH_MAX": CHANNEL_BATCH_MAX,
     "CARAFE_FEATURES_SLOTS": FEATURES_SLOTS,
     "CARAFE_MASKS_BATCH": MASKS_BATCH,
+    "CARAFE_MASKS_QUAD_SHARE": MASKS_QUAD_SHARE,
     "FORWARD_CHANNEL_STRIP": GENERAL_FORWARD_STRIP,
     "GRAD_FEATURES_CHANNEL_STRIP": GENERAL_FEATURES_STRIP,
     "TAP_STRIP": GENERAL_TAP_STRIP,

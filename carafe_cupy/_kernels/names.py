@@ -32,7 +32,7 @@ _GENERAL_NAME = re.compile(
     rf"({'|'.join(stem for stem, _ in _STEMS.values() if stem)})_({_DTYPES})"
 )
 _TILED_NAME = re.compile(
-    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([12]))?_({_DTYPES})"
+    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([124]))?_({_DTYPES})"
 )
 _TILED_MODULE = re.compile(rf"carafe_tiled_({_DTYPES})_k(\d+)")
 
@@ -44,7 +44,7 @@ class KernelId:
     operation: str
     dtype: str
     kernel_size: int | None = None
-    pixels: int = 1  # output pixels per thread (2: the pair kernels)
+    pixels: int = 1  # output pixels per thread (2: the pair kernels; 4: grad_masks' 2 x 2)
 
     @property
     def variant(self) -> str:
@@ -53,7 +53,12 @@ class KernelId:
             return "general"
         if self.operation.startswith("fused"):
             return "fused"
-        return "tiled_pair" if self.pixels == 2 else "tiled"
+        return "tiled_pair" if self.pixels > 1 else "tiled"
+
+    @property
+    def columns(self) -> int:
+        """Output pixels per thread along x (the 2 x 2 kernels take two rows too)."""
+        return 2 if self.pixels == 4 else self.pixels
 
     @property
     def module(self) -> str:
@@ -133,7 +138,8 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
     if fused_instantiated(dtype, k):
         kernels += [KernelId(op, dtype, k) for op in OPERATIONS[3:]]
     if pairs_instantiated(dtype, k):
-        kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 2)]
+        # even s: the forward takes two pixels a thread, grad_masks 2 x 2
+        kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 4)]
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
     return kernels

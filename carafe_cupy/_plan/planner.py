@@ -26,6 +26,7 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     Operand,
     halo_extent,
     input_tile_plan,
+    masks_quad_plan,
     masks_row_plan,
     output_tile_plan,
     padded_sub_plane,
@@ -193,8 +194,8 @@ def _backward(
                 geometry, dtype, KernelId("grad_masks", dtype, k), False, slots
             )
             if pairs_fit(geometry, dtype, (layout[0], layout[4])):
-                plans["tiled_pair"] = masks_row_plan(
-                    geometry, dtype, KernelId("grad_masks", dtype, k, 2), True, slots
+                plans["tiled_pair"] = masks_quad_plan(
+                    geometry, dtype, KernelId("grad_masks", dtype, k, 4), slots
                 )
         plan = _choose(variant, plans, "this grad_masks")
         launches += (plan,) if plan else _general(general_masks, (0, 1, 4), geometry)

@@ -107,13 +107,14 @@ def decode_launch(
     # 4 pointers, 7 sizes, 16 strides, then channels per block and channel batch
     n, c, h, w, k, g, s = (int(value) for value in args[4:11])
     per_block, channel_batch = int(args[27]), int(args[28])
-    pairs = identity.pixels
+    pairs = identity.columns
     if operation in _INPUT_TILED:
         tile_cols, tile_rows = block[0] // s, block[1] // s
         tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
     else:
         tiles_x = -(-(w * s) // (_OUTPUT_TILE[0] * pairs))
-        tiles_y = h * s if operation in _OUTPUT_ROW else -(-(h * s) // _OUTPUT_TILE[1])
+        rows = identity.pixels // identity.columns  # output rows a thread takes
+        tiles_y = h * s // rows if operation in _OUTPUT_ROW else -(-(h * s) // _OUTPUT_TILE[1])
     per_group = c // g
     per_block = max(1, min(per_block, per_group))
     return LaunchRecord(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .._kernels.constants import MASKS_BATCH
+from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
 from .._kernels.names import KernelId, pairs_instantiated
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
@@ -166,6 +166,35 @@ def masks_row_plan(
         (blocks, 1, 1),
         (TILE_THREADS[0], TILE_THREADS[1], 1),
         max(staged, reduction) * ACCUMULATOR_SIZE[dtype],
+        operands,
+        (per_subset, MASKS_BATCH),
+    )
+
+
+def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands) -> Launch | None:
+    """grad_masks with 2 x 2 pixels per thread (even s): a block per two output
+    rows of 64 pixels, its warps splitting the group's channels into subsets;
+    shared memory holds their halos, then a round of the parallel reduction
+    (MASKS_QUAD_SHARE units of two fp32 values per warp, from every warp)."""
+    if geometry.scale_factor % 2:
+        return None  # the four pixels share an input pixel only for even s
+    k = geometry.kernel_size
+    tile_w = TILE_THREADS[0] * 2
+    pitch = tile_w // 2 + k
+    staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch * ACCUMULATOR_SIZE[dtype]
+    reduction = MASKS_QUAD_SHARE * MASKS_SUBSETS * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
+    tiles = -(-geometry.out_width // tile_w) * (geometry.out_height // 2)
+    blocks = tiles * geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    per_subset = max(1, -(-per_group // MASKS_SUBSETS))
+    if blocks > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        kernel.module,
+        kernel.name,
+        (blocks, 1, 1),
+        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        max(staged, reduction),
         operands,
         (per_subset, MASKS_BATCH),
     )

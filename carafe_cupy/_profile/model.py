@@ -38,7 +38,7 @@ class Execution:
 
 
 def _pairs(launch: Launch) -> int:
-    return launch.kernel_id.pixels
+    return launch.kernel_id.columns
 
 
 def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:

@@ -61,6 +61,9 @@ def tensor_bytes(role: str, geometry: Geometry, dtype: str) -> int:
 
 
 INPUTS = ("features", "masks", "logits", "grad_output")
+# grad_masks and the fused logits gradient: their tiling gives channels per warp
+# (subset), and one block sums all of its group's channels (no channel slices).
+OUTPUT_ROW_KERNELS = ("grad_masks", "fused_grad_logits")
 
 
 def compulsory_bytes(
@@ -109,6 +112,8 @@ def _reduced(launch: Launch, geometry: Geometry) -> tuple[Geometry, Launch, floa
     per_group = geometry.channels // geometry.group_size
     if len(launch.tiling) == 2:
         per_block = launch.tiling[0]
+        if launch.kernel_id.operation in OUTPUT_ROW_KERNELS:
+            per_block = per_group  # channels per warp: a block's warps share the group
         slices = -(-per_group // per_block)
         channels = geometry.group_size * min(per_block, per_group)
         blocks = launch.blocks // (geometry.batch * slices)

@@ -1,0 +1,199 @@
+// Tiled CARAFE kernels: grad_masks with 2 x 2 output pixels per thread (even s).
+// Part of carafe_tiled.cuh, which includes it after carafe_tiled_grad_masks.cuh
+// (whose CARAFE_MASKS_SUBSETS it shares).
+#pragma once
+
+// For even s, the output pixels (y, x), (y, x + 1), (y + 1, x) and (y + 1, x + 1),
+// with y and x even, come from one input pixel and read the same K x K window:
+// each window value read from shared memory serves four sums, 4 * K * K
+// accumulators a thread. A block owns two output rows of 64 pixels; as in the
+// one-pixel kernel, its warps each sum an ascending subset of the group's
+// channels, staging their own halo (K input rows) with warp barriers only.
+// Each warp loads its next channel batch (halo and grad_output) before it sums
+// the current one, so those loads are in flight during the FMAs.
+//
+// The warps' partial sums are then added in parallel, in rounds: every warp
+// stores SHARE * SUBSETS units of its sums (a unit: one tap of one row, two
+// pixels) to shared memory, and each warp adds up SHARE of those units over
+// the subsets, ascending, and stores them. A fixed order: results are bitwise
+// reproducible. (SHARE is CARAFE_MASKS_QUAD_SHARE, from
+// carafe_cupy/_kernels/constants.py, by which the planner sizes shared memory.)
+
+template <typename scalar_t, int K>
+__device__ void carafe_backward_masks_quad_impl(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
+    scalar_t* __restrict__ grad_masks, const carafe_geometry g, const strides4 gs,
+    const strides4 fs, const strides4 ms, index_t channels_per_block, int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    typedef typename storage<scalar_t>::raw_t raw_t;
+    static_assert(sizeof(acc_t) == sizeof(float), "quads accumulate in fp32 (no fp64 build)");
+    constexpr int TAPS = K * K;
+    constexpr int R = (K - 1) / 2;
+    constexpr int LANES = CARAFE_TILE_THREADS_X;
+    constexpr int TILE_W = 2 * LANES;
+    constexpr int PITCH = tile_pitch<K, 2>();
+    constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
+    constexpr int CHANNEL_PLANE = K * PITCH;  // K input rows serve both output rows
+    constexpr int SLOTS = (CHANNEL_PLANE + LANES - 1) / LANES;  // staged elements per lane
+    constexpr int SUBSET_PLANE = BATCH * CHANNEL_PLANE;
+    CARAFE_DYNAMIC_SHARED(acc_t, halo);
+    const index_t s = g.scale_factor;
+    const index_t out_height = g.height * s, out_width = g.width * s;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const tile_position p =
+        block_position((out_width + TILE_W - 1) / TILE_W, out_height / 2, 1, g.group_size);
+    const index_t x0 = p.tile_x * TILE_W, y = p.tile_y * 2;
+    const index_t x = x0 + (index_t)threadIdx.x * 2;
+    const int subset = threadIdx.y, lane = threadIdx.x;
+    const bool inside = x < out_width;  // x and out_width are even: x + 1 is inside too
+    const index_t row0 = y / s - R, col0 = x0 / s - R;
+
+    acc_t sum[2][2][TAPS];  // [row][column][tap]
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t) sum[a][b][t] = 0;
+
+    const index_t c_begin = p.group * channels_per_group;
+    const index_t chunk = channels_per_block;  // channels per subset
+    const index_t my_begin = c_begin + subset * chunk;
+    // this subset's channels: chunk, fewer in the group's last subsets
+    const index_t my_count = max((index_t)0, min(chunk, c_begin + channels_per_group - my_begin));
+
+    // A channel's halo, K rows of PITCH, is staged as SLOTS runs of 32 elements.
+    // This lane's element of each run, in the subset's first channel, is found
+    // once, clamped into the image so that every load is valid and needs no
+    // predicate: an element outside the image feeds only the sums of taps that
+    // lie outside it, which are set to zero at the end. The channel loop adds a
+    // channel offset to each address.
+    // (A subset with no channels, where the group has fewer channels than
+    // subsets, reads the group's first channel, masked.)
+    const scalar_t* first_plane =
+        features + p.n * fs.n + (my_count > 0 ? my_begin : c_begin) * fs.c;
+    const scalar_t* quad_source[SLOTS];
+#pragma unroll
+    for (int slot = 0; slot < SLOTS; ++slot) {
+        const int e = lane + slot * LANES;
+        const int r = e / PITCH, k_col = e - r * PITCH;
+        const index_t row = min(max(row0 + r, (index_t)0), g.height - 1);
+        const index_t col = min(max(col0 + k_col, (index_t)0), g.width - 1);
+        quad_source[slot] = first_plane + (row * fs.h + col * fs.w);
+    }
+    const scalar_t* go_source = grad_output + p.n * gs.n + my_begin * gs.c + y * gs.h + x * gs.w;
+    acc_t* own = halo + subset * SUBSET_PLANE;
+    const acc_t* window = own + (int)(x / s - x0 / s);
+
+    // One batch's raw halo elements, their channel masks and grad_output
+    // values, loaded ahead of use. A channel past the subset's end re-reads
+    // the subset's first channel, masked to zero (it may hold Inf or NaN), with
+    // grad_output 0.
+    raw_t staged[BATCH][SLOTS];
+    unsigned channel_keep[BATCH];
+    acc_t grad[BATCH][2][2];
+    index_t next_step = 0;  // the next channel's offset from quad_source
+    const scalar_t* go_next = go_source;
+    auto load_batch = [&](index_t first) {
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const bool channel_ok = first + cc < my_count;
+            channel_keep[cc] = channel_ok ? ~0u : 0u;
+            const index_t feature_step = channel_ok ? next_step : 0;
+#pragma unroll
+            for (int slot = 0; slot < SLOTS; ++slot)
+                staged[cc][slot] = storage<scalar_t>::load_raw(quad_source[slot] + feature_step);
+#pragma unroll
+            for (int a = 0; a < 2; ++a) grad[cc][a][0] = grad[cc][a][1] = 0;
+            if (inside && channel_ok) {
+                pair_access<scalar_t>::load(go_next, grad[cc][0][0], grad[cc][0][1]);
+                pair_access<scalar_t>::load(go_next + gs.h, grad[cc][1][0], grad[cc][1][1]);
+            }
+            next_step += fs.c;
+            go_next += gs.c;
+        }
+    };
+    (void)channel_batch;  // == BATCH, passed for the launch record and the cost model
+    // Every warp runs the same trips (a uniform loop for the warp barriers);
+    // the group's last subsets may run past their channels, masked.
+    load_batch(0);
+    for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
+        __syncwarp();  // the warp's previous quad batch fully read
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc)
+#pragma unroll
+            for (int slot = 0; slot < SLOTS; ++slot)
+                if (slot < SLOTS - 1 || lane + slot * LANES < CHANNEL_PLANE)  // the last run's tail
+                    own[cc * CHANNEL_PLANE + lane + slot * LANES] = __uint_as_float(
+                        __float_as_uint(storage<scalar_t>::widen(staged[cc][slot])) &
+                        channel_keep[cc]);
+        acc_t current[BATCH][2][2];
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc)
+#pragma unroll
+            for (int a = 0; a < 2; ++a)
+#pragma unroll
+                for (int b = 0; b < 2; ++b) current[cc][a][b] = grad[cc][a][b];
+        __syncwarp();  // the quad batch staged
+        load_batch(c0 + channel_batch);  // the next batch, in flight during the sums
+        // A channel past the subset's end has grad 0 and a zero halo: adding
+        // 0 * 0 leaves every sum unchanged, so no test is needed here.
+#pragma unroll
+        for (int cc = 0; cc < BATCH; ++cc) {
+            const acc_t* w = window + cc * CHANNEL_PLANE;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int j = 0; j < K; ++j) {
+                    const acc_t value = w[i * PITCH + j];
+#pragma unroll
+                    for (int a = 0; a < 2; ++a)
+#pragma unroll
+                        for (int b = 0; b < 2; ++b)
+                            sum[a][b][i * K + j] += current[cc][a][b] * value;
+                }
+        }
+    }
+
+    // Units of the reduction: unit = tap * 2 + row, two pixels (columns) each.
+    constexpr int UNITS = 2 * TAPS;
+    constexpr int ROUND_UNITS = CARAFE_MASKS_QUAD_SHARE * SUBSETS;
+    constexpr int ROUNDS = (UNITS + ROUND_UNITS - 1) / ROUND_UNITS;
+    static_assert(ROUND_UNITS * SUBSETS * LANES * 2 <= 48 * 1024 / 4, "reduction space");
+    float2* partial = reinterpret_cast<float2*>(halo);
+    const index_t centre_y = y / s, centre_x = x / s;
+    scalar_t* masks_base = grad_masks + p.n * ms.n + p.group * TAPS * ms.c + x * ms.w;
+#pragma unroll
+    for (int round = 0; round < ROUNDS; ++round) {
+        // the halo (round 0) or the last round's units are no longer read
+        __syncthreads();
+#pragma unroll
+        for (int v = 0; v < ROUND_UNITS; ++v) {
+            const int unit = round * ROUND_UNITS + v;
+            if (unit < UNITS)
+                partial[(v * SUBSETS + subset) * LANES + lane] =
+                    make_float2(sum[unit % 2][0][unit / 2], sum[unit % 2][1][unit / 2]);
+        }
+        __syncthreads();  // every subset's units of this round stored
+#pragma unroll
+        for (int share = 0; share < CARAFE_MASKS_QUAD_SHARE; ++share) {
+            const int v = subset * CARAFE_MASKS_QUAD_SHARE + share;
+            const int unit = round * ROUND_UNITS + v;
+            if (unit >= UNITS || !inside) continue;
+            float2 total = partial[v * SUBSETS * LANES + lane];
+#pragma unroll
+            for (int other = 1; other < SUBSETS; ++other) {
+                const float2 part = partial[(v * SUBSETS + other) * LANES + lane];
+                total.x += part.x;
+                total.y += part.y;
+            }
+            const int t = unit >> 1, row = unit & 1;
+            // A tap outside the input has no effect on the output: its gradient is
+            // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
+            if (!tap_inside(centre_y + t / K - R, centre_x + t % K - R, g))
+                total = make_float2(0, 0);
+            pair_access<scalar_t>::store(masks_base + t * ms.c + (y + row) * ms.h, total.x,
+                                         total.y);
+        }
+    }
+}
