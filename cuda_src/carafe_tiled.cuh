@@ -162,6 +162,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 #include "carafe_tiled_forward.cuh"
 #include "carafe_tiled_grad_masks.cuh"
 #include "carafe_tiled_grad_features.cuh"
+#include "carafe_tiled_grad_features_quad.cuh"
 
 // ---------------------------------------------------------------- entry points
 // All tiled kernels take 4 pointers (a, b, c, out), the geometry, 4 stride
@@ -191,6 +192,26 @@ constexpr int carafe_two_blocks_min =
         carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
+    }
+
+// grad_features with four input pixels per thread (s = 2, K <= 5, 4-byte
+// accumulators), plain and fused: 4 * K * K masks in registers allow two
+// blocks per SM only for K = 3.
+template <int K>
+constexpr int carafe_quad_blocks_min = K <= 3 ? 2 : 1;
+
+#define CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)                                     \
+    extern "C" __global__ void __launch_bounds__(256, carafe_quad_blocks_min<K>)               \
+        carafe_backward_features_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
+        carafe_backward_features_quad_impl<scalar_t, K, false>(                                \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, carafe_quad_blocks_min<K>)               \
+        carafe_fused_backward_features_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
+        carafe_backward_features_quad_impl<scalar_t, K, true>(                                 \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \

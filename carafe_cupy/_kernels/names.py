@@ -32,7 +32,7 @@ _GENERAL_NAME = re.compile(
     rf"({'|'.join(stem for stem, _ in _STEMS.values() if stem)})_({_DTYPES})"
 )
 _TILED_NAME = re.compile(
-    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([12]))?_({_DTYPES})"
+    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([124]))?_({_DTYPES})"
 )
 _TILED_MODULE = re.compile(rf"carafe_tiled_({_DTYPES})_k(\d+)")
 
@@ -44,7 +44,7 @@ class KernelId:
     operation: str
     dtype: str
     kernel_size: int | None = None
-    pixels: int = 1  # output pixels per thread (2: the pair kernels)
+    pixels: int = 1  # pixels per thread (2: the pair kernels; 4: grad_features' quads)
 
     @property
     def variant(self) -> str:
@@ -68,7 +68,7 @@ class KernelId:
         if self.kernel_size is None:
             return f"{general}_{self.dtype}"
         pixels = ""
-        if self.operation in _ALWAYS_PAIRED or self.pixels == 2:
+        if self.operation in _ALWAYS_PAIRED or self.pixels > 1:
             pixels = f"_p{self.pixels}"
         return f"{tiled}_k{self.kernel_size}{pixels}_{self.dtype}"
 
@@ -112,6 +112,12 @@ def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
     return dtype != "float64" and kernel_size <= 5
 
 
+def quads_instantiated(dtype: str, kernel_size: int) -> bool:
+    """grad_features with four input pixels per thread holds 4 k² masks: built
+    where pairs are (K <= 5, not fp64); it runs s = 2 only."""
+    return pairs_instantiated(dtype, kernel_size)
+
+
 def fused_instantiated(dtype: str, kernel_size: int) -> bool:
     """fp64 with K >= 5 would spill in the fused kernels: it takes the unfused path."""
     return dtype != "float64" or kernel_size == 3
@@ -136,4 +142,9 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
         kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 2)]
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
+    if quads_instantiated(dtype, k):
+        kernels += [
+            KernelId("grad_features", dtype, k, 4),
+            KernelId("fused_grad_features", dtype, k, 4),
+        ]
     return kernels

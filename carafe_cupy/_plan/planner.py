@@ -30,6 +30,7 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     output_tile_plan,
     padded_sub_plane,
     pairs_fit,
+    quad_tile_plan,
 )
 from .types import (  # noqa: F401 (re-exported: the planner's public names)
     ACCUMULATOR_SIZE,
@@ -178,10 +179,13 @@ def _backward(
     if layout[3] is not None:
         plans = {}
         if _tiled_applies(geometry):
-            # one layout only: the pair variant's grad_features is the tiled one
-            kernel = KernelId("grad_features", dtype, k)
-            plans["tiled"] = plans["tiled_pair"] = input_tile_plan(
-                geometry, dtype, kernel, False, (0, 2, None, 3), target
+            # one layout only: the pair variant's grad_features is the tiled one,
+            # four pixels a thread where that kernel runs (s = 2), else one
+            slots = (0, 2, None, 3)
+            plans["tiled"] = plans["tiled_pair"] = quad_tile_plan(
+                geometry, dtype, KernelId("grad_features", dtype, k, 4), False, slots, target
+            ) or input_tile_plan(
+                geometry, dtype, KernelId("grad_features", dtype, k), False, slots, target
             )
         plan = _choose(variant, plans, "this grad_features")
         launches += (plan,) if plan else _general(general_features, (0, 2, 3), geometry)
@@ -268,8 +272,12 @@ def plan_fused_backward(
     k = geometry.kernel_size
     launches: tuple[Launch, ...] = ()
     if geometry.channels:
-        kernel = KernelId("fused_grad_features", dtype, k)
-        plan = input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3), target)
+        slots = (0, 2, None, 3)
+        kernel = KernelId("fused_grad_features", dtype, k, 4)
+        plan = quad_tile_plan(geometry, dtype, kernel, True, slots, target)
+        if plan is None:
+            kernel = KernelId("fused_grad_features", dtype, k)
+            plan = input_tile_plan(geometry, dtype, kernel, True, slots, target)
         assert plan is not None
         launches += (plan,)
     kernel = KernelId("fused_grad_logits", dtype, k)

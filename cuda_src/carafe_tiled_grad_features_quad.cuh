@@ -1,0 +1,195 @@
+// Tiled CARAFE kernels: grad_features register-tiled for s = 2 (and its fused
+// logits twin). Part of carafe_tiled.cuh, after carafe_tiled_grad_features.cuh.
+#pragma once
+
+// A thread owns QUAD adjacent input pixels of one row at one sub-pixel (a, b):
+// their 4 * K * K masks stay in registers, and each grad_output value read from
+// shared memory serves every pixel of the quad whose window covers it, so a row
+// of K + QUAD - 1 reads feeds QUAD * K multiply-adds. A warp is 8 quads of one
+// input row times the 4 sub-pixels (lane = quad * 4 + a * 2 + b), so a pixel's
+// 4 partial sums sit in 4 neighbouring lanes and are added with shuffles.
+constexpr int CARAFE_QUAD = 4;          // input pixels per thread
+constexpr int CARAFE_QUAD_SCALE = 2;    // the one scale factor these kernels take
+constexpr int CARAFE_QUAD_TILE_COLS =   // input columns of a tile: one warp's row
+    CARAFE_TILE_THREADS_X / (CARAFE_QUAD_SCALE * CARAFE_QUAD_SCALE) * CARAFE_QUAD;
+constexpr int CARAFE_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y;  // one input row a warp
+
+// Sub-pixel plane size: at least `plane`, and 17 (mod 32), so the 4 sub-pixel
+// lanes of a quad (4 columns apart) read 32 distinct banks, and a staging warp's
+// two column parities (16 columns each) clash on one bank at most.
+__host__ __device__ constexpr int quad_sub_plane(int plane) {
+    return plane + ((17 - plane % 32) + 32) % 32;
+}
+
+// The halo's staging slots: HALO_COLS columns by ROW_GROUPS, each thread one
+// column and every ROW_GROUPS-th row from its first, so the global offset
+// steps by a fixed stride and the shared index by a compile-time one.
+template <typename scalar_t, int K>
+struct quad_halo_slots {
+    static constexpr int S = CARAFE_QUAD_SCALE;
+    static constexpr int CENTRE_ROWS = CARAFE_QUAD_TILE_ROWS + K - 1;
+    static constexpr int CENTRE_COLS = CARAFE_QUAD_TILE_COLS + K - 1;
+    static constexpr int SUB_PLANE = quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
+    static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
+    static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
+    static constexpr int THREADS = CARAFE_TILE_THREADS_X * CARAFE_TILE_THREADS_Y;
+    static constexpr int ROW_GROUPS = THREADS / HALO_COLS;
+    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
+    static_assert(ROW_GROUPS >= 1 && ROWS <= 32, "the halo's rows fit one bit mask");
+
+    const scalar_t* first;  // this thread's first row, channel 0
+    index_t row_step;    // ROW_GROUPS rows of grad_output
+    int at[2];           // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
+    unsigned int loaded;  // bit i: row i is in the halo and inside the image
+    unsigned int staged;  // bit i: row i is in the halo
+
+    __device__ __forceinline__ void locate(const scalar_t* channels, const strides4& gs,
+                                           int thread, index_t row0, index_t col0,
+                                           index_t out_height, index_t out_width) {
+        const int col = thread % HALO_COLS, group = thread / HALO_COLS;
+        const index_t x = col0 + col;
+        const bool column_inside = group < ROW_GROUPS && x >= 0 && x < out_width;
+        first = channels + (row0 + group) * gs.h + x * gs.w;
+        row_step = ROW_GROUPS * gs.h;
+        loaded = staged = 0;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            const int r = group + i * ROW_GROUPS;
+            const index_t y = row0 + r;
+            if (i < 2)
+                at[i] = ((r % S) * S + col % S) * SUB_PLANE + (r / S) * CENTRE_COLS + col / S;
+            if (group < ROW_GROUPS && r < HALO_ROWS) staged |= 1u << i;
+            if (column_inside && r < HALO_ROWS && y >= 0 && y < out_height) loaded |= 1u << i;
+        }
+    }
+
+    // Channels [0, count) of the batch (`channel_offset` past channel 0) into
+    // the halo planes, CHANNEL_PLANE apart: every load before any store.
+    template <typename acc_t>
+    __device__ __forceinline__ void stage(acc_t* halo, index_t channel_offset, index_t stride,
+                                          int count) const {
+        constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
+        const scalar_t* rows = first + channel_offset;
+#pragma unroll
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+            if (cc >= count) break;
+            acc_t value[ROWS];
+            const scalar_t* row = rows + cc * stride;
+#pragma unroll
+            for (int i = 0; i < ROWS; ++i, row += row_step) {
+                value[i] = 0;
+                if (loaded >> i & 1u) value[i] = storage<scalar_t>::load(row);
+            }
+#pragma unroll
+            for (int i = 0; i < ROWS; ++i)
+                if (staged >> i & 1u) halo[cc * CHANNEL_PLANE + at[i % 2] + (i / 2) * AT_STEP] = value[i];
+        }
+    }
+};
+
+// The 4 partial sums of a quad's pixels at this lane's sub-pixel in, the total
+// of one pixel (2 * b + a of the quad) out: two shuffle rounds, each keeping half
+// the pixels and adding the partner lane's half. Every pixel's total is
+// (p(0,0) + p(0,1)) + (p(1,0) + p(1,1)) whichever lane computes it (addition
+// commutes exactly), so results do not depend on scheduling.
+template <typename acc_t>
+__device__ __forceinline__ acc_t quad_sub_pixel_total(const acc_t (&sum)[CARAFE_QUAD], int a,
+                                                      int b) {
+    constexpr unsigned int WARP = 0xffffffffu;
+    // across b (lane ^ 1): b = 0 keeps pixels 0 and 1, b = 1 keeps 2 and 3
+    const acc_t send0 = b ? sum[0] : sum[2], send1 = b ? sum[1] : sum[3];
+    const acc_t keep0 = b ? sum[2] : sum[0], keep1 = b ? sum[3] : sum[1];
+    const acc_t row0 = keep0 + __shfl_xor_sync(WARP, send0, 1);
+    const acc_t row1 = keep1 + __shfl_xor_sync(WARP, send1, 1);
+    // across a (lane ^ 2): a = 0 keeps pixel 2b, a = 1 keeps 2b + 1
+    const acc_t send = a ? row0 : row1, keep = a ? row1 : row0;
+    return keep + __shfl_xor_sync(WARP, send, 2);
+}
+
+// Block: 32 x 8 threads over a tile of CARAFE_QUAD_TILE_COLS x
+// CARAFE_QUAD_TILE_ROWS input pixels; s = 2, K <= 5, 4-byte accumulators
+// (the planner's quad_tile_plan). The sums match the one-pixel kernel's per
+// sub-pixel (taps in the same order), and only their reduction differs.
+template <typename scalar_t, int K, bool FROM_LOGITS>
+__device__ void carafe_backward_features_quad_impl(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ masks,
+    scalar_t* __restrict__ grad_features, const carafe_geometry g, const strides4 gs,
+    const strides4 ms, const strides4 fs, index_t channels_per_block, int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    typedef quad_halo_slots<scalar_t, K> slots_t;
+    constexpr int TAPS = K * K, S = CARAFE_QUAD_SCALE, Q = CARAFE_QUAD;
+    constexpr int R = (K - 1) / 2;
+    constexpr int CENTRE_COLS = slots_t::CENTRE_COLS;
+    constexpr int HALO_COLS = slots_t::HALO_COLS;
+    constexpr int HALO_PLANE = slots_t::HALO_ROWS * HALO_COLS;
+    CARAFE_DYNAMIC_SHARED(acc_t, shared);
+    const index_t out_height = g.height * S, out_width = g.width * S;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t slices = (channels_per_group + channels_per_block - 1) / channels_per_block;
+    const tile_position p = block_position(
+        (g.width + CARAFE_QUAD_TILE_COLS - 1) / CARAFE_QUAD_TILE_COLS,
+        (g.height + CARAFE_QUAD_TILE_ROWS - 1) / CARAFE_QUAD_TILE_ROWS, slices, g.group_size);
+    const index_t w0 = p.tile_x * CARAFE_QUAD_TILE_COLS, h0 = p.tile_y * CARAFE_QUAD_TILE_ROWS;
+    const int sub = threadIdx.x % (S * S), sub_y = sub / S, sub_x = sub % S;
+    const int local_w = threadIdx.x / (S * S) * Q, local_h = threadIdx.y;
+    const index_t h = h0 + local_h, w = w0 + local_w;  // the quad's first pixel
+    const index_t centre_row0 = h0 - (K - 1 - R), centre_col0 = w0 - (K - 1 - R);
+    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+
+    const index_t taps_apart = FROM_LOGITS ? (index_t)S * S * ms.c : ms.c;
+    if constexpr (FROM_LOGITS) {
+        features_softmax_normalisers<scalar_t, TAPS>(shared, masks, ms, p, thread,
+                                                     slots_t::THREADS, HALO_PLANE, HALO_COLS, S,
+                                                     centre_row0, centre_col0, out_height,
+                                                     out_width, taps_apart);
+        __syncthreads();
+    }
+    acc_t weight[Q][TAPS];
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+        features_tap_weights<scalar_t, K, FROM_LOGITS>(weight[q], masks, ms, g, p, h, w + q, sub_y,
+                                                       sub_x, S, taps_apart, shared,
+                                                       local_h, local_w + q, HALO_COLS);
+
+    acc_t* halo = shared;
+    slots_t slots;
+    const index_t group_begin = p.group * channels_per_group;
+    const index_t c_begin = group_begin + p.slice * channels_per_block;
+    const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
+    slots.locate(grad_output + p.n * gs.n + c_begin * gs.c, gs, thread, centre_row0 * S,
+                 centre_col0 * S, out_height, out_width);
+    // Window of row i, column d (d = q + K - 1 - j for tap (i, j) of pixel q).
+    const int base = sub * slots_t::SUB_PLANE + (local_h + K - 1) * CENTRE_COLS + local_w;
+    const int mine = 2 * sub_x + sub_y;  // the quad's pixel this lane stores
+    const bool stores = h < g.height && w + mine < g.width;
+    scalar_t* out = grad_features + p.n * fs.n + c_begin * fs.c + h * fs.h + (w + mine) * fs.w;
+    index_t staged_offset = 0;
+    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
+        const int count = (int)min((index_t)channel_batch, c_end - c0);
+        __syncthreads();  // previous batch's halo fully read
+        slots.stage(halo, staged_offset, gs.c, count);
+        staged_offset += channel_batch * gs.c;
+        __syncthreads();
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
+            const acc_t* window = halo + cc * slots_t::CHANNEL_PLANE + base;
+            acc_t sum[Q];
+#pragma unroll
+            for (int q = 0; q < Q; ++q) sum[q] = 0;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int d = K + Q - 2; d >= 0; --d) {
+                    const acc_t value = window[d - i * CENTRE_COLS];
+#pragma unroll
+                    for (int q = 0; q < Q; ++q) {
+                        const int j = q + K - 1 - d;
+                        if (j >= 0 && j < K) sum[q] += weight[q][i * K + j] * value;
+                    }
+                }
+            const acc_t total = quad_sub_pixel_total(sum, sub_y, sub_x);
+            if (stores) storage<scalar_t>::store(out, total);
+            out += fs.c;
+        }
+    }
+}
