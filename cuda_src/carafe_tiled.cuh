@@ -195,21 +195,15 @@ constexpr int carafe_two_blocks_min =
     }
 
 // grad_features with four input pixels per thread (s = 2, K <= 5, 4-byte
-// accumulators), plain and fused: 4 * K * K masks in registers allow two
-// blocks per SM only for K = 3.
+// accumulators; the fused kernel would spill, and keeps one pixel): blocks of 128 threads, as many per SM as
+// 4 * K * K masks in registers allow.
 template <int K>
-constexpr int carafe_quad_blocks_min = K <= 3 ? 2 : 1;
+constexpr int carafe_quad_blocks_min = K <= 3 ? 4 : 3;
 
 #define CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)                                     \
-    extern "C" __global__ void __launch_bounds__(256, carafe_quad_blocks_min<K>)               \
+    extern "C" __global__ void __launch_bounds__(128, carafe_quad_blocks_min<K>)               \
         carafe_backward_features_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
-        carafe_backward_features_quad_impl<scalar_t, K, false>(                                \
-            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
-            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, carafe_quad_blocks_min<K>)               \
-        carafe_fused_backward_features_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
-        carafe_backward_features_quad_impl<scalar_t, K, true>(                                 \
+        carafe_backward_features_quad_impl<scalar_t, K>(                                \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }

@@ -1,5 +1,5 @@
-// Tiled CARAFE kernels: grad_features register-tiled for s = 2 (and its fused
-// logits twin). Part of carafe_tiled.cuh, after carafe_tiled_grad_features.cuh.
+// Tiled CARAFE kernels: grad_features register-tiled for s = 2. Part of
+// carafe_tiled.cuh, after carafe_tiled_grad_features.cuh (whose helpers it uses).
 #pragma once
 
 // A thread owns QUAD adjacent input pixels of one row at one sub-pixel (a, b):
@@ -12,7 +12,8 @@ constexpr int CARAFE_QUAD = 4;          // input pixels per thread
 constexpr int CARAFE_QUAD_SCALE = 2;    // the one scale factor these kernels take
 constexpr int CARAFE_QUAD_TILE_COLS =   // input columns of a tile: one warp's row
     CARAFE_TILE_THREADS_X / (CARAFE_QUAD_SCALE * CARAFE_QUAD_SCALE) * CARAFE_QUAD;
-constexpr int CARAFE_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y;  // one input row a warp
+constexpr int CARAFE_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
+constexpr int CARAFE_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_QUAD_TILE_ROWS;
 
 // Sub-pixel plane size: at least `plane`, and 17 (mod 32), so the 4 sub-pixel
 // lanes of a quad (4 columns apart) read 32 distinct banks, and a staging warp's
@@ -21,9 +22,10 @@ __host__ __device__ constexpr int quad_sub_plane(int plane) {
     return plane + ((17 - plane % 32) + 32) % 32;
 }
 
-// The halo's staging slots: HALO_COLS columns by ROW_GROUPS, each thread one
-// column and every ROW_GROUPS-th row from its first, so the global offset
-// steps by a fixed stride and the shared index by a compile-time one.
+// The halo's staging slots: each thread stages the two output columns of one
+// centre column (both sub-pixel planes of a row) in every ROW_GROUPS-th row
+// from its first, so the global offset steps by a fixed stride and the shared
+// index by a compile-time one.
 template <typename scalar_t, int K>
 struct quad_halo_slots {
     static constexpr int S = CARAFE_QUAD_SCALE;
@@ -32,34 +34,38 @@ struct quad_halo_slots {
     static constexpr int SUB_PLANE = quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
     static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
     static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
-    static constexpr int THREADS = CARAFE_TILE_THREADS_X * CARAFE_TILE_THREADS_Y;
-    static constexpr int ROW_GROUPS = THREADS / HALO_COLS;
+    static constexpr int THREADS = CARAFE_QUAD_THREADS;
+    static constexpr int ROW_GROUPS = THREADS / CENTRE_COLS;
     static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
-    static_assert(ROW_GROUPS >= 1 && ROWS <= 32, "the halo's rows fit one bit mask");
+    static_assert(ROW_GROUPS >= 1 && ROWS * S <= 32, "the halo's rows fit one bit mask");
 
-    const scalar_t* first;  // this thread's first row, channel 0
-    index_t row_step;    // ROW_GROUPS rows of grad_output
-    int at[2];           // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
-    unsigned int loaded;  // bit i: row i is in the halo and inside the image
-    unsigned int staged;  // bit i: row i is in the halo
+    const scalar_t* first;  // this thread's first row, left column, channel 0
+    index_t row_step;       // ROW_GROUPS rows of grad_output
+    index_t col_step;       // one column of grad_output
+    int at[2];              // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
+    unsigned int loaded;    // bit S * i + b: column b of row i is in the halo and the image
+    unsigned int staged;    // bit i: row i is in the halo
 
     __device__ __forceinline__ void locate(const scalar_t* channels, const strides4& gs,
                                            int thread, index_t row0, index_t col0,
                                            index_t out_height, index_t out_width) {
-        const int col = thread % HALO_COLS, group = thread / HALO_COLS;
-        const index_t x = col0 + col;
-        const bool column_inside = group < ROW_GROUPS && x >= 0 && x < out_width;
+        const int centre = thread % CENTRE_COLS, group = thread / CENTRE_COLS;
+        const index_t x = col0 + centre * S;
         first = channels + (row0 + group) * gs.h + x * gs.w;
         row_step = ROW_GROUPS * gs.h;
+        col_step = gs.w;
         loaded = staged = 0;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
             const int r = group + i * ROW_GROUPS;
             const index_t y = row0 + r;
-            if (i < 2)
-                at[i] = ((r % S) * S + col % S) * SUB_PLANE + (r / S) * CENTRE_COLS + col / S;
-            if (group < ROW_GROUPS && r < HALO_ROWS) staged |= 1u << i;
-            if (column_inside && r < HALO_ROWS && y >= 0 && y < out_height) loaded |= 1u << i;
+            if (i < 2) at[i] = (r % S) * S * SUB_PLANE + (r / S) * CENTRE_COLS + centre;
+            if (group >= ROW_GROUPS || r >= HALO_ROWS) continue;
+            staged |= 1u << i;
+#pragma unroll
+            for (int b = 0; b < S; ++b)
+                if (y >= 0 && y < out_height && x + b >= 0 && x + b < out_width)
+                    loaded |= 1u << (S * i + b);
         }
     }
 
@@ -73,16 +79,23 @@ struct quad_halo_slots {
 #pragma unroll
         for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
             if (cc >= count) break;
-            acc_t value[ROWS];
+            acc_t value[ROWS][S];
             const scalar_t* row = rows + cc * stride;
 #pragma unroll
-            for (int i = 0; i < ROWS; ++i, row += row_step) {
-                value[i] = 0;
-                if (loaded >> i & 1u) value[i] = storage<scalar_t>::load(row);
-            }
+            for (int i = 0; i < ROWS; ++i, row += row_step)
+#pragma unroll
+                for (int b = 0; b < S; ++b) {
+                    value[i][b] = 0;
+                    if (loaded >> (S * i + b) & 1u)
+                        value[i][b] = storage<scalar_t>::load(row + b * col_step);
+                }
 #pragma unroll
             for (int i = 0; i < ROWS; ++i)
-                if (staged >> i & 1u) halo[cc * CHANNEL_PLANE + at[i % 2] + (i / 2) * AT_STEP] = value[i];
+                if (staged >> i & 1u)
+#pragma unroll
+                    for (int b = 0; b < S; ++b)
+                        halo[cc * CHANNEL_PLANE + b * SUB_PLANE + at[i % 2] + (i / 2) * AT_STEP] =
+                            value[i][b];
         }
     }
 };
@@ -110,7 +123,7 @@ __device__ __forceinline__ acc_t quad_sub_pixel_total(const acc_t (&sum)[CARAFE_
 // CARAFE_QUAD_TILE_ROWS input pixels; s = 2, K <= 5, 4-byte accumulators
 // (the planner's quad_tile_plan). The sums match the one-pixel kernel's per
 // sub-pixel (taps in the same order), and only their reduction differs.
-template <typename scalar_t, int K, bool FROM_LOGITS>
+template <typename scalar_t, int K>
 __device__ void carafe_backward_features_quad_impl(
     const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ masks,
     scalar_t* __restrict__ grad_features, const carafe_geometry g, const strides4 gs,
@@ -121,7 +134,6 @@ __device__ void carafe_backward_features_quad_impl(
     constexpr int R = (K - 1) / 2;
     constexpr int CENTRE_COLS = slots_t::CENTRE_COLS;
     constexpr int HALO_COLS = slots_t::HALO_COLS;
-    constexpr int HALO_PLANE = slots_t::HALO_ROWS * HALO_COLS;
     CARAFE_DYNAMIC_SHARED(acc_t, shared);
     const index_t out_height = g.height * S, out_width = g.width * S;
     const index_t channels_per_group = g.channels / g.group_size;
@@ -136,20 +148,12 @@ __device__ void carafe_backward_features_quad_impl(
     const index_t centre_row0 = h0 - (K - 1 - R), centre_col0 = w0 - (K - 1 - R);
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
 
-    const index_t taps_apart = FROM_LOGITS ? (index_t)S * S * ms.c : ms.c;
-    if constexpr (FROM_LOGITS) {
-        features_softmax_normalisers<scalar_t, TAPS>(shared, masks, ms, p, thread,
-                                                     slots_t::THREADS, HALO_PLANE, HALO_COLS, S,
-                                                     centre_row0, centre_col0, out_height,
-                                                     out_width, taps_apart);
-        __syncthreads();
-    }
     acc_t weight[Q][TAPS];
 #pragma unroll
     for (int q = 0; q < Q; ++q)
-        features_tap_weights<scalar_t, K, FROM_LOGITS>(weight[q], masks, ms, g, p, h, w + q, sub_y,
-                                                       sub_x, S, taps_apart, shared,
-                                                       local_h, local_w + q, HALO_COLS);
+        features_tap_weights<scalar_t, K, false>(weight[q], masks, ms, g, p, h, w + q, sub_y,
+                                                 sub_x, S, ms.c, shared, local_h, local_w + q,
+                                                 HALO_COLS);
 
     acc_t* halo = shared;
     slots_t slots;

@@ -114,7 +114,8 @@ def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
 
 def quads_instantiated(dtype: str, kernel_size: int) -> bool:
     """grad_features with four input pixels per thread holds 4 k² masks: built
-    where pairs are (K <= 5, not fp64); it runs s = 2 only."""
+    where pairs are (K <= 5, not fp64), unfused only (the fused one would spill);
+    it runs s = 2 only."""
     return pairs_instantiated(dtype, kernel_size)
 
 
@@ -143,8 +144,5 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
     if quads_instantiated(dtype, k):
-        kernels += [
-            KernelId("grad_features", dtype, k, 4),
-            KernelId("fused_grad_features", dtype, k, 4),
-        ]
+        kernels.append(KernelId("grad_features", dtype, k, 4))
     return kernels

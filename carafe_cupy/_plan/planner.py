@@ -272,12 +272,8 @@ def plan_fused_backward(
     k = geometry.kernel_size
     launches: tuple[Launch, ...] = ()
     if geometry.channels:
-        slots = (0, 2, None, 3)
-        kernel = KernelId("fused_grad_features", dtype, k, 4)
-        plan = quad_tile_plan(geometry, dtype, kernel, True, slots, target)
-        if plan is None:
-            kernel = KernelId("fused_grad_features", dtype, k)
-            plan = input_tile_plan(geometry, dtype, kernel, True, slots, target)
+        kernel = KernelId("fused_grad_features", dtype, k)
+        plan = input_tile_plan(geometry, dtype, kernel, True, (0, 2, None, 3), target)
         assert plan is not None
         launches += (plan,)
     kernel = KernelId("fused_grad_logits", dtype, k)

@@ -219,10 +219,10 @@ def input_tile_plan(
 
 
 # grad_features with four input pixels per thread (carafe_tiled_grad_features_quad.cuh):
-# s = 2, a warp is one input row of 8 quads times 4 sub-pixels, a block 8 rows.
+# s = 2, a warp is one input row of 8 quads times 4 sub-pixels, a block 4 rows.
 QUAD_PIXELS = 4
 QUAD_SCALE = 2
-QUAD_TILE = (TILE_THREADS[0] // QUAD_SCALE**2 * QUAD_PIXELS, TILE_THREADS[1])  # input (cols, rows)
+QUAD_TILE = (TILE_THREADS[0] // QUAD_SCALE**2 * QUAD_PIXELS, TILE_THREADS[1] // 2)  # input (cols, rows)
 
 
 def quad_sub_plane(plane: int) -> int:
@@ -257,7 +257,9 @@ def quad_tile_plan(
         shared = max(shared, normalisers)
     blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
     blocks *= geometry.batch * geometry.group_size
-    per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+    # sliced like the forward (work dealt per SM, prologue included): a quad
+    # tile is 4 times the one-pixel kernel's, so fewer slices re-read its masks
+    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
     slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size
@@ -265,7 +267,7 @@ def quad_tile_plan(
         kernel.module,
         kernel.name,
         (blocks * slices, 1, 1),
-        (TILE_THREADS[0], TILE_THREADS[1], 1),
+        (TILE_THREADS[0], QUAD_TILE[1], 1),
         shared,
         operands,
         (per_block, batch),
