@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_mutants_barriers import BARRIERS
+from kernel_mutants_grad_features_tiled import GRAD_FEATURES_TILED
 from kernel_mutants_numerics import NUMERICS
 from kernel_mutants_strided import STRIDE_DILATION, STRIPS
 
@@ -308,3 +309,4 @@ MUTANTS += tuple(
 )
 MUTANTS += tuple(Mutant(name, *spec) for name, spec in BARRIERS.items())
 MUTANTS += tuple(Mutant(*spec) for spec in NUMERICS)
+MUTANTS += tuple(Mutant(*spec) for spec in GRAD_FEATURES_TILED)

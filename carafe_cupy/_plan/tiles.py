@@ -222,7 +222,8 @@ def input_tile_plan(
 # s = 2, a warp is one input row of 8 quads times 4 sub-pixels, a block 4 rows.
 QUAD_PIXELS = 4
 QUAD_SCALE = 2
-QUAD_TILE = (TILE_THREADS[0] // QUAD_SCALE**2 * QUAD_PIXELS, TILE_THREADS[1] // 2)  # input (cols, rows)
+# input (cols, rows): 32 x 4 pixels, a block of 32 x 4 threads
+QUAD_TILE = (TILE_THREADS[0] // QUAD_SCALE**2 * QUAD_PIXELS, TILE_THREADS[1] // 2)
 
 
 def quad_sub_plane(plane: int) -> int:
