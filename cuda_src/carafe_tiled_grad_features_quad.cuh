@@ -76,9 +76,9 @@ struct quad_halo_slots {
                                           int count) const {
         constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
         const scalar_t* rows = first + channel_offset;
-#pragma unroll
-        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
-            if (cc >= count) break;
+        // one channel at a time: its 2 * ROWS loads in flight beside 4 * K * K masks
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
             acc_t value[ROWS][S];
             const scalar_t* row = rows + cc * stride;
 #pragma unroll
