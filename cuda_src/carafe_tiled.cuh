@@ -15,7 +15,11 @@
 //                    holds the K*K masks that reach its input pixel, sums over
 //                    the grad_output halo in smem (padded sub-pixel planes: no
 //                    bank conflicts), and the s*s partial sums are added in a
-//                    fixed order through shared memory.
+//                    fixed order through shared memory. At s = 2 (K <= 5,
+//                    4-byte accumulators) a thread takes four adjacent input
+//                    pixels at one sub-pixel instead, their 4*K*K masks in
+//                    registers, and the 4 partial sums of a pixel are added
+//                    with warp shuffles (carafe_tiled_grad_features_quad.cuh).
 // No atomics, no scratch memory: every result has one writer and a fixed
 // summation order, so results are bitwise reproducible.
 //

@@ -15,9 +15,8 @@ constexpr int CARAFE_QUAD_TILE_COLS =   // input columns of a tile: one warp's r
 constexpr int CARAFE_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
 constexpr int CARAFE_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_QUAD_TILE_ROWS;
 
-// Sub-pixel plane size: at least `plane`, and 17 (mod 32), so the 4 sub-pixel
-// lanes of a quad (4 columns apart) read 32 distinct banks, and a staging warp's
-// two column parities (16 columns each) clash on one bank at most.
+// Sub-pixel plane size: at least `plane`, and 17 (mod 32): odd, so a warp's 8
+// quads (4 columns apart) times 4 sub-pixel planes read 32 distinct banks.
 __host__ __device__ constexpr int quad_sub_plane(int plane) {
     return plane + ((17 - plane % 32) + 32) % 32;
 }

@@ -111,7 +111,8 @@ def tiled_budget(kernel: str) -> int:
     kernel_size = int(re.search(r"_k(\d+)_", kernel).group(1))
     width = "float64" if kernel.endswith("float64") else "float32"
     if "_p4_" in kernel:
-        return QUAD_REGISTER_BUDGET[(kernel_size, width if width == "float32" else "16-bit")]
+        storage = "float32" if kernel.endswith("float32") else "16-bit"
+        return QUAD_REGISTER_BUDGET[(kernel_size, storage)]
     return TILED_REGISTER_BUDGET[(kernel_size, width)]
 
 
