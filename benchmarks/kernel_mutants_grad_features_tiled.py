@@ -181,8 +181,8 @@ STAGING = (
     (
         "grad-features-quad-staging-past-count",
         QUAD,
-        r"            if \(cc >= count\) break;\n",
-        "",
+        r"(for \(int cc = 0; cc )< count(; \+\+cc\) \{\n            acc_t value)",
+        r"\1<= count\2",
         0,
     ),
     (
