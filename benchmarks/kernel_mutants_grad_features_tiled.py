@@ -106,8 +106,8 @@ TAILS = (
     (
         "grad-features-quad-tiles-y-rounded-down",
         QUAD,
-        r"\(g\.height \+ CARAFE_QUAD_TILE_ROWS - 1\) / CARAFE_QUAD_TILE_ROWS",
-        "g.height / CARAFE_QUAD_TILE_ROWS",
+        r"\(g\.height \+ CARAFE_FEATURES_QUAD_TILE_ROWS - 1\) / CARAFE_FEATURES_QUAD_TILE_ROWS",
+        "g.height / CARAFE_FEATURES_QUAD_TILE_ROWS",
         0,
     ),
     (

@@ -201,14 +201,15 @@ constexpr int carafe_two_blocks_min =
 // grad_features with four input pixels per thread (s = 2, K <= 5, 4-byte
 // accumulators; the fused kernel would spill, and keeps one pixel): blocks of
 // 128 threads, as many per SM as 4 * K * K masks in registers allow (fp16 and
-// bf16 at K = 5 need the registers of two: their conversions would spill).
+// bf16 at K = 5: two, as at three their conversions would spill).
 template <typename scalar_t, int K>
-constexpr int carafe_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
+constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
 
 #define CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)                                     \
-    extern "C" __global__ void __launch_bounds__(128, carafe_quad_blocks_min<scalar_t, K>)               \
+    extern "C" __global__ void __launch_bounds__(128,                                          \
+                                                 carafe_features_quad_blocks_min<scalar_t, K>) \
         carafe_backward_features_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
-        carafe_backward_features_quad_impl<scalar_t, K>(                                \
+        carafe_backward_features_quad_impl<scalar_t, K>(                                       \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }

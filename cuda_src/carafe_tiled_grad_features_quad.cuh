@@ -8,16 +8,16 @@
 // of K + QUAD - 1 reads feeds QUAD * K multiply-adds. A warp is 8 quads of one
 // input row times the 4 sub-pixels (lane = quad * 4 + a * 2 + b), so a pixel's
 // 4 partial sums sit in 4 neighbouring lanes and are added with shuffles.
-constexpr int CARAFE_QUAD = 4;          // input pixels per thread
-constexpr int CARAFE_QUAD_SCALE = 2;    // the one scale factor these kernels take
-constexpr int CARAFE_QUAD_TILE_COLS =   // input columns of a tile: one warp's row
-    CARAFE_TILE_THREADS_X / (CARAFE_QUAD_SCALE * CARAFE_QUAD_SCALE) * CARAFE_QUAD;
-constexpr int CARAFE_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
-constexpr int CARAFE_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_QUAD_TILE_ROWS;
+constexpr int CARAFE_FEATURES_QUAD_PIXELS = 4;          // input pixels per thread
+constexpr int CARAFE_FEATURES_QUAD_SCALE = 2;    // the one scale factor these kernels take
+constexpr int CARAFE_FEATURES_QUAD_TILE_COLS =   // input columns of a tile: one warp's row
+    CARAFE_TILE_THREADS_X / (CARAFE_FEATURES_QUAD_SCALE * CARAFE_FEATURES_QUAD_SCALE) * CARAFE_FEATURES_QUAD_PIXELS;
+constexpr int CARAFE_FEATURES_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
+constexpr int CARAFE_FEATURES_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_FEATURES_QUAD_TILE_ROWS;
 
 // Sub-pixel plane size: at least `plane`, and 17 (mod 32): odd, so a warp's 8
 // quads (4 columns apart) times 4 sub-pixel planes read 32 distinct banks.
-__host__ __device__ constexpr int quad_sub_plane(int plane) {
+__host__ __device__ constexpr int features_quad_sub_plane(int plane) {
     return plane + ((17 - plane % 32) + 32) % 32;
 }
 
@@ -26,14 +26,14 @@ __host__ __device__ constexpr int quad_sub_plane(int plane) {
 // from its first, so the global offset steps by a fixed stride and the shared
 // index by a compile-time one.
 template <typename scalar_t, int K>
-struct quad_halo_slots {
-    static constexpr int S = CARAFE_QUAD_SCALE;
-    static constexpr int CENTRE_ROWS = CARAFE_QUAD_TILE_ROWS + K - 1;
-    static constexpr int CENTRE_COLS = CARAFE_QUAD_TILE_COLS + K - 1;
-    static constexpr int SUB_PLANE = quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
+struct features_quad_slots {
+    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE;
+    static constexpr int CENTRE_ROWS = CARAFE_FEATURES_QUAD_TILE_ROWS + K - 1;
+    static constexpr int CENTRE_COLS = CARAFE_FEATURES_QUAD_TILE_COLS + K - 1;
+    static constexpr int SUB_PLANE = features_quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
     static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
     static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
-    static constexpr int THREADS = CARAFE_QUAD_THREADS;
+    static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
     static constexpr int ROW_GROUPS = THREADS / CENTRE_COLS;
     static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
     static_assert(ROW_GROUPS >= 1 && ROWS * S <= 32, "the halo's rows fit one bit mask");
@@ -105,7 +105,7 @@ struct quad_halo_slots {
 // (p(0,0) + p(0,1)) + (p(1,0) + p(1,1)) whichever lane computes it (addition
 // commutes exactly), so results do not depend on scheduling.
 template <typename acc_t>
-__device__ __forceinline__ acc_t quad_sub_pixel_total(const acc_t (&sum)[CARAFE_QUAD], int a,
+__device__ __forceinline__ acc_t features_quad_total(const acc_t (&sum)[CARAFE_FEATURES_QUAD_PIXELS], int a,
                                                       int b) {
     constexpr unsigned int WARP = 0xffffffffu;
     // across b (lane ^ 1): b = 0 keeps pixels 0 and 1, b = 1 keeps 2 and 3
@@ -118,9 +118,9 @@ __device__ __forceinline__ acc_t quad_sub_pixel_total(const acc_t (&sum)[CARAFE_
     return keep + __shfl_xor_sync(WARP, send, 2);
 }
 
-// Block: 32 x 8 threads over a tile of CARAFE_QUAD_TILE_COLS x
-// CARAFE_QUAD_TILE_ROWS input pixels; s = 2, K <= 5, 4-byte accumulators
-// (the planner's quad_tile_plan). The sums match the one-pixel kernel's per
+// Block: 32 x 8 threads over a tile of CARAFE_FEATURES_QUAD_TILE_COLS x
+// CARAFE_FEATURES_QUAD_TILE_ROWS input pixels; s = 2, K <= 5, 4-byte accumulators
+// (the planner's features_quad_plan). The sums match the one-pixel kernel's per
 // sub-pixel (taps in the same order), and only their reduction differs.
 template <typename scalar_t, int K>
 __device__ void carafe_backward_features_quad_impl(
@@ -128,8 +128,8 @@ __device__ void carafe_backward_features_quad_impl(
     scalar_t* __restrict__ grad_features, const carafe_geometry g, const strides4 gs,
     const strides4 ms, const strides4 fs, index_t channels_per_block, int channel_batch) {
     typedef typename storage<scalar_t>::acc_t acc_t;
-    typedef quad_halo_slots<scalar_t, K> slots_t;
-    constexpr int TAPS = K * K, S = CARAFE_QUAD_SCALE, Q = CARAFE_QUAD;
+    typedef features_quad_slots<scalar_t, K> slots_t;
+    constexpr int TAPS = K * K, S = CARAFE_FEATURES_QUAD_SCALE, Q = CARAFE_FEATURES_QUAD_PIXELS;
     constexpr int R = (K - 1) / 2;
     constexpr int CENTRE_COLS = slots_t::CENTRE_COLS;
     constexpr int HALO_COLS = slots_t::HALO_COLS;
@@ -138,9 +138,9 @@ __device__ void carafe_backward_features_quad_impl(
     const index_t channels_per_group = g.channels / g.group_size;
     const index_t slices = (channels_per_group + channels_per_block - 1) / channels_per_block;
     const tile_position p = block_position(
-        (g.width + CARAFE_QUAD_TILE_COLS - 1) / CARAFE_QUAD_TILE_COLS,
-        (g.height + CARAFE_QUAD_TILE_ROWS - 1) / CARAFE_QUAD_TILE_ROWS, slices, g.group_size);
-    const index_t w0 = p.tile_x * CARAFE_QUAD_TILE_COLS, h0 = p.tile_y * CARAFE_QUAD_TILE_ROWS;
+        (g.width + CARAFE_FEATURES_QUAD_TILE_COLS - 1) / CARAFE_FEATURES_QUAD_TILE_COLS,
+        (g.height + CARAFE_FEATURES_QUAD_TILE_ROWS - 1) / CARAFE_FEATURES_QUAD_TILE_ROWS, slices, g.group_size);
+    const index_t w0 = p.tile_x * CARAFE_FEATURES_QUAD_TILE_COLS, h0 = p.tile_y * CARAFE_FEATURES_QUAD_TILE_ROWS;
     const int sub = threadIdx.x % (S * S), sub_y = sub / S, sub_x = sub % S;
     const int local_w = threadIdx.x / (S * S) * Q, local_h = threadIdx.y;
     const index_t h = h0 + local_h, w = w0 + local_w;  // the quad's first pixel
@@ -190,7 +190,7 @@ __device__ void carafe_backward_features_quad_impl(
                         if (j >= 0 && j < K) sum[q] += weight[q][i * K + j] * value;
                     }
                 }
-            const acc_t total = quad_sub_pixel_total(sum, sub_y, sub_x);
+            const acc_t total = features_quad_total(sum, sub_y, sub_x);
             if (stores) storage<scalar_t>::store(out, total);
             out += fs.c;
         }

@@ -22,7 +22,7 @@ import kernel_harness as harness  # noqa: E402
 from sparse_memory import START, SparseArena  # noqa: E402
 
 from carafe_cupy._kernels import sources as _sources  # noqa: E402
-from carafe_cupy._kernels.names import quads_instantiated  # noqa: E402
+from carafe_cupy._kernels.names import features_quads_instantiated  # noqa: E402
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
 from carafe_cupy._runtime import launch as _launch  # noqa: E402
@@ -113,7 +113,7 @@ def variants(dtype: str, k: int) -> list[str]:
     names = ["general", "tiled"]
     if _sources.pairs_instantiated(dtype, k):
         names.append("tiled_pair")
-    if quads_instantiated(dtype, k):
+    if features_quads_instantiated(dtype, k):
         names.append("tiled_s1")
     if _sources.fused_instantiated(dtype, k):
         names.append("fused")

@@ -112,7 +112,7 @@ def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
     return dtype != "float64" and kernel_size <= 5
 
 
-def quads_instantiated(dtype: str, kernel_size: int) -> bool:
+def features_quads_instantiated(dtype: str, kernel_size: int) -> bool:
     """grad_features with four input pixels per thread holds 4 k² masks: built
     where pairs are (K <= 5, not fp64), unfused only (the fused one would spill);
     it runs s = 2 only."""
@@ -143,6 +143,6 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
         kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 2)]
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
-    if quads_instantiated(dtype, k):
+    if features_quads_instantiated(dtype, k):
         kernels.append(KernelId("grad_features", dtype, k, 4))
     return kernels

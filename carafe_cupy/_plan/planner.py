@@ -24,13 +24,13 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FULL_WAVE_BLOCKS,
     PLANNED_SMS,
     Operand,
+    features_quad_plan,
     halo_extent,
     input_tile_plan,
     masks_row_plan,
     output_tile_plan,
     padded_sub_plane,
     pairs_fit,
-    quad_tile_plan,
 )
 from .types import (  # noqa: F401 (re-exported: the planner's public names)
     ACCUMULATOR_SIZE,
@@ -182,7 +182,7 @@ def _backward(
             # one layout only: the pair variant's grad_features is the tiled one,
             # four pixels a thread where that kernel runs (s = 2), else one
             slots = (0, 2, None, 3)
-            plans["tiled"] = plans["tiled_pair"] = quad_tile_plan(
+            plans["tiled"] = plans["tiled_pair"] = features_quad_plan(
                 geometry, dtype, KernelId("grad_features", dtype, k, 4), False, slots, target
             ) or input_tile_plan(
                 geometry, dtype, KernelId("grad_features", dtype, k), False, slots, target

@@ -196,11 +196,12 @@ def plan_branches(record: LaunchRecord) -> set[str]:
         if windows:
             branches.add(windows)
         return branches
-    if record.pixels == 4:
+    four_pixels = record.pixels == 4 and record.operation in _INPUT_TILED
+    if four_pixels:
         branches.add("grad_features: four pixels per thread")
     if record.variant == "fused":
         branches.add("fused")
-    elif record.pixels == 4:
+    elif four_pixels:
         pass  # the one layout grad_features has, whichever tiled variant was asked for
     elif record.variant == "tiled_pair":
         branches.add(

@@ -7,7 +7,7 @@ import math
 from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH
-from .._kernels.names import KernelId, pairs_instantiated, quads_instantiated
+from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -220,19 +220,22 @@ def input_tile_plan(
 
 # grad_features with four input pixels per thread (carafe_tiled_grad_features_quad.cuh):
 # s = 2, a warp is one input row of 8 quads times 4 sub-pixels, a block 4 rows.
-QUAD_PIXELS = 4
-QUAD_SCALE = 2
+FEATURES_QUAD_PIXELS = 4
+FEATURES_QUAD_SCALE = 2
 # input (cols, rows): 32 x 4 pixels, a block of 32 x 4 threads
-QUAD_TILE = (TILE_THREADS[0] // QUAD_SCALE**2 * QUAD_PIXELS, TILE_THREADS[1] // 2)
+FEATURES_QUAD_TILE = (
+    TILE_THREADS[0] // FEATURES_QUAD_SCALE**2 * FEATURES_QUAD_PIXELS,
+    TILE_THREADS[1] // 2,
+)
 
 
-def quad_sub_plane(plane: int) -> int:
+def features_quad_sub_plane(plane: int) -> int:
     """The quad kernels' sub-pixel plane: at least ``plane``, 17 (mod 32), so a
-    warp's reads hit distinct banks (as quad_sub_plane in the .cuh)."""
+    warp's reads hit distinct banks (as features_quad_sub_plane in the .cuh)."""
     return plane + (17 - plane) % 32
 
 
-def quad_tile_plan(
+def features_quad_plan(
     geometry: Geometry,
     dtype: str,
     kernel: KernelId,
@@ -243,12 +246,12 @@ def quad_tile_plan(
     """grad_features with four input pixels per thread, where it is built and s = 2;
     None elsewhere (the one-pixel kernels take it)."""
     k, s = geometry.kernel_size, geometry.scale_factor
-    if s != QUAD_SCALE or not quads_instantiated(dtype, k):
+    if s != FEATURES_QUAD_SCALE or not features_quads_instantiated(dtype, k):
         return None
-    cols, rows = QUAD_TILE
+    cols, rows = FEATURES_QUAD_TILE
     centres = (rows + k - 1) * (cols + k - 1)
     accumulator = ACCUMULATOR_SIZE[dtype]
-    staged_plane = s * s * quad_sub_plane(centres)
+    staged_plane = s * s * features_quad_sub_plane(centres)
     batch = _channel_batch(staged_plane * accumulator)
     normalisers = 2 * s * s * centres * accumulator  # the fused kernel's, before staging
     if batch == 0 or (from_logits and normalisers > SHARED_MEMORY_LIMIT):
@@ -268,7 +271,7 @@ def quad_tile_plan(
         kernel.module,
         kernel.name,
         (blocks * slices, 1, 1),
-        (TILE_THREADS[0], QUAD_TILE[1], 1),
+        (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1),
         shared,
         operands,
         (per_block, batch),
