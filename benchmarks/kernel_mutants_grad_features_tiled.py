@@ -181,7 +181,7 @@ STAGING = (
     (
         "grad-features-quad-staging-past-count",
         QUAD,
-        r"(for \(int cc = 0; cc )< count(; \+\+cc\) \{\n            acc_t value)",
+        r"(cc < CARAFE_CHANNEL_BATCH_MAX && cc )< count(; \+\+cc\) \{\n            acc_t value)",
         r"\1<= count\2",
         0,
     ),

@@ -200,11 +200,7 @@ constexpr int carafe_two_blocks_min =
 
 // grad_features with four input pixels per thread (s = 2, K <= 5, 4-byte
 // accumulators; the fused kernel would spill, and keeps one pixel): blocks of
-// 128 threads, as many per SM as 4 * K * K masks in registers allow (fp16 and
-// bf16 at K = 5: two, as at three their conversions would spill).
-template <typename scalar_t, int K>
-constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
-
+// 128 threads, carafe_features_quad_blocks_min of them per SM.
 #define CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)                                     \
     extern "C" __global__ void __launch_bounds__(128,                                          \
                                                  carafe_features_quad_blocks_min<scalar_t, K>) \

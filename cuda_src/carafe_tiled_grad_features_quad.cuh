@@ -15,6 +15,11 @@ constexpr int CARAFE_FEATURES_QUAD_TILE_COLS =   // input columns of a tile: one
 constexpr int CARAFE_FEATURES_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
 constexpr int CARAFE_FEATURES_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_FEATURES_QUAD_TILE_ROWS;
 
+// Blocks per SM (the launch bounds): as many as 4 * K * K masks in registers
+// allow; fp16 and bf16 at K = 5 two, as at three their conversions would spill.
+template <typename scalar_t, int K>
+constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
+
 // Sub-pixel plane size: at least `plane`, and 17 (mod 32): odd, so a warp's 8
 // quads (4 columns apart) times 4 sub-pixel planes read 32 distinct banks.
 __host__ __device__ constexpr int features_quad_sub_plane(int plane) {
@@ -75,9 +80,13 @@ struct features_quad_slots {
                                           int count) const {
         constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
         const scalar_t* rows = first + channel_offset;
-        // one channel at a time: its 2 * ROWS loads in flight beside 4 * K * K masks
-#pragma unroll 1
-        for (int cc = 0; cc < count; ++cc) {
+        // One channel at a time where registers are tight (its 2 * ROWS loads in flight
+        // beside 4 * K * K masks); with two blocks per SM (fp16, bf16 at K = 5) every
+        // channel's loads before their conversions and stores, which would wait in turn.
+        constexpr int AT_ONCE =
+            carafe_features_quad_blocks_min<scalar_t, K> == 2 ? CARAFE_CHANNEL_BATCH_MAX : 1;
+#pragma unroll AT_ONCE
+        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX && cc < count; ++cc) {
             acc_t value[ROWS][S];
             const scalar_t* row = rows + cc * stride;
 #pragma unroll
