@@ -181,8 +181,16 @@ STAGING = (
     (
         "grad-features-quad-staging-past-count",
         QUAD,
-        r"(cc < CARAFE_CHANNEL_BATCH_MAX && cc )< count(; \+\+cc\) \{\n            acc_t value)",
+        r"(for \(int cc = 0; cc )< count(; \+\+cc\) stage_channel)",
         r"\1<= count\2",
+        0,
+    ),
+    (
+        # the same in the unrolled batch (fp16 and bf16 at K = 5)
+        "grad-features-quad-staging-past-count-unrolled",
+        QUAD,
+        r"                if \(cc >= count\) break;\n",
+        "",
         0,
     ),
     (

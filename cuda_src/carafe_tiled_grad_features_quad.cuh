@@ -73,37 +73,48 @@ struct features_quad_slots {
         }
     }
 
-    // Channels [0, count) of the batch (`channel_offset` past channel 0) into
-    // the halo planes, CHANNEL_PLANE apart: every load before any store.
+    // Channel cc of the batch, from this thread's first row of it, into halo plane cc:
+    // every load before any store.
+    template <typename acc_t>
+    __device__ __forceinline__ void stage_channel(acc_t* halo, const scalar_t* row,
+                                                  int cc) const {
+        constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
+        acc_t value[ROWS][S];
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i, row += row_step)
+#pragma unroll
+            for (int b = 0; b < S; ++b) {
+                value[i][b] = 0;
+                if (loaded >> (S * i + b) & 1u)
+                    value[i][b] = storage<scalar_t>::load(row + b * col_step);
+            }
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i)
+            if (staged >> i & 1u)
+#pragma unroll
+                for (int b = 0; b < S; ++b)
+                    halo[cc * CHANNEL_PLANE + b * SUB_PLANE + at[i % 2] + (i / 2) * AT_STEP] =
+                        value[i][b];
+    }
+
+    // Channels [0, count) of the batch (`channel_offset` past channel 0) into the
+    // halo planes. One channel at a time where registers are tight (its 2 * ROWS
+    // loads in flight beside 4 * K * K masks); with two blocks per SM (fp16 and
+    // bf16 at K = 5) the batch unrolled, so every channel's loads go out before
+    // their conversions and stores, which would otherwise wait in turn.
     template <typename acc_t>
     __device__ __forceinline__ void stage(acc_t* halo, index_t channel_offset, index_t stride,
                                           int count) const {
-        constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
         const scalar_t* rows = first + channel_offset;
-        // One channel at a time where registers are tight (its 2 * ROWS loads in flight
-        // beside 4 * K * K masks); with two blocks per SM (fp16, bf16 at K = 5) every
-        // channel's loads before their conversions and stores, which would wait in turn.
-        constexpr int AT_ONCE =
-            carafe_features_quad_blocks_min<scalar_t, K> == 2 ? CARAFE_CHANNEL_BATCH_MAX : 1;
-#pragma unroll AT_ONCE
-        for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX && cc < count; ++cc) {
-            acc_t value[ROWS][S];
-            const scalar_t* row = rows + cc * stride;
+        if constexpr (carafe_features_quad_blocks_min<scalar_t, K> == 2) {
 #pragma unroll
-            for (int i = 0; i < ROWS; ++i, row += row_step)
-#pragma unroll
-                for (int b = 0; b < S; ++b) {
-                    value[i][b] = 0;
-                    if (loaded >> (S * i + b) & 1u)
-                        value[i][b] = storage<scalar_t>::load(row + b * col_step);
-                }
-#pragma unroll
-            for (int i = 0; i < ROWS; ++i)
-                if (staged >> i & 1u)
-#pragma unroll
-                    for (int b = 0; b < S; ++b)
-                        halo[cc * CHANNEL_PLANE + b * SUB_PLANE + at[i % 2] + (i / 2) * AT_STEP] =
-                            value[i][b];
+            for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+                if (cc >= count) break;
+                stage_channel(halo, rows + cc * stride, cc);
+            }
+        } else {
+#pragma unroll 1
+            for (int cc = 0; cc < count; ++cc) stage_channel(halo, rows + cc * stride, cc);
         }
     }
 };
