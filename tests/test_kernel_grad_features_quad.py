@@ -105,3 +105,20 @@ def test_weakened_barriers_give_wrong_answers(weak_barriers, order, monkeypatch)
     assert any("_p4_" in record.kernel for record in records)
     _, want, _ = harness.reference(grad_output, features, masks, k, g, 2)
     assert not np.allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-4, equal_nan=False)
+
+
+def test_a_pixels_partial_sums_are_added_in_the_documented_order():
+    # Only the centre tap is non-zero, so sub-pixel (a, b) of a pixel contributes
+    # exactly its grad_output value v(a, b). With v = 2^24, 1, 1, -2^24 in fp32,
+    # (v00 + v01) + (v10 + v11) = 2^24 + (1 - 2^24) = 1, where pairing v00 with v11
+    # gives 2 and a running sum 0: the kernel's association is pinned, not just a total.
+    n, c, h, w, k, g = 1, 2, 3, 6, 3, 1
+    values = torch.tensor([[2.0**24, 1.0], [1.0, -(2.0**24)]])
+    grad_output = values.repeat(h, w).expand(n, c, 2 * h, 2 * w).contiguous()
+    features = torch.zeros(n, c, h, w)
+    masks = torch.zeros(n, g * k * k, 2 * h, 2 * w)
+    masks[:, (k * k) // 2] = 1.0
+    with harness.simulator(), _launch_record.recording() as records:
+        grad_features, _ = harness.run_backward(grad_output, features, masks, k, g, 2)
+    assert any("_p4_" in record.kernel for record in records)
+    assert torch.equal(grad_features, torch.ones(n, c, h, w))
