@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kernel_mutants_barriers import BARRIERS
 from kernel_mutants_grad_masks_tiled import GRAD_MASKS_TILED
+from kernel_mutants_grad_features_tiled import GRAD_FEATURES_TILED
 from kernel_mutants_numerics import NUMERICS
 from kernel_mutants_strided import STRIDE_DILATION, STRIPS
 
@@ -310,3 +311,4 @@ MUTANTS += tuple(
 MUTANTS += tuple(Mutant(name, *spec) for name, spec in BARRIERS.items())
 MUTANTS += tuple(Mutant(*spec) for spec in NUMERICS)
 MUTANTS += tuple(Mutant(*spec) for spec in GRAD_MASKS_TILED)
+MUTANTS += tuple(Mutant(*spec) for spec in GRAD_FEATURES_TILED)

@@ -36,7 +36,7 @@ SITES = {
     # fused logits: the softmax normalisers in smem, computed by every thread
     "grad-features-barrier-after-normalisers": (
         "carafe_tiled_grad_features.cuh",
-        r"(__syncthreads\(\);)(\n    \}\n\n    // The K \* K masks)",
+        r"(__syncthreads\(\);)(\n    \}\n\n    acc_t weight\[TAPS\];)",
     ),
     "grad-features-barrier-before-restaging": (
         "carafe_tiled_grad_features.cuh",
@@ -51,6 +51,16 @@ SITES = {
     "grad-features-barrier-after-partial-sums": (
         "carafe_tiled_grad_features.cuh",
         r"(__syncthreads\(\);)(\n        if \(h < g\.height && w < g\.width\) \{)",
+    ),
+    # grad_features with four pixels per thread: the same two around its staging
+    "grad-features-quad-barrier-before-restaging": (
+        "carafe_tiled_grad_features_quad.cuh",
+        r"(__syncthreads\(\);)(  // previous batch's halo fully read\n)",
+    ),
+    "grad-features-quad-barrier-after-staging": (
+        "carafe_tiled_grad_features_quad.cuh",
+        r"(__syncthreads\(\);)(\n#pragma unroll 1\n        for \(int cc = 0; cc < count; \+\+cc\) "
+        r"\{\n            const acc_t\* window = halo \+ cc \* slots_t)",
     ),
     # the warps' partial sums of one kernel row reuse the space of the last
     # row's (and, for the first row, the halo other warps may still read)

@@ -3,7 +3,8 @@
 //   #define CARAFE_TILED_SUFFIX float32
 //   #define CARAFE_TILED_SCALAR float
 //   #define CARAFE_TILED_K 5
-//   #define CARAFE_TILED_PAIRS 1   (0 where two pixels per thread do not fit)
+//   #define CARAFE_TILED_PAIRS 1   (0 where two pixels per thread do not fit; also
+//                                   the four-pixel grad_features)
 //   #define CARAFE_TILED_FUSED 1   (0 where the fused kernels would spill)
 // Small modules compile in seconds, and only the ones in use get built.
 #include "carafe_tiled.cuh"
@@ -26,4 +27,6 @@ CARAFE_TILED_EXPAND_PAIRS(CARAFE_TILED_SUFFIX, CARAFE_TILED_SCALAR, CARAFE_TILED
 #define CARAFE_TILED_EXPAND_FUSED_PAIRS(suffix, scalar_t, K) CARAFE_DEFINE_FUSED_PAIR_K(suffix, scalar_t, K)
 CARAFE_TILED_EXPAND_FUSED_PAIRS(CARAFE_TILED_SUFFIX, CARAFE_TILED_SCALAR, CARAFE_TILED_K)
 #endif
+#define CARAFE_TILED_EXPAND_FEATURES_QUAD(suffix, scalar_t, K) CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)
+CARAFE_TILED_EXPAND_FEATURES_QUAD(CARAFE_TILED_SUFFIX, CARAFE_TILED_SCALAR, CARAFE_TILED_K)
 #endif

@@ -16,7 +16,11 @@
 //                    holds the K*K masks that reach its input pixel, sums over
 //                    the grad_output halo in smem (padded sub-pixel planes: no
 //                    bank conflicts), and the s*s partial sums are added in a
-//                    fixed order through shared memory.
+//                    fixed order through shared memory. At s = 2 (K <= 5,
+//                    4-byte accumulators) a thread takes four adjacent input
+//                    pixels at one sub-pixel instead, their 4*K*K masks in
+//                    registers, and the 4 partial sums of a pixel are added
+//                    with warp shuffles (carafe_tiled_grad_features_quad.cuh).
 // No atomics, no scratch memory: every result has one writer and a fixed
 // summation order, so results are bitwise reproducible.
 //
@@ -164,6 +168,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 #include "carafe_tiled_grad_masks.cuh"
 #include "carafe_tiled_grad_masks_quad.cuh"
 #include "carafe_tiled_grad_features.cuh"
+#include "carafe_tiled_grad_features_quad.cuh"
 
 // ---------------------------------------------------------------- entry points
 // All tiled kernels take 4 pointers (a, b, c, out), the geometry, 4 stride
@@ -196,6 +201,18 @@ constexpr int carafe_two_blocks_min =
         carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
+    }
+
+// grad_features with four input pixels per thread (s = 2, K <= 5, 4-byte
+// accumulators; the fused kernel would spill, and keeps one pixel): blocks of
+// 128 threads, carafe_features_quad_blocks_min of them per SM.
+#define CARAFE_DEFINE_FEATURES_QUAD_K(suffix, scalar_t, K)                                     \
+    extern "C" __global__ void __launch_bounds__(128,                                          \
+                                                 carafe_features_quad_blocks_min<scalar_t, K>) \
+        carafe_backward_features_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
+        carafe_backward_features_quad_impl<scalar_t, K>(                                       \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
 
 #define CARAFE_DEFINE_TILED_K_SINGLE(suffix, scalar_t, K)                                      \

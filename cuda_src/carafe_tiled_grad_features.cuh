@@ -107,6 +107,87 @@ struct features_halo_slots {
     }
 };
 
+// Softmax normaliser (max, 1 / sum) of every output pixel of the grad_output
+// halo (rows x cols output pixels from centre (row0, col0) * s), into shared[2e],
+// shared[2e + 1] for element e = r * cols + k.
+template <typename scalar_t, int TAPS>
+__device__ __forceinline__ void features_softmax_normalisers(
+    typename storage<scalar_t>::acc_t* shared, const scalar_t* masks, const strides4& ms,
+    const tile_position& p, int thread, int threads, int plane, int cols, int s,
+    index_t centre_row0, index_t centre_col0, index_t out_height, index_t out_width,
+    index_t taps_apart) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    for (int e = thread; e < plane; e += threads) {
+        const int r = e / cols, k = e - (e / cols) * cols;
+        const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
+        acc_t largest = 0, total = 1;
+        if (y >= 0 && y < out_height && x >= 0 && x < out_width) {
+            const int centre_r = r / s, centre_k = k / s;
+            const scalar_t* logit =
+                logit_address<TAPS>(masks, ms, p.n, p.group, 0, centre_row0 + centre_r,
+                                    r - centre_r * s, centre_col0 + centre_k,
+                                    k - centre_k * s, s);
+            acc_t values[TAPS];
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t)
+                values[t] = storage<scalar_t>::load(logit + t * taps_apart);
+            largest = values[0];
+#pragma unroll
+            for (int t = 1; t < TAPS; ++t) largest = values[t] > largest ? values[t] : largest;
+            total = 0;
+#pragma unroll
+            for (int t = 0; t < TAPS; ++t) total += accumulate_exp(values[t] - largest);
+        }
+        shared[2 * e] = largest;
+        shared[2 * e + 1] = acc_t(1) / total;
+    }
+}
+
+// The K * K masks (or logits, normalised with the shared normalisers) that reach
+// input pixel (h, w) through sub-pixel (sub_y, sub_x); zero where the tap's
+// output pixel lies outside the image. (local_h, local_w): the pixel in its
+// tile, whose halo is `cols` output pixels wide. Tap (i, j) sits a fixed step
+// from tap (0, 0): i * row_step + j * col_step, so no 64-bit multiply runs per tap.
+template <typename scalar_t, int K, bool FROM_LOGITS>
+__device__ __forceinline__ void features_tap_weights(
+    typename storage<scalar_t>::acc_t (&weight)[K * K], const scalar_t* masks,
+    const strides4& ms, const carafe_geometry& g, const tile_position& p, index_t h, index_t w,
+    int sub_y, int sub_x, int s, index_t taps_apart,
+    const typename storage<scalar_t>::acc_t* shared, int local_h, int local_w, int cols) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    constexpr int TAPS = K * K;
+    constexpr int R = (K - 1) / 2;
+    // One tap back is one output pixel of masks (s apart), one input pixel of logits.
+    const index_t pixel_step = FROM_LOGITS ? 1 : s;
+    const index_t row_step = K * taps_apart - pixel_step * ms.h;
+    const index_t col_step = taps_apart - pixel_step * ms.w;
+    const scalar_t* tap_origin;
+    if constexpr (FROM_LOGITS) {
+        tap_origin = logit_address<TAPS>(masks, ms, p.n, p.group, 0, h + R, sub_y, w + R, sub_x, s);
+    } else {
+        tap_origin = masks + p.n * ms.n + (p.group * TAPS) * ms.c + ((h + R) * s + sub_y) * ms.h +
+                     ((w + R) * s + sub_x) * ms.w;
+    }
+    // FROM_LOGITS: the normaliser of tap (i, j)'s output pixel in smem, as a step too.
+    const int normaliser_origin =
+        ((local_h + K - 1) * s + sub_y) * cols + (local_w + K - 1) * s + sub_x;
+#pragma unroll
+    for (int i = 0; i < K; ++i)
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const index_t centre_h = h - i + R, centre_w = w - j + R;
+            acc_t value = 0;
+            if (centre_h >= 0 && centre_h < g.height && centre_w >= 0 && centre_w < g.width) {
+                value = storage<scalar_t>::load(tap_origin + i * row_step + j * col_step);
+                if constexpr (FROM_LOGITS) {
+                    const int e = normaliser_origin - (i * cols + j) * s;
+                    value = accumulate_exp(value - shared[2 * e]) * shared[2 * e + 1];
+                }
+            }
+            weight[i * K + j] = value;
+        }
+}
+
 // Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
 // a tile of input pixels; the launcher sizes it so both are whole.
 // Tap (i, j) of output (y, x) reads input (y/s + i - R, x/s + j - R), so input
@@ -143,67 +224,15 @@ __device__ void carafe_backward_features_tiled_impl(
     // Channel distance between consecutive taps (logits: pixel_shuffle's s * s).
     const index_t taps_apart = FROM_LOGITS ? (index_t)s * s * ms.c : ms.c;
     if constexpr (FROM_LOGITS) {
-        // Softmax normaliser (max, 1 / sum) of every halo output pixel, in smem.
-        for (int e = thread; e < plane; e += threads) {
-            const int r = e / cols, k = e - (e / cols) * cols;
-            const index_t y = centre_row0 * s + r, x = centre_col0 * s + k;
-            acc_t largest = 0, total = 1;
-            if (y >= 0 && y < out_height && x >= 0 && x < out_width) {
-                const int centre_r = r / s, centre_k = k / s;
-                const scalar_t* logit =
-                    logit_address<TAPS>(masks, ms, p.n, p.group, 0, centre_row0 + centre_r,
-                                        r - centre_r * s, centre_col0 + centre_k,
-                                        k - centre_k * s, s);
-                acc_t values[TAPS];
-#pragma unroll
-                for (int t = 0; t < TAPS; ++t)
-                    values[t] = storage<scalar_t>::load(logit + t * taps_apart);
-                largest = values[0];
-#pragma unroll
-                for (int t = 1; t < TAPS; ++t) largest = values[t] > largest ? values[t] : largest;
-                total = 0;
-#pragma unroll
-                for (int t = 0; t < TAPS; ++t) total += accumulate_exp(values[t] - largest);
-            }
-            shared[2 * e] = largest;
-            shared[2 * e + 1] = acc_t(1) / total;
-        }
+        features_softmax_normalisers<scalar_t, TAPS>(shared, masks, ms, p, thread, threads, plane,
+                                                     cols, s, centre_row0, centre_col0,
+                                                     out_height, out_width, taps_apart);
         __syncthreads();
     }
 
-    // The K * K masks (or logits) that reach this thread's input pixel through
-    // its sub-pixel. Tap (i, j) sits a fixed step from tap (0, 0): i * row_step +
-    // j * col_step, so no 64-bit multiply runs per tap.
     acc_t weight[TAPS];
-    // One tap back is one output pixel of masks (s apart), one input pixel of logits.
-    const index_t pixel_step = FROM_LOGITS ? 1 : s;
-    const index_t row_step = K * taps_apart - pixel_step * ms.h;
-    const index_t col_step = taps_apart - pixel_step * ms.w;
-    const scalar_t* tap_origin;
-    if constexpr (FROM_LOGITS) {
-        tap_origin = logit_address<TAPS>(masks, ms, p.n, p.group, 0, h + R, sub_y, w + R, sub_x, s);
-    } else {
-        tap_origin = masks + p.n * ms.n + (p.group * TAPS) * ms.c + ((h + R) * s + sub_y) * ms.h +
-                     ((w + R) * s + sub_x) * ms.w;
-    }
-    // FROM_LOGITS: the normaliser of tap (i, j)'s output pixel in smem, as a step too.
-    const int normaliser_origin =
-        ((local_h + K - 1) * s + sub_y) * cols + (local_w + K - 1) * s + sub_x;
-#pragma unroll
-    for (int i = 0; i < K; ++i)
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const index_t centre_h = h - i + R, centre_w = w - j + R;
-            acc_t value = 0;
-            if (centre_h >= 0 && centre_h < g.height && centre_w >= 0 && centre_w < g.width) {
-                value = storage<scalar_t>::load(tap_origin + i * row_step + j * col_step);
-                if constexpr (FROM_LOGITS) {
-                    const int e = normaliser_origin - (i * cols + j) * s;
-                    value = accumulate_exp(value - shared[2 * e]) * shared[2 * e + 1];
-                }
-            }
-            weight[i * K + j] = value;
-        }
+    features_tap_weights<scalar_t, K, FROM_LOGITS>(weight, masks, ms, g, p, h, w, sub_y, sub_x, s,
+                                                   taps_apart, shared, local_h, local_w, cols);
 
     // grad_output halo split by sub-pixel: plane (a, b) holds the values at
     // (centre * s + a, centre * s + b), so tap (i, j) is a fixed step of

@@ -22,6 +22,7 @@ import kernel_harness as harness  # noqa: E402
 from sparse_memory import START, SparseArena  # noqa: E402
 
 from carafe_cupy._kernels import sources as _sources  # noqa: E402
+from carafe_cupy._kernels.names import features_quads_instantiated  # noqa: E402
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
 from carafe_cupy._runtime import launch as _launch  # noqa: E402
@@ -68,8 +69,12 @@ def sparse(tmp_path):
 
 
 def launch_all(make, dtype, k, variant):
-    """Run one variant's kernels on tensors made by ``make(values, shape)``."""
+    """Run one variant's kernels on tensors made by ``make(values, shape)``.
+    "tiled_s1": the tiled kernels at s = 1, where grad_features takes one pixel
+    per thread (at s = 2 it takes four, where those are built)."""
     n, c, h, w, _, g, s = CONFIG
+    if variant == "tiled_s1":
+        s, variant = 1, "tiled"
     generator = torch.Generator().manual_seed(k)
     shapes = {
         "features": (n, c, h, w),
@@ -108,6 +113,8 @@ def variants(dtype: str, k: int) -> list[str]:
     names = ["general", "tiled"]
     if _sources.pairs_instantiated(dtype, k):
         names.append("tiled_pair")
+    if features_quads_instantiated(dtype, k):
+        names.append("tiled_s1")
     if _sources.fused_instantiated(dtype, k):
         names.append("fused")
         if _sources.pairs_instantiated(dtype, k):

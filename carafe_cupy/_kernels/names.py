@@ -44,7 +44,8 @@ class KernelId:
     operation: str
     dtype: str
     kernel_size: int | None = None
-    pixels: int = 1  # output pixels per thread (2: the pair kernels; 4: grad_masks' 2 x 2)
+    pixels: int = 1  # pixels per thread (2: the pair kernels; 4: grad_masks' 2 x 2 outputs
+    # or grad_features' four input pixels)
 
     @property
     def variant(self) -> str:
@@ -73,7 +74,7 @@ class KernelId:
         if self.kernel_size is None:
             return f"{general}_{self.dtype}"
         pixels = ""
-        if self.operation in _ALWAYS_PAIRED or self.pixels == 2:
+        if self.operation in _ALWAYS_PAIRED or self.pixels > 1:
             pixels = f"_p{self.pixels}"
         return f"{tiled}_k{self.kernel_size}{pixels}_{self.dtype}"
 
@@ -117,6 +118,13 @@ def pairs_instantiated(dtype: str, kernel_size: int) -> bool:
     return dtype != "float64" and kernel_size <= 5
 
 
+def features_quads_instantiated(dtype: str, kernel_size: int) -> bool:
+    """grad_features with four input pixels per thread holds 4 k² masks: built
+    where pairs are (K <= 5, not fp64), unfused only (the fused one would spill);
+    it runs s = 2 only."""
+    return pairs_instantiated(dtype, kernel_size)
+
+
 def fused_instantiated(dtype: str, kernel_size: int) -> bool:
     """fp64 with K >= 5 would spill in the fused kernels: it takes the unfused path."""
     return dtype != "float64" or kernel_size == 3
@@ -142,4 +150,6 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
         kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 4)]
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
+    if features_quads_instantiated(dtype, k):
+        kernels.append(KernelId("grad_features", dtype, k, 4))
     return kernels

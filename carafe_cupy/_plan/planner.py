@@ -24,6 +24,7 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FULL_WAVE_BLOCKS,
     PLANNED_SMS,
     Operand,
+    features_quad_plan,
     halo_extent,
     input_tile_plan,
     masks_quad_plan,
@@ -179,10 +180,13 @@ def _backward(
     if layout[3] is not None:
         plans = {}
         if _tiled_applies(geometry):
-            # one layout only: the pair variant's grad_features is the tiled one
-            kernel = KernelId("grad_features", dtype, k)
-            plans["tiled"] = plans["tiled_pair"] = input_tile_plan(
-                geometry, dtype, kernel, False, (0, 2, None, 3), target
+            # one layout only: the pair variant's grad_features is the tiled one,
+            # four pixels a thread where that kernel runs (s = 2), else one
+            slots = (0, 2, None, 3)
+            plans["tiled"] = plans["tiled_pair"] = features_quad_plan(
+                geometry, dtype, KernelId("grad_features", dtype, k, 4), False, slots, target
+            ) or input_tile_plan(
+                geometry, dtype, KernelId("grad_features", dtype, k), False, slots, target
             )
         plan = _choose(variant, plans, "this grad_features")
         launches += (plan,) if plan else _general(general_features, (0, 2, 3), geometry)

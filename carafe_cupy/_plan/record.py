@@ -48,6 +48,7 @@ class LaunchRecord:
     partial_batch: bool = False  # a last batch with fewer channels than channel_batch
     stride: int = 1  # window stride and dilation (general kernels only; tiled: 1)
     dilation: int = 1
+    pixels: int = 1  # pixels per thread (2: pairs; 4: grad_features' quads)
 
 
 _lock = threading.Lock()
@@ -108,7 +109,10 @@ def decode_launch(
     n, c, h, w, k, g, s = (int(value) for value in args[4:11])
     per_block, channel_batch = int(args[27]), int(args[28])
     pairs = identity.columns
-    if operation in _INPUT_TILED:
+    if operation in _INPUT_TILED and identity.pixels == 4:  # four input pixels a thread, s = 2
+        tile_cols, tile_rows = block[0] // (s * s) * identity.pixels, block[1]
+        tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
+    elif operation in _INPUT_TILED:
         tile_cols, tile_rows = block[0] // s, block[1] // s
         tiles_x, tiles_y = -(-w // tile_cols), -(-h // tile_rows)
     else:
@@ -135,6 +139,7 @@ def decode_launch(
         -(-per_group // per_block),
         -(-per_block // channel_batch) if per_group else 0,
         per_block % channel_batch != 0 or (per_group % per_block) % channel_batch != 0,
+        pixels=identity.pixels,
     )
 
 
@@ -156,6 +161,7 @@ PLAN_BRANCHES = (
     "tiled: tensors not pair-aligned",
     "tiled_pair: auto",
     "tiled_pair: forced",
+    "grad_features: four pixels per thread",
     "fused",
     "channel batch 1",
     "channel batch 2",
@@ -191,8 +197,13 @@ def plan_branches(record: LaunchRecord) -> set[str]:
         if windows:
             branches.add(windows)
         return branches
+    four_pixels = record.pixels == 4 and record.operation in _INPUT_TILED
+    if four_pixels:
+        branches.add("grad_features: four pixels per thread")
     if record.variant == "fused":
         branches.add("fused")
+    elif four_pixels:
+        pass  # the one layout grad_features has, whichever tiled variant was asked for
     elif record.variant == "tiled_pair":
         branches.add(
             "tiled_pair: forced" if record.requested == "tiled_pair" else "tiled_pair: auto"

@@ -7,7 +7,7 @@ import math
 from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
-from .._kernels.names import KernelId, pairs_instantiated
+from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -241,6 +241,66 @@ def input_tile_plan(
         kernel.name,
         (blocks * slices, 1, 1),
         (tile_cols * s, tile_rows * s, 1),
+        shared,
+        operands,
+        (per_block, batch),
+    )
+
+
+# grad_features with four input pixels per thread (carafe_tiled_grad_features_quad.cuh):
+# s = 2, a warp is one input row of 8 quads times 4 sub-pixels, a block 4 rows.
+FEATURES_QUAD_PIXELS = 4
+FEATURES_QUAD_SCALE = 2
+# input (cols, rows): 32 x 4 pixels, a block of 32 x 4 threads
+FEATURES_QUAD_TILE = (
+    TILE_THREADS[0] // FEATURES_QUAD_SCALE**2 * FEATURES_QUAD_PIXELS,
+    TILE_THREADS[1] // 2,
+)
+
+
+def features_quad_sub_plane(plane: int) -> int:
+    """The quad kernels' sub-pixel plane: at least ``plane``, 17 (mod 32), so a
+    warp's reads hit distinct banks (as features_quad_sub_plane in the .cuh)."""
+    return plane + (17 - plane) % 32
+
+
+def features_quad_plan(
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    from_logits: bool,
+    operands,
+    target: PlanTarget = DEFAULT_TARGET,
+) -> Launch | None:
+    """grad_features with four input pixels per thread, where it is built and s = 2;
+    None elsewhere (the one-pixel kernels take it)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if s != FEATURES_QUAD_SCALE or not features_quads_instantiated(dtype, k):
+        return None
+    cols, rows = FEATURES_QUAD_TILE
+    centres = (rows + k - 1) * (cols + k - 1)
+    accumulator = ACCUMULATOR_SIZE[dtype]
+    staged_plane = s * s * features_quad_sub_plane(centres)
+    batch = _channel_batch(staged_plane * accumulator)
+    normalisers = 2 * s * s * centres * accumulator  # the fused kernel's, before staging
+    if batch == 0 or (from_logits and normalisers > SHARED_MEMORY_LIMIT):
+        return None
+    shared = batch * staged_plane * accumulator
+    if from_logits:
+        shared = max(shared, normalisers)
+    blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
+    blocks *= geometry.batch * geometry.group_size
+    # sliced like the forward (work dealt per SM, prologue included): a quad
+    # tile is 4 times the one-pixel kernel's, so fewer slices re-read its masks
+    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
+    slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
+    if blocks * slices > MAX_GRID_X:
+        return None  # the general kernels loop over any size
+    return Launch(
+        kernel.module,
+        kernel.name,
+        (blocks * slices, 1, 1),
+        (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1),
         shared,
         operands,
         (per_block, batch),

@@ -24,6 +24,7 @@ from .._plan.planner import (
     general_threads,
     halo_extent,
 )
+from .._plan.tiles import FEATURES_QUAD_TILE
 from .static import KernelStatic, Loop
 
 
@@ -47,6 +48,8 @@ def _staged_elements(loop: Loop, launch: Launch, geometry: Geometry) -> int:
     batch = launch.tiling[1] if len(launch.tiling) > 1 else 1
     if launch.kernel_id.operation in ("grad_features", "fused_grad_features"):
         cols, rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+        if _pairs(launch) == 4:  # four input pixels a thread: a wider tile
+            cols, rows = FEATURES_QUAD_TILE
         plane = (rows + k - 1) * s * (cols + k - 1) * s
         return batch * plane if "channel_batch" in loop.source else plane
     pairs = _pairs(launch)

@@ -1,0 +1,202 @@
+"""Mutants of grad_features with four input pixels per thread
+(cuda_src/carafe_tiled_grad_features_quad.cuh), for benchmarks/mutate_kernels.py:
+the shuffle reduction, the register tile of masks and sums, the image tails,
+and the halo's staging slots. Its two block barriers are in
+kernel_mutants_barriers.py with every other barrier.
+
+Each entry is (name, files, pattern, replacement, occurrence), the fields of
+kernel_mutants.Mutant; files are in cuda_src/.
+
+Left out as equivalent: dropping ``if (cc >= count) break;`` from the unrolled batch
+(fp16 and bf16 at K = 5) stages the channels after a partial batch into halo planes
+that are never read; it only over-reads grad_output, which the canary-framed tests
+keep inside their frame.
+"""
+
+from __future__ import annotations
+
+QUAD = ("carafe_tiled_grad_features_quad.cuh",)
+
+SHUFFLES = (
+    # the partner across b is the next lane, not the one across both sub-pixel axes
+    (
+        "grad-features-quad-shuffle-b-partner",
+        QUAD,
+        r"__shfl_xor_sync\(WARP, send0, 1\)",
+        "__shfl_xor_sync(WARP, send0, 3)",
+        0,
+    ),
+    (
+        "grad-features-quad-shuffle-a-partner",
+        QUAD,
+        r"__shfl_xor_sync\(WARP, send, 2\)",
+        "__shfl_xor_sync(WARP, send, 1)",
+        0,
+    ),
+    # a lane sends the pixels it keeps
+    (
+        "grad-features-quad-shuffle-sends-kept-half",
+        QUAD,
+        r"send0 = b \? sum\[0\] : sum\[2\]",
+        "send0 = b ? sum[2] : sum[0]",
+        0,
+    ),
+    (
+        "grad-features-quad-shuffle-keeps-sent-pixel",
+        QUAD,
+        r"keep = a \? row1 : row0;",
+        "keep = a ? row0 : row1;",
+        0,
+    ),
+    # the lane stores another pixel than the one its total is for
+    (
+        "grad-features-quad-stored-pixel-transposed",
+        QUAD,
+        r"const int mine = 2 \* sub_x \+ sub_y;",
+        "const int mine = 2 * sub_y + sub_x;",
+        0,
+    ),
+)
+
+REGISTER_TILE = (
+    # every pixel of the quad takes the first pixel's masks
+    (
+        "grad-features-quad-masks-of-first-pixel",
+        QUAD,
+        r"weight\[q\], masks, ms, g, p, h, w \+ q,",
+        "weight[q], masks, ms, g, p, h, w,",
+        0,
+    ),
+    # the window column of a tap ignores the pixel's place in the quad
+    (
+        "grad-features-quad-tap-column-without-pixel",
+        QUAD,
+        r"const int j = q \+ K - 1 - d;",
+        "const int j = K - 1 - d;",
+        0,
+    ),
+    (
+        "grad-features-quad-first-tap-column-dropped",
+        QUAD,
+        r"if \(j >= 0 && j < K\)",
+        "if (j > 0 && j < K)",
+        0,
+    ),
+    (
+        "grad-features-quad-window-row-pitch",
+        QUAD,
+        r"window\[d - i \* CENTRE_COLS\]",
+        "window[d - i * (CENTRE_COLS - 1)]",
+        0,
+    ),
+)
+
+TAILS = (
+    # pixels past the image's right edge or bottom are stored too
+    (
+        "grad-features-quad-tail-column-unchecked",
+        QUAD,
+        r"const bool stores = h < g\.height && w \+ mine < g\.width;",
+        "const bool stores = h < g.height;",
+        0,
+    ),
+    (
+        "grad-features-quad-tail-row-unchecked",
+        QUAD,
+        r"const bool stores = h < g\.height && ",
+        "const bool stores = ",
+        0,
+    ),
+    # the last, partial tile row is never visited
+    (
+        "grad-features-quad-tiles-y-rounded-down",
+        QUAD,
+        r"\(g\.height \+ CARAFE_FEATURES_QUAD_TILE_ROWS - 1\) / CARAFE_FEATURES_QUAD_TILE_ROWS",
+        "g.height / CARAFE_FEATURES_QUAD_TILE_ROWS",
+        0,
+    ),
+    (
+        "grad-features-quad-output-channel-not-advanced",
+        QUAD,
+        r"            out \+= fs\.c;\n",
+        "",
+        0,
+    ),
+)
+
+STAGING = (
+    (
+        "grad-features-quad-staging-row-step",
+        QUAD,
+        r"row_step = ROW_GROUPS \* gs\.h;",
+        "row_step = (ROW_GROUPS - 1) * gs.h;",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-column-of-centre",
+        QUAD,
+        r"const index_t x = col0 \+ centre \* S;",
+        "const index_t x = col0 + centre;",
+        0,
+    ),
+    # the right column of a pair is never loaded (zero-filled as if outside)
+    (
+        "grad-features-quad-staging-right-column-never-loaded",
+        QUAD,
+        r"loaded \|= 1u << \(S \* i \+ b\);",
+        "loaded |= 1u << (S * i);",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-column-bound",
+        QUAD,
+        r"x \+ b < out_width",
+        "x + b <= out_width",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-row-bound",
+        QUAD,
+        r"y < out_height && x \+ b",
+        "y <= out_height && x + b",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-rows-above-image",
+        QUAD,
+        r"if \(y >= 0 && y < out_height",
+        "if (y >= -1 && y < out_height",
+        0,
+    ),
+    # the sub-pixel row's planes taken as the column's
+    (
+        "grad-features-quad-staging-planes-transposed",
+        QUAD,
+        r"at\[i\] = \(r % S\) \* S \* SUB_PLANE",
+        "at[i] = (r % S) * SUB_PLANE",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-slot-step",
+        QUAD,
+        r"\(i / 2\) \* AT_STEP\]",
+        "(i / 2) * (AT_STEP - 1)]",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-past-count",
+        QUAD,
+        r"(for \(int cc = 0; cc )< count(; \+\+cc\) stage_channel)",
+        r"\1<= count\2",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-channel-offset",
+        QUAD,
+        r"staged_offset \+= channel_batch \* gs\.c;",
+        "staged_offset += gs.c;",
+        0,
+    ),
+)
+
+GRAD_FEATURES_TILED = SHUFFLES + REGISTER_TILE + TAILS + STAGING

@@ -1,0 +1,218 @@
+// Tiled CARAFE kernels: grad_features register-tiled for s = 2. Part of
+// carafe_tiled.cuh, after carafe_tiled_grad_features.cuh (whose helpers it uses).
+#pragma once
+
+// A thread owns QUAD adjacent input pixels of one row at one sub-pixel (a, b):
+// their 4 * K * K masks stay in registers, and each grad_output value read from
+// shared memory serves every pixel of the quad whose window covers it, so a row
+// of K + QUAD - 1 reads feeds QUAD * K multiply-adds. A warp is 8 quads of one
+// input row times the 4 sub-pixels (lane = quad * 4 + a * 2 + b), so a pixel's
+// 4 partial sums sit in 4 neighbouring lanes and are added with shuffles.
+constexpr int CARAFE_FEATURES_QUAD_PIXELS = 4;          // input pixels per thread
+constexpr int CARAFE_FEATURES_QUAD_SCALE = 2;    // the one scale factor these kernels take
+constexpr int CARAFE_FEATURES_QUAD_TILE_COLS =   // input columns of a tile: one warp's row
+    CARAFE_TILE_THREADS_X / (CARAFE_FEATURES_QUAD_SCALE * CARAFE_FEATURES_QUAD_SCALE) * CARAFE_FEATURES_QUAD_PIXELS;
+constexpr int CARAFE_FEATURES_QUAD_TILE_ROWS = CARAFE_TILE_THREADS_Y / 2;  // one input row a warp
+constexpr int CARAFE_FEATURES_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_FEATURES_QUAD_TILE_ROWS;
+
+// Blocks per SM (the launch bounds): as many as 4 * K * K masks in registers
+// allow; fp16 and bf16 at K = 5 two, as at three their conversions would spill.
+template <typename scalar_t, int K>
+constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
+
+// Sub-pixel plane size: at least `plane`, and 17 (mod 32): odd, so a warp's 8
+// quads (4 columns apart) times 4 sub-pixel planes read 32 distinct banks.
+__host__ __device__ constexpr int features_quad_sub_plane(int plane) {
+    return plane + ((17 - plane % 32) + 32) % 32;
+}
+
+// The halo's staging slots: each thread stages the two output columns of one
+// centre column (both sub-pixel planes of a row) in every ROW_GROUPS-th row
+// from its first, so the global offset steps by a fixed stride and the shared
+// index by a compile-time one.
+template <typename scalar_t, int K>
+struct features_quad_slots {
+    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE;
+    static constexpr int CENTRE_ROWS = CARAFE_FEATURES_QUAD_TILE_ROWS + K - 1;
+    static constexpr int CENTRE_COLS = CARAFE_FEATURES_QUAD_TILE_COLS + K - 1;
+    static constexpr int SUB_PLANE = features_quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
+    static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
+    static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
+    static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
+    static constexpr int ROW_GROUPS = THREADS / CENTRE_COLS;
+    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
+    static_assert(ROW_GROUPS >= 1 && ROWS * S <= 32, "the halo's rows fit one bit mask");
+
+    const scalar_t* first;  // this thread's first row, left column, channel 0
+    index_t row_step;       // ROW_GROUPS rows of grad_output
+    index_t col_step;       // one column of grad_output
+    int at[2];              // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
+    unsigned int loaded;    // bit S * i + b: column b of row i is in the halo and the image
+    unsigned int staged;    // bit i: row i is in the halo
+
+    __device__ __forceinline__ void locate(const scalar_t* channels, const strides4& gs,
+                                           int thread, index_t row0, index_t col0,
+                                           index_t out_height, index_t out_width) {
+        const int centre = thread % CENTRE_COLS, group = thread / CENTRE_COLS;
+        const index_t x = col0 + centre * S;
+        first = channels + (row0 + group) * gs.h + x * gs.w;
+        row_step = ROW_GROUPS * gs.h;
+        col_step = gs.w;
+        loaded = staged = 0;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+            const int r = group + i * ROW_GROUPS;
+            const index_t y = row0 + r;
+            if (i < 2) at[i] = (r % S) * S * SUB_PLANE + (r / S) * CENTRE_COLS + centre;
+            if (group >= ROW_GROUPS || r >= HALO_ROWS) continue;
+            staged |= 1u << i;
+#pragma unroll
+            for (int b = 0; b < S; ++b)
+                if (y >= 0 && y < out_height && x + b >= 0 && x + b < out_width)
+                    loaded |= 1u << (S * i + b);
+        }
+    }
+
+    // Channel cc of the batch, from this thread's first row of it, into halo plane cc:
+    // every load before any store.
+    template <typename acc_t>
+    __device__ __forceinline__ void stage_channel(acc_t* halo, const scalar_t* row,
+                                                  int cc) const {
+        constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
+        acc_t value[ROWS][S];
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i, row += row_step)
+#pragma unroll
+            for (int b = 0; b < S; ++b) {
+                value[i][b] = 0;
+                if (loaded >> (S * i + b) & 1u)
+                    value[i][b] = storage<scalar_t>::load(row + b * col_step);
+            }
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i)
+            if (staged >> i & 1u)
+#pragma unroll
+                for (int b = 0; b < S; ++b)
+                    halo[cc * CHANNEL_PLANE + b * SUB_PLANE + at[i % 2] + (i / 2) * AT_STEP] =
+                        value[i][b];
+    }
+
+    // Channels [0, count) of the batch (`channel_offset` past channel 0) into the
+    // halo planes. One channel at a time where registers are tight (its 2 * ROWS
+    // loads in flight beside 4 * K * K masks); with two blocks per SM (fp16 and
+    // bf16 at K = 5) the batch unrolled, so every channel's loads go out before
+    // their conversions and stores, which would otherwise wait in turn.
+    template <typename acc_t>
+    __device__ __forceinline__ void stage(acc_t* halo, index_t channel_offset, index_t stride,
+                                          int count) const {
+        const scalar_t* rows = first + channel_offset;
+        if constexpr (carafe_features_quad_blocks_min<scalar_t, K> == 2) {
+#pragma unroll
+            for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
+                if (cc >= count) break;
+                stage_channel(halo, rows + cc * stride, cc);
+            }
+        } else {
+#pragma unroll 1
+            for (int cc = 0; cc < count; ++cc) stage_channel(halo, rows + cc * stride, cc);
+        }
+    }
+};
+
+// The 4 partial sums of a quad's pixels at this lane's sub-pixel in, the total
+// of one pixel (2 * b + a of the quad) out: two shuffle rounds, each keeping half
+// the pixels and adding the partner lane's half. Every pixel's total is
+// (p(0,0) + p(0,1)) + (p(1,0) + p(1,1)) whichever lane computes it (addition
+// commutes exactly), so results do not depend on scheduling.
+template <typename acc_t>
+__device__ __forceinline__ acc_t features_quad_total(const acc_t (&sum)[CARAFE_FEATURES_QUAD_PIXELS], int a,
+                                                      int b) {
+    constexpr unsigned int WARP = 0xffffffffu;
+    // across b (lane ^ 1): b = 0 keeps pixels 0 and 1, b = 1 keeps 2 and 3
+    const acc_t send0 = b ? sum[0] : sum[2], send1 = b ? sum[1] : sum[3];
+    const acc_t keep0 = b ? sum[2] : sum[0], keep1 = b ? sum[3] : sum[1];
+    const acc_t row0 = keep0 + __shfl_xor_sync(WARP, send0, 1);
+    const acc_t row1 = keep1 + __shfl_xor_sync(WARP, send1, 1);
+    // across a (lane ^ 2): a = 0 keeps pixel 2b, a = 1 keeps 2b + 1
+    const acc_t send = a ? row0 : row1, keep = a ? row1 : row0;
+    return keep + __shfl_xor_sync(WARP, send, 2);
+}
+
+// Block: 32 x 8 threads over a tile of CARAFE_FEATURES_QUAD_TILE_COLS x
+// CARAFE_FEATURES_QUAD_TILE_ROWS input pixels; s = 2, K <= 5, 4-byte accumulators
+// (the planner's features_quad_plan). The sums match the one-pixel kernel's per
+// sub-pixel (taps in the same order), and only their reduction differs.
+template <typename scalar_t, int K>
+__device__ void carafe_backward_features_quad_impl(
+    const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ masks,
+    scalar_t* __restrict__ grad_features, const carafe_geometry g, const strides4 gs,
+    const strides4 ms, const strides4 fs, index_t channels_per_block, int channel_batch) {
+    typedef typename storage<scalar_t>::acc_t acc_t;
+    typedef features_quad_slots<scalar_t, K> slots_t;
+    constexpr int TAPS = K * K, S = CARAFE_FEATURES_QUAD_SCALE, Q = CARAFE_FEATURES_QUAD_PIXELS;
+    constexpr int R = (K - 1) / 2;
+    constexpr int CENTRE_COLS = slots_t::CENTRE_COLS;
+    constexpr int HALO_COLS = slots_t::HALO_COLS;
+    CARAFE_DYNAMIC_SHARED(acc_t, shared);
+    const index_t out_height = g.height * S, out_width = g.width * S;
+    const index_t channels_per_group = g.channels / g.group_size;
+    const index_t slices = (channels_per_group + channels_per_block - 1) / channels_per_block;
+    const tile_position p = block_position(
+        (g.width + CARAFE_FEATURES_QUAD_TILE_COLS - 1) / CARAFE_FEATURES_QUAD_TILE_COLS,
+        (g.height + CARAFE_FEATURES_QUAD_TILE_ROWS - 1) / CARAFE_FEATURES_QUAD_TILE_ROWS, slices, g.group_size);
+    const index_t w0 = p.tile_x * CARAFE_FEATURES_QUAD_TILE_COLS, h0 = p.tile_y * CARAFE_FEATURES_QUAD_TILE_ROWS;
+    const int sub = threadIdx.x % (S * S), sub_y = sub / S, sub_x = sub % S;
+    const int local_w = threadIdx.x / (S * S) * Q, local_h = threadIdx.y;
+    const index_t h = h0 + local_h, w = w0 + local_w;  // the quad's first pixel
+    const index_t centre_row0 = h0 - (K - 1 - R), centre_col0 = w0 - (K - 1 - R);
+    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+
+    acc_t weight[Q][TAPS];
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+        features_tap_weights<scalar_t, K, false>(weight[q], masks, ms, g, p, h, w + q, sub_y,
+                                                 sub_x, S, ms.c, shared, local_h, local_w + q,
+                                                 HALO_COLS);
+
+    acc_t* halo = shared;
+    slots_t slots;
+    const index_t group_begin = p.group * channels_per_group;
+    const index_t c_begin = group_begin + p.slice * channels_per_block;
+    const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
+    slots.locate(grad_output + p.n * gs.n + c_begin * gs.c, gs, thread, centre_row0 * S,
+                 centre_col0 * S, out_height, out_width);
+    // Window of row i, column d (d = q + K - 1 - j for tap (i, j) of pixel q).
+    const int base = sub * slots_t::SUB_PLANE + (local_h + K - 1) * CENTRE_COLS + local_w;
+    const int mine = 2 * sub_x + sub_y;  // the quad's pixel this lane stores
+    const bool stores = h < g.height && w + mine < g.width;
+    scalar_t* out = grad_features + p.n * fs.n + c_begin * fs.c + h * fs.h + (w + mine) * fs.w;
+    index_t staged_offset = 0;
+    for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
+        const int count = (int)min((index_t)channel_batch, c_end - c0);
+        __syncthreads();  // previous batch's halo fully read
+        slots.stage(halo, staged_offset, gs.c, count);
+        staged_offset += channel_batch * gs.c;
+        __syncthreads();
+#pragma unroll 1
+        for (int cc = 0; cc < count; ++cc) {
+            const acc_t* window = halo + cc * slots_t::CHANNEL_PLANE + base;
+            acc_t sum[Q];
+#pragma unroll
+            for (int q = 0; q < Q; ++q) sum[q] = 0;
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+#pragma unroll
+                for (int d = K + Q - 2; d >= 0; --d) {
+                    const acc_t value = window[d - i * CENTRE_COLS];
+#pragma unroll
+                    for (int q = 0; q < Q; ++q) {
+                        const int j = q + K - 1 - d;
+                        if (j >= 0 && j < K) sum[q] += weight[q][i * K + j] * value;
+                    }
+                }
+            const acc_t total = features_quad_total(sum, sub_y, sub_x);
+            if (stores) storage<scalar_t>::store(out, total);
+            out += fs.c;
+        }
+    }
+}

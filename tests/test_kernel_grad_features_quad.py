@@ -1,0 +1,124 @@
+"""grad_features with four input pixels per thread (s = 2, k <= 5, fp32, fp16, bf16):
+against the float64 reference with canaries around every tensor, fp16 and bf16 equal
+to the rounding of the fp32 kernel, bit for bit the same in every simulator thread
+order (the warp-shuffle reduction has one order), and wrong with weakened barriers."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import kernel_harness as harness  # noqa: E402
+
+from carafe_cupy._plan import planner as _planner  # noqa: E402
+from carafe_cupy._plan import record as _launch_record  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
+)
+
+ORDERS = ("forward", "reverse", "random", "warp-serial", "random-warp")
+# (N, C, H, W, k, G): ragged quads (W not a multiple of 4), tiles past the first in x
+# and y, partial tiles, groups, partial channel batches, several channel slices.
+CASES = [
+    (1, 3, 5, 7, 5, 1),
+    (2, 6, 9, 37, 5, 2),
+    (1, 9, 4, 33, 3, 1),
+    (1, 34, 3, 6, 3, 1),
+]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def inputs(case, dtype=torch.float32, seed=0):
+    """(grad_output, features, masks) of ``case`` at s = 2, inexact sums."""
+    n, c, h, w, k, g = case
+    generator = torch.Generator().manual_seed(seed)
+    grad_output = torch.randn(n, c, 2 * h, 2 * w, generator=generator)
+    features = torch.randn(n, c, h, w, generator=generator)
+    masks = torch.rand(n, g * k * k, 2 * h, 2 * w, generator=generator)
+    return tuple(t.to(dtype) for t in (grad_output, features, masks))
+
+
+def quad_grad_features(case, dtype=torch.float32, order=None):
+    """grad_features by the kernels (canaries checked) and the kernels launched."""
+    grad_output, features, masks = inputs(case, dtype)
+    *_, k, g = case
+    with harness.simulator(order), _launch_record.recording() as records:
+        grad_features, _ = harness.run_backward(grad_output, features, masks, k, g, 2)
+    return grad_features, [record.kernel for record in records]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_the_reference_and_takes_four_pixels(case):
+    grad_features, kernels = quad_grad_features(case)
+    assert any("backward_features_tiled" in name and "_p4_" in name for name in kernels)
+    grad_output, features, masks = inputs(case)
+    *_, k, g = case
+    _, want, _ = harness.reference(grad_output, features, masks, k, g, 2)
+    np.testing.assert_allclose(grad_features.double().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("case", CASES[:2], ids=str)
+def test_low_precision_equals_the_rounded_fp32_kernel(case, dtype):
+    got, kernels = quad_grad_features(case, dtype)
+    assert any("_p4_" in name for name in kernels)
+    # the fp32 kernel on the same (exactly representable) values, rounded once
+    grad_output, features, masks = (t.float() for t in inputs(case, dtype))
+    *_, k, g = case
+    with harness.simulator():
+        wide, _ = harness.run_backward(grad_output, features, masks, k, g, 2)
+    bits = harness.BITS[dtype]
+    assert torch.equal(got.view(bits), wide.to(dtype).view(bits))
+
+
+@pytest.mark.parametrize("case", CASES[1:3], ids=str)
+def test_every_thread_order_gives_the_same_bits(case):
+    results = [quad_grad_features(case, order=order)[0] for order in ORDERS]
+    assert all(torch.equal(results[0].view(torch.int32), r.view(torch.int32)) for r in results)
+
+
+def test_one_pixel_and_four_pixel_kernels_agree(monkeypatch):
+    # forced through the general kernels, the same gradients within fp32 rounding
+    case = CASES[1]
+    four, _ = quad_grad_features(case)
+    with _planner.forced_variant("general"):
+        general, kernels = quad_grad_features(case)
+    assert not any("_p4_" in name for name in kernels)
+    torch.testing.assert_close(four, general, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weak_barriers, order", [(1, "random-warp"), (2, "forward")])
+def test_weakened_barriers_give_wrong_answers(weak_barriers, order, monkeypatch):
+    """Barriers that do not hold the whole block (built with
+    -DCARAFE_SIM_WEAK_BARRIERS; the kernel source untouched) give wrong answers."""
+    monkeypatch.setenv("CARAFE_CUPY_SIM_CXXFLAGS", f"-DCARAFE_SIM_WEAK_BARRIERS={weak_barriers}")
+    case = (1, 8, 5, 9, 3, 1)
+    grad_output, features, masks = inputs(case)
+    *_, k, g = case
+    with harness.simulator(order), _launch_record.recording() as records:
+        got = harness.run_backward(grad_output, features, masks, k, g, 2, pad=2)[0]
+    assert any("_p4_" in record.kernel for record in records)
+    _, want, _ = harness.reference(grad_output, features, masks, k, g, 2)
+    assert not np.allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-4, equal_nan=False)
+
+
+def test_a_pixels_partial_sums_are_added_in_the_documented_order():
+    # Only the centre tap is non-zero, so sub-pixel (a, b) of a pixel contributes
+    # exactly its grad_output value v(a, b). With v = 2^24, 1, 1, -2^24 in fp32,
+    # (v00 + v01) + (v10 + v11) = 2^24 + (1 - 2^24) = 1, where pairing v00 with v11
+    # gives 2 and a running sum 0: the kernel's association is pinned, not just a total.
+    n, c, h, w, k, g = 1, 2, 3, 6, 3, 1
+    values = torch.tensor([[2.0**24, 1.0], [1.0, -(2.0**24)]])
+    grad_output = values.repeat(h, w).expand(n, c, 2 * h, 2 * w).contiguous()
+    features = torch.zeros(n, c, h, w)
+    masks = torch.zeros(n, g * k * k, 2 * h, 2 * w)
+    masks[:, (k * k) // 2] = 1.0
+    with harness.simulator(), _launch_record.recording() as records:
+        grad_features, _ = harness.run_backward(grad_output, features, masks, k, g, 2)
+    assert any("_p4_" in record.kernel for record in records)
+    assert torch.equal(grad_features, torch.ones(n, c, h, w))
