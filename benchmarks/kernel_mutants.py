@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_mutants_barriers import BARRIERS
-from kernel_mutants_grad_masks_tiled import GRAD_MASKS_TILED
 from kernel_mutants_grad_features_tiled import GRAD_FEATURES_TILED
+from kernel_mutants_grad_masks_tiled import GRAD_MASKS_TILED
 from kernel_mutants_numerics import NUMERICS
 from kernel_mutants_strided import STRIDE_DILATION, STRIPS
 
