@@ -37,6 +37,7 @@ KERNEL_POINTERS = {
     ("forward", "tiled"): ("features", "masks", None, "output"),
     ("forward", "tiled_pair"): ("features", "masks", None, "output"),
     ("grad_features", "tiled"): ("grad_output", "masks", None, "grad_features"),
+    ("grad_features", "tiled_pair"): ("grad_output", "masks", None, "grad_features"),
     ("grad_masks", "tiled"): ("grad_output", "features", None, "grad_masks"),
     ("grad_masks", "tiled_pair"): ("grad_output", "features", None, "grad_masks"),
     ("fused_forward", "fused"): ("features", "logits", None, "output"),
