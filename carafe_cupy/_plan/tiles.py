@@ -155,20 +155,21 @@ def masks_row_plan(
     staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch
     reduction = MASKS_SUBSETS * k * pairs * TILE_THREADS[0]
     tiles = -(-geometry.out_width // tile_w) * geometry.out_height
+    shared = max(staged, reduction) * ACCUMULATOR_SIZE[dtype]
+    return _masks_subset_launch(geometry, kernel, operands, tiles, shared)
+
+
+def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: int, shared: int):
+    """A grad_masks launch: a block per output tile, image and group, its warps
+    splitting the group's channels into MASKS_SUBSETS subsets."""
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
     per_subset = max(1, -(-per_group // MASKS_SUBSETS))
     if blocks > MAX_GRID_X:
         return None  # the general kernels loop over any size
-    return Launch(
-        kernel.module,
-        kernel.name,
-        (blocks, 1, 1),
-        (TILE_THREADS[0], TILE_THREADS[1], 1),
-        max(staged, reduction) * ACCUMULATOR_SIZE[dtype],
-        operands,
-        (per_subset, MASKS_BATCH),
-    )
+    block = (TILE_THREADS[0], TILE_THREADS[1], 1)
+    tiling = (per_subset, MASKS_BATCH)
+    return Launch(kernel.module, kernel.name, (blocks, 1, 1), block, shared, operands, tiling)
 
 
 def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands) -> Launch | None:
@@ -184,20 +185,7 @@ def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands) 
     staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch * ACCUMULATOR_SIZE[dtype]
     reduction = MASKS_QUAD_SHARE * MASKS_SUBSETS * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
     tiles = -(-geometry.out_width // tile_w) * (geometry.out_height // 2)
-    blocks = tiles * geometry.batch * geometry.group_size
-    per_group = geometry.channels // geometry.group_size
-    per_subset = max(1, -(-per_group // MASKS_SUBSETS))
-    if blocks > MAX_GRID_X:
-        return None  # the general kernels loop over any size
-    return Launch(
-        kernel.module,
-        kernel.name,
-        (blocks, 1, 1),
-        (TILE_THREADS[0], TILE_THREADS[1], 1),
-        max(staged, reduction),
-        operands,
-        (per_subset, MASKS_BATCH),
-    )
+    return _masks_subset_launch(geometry, kernel, operands, tiles, max(staged, reduction))
 
 
 def padded_sub_plane(plane: int, tile_cols: int) -> int:
