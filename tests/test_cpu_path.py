@@ -113,6 +113,23 @@ def test_gradients_come_back_in_their_inputs_layout(layout):
     assert grad_features.stride() == features.stride()
     assert grad_masks.stride() == masks.stride()
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_fp32_and_rounds_once(dtype):
+    # 64 channels x 25 taps of sums: fp16/bf16 accumulators would round on the way
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 64, 6, 5, generator=generator).to(dtype).requires_grad_()
+    masks = torch.rand(1, 25, 12, 10, generator=generator).to(dtype).requires_grad_()
+    wide = [t.detach().float().requires_grad_() for t in (features, masks)]
+    output = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    expected = carafe_cupy.carafe(*wide, 5, 1, 2)
+    assert torch.equal(output, expected.to(dtype))
+    grad = torch.randn(output.shape, generator=generator).to(dtype)
+    got = torch.autograd.grad(output, (features, masks), grad)
+    want = torch.autograd.grad(expected, wide, grad.float())
+    for name, value, reference in zip(("grad_features", "grad_masks"), got, want):
+        assert torch.equal(value, reference.to(dtype)), name
+
 def test_empty_batch():
     features = torch.randn(0, 4, 3, 3, requires_grad=True)
     masks = torch.rand(0, 2 * 25, 6, 6, requires_grad=True)
