@@ -221,18 +221,18 @@ def input_tile_plan(
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
     per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+    block = (tile_cols * s, tile_rows * s, 1)
+    return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+
+
+def _sliced_launch(geometry: Geometry, kernel: KernelId, operands, blocks: int, per_block: int,
+                   block: tuple[int, int, int], shared: int, batch: int) -> Launch | None:
+    """A launch whose tiles repeat once per slice of per_block channels of a group."""
     slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
     if blocks * slices > MAX_GRID_X:
         return None  # the general kernels loop over any size
-    return Launch(
-        kernel.module,
-        kernel.name,
-        (blocks * slices, 1, 1),
-        (tile_cols * s, tile_rows * s, 1),
-        shared,
-        operands,
-        (per_block, batch),
-    )
+    grid = (blocks * slices, 1, 1)
+    return Launch(kernel.module, kernel.name, grid, block, shared, operands, (per_block, batch))
 
 
 # grad_features with four input pixels per thread (carafe_tiled_grad_features_quad.cuh):
@@ -281,15 +281,5 @@ def features_quad_plan(
     # sliced like the forward (work dealt per SM, prologue included): a quad
     # tile is 4 times the one-pixel kernel's, so fewer slices re-read its masks
     per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
-    slices = max(1, -(-(geometry.channels // geometry.group_size) // per_block))
-    if blocks * slices > MAX_GRID_X:
-        return None  # the general kernels loop over any size
-    return Launch(
-        kernel.module,
-        kernel.name,
-        (blocks * slices, 1, 1),
-        (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1),
-        shared,
-        operands,
-        (per_block, batch),
-    )
+    block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
+    return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
