@@ -99,8 +99,8 @@ MUTANTS = (
     M(
         "environment-beats-forced-variant",
         TYPES,
-        r'_variant_override or os\.environ\.get\("CARAFE_CUPY_KERNEL_VARIANT", ""\)',
-        r'os.environ.get("CARAFE_CUPY_KERNEL_VARIANT", "") or _variant_override',
+        r"return _variant_override or (_env\.parsed\(.*\))",
+        r"return \1 if _env.text('CARAFE_CUPY_KERNEL_VARIANT') else _variant_override or \1",
     ),
     # ---- the launch hand-over
     M(

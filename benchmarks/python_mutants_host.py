@@ -14,14 +14,14 @@ HOST_MUTANTS = (
     (
         "prepared-drops-device",
         LAUNCH,
-        r"pick\(pointers\)\),\n(\s+)planned\.shared_mem,\n(\s+)device,",
-        r"pick(pointers)),\n\g<1>planned.shared_mem,\n\g<2>0,",
+        r"pick\(pointers\)\),\n(\s+)shared_mem,\n(\s+)device,",
+        r"pick(pointers)),\n\g<1>shared_mem,\n\g<2>0,",
     ),
     (
         "prepared-drops-stream",
         LAUNCH,
-        r"pick\(pointers\)\),\n(\s+)planned\.shared_mem,\n(\s+)device,\n(\s+)stream,",
-        r"pick(pointers)),\n\g<1>planned.shared_mem,\n\g<2>device,\n\g<3>0,",
+        r"pick\(pointers\)\),\n(\s+)shared_mem,\n(\s+)device,\n(\s+)stream,",
+        r"pick(pointers)),\n\g<1>shared_mem,\n\g<2>device,\n\g<3>0,",
     ),
     (
         "prepared-null-slot-gets-a-pointer",
@@ -83,8 +83,8 @@ HOST_MUTANTS = (
     (
         "fast-backward-ignores-create-graph",
         EAGER,
-        r"if torch\.is_grad_enabled\(\) or not",
-        r"if not",
+        r"torch\.is_grad_enabled\(\)\n(\s+)or type\(grad_output\)",
+        r"False\n\1or type(grad_output)",
     ),
     (
         "fast-path-ignores-alignment",

@@ -21,7 +21,7 @@ from carafe_cupy._sim import runtime as _sim_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "carafe_cupy"
-ENV_READERS = {"text", "flag", "integer", "words"}  # carafe_cupy._core.env
+ENV_READERS = {"text", "flag", "integer", "words", "parsed"}  # carafe_cupy._core.env
 
 
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "True", "yes", "On", " 1 ", "\ttrue\n"])
@@ -51,6 +51,37 @@ def test_other_values_are_refused_with_the_variables_name(monkeypatch, value):
 
 def test_unset_is_off(monkeypatch):
     monkeypatch.delenv("CARAFE_CUPY_SIMULATOR", raising=False)
+    assert _launch.simulator_enabled() is False
+
+
+def test_reads_on_every_call_follow_each_change(monkeypatch):
+    # the simulator switch and the kernel variant keep what each value parses to
+    from carafe_cupy._plan.types import forced_variant, requested_variant
+
+    for value, expected in [("1", True), ("off", False), ("yes", True), (" 0 ", False)]:
+        monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", value)
+        assert _launch.simulator_enabled() is expected
+    monkeypatch.delenv("CARAFE_CUPY_SIMULATOR")
+    assert _launch.simulator_enabled() is False
+    for value in ["tiled", "general", ""]:
+        monkeypatch.setenv("CARAFE_CUPY_KERNEL_VARIANT", value)
+        assert requested_variant() == (value or "auto")
+        with forced_variant("tiled_pair"):
+            assert requested_variant() == "tiled_pair"
+    for _ in range(2):  # a refused value is refused every time, with what it holds
+        monkeypatch.setenv("CARAFE_CUPY_KERNEL_VARIANT", " tiled")
+        with pytest.raises(ValueError, match="CARAFE_CUPY_KERNEL_VARIANT must be one of.*' tiled'"):
+            requested_variant()
+    monkeypatch.delenv("CARAFE_CUPY_KERNEL_VARIANT")
+    assert requested_variant() == "auto"
+
+
+def test_a_replaced_environ_is_read_as_it_is(monkeypatch):
+    monkeypatch.setenv("CARAFE_CUPY_SIMULATOR", "1")
+    monkeypatch.setattr(os, "environ", {"CARAFE_CUPY_SIMULATOR": "maybe"})
+    with pytest.raises(ValueError, match="CARAFE_CUPY_SIMULATOR must be a boolean.*'maybe'"):
+        _launch.simulator_enabled()
+    monkeypatch.setattr(os, "environ", {})
     assert _launch.simulator_enabled() is False
 
 
@@ -147,9 +178,9 @@ def test_the_scanner_finds_reads_of_every_kind():
     source = (
         'import os\nA = "CONST_NAME"\nos.environ.get("ONE")\nos.environ["TWO"]\n'
         'os.getenv("THREE")\n_env.flag("FOUR")\n_env.integer("FIVE", 0)\n'
-        'os.environ.get(A)\nos.environ["SIX"] = "1"\n'
+        'os.environ.get(A)\nos.environ["SIX"] = "1"\n_env.parsed("SEVEN", parse)\n'
     )
-    assert variables_read(source) >= {"ONE", "TWO", "THREE", "FOUR", "FIVE", "A", "SIX"}
+    assert variables_read(source) >= {"ONE", "TWO", "THREE", "FOUR", "FIVE", "A", "SIX", "SEVEN"}
     found = package_variables()
     assert {"CXX", "CUPY_CACHE_DIR", "CARAFE_CUPY_SIM_CACHE", "CARAFE_CUPY_SIMULATOR"} <= found
 

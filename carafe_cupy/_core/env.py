@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
+from typing import TypeVar
 
 # name -> what it does (shown by `python -m carafe_cupy info`)
 VARIABLES: dict[str, str] = {
@@ -63,15 +65,61 @@ def text(name: str) -> str:
 
 def flag(name: str) -> bool:
     """A boolean: 1/0, true/false, yes/no, on/off (any case); unset or empty is False."""
-    value = text(name).lower()
-    if value in _TRUE:
+    return parsed(name, boolean)
+
+
+def boolean(name: str, value: str) -> bool:
+    """The parser of :func:`flag` (for :func:`parsed`)."""
+    folded = value.strip().lower()
+    if folded in _TRUE:
         return True
-    if value in _FALSE or not value:
+    if folded in _FALSE or not folded:
         return False
     raise ValueError(
         f"environment variable {name} must be a boolean (1/0, true/false, yes/no, on/off), "
-        f"got {os.environ[name]!r}"
+        f"got {value!r}"
     )
+
+
+# Some variables are read on every call and every launch (the simulator switch, the
+# kernel variant). os.environ.get encodes the name each time, and for an unset name
+# raises and catches a KeyError; those reads look the encoded name up in the mapping
+# behind os.environ instead (what os.environ.get reads too), and keep what each stored
+# value parses to. A replaced os.environ (a test's stand-in) is read the ordinary way.
+_ENVIRON = os.environ
+_STORE: dict | None = getattr(_ENVIRON, "_data", None)
+_encoded_names: dict[str, object] = {}
+_parsed: dict[tuple, object] = {}
+_MAX_PARSED = 256  # distinct (variable, parser, value) triples kept; then start afresh
+_NOT_PARSED = object()
+Parsed = TypeVar("Parsed")
+
+
+def parsed(name: str, parse: Callable[[str, str], Parsed]) -> Parsed:
+    """``parse(name, value)`` of the variable's value as set ("" when unset), worked out
+    once per value it takes; a value that ``parse`` refuses raises every time."""
+    environ = os.environ
+    if environ is _ENVIRON and _STORE is not None:
+        encoded = _encoded_names.get(name)
+        if encoded is None:
+            encoded = _encoded_names[name] = environ.encodekey(name)
+        stored = _STORE.get(encoded)  # as os.environ stores it: encoded, None when unset
+    else:
+        stored = environ.get(name)
+    key = (name, parse, stored)
+    result = _parsed.get(key, _NOT_PARSED)
+    if result is _NOT_PARSED:
+        if stored is None:
+            value = ""
+        elif isinstance(stored, str):
+            value = stored
+        else:
+            value = _ENVIRON.decodevalue(stored)
+        result = parse(name, value)
+        if len(_parsed) >= _MAX_PARSED:
+            _parsed.clear()
+        _parsed[key] = result
+    return result  # type: ignore[return-value]
 
 
 def integer(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -6,10 +6,10 @@ Pure Python; ``_plan.planner`` builds plans from these and re-exports them.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .._core import env as _env
 from .._core.geometry import (  # noqa: F401 (re-exported: the planner's names)
     ACCUMULATOR_SIZE,
     ITEMSIZE,
@@ -87,9 +87,13 @@ def forced_variant(name: str) -> Iterator[None]:
 
 
 def requested_variant() -> str:
-    name = _variant_override or os.environ.get("CARAFE_CUPY_KERNEL_VARIANT", "") or "auto"
+    """The variant asked for: ``forced_variant``'s, else ``CARAFE_CUPY_KERNEL_VARIANT``'s
+    (read on every call), else "auto"."""
+    return _variant_override or _env.parsed("CARAFE_CUPY_KERNEL_VARIANT", _variant_named)
+
+
+def _variant_named(variable: str, value: str) -> str:
+    name = value or "auto"
     if name not in VARIANTS:
-        raise ValueError(
-            f"CARAFE_CUPY_KERNEL_VARIANT must be one of {', '.join(VARIANTS)}, got {name!r}"
-        )
+        raise ValueError(f"{variable} must be one of {', '.join(VARIANTS)}, got {name!r}")
     return name

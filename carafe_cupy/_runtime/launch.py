@@ -37,7 +37,7 @@ _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
 def simulator_enabled() -> bool:
     """``CARAFE_CUPY_SIMULATOR`` as a boolean (ValueError naming it when it is not one)."""
-    return _env.flag("CARAFE_CUPY_SIMULATOR")
+    return _env.parsed("CARAFE_CUPY_SIMULATOR", _env.boolean)  # _env.flag, one call less
 
 
 def plan_target(device: int) -> PlanTarget:
@@ -114,21 +114,33 @@ class PreparedCall:
             layout = _argument_layout(planned, geometry, tuple(ref.strides for ref in slots))
             # the pointers in slot order; -1 picks the 0 appended for "no tensor"
             picks = tuple(-1 if index is None else index for index in planned.operands)
-            steps.append((planned, operator.itemgetter(*picks), layout))
+            pick = operator.itemgetter(*picks)
+            # what launch() takes, unpacked once: a call reads no attribute of the plan
+            steps.append(
+                (
+                    planned.kernel,
+                    planned.grid,
+                    planned.block,
+                    layout,
+                    pick,
+                    planned.shared_mem,
+                    planned.module,
+                )
+            )
         self.steps = tuple(steps)
 
     def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
         pointers += (0,)
-        for planned, pick, layout in self.steps:
+        for kernel, grid, block, layout, pick, shared_mem, module in self.steps:
             launch(
-                planned.kernel,
-                planned.grid,
-                planned.block,
+                kernel,
+                grid,
+                block,
                 KernelArguments(layout, pick(pointers)),
-                planned.shared_mem,
+                shared_mem,
                 device,
                 stream,
-                planned.module,
+                module,
             )
 
 

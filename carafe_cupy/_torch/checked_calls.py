@@ -32,6 +32,8 @@ class CheckedForward:
         "output_shape",
         "memory_format",
         "dtype",
+        "device",
+        "simulated",
         "where",
         "grad_output_checked",
         "forward_capacity",
@@ -48,8 +50,14 @@ class CheckedForward:
         self.op_params = params if not geometry.is_carafe else params[:3]
         g = geometry
         self.output_shape = (g.batch, g.channels, g.out_height, g.out_width)
-        self.memory_format = _cpu_path.output_memory_format(features)
+        # None for the default (contiguous) layout, which torch.empty is not told
+        memory_format = _cpu_path.output_memory_format(features)
+        self.memory_format = None if memory_format == torch.contiguous_format else memory_format
         self.dtype = dtype_name(features.dtype)
+        self.device = features.device  # every tensor's: it is part of the signature
+        # whether the kernels run on the simulator: on the fast path only CPU tensors
+        # run there, and only with it on (``common.uses_kernels``)
+        self.simulated = self.device.type == "cpu"
         self.where = where
         self.grad_output_checked = False  # a grad_output of the output's shape passed
         # the device memory (bytes) the results last fitted, forward and backward
@@ -97,7 +105,7 @@ def check_forward_memory(checked: CheckedForward, features: torch.Tensor) -> Non
     function checks it before allocating: again whenever the device's memory reads
     differently (a GPU's total is read once; the host's, with its cgroup limit, each
     time)."""
-    device = features.device
+    device = checked.device
     capacity = _cpu_path.device_memory_bytes(device)
     if capacity != checked.forward_capacity:
         inputs = (("features", features),)
@@ -116,7 +124,7 @@ def check_grad_output(
     if not (checked.grad_output_checked and grad_output.shape == checked.output_shape):
         _validate.check_grad_output_shape(grad_output.shape, checked.geometry)
         checked.grad_output_checked = grad_output.shape == checked.output_shape
-    device = features.device
+    device = checked.device
     capacity = _cpu_path.device_memory_bytes(device)
     if capacity != checked.backward_capacity:
         _cpu_path.check_memory(checked.geometry, features.dtype, device, backward=True)

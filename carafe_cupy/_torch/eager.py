@@ -77,21 +77,18 @@ def _launch(
     checked: CheckedForward,
     tensors: tuple,
     pointers: tuple,
-    device_type: str,
+    misaligned: int,
     device: int,
     stream: int,
 ) -> None:
     """Launch ``operation`` ("forward", or "backward" with the gradients wanted) for
-    ``tensors`` (None where absent) at ``pointers`` (0 there), its prepared call kept
-    on the checked signature: what it depends on beyond the signature is the
-    pointers' alignment, the requested variant and simulator or GPU."""
-    misaligned = 0
-    for pointer in pointers:
-        misaligned |= pointer
+    ``tensors`` (None where absent) at ``pointers`` (0 there; ``misaligned`` is all of
+    them or-ed together), its prepared call kept on the checked signature: what it
+    depends on beyond the signature is the pointers' alignment, the requested variant
+    and simulator or GPU (which the signature's device decides on this path)."""
     # every pointer 16-byte aligned (torch's allocations are): one key for them all
     alignment = tuple([p % _ALIGNMENT for p in pointers]) if misaligned % _ALIGNMENT else None
-    # on this path a CPU tensor runs the kernels only on the simulator (uses_kernels)
-    key = (operation, alignment, requested_variant(), device_type == "cpu")
+    key = (operation, alignment, requested_variant(), checked.simulated)
     prepared = checked.launches.get(key)
     if prepared is None:
         layout = tuple(
@@ -106,30 +103,40 @@ def _launch(
 
 
 _FORWARD = ("forward",)
+_BACKWARD = {  # by the gradients wanted: built once, not per call
+    (features, masks): ("backward", features, masks)
+    for features in (False, True)
+    for masks in (False, True)
+}
 
 
 def _launch_forward(features, masks, checked: CheckedForward) -> torch.Tensor:
-    output = torch.empty(
-        checked.output_shape,
-        dtype=features.dtype,
-        device=features.device,
-        memory_format=checked.memory_format,
-    )
-    where = features.device
+    where = checked.device
+    if checked.memory_format is None:
+        output = torch.empty(checked.output_shape, dtype=features.dtype, device=where)
+    else:
+        output = torch.empty(
+            checked.output_shape,
+            dtype=features.dtype,
+            device=where,
+            memory_format=checked.memory_format,
+        )
     device, stream = device_and_stream(where)
     pointers = (features.data_ptr(), masks.data_ptr(), output.data_ptr())
+    misaligned = pointers[0] | pointers[1] | pointers[2]
     try:
-        _launch(_FORWARD, checked, (features, masks, output), pointers, where.type, device, stream)
+        _launch(_FORWARD, checked, (features, masks, output), pointers, misaligned, device, stream)
     except KernelsUnavailableError as error:  # found at the first compile or load
-        kernels_failed(features.device, error)
+        kernels_failed(where, error)
         return _cpu_path.cpu_forward(features, masks, *checked.params)
     return output
 
 
 def _launch_backward(grad_output, features, masks, checked: CheckedForward, wanted):
     check_grad_output(checked, grad_output, features)
-    grad_features = torch.empty_like(features) if wanted[0] else None
-    grad_masks = torch.empty_like(masks) if wanted[1] else None
+    want_features, want_masks = wanted[0], wanted[1]
+    grad_features = torch.empty_like(features) if want_features else None
+    grad_masks = torch.empty_like(masks) if want_masks else None
     tensors = (grad_output, features, masks, grad_features, grad_masks)
     pointers = (
         grad_output.data_ptr(),
@@ -138,13 +145,14 @@ def _launch_backward(grad_output, features, masks, checked: CheckedForward, want
         0 if grad_features is None else grad_features.data_ptr(),
         0 if grad_masks is None else grad_masks.data_ptr(),
     )
-    where = features.device
+    misaligned = pointers[0] | pointers[1] | pointers[2] | pointers[3] | pointers[4]
+    where = checked.device
     device, stream = device_and_stream(where)
     try:
-        operation = ("backward", *wanted)
-        _launch(operation, checked, tensors, pointers, where.type, device, stream)
+        operation = _BACKWARD[want_features, want_masks]
+        _launch(operation, checked, tensors, pointers, misaligned, device, stream)
     except KernelsUnavailableError as error:
-        kernels_failed(features.device, error)
+        kernels_failed(where, error)
         return _cpu_path.cpu_backward(grad_output, features, masks, *checked.params)
     return grad_features, grad_masks
 
@@ -162,18 +170,18 @@ class _Reassembly(torch.autograd.Function):
     def backward(ctx, grad_output):
         features, masks = ctx.saved_tensors
         checked = ctx.checked
-        plain = (
-            type(grad_output) in _PLAIN
-            and grad_output.dtype == features.dtype
-            and grad_output.device == features.device
-        )
         # grad mode is on here only for create_graph: the differentiable op then,
         # as for anything unusual (its checks give the errors)
-        if torch.is_grad_enabled() or not (plain and _no_special_mode()):
+        if (
+            torch.is_grad_enabled()
+            or type(grad_output) not in _PLAIN
+            or grad_output.dtype != features.dtype
+            or grad_output.device != checked.device
+            or not _no_special_mode()
+        ):
             grads = backward_op(grad_output, features, masks, *checked.op_params)
         else:
-            wanted = ctx.needs_input_grad[:2]
-            grads = _launch_backward(grad_output, features, masks, checked, wanted)
+            grads = _launch_backward(grad_output, features, masks, checked, ctx.needs_input_grad)
         return grads[0], grads[1], None
 
 
