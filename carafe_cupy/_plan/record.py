@@ -53,6 +53,7 @@ class LaunchRecord:
 
 _lock = threading.Lock()
 _active: list[list[LaunchRecord]] = []
+active = _active  # the same list, empty unless recording: the launcher tests it per launch
 
 
 @contextlib.contextmanager

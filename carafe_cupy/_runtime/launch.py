@@ -279,7 +279,10 @@ def launch(
     Everything before this (kernel choice, grid, packed arguments, outputs) is the
     same for both, so the simulator exercises the real launch code.
     """
-    _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
+    if _launch_record.active:  # a call less per launch when nothing records
+        _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
-    runtime = _SIMULATED if simulator_enabled() else _cupy_runtime.get_runtime()
+    # simulator_enabled(), a call less per launch
+    simulated = _env.parsed("CARAFE_CUPY_SIMULATOR", _env.boolean)
+    runtime = _SIMULATED if simulated else _cupy_runtime.get_runtime()
     runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)

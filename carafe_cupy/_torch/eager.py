@@ -62,13 +62,13 @@ def applies(features: object, weights: object, params: tuple) -> bool:
         type(features) in _PLAIN
         and type(weights) in _PLAIN
         and features.dtype == weights.dtype  # type: ignore[attr-defined]
-        and set(map(type, params)) == _INTS  # a bool is refused by the checks, not here
+        and tuple(map(type, params)) == _INTS  # a bool is refused by the checks, not here
         and _no_special_mode()
         and uses_kernels(features.device)  # type: ignore[attr-defined]
     )
 
 
-_INTS = {int}
+_INTS = (int,) * 5  # kernel size, group, scale, stride, dilation
 _MAX_PREPARED = 64  # per signature: alignments, variants, simulator or GPU
 
 
