@@ -99,8 +99,9 @@ MUTANTS = (
     M(
         "environment-beats-forced-variant",
         TYPES,
-        r"return _variant_override or (_env\.parsed\(.*\))",
-        r"return \1 if _env.text('CARAFE_CUPY_KERNEL_VARIANT') else _variant_override or \1",
+        r"return _variant_override or _variant_variable\(\)",
+        r"return _variant_variable() if _env.text('CARAFE_CUPY_KERNEL_VARIANT') else "
+        r"_variant_override or _variant_variable()",
     ),
     # ---- the launch hand-over
     M(

@@ -21,7 +21,7 @@ from carafe_cupy._sim import runtime as _sim_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "carafe_cupy"
-ENV_READERS = {"text", "flag", "integer", "words", "parsed"}  # carafe_cupy._core.env
+ENV_READERS = {"text", "flag", "integer", "words", "reader"}  # carafe_cupy._core.env
 
 
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "True", "yes", "On", " 1 ", "\ttrue\n"])
@@ -178,7 +178,7 @@ def test_the_scanner_finds_reads_of_every_kind():
     source = (
         'import os\nA = "CONST_NAME"\nos.environ.get("ONE")\nos.environ["TWO"]\n'
         'os.getenv("THREE")\n_env.flag("FOUR")\n_env.integer("FIVE", 0)\n'
-        'os.environ.get(A)\nos.environ["SIX"] = "1"\n_env.parsed("SEVEN", parse)\n'
+        'os.environ.get(A)\nos.environ["SIX"] = "1"\n_env.reader("SEVEN", parse)\n'
     )
     assert variables_read(source) >= {"ONE", "TWO", "THREE", "FOUR", "FIVE", "A", "SIX", "SEVEN"}
     found = package_variables()

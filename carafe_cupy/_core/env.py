@@ -65,11 +65,11 @@ def text(name: str) -> str:
 
 def flag(name: str) -> bool:
     """A boolean: 1/0, true/false, yes/no, on/off (any case); unset or empty is False."""
-    return parsed(name, boolean)
+    return boolean(name, os.environ.get(name, ""))
 
 
 def boolean(name: str, value: str) -> bool:
-    """The parser of :func:`flag` (for :func:`parsed`)."""
+    """``value`` of the variable ``name`` as :func:`flag` reads it (a parser for :func:`reader`)."""
     folded = value.strip().lower()
     if folded in _TRUE:
         return True
@@ -83,43 +83,42 @@ def boolean(name: str, value: str) -> bool:
 
 # Some variables are read on every call and every launch (the simulator switch, the
 # kernel variant). os.environ.get encodes the name each time, and for an unset name
-# raises and catches a KeyError; those reads look the encoded name up in the mapping
-# behind os.environ instead (what os.environ.get reads too), and keep what each stored
-# value parses to. A replaced os.environ (a test's stand-in) is read the ordinary way.
+# raises and catches a KeyError; a reader looks its encoded name up in the mapping
+# behind os.environ instead (what os.environ.get reads too) and keeps the last value
+# it parsed: an unchanged variable is the very object read last time. A replaced
+# os.environ (a test's stand-in) is read the ordinary way.
 _ENVIRON = os.environ
 _STORE: dict | None = getattr(_ENVIRON, "_data", None)
-_encoded_names: dict[str, object] = {}
-_parsed: dict[tuple, object] = {}
-_MAX_PARSED = 256  # distinct (variable, parser, value) triples kept; then start afresh
-_NOT_PARSED = object()
+_UNREAD = object()
 Parsed = TypeVar("Parsed")
 
 
-def parsed(name: str, parse: Callable[[str, str], Parsed]) -> Parsed:
-    """``parse(name, value)`` of the variable's value as set ("" when unset), worked out
-    once per value it takes; a value that ``parse`` refuses raises every time."""
-    environ = os.environ
-    if environ is _ENVIRON and _STORE is not None:
-        encoded = _encoded_names.get(name)
-        if encoded is None:
-            encoded = _encoded_names[name] = environ.encodekey(name)
-        stored = _STORE.get(encoded)  # as os.environ stores it: encoded, None when unset
-    else:
-        stored = environ.get(name)
-    key = (name, parse, stored)
-    result = _parsed.get(key, _NOT_PARSED)
-    if result is _NOT_PARSED:
-        if stored is None:
-            value = ""
-        elif isinstance(stored, str):
-            value = stored
+def reader(name: str, parse: Callable[[str, str], Parsed]) -> Callable[[], Parsed]:
+    """A function returning ``parse(name, value)`` for the variable's value as it is
+    set now ("" when unset), for the reads made on every call; parsed again only when
+    the value changed, and a value ``parse`` refuses raises every time."""
+    encoded = _ENVIRON.encodekey(name) if _STORE is not None else None
+    last = [(_UNREAD, None)]  # (the value as stored, what it parsed to), replaced whole
+
+    def read() -> Parsed:
+        environ = os.environ
+        if environ is _ENVIRON and _STORE is not None:
+            stored = _STORE.get(encoded)  # as os.environ stores it; None when unset
         else:
-            value = _ENVIRON.decodevalue(stored)
-        result = parse(name, value)
-        if len(_parsed) >= _MAX_PARSED:
-            _parsed.clear()
-        _parsed[key] = result
-    return result  # type: ignore[return-value]
+            stored = environ.get(name)
+        seen, result = last[0]
+        if stored is not seen:
+            if stored is None:
+                value = ""
+            elif isinstance(stored, str):
+                value = stored
+            else:
+                value = _ENVIRON.decodevalue(stored)
+            result = parse(name, value)
+            last[0] = (stored, result)
+        return result
+
+    return read
 
 
 def integer(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:

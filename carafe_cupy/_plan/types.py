@@ -89,7 +89,7 @@ def forced_variant(name: str) -> Iterator[None]:
 def requested_variant() -> str:
     """The variant asked for: ``forced_variant``'s, else ``CARAFE_CUPY_KERNEL_VARIANT``'s
     (read on every call), else "auto"."""
-    return _variant_override or _env.parsed("CARAFE_CUPY_KERNEL_VARIANT", _variant_named)
+    return _variant_override or _variant_variable()
 
 
 def _variant_named(variable: str, value: str) -> str:
@@ -97,3 +97,6 @@ def _variant_named(variable: str, value: str) -> str:
     if name not in VARIANTS:
         raise ValueError(f"{variable} must be one of {', '.join(VARIANTS)}, got {name!r}")
     return name
+
+
+_variant_variable = _env.reader("CARAFE_CUPY_KERNEL_VARIANT", _variant_named)

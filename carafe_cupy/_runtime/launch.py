@@ -37,7 +37,10 @@ _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
 def simulator_enabled() -> bool:
     """``CARAFE_CUPY_SIMULATOR`` as a boolean (ValueError naming it when it is not one)."""
-    return _env.parsed("CARAFE_CUPY_SIMULATOR", _env.boolean)  # _env.flag, one call less
+    return _simulator_switch()
+
+
+_simulator_switch = _env.reader("CARAFE_CUPY_SIMULATOR", _env.boolean)  # read per launch
 
 
 def plan_target(device: int) -> PlanTarget:
@@ -282,7 +285,5 @@ def launch(
     if _launch_record.active:  # a call less per launch when nothing records
         _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
-    # simulator_enabled(), a call less per launch
-    simulated = _env.parsed("CARAFE_CUPY_SIMULATOR", _env.boolean)
-    runtime = _SIMULATED if simulated else _cupy_runtime.get_runtime()
+    runtime = _SIMULATED if _simulator_switch() else _cupy_runtime.get_runtime()
     runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)
