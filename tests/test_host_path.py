@@ -274,6 +274,17 @@ def test_the_fast_path_computes_only_the_gradients_asked_for(simulator):
     assert torch.equal(grad_features, backward_op(grad, features, masks, 3, 2, 2)[0])
 
 
+@pytest.mark.parametrize("modified", ["features", "masks"])
+def test_an_input_modified_in_place_before_backward_is_refused(simulator, modified):
+    features, masks, grad = inputs()
+    output = carafe_cupy.carafe(features, masks, 3, 2, 2)
+    assert type(output.grad_fn).__name__ == "_ReassemblyBackward"
+    with torch.no_grad():
+        {"features": features, "masks": masks}[modified].mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(output, (features, masks), grad)
+
+
 def test_double_backward_through_the_fast_path_matches_the_op(simulator):
     features, masks, grad = inputs(dtype=torch.float64)
     grad.requires_grad_(True)
