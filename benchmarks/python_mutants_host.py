@@ -8,6 +8,7 @@ from __future__ import annotations
 LAUNCH = "_runtime/launch.py"
 ARGUMENTS, CUPY_RUNTIME = "_runtime/arguments.py", "_runtime/cupy_runtime.py"
 EAGER, CHECKED = "_torch/eager.py", "_torch/checked_calls.py"
+ENV = "_core/env.py"
 
 HOST_MUTANTS = (
     # ---- the packed arguments and the driver launch
@@ -91,6 +92,18 @@ HOST_MUTANTS = (
         EAGER,
         r"if misaligned % _ALIGNMENT else None",
         r"if False else None",
+    ),
+    (
+        "fast-output-ignores-channels-last",
+        EAGER,
+        r"if checked\.memory_format is None:",
+        r"if True:",
+    ),
+    (
+        "environment-reader-keeps-its-first-value",
+        ENV,
+        r"if stored is not seen:",
+        r"if seen is _UNREAD:",
     ),
     (
         "checked-signature-ignores-strides",
