@@ -47,12 +47,28 @@ def output_memory_format(features: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+_device_types: dict[torch.device, str] = {}
+
+
+def device_type(device: torch.device) -> str:
+    """``device.type``, kept per device: reading the attribute builds a new string
+    each time, which the checks and launches of every call would pay for."""
+    kind = _device_types.get(device)
+    if kind is None:
+        kind = device.type
+        if len(_device_types) >= 64:  # a process sees few devices
+            _device_types.clear()
+        _device_types[device] = kind
+    return kind
+
+
 def device_memory_bytes(device: torch.device) -> int | None:
     """All the memory of ``device``: the host's for the CPU, the GPU's own for CUDA;
     None where it is unknown or nothing is allocated (meta tensors)."""
-    if device.type == "cpu":
+    kind = device_type(device)
+    if kind == "cpu":
         return _limits.host_memory_bytes()
-    if device.type == "cuda":
+    if kind == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return _cuda_memory_bytes(index)
     return None

@@ -13,6 +13,7 @@ from .._core import validate as _validate
 from .._core.errors import install_hint
 from .._cpu import jit_dispatch as _jit_dispatch
 from .._cpu import path as _cpu_path
+from .._cpu.path import device_type
 from .._runtime import cupy_runtime as _cupy_runtime
 from .._runtime import launch as _launch
 
@@ -84,10 +85,10 @@ def kernels_failed(device: torch.device, error: Exception) -> None:
 def uses_kernels(device: torch.device) -> bool:
     """Whether tensors on this device run the ``.cu`` kernels (GPU or simulator)."""
     if _launch.simulator_enabled():
-        return device.type == "cpu"
+        return device_type(device) == "cpu"
     index = device.index if device.index is not None else 0
     return (
-        device.type == "cuda"
+        device_type(device) == "cuda"
         and _gpu_kernels_available()
         and _kernels_target(index)
         and index not in _failed_devices
@@ -105,7 +106,7 @@ def backend_name(device: torch.device) -> str:
 
 
 def device_and_stream(device: torch.device) -> tuple[int, int]:
-    if device.type != "cuda":
+    if device_type(device) != "cuda":
         return 0, 0
     return device.index, torch.cuda.current_stream(device).cuda_stream
 
