@@ -8,6 +8,7 @@ from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
+from .grid_fit import BlockBytes, features_cost, launch_cycles, sliced_channels_per_block
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -220,7 +221,15 @@ def input_tile_plan(
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
-    per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+    if from_logits:
+        per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+    else:  # sliced by the busiest SM's issue time (grid_fit), as the four-pixel one
+        cost = features_cost(ITEMSIZE[dtype], k, quad=False)
+        per_group = geometry.channels // geometry.group_size
+        traffic = features_block_bytes(geometry, dtype, tile_cols, tile_rows)
+        per_block = max(
+            1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic)
+        )
     block = (tile_cols * s, tile_rows * s, 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
 
@@ -278,8 +287,41 @@ def features_quad_plan(
         shared = max(shared, normalisers)
     blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
     blocks *= geometry.batch * geometry.group_size
-    # sliced like the forward (work dealt per SM, prologue included): a quad
-    # tile is 4 times the one-pixel kernel's, so fewer slices re-read its masks
-    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
+    # sliced by the busiest SM's issue time, prologue and tail round included
+    cost = features_cost(ITEMSIZE[dtype], k, quad=True)
+    per_group = geometry.channels // geometry.group_size
+    traffic = features_block_bytes(geometry, dtype, cols, rows)
+    per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+
+
+def features_block_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> BlockBytes:
+    """What a grad_features block of cols x rows input pixels moves through L2:
+    its pixels' k² s² masks once, and per channel its grad_output halo and its
+    results."""
+    k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
+    pixels = cols * rows
+    halo = (cols + k - 1) * (rows + k - 1) * s * s
+    return BlockBytes(pixels * k * k * s * s * size, (halo + pixels) * size)
+
+
+def faster_features_plan(
+    geometry: Geometry, dtype: str, one_pixel: Launch | None, quad: Launch | None,
+    target: PlanTarget = DEFAULT_TARGET,
+) -> Launch | None:
+    """The grad_features tiling whose busiest SM issues for less time (ties: the
+    four-pixel one). Both give the same bits (they add a pixel's sub-pixel sums
+    in one order), so fp16 and bf16 may take another tiling than fp32 does."""
+    if one_pixel is None or quad is None:
+        return quad or one_pixel
+
+    def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
+        cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
+        traffic = features_block_bytes(geometry, dtype, cols, rows)
+        return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic)
+
+    s = geometry.scale_factor
+    one_tile = (one_pixel.block[0] // s, one_pixel.block[1] // s)
+    faster = cycles(one_pixel, False, *one_tile) < cycles(quad, True, *FEATURES_QUAD_TILE)
+    return one_pixel if faster else quad
