@@ -98,8 +98,8 @@ MUTANTS = (
     Mutant(
         "grad-features-partial-sum-pitch",
         TILED,
-        r"for \(int a = 0; a < s; \+\+a, sums \+= blockDim\.x\)",
-        "for (int a = 0; a < s; ++a, sums += s)",
+        r"\(sums\[blockDim\.x\] \+ sums\[blockDim\.x \+ 1\]\)",
+        "(sums[s] + sums[s + 1])",
     ),
     Mutant(
         "grad-features-halo-sub-pixel-transposed",

@@ -48,18 +48,23 @@ SCHEDULERS_PER_SM = 4
 # L2 bytes per SM clock, per SM: the cost model's H100 figure (A100's published
 # 5120 B/clk over 108 SMs, halved for H100's partitioned L2; _profile/hardware.py).
 L2_BYTES_PER_CLOCK_PER_SM = 5120 / 108 / 2
-# Sectors fetched over the ideal 4 per request in these kernels' staging (the
-# cost model's traces: 7-9 per load request): bytes through L2 per useful byte.
-L2_SECTOR_OVERHEAD = 2.0
+# Bytes through L2 per byte the kernels use: their loads fetch 7-9 sectors per
+# request where 4 would do (the cost model's traces); 2.33 matches the cost
+# model's L2 time of the four-pixel grad_features at 64 x 64 and 104 x 168.
+L2_SECTOR_OVERHEAD = 2.33
 
 
 @dataclass(frozen=True)
-class BlockBytes:
-    """Bytes one block moves through L2: ``fixed`` once (its tile's masks) and
-    ``per_channel`` for each channel (grad_output halo and the result)."""
+class LaunchBytes:
+    """Bytes a sliced launch moves through L2: ``per_slice`` for each channel
+    slice (every slice re-reads its tiles' masks) and ``once`` in all (the
+    grad_output halos and the results, split among the slices)."""
 
-    fixed: float = 0.0
-    per_channel: float = 0.0
+    per_slice: float = 0.0
+    once: float = 0.0
+
+    def total(self, slices: int) -> float:
+        return self.per_slice * slices + self.once
 
 
 def launch_cycles(
@@ -67,13 +72,14 @@ def launch_cycles(
     blocks: int,
     channels_per_block: int,
     target: PlanTarget = DEFAULT_TARGET,
-    traffic: BlockBytes = BlockBytes(),
+    traffic: LaunchBytes = LaunchBytes(),
+    slices: int = 1,
 ) -> float:
     """SM clocks of the launch: the busiest SM's issue time, or the L2's time
-    for every block's bytes, whichever is longer (more channel slices re-read
-    more masks: they fill the grid but load L2)."""
-    bytes_moved = blocks * (traffic.fixed + channels_per_block * traffic.per_channel)
-    l2 = bytes_moved * L2_SECTOR_OVERHEAD / (L2_BYTES_PER_CLOCK_PER_SM * target.sms)
+    for the launch's bytes, whichever is longer (more channel slices fill the
+    grid but re-read more masks)."""
+    bytes_moved = traffic.total(slices) * L2_SECTOR_OVERHEAD
+    l2 = bytes_moved / (L2_BYTES_PER_CLOCK_PER_SM * target.sms)
     return max(busiest_sm_cycles(cost, blocks, channels_per_block, target), l2)
 
 
@@ -100,7 +106,7 @@ def sliced_channels_per_block(
     blocks_per_slice: int,
     batch: int,
     target: PlanTarget = DEFAULT_TARGET,
-    traffic: BlockBytes = BlockBytes(),
+    traffic: LaunchBytes = LaunchBytes(),
     smallest: int = 16,
 ) -> int:
     """Channels per block of a channel-sliced grid: whole channel batches (the
@@ -115,7 +121,7 @@ def sliced_channels_per_block(
     def cycles(per_block: int) -> tuple[float, int]:
         slices = -(-per_group // per_block)
         blocks = blocks_per_slice * slices
-        return launch_cycles(cost, blocks, per_block, target, traffic), slices
+        return launch_cycles(cost, blocks, per_block, target, traffic, slices), slices
 
     return min(candidates, key=cycles)
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
-from .grid_fit import BlockBytes, features_cost, launch_cycles, sliced_channels_per_block
+from .grid_fit import LaunchBytes, features_cost, launch_cycles, sliced_channels_per_block
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -226,7 +226,7 @@ def input_tile_plan(
     else:  # sliced by the busiest SM's issue time (grid_fit), as the four-pixel one
         cost = features_cost(ITEMSIZE[dtype], k, quad=False)
         per_group = geometry.channels // geometry.group_size
-        traffic = features_block_bytes(geometry, dtype, tile_cols, tile_rows)
+        traffic = features_launch_bytes(geometry, dtype, tile_cols, tile_rows)
         per_block = max(
             1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic)
         )
@@ -290,20 +290,38 @@ def features_quad_plan(
     # sliced by the busiest SM's issue time, prologue and tail round included
     cost = features_cost(ITEMSIZE[dtype], k, quad=True)
     per_group = geometry.channels // geometry.group_size
-    traffic = features_block_bytes(geometry, dtype, cols, rows)
+    traffic = features_launch_bytes(geometry, dtype, cols, rows)
     per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
 
 
-def features_block_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> BlockBytes:
-    """What a grad_features block of cols x rows input pixels moves through L2:
-    its pixels' k² s² masks once, and per channel its grad_output halo and its
-    results."""
+def features_launch_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> LaunchBytes:
+    """What a grad_features launch of cols x rows input-pixel tiles moves through
+    L2: every pixel's k² s² masks once a slice, the tiles' grad_output halos
+    (their parts inside the image) and the results once. A thread's mask loads
+    are s pixels apart, so they fetch about MASK_SECTOR_SHARE times the sectors
+    of the contiguous halo rows (the cost model's L2 time at 104 x 168 with 2 and
+    with 5 slices gives 1.7)."""
     k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
-    pixels = cols * rows
-    halo = (cols + k - 1) * (rows + k - 1) * s * s
-    return BlockBytes(pixels * k * k * s * s * size, (halo + pixels) * size)
+    images = geometry.batch * geometry.group_size
+    pixels = geometry.height * geometry.width
+    masks = images * pixels * k * k * s * s * size * MASK_SECTOR_SHARE
+    halo = _halo_inside(geometry.width, cols, k) * _halo_inside(geometry.height, rows, k) * s * s
+    return LaunchBytes(masks, geometry.batch * geometry.channels * (halo + pixels) * size)
+
+
+def _halo_inside(size: int, tile: int, k: int) -> int:
+    """Input positions the halos of a row (or column) of tiles cover inside the
+    image: each tile's [start - (k - 1 - R), start + tile + R), clipped."""
+    radius = (k - 1) // 2
+    return sum(
+        min(size, start + tile + radius) - max(0, start - (k - 1 - radius))
+        for start in range(0, size, tile)
+    )
+
+
+MASK_SECTOR_SHARE = 1.75
 
 
 def faster_features_plan(
@@ -318,8 +336,9 @@ def faster_features_plan(
 
     def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
         cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
-        traffic = features_block_bytes(geometry, dtype, cols, rows)
-        return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic)
+        traffic = features_launch_bytes(geometry, dtype, cols, rows)
+        slices = -(-(geometry.channels // geometry.group_size) // plan.tiling[0])
+        return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic, slices)
 
     s = geometry.scale_factor
     one_tile = (one_pixel.block[0] // s, one_pixel.block[1] // s)
