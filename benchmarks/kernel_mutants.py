@@ -98,8 +98,8 @@ MUTANTS = (
     Mutant(
         "grad-features-partial-sum-pitch",
         TILED,
-        r"\(sums\[blockDim\.x\] \+ sums\[blockDim\.x \+ 1\]\)",
-        "(sums[s] + sums[s + 1])",
+        r"sub_pixel_row_total\(sums \+ a \* blockDim\.x, s\)",
+        "sub_pixel_row_total(sums + a * s, s)",
     ),
     Mutant(
         "grad-features-halo-sub-pixel-transposed",

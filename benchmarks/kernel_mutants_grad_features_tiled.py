@@ -209,20 +209,11 @@ ONE_PIXEL_REDUCTION = (
     (
         "grad-features-sub-pixel-sums-serial",
         ONE_PIXEL,
-        r"total = \(sums\[0\] \+ sums\[1\]\) \+ "
-        r"\(sums\[blockDim\.x\] \+ sums\[blockDim\.x \+ 1\]\);",
-        "total = ((sums[0] + sums[1]) + sums[blockDim.x]) + sums[blockDim.x + 1];",
+        r"total \+= sub_pixel_row_total\(sums \+ a \* blockDim\.x, s\);",
+        "for (int b = 0; b < s; ++b) total += sums[a * blockDim.x + b];",
         0,
     ),
-    # larger s: a row of sub-pixel sums read s apart, not a block row apart
-    (
-        "grad-features-sub-pixel-row-pitch",
-        ONE_PIXEL,
-        r"sub_pixel_row_total\(sums \+ a \* blockDim\.x, s\)",
-        "sub_pixel_row_total(sums + a * s, s)",
-        0,
-    ),
-    # larger s: a row's last sub-pixel left out
+    # a row's last sub-pixel left out
     (
         "grad-features-sub-pixel-row-short",
         ONE_PIXEL,
@@ -230,7 +221,7 @@ ONE_PIXEL_REDUCTION = (
         "for (int b = 1; b < s - 1; ++b) total += sums[b];",
         0,
     ),
-    # larger s: the rows' sum leaves out the first row
+    # the rows' sum leaves out the first row
     (
         "grad-features-sub-pixel-first-row-dropped",
         ONE_PIXEL,

@@ -306,15 +306,9 @@ __device__ void carafe_backward_features_tiled_impl(
         if (h < g.height && w < g.width) {
             for (int cc = sub_y * s + sub_x; cc < count; cc += s * s) {
                 const acc_t* sums = partial + cc * partial_pitch + first;  // sub-pixel (0, 0)
-                acc_t total;
-                if (s == 2) {  // the common case, without the loops
-                    total = (sums[0] + sums[1]) + (sums[blockDim.x] + sums[blockDim.x + 1]);
-                } else {
-                    total = sub_pixel_row_total(sums, s);
+                acc_t total = sub_pixel_row_total(sums, s);
 #pragma unroll 1
-                    for (int a = 1; a < s; ++a)
-                        total += sub_pixel_row_total(sums + a * blockDim.x, s);
-                }
+                for (int a = 1; a < s; ++a) total += sub_pixel_row_total(sums + a * blockDim.x, s);
                 storage<scalar_t>::store(
                     grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
             }

@@ -4,6 +4,7 @@ shared memory. Pure Python, used only by the planner (``_plan.planner``)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
@@ -195,6 +196,14 @@ def padded_sub_plane(plane: int, tile_cols: int) -> int:
     return plane + (tile_cols - plane) % 32
 
 
+# grad_features' one-pixel tiles at s = 2 (input columns, rows), the first the
+# default: warps of whole rows (16 or 32 threads across, so the sub-pixel planes'
+# padding keeps a warp's reads in distinct banks), 192 to 256 threads. The
+# planner takes the one whose launch is shortest (grid_fit): narrower tiles waste
+# fewer lanes past the right edge of narrow images, fewer rows past the bottom.
+FEATURES_TILES_S2 = ((16, 4), (16, 3), (8, 8), (8, 7), (8, 6))
+
+
 def input_tile_plan(
     geometry: Geometry,
     dtype: str,
@@ -204,10 +213,36 @@ def input_tile_plan(
     target: PlanTarget = DEFAULT_TARGET,
 ) -> Launch | None:
     """grad_features: a tile of input pixels, s x s threads each."""
-    k, s = geometry.kernel_size, geometry.scale_factor
+    s = geometry.scale_factor
     if s > MAX_TILED_BACKWARD_SCALE:
         return None
-    tile_cols, tile_rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+    default = (max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s))
+    if from_logits or s != 2:
+        planned = _input_tile_launch(
+            geometry, dtype, kernel, from_logits, operands, target, default
+        )
+        return None if planned is None else planned[0]
+    plans = [
+        _input_tile_launch(geometry, dtype, kernel, from_logits, operands, target, tile)
+        for tile in FEATURES_TILES_S2
+    ]
+    plans = [plan for plan in plans if plan is not None]
+    return min(plans, key=lambda plan: plan[1])[0] if plans else None
+
+
+def _input_tile_launch(
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    from_logits: bool,
+    operands,
+    target: PlanTarget,
+    tile: tuple[int, int],
+) -> tuple[Launch, float] | None:
+    """grad_features with tiles of tile = (columns, rows) input pixels, and its
+    launch time by grid_fit (0 for the fused kernel, which is not compared)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    tile_cols, tile_rows = tile
     threads = tile_cols * s * tile_rows * s
     accumulator = ACCUMULATOR_SIZE[dtype]
     plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
@@ -221,17 +256,21 @@ def input_tile_plan(
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
+    per_group = geometry.channels // geometry.group_size
+    block = (tile_cols * s, tile_rows * s, 1)
     if from_logits:
         per_block = max(1, _target_channels_per_block(geometry, blocks, target))
-    else:  # sliced by the busiest SM's issue time (grid_fit), as the four-pixel one
-        cost = features_cost(ITEMSIZE[dtype], k, quad=False)
-        per_group = geometry.channels // geometry.group_size
-        traffic = features_launch_bytes(geometry, dtype, tile_cols, tile_rows)
-        per_block = max(
-            1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic)
-        )
-    block = (tile_cols * s, tile_rows * s, 1)
-    return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+        launch = _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+        return None if launch is None else (launch, 0.0)
+    # sliced by the launch's time (grid_fit), as the four-pixel kernel
+    cost = replace(features_cost(ITEMSIZE[dtype], k, quad=False), warps=-(-threads // 32))
+    traffic = features_launch_bytes(geometry, dtype, tile_cols, tile_rows)
+    per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
+    launch = _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+    if launch is None:
+        return None
+    slices = -(-per_group // per_block)
+    return launch, launch_cycles(cost, launch.blocks, per_block, target, traffic, slices)
 
 
 def _sliced_launch(geometry: Geometry, kernel: KernelId, operands, blocks: int, per_block: int,
@@ -336,6 +375,7 @@ def faster_features_plan(
 
     def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
         cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
+        cost = replace(cost, warps=-(-plan.threads_per_block // 32))
         traffic = features_launch_bytes(geometry, dtype, cols, rows)
         slices = -(-(geometry.channels // geometry.group_size) // plan.tiling[0])
         return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic, slices)
