@@ -245,8 +245,8 @@ MUTANTS = (
     Mutant(
         "fused-grad-logits-without-the-dot-term",
         TILED,
-        r"probability\[t\] \* \(sums\[\(t \* PAIR \+ q\) \* LANES\] - dot\)",
-        "probability[t] * sums[(t * PAIR + q) * LANES]",
+        r"probability\[t\] \* \(sums\[t \* LANES\] - dot\)",
+        "probability[t] * sums[t * LANES]",
     ),
     Mutant(
         "fused-grad-features-normaliser-without-max",

@@ -4,6 +4,8 @@ and four-pixel tilings per shape and dtype."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from carafe_cupy._plan import grid_fit, tiles
@@ -86,6 +88,7 @@ def test_grad_features_takes_the_tiling_with_the_shorter_launch(hw, dtype):
         tile = tiles.FEATURES_QUAD_TILE if quad else (plan.block[0] // 2, plan.block[1] // 2)
         traffic = tiles.features_launch_bytes(geometry, dtype, *tile)
         cost = grid_fit.features_cost(size, 5, quad)
+        cost = dataclasses.replace(cost, warps=-(-plan.threads_per_block // 32))
         slices = -(-256 // plan.tiling[0])
         return grid_fit.launch_cycles(cost, plan.blocks, plan.tiling[0], traffic=traffic,
                                       slices=slices)
@@ -107,3 +110,29 @@ def test_the_fpn_levels_choices():
 def test_at_least_a_full_wave_at_52x84(dtype):
     plan = grad_features_plan((52, 84), dtype)
     assert plan.blocks >= _planner.FULL_WAVE_BLOCKS
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("hw", FPN)
+def test_one_pixel_tiles_take_the_shortest_launch_of_the_shapes(hw, dtype):
+    geometry = _planner.Geometry(2, 256, *hw, 5, 1, 2)
+    kernel = _planner.KernelId("grad_features", dtype, 5)
+    plans = [tiles._input_tile_launch(geometry, dtype, kernel, False, (), _planner.DEFAULT_TARGET,
+                                      tile) for tile in tiles.FEATURES_TILES_S2]
+    chosen = tiles.input_tile_plan(geometry, dtype, kernel, False, ())
+    assert min(cycles for _, cycles in plans) == dict(plans)[chosen]
+    # whole-row warps (the sub-pixel padding's bank rule) and at most 256 threads
+    assert chosen.block[0] in (16, 32) and chosen.threads_per_block <= 256
+
+
+def test_narrow_images_take_narrow_tiles():
+    # 13 x 21: 16 x 4 tiles leave 11 of 32 columns and 3 of 16 rows idle (53% of
+    # the lanes work); 8-column tiles leave 3 of 24 columns idle
+    plan = grad_features_plan((13, 21), variant="tiled")
+    default = tiles._input_tile_launch(
+        _planner.Geometry(2, 256, 13, 21, 5, 1, 2), "float32",
+        _planner.KernelId("grad_features", "float32", 5), False, (), _planner.DEFAULT_TARGET,
+        tiles.FEATURES_TILES_S2[0],
+    )[0]
+    assert plan.block[0] // 2 == 8
+    assert plan.blocks * plan.threads_per_block < default.blocks * default.threads_per_block

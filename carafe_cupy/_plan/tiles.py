@@ -227,7 +227,10 @@ def input_tile_plan(
         for tile in FEATURES_TILES_S2
     ]
     plans = [plan for plan in plans if plan is not None]
-    return min(plans, key=lambda plan: plan[1])[0] if plans else None
+    if not plans:
+        return None
+    # ties: the fewest threads launched (lanes idle past the image's edges)
+    return min(plans, key=lambda p: (p[1], p[0].blocks * p[0].threads_per_block))[0]
 
 
 def _input_tile_launch(
