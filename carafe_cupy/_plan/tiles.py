@@ -197,11 +197,12 @@ def padded_sub_plane(plane: int, tile_cols: int) -> int:
 
 
 # grad_features' one-pixel tiles at s = 2 (input columns, rows), the first the
-# default: warps of whole rows (16 or 32 threads across, so the sub-pixel planes'
-# padding keeps a warp's reads in distinct banks), 192 to 256 threads. The
-# planner takes the one whose launch is shortest (grid_fit): narrower tiles waste
-# fewer lanes past the right edge of narrow images, fewer rows past the bottom.
-FEATURES_TILES_S2 = ((16, 4), (16, 3), (8, 8), (8, 7), (8, 6))
+# default: warps of one row of 16 pixels' two sub-pixel columns (the sub-pixel
+# planes' padding and the partial sums' odd pitch keep a warp's reads in distinct
+# banks only so: 8-column tiles put two rows in a warp and conflict in the
+# reduction). The planner takes the one whose launch is shortest (grid_fit):
+# 3 rows waste fewer lanes past the bottom of short images (13 rows: 15, not 16).
+FEATURES_TILES_S2 = ((16, 4), (16, 3))
 
 
 def input_tile_plan(
