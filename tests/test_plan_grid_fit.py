@@ -35,12 +35,17 @@ def grad_features_plan(hw, dtype="float32", variant="auto", channels=256):
     return plan
 
 
-def test_a_partial_round_takes_as_long_as_a_full_one():
+def test_rounds_of_resident_blocks_and_a_slower_partial_round():
     sms = _planner.DEFAULT_TARGET.sms
     block = COST.block_instructions(8)
     full_round = COST.resident * block / (grid_fit.SCHEDULERS_PER_SM * COST.issue_efficiency)
-    for blocks, rounds in [(1, 1), (sms, 1), (3 * sms, 1), (3 * sms + 1, 2), (6 * sms, 2)]:
+    for blocks, rounds in [(3 * sms, 1), (6 * sms, 2)]:  # whole rounds
         assert grid_fit.busiest_sm_cycles(COST, blocks, 8) == pytest.approx(rounds * full_round)
+    # a partial round: longer than its share of a round, shorter than a round
+    for tail in (1, 2):
+        cycles = grid_fit.busiest_sm_cycles(COST, 3 * sms + tail * sms, 8) - full_round
+        assert tail * full_round / 3 < cycles < full_round
+    assert grid_fit.busiest_sm_cycles(COST, 1, 8) == grid_fit.busiest_sm_cycles(COST, sms, 8)
     assert grid_fit.busiest_sm_cycles(COST, 0, 8) == 0
 
 
