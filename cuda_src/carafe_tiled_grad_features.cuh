@@ -82,11 +82,13 @@ struct features_halo_slots {
     }
 
     // Channels [0, count) of `channels` (channel stride `stride`) into the
-    // halo planes [0, count), `plane` apart: every load before any store.
+    // halo planes [0, count), `plane` apart: every load before any store, raw
+    // (fp16 / bf16 bits), widened only when stored, so no conversion waits on
+    // one load while the others could be in flight.
     template <typename scalar_t, typename acc_t>
     __device__ __forceinline__ void stage(acc_t* halo, const scalar_t* channels, index_t stride,
                                           int count, int plane) const {
-        acc_t value[CARAFE_CHANNEL_BATCH_MAX][CARAFE_FEATURES_SLOTS];
+        typename storage<scalar_t>::raw_t value[CARAFE_CHANNEL_BATCH_MAX][CARAFE_FEATURES_SLOTS];
 #pragma unroll
         for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
             const scalar_t* channel = channels + cc * stride;
@@ -94,7 +96,7 @@ struct features_halo_slots {
             for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
                 value[cc][i] = 0;
                 if (cc < count && (loaded >> i & 1u))
-                    value[cc][i] = storage<scalar_t>::load(channel + offset[i]);
+                    value[cc][i] = storage<scalar_t>::load_raw(channel + offset[i]);
             }
         }
 #pragma unroll
@@ -102,7 +104,8 @@ struct features_halo_slots {
             if (cc >= count) break;
 #pragma unroll
             for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i)
-                if (staged >> i & 1u) halo[cc * plane + at[i]] = value[cc][i];
+                if (staged >> i & 1u)
+                    halo[cc * plane + at[i]] = storage<scalar_t>::widen(value[cc][i]);
         }
     }
 };

@@ -138,12 +138,13 @@ def sliced_channels_per_block(
 # --dtype float16; benchmarks/results/2026-12-08-model-h100-grid-fit/): the
 # straight-line count, and the channel loop's body per channel (the batch loop's
 # own body over its 4 channels, plus the tap loop and the reduction), and the
-# IPC / 4 each reaches with all its resident blocks (0.56-0.67 fp32; the four-pixel
-# fp16 / bf16 kernel, two blocks of 4 warps, 0.25-0.29). Keyed by the storage
-# width: fp16 and bf16 convert on staging and on the store.
+# IPC / 4 each reaches with all its resident blocks (0.56-0.67 fp32, 0.54-0.63
+# the one-pixel fp16; the four-pixel fp16 / bf16 kernel, two blocks of 4 warps,
+# 0.25-0.29). Keyed by the storage width: fp16 and bf16 convert on staging and on
+# the store.
 _FEATURES_ONE_PIXEL = {
     4: KernelCost(1054, 129.0, 8, 2, 0.62),
-    2: KernelCost(1079, 131.5, 8, 2, 0.47),
+    2: KernelCost(1079, 130.0, 8, 2, 0.60),
 }
 _FEATURES_QUAD = {
     4: KernelCost(1559, 268.5, 4, 3, 0.62),
