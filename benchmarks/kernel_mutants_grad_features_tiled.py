@@ -203,7 +203,8 @@ STAGING = (
 ONE_PIXEL = ("carafe_tiled_grad_features.cuh",)
 
 # The one-pixel kernel's reduction of a pixel's s * s sub-pixel sums, which must
-# associate as the four-pixel kernel's shuffles do (the planner picks either).
+# associate as the four-pixel kernel's shuffles do (the planner picks either), and
+# its staging's raw loads.
 ONE_PIXEL_REDUCTION = (
     # the sums added one after another, as before both kernels shared one order
     (
@@ -219,6 +220,14 @@ ONE_PIXEL_REDUCTION = (
         ONE_PIXEL,
         r"for \(int b = 1; b < s; \+\+b\) total \+= sums\[b\];",
         "for (int b = 1; b < s - 1; ++b) total += sums[b];",
+        0,
+    ),
+    # fp16 / bf16 staging stores the raw bits as a number, not the value they encode
+    (
+        "grad-features-staging-stores-raw-bits",
+        ONE_PIXEL,
+        r"halo\[cc \* plane \+ at\[i\]\] = storage<scalar_t>::widen\(value\[cc\]\[i\]\);",
+        "halo[cc * plane + at[i]] = (acc_t)value[cc][i];",
         0,
     ),
     # the rows' sum leaves out the first row
