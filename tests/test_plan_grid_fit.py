@@ -134,3 +134,14 @@ def test_short_images_take_shorter_tiles():
     # 13 x 21: 16 x 4 tiles leave 3 of 16 rows idle, 16 x 3 ones 2 of 15
     plan = grad_features_plan((13, 21), variant="tiled")
     assert (plan.block[0] // 2, plan.block[1] // 2) == (16, 3)
+
+
+@pytest.mark.parametrize(
+    "dtype, blocks",
+    [("float32", [260, 364, 390, 624, 320]), ("float16", [260, 252, 780, 770, 256])],
+)
+def test_grad_features_grid_of_the_fpn_levels(dtype, blocks):
+    # 104 x 168 fp32: 312 tiles x 2 slices of 128 channels, not 5 slices of 52
+    # (one round of 3 blocks and one of 2 instead of 4 full rounds: every slice
+    # re-reads the masks, and L2 holds the 5-slice launch back)
+    assert [grad_features_plan(hw, dtype).blocks for hw in FPN] == blocks
