@@ -152,3 +152,27 @@ def test_a_pixels_partial_sums_are_added_in_the_documented_order(variant, pixels
             grad_features, _ = harness.run_backward(grad_output, features, masks, k, g, 2)
     assert any("features_tiled" in r.kernel and pixels in r.kernel for r in records)
     assert torch.equal(grad_features, torch.ones(n, c, h, w))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("tile", [(16, 4), (16, 3)], ids=str)
+def test_each_one_pixel_tile_gives_the_four_pixel_bits_in_every_order(tile, order, monkeypatch):
+    # the planner's one-pixel tile shapes at s = 2, each forced in turn: ragged
+    # tiles in x and y, several channel batches, two groups
+    from carafe_cupy._plan import tiles as _tiles
+
+    case = (2, 6, 13, 37, 5, 2)
+    four, _ = quad_grad_features(case)
+    monkeypatch.setattr(_tiles, "FEATURES_TILES_S2", (tile,))
+    _planner._backward.cache_clear()
+    try:
+        grad_output, features, masks = inputs(case)
+        with harness.simulator(order), _launch_record.recording() as records:
+            with _planner.forced_variant("tiled"):
+                one, _ = harness.run_backward(grad_output, features, masks, 5, 2, 2)
+        (record,) = [r for r in records if r.operation == "grad_features"]
+        assert record.pixels == 1 and record.tiles_y == -(-13 // tile[1])
+    finally:
+        monkeypatch.undo()
+        _planner._backward.cache_clear()
+    assert torch.equal(four.view(torch.int32), one.view(torch.int32))
