@@ -377,7 +377,7 @@ MUTANTS = (
     ),
     M(
         "grid-fit-masks-read-once",
-        TILES,
+        "_plan/grid_fit.py",
         r"return LaunchBytes\(masks, ",
         r"return LaunchBytes(0, ",
     ),

@@ -91,7 +91,7 @@ def test_grad_features_takes_the_tiling_with_the_shorter_launch(hw, dtype):
     def cycles(plan, quad):
         size = _planner.ITEMSIZE[dtype]
         tile = tiles.FEATURES_QUAD_TILE if quad else (plan.block[0] // 2, plan.block[1] // 2)
-        traffic = tiles.features_launch_bytes(geometry, dtype, *tile)
+        traffic = grid_fit.features_launch_bytes(geometry, dtype, *tile)
         cost = grid_fit.features_cost(size, 5, quad)
         cost = dataclasses.replace(cost, warps=-(-plan.threads_per_block // 32))
         slices = -(-256 // plan.tiling[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .target import DEFAULT_TARGET, PlanTarget
+from .types import ITEMSIZE, Geometry
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,31 @@ def features_cost(itemsize: int, kernel_size: int, quad: bool) -> KernelCost:
     return KernelCost(
         cost.prologue * taps, cost.per_channel * taps, cost.warps, resident, cost.issue_efficiency
     )
+
+
+def features_launch_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> LaunchBytes:
+    """What a grad_features launch of cols x rows input-pixel tiles moves through
+    L2: every pixel's k² s² masks once a slice, the tiles' grad_output halos
+    (their parts inside the image) and the results once. A thread's mask loads
+    are s pixels apart, so they fetch about MASK_SECTOR_SHARE times the sectors
+    of the contiguous halo rows (the cost model's L2 time at 104 x 168 with 2 and
+    with 5 slices gives 1.7)."""
+    k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
+    images = geometry.batch * geometry.group_size
+    pixels = geometry.height * geometry.width
+    masks = images * pixels * k * k * s * s * size * MASK_SECTOR_SHARE
+    halo = _halo_inside(geometry.width, cols, k) * _halo_inside(geometry.height, rows, k) * s * s
+    return LaunchBytes(masks, geometry.batch * geometry.channels * (halo + pixels) * size)
+
+
+def _halo_inside(size: int, tile: int, k: int) -> int:
+    """Input positions the halos of a row (or column) of tiles cover inside the
+    image: each tile's [start - (k - 1 - R), start + tile + R), clipped."""
+    radius = (k - 1) // 2
+    return sum(
+        min(size, start + tile + radius) - max(0, start - (k - 1 - radius))
+        for start in range(0, size, tile)
+    )
+
+
+MASK_SECTOR_SHARE = 1.75

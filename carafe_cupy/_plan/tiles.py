@@ -9,7 +9,12 @@ from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
-from .grid_fit import LaunchBytes, features_cost, launch_cycles, sliced_channels_per_block
+from .grid_fit import (
+    features_cost,
+    features_launch_bytes,
+    launch_cycles,
+    sliced_channels_per_block,
+)
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -337,34 +342,6 @@ def features_quad_plan(
     per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
-
-
-def features_launch_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> LaunchBytes:
-    """What a grad_features launch of cols x rows input-pixel tiles moves through
-    L2: every pixel's k² s² masks once a slice, the tiles' grad_output halos
-    (their parts inside the image) and the results once. A thread's mask loads
-    are s pixels apart, so they fetch about MASK_SECTOR_SHARE times the sectors
-    of the contiguous halo rows (the cost model's L2 time at 104 x 168 with 2 and
-    with 5 slices gives 1.7)."""
-    k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
-    images = geometry.batch * geometry.group_size
-    pixels = geometry.height * geometry.width
-    masks = images * pixels * k * k * s * s * size * MASK_SECTOR_SHARE
-    halo = _halo_inside(geometry.width, cols, k) * _halo_inside(geometry.height, rows, k) * s * s
-    return LaunchBytes(masks, geometry.batch * geometry.channels * (halo + pixels) * size)
-
-
-def _halo_inside(size: int, tile: int, k: int) -> int:
-    """Input positions the halos of a row (or column) of tiles cover inside the
-    image: each tile's [start - (k - 1 - R), start + tile + R), clipped."""
-    radius = (k - 1) // 2
-    return sum(
-        min(size, start + tile + radius) - max(0, start - (k - 1 - radius))
-        for start in range(0, size, tile)
-    )
-
-
-MASK_SECTOR_SHARE = 1.75
 
 
 def faster_features_plan(
