@@ -98,8 +98,8 @@ MUTANTS = (
     Mutant(
         "grad-features-partial-sum-pitch",
         TILED,
-        r"for \(int a = 0; a < s; \+\+a, sums \+= blockDim\.x\)",
-        "for (int a = 0; a < s; ++a, sums += s)",
+        r"sub_pixel_row_total\(sums \+ a \* blockDim\.x, s\)",
+        "sub_pixel_row_total(sums + a * s, s)",
     ),
     Mutant(
         "grad-features-halo-sub-pixel-transposed",
@@ -245,8 +245,8 @@ MUTANTS = (
     Mutant(
         "fused-grad-logits-without-the-dot-term",
         TILED,
-        r"probability\[t\] \* \(sums\[\(t \* PAIR \+ q\) \* LANES\] - dot\)",
-        "probability[t] * sums[(t * PAIR + q) * LANES]",
+        r"probability\[t\] \* \(sums\[t \* LANES\] - dot\)",
+        "probability[t] * sums[t * LANES]",
     ),
     Mutant(
         "fused-grad-features-normaliser-without-max",

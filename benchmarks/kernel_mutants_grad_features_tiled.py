@@ -1,7 +1,8 @@
 """Mutants of grad_features with four input pixels per thread
 (cuda_src/carafe_tiled_grad_features_quad.cuh), for benchmarks/mutate_kernels.py:
 the shuffle reduction, the register tile of masks and sums, the image tails,
-and the halo's staging slots. Its two block barriers are in
+and the halo's staging slots; and the one-pixel kernel's sub-pixel reduction,
+which must associate as the shuffles do. Its two block barriers are in
 kernel_mutants_barriers.py with every other barrier.
 
 Each entry is (name, files, pattern, replacement, occurrence), the fields of
@@ -199,4 +200,44 @@ STAGING = (
     ),
 )
 
-GRAD_FEATURES_TILED = SHUFFLES + REGISTER_TILE + TAILS + STAGING
+ONE_PIXEL = ("carafe_tiled_grad_features.cuh",)
+
+# The one-pixel kernel's reduction of a pixel's s * s sub-pixel sums, which must
+# associate as the four-pixel kernel's shuffles do (the planner picks either), and
+# its staging's raw loads.
+ONE_PIXEL_REDUCTION = (
+    # the sums added one after another, as before both kernels shared one order
+    (
+        "grad-features-sub-pixel-sums-serial",
+        ONE_PIXEL,
+        r"total \+= sub_pixel_row_total\(sums \+ a \* blockDim\.x, s\);",
+        "for (int b = 0; b < s; ++b) total += sums[a * blockDim.x + b];",
+        0,
+    ),
+    # a row's last sub-pixel left out
+    (
+        "grad-features-sub-pixel-row-short",
+        ONE_PIXEL,
+        r"for \(int b = 1; b < s; \+\+b\) total \+= sums\[b\];",
+        "for (int b = 1; b < s - 1; ++b) total += sums[b];",
+        0,
+    ),
+    # fp16 / bf16 staging stores the raw bits as a number, not the value they encode
+    (
+        "grad-features-staging-stores-raw-bits",
+        ONE_PIXEL,
+        r"halo\[cc \* plane \+ at\[i\]\] = storage<scalar_t>::widen\(value\[cc\]\[i\]\);",
+        "halo[cc * plane + at[i]] = (acc_t)value[cc][i];",
+        0,
+    ),
+    # the rows' sum leaves out the first row
+    (
+        "grad-features-sub-pixel-first-row-dropped",
+        ONE_PIXEL,
+        r"total = sub_pixel_row_total\(sums, s\);",
+        "total = 0;",
+        0,
+    ),
+)
+
+GRAD_FEATURES_TILED = SHUFFLES + REGISTER_TILE + TAILS + STAGING + ONE_PIXEL_REDUCTION

@@ -46,6 +46,7 @@ FAST_TESTS = (
     "tests/test_dtypes_and_layouts.py",
     "tests/test_validation.py",
     "tests/test_planner.py",
+    "tests/test_plan_grid_fit.py",
     "tests/test_gpu_checks.py",
     "tests/test_concurrency.py",
 )

@@ -351,6 +351,37 @@ MUTANTS = (
         r"\.permute\(2, 0, 4, 6, 1, 5, 7, 3\)",
         r".permute(3, 0, 4, 6, 1, 5, 7, 2)",
     ),
+    # ---- grid fit: grad_features' kernel, tile and slices by a launch's modelled time
+    M(
+        "grid-fit-slower-features-kernel",
+        TILES,
+        r"return one_pixel if faster else quad",
+        r"return quad if faster else one_pixel",
+    ),
+    M(
+        "grid-fit-l2-ignored",
+        "_plan/grid_fit.py",
+        r"return max\(busiest_sm_cycles\(cost, blocks, channels_per_block, target\), l2\)",
+        r"return busiest_sm_cycles(cost, blocks, channels_per_block, target)",
+    ),
+    M(
+        "grid-fit-partial-round-at-full-rate",
+        "_plan/grid_fit.py",
+        r"share = \(tail / cost\.resident\) \*\* PARTIAL_ROUND_EXPONENT",
+        r"share = tail / cost.resident",
+    ),
+    M(
+        "grid-fit-one-tile-shape",
+        TILES,
+        r"for tile in FEATURES_TILES_S2\n",
+        r"for tile in FEATURES_TILES_S2[:1]\n",
+    ),
+    M(
+        "grid-fit-masks-read-once",
+        "_plan/grid_fit.py",
+        r"return LaunchBytes\(masks, ",
+        r"return LaunchBytes(0, ",
+    ),
     M(
         "downpack-group-check-off",
         "nn_reassembly.py",

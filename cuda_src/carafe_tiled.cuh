@@ -198,7 +198,7 @@ constexpr int carafe_two_blocks_min =
     CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, PAIR)                                   \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_backward_masks_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) { \
-        carafe_backward_masks_tiled_impl<scalar_t, K, PAIR, false>(                            \
+        carafe_backward_masks_tiled_impl<scalar_t, K, false>(                                  \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }
@@ -254,7 +254,7 @@ constexpr int carafe_two_blocks_min =
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_fused_backward_logits_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {          \
-        carafe_backward_masks_tiled_impl<scalar_t, K, 1, true>(                                \
+        carafe_backward_masks_tiled_impl<scalar_t, K, true>(                                   \
             a, b, c, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),               \
             CARAFE_STRIDES(c), CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                         \
     }                                                                                          \

@@ -82,11 +82,13 @@ struct features_halo_slots {
     }
 
     // Channels [0, count) of `channels` (channel stride `stride`) into the
-    // halo planes [0, count), `plane` apart: every load before any store.
+    // halo planes [0, count), `plane` apart: every load before any store, raw
+    // (fp16 / bf16 bits), widened only when stored, so no conversion waits on
+    // one load while the others could be in flight.
     template <typename scalar_t, typename acc_t>
     __device__ __forceinline__ void stage(acc_t* halo, const scalar_t* channels, index_t stride,
                                           int count, int plane) const {
-        acc_t value[CARAFE_CHANNEL_BATCH_MAX][CARAFE_FEATURES_SLOTS];
+        typename storage<scalar_t>::raw_t value[CARAFE_CHANNEL_BATCH_MAX][CARAFE_FEATURES_SLOTS];
 #pragma unroll
         for (int cc = 0; cc < CARAFE_CHANNEL_BATCH_MAX; ++cc) {
             const scalar_t* channel = channels + cc * stride;
@@ -94,7 +96,7 @@ struct features_halo_slots {
             for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i) {
                 value[cc][i] = 0;
                 if (cc < count && (loaded >> i & 1u))
-                    value[cc][i] = storage<scalar_t>::load(channel + offset[i]);
+                    value[cc][i] = storage<scalar_t>::load_raw(channel + offset[i]);
             }
         }
 #pragma unroll
@@ -102,7 +104,8 @@ struct features_halo_slots {
             if (cc >= count) break;
 #pragma unroll
             for (int i = 0; i < CARAFE_FEATURES_SLOTS; ++i)
-                if (staged >> i & 1u) halo[cc * plane + at[i]] = value[cc][i];
+                if (staged >> i & 1u)
+                    halo[cc * plane + at[i]] = storage<scalar_t>::widen(value[cc][i]);
         }
     }
 };
@@ -188,6 +191,16 @@ __device__ __forceinline__ void features_tap_weights(
         }
 }
 
+// One row of a pixel's s partial sums, added left to right from the first (no
+// leading zero, which would turn a sum of negative zeros positive).
+template <typename acc_t>
+__device__ __forceinline__ acc_t sub_pixel_row_total(const acc_t* sums, int s) {
+    acc_t total = sums[0];
+#pragma unroll 1
+    for (int b = 1; b < s; ++b) total += sums[b];
+    return total;
+}
+
 // Block: (tile_cols * s) x (tile_rows * s) threads, one per sub-pixel (a, b) of
 // a tile of input pixels; the launcher sizes it so both are whole.
 // Tap (i, j) of output (y, x) reads input (y/s + i - R, x/s + j - R), so input
@@ -259,7 +272,9 @@ __device__ void carafe_backward_features_tiled_impl(
                       centre_col0 * s, gs, out_height, out_width);
     // The s * s threads of a pixel share out its channels (sub-pixel (a, b)
     // takes a * s + b, then every s * s-th); each total adds the sub-pixels
-    // in the same fixed order whichever thread computes it.
+    // in the same fixed order whichever thread computes it: each row of
+    // sub-pixels first, then the rows, (p00 + p01) + (p10 + p11) at s = 2, the
+    // four-pixel kernel's association, so both kernels give the same bits.
     const int first = local_h * s * (int)blockDim.x + local_w * s;  // sub-pixel (0, 0)
     const scalar_t* go_channels = grad_output + p.n * gs.n + c_begin * gs.c;
     for (index_t c0 = c_begin; c0 < c_end; c0 += channel_batch) {
@@ -294,11 +309,9 @@ __device__ void carafe_backward_features_tiled_impl(
         if (h < g.height && w < g.width) {
             for (int cc = sub_y * s + sub_x; cc < count; cc += s * s) {
                 const acc_t* sums = partial + cc * partial_pitch + first;  // sub-pixel (0, 0)
-                acc_t total = 0;
+                acc_t total = sub_pixel_row_total(sums, s);
 #pragma unroll 1
-                for (int a = 0; a < s; ++a, sums += blockDim.x)
-#pragma unroll 1
-                    for (int b = 0; b < s; ++b) total += sums[b];
+                for (int a = 1; a < s; ++a) total += sub_pixel_row_total(sums + a * blockDim.x, s);
                 storage<scalar_t>::store(
                     grad_features + p.n * fs.n + (c0 + cc) * fs.c + h * fs.h + w * fs.w, total);
             }

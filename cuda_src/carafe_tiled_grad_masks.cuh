@@ -7,7 +7,7 @@
 // grad_masks (or, FROM_LOGITS, grad of the raw logits through the softmax):
 // K*K sums per output pixel over all channels of the group.
 //
-// A block owns one output row of 32 * PAIR pixels; each of its 8 warps takes a
+// A block owns one output row of 32 pixels; each of its 8 warps takes a
 // contiguous subset of `channels_per_block` channels of the group (ascending)
 // and sums them for that row, so a block walks an eighth of the channels and
 // the grid has a block per output row. Each warp stages its own channels'
@@ -18,7 +18,9 @@
 // fixed order, so the result is bitwise reproducible.
 #define CARAFE_MASKS_SUBSETS CARAFE_TILE_THREADS_Y
 
-template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
+// (Even s with pair-aligned tensors takes the 2 x 2 kernel of
+// carafe_tiled_grad_masks_quad.cuh instead.)
+template <typename scalar_t, int K, bool FROM_LOGITS>
 __device__ void carafe_backward_masks_tiled_impl(
     const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
     const scalar_t* __restrict__ logits, scalar_t* __restrict__ grad_masks,
@@ -28,7 +30,7 @@ __device__ void carafe_backward_masks_tiled_impl(
     constexpr int TAPS = K * K;
     constexpr int R = (K - 1) / 2;
     constexpr int LANES = CARAFE_TILE_THREADS_X;
-    constexpr int PITCH = tile_pitch<K, PAIR>();
+    constexpr int PITCH = tile_pitch<K, 1>();
     constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
     // One output row reads K input rows whatever s is: halo_extent(1, s, K) == K.
     constexpr int CHANNEL_PLANE = K * PITCH;
@@ -37,12 +39,12 @@ __device__ void carafe_backward_masks_tiled_impl(
     CARAFE_DYNAMIC_SHARED(acc_t, halo);
     const index_t s = g.scale_factor;
     const index_t out_height = g.height * s, out_width = g.width * s;
-    const int tile_w = LANES * PAIR;
+    const int tile_w = LANES;
     const index_t channels_per_group = g.channels / g.group_size;
     const tile_position p =
         block_position((out_width + tile_w - 1) / tile_w, out_height, 1, g.group_size);
     const index_t x0 = p.tile_x * tile_w, y = p.tile_y;
-    const index_t x = x0 + (index_t)threadIdx.x * PAIR;
+    const index_t x = x0 + (index_t)threadIdx.x;
     const int subset = threadIdx.y, lane = threadIdx.x;
     const bool inside = x < out_width;
     const int cols = halo_extent(tile_w, (int)s, K);
@@ -65,11 +67,9 @@ __device__ void carafe_backward_masks_tiled_impl(
         element_offset[slot] = (index_t)r * fs.h + in_col * fs.w;
     }
 
-    acc_t sum[PAIR][TAPS];
+    acc_t sum[TAPS];
 #pragma unroll
-    for (int q = 0; q < PAIR; ++q)
-#pragma unroll
-        for (int t = 0; t < TAPS; ++t) sum[q][t] = 0;
+    for (int t = 0; t < TAPS; ++t) sum[t] = 0;
 
     const index_t c_begin = p.group * channels_per_group;
     const index_t c_end = c_begin + channels_per_group;
@@ -83,7 +83,7 @@ __device__ void carafe_backward_masks_tiled_impl(
     for (index_t c0 = 0; c0 < chunk; c0 += channel_batch) {
         // raw loads, converted when stored: every load of the batch issues first
         typename storage<scalar_t>::raw_t staged[BATCH][SLOTS];
-        acc_t grad[BATCH][PAIR];
+        acc_t grad[BATCH];
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
             const index_t channel = my_begin + c0 + cc;
@@ -95,16 +95,8 @@ __device__ void carafe_backward_masks_tiled_impl(
                 if (channel_ok && (elements_ok >> slot & 1u))
                     staged[cc][slot] = storage<scalar_t>::load_raw(plane + element_offset[slot]);
             }
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) grad[cc][q] = 0;
-            if (inside && channel_ok) {
-                const scalar_t* go = go_base + channel * gs.c;
-                if constexpr (PAIR == 2) {
-                    pair_access<scalar_t>::load(go, grad[cc][0], grad[cc][PAIR - 1]);
-                } else {
-                    grad[cc][0] = storage<scalar_t>::load(go);
-                }
-            }
+            grad[cc] = 0;
+            if (inside && channel_ok) grad[cc] = storage<scalar_t>::load(go_base + channel * gs.c);
         }
         __syncwarp();  // the warp's previous batch fully read
 #pragma unroll
@@ -124,15 +116,13 @@ __device__ void carafe_backward_masks_tiled_impl(
             for (int i = 0; i < K; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) {
-                    const acc_t value = w[i * PITCH + j];
-#pragma unroll
-                    for (int q = 0; q < PAIR; ++q) sum[q][i * K + j] += grad[cc][q] * value;
+                    sum[i * K + j] += grad[cc] * w[i * PITCH + j];
                 }
         }
     }
     // Subset 0 adds the other subsets' sums, ascending, one kernel row at a time
-    // (the halo space is reused: SUBSETS * K * PAIR * 32 <= its size).
-    static_assert(K * PAIR * LANES <= SUBSET_PLANE, "reduction space");
+    // (the halo space is reused: SUBSETS * K * 32 <= its size).
+    static_assert(K * LANES <= SUBSET_PLANE, "reduction space");
     acc_t* partial = halo;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
@@ -140,10 +130,7 @@ __device__ void carafe_backward_masks_tiled_impl(
         if (subset != 0) {
 #pragma unroll
             for (int j = 0; j < K; ++j)
-#pragma unroll
-                for (int q = 0; q < PAIR; ++q)
-                    partial[((subset * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane] =
-                        sum[q][i * K + j];
+                partial[(subset * K + j) * CARAFE_TILE_THREADS_X + lane] = sum[i * K + j];
         }
         __syncthreads();
         if (subset == 0) {
@@ -151,10 +138,7 @@ __device__ void carafe_backward_masks_tiled_impl(
             for (int other = 1; other < SUBSETS; ++other)
 #pragma unroll
                 for (int j = 0; j < K; ++j)
-#pragma unroll
-                    for (int q = 0; q < PAIR; ++q)
-                        sum[q][i * K + j] +=
-                            partial[((other * K + j) * PAIR + q) * CARAFE_TILE_THREADS_X + lane];
+                    sum[i * K + j] += partial[(other * K + j) * CARAFE_TILE_THREADS_X + lane];
         }
     }
     // After the last barrier. FROM_LOGITS keeps the warp's outside lanes for the
@@ -166,10 +150,7 @@ __device__ void carafe_backward_masks_tiled_impl(
         const index_t tap_centre_y = y / s, tap_centre_x = x / s;
 #pragma unroll
         for (int t = 0; t < TAPS; ++t) {
-            if (!tap_inside(tap_centre_y + t / K - R, tap_centre_x + t % K - R, g)) {
-#pragma unroll
-                for (int q = 0; q < PAIR; ++q) sum[q][t] = 0;
-            }
+            if (!tap_inside(tap_centre_y + t / K - R, tap_centre_x + t % K - R, g)) sum[t] = 0;
         }
     }
 
@@ -180,45 +161,36 @@ __device__ void carafe_backward_masks_tiled_impl(
         // reduction used (no other warp touches it after the last barrier), so they
         // and the K * K probabilities are not held in registers together. The warp
         // barrier keeps the compiler from carrying the stored values in registers.
-        static_assert(TAPS * PAIR * LANES <= SUBSETS * SUBSET_PLANE, "sums space");
+        static_assert(TAPS * LANES <= SUBSETS * SUBSET_PLANE, "sums space");
         acc_t* sums = halo + lane;
 #pragma unroll
-        for (int t = 0; t < TAPS; ++t)
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) sums[(t * PAIR + q) * LANES] = sum[q][t];
+        for (int t = 0; t < TAPS; ++t) sums[t * LANES] = sum[t];
         __syncwarp();
         if (!inside) return;
         const index_t centre_y = y / s, centre_x = x / s;
         const int sub_y = (int)(y - centre_y * s), sub_x = (int)(x - centre_x * s);
+        acc_t probability[TAPS];
 #pragma unroll
-        for (int q = 0; q < PAIR; ++q) {
-            acc_t probability[TAPS];
+        for (int t = 0; t < TAPS; ++t)
+            probability[t] = storage<scalar_t>::load(logit_address<TAPS>(
+                logits, ls, p.n, p.group, t, centre_y, sub_y, centre_x, sub_x, s));
+        softmax_in_place<TAPS>(probability);
+        acc_t dot = 0;
 #pragma unroll
-            for (int t = 0; t < TAPS; ++t)
-                probability[t] = storage<scalar_t>::load(logit_address<TAPS>(
-                    logits, ls, p.n, p.group, t, centre_y, sub_y, centre_x, sub_x + q, s));
-            softmax_in_place<TAPS>(probability);
-            acc_t dot = 0;
+        for (int t = 0; t < TAPS; ++t) dot += probability[t] * sums[t * LANES];
 #pragma unroll
-            for (int t = 0; t < TAPS; ++t) dot += probability[t] * sums[(t * PAIR + q) * LANES];
-#pragma unroll
-            for (int t = 0; t < TAPS; ++t) {
-                const index_t channel = ((p.group * TAPS + t) * s + sub_y) * s + sub_x + q;
-                storage<scalar_t>::store(grad_masks + p.n * ms.n + channel * ms.c +
-                                             centre_y * ms.h + centre_x * ms.w,
-                                         probability[t] * (sums[(t * PAIR + q) * LANES] - dot));
-            }
+        for (int t = 0; t < TAPS; ++t) {
+            const index_t channel = ((p.group * TAPS + t) * s + sub_y) * s + sub_x;
+            storage<scalar_t>::store(
+                grad_masks + p.n * ms.n + channel * ms.c + centre_y * ms.h + centre_x * ms.w,
+                probability[t] * (sums[t * LANES] - dot));
         }
     } else {
 #pragma unroll
-    for (int t = 0; t < TAPS; ++t) {
-        scalar_t* out = grad_masks + p.n * ms.n + (p.group * TAPS + t) * ms.c + y * ms.h + x * ms.w;
-        if constexpr (PAIR == 2) {
-            pair_access<scalar_t>::store(out, sum[0][t], sum[PAIR - 1][t]);
-        } else {
-            storage<scalar_t>::store(out, sum[0][t]);
-        }
-    }
+        for (int t = 0; t < TAPS; ++t)
+            storage<scalar_t>::store(
+                grad_masks + p.n * ms.n + (p.group * TAPS + t) * ms.c + y * ms.h + x * ms.w,
+                sum[t]);
     }
 }
 

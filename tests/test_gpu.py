@@ -195,3 +195,31 @@ def test_forward_past_2_31_output_elements_in_fp16():
             expected = expected[:, :, (top - low) * s : (bottom - low) * s]
             got = output[:, channel : channel + 1, top * s : bottom * s].float()
             torch.testing.assert_close(got, expected, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("hw", [(13, 21), (26, 42)])
+def test_both_grad_features_kernels_give_the_same_bits(hw):
+    # The planner picks the one-pixel or the four-pixel grad_features per shape and
+    # dtype, which is exact only while both compile to the same FMA chains.
+    from carafe_cupy._plan import planner as _planner
+
+    n, c, k, g, s = 2, 16, 5, 1, 2
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(n, c, *hw, generator=generator)
+    masks = torch.rand(n, g * k * k, hw[0] * s, hw[1] * s, generator=generator)
+    grad_output = torch.randn(n, c, hw[0] * s, hw[1] * s, generator=generator)
+    got = {}
+    for dtype in (torch.float32, torch.float16):
+        tensors = [t.to(dtype).cuda() for t in (grad_output, features, masks)]
+        for variant in ("tiled", "tiled_pair"):
+            with _planner.forced_variant(variant):
+                got[dtype, variant] = carafe_cupy.carafe_backward(*tensors, k, g, s)[0].cpu()
+    assert torch.equal(got[torch.float32, "tiled"].view(torch.int32),
+                       got[torch.float32, "tiled_pair"].view(torch.int32))
+    # fp16 on the one-pixel kernel: the rounding of the fp32 four-pixel result, on the
+    # fp16 inputs' (exact) fp32 values
+    tensors = [t.to(torch.float16).float().cuda() for t in (grad_output, features, masks)]
+    with _planner.forced_variant("tiled_pair"):
+        wide = carafe_cupy.carafe_backward(*tensors, k, g, s)[0].cpu()
+    assert torch.equal(got[torch.float16, "tiled"].view(torch.int16),
+                       wide.half().view(torch.int16))

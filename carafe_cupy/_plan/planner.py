@@ -24,6 +24,7 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FULL_WAVE_BLOCKS,
     PLANNED_SMS,
     Operand,
+    faster_features_plan,
     features_quad_plan,
     halo_extent,
     input_tile_plan,
@@ -180,14 +181,19 @@ def _backward(
     if layout[3] is not None:
         plans = {}
         if _tiled_applies(geometry):
-            # one layout only: the pair variant's grad_features is the tiled one,
-            # four pixels a thread where that kernel runs (s = 2), else one
+            # one layout only: "tiled" is one pixel a thread, "tiled_pair" four
+            # where that kernel runs (s = 2), else one; auto takes the one whose
+            # grid fits the GPU better (grid_fit)
             slots = (0, 2, None, 3)
-            plans["tiled"] = plans["tiled_pair"] = features_quad_plan(
-                geometry, dtype, KernelId("grad_features", dtype, k, 4), False, slots, target
-            ) or input_tile_plan(
+            one = input_tile_plan(
                 geometry, dtype, KernelId("grad_features", dtype, k), False, slots, target
             )
+            quad = features_quad_plan(
+                geometry, dtype, KernelId("grad_features", dtype, k, 4), False, slots, target
+            )
+            plans["tiled"], plans["tiled_pair"] = one, quad or one
+            if variant == "auto":
+                plans["tiled_pair"] = faster_features_plan(geometry, dtype, one, quad, target)
         plan = _choose(variant, plans, "this grad_features")
         launches += (plan,) if plan else _general(general_features, (0, 2, 3), geometry)
     if layout[4] is not None:

@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .._kernels.constants import TILE_THREADS
-from .._kernels.names import TILED_KERNEL_SIZES, KernelId, pairs_instantiated
+from .._kernels.names import (
+    TILED_KERNEL_SIZES,
+    KernelId,
+    features_quads_instantiated,
+    pairs_instantiated,
+)
 
 # Kernels whose block owns a tile of input pixels, s x s threads each.
 _INPUT_TILED = ("grad_features", "fused_grad_features")
@@ -163,6 +168,7 @@ PLAN_BRANCHES = (
     "tiled_pair: auto",
     "tiled_pair: forced",
     "grad_features: four pixels per thread",
+    "grad_features: one pixel per thread fits the grid better",
     "fused",
     "channel batch 1",
     "channel batch 2",
@@ -211,6 +217,12 @@ def plan_branches(record: LaunchRecord) -> set[str]:
         )
     elif record.requested == "tiled":
         branches.add("tiled: forced")
+    elif (
+        record.operation == "grad_features"
+        and record.scale_factor == 2
+        and features_quads_instantiated(record.dtype, record.kernel_size)
+    ):  # the four-pixel kernel runs here, but its grid fits the GPU worse
+        branches.add("grad_features: one pixel per thread fits the grid better")
     elif record.scale_factor % 2:
         branches.add("tiled: odd scale, no pairs")
     elif not pairs_instantiated(record.dtype, record.kernel_size):

@@ -4,10 +4,17 @@ shared memory. Pure Python, used only by the planner (``_plan.planner``)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
+from .grid_fit import (
+    features_cost,
+    features_launch_bytes,
+    launch_cycles,
+    sliced_channels_per_block,
+)
 from .target import DEFAULT_TARGET, PlanTarget
 from .types import (
     ACCUMULATOR_SIZE,
@@ -194,6 +201,15 @@ def padded_sub_plane(plane: int, tile_cols: int) -> int:
     return plane + (tile_cols - plane) % 32
 
 
+# grad_features' one-pixel tiles at s = 2 (input columns, rows), the first the
+# default: warps of one row of 16 pixels' two sub-pixel columns (the sub-pixel
+# planes' padding and the partial sums' odd pitch keep a warp's reads in distinct
+# banks only so: 8-column tiles put two rows in a warp and conflict in the
+# reduction). The planner takes the one whose launch is shortest (grid_fit):
+# 3 rows waste fewer lanes past the bottom of short images (13 rows: 15, not 16).
+FEATURES_TILES_S2 = ((16, 4), (16, 3))
+
+
 def input_tile_plan(
     geometry: Geometry,
     dtype: str,
@@ -203,10 +219,39 @@ def input_tile_plan(
     target: PlanTarget = DEFAULT_TARGET,
 ) -> Launch | None:
     """grad_features: a tile of input pixels, s x s threads each."""
-    k, s = geometry.kernel_size, geometry.scale_factor
+    s = geometry.scale_factor
     if s > MAX_TILED_BACKWARD_SCALE:
         return None
-    tile_cols, tile_rows = max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s)
+    default = (max(1, TILE_THREADS[0] // s), max(1, TILE_THREADS[1] // s))
+    if from_logits or s != 2:
+        planned = _input_tile_launch(
+            geometry, dtype, kernel, from_logits, operands, target, default
+        )
+        return None if planned is None else planned[0]
+    plans = [
+        _input_tile_launch(geometry, dtype, kernel, from_logits, operands, target, tile)
+        for tile in FEATURES_TILES_S2
+    ]
+    plans = [plan for plan in plans if plan is not None]
+    if not plans:
+        return None
+    # ties: the fewest threads launched (lanes idle past the image's edges)
+    return min(plans, key=lambda p: (p[1], p[0].blocks * p[0].threads_per_block))[0]
+
+
+def _input_tile_launch(
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    from_logits: bool,
+    operands,
+    target: PlanTarget,
+    tile: tuple[int, int],
+) -> tuple[Launch, float] | None:
+    """grad_features with tiles of tile = (columns, rows) input pixels, and its
+    launch time by grid_fit (0 for the fused kernel, which is not compared)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    tile_cols, tile_rows = tile
     threads = tile_cols * s * tile_rows * s
     accumulator = ACCUMULATOR_SIZE[dtype]
     plane = (tile_rows + k - 1) * s * (tile_cols + k - 1) * s
@@ -220,9 +265,21 @@ def input_tile_plan(
         shared = max(shared, 2 * plane * accumulator)
     blocks = -(-geometry.width // tile_cols) * -(-geometry.height // tile_rows)
     blocks *= geometry.batch * geometry.group_size
-    per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+    per_group = geometry.channels // geometry.group_size
     block = (tile_cols * s, tile_rows * s, 1)
-    return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+    if from_logits:
+        per_block = max(1, _target_channels_per_block(geometry, blocks, target))
+        launch = _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+        return None if launch is None else (launch, 0.0)
+    # sliced by the launch's time (grid_fit), as the four-pixel kernel
+    cost = replace(features_cost(ITEMSIZE[dtype], k, quad=False), warps=-(-threads // 32))
+    traffic = features_launch_bytes(geometry, dtype, tile_cols, tile_rows)
+    per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
+    launch = _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+    if launch is None:
+        return None
+    slices = -(-per_group // per_block)
+    return launch, launch_cycles(cost, launch.blocks, per_block, target, traffic, slices)
 
 
 def _sliced_launch(geometry: Geometry, kernel: KernelId, operands, blocks: int, per_block: int,
@@ -278,8 +335,33 @@ def features_quad_plan(
         shared = max(shared, normalisers)
     blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
     blocks *= geometry.batch * geometry.group_size
-    # sliced like the forward (work dealt per SM, prologue included): a quad
-    # tile is 4 times the one-pixel kernel's, so fewer slices re-read its masks
-    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
+    # sliced by the busiest SM's issue time, prologue and tail round included
+    cost = features_cost(ITEMSIZE[dtype], k, quad=True)
+    per_group = geometry.channels // geometry.group_size
+    traffic = features_launch_bytes(geometry, dtype, cols, rows)
+    per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
+
+
+def faster_features_plan(
+    geometry: Geometry, dtype: str, one_pixel: Launch | None, quad: Launch | None,
+    target: PlanTarget = DEFAULT_TARGET,
+) -> Launch | None:
+    """The grad_features tiling whose busiest SM issues for less time (ties: the
+    four-pixel one). Both give the same bits (they add a pixel's sub-pixel sums
+    in one order), so fp16 and bf16 may take another tiling than fp32 does."""
+    if one_pixel is None or quad is None:
+        return quad or one_pixel
+
+    def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
+        cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
+        cost = replace(cost, warps=-(-plan.threads_per_block // 32))
+        traffic = features_launch_bytes(geometry, dtype, cols, rows)
+        slices = -(-(geometry.channels // geometry.group_size) // plan.tiling[0])
+        return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic, slices)
+
+    s = geometry.scale_factor
+    one_tile = (one_pixel.block[0] // s, one_pixel.block[1] // s)
+    faster = cycles(one_pixel, False, *one_tile) < cycles(quad, True, *FEATURES_QUAD_TILE)
+    return one_pixel if faster else quad

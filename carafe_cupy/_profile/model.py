@@ -100,6 +100,8 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         return GENERAL_FORWARD_STRIP
     if "< GRAD_FEATURES_CHANNEL_STRIP;" in text:
         return GENERAL_FEATURES_STRIP
+    if "= 1; a < s;" in text or "= 1; b < s;" in text:  # after the first of s
+        return s - 1
     if "< s;" in text:
         return s
     if "< TAPS" in text:
