@@ -23,47 +23,38 @@ from .jit_kernels import (
     _geometry,
     _load_rows,
     _load_upsampled_row,
-    _spread_tap_row,
+    _spread,
     _store_rows,
     _tap_table,
 )
 
 jit_cache.register()  # the on-disk cache, before anything here is decorated
 
-CHANNELS = 4  # channels per pass of the inner loops; the rest go one at a time
+CHANNELS = 4  # channels per pass of the inner loops (stride 1)
 SUB_BAND = 8  # rows per pass over the channels: bounds the scratch of a work item
 
 
 @njit(cache=True, inline="always")
-def _products_4(totals, at, rows_apart, upstream, ut, block, source, st, channel_step, lo,
-                hi, pair):
+def _products_4(totals, at, second, upstream, ut, upstream_second, block, source, st,
+                channel_step, lo, hi):
     """For x in [lo, hi) and channels c < 4 in order: totals[at + x] +=
-    upstream[ut + c*block + x] * source[st + c*channel_step + x], and, if ``pair``,
-    the same for the next output row (``rows_apart`` further in totals and
-    upstream) with the same source values."""
+    upstream[ut + c*block + x] * source[st + c*channel_step + x], and the same for
+    a second output row (``second`` in totals, ``upstream_second`` in upstream)
+    with the same source values. One loop for both rows, so that a source value
+    serves eight products."""
     if hi <= lo:
         return
-    t0, u0, s0 = U(at + lo), U(ut + lo), U(st + lo)
+    t0, t1, u0, v0, s0 = U(at + lo), U(second + lo), U(ut + lo), U(upstream_second + lo), U(
+        st + lo)
     u1, u2, u3 = u0 + U(block), u0 + U(2 * block), u0 + U(3 * block)
+    v1, v2, v3 = v0 + U(block), v0 + U(2 * block), v0 + U(3 * block)
     s1, s2, s3 = s0 + U(channel_step), s0 + U(2 * channel_step), s0 + U(3 * channel_step)
-    if pair:
-        t1, apart = t0 + U(rows_apart), U(rows_apart)
-        for q in range(U(hi - lo)):
-            f0, f1, f2, f3 = source[s0 + q], source[s1 + q], source[s2 + q], source[s3 + q]
-            value = totals[t0 + q] + upstream[u0 + q] * f0
-            value = value + upstream[u1 + q] * f1
-            value = value + upstream[u2 + q] * f2
-            totals[t0 + q] = value + upstream[u3 + q] * f3
-            value = totals[t1 + q] + upstream[u0 + apart + q] * f0
-            value = value + upstream[u1 + apart + q] * f1
-            value = value + upstream[u2 + apart + q] * f2
-            totals[t1 + q] = value + upstream[u3 + apart + q] * f3
-    else:
-        for q in range(U(hi - lo)):
-            value = totals[t0 + q] + upstream[u0 + q] * source[s0 + q]
-            value = value + upstream[u1 + q] * source[s1 + q]
-            value = value + upstream[u2 + q] * source[s2 + q]
-            totals[t0 + q] = value + upstream[u3 + q] * source[s3 + q]
+    for q in range(U(hi - lo)):
+        f0, f1, f2, f3 = source[s0 + q], source[s1 + q], source[s2 + q], source[s3 + q]
+        totals[t0 + q] = (totals[t0 + q] + upstream[u0 + q] * f0 + upstream[u1 + q] * f1
+                          + upstream[u2 + q] * f2 + upstream[u3 + q] * f3)
+        totals[t1 + q] = (totals[t1 + q] + upstream[v0 + q] * f0 + upstream[v1 + q] * f1
+                          + upstream[v2 + q] * f2 + upstream[v3 + q] * f3)
 
 
 @njit(cache=True, nogil=True)
@@ -71,57 +62,62 @@ def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, b
     """Mask gradients of batch n, group g, center rows [top, bottom): each a sum
     over the group's channels in channel order. Up to SUB_BAND center rows at a
     time, channels outermost, so that each input row is widened once per channel."""
-    for start in range(top, bottom, SUB_BAND):
-        _grad_masks_rows(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, start,
-                         min(bottom, start + SUB_BAND))
-
-
-@njit(cache=True, inline="always")
-def _grad_masks_rows(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
     height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
     radius, taps, _, out_width, up_width, per_group = _geometry(dims)
-    block, band = scale * out_width, bottom - top
-    row_lo = max(0, top * stride - radius * dilation)  # the input rows the band reads
-    row_count = max(0, min(height, (bottom - 1) * stride + radius * dilation + 1) - row_lo)
-    totals = accumulation_zeros(band * taps * block, features)  # taps outside stay zero
-    upstream = accumulation_zeros(CHANNELS * band * block, features)
-    rows = accumulation_zeros(CHANNELS * row_count * up_width, features)
+    block, first = scale * out_width, g * per_group
     table, _, _ = _tap_table(k, radius, dims, out_width)
-    first = g * per_group
-    for c0 in range(first, first + per_group, CHANNELS):
-        count = min(CHANNELS, first + per_group - c0)
-        for c in range(count):  # this pass's grad_output rows and widened input rows
-            _load_rows(upstream, c * band * block, grad_output, gs, n, c0 + c, top * scale,
-                       band * scale, out_width)
-            for row in range(row_count):
-                base = n * fs[0] + (c0 + c) * fs[1] + (row_lo + row) * fs[2]
-                at = (c * row_count + row) * up_width
-                _load_upsampled_row(rows[at:at + up_width], features, base, fs[3], scale)
-        for hc in range(top, bottom):
-            for i in range(k):
-                source_row = hc * stride + (i - radius) * dilation
-                if source_row < 0 or source_row >= height:
-                    continue
-                for j in range(k):
-                    lo, hi, offset = table[j, 0], table[j, 1], table[j, 2]
-                    at = ((hc - top) * taps + i * k + j) * block
-                    ut = (hc - top) * block
-                    st = (source_row - row_lo) * up_width + offset
-                    if count == CHANNELS and stride == 1:
-                        for a in range(0, scale, 2):
-                            _products_4(totals, at + a * out_width, out_width, upstream,
-                                        ut + a * out_width, band * block, rows, st,
-                                        row_count * up_width, lo, hi, a + 1 < scale)
+    for start in range(top, bottom, SUB_BAND):
+        end = min(bottom, start + SUB_BAND)
+        band = end - start
+        row_lo = max(0, start * stride - radius * dilation)  # the input rows the band reads
+        row_count = max(0, min(height, (end - 1) * stride + radius * dilation + 1) - row_lo)
+        # taps outside stay zero; one more row takes the products of an odd scale's last
+        # row's partner, and is never stored
+        spare = band * taps * block
+        totals = accumulation_zeros(spare + out_width, features)
+        upstream = accumulation_zeros(CHANNELS * band * block, features)
+        rows = accumulation_zeros(CHANNELS * row_count * up_width, features)
+        upstream_step, row_step = band * block, row_count * up_width  # between channels
+        for c0 in range(first, first + per_group, CHANNELS):
+            count = min(CHANNELS, first + per_group - c0)
+            if count < CHANNELS:  # the channels past the group: exact zeros, adding +0
+                upstream[count * upstream_step:].fill(0)
+                rows[count * row_step:].fill(0)
+            for c in range(count):  # this pass's grad_output rows and widened input rows
+                _load_rows(upstream, c * upstream_step, grad_output, gs, n, c0 + c,
+                           start * scale, band * scale, out_width)
+                for row in range(row_count):
+                    base = n * fs[0] + (c0 + c) * fs[1] + (row_lo + row) * fs[2]
+                    at = c * row_step + row * up_width
+                    _load_upsampled_row(rows[at:at + up_width], features, base, fs[3], scale)
+            for hc in range(start, end):
+                for i in range(k):
+                    source_row = hc * stride + (i - radius) * dilation
+                    if source_row < 0 or source_row >= height:
                         continue
-                    for a in range(scale):
-                        for c in range(count):
-                            _accumulate(totals, at + a * out_width, upstream,
-                                        c * band * block + ut + a * out_width, rows, lo, hi,
-                                        stride, c * row_count * up_width + st)
-    for hc in range(top, bottom):
-        for tap in range(taps):
-            _store_rows(grad_masks, ms, n, g * taps + tap, hc * scale, scale, out_width,
-                        totals, ((hc - top) * taps + tap) * block)
+                    for j in range(k):
+                        lo, hi, offset = table[j, 0], table[j, 1], table[j, 2]
+                        at = ((hc - start) * taps + i * k + j) * block
+                        ut = (hc - start) * block
+                        st = (source_row - row_lo) * up_width + offset
+                        if stride == 1:
+                            for a in range(0, scale, 2):
+                                paired = a + 1 < scale
+                                _products_4(totals, at + a * out_width,
+                                            at + (a + 1) * out_width if paired else spare,
+                                            upstream, ut + a * out_width,
+                                            ut + (a + 1) * out_width if paired else ut,
+                                            upstream_step, rows, st, row_step, lo, hi)
+                            continue
+                        for a in range(scale):
+                            for c in range(count):
+                                _accumulate(totals, at + a * out_width, upstream,
+                                            c * upstream_step + ut + a * out_width, rows, lo,
+                                            hi, stride, c * row_step + st)
+        for hc in range(start, end):
+            for tap in range(taps):
+                _store_rows(grad_masks, ms, n, g * taps + tap, hc * scale, scale, out_width,
+                            totals, ((hc - start) * taps + tap) * block)
 
 
 @njit(cache=True, inline="always")
@@ -204,58 +200,52 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
     row whose s copies of each column are added last. Up to SUB_BAND input rows
     at a time, channels outermost, so that the masks and grad_output rows they
     read are widened once."""
-    for start in range(top, bottom, SUB_BAND):
-        _grad_features_rows(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, start,
-                            min(bottom, start + SUB_BAND))
-
-
-@njit(cache=True, inline="always")
-def _grad_features_rows(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top,
-                        bottom):
     k, scale, stride, dilation = dims[4], dims[6], dims[7], dims[8]
     radius, taps, rows, out_width, up_width, per_group = _geometry(dims)
-    block = scale * out_width
-    # the center rows whose taps reach input rows [top, bottom)
-    center_lo = max(0, -((radius * dilation - top) // stride))
-    centers = max(0, min(rows, (bottom - 1 + radius * dilation) // stride + 1) - center_lo)
-    weights = accumulation_zeros(centers * taps * block, masks)
-    upstream = accumulation_zeros(CHANNELS * centers * block, masks)
+    block, first = scale * out_width, g * per_group
+    table, _, _ = _tap_table(k, radius, dims, out_width)
     totals = accumulation_zeros(CHANNELS * up_width, masks)
-    table, inner_lo, inner_hi = _tap_table(k, radius, dims, out_width)
-    first = g * per_group
-    for center in range(centers):
-        for tap in range(taps):
-            _load_rows(weights, (center * taps + tap) * block, masks, ms, n, g * taps + tap,
-                       (center_lo + center) * scale, scale, out_width)
-    for c0 in range(0, per_group, CHANNELS):
-        count = min(CHANNELS, per_group - c0)
-        for c in range(count):
-            _load_rows(upstream, c * centers * block, grad_output, gs, n, first + c0 + c,
-                       center_lo * scale, centers * scale, out_width)
-        for h in range(top, bottom):
-            totals[:] = 0
-            for i in range(k):
-                # the center row whose tap row i reads input row h, if any
-                reach = h - (i - radius) * dilation
-                if reach < 0 or reach % stride != 0 or reach // stride >= rows:
-                    continue
-                center = reach // stride - center_lo
-                for a in range(scale):
-                    wt = (center * taps + i * k) * block + a * out_width
-                    ut = center * block + a * out_width
-                    if count == CHANNELS and stride == 1:
-                        _spread_tap_row_4(totals, 0, up_width, weights, wt, block, upstream,
-                                          ut, centers * block, table, up_width)
+    for start in range(top, bottom, SUB_BAND):
+        end = min(bottom, start + SUB_BAND)
+        # the center rows whose taps reach input rows [start, end)
+        center_lo = max(0, -((radius * dilation - start) // stride))
+        centers = max(0, min(rows, (end - 1 + radius * dilation) // stride + 1) - center_lo)
+        weights = accumulation_zeros(centers * taps * block, masks)
+        upstream = accumulation_zeros(CHANNELS * centers * block, masks)
+        for center in range(centers):
+            for tap in range(taps):
+                _load_rows(weights, (center * taps + tap) * block, masks, ms, n,
+                           g * taps + tap, (center_lo + center) * scale, scale, out_width)
+        for c0 in range(0, per_group, CHANNELS):
+            count = min(CHANNELS, per_group - c0)
+            for c in range(count):
+                _load_rows(upstream, c * centers * block, grad_output, gs, n, first + c0 + c,
+                           center_lo * scale, centers * scale, out_width)
+            for h in range(start, end):
+                totals.fill(0)
+                for i in range(k):
+                    # the center row whose tap row i reads input row h, if any
+                    reach = h - (i - radius) * dilation
+                    if reach < 0 or reach % stride != 0 or reach // stride >= rows:
                         continue
-                    for c in range(count):
-                        _spread_tap_row(totals, c * up_width, weights, wt, block, upstream,
-                                        c * centers * block + ut, table, inner_lo, inner_hi,
-                                        stride, up_width)
-            for c in range(count):  # the s copies of each column, added in order
-                base = U(n * fs[0] + (first + c0 + c) * fs[1] + h * fs[2])
-                step, start, repeat = U(fs[3]), U(c * up_width), U(scale)
-                for w in range(U(up_width // scale)):
-                    value = totals[start + w * repeat]
-                    for b in range(U(1), repeat):
-                        value += totals[start + w * repeat + b]
-                    grad_features[base + w * step] = narrow(value, grad_features)
+                    center = reach // stride - center_lo
+                    for a in range(scale):
+                        wt = (center * taps + i * k) * block + a * out_width
+                        ut = center * block + a * out_width
+                        if stride == 1:  # channels past the group fill rows never stored
+                            _spread_tap_row_4(totals, 0, up_width, weights, wt, block,
+                                              upstream, ut, centers * block, table, up_width)
+                            continue
+                        for c in range(count):  # one tap at a time: targets in tap order
+                            for j in range(k):
+                                _spread(totals, c * up_width, weights, wt + j * block,
+                                        upstream, c * centers * block + ut, table[j, 0],
+                                        table[j, 1], stride, table[j, 2])
+                for c in range(count):  # the s copies of each column, added in order
+                    base = U(n * fs[0] + (first + c0 + c) * fs[1] + h * fs[2])
+                    step, row_at, repeat = U(fs[3]), U(c * up_width), U(scale)
+                    for w in range(U(up_width // scale)):
+                        value = totals[row_at + w * repeat]
+                        for b in range(U(1), repeat):
+                            value += totals[row_at + w * repeat + b]
+                        grad_features[base + w * step] = narrow(value, grad_features)
