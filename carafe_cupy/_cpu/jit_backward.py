@@ -57,6 +57,30 @@ def _products_4(totals, at, second, upstream, ut, upstream_second, block, source
                           + upstream[v2 + q] * f2 + upstream[v3 + q] * f3)
 
 
+@njit(cache=True)
+def _products_strided(totals, at, upstream, ut, upstream_step, rows, st, row_step, lo, hi,
+                      stride, count, scale, out_width):
+    """``_products_4``'s sums for any stride, one channel and row at a time (a
+    function of its own: compiled once, and kept out of the stride-1 loops)."""
+    for a in range(scale):
+        for c in range(count):
+            _accumulate(totals, at + a * out_width, upstream,
+                        c * upstream_step + ut + a * out_width, rows, lo, hi, stride,
+                        c * row_step + st)
+
+
+@njit(cache=True)
+def _spread_strided(totals, up_width, weights, wt, wstep, upstream, ut, value_step, table,
+                    stride, count):
+    """``_spread_tap_row_4``'s sums for any stride, one channel and tap at a time,
+    so each target still adds its taps in order (a function of its own, like
+    ``_products_strided``)."""
+    for c in range(count):
+        for j in range(table.shape[0]):
+            _spread(totals, c * up_width, weights, wt + j * wstep, upstream,
+                    c * value_step + ut, table[j, 0], table[j, 1], stride, table[j, 2])
+
+
 @njit(cache=True, nogil=True)
 def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
     """Mask gradients of batch n, group g, center rows [top, bottom): each a sum
@@ -109,11 +133,8 @@ def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, b
                                             ut + (a + 1) * out_width if paired else ut,
                                             upstream_step, rows, st, row_step, lo, hi)
                             continue
-                        for a in range(scale):
-                            for c in range(count):
-                                _accumulate(totals, at + a * out_width, upstream,
-                                            c * upstream_step + ut + a * out_width, rows, lo,
-                                            hi, stride, c * row_step + st)
+                        _products_strided(totals, at, upstream, ut, upstream_step, rows, st,
+                                          row_step, lo, hi, stride, count, scale, out_width)
         for hc in range(start, end):
             for tap in range(taps):
                 _store_rows(grad_masks, ms, n, g * taps + tap, hc * scale, scale, out_width,
@@ -236,11 +257,8 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
                             _spread_tap_row_4(totals, 0, up_width, weights, wt, block,
                                               upstream, ut, centers * block, table, up_width)
                             continue
-                        for c in range(count):  # one tap at a time: targets in tap order
-                            for j in range(k):
-                                _spread(totals, c * up_width, weights, wt + j * block,
-                                        upstream, c * centers * block + ut, table[j, 0],
-                                        table[j, 1], stride, table[j, 2])
+                        _spread_strided(totals, up_width, weights, wt, block, upstream, ut,
+                                        centers * block, table, stride, count)
                 for c in range(count):  # the s copies of each column, added in order
                     base = U(n * fs[0] + (first + c0 + c) * fs[1] + h * fs[2])
                     step, row_at, repeat = U(fs[3]), U(c * up_width), U(scale)
