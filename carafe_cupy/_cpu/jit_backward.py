@@ -190,8 +190,10 @@ def _gather_taps_4(target, at, target_step, weights, wt, wstep, values, vt, valu
 @njit(cache=True, inline="always")
 def _spread_tap_row_4(target, at, target_step, weights, wt, wstep, values, vt, value_step,
                       table, up_width):
-    """``_spread_tap_row`` (stride 1) for four channels at once, in the same order for
-    each: the targets every tap reaches take their taps two or three to a pass,
+    """The taps of one tap row (stride 1), as a gather per target column, for four
+    channels at once: target[at + c*target_step + x + offset_j] +=
+    weights[wt + j*wstep + x] * values[vt + c*value_step + x], j in order for each
+    target. The targets every tap reaches take their taps two or three to a pass,
     the rest one tap at a time."""
     k = table.shape[0]
     lo, hi = 0, up_width

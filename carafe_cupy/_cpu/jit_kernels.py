@@ -113,58 +113,6 @@ def _accumulate_tap_row(total, at, weights, wt, wstep, source, table, inner_lo, 
 
 
 @njit(cache=True, inline="always")
-def _gather_taps(target, at, weights, wt, wstep, values, vt, offset, step, count, lo, hi):
-    """For x' in [lo, hi) and taps q < count (1 to 3) in order, with x = x' - offset -
-    q*step: target[at + x'] += weights[wt + q*wstep + x] * values[vt + x]."""
-    if hi <= lo:
-        return
-    t0, first = U(at + lo), vt + lo - offset
-    v0, v1, v2 = U(first), U(first - step), U(first - 2 * step)
-    w0, w1, w2 = U(wt + lo - offset), U(wt + wstep + lo - offset - step), U(
-        wt + 2 * wstep + lo - offset - 2 * step)
-    if count == 1:
-        for q in range(U(hi - lo)):
-            target[t0 + q] += weights[w0 + q] * values[v0 + q]
-    elif count == 2:
-        for q in range(U(hi - lo)):
-            value = target[t0 + q] + weights[w0 + q] * values[v0 + q]
-            target[t0 + q] = value + weights[w1 + q] * values[v1 + q]
-    else:
-        for q in range(U(hi - lo)):
-            value = target[t0 + q] + weights[w0 + q] * values[v0 + q]
-            value = value + weights[w1 + q] * values[v1 + q]
-            target[t0 + q] = value + weights[w2 + q] * values[v2 + q]
-
-
-@njit(cache=True, inline="always")
-def _spread_tap_row(target, at, weights, wt, wstep, values, vt, table, inner_lo, inner_hi,
-                    stride, up_width):
-    """The taps of one tap row, as a gather per target column: target[at + x*t +
-    offset_j] += weights[wt + j*wstep + x] * values[vt + x], j in order for each target.
-    With stride 1, target columns that every tap reaches take their taps two or
-    three to a pass; the rest go one tap at a time."""
-    k = table.shape[0]
-    lo, hi = 0, up_width  # the targets every tap reaches from inside its columns
-    for j in range(k):
-        lo, hi = max(lo, table[j, 0] + table[j, 2]), min(hi, table[j, 1] + table[j, 2])
-    if inner_lo >= inner_hi or lo >= hi:
-        lo = hi = up_width
-    j = 0
-    while j < k:
-        count = 2 if k - j == 4 else min(3, k - j)
-        step = table[j + 1, 2] - table[j, 2] if count > 1 else 0
-        _gather_taps(target, at, weights, wt + j * wstep, wstep, values, vt, table[j, 2], step,
-                     count, lo, hi)
-        j += count
-    for j in range(k):  # the columns whose targets lie outside [lo, hi)
-        first, last, offset = table[j, 0], table[j, 1], table[j, 2]
-        _spread(target, at, weights, wt + j * wstep, values, vt, first,
-                min(last, lo - offset), stride, offset)
-        _spread(target, at, weights, wt + j * wstep, values, vt, max(first, hi - offset),
-                last, stride, offset)
-
-
-@njit(cache=True, inline="always")
 def _spread(target, at, weights, wt, values, vt, lo, hi, stride, offset):
     """target[at + wc*stride + offset] += weights[wt + wc] * values[vt + wc] over [lo, hi)."""
     if hi <= lo:
