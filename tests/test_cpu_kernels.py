@@ -23,7 +23,9 @@ from naive import naive_carafe, naive_carafe_backward  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VARIABLE = jit_dispatch.ENVIRONMENT_VARIABLE
 
-# (N, C, H, W, k, G, s, t, d): CARAFE, downsampling strides, dilations, k = 1 and 7
+# (N, C, H, W, k, G, s, t, d): CARAFE, downsampling strides, dilations, k = 1 and 7;
+# the backward kernels' several-channel passes with channels left over (6 per group)
+# and an odd scale, and work items of more rows than one pass takes (N*G = 16)
 RESHAPES = [
     (2, 4, 5, 7, 3, 2, 2, 1, 1),
     (1, 6, 6, 5, 5, 3, 1, 1, 1),
@@ -32,6 +34,8 @@ RESHAPES = [
     (1, 2, 6, 6, 3, 2, 2, 1, 2),
     (1, 3, 4, 5, 7, 1, 3, 1, 1),
     (1, 2, 5, 5, 1, 2, 1, 1, 1),
+    (1, 6, 5, 6, 3, 1, 3, 1, 2),
+    (2, 32, 17, 3, 3, 8, 1, 1, 1),
 ]
 
 
@@ -193,6 +197,10 @@ def test_kernels_are_cached_in_the_package_cache_folder():
     folder = jit_kernels.forward._cache._cache_path
     assert Path(folder).parent == jit_cache.configured_dir()
     assert Path(folder).name.startswith("numba-")
+    from carafe_cupy._cpu import jit_backward
+
+    assert jit_backward.grad_masks._cache._cache_path == folder
+    assert jit_backward.grad_features._cache._cache_path == folder
 
 
 def _import_kernels(environment: dict) -> subprocess.CompletedProcess:

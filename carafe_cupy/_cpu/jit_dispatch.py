@@ -199,7 +199,9 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(grad_features, grad_masks), each laid out like its input; None if the
     kernels failed to compile."""
-    kernels = _kernels()
+    if _kernels() is None:
+        return None
+    from . import jit_backward as kernels  # its own module: compiled only when needed
     grad_features = torch.empty_like(features)
     grad_masks = torch.empty_like(masks)
     if grad_output.numel() == 0 or features.numel() == 0 or masks.numel() == 0:
