@@ -9,9 +9,10 @@ because Numba checks only the stamp of the file a function is in, not of the
 helpers it calls. An unusable folder costs a warning, once, and the kernels are
 cached in a private temporary folder for this process instead.
 
-``register()`` runs before any ``@njit(cache=True)`` of the package is defined:
-Numba picks a function's cache folder when the function is decorated. This module
-imports Numba only there, so ``info`` can read the folder without it.
+``register()`` runs before any ``@njit(cache=True)`` of the package is defined
+(``jit_compile`` calls it on import): Numba picks a function's cache folder when
+the function is decorated. This module imports Numba only there, so ``info`` can
+read the folder without it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from .._core import env as _env
 from .._core import private_dirs as _private_dirs
 
 CACHE_VARIABLE = "CARAFE_CUPY_CPU_CACHE"
-# the modules whose functions are cached here; a change to any of them is a new folder
-_KERNEL_FILES = ("jit_cache.py", "jit_dtypes.py", "jit_kernels.py", "jit_backward.py")
 _HERE = Path(__file__).resolve().parent
+# The modules whose functions are cached here: every jit_*.py of this folder but the
+# ones that only run the kernels, so a new kernel module is covered as it is added.
+# A change to any of them is a new folder.
+_RUNNING_FILES = frozenset({"jit_choice.py", "jit_dispatch.py", "jit_warmup.py"})
+_KERNEL_FILES = tuple(
+    sorted(path.name for path in _HERE.glob("jit_*.py") if path.name not in _RUNNING_FILES)
+)
 
 _lock = threading.Lock()
 _chosen: Path | None = None

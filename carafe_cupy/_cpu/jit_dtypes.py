@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array, populate_array
 
-from . import jit_cache
-
-jit_cache.register()  # the on-disk cache, before anything here is decorated
+from .jit_compile import OVERLOAD_OPTIONS, helper
 
 
 @intrinsic
@@ -44,7 +44,7 @@ def _bits_of_float(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
-@njit(cache=True)
+@helper
 def _half_to_float(bits):
     """IEEE binary16 bits (any int) to fp32, exactly."""
     half = np.uint32(bits) & np.uint32(0xFFFF)
@@ -58,7 +58,7 @@ def _half_to_float(bits):
     return -value if sign else value
 
 
-@njit(cache=True)
+@helper
 def _float_to_half(value):
     """fp32 to IEEE binary16 bits (as int16), rounded to nearest even."""
     bits = np.int64(_bits_of_float(value))
@@ -87,12 +87,12 @@ def _float_to_half(value):
     return np.int16(np.uint16(result))
 
 
-@njit(cache=True)
+@helper
 def _bfloat_to_float(bits):
     return _float_from_bits(np.uint32(np.uint16(bits)) << np.uint32(16))
 
 
-@njit(cache=True)
+@helper
 def _float_to_bfloat(value):
     bits = np.int64(_bits_of_float(value))
     if (bits & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it a (quiet) NaN
@@ -115,7 +115,7 @@ def accumulation_zeros(shape, storage):
     raise NotImplementedError("compiled-only")
 
 
-@overload(widen)
+@overload(widen, jit_options=OVERLOAD_OPTIONS)
 def _widen(value):
     if value == types.float64 or value == types.float32:
         return lambda value: value
@@ -126,7 +126,7 @@ def _widen(value):
     return None
 
 
-@overload(narrow)
+@overload(narrow, jit_options=OVERLOAD_OPTIONS)
 def _narrow(value, storage):
     element = storage.dtype
     if element == types.float64:
@@ -140,8 +140,37 @@ def _narrow(value, storage):
     return None
 
 
-@overload(accumulation_zeros)
+@intrinsic
+def _cleared_vector(typingctx, length, storage):
+    """A new 1-D array of ``length`` zeros in the accumulation dtype of ``storage``,
+    allocated and cleared inline: np.zeros would compile four helper functions
+    (zeros, empty, the allocator, the fill) the first time a process needs them."""
+    if not isinstance(length, types.Integer) or not isinstance(storage, types.Array):
+        return None
+    element = types.float64 if storage.dtype == types.float64 else types.float32
+    vector = types.Array(element, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        count = context.cast(builder, args[0], signature.args[0], types.intp)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(element)))
+        size = builder.mul(count, itemsize)
+        meminfo = context.nrt.meminfo_alloc_aligned(
+            builder, size, context.get_preferred_array_alignment(element))
+        data = context.nrt.meminfo_data(builder, meminfo)
+        cgutils.memset(builder, data, size, 0)
+        array = make_array(vector)(context, builder)
+        populate_array(array, data=builder.bitcast(data, array.data.type), shape=[count],
+                       strides=[itemsize], itemsize=itemsize, meminfo=meminfo)
+        return array._getvalue()
+
+    return vector(length, storage), codegen
+
+
+@overload(accumulation_zeros, jit_options=OVERLOAD_OPTIONS)
 def _accumulation_zeros(shape, storage):
+    if isinstance(shape, types.Integer):
+        return lambda shape, storage: _cleared_vector(shape, storage)
     if storage.dtype == types.float64:
         return lambda shape, storage: np.zeros(shape, np.float64)
     return lambda shape, storage: np.zeros(shape, np.float32)

@@ -23,19 +23,16 @@ skipped, never read as zeros, so an Inf mask there does not become NaN.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from . import jit_cache
+from .jit_compile import helper, kernel
 from .jit_dtypes import accumulation_zeros, narrow, widen
-
-jit_cache.register()  # the on-disk cache, before anything here is decorated
 
 # Indices are unsigned (every index here is): Numba then skips its negative-index
 # wraparound, which would otherwise keep LLVM from vectorising the loops.
 U = np.uint64
 
 
-@njit(cache=True, inline="always")
+@helper
 def _accumulate(total, at, weights, wt, source, lo, hi, stride, offset):
     """total[at + wc] += weights[wt + wc] * source[wc*stride + offset] over [lo, hi)."""
     if hi <= lo:
@@ -50,7 +47,7 @@ def _accumulate(total, at, weights, wt, source, lo, hi, stride, offset):
             total[t0 + q] += weights[w0 + q] * source[s0 + q * step]
 
 
-@njit(cache=True, inline="always")
+@helper
 def _accumulate_taps(total, at, weights, wt, wstep, source, offset, step, count, lo, hi):
     """For x in [lo, hi) and taps q < count (1 to 3) in order:
     total[at + x] += weights[wt + q*wstep + x] * source[x + offset + q*step].
@@ -75,7 +72,7 @@ def _accumulate_taps(total, at, weights, wt, wstep, source, offset, step, count,
             total[t0 + q] = value + weights[w2 + q] * source[s2 + q]
 
 
-@njit(cache=True, inline="always")
+@helper
 def _tap_table(k, radius, dims, out_width):
     """Per tap column j: (lo, hi, offset) from _tap_columns, and the output columns
     [inner_lo, inner_hi) where every tap lands inside the input (empty unless stride 1)."""
@@ -90,7 +87,7 @@ def _tap_table(k, radius, dims, out_width):
     return table, inner_lo, inner_hi
 
 
-@njit(cache=True, inline="always")
+@helper
 def _accumulate_tap_row(total, at, weights, wt, wstep, source, table, inner_lo, inner_hi,
                         stride):
     """The taps of one tap row: total[at + x] += weights[wt + j*wstep + x] *
@@ -112,7 +109,7 @@ def _accumulate_tap_row(total, at, weights, wt, wstep, source, table, inner_lo, 
                     offset)
 
 
-@njit(cache=True, inline="always")
+@helper
 def _spread(target, at, weights, wt, values, vt, lo, hi, stride, offset):
     """target[at + wc*stride + offset] += weights[wt + wc] * values[vt + wc] over [lo, hi)."""
     if hi <= lo:
@@ -127,7 +124,7 @@ def _spread(target, at, weights, wt, values, vt, lo, hi, stride, offset):
             target[t0 + q * step] += weights[w0 + q] * values[v0 + q]
 
 
-@njit(cache=True, inline="always")
+@helper
 def _load_upsampled_row(row, array, base, step, scale):
     """row[w*s + b] = array[base + w*step] for b < s: an input row repeated the way
     the outputs read it, in the accumulation dtype."""
@@ -148,7 +145,7 @@ def _load_upsampled_row(row, array, base, step, scale):
                 row[w * repeat + b] = value
 
 
-@njit(cache=True, inline="always")
+@helper
 def _load_rows(rows, at, array, strides, n, channel, y0, count, width):
     """rows[at + a*width + x] = array[n, channel, y0 + a, x] for a < count."""
     step = U(strides[3])
@@ -163,7 +160,7 @@ def _load_rows(rows, at, array, strides, n, channel, y0, count, width):
                 rows[target + x] = widen(array[source + x * step])
 
 
-@njit(cache=True, inline="always")
+@helper
 def _store_rows(array, strides, n, channel, y0, count, width, rows, at):
     """array[n, channel, y0 + a, x] = rows[at + a*width + x] for a < count, rounded once."""
     step = U(strides[3])
@@ -178,7 +175,7 @@ def _store_rows(array, strides, n, channel, y0, count, width, rows, at):
                 array[target + x * step] = narrow(rows[source + x], array)
 
 
-@njit(cache=True, inline="always")
+@helper
 def _geometry(dims):
     """radius, taps, center rows, output width, upsampled input width, channels per group."""
     width, k, groups, scale, stride = dims[3], dims[4], dims[5], dims[6], dims[7]
@@ -187,7 +184,7 @@ def _geometry(dims):
     return (k - 1) // 2, k * k, rows, out_width, width * scale, dims[1] // groups
 
 
-@njit(cache=True, inline="always")
+@helper
 def _tap_columns(j, radius, dims, out_width):
     """Output columns [lo, hi) whose tap column j lands inside the input, and where
     column x reads in the upsampled input row: x*t + offset."""
@@ -198,7 +195,7 @@ def _tap_columns(j, radius, dims, out_width):
     return lo, hi, shift * scale
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     """Outputs of batch n, group g, center rows [top, bottom)."""
     height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
