@@ -60,6 +60,7 @@ def _problem(name: str) -> str | None:
         "CARAFE_CUPY_SIM_CXXFLAGS": lambda: _env.words(name),
         "CXX": lambda: _env.words(name),
         "CARAFE_CUPY_CPU_KERNEL": lambda: _jit_choice.requested(),
+        "CARAFE_CUPY_CPU_WARMUP": lambda: _env.flag(name),
     }
     try:
         readers.get(name, lambda: None)()

@@ -46,6 +46,14 @@ VARIABLES: dict[str, str] = {
         "folder of the compiled CPU kernels (default ~/.cache/carafe_cupy/cpu); must be "
         "private to the user; a NUMBA_CACHE_DIR you set takes precedence"
     ),
+    "CARAFE_CUPY_CPU_WARMUP": (
+        "boolean: load or compile the CPU kernels on a background thread when the package "
+        "is imported (default off)"
+    ),
+    "NUMBA_DISABLE_JIT": (
+        "Numba's own switch; on, torch CPU tensors take the pure-PyTorch path and no "
+        "warm-up starts"
+    ),
     "CARAFE_CUPY_PROFILE_CACHE": (
         "the cost model's compile cache (default ~/.cache/carafe_cupy/profile)"
     ),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import jit_warmup
 from .bands import run_bands, workers_for
 from .jit_choice import CHOICES, ENVIRONMENT_VARIABLE, requested  # noqa: F401  (re-exported)
 
@@ -188,6 +189,8 @@ def forward(
     args = (f, m, o, fs, ms, os_, _dims(features, params))
     items = _items(batch, params[1], rows)
     done = _guarded(lambda: _run(kernels.forward, args, items) or True)
+    if done and (features.requires_grad or masks.requires_grad):  # a backward is likely
+        jit_warmup.start(("backward", features.dtype), lambda: _tiny_calls(features.dtype, params))
     return out if done else None
 
 
@@ -221,3 +224,32 @@ def backward(
         return True
 
     return (grad_features, grad_masks) if _guarded(run) else None
+
+
+def _tiny_calls(dtype: torch.dtype, params: tuple[int, int, int, int, int],
+                forward_too: bool = False) -> None:
+    """The backward (and the forward) once on a 1x1 input of this dtype and these
+    parameters: whatever kernels they use get compiled, or loaded from the cache."""
+    if not use_jit(torch.device("cpu")):
+        return
+    k, groups, scale = params[:3]
+    features = torch.zeros((1, groups, 1, 1), dtype=dtype)
+    masks = torch.zeros((1, groups * k * k, scale, scale), dtype=dtype)
+    if forward_too:
+        forward(features, masks, params, torch.contiguous_format)
+    backward(torch.zeros((1, groups, scale, scale), dtype=dtype), features, masks, params)
+
+
+def _start_at_import() -> None:
+    """The fp32 kernels on a background thread, if CARAFE_CUPY_CPU_WARMUP asks."""
+    try:
+        wanted = jit_warmup.at_import_requested()
+    except ValueError as error:  # an import must not fail on it; `info` reports it too
+        warnings.warn(f"carafe_cupy: {error}; no warm-up", RuntimeWarning, stacklevel=2)
+        return
+    if wanted:
+        jit_warmup.start(("import", torch.float32),
+                         lambda: _tiny_calls(torch.float32, (3, 1, 2, 1, 1), forward_too=True))
+
+
+_start_at_import()
