@@ -5,6 +5,7 @@ from an empty cache and from the disk cache (each in a fresh process).
 
     python benchmarks/cpu_kernels.py                       # N=2, C=256, 52x84 -> 104x168, k5 G1 s2
     python benchmarks/cpu_kernels.py --shape 2,64,32,32 --k 3 --groups 4 --reps 9 --threads 1
+    python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-reps 5   # first calls
 """
 
 from __future__ import annotations
@@ -108,35 +109,82 @@ def memory_child(config) -> dict[str, float]:
     return result
 
 
+# One fresh process per measurement. It prints wall and CPU seconds (CPU: all of the
+# process's threads) for each step: importing numba and the kernels, the first forward,
+# then the first backward, or a whole training step (forward on inputs that require grad
+# and .backward()), as the steps argument says.
 FIRST_CALL = """
-import time
+import sys, time
 import torch, carafe_cupy
 from carafe_cupy._cpu import jit_dispatch
+steps, pause = sys.argv[1], float(sys.argv[2])
 features, masks = torch.randn(1, 8, 6, 6), torch.rand(1, 25, 12, 12)
+time.sleep(pause)  # other work of the program, if any
 marks = [(time.perf_counter(), time.process_time())]
+mark = lambda: marks.append((time.perf_counter(), time.process_time()))
 jit_dispatch._kernels()
-marks.append((time.perf_counter(), time.process_time()))
-out = carafe_cupy.carafe(features, masks, 5, 1, 2)
-marks.append((time.perf_counter(), time.process_time()))
-carafe_cupy.carafe_backward(torch.ones_like(out), features, masks, 5, 1, 2)
-marks.append((time.perf_counter(), time.process_time()))
+mark()
+if steps == "forward,backward":
+    out = carafe_cupy.carafe(features, masks, 5, 1, 2)
+    mark()
+    carafe_cupy.carafe_backward(torch.ones_like(out), features, masks, 5, 1, 2)
+    mark()
+else:
+    features.requires_grad_()
+    masks.requires_grad_()
+    carafe_cupy.carafe(features, masks, 5, 1, 2).sum().backward()
+    mark()
 for (wall, cpu), (wall_end, cpu_end) in zip(marks, marks[1:]):
     print(wall_end - wall, cpu_end - cpu)
 """
 
+# (row name, cache, steps, environment, seconds between import and the first call)
+FIRST_CALL_ROWS = (
+    ("empty cache", "cold", "forward,backward", {}, 0.0),
+    ("from the disk cache", "cached", "forward,backward", {}, 0.0),
+    ("empty cache, training step", "cold", "step", {}, 0.0),
+    ("from the disk cache, training step", "cached", "step", {}, 0.0),
+    ("from the disk cache, CARAFE_CUPY_CPU_WARMUP=1, first call 1 s after import",
+     "cached", "forward,backward", {"CARAFE_CUPY_CPU_WARMUP": "1"}, 1.0),
+)
 
-def first_call() -> dict[str, list[float]]:
-    """Seconds to import Numba and the kernels, then the first forward and backward
-    (fp32), in fresh processes: from an empty cache, then from the disk cache."""
-    result = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-        env.update(CARAFE_CUPY_CPU_CACHE=cache, PYTHONPATH=str(ROOT), **{VARIABLE: "numba"})
-        for name in ("cold", "cached"):
-            line = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True,
-                                  capture_output=True, text=True).stdout.split()
-            result[name] = [float(value) for value in line]  # (wall, CPU) per step
+
+def first_call(reps: int) -> dict[str, list[list[float]]]:
+    """Per row of FIRST_CALL_ROWS, ``reps`` measurements of (wall, CPU) seconds per step,
+    each in a fresh process; "cold" ones with a new empty private cache folder,
+    "cached" ones with that folder filled by the process before (same rows order)."""
+    result: dict[str, list[list[float]]] = {name: [] for name, *_ in FIRST_CALL_ROWS}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("NUMBA_CACHE_DIR", "CARAFE_CUPY_CPU_WARMUP")}
+    base.update(PYTHONPATH=str(ROOT), **{VARIABLE: "numba"})
+    with tempfile.TemporaryDirectory(prefix="carafe_cupy_bench_cpu-") as folder:
+        caches = (str(Path(folder) / str(index)) for index in range(10**6))
+        for _ in range(reps):  # rows interleaved, so that each sees the same machine load
+            cache = next(caches)
+            for name, kind, steps, extra, pause in FIRST_CALL_ROWS:
+                if kind == "cold":
+                    cache = next(caches)
+                env = dict(base, CARAFE_CUPY_CPU_CACHE=cache, **extra)
+                out = subprocess.run([sys.executable, "-c", FIRST_CALL, steps, str(pause)],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                result[name].append([float(value) for value in out.split()])
     return result
+
+
+def _first_call_table(reps: int) -> None:
+    print(f"\n| first call, fresh process, fp32: wall s (CPU s), median of {reps} (min) | "
+          "import numba + kernels | first forward | first backward |\n"
+          "| --- | ---: | ---: | ---: |")
+    for name, runs in first_call(reps).items():
+        cells = []
+        for index in range(0, len(runs[0]), 2):
+            wall = [run[index] for run in runs]
+            cpu = [run[index + 1] for run in runs]
+            cells.append(f"{statistics.median(wall):.2f} ({statistics.median(cpu):.2f}); "
+                         f"min {min(wall):.2f} ({min(cpu):.2f})")
+        if len(cells) == 2:  # a training step: forward and backward in one
+            cells = [cells[0], cells[1] + " (forward and backward)", ""]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def _row(name: str, values: list[float], cpu: list[float]) -> str:
@@ -153,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-first-call", action="store_true")
+    parser.add_argument("--first-call-reps", type=int, default=3,
+                        help="fresh processes per first-call measurement")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -176,11 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_memory:
         _print_memory(args, config)
     if not args.no_first_call:
-        print("\n| first call, fresh process, fp32: s (CPU s) | import numba + kernels | "
-              "first forward | first backward |\n| --- | ---: | ---: | ---: |")
-        for name, values in first_call().items():
-            cells = [f"{wall:.2f} ({cpu:.2f})" for wall, cpu in zip(values[::2], values[1::2])]
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"\nload average {os.getloadavg()[0]:.1f} before the first-call runs")
+        _first_call_table(args.first_call_reps)
+        print(f"load average {os.getloadavg()[0]:.1f} after them")
 
 
 def _print_memory(args, config) -> None:

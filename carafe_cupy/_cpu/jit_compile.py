@@ -2,12 +2,13 @@
 
 ``@kernel`` marks a function called from Python (``jit_dispatch``); ``@helper`` one
 only kernels call. A helper is compiled once per signature, without the wrappers
-Python or ctypes would need, and marked ``alwaysinline`` for LLVM
-(``forceinline``), so every kernel gets its own inlined copy as with Numba's
-``inline="always"``, but without Numba copying and retyping the helper's IR at
-every call site: that copying was most of the Python-side compile time, and the
-kernels LLVM inlines run as fast or faster. ``OVERLOAD_OPTIONS`` does the same
-for the ``@overload`` implementations (``jit_dtypes``).
+Python or ctypes would need, and marked ``alwaysinline`` for LLVM (``forceinline``),
+so every kernel gets its own inlined copy as with Numba's ``inline="always"``, but
+without Numba copying and retyping the helper's IR at every call site, which costs
+compile time, most of all for helpers several kernels share. The kernels run about
+as fast either way; where a benchmark shows Numba's inlining gives faster code (the
+innermost scatter loops of grad_features), ``@numba_inlined_helper`` keeps it.
+``OVERLOAD_OPTIONS`` is for the ``@overload`` implementations (``jit_dtypes``).
 
 Importing this module puts the package's disk cache in place (``jit_cache``)
 before any kernel is decorated, so a kernel module needs nothing else.
@@ -32,6 +33,7 @@ HELPER_OPTIONS: dict[str, Any] = {
     "no_cpython_wrapper": True,
     "no_cfunc_wrapper": True,
 }
+NUMBA_INLINED_OPTIONS: dict[str, Any] = {"cache": True, "inline": "always"}
 # @overload(..., jit_options=OVERLOAD_OPTIONS): overloads have no Python wrapper anyway
 OVERLOAD_OPTIONS: dict[str, Any] = {"forceinline": True, "no_cfunc_wrapper": True}
 
@@ -45,3 +47,11 @@ def kernel(function: Callable) -> Any:
 def helper(function: Callable) -> Any:
     """A function only kernels call, inlined into each of them by LLVM."""
     return njit(**HELPER_OPTIONS)(function)
+
+
+def numba_inlined_helper(function: Callable) -> Any:
+    """A helper that Numba inlines into its callers' IR (``inline="always"``): typed
+    anew at every call site, which costs compile time, but for the innermost loops
+    of a kernel it can give LLVM code it optimises better; worth it only where a
+    benchmark shows it (grad_features' scatter loops: about 8% faster)."""
+    return njit(**NUMBA_INLINED_OPTIONS)(function)
