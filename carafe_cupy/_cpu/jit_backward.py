@@ -13,9 +13,7 @@ loops, so the results are those of one channel at a time, bit for bit.
 
 from __future__ import annotations
 
-from numba import njit
-
-from . import jit_cache
+from .jit_compile import kernel, numba_inlined_helper, outlined_helper
 from .jit_dtypes import accumulation_zeros, narrow
 from .jit_kernels import (
     U,
@@ -28,13 +26,11 @@ from .jit_kernels import (
     _tap_table,
 )
 
-jit_cache.register()  # the on-disk cache, before anything here is decorated
-
 CHANNELS = 4  # channels per pass of the inner loops (stride 1)
 SUB_BAND = 8  # rows per pass over the channels: bounds the scratch of a work item
 
 
-@njit(cache=True, inline="always")
+@numba_inlined_helper
 def _products_4(totals, at, second, upstream, ut, upstream_second, block, source, st,
                 channel_step, lo, hi):
     """For x in [lo, hi) and channels c < 4 in order: totals[at + x] +=
@@ -57,7 +53,7 @@ def _products_4(totals, at, second, upstream, ut, upstream_second, block, source
                           + upstream[v2 + q] * f2 + upstream[v3 + q] * f3)
 
 
-@njit(cache=True)
+@outlined_helper
 def _products_strided(totals, at, upstream, ut, upstream_step, rows, st, row_step, lo, hi,
                       stride, count, scale, out_width):
     """``_products_4``'s sums for any stride, one channel and row at a time (a
@@ -69,7 +65,7 @@ def _products_strided(totals, at, upstream, ut, upstream_step, rows, st, row_ste
                         c * row_step + st)
 
 
-@njit(cache=True)
+@outlined_helper
 def _spread_strided(totals, up_width, weights, wt, wstep, upstream, ut, value_step, table,
                     stride, count):
     """``_spread_tap_row_4``'s sums for any stride, one channel and tap at a time,
@@ -81,7 +77,7 @@ def _spread_strided(totals, up_width, weights, wt, wstep, upstream, ut, value_st
                     c * value_step + ut, table[j, 0], table[j, 1], stride, table[j, 2])
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
     """Mask gradients of batch n, group g, center rows [top, bottom): each a sum
     over the group's channels in channel order. Up to SUB_BAND center rows at a
@@ -141,7 +137,7 @@ def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, b
                             totals, ((hc - start) * taps + tap) * block)
 
 
-@njit(cache=True, inline="always")
+@numba_inlined_helper
 def _gather_taps_4(target, at, target_step, weights, wt, wstep, values, vt, value_step,
                    offset, step, count, lo, hi):
     """For x' in [lo, hi), channels c < 4 and taps q < count (1 to 3) in order, with
@@ -187,7 +183,7 @@ def _gather_taps_4(target, at, target_step, weights, wt, wstep, values, vt, valu
                           + m1 * values[v1 + U(3) * cs + q] + m2 * values[v2 + U(3) * cs + q])
 
 
-@njit(cache=True, inline="always")
+@numba_inlined_helper
 def _spread_tap_row_4(target, at, target_step, weights, wt, wstep, values, vt, value_step,
                       table, up_width):
     """The taps of one tap row (stride 1), as a gather per target column, for four
@@ -216,7 +212,7 @@ def _spread_tap_row_4(target, at, target_step, weights, wt, wstep, values, vt, v
                            vt, value_step, offset, 0, 1, start, end)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top, bottom):
     """Feature gradients of batch n, group g, input rows [top, bottom): a gather,
     each input row summing the outputs that read it, tap by tap, into an upsampled

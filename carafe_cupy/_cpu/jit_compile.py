@@ -7,7 +7,8 @@ so every kernel gets its own inlined copy as with Numba's ``inline="always"``, b
 without Numba copying and retyping the helper's IR at every call site, which costs
 compile time, most of all for helpers several kernels share. The kernels run about
 as fast either way; where a benchmark shows Numba's inlining gives faster code (the
-innermost scatter loops of grad_features), ``@numba_inlined_helper`` keeps it.
+innermost scatter loops of grad_features), ``@numba_inlined_helper`` keeps it;
+``@outlined_helper`` is for code a kernel calls but keeps out of its hot loops.
 ``OVERLOAD_OPTIONS`` is for the ``@overload`` implementations (``jit_dtypes``).
 
 Importing this module puts the package's disk cache in place (``jit_cache``)
@@ -33,6 +34,9 @@ HELPER_OPTIONS: dict[str, Any] = {
     "no_cpython_wrapper": True,
     "no_cfunc_wrapper": True,
 }
+OUTLINED_OPTIONS: dict[str, Any] = {
+    "cache": True, "no_cpython_wrapper": True, "no_cfunc_wrapper": True,
+}
 NUMBA_INLINED_OPTIONS: dict[str, Any] = {"cache": True, "inline": "always"}
 # @overload(..., jit_options=OVERLOAD_OPTIONS): overloads have no Python wrapper anyway
 OVERLOAD_OPTIONS: dict[str, Any] = {"forceinline": True, "no_cfunc_wrapper": True}
@@ -47,6 +51,12 @@ def kernel(function: Callable) -> Any:
 def helper(function: Callable) -> Any:
     """A function only kernels call, inlined into each of them by LLVM."""
     return njit(**HELPER_OPTIONS)(function)
+
+
+def outlined_helper(function: Callable) -> Any:
+    """A function kernels call that is not forced inline (LLVM still may): code a
+    kernel keeps out of its hot loops, compiled once."""
+    return njit(**OUTLINED_OPTIONS)(function)
 
 
 def numba_inlined_helper(function: Callable) -> Any:
