@@ -72,8 +72,12 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     """Iterations of ``loop`` each time it is entered; None when the line is unknown."""
     text, k, s = loop.source, geometry.kernel_size, geometry.scale_factor
     per_block, batch = launch.tiling if len(launch.tiling) == 2 else (geometry.channels, 1)
+    if "c0 + CARAFE_CHANNEL_BATCH_MAX <= channel_count" in text:  # whole batches only
+        return per_block // batch
     if "c0 += channel_batch" in text:
         return -(-per_block // batch)
+    if "cc < tail_count" in text:  # the partial batch after the whole ones
+        return per_block % batch
     if "cc < channel_batch" in text:
         return batch
     if "pass < passes" in text:  # grad_features staging past the first pass (large s)
