@@ -59,6 +59,10 @@ _CHANGES = {
         r"const int y = \(int\)\(y0 \+ threadIdx\.y \* 2\)",
         "const int y = (int)(y0 + threadIdx.y)",
     ),
+    "forward-quad-plane-a-slot-short": (
+        r"PLANE = COUNT \* THREADS;",
+        "PLANE = (COUNT - 1) * THREADS;",
+    ),
     "forward-quad-halo-a-row-short": (
         r"ROWS_MAX = CARAFE_FORWARD_QUAD_ROWS \+ K;",
         "ROWS_MAX = CARAFE_FORWARD_QUAD_ROWS + K - 1;",
@@ -87,10 +91,6 @@ _CHANGES = {
     "forward-quad-next-batch-not-advanced": (
         r"slots\.template advance<scalar_t>\(batch_step\);\n",
         "",
-    ),
-    "forward-quad-last-slot-tail-unguarded": (
-        r"if \(i < COUNT - 1 \|\| thread \+ i \* THREADS < PLANE\)",
-        "if (true)",
     ),
     "forward-quad-single-buffer": (
         r"current = current == halo \? halo \+ BATCH \* PLANE : halo;",

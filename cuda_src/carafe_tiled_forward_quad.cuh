@@ -17,17 +17,21 @@
 // order of the one- and two-pixel kernels, so all three agree bit for bit.
 
 // The staging slots: each thread owns fixed elements of the [ROWS_MAX][PITCH]
-// plane for the whole channel loop, their addresses and image tests found
+// halo for the whole channel loop, their addresses and image tests found
 // once. Loads are split from stores, so a batch can be loaded ahead; each
-// slot's address steps by the channel stride from one channel to the next.
+// slot's address steps by the channel stride from one channel to the next. A
+// channel's plane holds COUNT * THREADS elements, so every thread stores every
+// slot (those past the halo are zero and never read): a warp's stores are
+// whole, consecutive words.
 template <int K>
 struct forward_quad_slots {
     static constexpr int THREADS = CARAFE_TILE_THREADS_X * CARAFE_FORWARD_QUAD_ROWS;
     static constexpr int PITCH = tile_pitch<K, 2>();
     // even s: the tile's 2 * ROWS output rows span at most ROWS input rows
     static constexpr int ROWS_MAX = CARAFE_FORWARD_QUAD_ROWS + K;
-    static constexpr int PLANE = ROWS_MAX * PITCH;  // a channel's plane, for every s
-    static constexpr int COUNT = (PLANE + THREADS - 1) / THREADS;
+    static constexpr int HALO = ROWS_MAX * PITCH;  // the widest halo (s = 2)
+    static constexpr int COUNT = (HALO + THREADS - 1) / THREADS;
+    static constexpr int PLANE = COUNT * THREADS;  // a channel's plane, for every s
     static constexpr int BATCH = CARAFE_CHANNEL_BATCH_MAX;
     static_assert(COUNT * BATCH <= 32, "one bit a slot and channel");
     const void* source[COUNT];  // the slot's element in the batch's first channel
@@ -95,8 +99,7 @@ struct forward_quad_slots {
             if (!FULL && cc >= count) break;
 #pragma unroll
             for (int i = 0; i < COUNT; ++i)
-                if (i < COUNT - 1 || thread + i * THREADS < PLANE)  // the last slot's tail
-                    halo[cc * PLANE + thread + i * THREADS] = storage<scalar_t>::widen(value[cc][i]);
+                halo[cc * PLANE + thread + i * THREADS] = storage<scalar_t>::widen(value[cc][i]);
         }
     }
 };

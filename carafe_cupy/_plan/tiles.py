@@ -168,8 +168,11 @@ def forward_quad_plan(
     if s % 2 or max(geometry.out_height, geometry.out_width, geometry.channels) >= 2**31:
         return None  # four pixels share an input pixel only for even s; 32-bit sizes
     pitch = FORWARD_QUAD_TILE[0] // 2 + k
-    # planes of the widest halo (s = 2), for every even s: compile-time offsets
-    halo_bytes = (FORWARD_QUAD_TILE[1] // 2 + k) * pitch * ACCUMULATOR_SIZE[dtype]
+    # planes of the widest halo (s = 2) for every even s (compile-time offsets),
+    # rounded up to whole slots of the block's threads (every thread stores each)
+    threads = FORWARD_QUAD_BLOCK[0] * FORWARD_QUAD_BLOCK[1]
+    halo = (FORWARD_QUAD_TILE[1] // 2 + k) * pitch
+    halo_bytes = -(-halo // threads) * threads * ACCUMULATOR_SIZE[dtype]
     batch = CHANNEL_BATCH_MAX
     tile_w, tile_h = FORWARD_QUAD_TILE
     blocks = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
