@@ -14,10 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
-from gather_reference import gather_carafe  # noqa: E402
 
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
+
+from gather_reference import gather_carafe  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
