@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from test_profile import _nvrtc_and_nvdisasm
 
-from carafe_cupy._kernels.constants import FORWARD_QUAD_BLOCKS
 from carafe_cupy._plan import planner as _planner
 from carafe_cupy._plan.target import FORWARD_PROLOGUE_BATCHES, PlanTarget
 from carafe_cupy._plan.types import TensorRef
@@ -52,7 +51,7 @@ def test_forward_slices_are_dealt_to_the_target_sms(sms, arch, hw):
         return -(-tiles * -(-256 // n) // sms) * (target.prologue_batches + -(-n // batch))
 
     assert plan.kernel == "carafe_forward_tiled_k5_p4_float32"
-    wave = min(FORWARD_QUAD_BLOCKS * sms, tiles * 16)  # its resident blocks fill every SM
+    wave = min(target.full_wave_blocks, tiles * 16)
     splits = [n for n in range(16, 257, batch) if tiles * -(-256 // n) >= wave]
     assert dealt(per_block) == min(dealt(n) for n in splits)
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from carafe_cupy._kernels.constants import FORWARD_QUAD_BLOCKS
 from carafe_cupy._plan import planner as _planner
 
 GEOMETRY = _planner.Geometry(2, 16, 13, 21, 5, 1, 2)
@@ -107,15 +106,13 @@ def test_forward_grid_deals_the_least_work_per_sm(hw, channels):
     # whole channel batches, at least 16 channels a slice; only the last is shorter
     assert per_block % batch == 0 or per_block == channels
     assert per_block >= min(16, channels) and (slices - 1) * per_block < channels
-    # one full wave (the 2 x 2 kernel's resident blocks on every SM) wherever
-    # 16-channel slices would make one
-    assert plan.kernel == "carafe_forward_tiled_k5_p4_float32"
-    full_wave = FORWARD_QUAD_BLOCKS * _planner.PLANNED_SMS
+    # one full wave (2 blocks per SM) wherever 16-channel slices would make one
+    assert plan.kernel == "carafe_forward_tiled_k5_p4_float32"  # 2 x 2 pixels a thread
     most = tiles * -(-channels // min(16, channels))
-    assert plan.blocks >= min(full_wave, most)
+    assert plan.blocks >= min(_planner.FULL_WAVE_BLOCKS, most)
     # no other such split deals an SM less work (blocks per SM x batches per block)
     splits = [n for n in range(min(16, channels), channels + 1) if n % batch == 0 or n == channels]
-    wave = min(full_wave, most)
+    wave = min(_planner.FULL_WAVE_BLOCKS, most)
     splits = [n for n in splits if tiles * -(-channels // n) >= wave]
     assert _dealt_work(tiles, channels, per_block, batch) == min(
         _dealt_work(tiles, channels, n, batch) for n in splits
@@ -124,10 +121,10 @@ def test_forward_grid_deals_the_least_work_per_sm(hw, channels):
 
 @pytest.mark.parametrize(
     "hw, blocks",
-    [((13, 21), 128), ((26, 42), 448), ((52, 84), 624), ((104, 168), 624), ((64, 64), 512)],
+    [((13, 21), 128), ((26, 42), 364), ((52, 84), 390), ((104, 168), 624), ((64, 64), 384)],
 )
 def test_forward_grid_of_the_fpn_levels(hw, blocks):
-    # 2 x 2 pixels a thread, 64 x 8 pixels a block, 3 resident blocks an SM (396 a
-    # wave). 52x84: 78 tiles x 8 slices of 32 channels (5 blocks an SM); 5 slices
-    # (390 blocks, 3 an SM) would leave the wave short. 13x21: 8 tiles x 16 slices
+    # 64 x 8 pixels a block (2 x 2 a thread). 52x84: 78 tiles x 5 slices of 52
+    # channels (the last 48), 3 blocks per SM, its resident blocks in one round,
+    # rather than 8 even slices of 32 (5 per SM); the small levels keep a full wave
     assert _forward_plan(256, hw).blocks == blocks

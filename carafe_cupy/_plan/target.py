@@ -19,7 +19,8 @@ FORWARD_PROLOGUE_BATCHES = {"sm_75": 1.395, "sm_80": 1.396, "sm_90": 1.255}
 
 # Resident blocks per SM of the tiled kernels (256 threads, 96-128 registers):
 # two on every architecture the kernels target (the cost model's occupancy).
-# (The forward with 2 x 2 pixels a thread has its own: FORWARD_QUAD_BLOCKS.)
+# (The forward with 2 x 2 pixels a thread holds three of its 4-warp blocks; its
+# slices are planned for this full wave too: 8 of its warps on every SM.)
 TILED_BLOCKS_PER_SM = 2
 
 

@@ -7,7 +7,6 @@ import math
 from typing import Optional
 
 from .._kernels.constants import (
-    FORWARD_QUAD_BLOCKS,
     FORWARD_QUAD_ROWS,
     MASKS_BATCH,
     MASKS_QUAD_SHARE,
@@ -79,17 +78,12 @@ FULL_WAVE_BLOCKS = DEFAULT_TARGET.full_wave_blocks
 
 
 def _forward_channels_per_block(
-    geometry: Geometry,
-    blocks_per_slice: int,
-    batch: int,
-    target: PlanTarget = DEFAULT_TARGET,
-    full_wave: int | None = None,
+    geometry: Geometry, blocks_per_slice: int, batch: int, target: PlanTarget = DEFAULT_TARGET
 ) -> int:
     """Channels per block of the tiled forward: whole channel batches, at least 16
     channels a slice (or the whole group), picked to minimise the blocks per SM
     times the batches (plus prologue) per block; ties go to fewer slices. The last
-    slice may be shorter. ``full_wave``: the blocks that fill every SM once
-    (default: the target's, for two resident blocks an SM)."""
+    slice may be shorter."""
     per_group = geometry.channels // geometry.group_size
     if per_group <= 16:
         return per_group
@@ -99,8 +93,7 @@ def _forward_channels_per_block(
     candidates = {n for n in candidates if n >= smallest}
     # At least one full wave (2 blocks per SM) where the slices allow it: one block
     # of 8 warps per SM cannot hide its latencies, whatever its instruction count.
-    full_wave = target.full_wave_blocks if full_wave is None else full_wave
-    wave = min(full_wave, blocks_per_slice * -(-per_group // min(candidates)))
+    wave = min(target.full_wave_blocks, blocks_per_slice * -(-per_group // min(candidates)))
     candidates = {n for n in candidates if blocks_per_slice * -(-per_group // n) >= wave}
 
     def dealt_work(per_block: int) -> tuple[float, int]:
@@ -152,8 +145,7 @@ def output_tile_plan(
 
 
 # The forward with 2 x 2 pixels per thread (carafe_tiled_forward_quad.cuh): blocks
-# of 32 x FORWARD_QUAD_ROWS threads over the pair kernel's 64 x 8 output tile,
-# FORWARD_QUAD_BLOCKS of them resident per SM.
+# of 32 x FORWARD_QUAD_ROWS threads over the pair kernel's 64 x 8 output tile.
 FORWARD_QUAD_BLOCK = (TILE_THREADS[0], FORWARD_QUAD_ROWS)
 FORWARD_QUAD_TILE = (2 * TILE_THREADS[0], 2 * FORWARD_QUAD_ROWS)  # output (cols, rows)
 
@@ -163,7 +155,8 @@ def forward_quad_plan(
 ) -> Launch | None:
     """The forward with 2 x 2 pixels per thread (even s): its halo double
     buffered (two batches of CHANNEL_BATCH_MAX planes), channel slices dealt to
-    the target's SMs at FORWARD_QUAD_BLOCKS resident blocks each."""
+    the target's SMs as the other forwards' (a full wave: two blocks an SM, 8 of
+    its warps; it holds FORWARD_QUAD_BLOCKS)."""
     k, s = geometry.kernel_size, geometry.scale_factor
     if s % 2 or max(geometry.out_height, geometry.out_width, geometry.channels) >= 2**31:
         return None  # four pixels share an input pixel only for even s; 32-bit sizes
@@ -177,8 +170,7 @@ def forward_quad_plan(
     tile_w, tile_h = FORWARD_QUAD_TILE
     blocks = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
     blocks *= geometry.batch * geometry.group_size
-    full_wave = FORWARD_QUAD_BLOCKS * target.sms
-    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target, full_wave))
+    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
     block = (*FORWARD_QUAD_BLOCK, 1)
     shared = 2 * batch * halo_bytes
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
