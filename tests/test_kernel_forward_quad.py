@@ -2,7 +2,8 @@
 against the float64 reference with canaries around every tensor, bit for bit equal
 to the one-pixel kernel (one summation order), fp16 and bf16 equal to the rounding
 of the fp32 kernel, the same bits in every simulator thread order, finite where an
-outside tap's mask is not, and wrong with weakened barriers."""
+outside tap's mask is not, a whole batch's channel step past 2**31 elements, and
+wrong with weakened barriers."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
+from sparse_memory import SparseArena  # noqa: E402
 
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
+from carafe_cupy._runtime import launch as _launch  # noqa: E402
+from carafe_cupy._torch import common as _torch_common  # noqa: E402
 
 from gather_reference import gather_carafe  # noqa: E402
 
@@ -129,3 +133,28 @@ def test_weakened_barriers_give_wrong_answers(weak_barriers, order, monkeypatch)
     assert all("_p4_" in name for name in kernels)
     want = gather_carafe(features.numpy(), masks.numpy(), 3, 1, 2)
     assert not np.allclose(output.double().numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_whole_batchs_channel_step_past_2_to_the_31(tmp_path):
+    # features whose channel stride times the batch of 4 passes 2**31 elements: the
+    # next batch's loads start a 64-bit step away (6 channels: a whole batch, then
+    # a partial one), bit for bit the result on a compact copy
+    case = (1, 6, 3, 4, 3, 1, 2)
+    features, masks = inputs(case)
+    n, c, h, w = features.shape
+    geometry = _launch.Geometry(n, c, h, w, 3, 1, 2)
+    output = torch.full((n, c, 2 * h, 2 * w), float("nan"))
+    arena = SparseArena(tmp_path)
+    try:
+        strides = (c * 2**29, 2**29 + 2**10, w + 2, 1)
+        far = arena.tensor(features, features.shape, strides, features.dtype)
+        refs = [_torch_common.tensor_ref(t) for t in (far, masks, output)]
+        with harness.simulator(), _launch_record.recording() as records:
+            _launch.launch_forward(geometry, *refs)
+        del far, refs
+    finally:
+        arena.close()
+    assert [r.kernel for r in records] == ["carafe_forward_tiled_k3_p4_float32"]
+    assert records[0].channel_batches == 2
+    compact, _ = forward(case, features, masks)
+    assert torch.equal(output.view(torch.int32), compact.view(torch.int32))
