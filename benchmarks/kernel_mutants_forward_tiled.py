@@ -10,7 +10,9 @@ Left out as equivalent: the halo's row and column extents in the slot test
 staging; the count clamp of a load only stops loads of channels that are never
 stored (an over-read, which the canaries cannot see); and a halo a row short
 (``ROWS_MAX``) still rounds up to the same whole slots for k = 3 and 5, whose
-image test (``r < rows``) then stages the last row all the same.
+image test (``r < rows``) then stages the last row all the same; and a last whole
+batch left to the partial batch's code (``<`` for ``<=`` in the loop test) sums
+the same four channels in the same order.
 
 ``FORWARD_TILED`` holds (name, files, pattern, replacement, occurrence), the
 fields of kernel_mutants.Mutant; ``BARRIER_SITES`` the kernel's block barriers in
@@ -106,10 +108,6 @@ _CHANGES = {
     "forward-quad-partial-batch-window-not-stepped": (
         r"cc < tail_count; \+\+cc, window \+= PLANE, out \+= os\.c\)",
         "cc < tail_count; ++cc, out += os.c)",
-    ),
-    "forward-quad-whole-batch-test-off-by-one": (
-        r"c0 \+ CARAFE_CHANNEL_BATCH_MAX <= channel_count;",
-        "c0 + CARAFE_CHANNEL_BATCH_MAX < channel_count;",
     ),
     # edges and outside taps
     "forward-quad-bottom-edge-unchecked": (
