@@ -7,6 +7,8 @@
 // time. Features, masks and outputs therefore cross DRAM about once each.
 //
 //   forward:         out tile, masks in registers, feature halo in smem.
+//                    Pairs: 2 x 2 pixels a thread, the halo double buffered
+//                    (carafe_tiled_forward_quad.cuh).
 //   grad_masks:      one output row per block, K*K sums per pixel in
 //                    registers; the 8 warps split the group's channels, each
 //                    staging its own feature halo (warp barriers only), and
