@@ -1,0 +1,251 @@
+"""The compiled CPU forward (Numba): every output as the sum of its taps, kept in
+registers while a block of output columns is summed for several channels at once.
+
+A call computes one work item, (batch n, group g, center rows [top, bottom)), as
+the other kernels do (``jit_kernels``: flat arrays, element strides, ``dims``).
+For each center row the masks of its s output rows are read once into scratch
+rows, and for each block of channels the input rows its taps read are laid out
+in scratch so that tap (i, j) of output column x is one element at a fixed offset
+from x: ``arranged[offset_ij + x]``. With stride t the t phases of an input row
+(columns p, p + t, ...) go in t separate rows, so the same holds. The sums then
+run over blocks of ``COLUMNS`` output columns: per tap, one load of the masks of
+the block and one load of each channel's inputs, added into accumulators that
+stay in vector registers (a small stack array LLVM promotes) until the block is
+stored.
+
+Every output adds its taps in the same order as the naive reference, (i, j)
+row-major, with no fused multiply-add: results are the same bitwise for any
+thread count, channel block or layout. Tap rows outside the input are skipped.
+Tap columns outside it read zeros from the padding of the scratch rows, with
+their masks set to zero in scratch, so they add an exact zero (the running sum
+starts at +0 and x + 0 is x), and an Inf mask there never meets a feature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
+
+from . import jit_cache
+from .jit_dtypes import accumulation_zeros, narrow, widen
+from .jit_kernels import U, _geometry, _tap_columns
+
+jit_cache.register()  # the on-disk cache, before anything here is decorated
+
+# Output columns and channels summed together: their CHANNELS * COLUMNS sums stay in
+# vector registers while the taps are added, TAPS at a time.
+COLUMNS = 32
+CHANNELS = 4
+TAPS = 5
+CHUNK = 8  # center rows whose masks are read before the channels are swept
+BLOCK = CHANNELS * COLUMNS
+
+
+@intrinsic
+def _stack_array(typingctx, like, size):
+    """A 1-D array of ``size`` (a literal) elements of ``like``'s dtype on the
+    stack: LLVM sees it cannot alias any other array, and keeps it in registers."""
+    if not isinstance(size, types.IntegerLiteral) or not isinstance(like, types.Array):
+        return None
+    count = size.literal_value
+    array_type = types.Array(like.dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        element = context.get_data_type(like.dtype)
+        itemsize = context.get_abi_sizeof(element)
+        with builder.goto_entry_block():
+            data = builder.alloca(ir.ArrayType(element, count))
+            data.align = 64
+        array = context.make_array(array_type)(context, builder)
+        intp = context.get_value_type(types.intp)
+        populate_array(array, data=builder.bitcast(data, element.as_pointer()),
+                       shape=[ir.Constant(intp, count)], strides=[ir.Constant(intp, itemsize)],
+                       itemsize=ir.Constant(intp, itemsize), meminfo=None)
+        return array._getvalue()
+
+    return array_type(like, size), codegen
+
+
+@njit(cache=True, inline="always")
+def _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_row,
+              channel_pitch):
+    """Taps tap to tap + 4, in order, into sums[c*COLUMNS + q] for q < COLUMNS and the
+    first ``channels`` channels (a constant where inlined): each mask is loaded once
+    for all the channels."""
+    w0, w1, w2 = U(mask_offsets[tap] + at_mask), U(mask_offsets[tap + 1] + at_mask), U(
+        mask_offsets[tap + 2] + at_mask)
+    w3, w4 = U(mask_offsets[tap + 3] + at_mask), U(mask_offsets[tap + 4] + at_mask)
+    r0, r1, r2 = U(row_offsets[tap] + at_row), U(row_offsets[tap + 1] + at_row), U(
+        row_offsets[tap + 2] + at_row)
+    r3, r4 = U(row_offsets[tap + 3] + at_row), U(row_offsets[tap + 4] + at_row)
+    for q in range(U(COLUMNS)):
+        m0, m1, m2, m3, m4 = (weights[w0 + q], weights[w1 + q], weights[w2 + q],
+                              weights[w3 + q], weights[w4 + q])
+        for c in range(U(CHANNELS)):
+            at = c * U(channel_pitch) + q
+            total = sums[c * U(COLUMNS) + q] + m0 * rows[r0 + at]
+            total = total + m1 * rows[r1 + at]
+            total = total + m2 * rows[r2 + at]
+            total = total + m3 * rows[r3 + at]
+            sums[c * U(COLUMNS) + q] = total + m4 * rows[r4 + at]
+
+
+@njit(cache=True, inline="always")
+def _block_sums(sums, weights, rows, taps_used, mask_offsets, row_offsets, at_mask, at_row,
+                channel_pitch):
+    """sums[c*COLUMNS + q] = sum over the used taps, in order, of
+    weights[mask_offsets[tap] + at_mask + q] * rows[row_offsets[tap] + at_row + c*channel_pitch + q]
+    for the first ``channels`` channels and q < COLUMNS. ``taps_used`` is a multiple
+    of TAPS (the taps after the real ones add exact zeros)."""
+    for q in range(U(BLOCK)):
+        sums[q] = 0
+    for tap in range(0, taps_used, TAPS):
+        _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_row,
+                  channel_pitch)
+
+
+@njit(cache=True, inline="always")
+def _arrange_row(rows, at, features, base, step, dims, phase, left):
+    """rows[at + left + m*s + b] = features[base + (m*t + phase)*step] for b < s and the
+    m with m*t + phase inside the row, in the accumulation dtype."""
+    width, scale, stride = dims[3], dims[6], dims[7]
+    count = U((width - phase + stride - 1) // stride)
+    start, target = U(base + phase * step), U(at + left)
+    if scale == 1 and stride * step == 1:  # the common layouts get loops LLVM vectorises
+        for m in range(count):
+            rows[target + m] = widen(features[start + m])
+    elif scale == 2 and step == 1:
+        for m in range(count):
+            value = widen(features[start + m])
+            rows[target + m * U(2)] = value
+            rows[target + m * U(2) + U(1)] = value
+    else:
+        jump, repeat = U(stride * step), U(scale)
+        for m in range(count):
+            value = widen(features[start + m * jump])
+            for b in range(repeat):
+                rows[target + m * repeat + b] = value
+
+
+@njit(cache=True, inline="always")
+def _load_masks(weights, at, masks, ms, n, channel, y, lo, hi):
+    """weights[at + x] = masks[n, channel, y, x] for x in [lo, hi) (the rest is left
+    as it is: zero)."""
+    if hi <= lo:
+        return
+    source = U(n * ms[0] + channel * ms[1] + y * ms[2] + lo * ms[3])
+    target, step = U(at + lo), U(ms[3])
+    if step == 1:
+        for x in range(U(hi - lo)):
+            weights[target + x] = widen(masks[source + x])
+    else:
+        for x in range(U(hi - lo)):
+            weights[target + x] = widen(masks[source + x * step])
+
+
+@njit(cache=True, inline="always")
+def _store_block(out, os, n, channel, y, x0, count, sums, at):
+    """out[n, channel, y, x0 + q] = sums[at + q] for q < count, rounded once."""
+    target, step, source = U(n * os[0] + channel * os[1] + y * os[2] + x0 * os[3]), U(os[3]), U(at)
+    if count == COLUMNS and step == 1:  # a whole block: a loop LLVM unrolls and vectorises
+        for q in range(U(COLUMNS)):
+            out[target + q] = narrow(sums[source + q], out)
+    elif count == COLUMNS:
+        for q in range(U(COLUMNS)):
+            out[target + q * step] = narrow(sums[source + q], out)
+    else:
+        for q in range(U(count)):
+            out[target + q * step] = narrow(sums[source + q], out)
+
+
+@njit(cache=True, inline="always")
+def _sum_rows(out, os, n, channel, count, y0, scale, out_width, sums, weights, rows,
+              mask_offsets, row_offsets, at_table, slots, taps_used, channel_pitch):
+    """The s output rows from y0 of the ``count`` channels from ``channel`` (at most
+    CHANNELS; all CHANNELS are summed), block by block. Output row y0 + a takes its
+    taps' offsets from mask_offsets[at_table + a*slots:] and row_offsets[at_table:]."""
+    for a in range(scale):
+        masks_at = mask_offsets[at_table + a * slots:]
+        rows_at = row_offsets[at_table:]
+        for x0 in range(0, out_width, COLUMNS):
+            _block_sums(sums, weights, rows, taps_used, masks_at, rows_at, x0, x0,
+                        channel_pitch)
+            for c in range(count):
+                _store_block(out, os, n, channel + c, y0 + a, x0,
+                             min(COLUMNS, out_width - x0), sums, c * COLUMNS)
+
+
+@njit(cache=True, nogil=True)
+def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
+    """Outputs of batch n, group g, center rows [top, bottom), CHUNK rows at a time."""
+    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
+    radius, taps, _, out_width, _, per_group = _geometry(dims)
+    reach = radius * dilation  # in input columns, either side
+    left = (reach + stride - 1) // stride * scale  # zeros before each arranged row
+    padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
+    pitch = left + padded_width + reach // stride * scale  # one phase of one input row
+    row_pitch = stride * pitch  # the t phases of an input row
+    span = (CHUNK - 1) * stride + 2 * reach + 1  # the input rows a chunk reads
+    zero_row = span * row_pitch  # then zeros, read by the taps that pad the list
+    channel_pitch = zero_row + padded_width
+    rows = accumulation_zeros(CHANNELS * channel_pitch, features)
+    zero_masks = CHUNK * scale * taps * padded_width  # the masks, then a row of zeros
+    weights = accumulation_zeros(zero_masks + padded_width, features)
+    sums = _stack_array(rows, BLOCK)
+    slots = (taps + TAPS - 1) // TAPS * TAPS  # taps per output row, padded
+    padded = np.empty(CHUNK, np.int64)  # the taps of a row, padded to a multiple of TAPS
+    mask_offsets = np.empty(CHUNK * scale * slots, np.int64)
+    row_offsets = np.empty(CHUNK * scale * slots, np.int64)
+    column_offsets = np.empty(k, np.int64)  # where column x's tap column j reads, less x
+    spans = np.empty((k, 2), np.int64)  # the output columns whose tap column j is inside
+    for j in range(k):
+        shift = (j - radius) * dilation
+        lo, hi, _ = _tap_columns(j, radius, dims, out_width)
+        spans[j, 0], spans[j, 1] = lo, hi
+        column_offsets[j] = shift % stride * pitch + left + shift // stride * scale
+    first, last = g * per_group, (g + 1) * per_group
+    for chunk in range(top, bottom, CHUNK):
+        rows_here = min(CHUNK, bottom - chunk)
+        first_row = chunk * stride - reach  # the input row in arranged row 0
+        for local in range(rows_here):  # each row's masks and tap offsets
+            hc = chunk + local
+            used = 0  # the taps whose input row is inside, in order
+            for i in range(k):
+                source_row = hc * stride + (i - radius) * dilation
+                if source_row < 0 or source_row >= height:
+                    continue
+                for j in range(k):
+                    tap = i * k + j
+                    for a in range(scale):
+                        at = ((local * scale + a) * taps + tap) * padded_width
+                        mask_offsets[(local * scale + a) * slots + used] = at
+                        _load_masks(weights, at, masks, ms, n, g * taps + tap, hc * scale + a,
+                                    spans[j, 0], spans[j, 1])
+                    row_offsets[local * scale * slots + used] = (
+                        (source_row - first_row) * row_pitch + column_offsets[j])
+                    used += 1
+            padded[local] = (used + TAPS - 1) // TAPS * TAPS
+            for a in range(scale):
+                at = (local * scale + a) * slots
+                mask_offsets[at + used:at + slots] = zero_masks
+            row_offsets[local * scale * slots + used:(local * scale + 1) * slots] = zero_row
+        lowest, highest = max(0, first_row), min(height, first_row + span)
+        for block in range(first, last, CHANNELS):
+            # the last block ends at the group's end (redoing a few channels, to the same
+            # bits) unless the group is smaller than a block, whose extra sums are dropped
+            channel = max(first, min(block, last - CHANNELS))
+            count = min(CHANNELS, last - channel)
+            for c in range(count):
+                base = n * fs[0] + (channel + c) * fs[1]
+                for row in range(lowest, highest):
+                    for phase in range(stride):
+                        _arrange_row(rows, c * channel_pitch + (row - first_row) * row_pitch
+                                     + phase * pitch, features, base + row * fs[2], fs[3],
+                                     dims, phase, left)
+            for local in range(rows_here):
+                _sum_rows(out, os, n, channel, count, (chunk + local) * scale, scale,
+                          out_width, sums, weights, rows, mask_offsets, row_offsets,
+                          local * scale * slots, slots, padded[local], channel_pitch)
