@@ -37,8 +37,8 @@ jit_cache.register()  # the on-disk cache, before anything here is decorated
 
 # Output columns and channels summed together: their CHANNELS * COLUMNS sums stay in
 # vector registers while the taps are added, TAPS at a time.
-COLUMNS = 32
-CHANNELS = 4
+COLUMNS = 16
+CHANNELS = 8
 TAPS = 5
 CHUNK = 8  # center rows whose masks are read before the channels are swept
 BLOCK = CHANNELS * COLUMNS
@@ -72,15 +72,15 @@ def _stack_array(typingctx, like, size):
 @njit(cache=True, inline="always")
 def _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_row,
               channel_pitch):
-    """Taps tap to tap + 4, in order, into sums[c*COLUMNS + q] for q < COLUMNS and the
-    first ``channels`` channels (a constant where inlined): each mask is loaded once
-    for all the channels."""
-    w0, w1, w2 = U(mask_offsets[tap] + at_mask), U(mask_offsets[tap + 1] + at_mask), U(
-        mask_offsets[tap + 2] + at_mask)
-    w3, w4 = U(mask_offsets[tap + 3] + at_mask), U(mask_offsets[tap + 4] + at_mask)
-    r0, r1, r2 = U(row_offsets[tap] + at_row), U(row_offsets[tap + 1] + at_row), U(
-        row_offsets[tap + 2] + at_row)
-    r3, r4 = U(row_offsets[tap + 3] + at_row), U(row_offsets[tap + 4] + at_row)
+    """Taps tap to tap + 4, in order, into sums[c*COLUMNS + q] for q < COLUMNS and
+    c < CHANNELS: each mask is loaded once for all the channels."""
+    t0, t1, t2, t3, t4 = U(tap), U(tap + 1), U(tap + 2), U(tap + 3), U(tap + 4)
+    w0, w1, w2 = U(mask_offsets[t0] + at_mask), U(mask_offsets[t1] + at_mask), U(
+        mask_offsets[t2] + at_mask)
+    w3, w4 = U(mask_offsets[t3] + at_mask), U(mask_offsets[t4] + at_mask)
+    r0, r1, r2 = U(row_offsets[t0] + at_row), U(row_offsets[t1] + at_row), U(
+        row_offsets[t2] + at_row)
+    r3, r4 = U(row_offsets[t3] + at_row), U(row_offsets[t4] + at_row)
     for q in range(U(COLUMNS)):
         m0, m1, m2, m3, m4 = (weights[w0 + q], weights[w1 + q], weights[w2 + q],
                               weights[w3 + q], weights[w4 + q])
@@ -98,8 +98,8 @@ def _block_sums(sums, weights, rows, taps_used, mask_offsets, row_offsets, at_ma
                 channel_pitch):
     """sums[c*COLUMNS + q] = sum over the used taps, in order, of
     weights[mask_offsets[tap] + at_mask + q] * rows[row_offsets[tap] + at_row + c*channel_pitch + q]
-    for the first ``channels`` channels and q < COLUMNS. ``taps_used`` is a multiple
-    of TAPS (the taps after the real ones add exact zeros)."""
+    for c < CHANNELS and q < COLUMNS. ``taps_used`` is a multiple of TAPS (the taps
+    after the real ones add exact zeros)."""
     for q in range(U(BLOCK)):
         sums[q] = 0
     for tap in range(0, taps_used, TAPS):
