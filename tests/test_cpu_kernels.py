@@ -186,17 +186,17 @@ def test_info_and_check_name_the_cpu_path(monkeypatch):
 
 
 def test_kernels_are_cached_in_the_package_cache_folder():
-    from carafe_cupy._cpu import jit_kernels
+    from carafe_cupy._cpu import jit_forward
 
     if jit_cache.user_cache_dir():
         pytest.skip("NUMBA_CACHE_DIR is set, so Numba's own folder holds the kernels")
-    folder = jit_kernels.forward._cache._cache_path
+    folder = jit_forward.forward._cache._cache_path
     assert Path(folder).parent == jit_cache.configured_dir()
     assert Path(folder).name.startswith("numba-")
 
 
 def _import_kernels(environment: dict) -> subprocess.CompletedProcess:
-    code = "from carafe_cupy._cpu import jit_kernels; print(jit_kernels.forward._cache._cache_path)"
+    code = "from carafe_cupy._cpu import jit_forward; print(jit_forward.forward._cache._cache_path)"
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
     env.update(environment, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

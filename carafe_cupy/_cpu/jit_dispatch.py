@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import pages
 from .bands import run_bands, workers_for
 from .jit_choice import CHOICES, ENVIRONMENT_VARIABLE, requested  # noqa: F401  (re-exported)
 
@@ -184,6 +185,7 @@ def forward(
         return out
     if features.numel() == 0 or masks.numel() == 0:
         return out.zero_()
+    pages.advise_huge_pages(out)  # before the kernels' first write to it
     (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
     args = (f, m, o, fs, ms, os_, _dims(features, params))
     items = _items(batch, params[1], rows)

@@ -41,6 +41,7 @@ COLUMNS = 16
 CHANNELS = 8
 TAPS = 5
 CHUNK = 8  # center rows whose masks are read before the channels are swept
+MASK_BUDGET = 1 << 18  # at most this many mask elements in scratch (or one center row's)
 BLOCK = CHANNELS * COLUMNS
 
 
@@ -70,17 +71,18 @@ def _stack_array(typingctx, like, size):
 
 
 @njit(cache=True, inline="always")
-def _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_row,
-              channel_pitch):
-    """Taps tap to tap + 4, in order, into sums[c*COLUMNS + q] for q < COLUMNS and
-    c < CHANNELS: each mask is loaded once for all the channels."""
-    t0, t1, t2, t3, t4 = U(tap), U(tap + 1), U(tap + 2), U(tap + 3), U(tap + 4)
-    w0, w1, w2 = U(mask_offsets[t0] + at_mask), U(mask_offsets[t1] + at_mask), U(
-        mask_offsets[t2] + at_mask)
-    w3, w4 = U(mask_offsets[t3] + at_mask), U(mask_offsets[t4] + at_mask)
-    r0, r1, r2 = U(row_offsets[t0] + at_row), U(row_offsets[t1] + at_row), U(
-        row_offsets[t2] + at_row)
-    r3, r4 = U(row_offsets[t3] + at_row), U(row_offsets[t4] + at_row)
+def _add_taps(sums, weights, rows, mask_offsets, row_offsets, mask_slot, row_slot, at_mask,
+              at_row, channel_pitch):
+    """The TAPS taps listed from mask_offsets[mask_slot] and row_offsets[row_slot], in
+    order, into sums[c*COLUMNS + q] for q < COLUMNS and c < CHANNELS: each mask is
+    loaded once for all the channels."""
+    m, r = U(mask_slot), U(row_slot)
+    w0, w1, w2 = U(mask_offsets[m] + at_mask), U(mask_offsets[m + U(1)] + at_mask), U(
+        mask_offsets[m + U(2)] + at_mask)
+    w3, w4 = U(mask_offsets[m + U(3)] + at_mask), U(mask_offsets[m + U(4)] + at_mask)
+    r0, r1, r2 = U(row_offsets[r] + at_row), U(row_offsets[r + U(1)] + at_row), U(
+        row_offsets[r + U(2)] + at_row)
+    r3, r4 = U(row_offsets[r + U(3)] + at_row), U(row_offsets[r + U(4)] + at_row)
     for q in range(U(COLUMNS)):
         m0, m1, m2, m3, m4 = (weights[w0 + q], weights[w1 + q], weights[w2 + q],
                               weights[w3 + q], weights[w4 + q])
@@ -94,40 +96,49 @@ def _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_r
 
 
 @njit(cache=True, inline="always")
-def _block_sums(sums, weights, rows, taps_used, mask_offsets, row_offsets, at_mask, at_row,
-                channel_pitch):
-    """sums[c*COLUMNS + q] = sum over the used taps, in order, of
-    weights[mask_offsets[tap] + at_mask + q] * rows[row_offsets[tap] + at_row + c*channel_pitch + q]
+def _block_sums(sums, weights, rows, taps_used, mask_offsets, row_offsets, mask_table,
+                row_table, at_mask, at_row, channel_pitch):
+    """sums[c*COLUMNS + q] = the sum over tap < taps_used, in order, of
+    weights[mask_offsets[mask_table + tap] + at_mask + q] *
+    rows[row_offsets[row_table + tap] + at_row + c*channel_pitch + q]
     for c < CHANNELS and q < COLUMNS. ``taps_used`` is a multiple of TAPS (the taps
     after the real ones add exact zeros)."""
     for q in range(U(BLOCK)):
         sums[q] = 0
     for tap in range(0, taps_used, TAPS):
-        _add_taps(sums, weights, rows, mask_offsets, row_offsets, tap, at_mask, at_row,
-                  channel_pitch)
+        _add_taps(sums, weights, rows, mask_offsets, row_offsets, mask_table + tap,
+                  row_table + tap, at_mask, at_row, channel_pitch)
 
 
 @njit(cache=True, inline="always")
-def _arrange_row(rows, at, features, base, step, dims, phase, left):
-    """rows[at + left + m*s + b] = features[base + (m*t + phase)*step] for b < s and the
-    m with m*t + phase inside the row, in the accumulation dtype."""
+def _arrange_row(rows, at, features, base, step, dims, left, pitch):
+    """Input row ``features[base + w*step]``, w < W, in the accumulation dtype:
+    repeated s times (rows[at + left + w*s + b] for b < s) with stride 1, or split
+    into its t phases (rows[at + (w % t)*pitch + left + w // t]) with scale 1."""
     width, scale, stride = dims[3], dims[6], dims[7]
-    count = U((width - phase + stride - 1) // stride)
-    start, target = U(base + phase * step), U(at + left)
-    if scale == 1 and stride * step == 1:  # the common layouts get loops LLVM vectorises
-        for m in range(count):
-            rows[target + m] = widen(features[start + m])
+    start, target, jump = U(base), U(at + left), U(step)
+    if stride > 1:  # one pass over the row, phase by phase within each group of t
+        phases, whole = U(stride), U(width // stride)
+        for m in range(whole):
+            for p in range(phases):
+                rows[target + p * U(pitch) + m] = widen(features[start + (m * phases + p) * jump])
+        for p in range(U(width - whole * phases)):
+            column = start + (whole * phases + p) * jump
+            rows[target + p * U(pitch) + whole] = widen(features[column])
+    elif scale == 1 and step == 1:  # the common layouts get loops LLVM vectorises
+        for w in range(U(width)):
+            rows[target + w] = widen(features[start + w])
     elif scale == 2 and step == 1:
-        for m in range(count):
-            value = widen(features[start + m])
-            rows[target + m * U(2)] = value
-            rows[target + m * U(2) + U(1)] = value
+        for w in range(U(width)):
+            value = widen(features[start + w])
+            rows[target + w * U(2)] = value
+            rows[target + w * U(2) + U(1)] = value
     else:
-        jump, repeat = U(stride * step), U(scale)
-        for m in range(count):
-            value = widen(features[start + m * jump])
+        repeat = U(scale)
+        for w in range(U(width)):
+            value = widen(features[start + w * jump])
             for b in range(repeat):
-                rows[target + m * repeat + b] = value
+                rows[target + w * repeat + b] = value
 
 
 @njit(cache=True, inline="always")
@@ -168,11 +179,9 @@ def _sum_rows(out, os, n, channel, count, y0, scale, out_width, sums, weights, r
     CHANNELS; all CHANNELS are summed), block by block. Output row y0 + a takes its
     taps' offsets from mask_offsets[at_table + a*slots:] and row_offsets[at_table:]."""
     for a in range(scale):
-        masks_at = mask_offsets[at_table + a * slots:]
-        rows_at = row_offsets[at_table:]
         for x0 in range(0, out_width, COLUMNS):
-            _block_sums(sums, weights, rows, taps_used, masks_at, rows_at, x0, x0,
-                        channel_pitch)
+            _block_sums(sums, weights, rows, taps_used, mask_offsets, row_offsets,
+                        at_table + a * slots, at_table, x0, x0, channel_pitch)
             for c in range(count):
                 _store_block(out, os, n, channel + c, y0 + a, x0,
                              min(COLUMNS, out_width - x0), sums, c * COLUMNS)
@@ -188,27 +197,29 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
     pitch = left + padded_width + reach // stride * scale  # one phase of one input row
     row_pitch = stride * pitch  # the t phases of an input row
-    span = (CHUNK - 1) * stride + 2 * reach + 1  # the input rows a chunk reads
+    # center rows whose masks are read together: CHUNK, or fewer where rows are long
+    chunk_rows = max(1, min(CHUNK, bottom - top, MASK_BUDGET // (taps * scale * padded_width)))
+    span = (chunk_rows - 1) * stride + 2 * reach + 1  # the input rows they read
     zero_row = span * row_pitch  # then zeros, read by the taps that pad the list
     channel_pitch = zero_row + padded_width
     rows = accumulation_zeros(CHANNELS * channel_pitch, features)
-    zero_masks = CHUNK * scale * taps * padded_width  # the masks, then a row of zeros
+    zero_masks = chunk_rows * scale * taps * padded_width  # the masks, then a row of zeros
     weights = accumulation_zeros(zero_masks + padded_width, features)
     sums = _stack_array(rows, BLOCK)
     slots = (taps + TAPS - 1) // TAPS * TAPS  # taps per output row, padded
-    padded = np.empty(CHUNK, np.int64)  # the taps of a row, padded to a multiple of TAPS
-    mask_offsets = np.empty(CHUNK * scale * slots, np.int64)
-    row_offsets = np.empty(CHUNK * scale * slots, np.int64)
+    padded = np.empty(chunk_rows, np.int64)  # the taps of a row, padded to a multiple of TAPS
+    mask_offsets = np.empty(chunk_rows * scale * slots, np.int64)
+    row_offsets = np.empty(chunk_rows * scale * slots, np.int64)
     column_offsets = np.empty(k, np.int64)  # where column x's tap column j reads, less x
-    spans = np.empty((k, 2), np.int64)  # the output columns whose tap column j is inside
+    inside_from = np.empty(k, np.int64)  # the output columns whose tap column j is inside
+    inside_to = np.empty(k, np.int64)
     for j in range(k):
         shift = (j - radius) * dilation
-        lo, hi, _ = _tap_columns(j, radius, dims, out_width)
-        spans[j, 0], spans[j, 1] = lo, hi
+        inside_from[j], inside_to[j], _ = _tap_columns(j, radius, dims, out_width)
         column_offsets[j] = shift % stride * pitch + left + shift // stride * scale
     first, last = g * per_group, (g + 1) * per_group
-    for chunk in range(top, bottom, CHUNK):
-        rows_here = min(CHUNK, bottom - chunk)
+    for chunk in range(top, bottom, chunk_rows):
+        rows_here = min(chunk_rows, bottom - chunk)
         first_row = chunk * stride - reach  # the input row in arranged row 0
         for local in range(rows_here):  # each row's masks and tap offsets
             hc = chunk + local
@@ -223,16 +234,18 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                         at = ((local * scale + a) * taps + tap) * padded_width
                         mask_offsets[(local * scale + a) * slots + used] = at
                         _load_masks(weights, at, masks, ms, n, g * taps + tap, hc * scale + a,
-                                    spans[j, 0], spans[j, 1])
+                                    inside_from[j], inside_to[j])
                     row_offsets[local * scale * slots + used] = (
                         (source_row - first_row) * row_pitch + column_offsets[j])
                     used += 1
             padded[local] = (used + TAPS - 1) // TAPS * TAPS
-            for a in range(scale):
-                at = (local * scale + a) * slots
-                mask_offsets[at + used:at + slots] = zero_masks
-            row_offsets[local * scale * slots + used:(local * scale + 1) * slots] = zero_row
-        lowest, highest = max(0, first_row), min(height, first_row + span)
+            for slot in range(used, slots):  # the taps that pad the list read zeros
+                for a in range(scale):
+                    mask_offsets[(local * scale + a) * slots + slot] = zero_masks
+                row_offsets[local * scale * slots + slot] = zero_row
+        # the input rows these center rows read
+        lowest = max(0, first_row)
+        highest = min(height, first_row + (rows_here - 1) * stride + 2 * reach + 1)
         for block in range(first, last, CHANNELS):
             # the last block ends at the group's end (redoing a few channels, to the same
             # bits) unless the group is smaller than a block, whose extra sums are dropped
@@ -241,10 +254,8 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
             for c in range(count):
                 base = n * fs[0] + (channel + c) * fs[1]
                 for row in range(lowest, highest):
-                    for phase in range(stride):
-                        _arrange_row(rows, c * channel_pitch + (row - first_row) * row_pitch
-                                     + phase * pitch, features, base + row * fs[2], fs[3],
-                                     dims, phase, left)
+                    _arrange_row(rows, c * channel_pitch + (row - first_row) * row_pitch,
+                                 features, base + row * fs[2], fs[3], dims, left, pitch)
             for local in range(rows_here):
                 _sum_rows(out, os, n, channel, count, (chunk + local) * scale, scale,
                           out_width, sums, weights, rows, mask_offsets, row_offsets,
