@@ -1,24 +1,25 @@
-"""The compiled CPU forward (Numba): every output as the sum of its taps, kept in
-registers while a block of output columns is summed for several channels at once.
+"""The compiled CPU forward (Numba): the sums of a block of output columns for
+several channels at once, kept in vector registers while the taps are added.
 
 A call computes one work item, (batch n, group g, center rows [top, bottom)), as
-the other kernels do (``jit_kernels``: flat arrays, element strides, ``dims``).
-For each center row the masks of its s output rows are read once into scratch
-rows, and for each block of channels the input rows its taps read are laid out
-in scratch so that tap (i, j) of output column x is one element at a fixed offset
-from x: ``arranged[offset_ij + x]``. With stride t the t phases of an input row
-(columns p, p + t, ...) go in t separate rows, so the same holds. The sums then
-run over blocks of ``COLUMNS`` output columns: per tap, one load of the masks of
-the block and one load of each channel's inputs, added into accumulators that
-stay in vector registers (a small stack array LLVM promotes) until the block is
-stored.
+the backward kernels do (``jit_kernels``: flat arrays, element strides, ``dims``),
+up to CHUNK center rows at a time. The masks of those rows are read once into
+scratch; then, block of CHANNELS channels by block, the input rows they read are
+laid out once in scratch so that tap (i, j) of output column x is one element at
+a fixed offset from x: ``arranged[offset_ij + x]`` (each input column repeated s
+times; with stride t, the t phases of an input row, columns p, p + t, ..., in t
+separate rows). A block of COLUMNS output columns of the CHANNELS channels is
+then summed TAPS taps at a time: one load of each tap's masks serves every
+channel, and the sums stay in registers (a small stack array LLVM promotes)
+until the block is stored, rounded once.
 
 Every output adds its taps in the same order as the naive reference, (i, j)
 row-major, with no fused multiply-add: results are the same bitwise for any
-thread count, channel block or layout. Tap rows outside the input are skipped.
-Tap columns outside it read zeros from the padding of the scratch rows, with
-their masks set to zero in scratch, so they add an exact zero (the running sum
-starts at +0 and x + 0 is x), and an Inf mask there never meets a feature.
+thread count, block or layout. Tap rows outside the input are skipped. Tap
+columns outside it read zeros from the padding of the arranged rows with their
+masks zero in scratch, and the list of taps is padded to a multiple of TAPS with
+taps that read zeros: each adds an exact zero (a sum starts at +0, and x + 0 is
+x), and an Inf or NaN mask there never meets a feature.
 """
 
 from __future__ import annotations
