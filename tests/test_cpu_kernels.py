@@ -88,13 +88,15 @@ def test_results_do_not_depend_on_the_thread_count():
 
 # Shapes where the forward's blocks do not divide evenly: groups of 13, 12 and 9
 # channels (the last block of 8 overlaps the one before it), rows of several
-# 16-column blocks with a partial last one, and an item of 18 center rows (N*G = 16
-# items of the whole height), read in chunks of 8, 8 and 2.
+# 16-column blocks with a partial last one, items of 18 and 6 center rows (N*G = 16
+# items of the whole height) read a few rows at a time, the last chunk shorter, and
+# rows so long that fewer rows' masks fit the scratch budget.
 FORWARD_BLOCKS = [
     (1, 13, 9, 21, 3, 1, 2, 1, 1),
     (1, 24, 7, 40, 5, 2, 1, 2, 1),
     (2, 72, 18, 10, 3, 8, 2, 1, 1),
     (1, 9, 6, 17, 5, 1, 3, 1, 2),
+    (1, 16, 6, 21, 7, 16, 4, 1, 1),
 ]
 
 

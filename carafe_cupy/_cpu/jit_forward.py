@@ -41,8 +41,8 @@ jit_cache.register()  # the on-disk cache, before anything here is decorated
 COLUMNS = 16
 CHANNELS = 8
 TAPS = 5
-CHUNK = 8  # center rows whose masks are read before the channels are swept
-MASK_BUDGET = 1 << 18  # at most this many mask elements in scratch (or one center row's)
+CHUNK = 4  # center rows whose masks are read before the channels are swept
+MASK_BUDGET = 1 << 16  # at most this many mask elements in scratch (or one center row's)
 BLOCK = CHANNELS * COLUMNS
 
 
