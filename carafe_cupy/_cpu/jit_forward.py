@@ -150,12 +150,8 @@ def _load_masks(weights, at, masks, ms, n, channel, y, lo, hi):
         return
     source = U(n * ms[0] + channel * ms[1] + y * ms[2] + lo * ms[3])
     target, step = U(at + lo), U(ms[3])
-    if step == 1:
-        for x in range(U(hi - lo)):
-            weights[target + x] = widen(masks[source + x])
-    else:
-        for x in range(U(hi - lo)):
-            weights[target + x] = widen(masks[source + x * step])
+    for x in range(U(hi - lo)):  # one loop for every layout: masks are few
+        weights[target + x] = widen(masks[source + x * step])
 
 
 @njit(cache=True, inline="always")
@@ -165,9 +161,6 @@ def _store_block(out, os, n, channel, y, x0, count, sums, at):
     if count == COLUMNS and step == 1:  # a whole block: a loop LLVM unrolls and vectorises
         for q in range(U(COLUMNS)):
             out[target + q] = narrow(sums[source + q], out)
-    elif count == COLUMNS:
-        for q in range(U(COLUMNS)):
-            out[target + q * step] = narrow(sums[source + q], out)
     else:
         for q in range(U(count)):
             out[target + q * step] = narrow(sums[source + q], out)
