@@ -183,7 +183,7 @@ def _sum_rows(out, os, n, channel, count, y0, scale, out_width, sums, weights, r
 
 @njit(cache=True, nogil=True)
 def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
-    """Outputs of batch n, group g, center rows [top, bottom), CHUNK rows at a time."""
+    """Outputs of batch n, group g, center rows [top, bottom), up to CHUNK rows at a time."""
     height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
     radius, taps, _, out_width, _, per_group = _geometry(dims)
     reach = radius * dilation  # in input columns, either side
