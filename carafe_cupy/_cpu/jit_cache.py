@@ -26,7 +26,9 @@ from .._core import private_dirs as _private_dirs
 
 CACHE_VARIABLE = "CARAFE_CUPY_CPU_CACHE"
 # the modules whose functions are cached here; a change to any of them is a new folder
-_KERNEL_FILES = ("jit_cache.py", "jit_dtypes.py", "jit_kernels.py", "jit_backward.py")
+_KERNEL_FILES = (
+    "jit_cache.py", "jit_dtypes.py", "jit_kernels.py", "jit_forward.py", "jit_backward.py"
+)
 _HERE = Path(__file__).resolve().parent
 
 _lock = threading.Lock()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import pages
 from .bands import run_bands, workers_for
 from .jit_choice import CHOICES, ENVIRONMENT_VARIABLE, requested  # noqa: F401  (re-exported)
 
@@ -171,7 +172,7 @@ def forward(
     memory_format: torch.memory_format,
 ) -> torch.Tensor | None:
     """CARAFE forward; params (k, G, s, t, d). None if the kernels failed to compile."""
-    kernels = _kernels()
+    from . import jit_forward  # Numba imports: use_jit has loaded the kernels
     batch, channels, height, width = features.shape
     scale, stride = params[2], params[3]
     rows, cols = -(-height // stride), -(-width // stride)
@@ -184,10 +185,11 @@ def forward(
         return out
     if features.numel() == 0 or masks.numel() == 0:
         return out.zero_()
+    pages.advise_huge_pages(out)  # before the kernels' first write to it
     (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
     args = (f, m, o, fs, ms, os_, _dims(features, params))
     items = _items(batch, params[1], rows)
-    done = _guarded(lambda: _run(kernels.forward, args, items) or True)
+    done = _guarded(lambda: _run(jit_forward.forward, args, items) or True)
     return out if done else None
 
 
