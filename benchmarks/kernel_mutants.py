@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_mutants_barriers import BARRIERS
+from kernel_mutants_forward_tiled import FORWARD_TILED
 from kernel_mutants_grad_features_tiled import GRAD_FEATURES_TILED
 from kernel_mutants_grad_masks_tiled import GRAD_MASKS_TILED
 from kernel_mutants_numerics import NUMERICS
@@ -312,3 +313,4 @@ MUTANTS += tuple(Mutant(name, *spec) for name, spec in BARRIERS.items())
 MUTANTS += tuple(Mutant(*spec) for spec in NUMERICS)
 MUTANTS += tuple(Mutant(*spec) for spec in GRAD_MASKS_TILED)
 MUTANTS += tuple(Mutant(*spec) for spec in GRAD_FEATURES_TILED)
+MUTANTS += tuple(Mutant(*spec) for spec in FORWARD_TILED)

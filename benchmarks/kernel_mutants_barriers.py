@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kernel_mutants_forward_tiled import BARRIER_SITES as FORWARD_TILED_SITES
 from kernel_mutants_grad_masks_tiled import BARRIER_SITES as GRAD_MASKS_TILED_SITES
 
 CUDA_SRC = Path(__file__).resolve().parent.parent / "cuda_src"
@@ -73,6 +74,7 @@ SITES = {
         r"(__syncthreads\(\);)(\n        if \(subset == 0\) \{)",
     ),
     **GRAD_MASKS_TILED_SITES,
+    **FORWARD_TILED_SITES,
 }
 
 WEAKENINGS = {"removed": "", "as-syncwarp": "__syncwarp();"}

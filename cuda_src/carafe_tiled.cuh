@@ -7,6 +7,8 @@
 // time. Features, masks and outputs therefore cross DRAM about once each.
 //
 //   forward:         out tile, masks in registers, feature halo in smem.
+//                    Pairs: 2 x 2 pixels a thread, the halo double buffered
+//                    (carafe_tiled_forward_quad.cuh).
 //   grad_masks:      one output row per block, K*K sums per pixel in
 //                    registers; the 8 warps split the group's channels, each
 //                    staging its own feature halo (warp barriers only), and
@@ -165,6 +167,7 @@ __device__ __forceinline__ constexpr int tile_pitch() {
 // ---------------------------------------------------------------- kernels
 
 #include "carafe_tiled_forward.cuh"
+#include "carafe_tiled_forward_quad.cuh"
 #include "carafe_tiled_grad_masks.cuh"
 #include "carafe_tiled_grad_masks_quad.cuh"
 #include "carafe_tiled_grad_features.cuh"
@@ -224,10 +227,17 @@ constexpr int carafe_two_blocks_min =
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
 
-// Even s, pair-aligned tensors: the forward's two pixels per thread and
-// grad_masks' 2 x 2 pixels per thread (carafe_tiled_grad_masks_quad.cuh).
+// Even s, pair-aligned tensors: the forward's and grad_masks' 2 x 2 pixels per
+// thread (carafe_tiled_forward_quad.cuh, carafe_tiled_grad_masks_quad.cuh); the
+// forward's blocks of 32 x CARAFE_FORWARD_QUAD_ROWS threads, several an SM.
 #define CARAFE_DEFINE_TILED_PAIRS_K(suffix, scalar_t, K)                                       \
-    CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, 2)                                      \
+    extern "C" __global__ void __launch_bounds__(CARAFE_TILE_THREADS_X * CARAFE_FORWARD_QUAD_ROWS, \
+                                                 CARAFE_FORWARD_QUAD_BLOCKS)                   \
+        carafe_forward_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {               \
+        carafe_forward_quad_impl<scalar_t, K>(a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a),   \
+                                              CARAFE_STRIDES(b), CARAFE_STRIDES(o),            \
+                                              channels_per_block, (int)channel_batch);         \
+    }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 1)                                       \
         carafe_backward_masks_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
         carafe_backward_masks_quad_impl<scalar_t, K>(                                          \

@@ -90,6 +90,57 @@ def test_results_do_not_depend_on_the_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
 
 
+# Shapes where the forward's blocks do not divide evenly: groups of 13, 12 and 9
+# channels (the last block of 8 overlaps the one before it), rows of several
+# 16-column blocks with a partial last one, items of 18 and 6 center rows (N*G = 16
+# items of the whole height) read a few rows at a time, the last chunk shorter, and
+# rows so long that fewer rows' masks fit the scratch budget.
+FORWARD_BLOCKS = [
+    (1, 13, 9, 21, 3, 1, 2, 1, 1),
+    (1, 24, 7, 40, 5, 2, 1, 2, 1),
+    (2, 72, 18, 10, 3, 8, 2, 1, 1),
+    (1, 9, 6, 17, 5, 1, 3, 1, 2),
+    (1, 16, 6, 21, 7, 16, 4, 1, 1),
+]
+
+
+@pytest.mark.parametrize("config", FORWARD_BLOCKS, ids=lambda c: "-".join(map(str, c)))
+def test_forward_blocks_of_channels_columns_and_rows_match_naive(config):
+    features, masks, _ = make_inputs(config)
+    want = naive_carafe(features, masks, *config[4:])
+    for name in ("float64", "float32"):
+        dtype = torch_dtypes()[name]
+        got = carafe_cupy.reassemble(torch.from_numpy(features).to(dtype),
+                                     torch.from_numpy(masks).to(dtype), *config[4:])
+        assert_close(got.double(), want, name, "output")
+
+
+def test_huge_page_advice_names_only_whole_pages_inside_the_result(monkeypatch):
+    from carafe_cupy._cpu import pages
+
+    calls = []
+    monkeypatch.setattr(pages, "_madvise", [lambda *args: calls.append(args) or 0])
+    pages.advise_huge_pages(torch.empty(1024))  # too small to hold a huge page
+    assert calls == []
+    result = torch.empty(5 << 20)  # 20 MiB
+    pages.advise_huge_pages(result)
+    ((address, length, advice),) = calls
+    start, end = result.data_ptr(), result.data_ptr() + result.numel() * 4
+    assert address % pages.HUGE_PAGE == 0 and length % pages.HUGE_PAGE == 0
+    assert start <= address and address + length <= end
+    assert address - start < pages.HUGE_PAGE and end - (address + length) < pages.HUGE_PAGE
+
+
+def test_a_result_on_huge_pages_matches_the_pure_pytorch_path(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 64, 64, 64, generator=generator)  # an 8 MiB result
+    masks = torch.rand(1, 9, 128, 128, generator=generator)
+    compiled = carafe_cupy.carafe(features, masks, 3, 1, 2)
+    monkeypatch.setenv(VARIABLE, "torch")
+    torch.testing.assert_close(compiled, carafe_cupy.carafe(features, masks, 3, 1, 2),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_any_layout_gives_the_same_bits_without_copies():
     config = (2, 8, 6, 7, 5, 2, 2, 1, 1)
     features, masks, grad_output = (torch.from_numpy(a).float() for a in make_inputs(config))
@@ -190,11 +241,11 @@ def test_info_and_check_name_the_cpu_path(monkeypatch):
 
 
 def test_kernels_are_cached_in_the_package_cache_folder():
-    from carafe_cupy._cpu import jit_kernels
+    from carafe_cupy._cpu import jit_forward
 
     if jit_cache.user_cache_dir():
         pytest.skip("NUMBA_CACHE_DIR is set, so Numba's own folder holds the kernels")
-    folder = jit_kernels.forward._cache._cache_path
+    folder = jit_forward.forward._cache._cache_path
     assert Path(folder).parent == jit_cache.configured_dir()
     assert Path(folder).name.startswith("numba-")
     from carafe_cupy._cpu import jit_backward
@@ -204,7 +255,7 @@ def test_kernels_are_cached_in_the_package_cache_folder():
 
 
 def _import_kernels(environment: dict) -> subprocess.CompletedProcess:
-    code = "from carafe_cupy._cpu import jit_kernels; print(jit_kernels.forward._cache._cache_path)"
+    code = "from carafe_cupy._cpu import jit_forward; print(jit_forward.forward._cache._cache_path)"
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
     env.update(environment, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -90,7 +90,8 @@ PAIR_CONFIGS = [
 @pytest.mark.parametrize("config", PAIR_CONFIGS, ids=config_id)
 def test_pair_variant_matches_naive(simulator, config):
     check_variant(config, "tiled_pair", ("float32", "float16", "bfloat16"))
-    assert any("_p2_" in name for name in simulator.launched)
+    assert any(name.startswith("carafe_forward_tiled") and "_p4_" in name
+               for name in simulator.launched)
 
 
 EDGE_CONFIGS = [
@@ -115,7 +116,7 @@ def test_auto_picks_pairs_when_aligned_and_single_otherwise(simulator):
     odd_view.copy_(masks)
     carafe_cupy.carafe(features, odd_view, 3, 1, 2)
     assert simulator.launched == [
-        "carafe_forward_tiled_k3_p2_float32",
+        "carafe_forward_tiled_k3_p4_float32",
         "carafe_forward_tiled_k3_p1_float32",
     ]
 

@@ -52,6 +52,9 @@ FEATURES_QUAD_REGISTER_BUDGET = {
     (3, "16-bit"): 128,
     (5, "16-bit"): 255,
 }
+# The forward with 2 x 2 pixels per thread (_p4, 128-thread blocks): 4 K*K masks,
+# at three blocks per SM (its launch bounds: 65536 / 384 registers), every dtype.
+FORWARD_QUAD_REGISTER_BUDGET = {3: 128, 5: 168}
 THREADS_PER_BLOCK = 256  # every kernel's block (the planner's)
 
 
@@ -114,6 +117,8 @@ def tiled_budget(kernel: str) -> int:
     kernel_size = int(re.search(r"_k(\d+)_", kernel).group(1))
     if "_p4_" in kernel and "masks" in kernel:
         return MASKS_QUAD_REGISTER_BUDGET[kernel_size]
+    if "_p4_" in kernel and "forward" in kernel:
+        return FORWARD_QUAD_REGISTER_BUDGET[kernel_size]
     width = "float64" if kernel.endswith("float64") else "float32"
     if "_p4_" in kernel:
         storage = "float32" if kernel.endswith("float32") else "16-bit"

@@ -140,7 +140,7 @@ def test_pairs_fit_needs_an_even_scale_and_built_pair_kernels():
 
 # For each call and its pair kernel: the tensors whose layout decides whether it runs.
 PAIR_READERS = {
-    "forward": ("forward_tiled_k3_p2", {"masks", "output"}),
+    "forward": ("forward_tiled_k3_p4", {"masks", "output"}),
     "backward": ("backward_masks_tiled_k3_p4", {"grad_output", "grad_masks"}),
     "fused_forward": ("fused_forward_k3_p2", {"output"}),
 }
@@ -263,7 +263,7 @@ def test_a_forced_variant_wins_over_the_environment_until_it_ends(monkeypatch):
         assert launch.kernel == "carafe_forward_tiled_k3_p1_float32"
         with _planner.forced_variant("auto"):
             (launch,) = _planner.plan_forward(PAIRED, *tensors)
-            assert launch.kernel == "carafe_forward_tiled_k3_p2_float32"
+            assert launch.kernel == "carafe_forward_tiled_k3_p4_float32"
     assert _planner.requested_variant() == "general"
     (launch,) = _planner.plan_forward(PAIRED, *tensors)
     assert launch.kernel == "carafe_forward_float32"

@@ -50,6 +50,7 @@ def test_forward_slices_are_dealt_to_the_target_sms(sms, arch, hw):
     def dealt(n):
         return -(-tiles * -(-256 // n) // sms) * (target.prologue_batches + -(-n // batch))
 
+    assert plan.kernel == "carafe_forward_tiled_k5_p4_float32"
     wave = min(target.full_wave_blocks, tiles * 16)
     splits = [n for n in range(16, 257, batch) if tiles * -(-256 // n) >= wave]
     assert dealt(per_block) == min(dealt(n) for n in splits)

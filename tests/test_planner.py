@@ -40,7 +40,7 @@ def test_plans_are_cached_per_layout_not_per_pointer():
     first = _planner.plan_forward(GEOMETRY, *forward_refs(0x1000))
     again = _planner.plan_forward(GEOMETRY, *forward_refs(0x2000))
     assert first is again  # same geometry, strides and alignment: the cached plan
-    assert [launch.kernel for launch in first] == ["carafe_forward_tiled_k5_p2_float32"]
+    assert [launch.kernel for launch in first] == ["carafe_forward_tiled_k5_p4_float32"]
 
 
 def test_misaligned_tensors_take_the_one_pixel_variant():
@@ -106,7 +106,8 @@ def test_forward_grid_deals_the_least_work_per_sm(hw, channels):
     # whole channel batches, at least 16 channels a slice; only the last is shorter
     assert per_block % batch == 0 or per_block == channels
     assert per_block >= min(16, channels) and (slices - 1) * per_block < channels
-    # one full wave of 2 blocks per SM wherever 16-channel slices would make one
+    # one full wave (2 blocks per SM) wherever 16-channel slices would make one
+    assert plan.kernel == "carafe_forward_tiled_k5_p4_float32"  # 2 x 2 pixels a thread
     most = tiles * -(-channels // min(16, channels))
     assert plan.blocks >= min(_planner.FULL_WAVE_BLOCKS, most)
     # no other such split deals an SM less work (blocks per SM x batches per block)
@@ -123,6 +124,7 @@ def test_forward_grid_deals_the_least_work_per_sm(hw, channels):
     [((13, 21), 128), ((26, 42), 364), ((52, 84), 390), ((104, 168), 624), ((64, 64), 384)],
 )
 def test_forward_grid_of_the_fpn_levels(hw, blocks):
-    # 52x84: 78 tiles x 5 slices of 52 channels (the last 48), 3 blocks per SM
+    # 64 x 8 pixels a block (2 x 2 a thread). 52x84: 78 tiles x 5 slices of 52
+    # channels (the last 48), 3 blocks per SM, its resident blocks in one round,
     # rather than 8 even slices of 32 (5 per SM); the small levels keep a full wave
     assert _forward_plan(256, hw).blocks == blocks

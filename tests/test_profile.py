@@ -133,7 +133,7 @@ def test_control_bits_decode(high_word, stall, write, read, waits):
 
 
 def test_control_bits_reach_every_instruction(sm90_kernels):
-    forward = sm90_kernels["carafe_forward_tiled_k5_p2_float32"]
+    forward = sm90_kernels["carafe_fused_forward_k5_p2_float32"]  # a rolled channel loop
     assert len(forward.body) == forward.instructions - forward.subroutine_instructions
     assert all(i.control is not None for i in forward.body)
     taps = [i for i, loop in enumerate(forward.loops) if "cc < count" in loop.source]
@@ -193,7 +193,7 @@ def test_profile_cli_json_schema(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert list(data) == ["records", "summary"]
     kernels = {record["kernel"] for record in data["records"]}
-    assert "carafe_forward_tiled_k5_p2_float32" in kernels
+    assert "carafe_forward_tiled_k5_p4_float32" in kernels
     assert "carafe_backward_masks_tiled_k5_p4_float32" in kernels
     for record in data["records"]:
         assert tuple(record) == PUBLIC_FIELDS

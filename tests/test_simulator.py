@@ -86,7 +86,7 @@ def test_launch_goes_through_the_simulator(simulator, monkeypatch):
     masks = torch.rand(1, 18, 6, 6, requires_grad=True)
     carafe_cupy.carafe(features, masks, 3, 2, 2).sum().backward()
     assert calls == [
-        "carafe_forward_tiled_k3_p2_float32",
+        "carafe_forward_tiled_k3_p4_float32",  # 2 x 2 pixels a thread at even s
         # one pixel a thread: one tile, where a lone four-pixel block would run
         # at a quarter of its SM's issue rate (the planner's grid fit)
         "carafe_backward_features_tiled_k3_float32",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import jit_warmup
+from . import jit_warmup, pages
 from .bands import run_bands, workers_for
 from .jit_choice import CHOICES, ENVIRONMENT_VARIABLE, requested  # noqa: F401  (re-exported)
 
@@ -172,7 +172,7 @@ def forward(
     memory_format: torch.memory_format,
 ) -> torch.Tensor | None:
     """CARAFE forward; params (k, G, s, t, d). None if the kernels failed to compile."""
-    kernels = _kernels()
+    from . import jit_forward  # Numba imports: use_jit has loaded the kernels
     batch, channels, height, width = features.shape
     scale, stride = params[2], params[3]
     rows, cols = -(-height // stride), -(-width // stride)
@@ -185,10 +185,11 @@ def forward(
         return out
     if features.numel() == 0 or masks.numel() == 0:
         return out.zero_()
+    pages.advise_huge_pages(out)  # before the kernels' first write to it
     (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
     args = (f, m, o, fs, ms, os_, _dims(features, params))
     items = _items(batch, params[1], rows)
-    done = _guarded(lambda: _run(kernels.forward, args, items) or True)
+    done = _guarded(lambda: _run(jit_forward.forward, args, items) or True)
     if done and (features.requires_grad or masks.requires_grad):  # a backward is likely
         jit_warmup.start(("backward", features.dtype), lambda: _tiny_calls(features.dtype, params))
     return out if done else None

@@ -1,4 +1,5 @@
-"""The CPU kernels, compiled by Numba (LLVM) on first use and cached on disk.
+"""Helpers the compiled CPU kernels share (the forward in ``jit_forward``, the two
+gradients in ``jit_backward``), compiled by Numba (LLVM) and cached on disk.
 
 Every tensor arrives as a flat 1-D array over its memory with its four element
 strides, so one compiled kernel serves contiguous, channels_last, expanded and
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit_compile import helper, kernel
-from .jit_dtypes import accumulation_zeros, narrow, widen
+from .jit_compile import helper
+from .jit_dtypes import narrow, widen
 
 # Indices are unsigned (every index here is): Numba then skips its negative-index
 # wraparound, which would otherwise keep LLVM from vectorising the loops.
@@ -48,31 +49,6 @@ def _accumulate(total, at, weights, wt, source, lo, hi, stride, offset):
 
 
 @helper
-def _accumulate_taps(total, at, weights, wt, wstep, source, offset, step, count, lo, hi):
-    """For x in [lo, hi) and taps q < count (1 to 3) in order:
-    total[at + x] += weights[wt + q*wstep + x] * source[x + offset + q*step].
-    One pass for several taps: each total is loaded and stored once, and every
-    element still adds its taps in the same order as one pass per tap would."""
-    if hi <= lo:
-        return
-    t0, w0, w1 = U(at + lo), U(wt + lo), U(wt + wstep + lo)
-    s0, s1 = U(lo + offset), U(lo + offset + step)
-    if count == 1:
-        for q in range(U(hi - lo)):
-            total[t0 + q] += weights[w0 + q] * source[s0 + q]
-    elif count == 2:
-        for q in range(U(hi - lo)):
-            value = total[t0 + q] + weights[w0 + q] * source[s0 + q]
-            total[t0 + q] = value + weights[w1 + q] * source[s1 + q]
-    else:
-        w2, s2 = U(wt + 2 * wstep + lo), U(lo + offset + 2 * step)
-        for q in range(U(hi - lo)):
-            value = total[t0 + q] + weights[w0 + q] * source[s0 + q]
-            value = value + weights[w1 + q] * source[s1 + q]
-            total[t0 + q] = value + weights[w2 + q] * source[s2 + q]
-
-
-@helper
 def _tap_table(k, radius, dims, out_width):
     """Per tap column j: (lo, hi, offset) from _tap_columns, and the output columns
     [inner_lo, inner_hi) where every tap lands inside the input (empty unless stride 1)."""
@@ -85,28 +61,6 @@ def _tap_table(k, radius, dims, out_width):
     if dims[7] != 1 or inner_lo >= inner_hi:
         inner_lo = inner_hi = out_width  # no shared interior: one tap at a time
     return table, inner_lo, inner_hi
-
-
-@helper
-def _accumulate_tap_row(total, at, weights, wt, wstep, source, table, inner_lo, inner_hi,
-                        stride):
-    """The taps of one tap row: total[at + x] += weights[wt + j*wstep + x] *
-    source[x*t + offset_j], j in order. In the shared interior taps go two or three
-    to a pass; the edges go one tap at a time."""
-    k = table.shape[0]
-    j = 0
-    while j < k:
-        count = 2 if k - j == 4 else min(3, k - j)
-        step = table[j + 1, 2] - table[j, 2] if count > 1 else 0
-        _accumulate_taps(total, at, weights, wt + j * wstep, wstep, source, table[j, 2],
-                         step, count, inner_lo, inner_hi)
-        j += count
-    for j in range(k):  # the columns outside the shared interior
-        lo, hi, offset = table[j, 0], table[j, 1], table[j, 2]
-        _accumulate(total, at, weights, wt + j * wstep, source, lo, min(hi, inner_lo), stride,
-                    offset)
-        _accumulate(total, at, weights, wt + j * wstep, source, max(lo, inner_hi), hi, stride,
-                    offset)
 
 
 @helper
@@ -193,33 +147,3 @@ def _tap_columns(j, radius, dims, out_width):
     lo = max(0, -(shift // stride)) * scale
     hi = min(out_width // scale, (width - 1 - shift) // stride + 1) * scale
     return lo, hi, shift * scale
-
-
-@kernel
-def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
-    """Outputs of batch n, group g, center rows [top, bottom)."""
-    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
-    radius, taps, _, out_width, up_width, per_group = _geometry(dims)
-    block = scale * out_width  # the s output rows of one center row
-    weights = accumulation_zeros(taps * block, features)
-    total = accumulation_zeros(block, features)
-    row = accumulation_zeros(up_width, features)
-    table, inner_lo, inner_hi = _tap_table(k, radius, dims, out_width)
-    for hc in range(top, bottom):
-        # the masks of this center row, read once for all channels of the group
-        for tap in range(taps):
-            _load_rows(weights, tap * block, masks, ms, n, g * taps + tap, hc * scale, scale,
-                       out_width)
-        for channel in range(g * per_group, (g + 1) * per_group):
-            total[:] = 0
-            for i in range(k):
-                source_row = hc * stride + (i - radius) * dilation
-                if source_row < 0 or source_row >= height:
-                    continue
-                base = n * fs[0] + channel * fs[1] + source_row * fs[2]
-                _load_upsampled_row(row, features, base, fs[3], scale)
-                for a in range(scale):
-                    _accumulate_tap_row(total, a * out_width, weights,
-                                        i * k * block + a * out_width, block, row, table,
-                                        inner_lo, inner_hi, stride)
-            _store_rows(out, os, n, channel, hc * scale, scale, out_width, total, 0)

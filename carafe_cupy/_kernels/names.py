@@ -25,7 +25,7 @@ _STEMS: dict[str, tuple[str | None, str]] = {
     "fused_grad_features": (None, "carafe_fused_backward_features"),
 }
 OPERATIONS = tuple(_STEMS)
-# Tiled kernels whose name always carries the pixels per thread (_p1 or _p2).
+# Tiled kernels whose name always carries the pixels per thread (_p1, _p2 or _p4).
 _ALWAYS_PAIRED = ("forward", "grad_masks")
 _DTYPES = "|".join(SUPPORTED_DTYPES)
 _GENERAL_NAME = re.compile(
@@ -44,8 +44,8 @@ class KernelId:
     operation: str
     dtype: str
     kernel_size: int | None = None
-    pixels: int = 1  # pixels per thread (2: the pair kernels; 4: grad_masks' 2 x 2 outputs
-    # or grad_features' four input pixels)
+    pixels: int = 1  # pixels per thread (2: the pair kernels; 4: the forward's and
+    # grad_masks' 2 x 2 outputs or grad_features' four input pixels)
 
     @property
     def variant(self) -> str:
@@ -146,8 +146,8 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
     if fused_instantiated(dtype, k):
         kernels += [KernelId(op, dtype, k) for op in OPERATIONS[3:]]
     if pairs_instantiated(dtype, k):
-        # even s: the forward takes two pixels a thread, grad_masks 2 x 2
-        kernels += [KernelId("forward", dtype, k, 2), KernelId("grad_masks", dtype, k, 4)]
+        # even s: the forward and grad_masks take 2 x 2 pixels a thread
+        kernels += [KernelId("forward", dtype, k, 4), KernelId("grad_masks", dtype, k, 4)]
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
     if features_quads_instantiated(dtype, k):

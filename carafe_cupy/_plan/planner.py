@@ -26,6 +26,7 @@ from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     Operand,
     faster_features_plan,
     features_quad_plan,
+    forward_quad_plan,
     halo_extent,
     input_tile_plan,
     masks_quad_plan,
@@ -145,8 +146,8 @@ def _forward(
             geometry, dtype, KernelId("forward", dtype, k), False, True, slots, target
         )
         if pairs_fit(geometry, dtype, layout[1:]):
-            plans["tiled_pair"] = output_tile_plan(
-                geometry, dtype, KernelId("forward", dtype, k, 2), True, True, slots, target
+            plans["tiled_pair"] = forward_quad_plan(
+                geometry, dtype, KernelId("forward", dtype, k, 4), slots, target
             )
     plan = _choose(variant, plans, "this forward")
     if plan is not None:

@@ -124,7 +124,8 @@ def decode_launch(
     else:
         tiles_x = -(-(w * s) // (_OUTPUT_TILE[0] * pairs))
         rows = identity.pixels // identity.columns  # output rows a thread takes
-        tiles_y = h * s // rows if operation in _OUTPUT_ROW else -(-(h * s) // _OUTPUT_TILE[1])
+        tile_rows = block[1] * rows  # the 2 x 2 forward: 4 thread rows, 8 pixel rows
+        tiles_y = h * s // rows if operation in _OUTPUT_ROW else -(-(h * s) // tile_rows)
     per_group = c // g
     per_block = max(1, min(per_block, per_group))
     return LaunchRecord(

@@ -10,15 +10,17 @@ from dataclasses import dataclass
 DEFAULT_SMS = 132  # H100 SXM, the GPU the kernels are tuned on
 DEFAULT_ARCH = "sm_90"
 
-# The tiled pair forward's prologue (block position, masks into registers, tap
-# tests, halo slots) in units of one staged channel batch, per architecture: the
-# k = 5 float32 kernel's straight-line SASS instructions over one pass of its
-# channel loop (the loop's own body and its tap loop at 4 channels a batch).
+# The tiled forward's prologue (block position, masks into registers, tap tests,
+# halo slots) in units of one staged channel batch, per architecture: the k = 5
+# float32 kernel with 2 x 2 pixels a thread, its straight-line SASS instructions
+# over one pass of its loop over whole batches of 4 channels.
 # tests/test_plan_target.py recomputes them from NVRTC's output for each arch.
-FORWARD_PROLOGUE_BATCHES = {"sm_75": 1.17, "sm_80": 1.19, "sm_90": 1.23}
+FORWARD_PROLOGUE_BATCHES = {"sm_75": 1.395, "sm_80": 1.396, "sm_90": 1.255}
 
 # Resident blocks per SM of the tiled kernels (256 threads, 96-128 registers):
 # two on every architecture the kernels target (the cost model's occupancy).
+# (The forward with 2 x 2 pixels a thread holds three of its 4-warp blocks; its
+# slices are planned for this full wave too: 8 of its warps on every SM.)
 TILED_BLOCKS_PER_SM = 2
 
 

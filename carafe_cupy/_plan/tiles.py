@@ -7,7 +7,11 @@ import math
 from dataclasses import replace
 from typing import Optional
 
-from .._kernels.constants import MASKS_BATCH, MASKS_QUAD_SHARE
+from .._kernels.constants import (
+    FORWARD_QUAD_ROWS,
+    MASKS_BATCH,
+    MASKS_QUAD_SHARE,
+)
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
 from .grid_fit import (
     features_cost,
@@ -145,6 +149,38 @@ def output_tile_plan(
         operands,
         (per_block, batch),
     )
+
+
+# The forward with 2 x 2 pixels per thread (carafe_tiled_forward_quad.cuh): blocks
+# of 32 x FORWARD_QUAD_ROWS threads over the pair kernel's 64 x 8 output tile.
+FORWARD_QUAD_BLOCK = (TILE_THREADS[0], FORWARD_QUAD_ROWS)
+FORWARD_QUAD_TILE = (2 * TILE_THREADS[0], 2 * FORWARD_QUAD_ROWS)  # output (cols, rows)
+
+
+def forward_quad_plan(
+    geometry: Geometry, dtype: str, kernel: KernelId, operands, target: PlanTarget = DEFAULT_TARGET
+) -> Launch | None:
+    """The forward with 2 x 2 pixels per thread (even s): its halo double
+    buffered (two batches of CHANNEL_BATCH_MAX planes), channel slices dealt to
+    the target's SMs as the other forwards' (a full wave: two blocks an SM, 8 of
+    its warps; it holds FORWARD_QUAD_BLOCKS)."""
+    k, s = geometry.kernel_size, geometry.scale_factor
+    if s % 2 or max(geometry.out_height, geometry.out_width, geometry.channels) >= 2**31:
+        return None  # four pixels share an input pixel only for even s; 32-bit sizes
+    pitch = FORWARD_QUAD_TILE[0] // 2 + k
+    # planes of the widest halo (s = 2) for every even s (compile-time offsets),
+    # rounded up to whole slots of the block's threads (every thread stores each)
+    threads = FORWARD_QUAD_BLOCK[0] * FORWARD_QUAD_BLOCK[1]
+    halo = (FORWARD_QUAD_TILE[1] // 2 + k) * pitch
+    halo_bytes = -(-halo // threads) * threads * ACCUMULATOR_SIZE[dtype]
+    batch = CHANNEL_BATCH_MAX
+    tile_w, tile_h = FORWARD_QUAD_TILE
+    blocks = -(-geometry.out_width // tile_w) * -(-geometry.out_height // tile_h)
+    blocks *= geometry.batch * geometry.group_size
+    per_block = max(1, _forward_channels_per_block(geometry, blocks, batch, target))
+    block = (*FORWARD_QUAD_BLOCK, 1)
+    shared = 2 * batch * halo_bytes
+    return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
 
 
 MASKS_SUBSETS = TILE_THREADS[1]  # CARAFE_MASKS_SUBSETS: one channel subset per warp

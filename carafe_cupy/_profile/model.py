@@ -72,8 +72,12 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     """Iterations of ``loop`` each time it is entered; None when the line is unknown."""
     text, k, s = loop.source, geometry.kernel_size, geometry.scale_factor
     per_block, batch = launch.tiling if len(launch.tiling) == 2 else (geometry.channels, 1)
+    if "c0 + CARAFE_CHANNEL_BATCH_MAX <= channel_count" in text:  # whole batches only
+        return per_block // batch
     if "c0 += channel_batch" in text:
         return -(-per_block // batch)
+    if "cc < tail_count" in text:  # the partial batch after the whole ones
+        return per_block % batch
     if "cc < channel_batch" in text:
         return batch
     if "pass < passes" in text:  # grad_features staging past the first pass (large s)
@@ -166,16 +170,14 @@ def execution(
 
 
 def forward_prologue_batches(arch: str) -> float:
-    """The tiled pair forward's prologue in channel batches for ``arch``: the k = 5
-    float32 kernel's straight-line SASS over one pass of its channel loop (the
-    loop's own body and its tap loop at 4 channels), which the planner's
-    ``FORWARD_PROLOGUE_BATCHES`` table holds per architecture."""
+    """The tiled forward's prologue in channel batches for ``arch``: the k = 5
+    float32 kernel with 2 x 2 pixels a thread, its straight-line SASS over one
+    pass of its loop over whole channel batches (whose body sums all 4 channels),
+    which the planner's ``FORWARD_PROLOGUE_BATCHES`` table holds per architecture."""
     from .._kernels.names import KernelId
     from .static import module_static
 
-    kernel_id = KernelId("forward", "float32", 5, 2)
+    kernel_id = KernelId("forward", "float32", 5, 4)
     kernel = module_static(kernel_id.module, arch)[kernel_id.name]
-    (channel,) = [loop for loop in kernel.loops if "c0 += channel_batch" in loop.source]
-    (taps,) = [loop for loop in kernel.loops if "cc < count" in loop.source]
-    per_batch = channel.own_instructions + 4 * taps.own_instructions
-    return kernel.straight_line_instructions / per_batch
+    (batches,) = [loop for loop in kernel.loops if "<= channel_count" in loop.source]
+    return kernel.straight_line_instructions / batches.own_instructions

@@ -136,6 +136,8 @@ def test_sites_add_up_to_the_launch(inputs) -> None:
         if space == "global":
             assert max(s.unique_bytes for s in sites) <= total.unique_bytes
             assert sum(s.unique_bytes for s in sites) >= total.unique_bytes
-    # The kernel's own loops name the sites: the staged halo and the tap loop.
+    # The kernel's own loops name the sites: the staged halo and the tap loop
+    # (the 2 x 2 forward's staging at even s).
+    assert trace.kernel == f"carafe_forward_tiled_k{K}_p4_float32"
     texts = " ".join(f.text for s in trace.sites for f in s.frames)
-    assert "halo" in texts and "forward_halo_slots" in " ".join(s.call_chain for s in trace.sites)
+    assert "halo" in texts and "forward_quad_slots" in " ".join(s.call_chain for s in trace.sites)
