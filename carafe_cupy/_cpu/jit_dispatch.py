@@ -54,7 +54,8 @@ def _kernels() -> Any:
                 if numba.config.DISABLE_JIT:  # the kernels would run as Python loops
                     _state["error"] = "Numba's compiler is switched off (NUMBA_DISABLE_JIT)"
                     return None
-                from . import jit_kernels
+                # every kernel module here, so that one that fails to import falls back
+                from . import jit_backward, jit_forward, jit_kernels  # noqa: F401
 
                 _state["kernels"] = jit_kernels
             except ImportError as error:
