@@ -184,14 +184,24 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     """Outputs of batch n, group g, center rows [top, bottom), up to CHUNK rows at a time."""
     height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
     radius, taps, _, out_width, _, per_group = _geometry(dims)
-    reach = radius * dilation  # in input columns, either side
-    left = (reach + stride - 1) // stride * scale  # zeros before each arranged row
+    reach = radius * dilation  # in input rows, either side
     padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
-    pitch = left + padded_width + reach // stride * scale  # one phase of one input row
+    column_offsets = np.empty(k, np.int64)  # where column x's tap column j reads, less x
+    inside_from = np.empty(k, np.int64)  # the output columns whose tap column j is inside
+    inside_to = np.empty(k, np.int64)
+    side = 0  # the farthest a tap column reads beside the row while inside it somewhere
+    for j in range(k):
+        inside_from[j], inside_to[j], _ = _tap_columns(j, radius, dims, out_width)
+        if inside_from[j] < inside_to[j]:
+            side = max(side, abs(j - radius) * dilation)
+    left = (side + stride - 1) // stride * scale  # zeros before each arranged row
+    pitch = left + padded_width + side // stride * scale  # one phase of one input row
     row_pitch = stride * pitch  # the t phases of an input row
     # center rows whose masks are read together: CHUNK, or fewer where rows are long
     chunk_rows = max(1, min(CHUNK, bottom - top, MASK_BUDGET // (taps * scale * padded_width)))
-    span = (chunk_rows - 1) * stride + 2 * reach + 1  # the input rows they read
+    # the input rows they read, inside the input: never more than its height, so
+    # scratch does not grow with the dilation
+    span = min(height, (chunk_rows - 1) * stride + 2 * reach + 1)
     zero_row = span * row_pitch  # then zeros, read by the taps that pad the list
     channel_pitch = zero_row + padded_width
     rows = accumulation_zeros(CHANNELS * channel_pitch, features)
@@ -202,17 +212,15 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
     padded = np.empty(chunk_rows, np.int64)  # the taps of a row, padded to a multiple of TAPS
     mask_offsets = np.empty(chunk_rows * scale * slots, np.int64)
     row_offsets = np.empty(chunk_rows * scale * slots, np.int64)
-    column_offsets = np.empty(k, np.int64)  # where column x's tap column j reads, less x
-    inside_from = np.empty(k, np.int64)  # the output columns whose tap column j is inside
-    inside_to = np.empty(k, np.int64)
     for j in range(k):
         shift = (j - radius) * dilation
-        inside_from[j], inside_to[j], _ = _tap_columns(j, radius, dims, out_width)
         column_offsets[j] = shift % stride * pitch + left + shift // stride * scale
     first, last = g * per_group, (g + 1) * per_group
     for chunk in range(top, bottom, chunk_rows):
         rows_here = min(chunk_rows, bottom - chunk)
-        first_row = chunk * stride - reach  # the input row in arranged row 0
+        # the input rows these center rows read, inside the input; the first is arranged row 0
+        first_row = max(0, chunk * stride - reach)
+        highest = min(height, chunk * stride - reach + (rows_here - 1) * stride + 2 * reach + 1)
         for local in range(rows_here):  # each row's masks and tap offsets
             hc = chunk + local
             used = 0  # the taps whose input row is inside, in order
@@ -222,6 +230,8 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                     continue
                 for j in range(k):
                     tap = i * k + j
+                    if inside_from[j] >= inside_to[j]:
+                        continue  # never inside: skipped, as a tap row outside is
                     for a in range(scale):
                         at = ((local * scale + a) * taps + tap) * padded_width
                         mask_offsets[(local * scale + a) * slots + used] = at
@@ -235,9 +245,6 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
                 for a in range(scale):
                     mask_offsets[(local * scale + a) * slots + slot] = zero_masks
                 row_offsets[local * scale * slots + slot] = zero_row
-        # the input rows these center rows read
-        lowest = max(0, first_row)
-        highest = min(height, first_row + (rows_here - 1) * stride + 2 * reach + 1)
         for block in range(first, last, CHANNELS):
             # the last block ends at the group's end (redoing a few channels, to the same
             # bits) unless the group is smaller than a block, whose extra sums are dropped
@@ -245,7 +252,7 @@ def forward(features, masks, out, fs, ms, os, dims, n, g, top, bottom):
             count = min(CHANNELS, last - channel)
             for c in range(count):
                 base = n * fs[0] + (channel + c) * fs[1]
-                for row in range(lowest, highest):
+                for row in range(first_row, highest):
                     _arrange_row(rows, c * channel_pitch + (row - first_row) * row_pitch,
                                  features, base + row * fs[2], fs[3], dims, left, pitch)
             for local in range(rows_here):
