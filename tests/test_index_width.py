@@ -118,6 +118,7 @@ _ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(")
 _INTEGER_OP = re.compile(
     r"^\s*(?:@!?%p\d+\s+)?((?:mul|mad)\.(?:lo|wide)\.[su]\d+|(?:div|rem)\.[su]\d+)"
 )
+_BY_CONSTANT = re.compile(r",\s*-?\d+;")
 
 
 def ptx_integer_ops(ptx: str) -> dict[str, Counter]:
@@ -128,7 +129,12 @@ def ptx_integer_ops(ptx: str) -> dict[str, Counter]:
         if match := _ENTRY.search(line):
             current = kernels.setdefault(match.group(1), Counter())
         elif current is not None and (match := _INTEGER_OP.match(line)):
-            current[match.group(1)] += 1
+            op = match.group(1)
+            if op.startswith("mul.lo.") and op.endswith("64") and _BY_CONSTANT.search(line):
+                # a register times a literal: address scaling (element size times an
+                # unrolled step), emitted for 32- and 64-bit indices alike
+                op += ".constant"
+            current[op] += 1
     return kernels
 
 
