@@ -30,7 +30,6 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,10 @@ from types import SimpleNamespace
 from unittest import mock
 
 os.environ["CARAFE_CUPY_SIMULATOR"] = "1"  # CPU tensors take the kernel path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this
 
 import torch  # noqa: E402
+from bench_cases import device_name, git_commit  # noqa: E402
 
 import carafe_cupy  # noqa: E402
 from carafe_cupy._runtime import cupy_runtime as _cupy_runtime  # noqa: E402
@@ -241,34 +242,12 @@ def run_level(height, width, dtype, batch, channels, rounds, calls) -> list[str]
 
 def header(argv: list[str]) -> list[str]:
     root = Path(carafe_cupy.__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return [
         "# Host cost of a public call (CPU, driver launch stubbed)",
         "",
         f"- command: `{' '.join(['python benchmarks/bench_host_cost.py', *argv])}`",
-        f"- commit: {commit}; package at {root}",
-        f"- machine: {cpu}, {os.cpu_count()} CPUs, load average "
+        f"- commit: {git_commit()}; package at {root}",
+        f"- machine: {device_name('cpu')}, {os.cpu_count()} CPUs, load average "
         f"{', '.join(f'{value:.2f}' for value in os.getloadavg())} at the start",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch thread(s)",
