@@ -31,6 +31,8 @@ INSTALL_HINT = "pip install 'carafe_cupy[cpu]' (or numba) for the compiled CPU k
 # Work items per call to aim for: enough for threads to even out on busy cores,
 # few enough that the per-item call overhead (tens of microseconds) stays small.
 TARGET_ITEMS = 16
+# Rows of at most this many window centers go to jit_narrow (see _narrow_suits).
+NARROW_CENTERS = 64
 
 _NUMPY_VIEWS = {
     torch.float64: (torch.float64, np.float64),
@@ -55,7 +57,7 @@ def _kernels() -> Any:
                     _state["error"] = "Numba's compiler is switched off (NUMBA_DISABLE_JIT)"
                     return None
                 # every kernel module here, so that one that fails to import falls back
-                from . import jit_backward, jit_forward, jit_kernels  # noqa: F401
+                from . import jit_backward, jit_forward, jit_kernels, jit_narrow  # noqa: F401
 
                 _state["kernels"] = jit_kernels
             except ImportError as error:
@@ -142,7 +144,38 @@ def _items(batch: int, groups: int, rows: int) -> list[tuple[int, int, int, int]
     ]
 
 
-def _run(kernel: Any, args: tuple[Any, ...], items: list[tuple[int, int, int, int]]) -> None:
+def _narrow_suits(channels_per_group: int, centers: int, scale: int) -> bool:
+    """Whether ``jit_narrow`` (channels in the vector lanes) beats ``jit_forward``
+    (output columns in them) on this shape: rows of few window centers, groups of
+    at least half a vector of channels, no upsampling (measured on the
+    involution, CARAFE++ and FPN shapes)."""
+    return scale == 1 and centers <= NARROW_CENTERS and channels_per_group >= 8
+
+
+def _group_items(
+    batch: int, groups: int, rows: int, min_rows: int
+) -> list[tuple[int, int, int, int, int]]:
+    """(n, first group, last group + 1, top, bottom) work items for ``jit_narrow``:
+    about TARGET_ITEMS, whatever the thread count; runs of groups where there are
+    many, else bands of at least ``min_rows`` rows (each band arranges its rows anew)."""
+    per_item = max(1, batch * groups // TARGET_ITEMS)
+    if per_item > 1 or batch * groups >= TARGET_ITEMS:
+        return [
+            (n, g, min(groups, g + per_item), 0, rows)
+            for n in range(batch)
+            for g in range(0, groups, per_item)
+        ]
+    bands = -(-TARGET_ITEMS // (batch * groups))
+    band = max(1, min_rows, -(-rows // bands))
+    return [
+        (n, g, g + 1, top, min(rows, top + band))
+        for n in range(batch)
+        for g in range(groups)
+        for top in range(0, rows, band)
+    ]
+
+
+def _run(kernel: Any, args: tuple[Any, ...], items: list[tuple[int, ...]]) -> None:
     """kernel(*args, *item) for every item, over torch's CPU threads."""
 
     def work(band: tuple[int, int]) -> None:
@@ -173,7 +206,7 @@ def forward(
     memory_format: torch.memory_format,
 ) -> torch.Tensor | None:
     """CARAFE forward; params (k, G, s, t, d). None if the kernels failed to compile."""
-    from . import jit_forward  # Numba imports: use_jit has loaded the kernels
+    from . import jit_forward, jit_narrow  # Numba imports: use_jit has loaded the kernels
     batch, channels, height, width = features.shape
     scale, stride = params[2], params[3]
     rows, cols = -(-height // stride), -(-width // stride)
@@ -189,8 +222,11 @@ def forward(
     pages.advise_huge_pages(out)  # before the kernels' first write to it
     (f, fs), (m, ms), (o, os_) = _flat(features), _flat(masks), _flat(out)
     args = (f, m, o, fs, ms, os_, _dims(features, params))
-    items = _items(batch, params[1], rows)
-    done = _guarded(lambda: _run(jit_forward.forward, args, items) or True)
+    if _narrow_suits(channels // params[1], cols, scale):
+        kernel, items = jit_narrow.forward, _group_items(batch, params[1], rows, params[0])
+    else:
+        kernel, items = jit_forward.forward, _items(batch, params[1], rows)
+    done = _guarded(lambda: _run(kernel, args, items) or True)
     if done and (features.requires_grad or masks.requires_grad):  # a backward is likely
         jit_warmup.start(("backward", features.dtype), lambda: _tiny_calls(features.dtype, params))
     return out if done else None
