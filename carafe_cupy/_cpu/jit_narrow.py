@@ -165,19 +165,28 @@ def _arrange_row(rows, at, features, source, channel_step, count, width, step):
 @numba_inlined_helper
 def _finite_outside(masks, ms, n, g, taps, top, bottom, centers, inside_from, inside_to, dims):
     """Whether every mask of batch n, group g and center rows [top, bottom) at a tap
-    column outside the input (where it meets a zero feature) is finite."""
+    column outside the input (where it meets a zero feature) is finite (or, for
+    contiguous masks, every mask of such a tap column)."""
     k, scale = dims[4], dims[6]
+    width = centers * scale
+    planes = ms[3] == 1 and ms[2] == width  # rows [top, bottom) of a tap: one stretch
     total = 0.0
     for j in range(k):
         lo, hi = inside_from[j], inside_to[j]
         if lo >= hi or (lo == 0 and hi == centers):
             continue  # never inside (never read), or inside everywhere
         for i in range(k):
+            plane = n * ms[0] + (g * taps + i * k + j) * ms[1]
+            if planes:  # all of it, in a loop LLVM vectorises
+                start = U(plane + top * scale * width)
+                for x in range(U((bottom - top) * scale * width)):
+                    total += masks[start + x] * 0.0
+                continue
             for y in range(top * scale, bottom * scale):
-                source = n * ms[0] + (g * taps + i * k + j) * ms[1] + y * ms[2]
+                source = plane + y * ms[2]
                 for x in range(lo * scale):
                     total += masks[U(source + x * ms[3])] * 0.0
-                for x in range(hi * scale, centers * scale):
+                for x in range(hi * scale, width):
                     total += masks[U(source + x * ms[3])] * 0.0
     return total == 0.0  # x * 0 is NaN for an Inf or NaN x
 
