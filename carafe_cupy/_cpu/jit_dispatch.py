@@ -226,6 +226,9 @@ def forward(
         kernel, items = jit_narrow.forward, _group_items(batch, params[1], rows, params[0])
     else:
         kernel, items = jit_forward.forward, _items(batch, params[1], rows)
+    touch = pages.first_touch_ranges(out, workers_for(torch.device("cpu"), items))
+    if touch:  # the result's pages faulted in by all the threads, not the first item's
+        run_bands(lambda byte_range: pages.first_touch(out, byte_range), touch, len(touch))
     done = _guarded(lambda: _run(kernel, args, items) or True)
     if done and (features.requires_grad or masks.requires_grad):  # a backward is likely
         jit_warmup.start(("backward", features.dtype), lambda: _tiny_calls(features.dtype, params))

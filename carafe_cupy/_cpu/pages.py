@@ -43,6 +43,35 @@ def _load_madvise():
         return _madvise[0]
 
 
+def first_touch_ranges(tensor: torch.Tensor, parts: int) -> list[tuple[int, int]]:
+    """``parts`` byte ranges [start, end) of ``tensor``'s storage, split at huge-page
+    boundaries, for threads to fault in side by side (``first_touch``); none where
+    the storage is below MIN_BYTES or parts < 2.
+
+    A result's pages are faulted in (and zero-filled by the OS) by whichever thread
+    writes them first. The kernels' work items each write a band of rows in every
+    channel, so every huge page is written by every item: the first item faults in
+    the whole result on its own thread while the items on other threads wait for
+    those pages."""
+    size = tensor.untyped_storage().nbytes()
+    if size < MIN_BYTES or parts < 2:
+        return []
+    base = tensor.untyped_storage().data_ptr()
+    pages = -(-size // HUGE_PAGE)
+    step = -(-pages // parts) * HUGE_PAGE
+    first = -(-base // HUGE_PAGE) * HUGE_PAGE - base  # the first huge-page boundary inside
+    cuts = [0, *range(first + step if first else step, size, step), size]
+    return [(start, end) for start, end in zip(cuts, cuts[1:]) if start < end]
+
+
+def first_touch(tensor: torch.Tensor, byte_range: tuple[int, int]) -> None:
+    """Write a zero byte into every 4 KiB page of ``tensor``'s storage in ``byte_range``
+    (its contents are about to be overwritten): the pages are faulted in here."""
+    start, end = byte_range
+    storage = torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage())
+    storage[start:end:4096].zero_()
+
+
 def advise_huge_pages(tensor: torch.Tensor) -> None:
     """Ask for huge pages over the whole 2 MiB pages inside ``tensor``'s memory;
     call it before the tensor is first written."""
