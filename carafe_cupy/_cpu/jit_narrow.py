@@ -9,17 +9,22 @@ per pixel; the PIXELS sums are independent, so their additions overlap. A tap
 costs one mask (broadcast) and one vector of channels per pixel. The dispatcher
 (``jit_dispatch``) picks this kernel by shape.
 
-A call computes one work item, (batch n, group g, center rows [top, bottom)), as
-``jit_forward`` does, a chunk of center rows at a time. The chunk's masks are read
-once into scratch (zero where a tap column is outside the input), then, LANES
-channels by LANES, the input rows they read are laid out once in scratch with the
-channels innermost: ``arranged[(row*pitch + left + column)*LANES + lane]``, with
-zero columns either side for the taps outside the input. Every output adds its
-taps in the naive reference's order, (i, j) row-major, with no fused multiply-add,
-so results are the same bits as ``jit_forward``'s for any thread count, block or
-layout: a tap row outside the input is skipped, and a tap column outside it adds
-an exact zero (a zero mask times a zero feature; a sum starts at +0 and x + 0 is
-x), so an Inf or NaN mask there never meets a feature.
+A call computes one work item, (batch n, groups [group_from, group_to), center rows
+[top, bottom)): the dispatcher makes items of several groups where there are many
+(involution: 16 channels a group), since a group's work is small. Per group, the
+input rows the center rows read are laid out once, in a ring of rows, with the
+channels innermost, ``rows[((row % span)*pitch + side + column)*LANES + lane]``, and
+zero columns either side for the taps outside the input. Masks are read in place,
+where their dtype is the sums' and every mask at a tap column outside the input
+(times a zero feature there) is finite; otherwise, center row by center row, into
+scratch, zero where the tap is outside.
+
+Every output adds its taps in the naive reference's order, (i, j) row-major, with
+no fused multiply-add, so results are the same bits as ``jit_forward``'s for any
+thread count, block or layout: a tap row outside the input is skipped, and a tap
+column outside it adds an exact zero (a finite or zero mask times a zero feature;
+a sum starts at +0 and x + 0 is x), so an Inf or NaN mask there never meets a
+feature.
 """
 
 from __future__ import annotations
