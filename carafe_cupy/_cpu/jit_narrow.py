@@ -157,6 +157,12 @@ def _load_masks(weights, at, masks, source, step, scale, padded_centers, lo, hi)
 def _arrange_row(rows, at, features, source, channel_step, count, width, step):
     """rows[at + w*LANES + lane] = features[source + lane*channel_step + w*step] for
     w < width and lane < count: one input row of a block, channels innermost."""
+    if count == LANES:  # pixel by pixel: one store of LANES values each
+        for w in range(U(width)):
+            start, target = U(source + w * step), U(at) + w * U(LANES)
+            for lane in range(U(LANES)):
+                rows[target + lane] = widen(features[start + lane * U(channel_step)])
+        return
     for lane in range(count):
         start, target = U(source + lane * channel_step), U(at + lane)
         if step == 1:
