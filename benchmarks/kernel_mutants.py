@@ -136,7 +136,8 @@ MUTANTS = (
     Mutant(
         "forward-tile-edge-x",
         TILED,
-        r"const bool inside = y < out_height && x < out_width;(\n    constexpr int PITCH = tile_pitch<K, 1>)",
+        r"const bool inside = y < out_height && x < out_width;"
+        r"(\n    constexpr int PITCH = tile_pitch<K, 1>)",
         r"const bool inside = y < out_height;\1",
     ),
     Mutant(
