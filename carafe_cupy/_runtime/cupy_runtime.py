@@ -295,16 +295,15 @@ class CupyRuntime:
         # one cuLaunchKernel with the packed buffer's kernelParams, on the raw stream
         # handle, with the device current (its primary context holds the module)
         get_device, set_device, launch_kernel = self._driver or self._driver_calls()
-        params = args.layout.kernel_params(args.pointers)
         previous = get_device()
-        if previous == device:  # the usual case: nothing to switch and put back
-            launch_kernel(kernel.ptr, *grid, *block, shared_mem, stream, params, 0)
-            return
-        set_device(device)
+        if previous != device:
+            set_device(device)
         try:
+            params = args.layout.kernel_params(args.pointers)
             launch_kernel(kernel.ptr, *grid, *block, shared_mem, stream, params, 0)
         finally:
-            set_device(previous)
+            if previous != device:
+                set_device(previous)
 
     def _driver_calls(self) -> tuple[Any, Any, Any]:
         """CuPy's getDevice, setDevice and the driver's launchKernel, looked up once."""

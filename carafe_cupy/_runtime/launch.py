@@ -292,16 +292,7 @@ def launch(
     """
     if _launch_record.active:  # a call less per launch when nothing records
         _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
+    source = _sources.kernel_source(module_name)
     if runtime is None:
         runtime = _SIMULATED if _simulator_switch() else _cupy_runtime.get_runtime()
-    runtime.launch(
-        module_name,
-        _sources.kernel_source(module_name),
-        kernel_name,
-        grid,
-        block,
-        args,
-        shared_mem,
-        device,
-        stream,
-    )
+    runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)
