@@ -136,8 +136,9 @@ MUTANTS = (
     Mutant(
         "forward-tile-edge-x",
         TILED,
-        r"const bool inside = y < out_height && x < out_width;  // PAIR",
-        "const bool inside = y < out_height;  // PAIR",
+        r"const bool inside = y < out_height && x < out_width;"
+        r"(\n    constexpr int PITCH = tile_pitch<K, 1>)",
+        r"const bool inside = y < out_height;\1",
     ),
     Mutant(
         "grad-masks-row-edge-x",
@@ -210,12 +211,6 @@ MUTANTS = (
         TILED,
         r"tap_step = ms\.c;",
         "tap_step = ms.w;",
-    ),
-    Mutant(
-        "fused-pair-logit-channel",
-        TILED,
-        r"storage<scalar_t>::load\(tap_mask \+ q \* ms\.c\)",
-        "storage<scalar_t>::load(tap_mask + q * ms.w)",
     ),
     Mutant(
         "forward-halo-slot-row-bound",

@@ -1,4 +1,4 @@
-"""Mutants of the forward with 2 x 2 output pixels per thread
+"""Mutants of the forward and the fused forward with 2 x 2 output pixels per thread
 (cuda_src/carafe_tiled_forward_quad.cuh), for benchmarks/mutate_kernels.py: its
 register tile (four sums per window value, the second output row's masks and
 store), the double-buffered staging (slot masks, the channel step, the batch
@@ -151,6 +151,77 @@ _CHANGES = {
     ),
 }
 
+# The fused forward on the same tile (FROM_LOGITS): each pixel's logits (its
+# sub-pixel's channels, s * s channels a tap apart), its own softmax, the steps'
+# width. Left out as equivalent: loading the logits of a thread outside the
+# output too (an over-read of values never stored, which the canaries cannot see).
+_FUSED_CHANGES = {
+    "fused-quad-second-row-logits-a-column-apart": (
+        r"tap_logit \+ a \* row_step \+ b \* ms\.c;",
+        "tap_logit + a * ms.c + b * ms.c;",
+    ),
+    "fused-quad-second-column-logits-a-row-apart": (
+        r"tap_logit \+ a \* row_step \+ b \* ms\.c;",
+        "tap_logit + a * row_step + b * row_step;",
+    ),
+    "fused-quad-row-step-s-squared": (
+        r"row_step = \(index_t\)s \* ms\.c;",
+        "row_step = (index_t)(s * s) * ms.c;",
+    ),
+    "fused-quad-row-step-32-bit": (
+        r"row_step = \(index_t\)s \* ms\.c;",
+        "row_step = (int)(s * ms.c);",
+    ),
+    "fused-quad-tap-step-s": (
+        r"tap_step = \(index_t\)\(s \* s\) \* ms\.c, row_step",
+        "tap_step = (index_t)s * ms.c, row_step",
+    ),
+    "fused-quad-tap-step-32-bit": (
+        r"tap_step = \(index_t\)\(s \* s\) \* ms\.c, row_step",
+        "tap_step = (int)((s * s) * ms.c), row_step",
+    ),
+    "fused-quad-sub-pixel-column-ignored": (
+        r"sub_x = x - centre_x \* \(int\)s;",
+        "sub_x = 0;",
+    ),
+    "fused-quad-sub-pixel-rows-and-columns-swapped": (
+        r"centre_y,\n(\s+)sub_y, centre_x, sub_x, s\);",
+        r"centre_y,\n\1sub_x, centre_x, sub_y, s);",
+    ),
+    "fused-quad-logits-of-group-0": (
+        r"logit_address<TAPS>\(masks, ms, p\.n, p\.group, 0,",
+        "logit_address<TAPS>(masks, ms, p.n, 0, 0,",
+    ),
+    "fused-quad-logits-of-image-0": (
+        r"logit_address<TAPS>\(masks, ms, p\.n, p\.group, 0,",
+        "logit_address<TAPS>(masks, ms, 0, p.group, 0,",
+    ),
+    "fused-quad-one-pixel-normalised": (
+        r"if \(inside\) softmax_in_place<TAPS>\(weight\[a\]\[b\]\);",
+        "if (inside && a + b == 0) softmax_in_place<TAPS>(weight[a][b]);",
+    ),
+    "fused-quad-normalised-with-the-next-pixels-taps": (
+        r"if \(inside\) softmax_in_place<TAPS>\(weight\[a\]\[b\]\);",
+        "if (inside) softmax_in_place<TAPS>(weight[a][b ^ 1]);",
+    ),
+    "fused-quad-tap-not-stepped": (
+        r"for \(int t = 0; t < TAPS; \+\+t, logit \+= tap_step\)",
+        "for (int t = 0; t < TAPS; ++t, logit += 0)",
+    ),
+}
+FUSED_ENTRY = ("carafe_tiled.cuh",)
+_FUSED_ENTRY_CHANGES = {
+    # the fused entry point built as the masks kernel
+    "fused-quad-entry-reads-logits-as-masks": (
+        r"carafe_forward_quad_impl<scalar_t, K, true>",
+        "carafe_forward_quad_impl<scalar_t, K, false>",
+    ),
+}
+
 FORWARD_TILED = tuple(
-    (name, QUAD, pattern, replacement, 0) for name, (pattern, replacement) in _CHANGES.items()
+    (name, QUAD, pattern, replacement, 0)
+    for name, (pattern, replacement) in {**_CHANGES, **_FUSED_CHANGES}.items()
+) + tuple(
+    (name, FUSED_ENTRY, pattern, replacement, 0)
+    for name, (pattern, replacement) in _FUSED_ENTRY_CHANGES.items()
 )

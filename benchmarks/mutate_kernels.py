@@ -40,6 +40,7 @@ COPIED = ("carafe_cupy", "cuda_src", "tests", "pyproject.toml")
 # Fast, broad tests first: with -x a mutant usually dies in the first file.
 KERNEL_TESTS = (
     "tests/test_kernel_forward_quad.py",  # seconds: kills its mutants first
+    "tests/test_kernel_fused_quad.py",  # seconds: likewise
     "tests/test_kernel_grad_features_quad.py",  # seconds: likewise
     "tests/test_kernel_plan_space.py",
     "tests/test_kernel_bit_exact.py",

@@ -1,7 +1,11 @@
 """The Python mutants of the host path: the packed kernel arguments, the driver
 launch, the prepared calls, the eager fast path and the checks cached per call
 signature. Rows of (name, file under carafe_cupy/, pattern, replacement), made into
-``PythonMutant`` objects by ``python_mutants.py``."""
+``PythonMutant`` objects by ``python_mutants.py``.
+
+Left out as equivalent: ``launch`` picking the runtime again from the environment
+when a prepared call hands it one (on the fast path the prepared call's choice, by
+the signature's device, is the environment's)."""
 
 from __future__ import annotations
 
@@ -116,6 +120,18 @@ HOST_MUTANTS = (
         CHECKED,
         r"_validate\.check_grad_output_shape\(grad_output\.shape, checked\.geometry\)",
         r"pass",
+    ),
+    (
+        "prepared-call-runtime-always-the-gpus",
+        LAUNCH,
+        r"runtime = _SIMULATED if self\.simulated else _cupy_runtime\.get_runtime\(\)",
+        r"runtime = _cupy_runtime.get_runtime()",
+    ),
+    (
+        "prepared-call-runtime-always-the-simulator",
+        LAUNCH,
+        r"runtime = _SIMULATED if self\.simulated else _cupy_runtime\.get_runtime\(\)",
+        r"runtime = _SIMULATED",
     ),
     (
         "fast-forward-memory-checked-once",

@@ -153,6 +153,8 @@ def carafe(features: Any, masks: Any, kernel_size: int, group_size: int, scale_f
     CPU path, or the simulator when it is on) and come back as their own kind. JAX
     tracers are refused: the package runs eagerly, outside JAX transforms.
     """
+    if type(features) in _torch_types and type(masks) in _torch_types:  # as _front_end finds
+        return _torch_front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
     front_end = _front_end("carafe", features=features, masks=masks)
     return front_end.carafe(features, masks, kernel_size, group_size, scale_factor)
 

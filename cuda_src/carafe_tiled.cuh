@@ -192,7 +192,7 @@ constexpr int carafe_two_blocks_min =
 #define CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, PAIR)                               \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_forward_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
-        carafe_forward_tiled_impl<scalar_t, K, PAIR, false>(                                   \
+        carafe_forward_tiled_impl<scalar_t, K, false>(                                   \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
@@ -234,9 +234,10 @@ constexpr int carafe_two_blocks_min =
     extern "C" __global__ void __launch_bounds__(CARAFE_TILE_THREADS_X * CARAFE_FORWARD_QUAD_ROWS, \
                                                  CARAFE_FORWARD_QUAD_BLOCKS)                   \
         carafe_forward_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {               \
-        carafe_forward_quad_impl<scalar_t, K>(a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a),   \
-                                              CARAFE_STRIDES(b), CARAFE_STRIDES(o),            \
-                                              channels_per_block, (int)channel_batch);         \
+        carafe_forward_quad_impl<scalar_t, K, false>(a, b, out, CARAFE_GEOMETRY,                \
+                                                     CARAFE_STRIDES(a), CARAFE_STRIDES(b),      \
+                                                     CARAFE_STRIDES(o), channels_per_block,     \
+                                                     (int)channel_batch);                       \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256, 1)                                       \
         carafe_backward_masks_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
@@ -245,20 +246,23 @@ constexpr int carafe_two_blocks_min =
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }
 
-// The fused forward with two pixels per thread: one softmax per pixel per
-// channel slice, and each staged window value serves both pixels.
-#define CARAFE_DEFINE_FUSED_PAIR_K(suffix, scalar_t, K)                                        \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                       \
-        carafe_fused_forward_k##K##_p2_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {               \
-        carafe_forward_tiled_impl<scalar_t, K, 2, true>(                                       \
-            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
-            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+// The fused forward with 2 x 2 pixels per thread (even s, pair-aligned output):
+// the 2 x 2 forward's tile and blocks, four softmaxes per thread in registers,
+// and each staged window value serves the four pixels.
+#define CARAFE_DEFINE_FUSED_QUAD_K(suffix, scalar_t, K)                                        \
+    extern "C" __global__ void __launch_bounds__(CARAFE_TILE_THREADS_X * CARAFE_FORWARD_QUAD_ROWS, \
+                                                 CARAFE_FORWARD_QUAD_BLOCKS)                   \
+        carafe_fused_forward_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {               \
+        carafe_forward_quad_impl<scalar_t, K, true>(a, b, out, CARAFE_GEOMETRY,                 \
+                                                    CARAFE_STRIDES(a), CARAFE_STRIDES(b),       \
+                                                    CARAFE_STRIDES(o), channels_per_block,      \
+                                                    (int)channel_batch);                        \
     }
 
 #define CARAFE_DEFINE_FUSED_K(suffix, scalar_t, K)                                             \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_fused_forward_k##K##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {                  \
-        carafe_forward_tiled_impl<scalar_t, K, 1, true>(                                       \
+        carafe_forward_tiled_impl<scalar_t, K, true>(                                       \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }                                                                                          \

@@ -9,19 +9,18 @@
 // 64-bit in-plane offset are computed once; a staged element then costs one
 // predicated load and one shared store, and a batch's loads are all issued
 // before its stores. Slots past `cols` or outside the image hold zero.
-template <int K, int PAIR>
+template <int K>
 struct forward_halo_slots {
     static constexpr int THREADS = CARAFE_TILE_THREADS_X * CARAFE_TILE_THREADS_Y;
-    // PAIR = 2 needs s >= 2, which halves the halo's rows.
-    static constexpr int ROWS_MAX = (CARAFE_TILE_THREADS_Y - 1 + PAIR - 1) / PAIR + K;
-    static constexpr int COUNT = (ROWS_MAX * tile_pitch<K, PAIR>() + THREADS - 1) / THREADS;
+    static constexpr int ROWS_MAX = CARAFE_TILE_THREADS_Y + K - 1;  // s = 1, the widest
+    static constexpr int COUNT = (ROWS_MAX * tile_pitch<K, 1>() + THREADS - 1) / THREADS;
     index_t offset[COUNT];  // row * st.h + col * st.w of the slot's pixel
     unsigned int loaded;    // bit i: slot i is in the plane and inside the image
     unsigned int staged;    // bit i: slot i is in the plane
 
     __device__ __forceinline__ void locate(const strides4& st, index_t row0, index_t col0,
                                            int rows, int cols, index_t height, index_t width) {
-        constexpr int PITCH = tile_pitch<K, PAIR>();
+        constexpr int PITCH = tile_pitch<K, 1>();
         const int thread = threadIdx.y * CARAFE_TILE_THREADS_X + threadIdx.x;
         loaded = staged = 0;
 #pragma unroll
@@ -62,7 +61,9 @@ struct forward_halo_slots {
 };
 
 
-template <typename scalar_t, int K, int PAIR, bool FROM_LOGITS>
+// One output pixel a thread; FROM_LOGITS: the fused forward, the pixel's masks
+// the softmax of its logits (pixel_shuffle indexing).
+template <typename scalar_t, int K, bool FROM_LOGITS>
 __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
                                           const scalar_t* __restrict__ masks,
                                           scalar_t* __restrict__ output, const carafe_geometry g,
@@ -77,7 +78,7 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     // the output's sides and the channel count are below 2^31. Offsets stay 64-bit.
     const unsigned s = (unsigned)g.scale_factor;
     const int out_height = (int)g.height * (int)s, out_width = (int)g.width * (int)s;
-    constexpr unsigned tile_w = CARAFE_TILE_THREADS_X * PAIR, tile_h = CARAFE_TILE_THREADS_Y;
+    constexpr unsigned tile_w = CARAFE_TILE_THREADS_X, tile_h = CARAFE_TILE_THREADS_Y;
     const unsigned channels_per_group = (unsigned)g.channels / (unsigned)g.group_size;
     const unsigned per_block = (unsigned)channels_per_block;
     const tile_position p = block_position_32((out_width + tile_w - 1) / tile_w,
@@ -85,9 +86,9 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
                                               (channels_per_group + per_block - 1) / per_block,
                                               (unsigned)g.group_size);
     const unsigned x0 = (unsigned)p.tile_x * tile_w, y0 = (unsigned)p.tile_y * tile_h;
-    const int y = (int)(y0 + threadIdx.y), x = (int)(x0 + threadIdx.x * PAIR);
-    const bool inside = y < out_height && x < out_width;  // PAIR: x + 1 < width too (s even)
-    constexpr int PITCH = tile_pitch<K, PAIR>();
+    const int y = (int)(y0 + threadIdx.y), x = (int)(x0 + threadIdx.x);
+    const bool inside = y < out_height && x < out_width;
+    constexpr int PITCH = tile_pitch<K, 1>();
     const int cols = halo_extent(tile_w, (int)s, K), rows = halo_extent(tile_h, (int)s, K);
     const int centre_y = (int)((unsigned)y / s), centre_x = (int)((unsigned)x / s);
     const int tile_row0 = (int)(y0 / s), tile_col0 = (int)(x0 / s);
@@ -112,37 +113,25 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
     // every tap is loaded (the softmax runs over all of them); an outside tap's
     // probability then meets the zero halo, which adds +0 (a finite weight) or
     // nothing new (a NaN or Inf logit makes every probability NaN anyway).
-    acc_t weight[PAIR][TAPS];
+    acc_t weight[TAPS];
 #pragma unroll
     for (int t = 0; t < TAPS; ++t, tap_mask += tap_step) {
         const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
                                   (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
-#pragma unroll
-        for (int q = 0; q < PAIR; ++q) weight[q][t] = 0;
+        weight[t] = 0;
         if constexpr (FROM_LOGITS) {
-            if (inside) {
-#pragma unroll
-                for (int q = 0; q < PAIR; ++q)
-                    weight[q][t] = storage<scalar_t>::load(tap_mask + q * ms.c);
-            }
+            if (inside) weight[t] = storage<scalar_t>::load(tap_mask);
         } else if (inside && tap_in_image) {
-            if constexpr (PAIR == 2) {
-                pair_access<scalar_t>::load(tap_mask, weight[0][t], weight[PAIR - 1][t]);
-            } else {
-                weight[0][t] = storage<scalar_t>::load(tap_mask);
-            }
+            weight[t] = storage<scalar_t>::load(tap_mask);
         }
     }
-    if (FROM_LOGITS && inside) {
-#pragma unroll
-        for (int q = 0; q < PAIR; ++q) softmax_in_place<TAPS>(weight[q]);
-    }
+    if (FROM_LOGITS && inside) softmax_in_place<TAPS>(weight);
 
     const index_t group_begin = p.group * channels_per_group;
     const index_t c_begin = group_begin + p.slice * channels_per_block;
     const index_t c_end = min(c_begin + channels_per_block, group_begin + channels_per_group);
     const int plane = rows * PITCH;
-    forward_halo_slots<K, PAIR> slots;
+    forward_halo_slots<K> slots;
     slots.locate(fs, tile_row0 - R, tile_col0 - R, rows, cols, g.height, g.width);
     const scalar_t* channel = features + p.n * fs.n + c_begin * fs.c;
     // Strength-reduced: the output pointer and the window advance by one
@@ -161,22 +150,12 @@ __device__ void carafe_forward_tiled_impl(const scalar_t* __restrict__ features,
         const acc_t* window = window0;
 #pragma unroll 1
         for (int cc = 0; cc < count; ++cc, window += plane, out += os.c) {
-            acc_t sum[PAIR];
-#pragma unroll
-            for (int q = 0; q < PAIR; ++q) sum[q] = 0;
+            acc_t sum = 0;
 #pragma unroll
             for (int i = 0; i < K; ++i)
 #pragma unroll
-                for (int j = 0; j < K; ++j) {
-                    const acc_t value = window[i * PITCH + j];
-#pragma unroll
-                    for (int q = 0; q < PAIR; ++q) sum[q] += weight[q][i * K + j] * value;
-                }
-            if constexpr (PAIR == 2) {
-                pair_access<scalar_t>::store(out, sum[0], sum[PAIR - 1]);
-            } else {
-                storage<scalar_t>::store(out, sum[0]);
-            }
+                for (int j = 0; j < K; ++j) sum += weight[i * K + j] * window[i * PITCH + j];
+            storage<scalar_t>::store(out, sum);
         }
     }
 }

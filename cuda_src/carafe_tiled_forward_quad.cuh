@@ -1,4 +1,5 @@
-// Tiled CARAFE kernels: the forward with 2 x 2 output pixels per thread (even s).
+// Tiled CARAFE kernels: the forward with 2 x 2 output pixels per thread (even s),
+// and the fused forward (FROM_LOGITS) with the same tile.
 // Part of carafe_tiled.cuh, which includes it after carafe_tiled_forward.cuh.
 #pragma once
 
@@ -14,7 +15,13 @@
 // elements into registers before it sums the current batch, and stores them
 // to the other buffer after, so the loads are in flight during the FMAs and a
 // batch needs one block barrier. A pixel's sum runs over the taps in the
-// order of the one- and two-pixel kernels, so all three agree bit for bit.
+// order of the one-pixel kernel, so the two agree bit for bit.
+//
+// FROM_LOGITS: the four pixels' masks are the softmax of their K * K logits,
+// normalised in registers by softmax_in_place (the one-pixel fused kernel's
+// sequence), so the fused results are that kernel's bits too. Pixel (a, b) of
+// the quad is sub-pixel (sub_y + a, sub_x + b) of the same input pixel: its
+// logits are channel a * s + b past pixel (0, 0)'s, at the same position.
 
 // The staging slots: each thread owns fixed elements of the [ROWS_MAX][PITCH]
 // halo for the whole channel loop, their addresses and image tests found
@@ -127,7 +134,7 @@ __device__ __forceinline__ void forward_quad_channel(const acc_t (&weight)[2][2]
     pair_access<scalar_t>::store(out + row_step, sum[1][0], sum[1][1]);
 }
 
-template <typename scalar_t, int K>
+template <typename scalar_t, int K, bool FROM_LOGITS>
 __device__ void carafe_forward_quad_impl(const scalar_t* __restrict__ features,
                                          const scalar_t* __restrict__ masks,
                                          scalar_t* __restrict__ output, const carafe_geometry g,
@@ -160,19 +167,43 @@ __device__ void carafe_forward_quad_impl(const scalar_t* __restrict__ features,
     const int tile_row0 = (int)(y0 / s), tile_col0 = (int)(x0 / s);
     const int row = centre_y - tile_row0, col = centre_x - tile_col0;
 
-    // Masks [row][column][tap]; an outside tap's weight is never loaded (a zero
-    // instead), and meets the zero halo, as in the one- and two-pixel kernels.
+    // Masks [row][column][tap]. Masks: an outside tap's weight is never loaded (a
+    // zero instead), and meets the zero halo, as in the one-pixel kernel. Logits:
+    // every tap is loaded (the softmax runs over all of them), as there.
     acc_t weight[2][2][TAPS];
-    const scalar_t* tap_mask = masks + p.n * ms.n + (p.group * TAPS) * ms.c + y * ms.h + x * ms.w;
+    if constexpr (FROM_LOGITS) {
+        // pixel_shuffle: tap t of sub-pixel (a, b) is channel ((g*TAPS + t)*s + a)*s + b
+        const int sub_y = y - centre_y * (int)s, sub_x = x - centre_x * (int)s;
+        const scalar_t* tap_logit = logit_address<TAPS>(masks, ms, p.n, p.group, 0, centre_y,
+                                                        sub_y, centre_x, sub_x, s);
+        const index_t tap_step = (index_t)(s * s) * ms.c, row_step = (index_t)s * ms.c;
+        // a pixel at a time, its logits loaded and normalised before the next
+        // pixel's: fewer values live at once
 #pragma unroll
-    for (int t = 0; t < TAPS; ++t, tap_mask += ms.c) {
-        const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
-                                  (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
+        for (int a = 0; a < 2; ++a)
 #pragma unroll
-        for (int a = 0; a < 2; ++a) weight[a][0][t] = weight[a][1][t] = 0;
-        if (inside && tap_in_image) {
-            pair_access<scalar_t>::load(tap_mask, weight[0][0][t], weight[0][1][t]);
-            pair_access<scalar_t>::load(tap_mask + ms.h, weight[1][0][t], weight[1][1][t]);
+            for (int b = 0; b < 2; ++b) {
+                const scalar_t* logit = tap_logit + a * row_step + b * ms.c;
+#pragma unroll
+                for (int t = 0; t < TAPS; ++t, logit += tap_step) {
+                    weight[a][b][t] = 0;
+                    if (inside) weight[a][b][t] = storage<scalar_t>::load(logit);
+                }
+                if (inside) softmax_in_place<TAPS>(weight[a][b]);
+            }
+    } else {
+        const scalar_t* tap_mask =
+            masks + p.n * ms.n + (p.group * TAPS) * ms.c + y * ms.h + x * ms.w;
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t, tap_mask += ms.c) {
+            const bool tap_in_image = (unsigned)(centre_y + t / K - R) < (unsigned)g.height &&
+                                      (unsigned)(centre_x + t % K - R) < (unsigned)g.width;
+#pragma unroll
+            for (int a = 0; a < 2; ++a) weight[a][0][t] = weight[a][1][t] = 0;
+            if (inside && tap_in_image) {
+                pair_access<scalar_t>::load(tap_mask, weight[0][0][t], weight[0][1][t]);
+                pair_access<scalar_t>::load(tap_mask + ms.h, weight[1][0][t], weight[1][1][t]);
+            }
         }
     }
 

@@ -104,12 +104,12 @@ def test_fused_kernels_subtract_each_pixels_own_maximum(dtype, k, s, pixels):
     grad_output = torch.randn(n, c, h * s, w * s, generator=generator).to(low)
     logits = torch.from_numpy(spread_logits(config, dtype, seed=k + s)).to(low)
     check_hostile(logits, config, dtype)
-    # "tiled" makes the fused forward take one pixel per thread; "auto" takes two
+    # "tiled" makes the fused forward take one pixel per thread; "auto" takes 2 x 2
     with harness.simulator(), _launch_record.recording() as records:
         with _planner.forced_variant("tiled" if pixels == "tiled" else "auto"):
             got = harness.run_fused(grad_output, features, logits, k, g, s)
     forward = {r.kernel for r in records if r.operation == "fused_forward"}
-    assert len(forward) == 1 and (("_p2_" in forward.pop()) == (pixels == "pair"))
+    assert len(forward) == 1 and (("_p4_" in forward.pop()) == (pixels == "pair"))
     want = harness.fused_reference(grad_output, features, logits, k, g, s)
     for name, actual, expected in zip(("output", "grad_features", "grad_logits"), got, want):
         assert torch.isfinite(actual).all(), f"{name}: not finite"

@@ -3,7 +3,7 @@
 test_kernel_large_offsets.py puts image 1 past 2**32 and channel 1 past 2**31
 (n * stride_n, c * stride_c). Here each other product an offset is built from
 passes 2**31 in turn, in every kernel family (general, tiled, pairs, fused with
-one and two pixels per thread), forward and backward:
+one and 2 x 2 pixels per thread), forward and backward:
 
 * rows: every tensor's row stride is about 2**30, so row * stride_h passes 2**31
   (input row 2, output row 2 on): halo slots, grad_masks' feature rows,
@@ -97,7 +97,7 @@ def launch_all(make, dtype, config, variant):
     }
     geometry = _launch.Geometry(n, c, h, w, k, g, s)
     if fused:
-        # "tiled" makes the fused forward take one pixel per thread, "auto" two
+        # "tiled" makes the fused forward take one pixel per thread, "auto" 2 x 2
         with _planner.forced_variant("auto" if variant == "fused_pair" else "tiled"):
             _launch.launch_fused_forward(geometry, refs["features"], refs["masks"], refs["output"])
             _launch.launch_fused_backward(

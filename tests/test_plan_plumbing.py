@@ -142,7 +142,7 @@ def test_pairs_fit_needs_an_even_scale_and_built_pair_kernels():
 PAIR_READERS = {
     "forward": ("forward_tiled_k3_p4", {"masks", "output"}),
     "backward": ("backward_masks_tiled_k3_p4", {"grad_output", "grad_masks"}),
-    "fused_forward": ("fused_forward_k3_p2", {"output"}),
+    "fused_forward": ("fused_forward_k3_p4", {"output"}),
 }
 
 

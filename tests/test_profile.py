@@ -133,7 +133,7 @@ def test_control_bits_decode(high_word, stall, write, read, waits):
 
 
 def test_control_bits_reach_every_instruction(sm90_kernels):
-    forward = sm90_kernels["carafe_fused_forward_k5_p2_float32"]  # a rolled channel loop
+    forward = sm90_kernels["carafe_fused_forward_k5_float32"]  # a rolled channel loop
     assert len(forward.body) == forward.instructions - forward.subroutine_instructions
     assert all(i.control is not None for i in forward.body)
     taps = [i for i, loop in enumerate(forward.loops) if "cc < count" in loop.source]

@@ -44,8 +44,8 @@ class KernelId:
     operation: str
     dtype: str
     kernel_size: int | None = None
-    pixels: int = 1  # pixels per thread (2: the pair kernels; 4: the forward's and
-    # grad_masks' 2 x 2 outputs or grad_features' four input pixels)
+    pixels: int = 1  # pixels per thread (4: the forwards' and grad_masks' 2 x 2
+    # outputs or grad_features' four input pixels)
 
     @property
     def variant(self) -> str:
@@ -146,10 +146,10 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
     if fused_instantiated(dtype, k):
         kernels += [KernelId(op, dtype, k) for op in OPERATIONS[3:]]
     if pairs_instantiated(dtype, k):
-        # even s: the forward and grad_masks take 2 x 2 pixels a thread
+        # even s: the forward, the fused forward and grad_masks take 2 x 2 pixels a thread
         kernels += [KernelId("forward", dtype, k, 4), KernelId("grad_masks", dtype, k, 4)]
         if fused_instantiated(dtype, k):
-            kernels.append(KernelId("fused_forward", dtype, k, 2))
+            kernels.append(KernelId("fused_forward", dtype, k, 4))
     if features_quads_instantiated(dtype, k):
         kernels.append(KernelId("grad_features", dtype, k, 4))
     return kernels

@@ -244,7 +244,7 @@ def plan_fused_forward(
 ) -> tuple[Launch, ...]:
     """output = carafe(features, softmax(pixel_shuffle(logits))), masks never stored.
     Operands: 0 features, 1 logits, 2 output. Needs ``fused_supported``.
-    Two pixels per thread where the output allows, unless the "tiled" variant
+    2 x 2 pixels per thread where the output allows, unless the "tiled" variant
     (one pixel per thread) is forced."""
     layout = _operands((features, logits, output))
     return _fused_forward(geometry, features.dtype, layout, requested_variant(), target)
@@ -260,8 +260,8 @@ def _fused_forward(
     plan = None
     # logits are read one element at a time: only the output needs the pair layout
     if variant != "tiled" and pairs_fit(geometry, dtype, layout[2:]):
-        kernel = KernelId("fused_forward", dtype, k, 2)
-        plan = output_tile_plan(geometry, dtype, kernel, True, True, slots, target)
+        kernel = KernelId("fused_forward", dtype, k, 4)
+        plan = forward_quad_plan(geometry, dtype, kernel, slots, target)
     if plan is None:
         kernel = KernelId("fused_forward", dtype, k)
         plan = output_tile_plan(geometry, dtype, kernel, False, True, slots, target)

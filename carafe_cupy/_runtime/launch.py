@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import Any
 
 from .._core import env as _env
 from .._kernels import sources as _sources
@@ -35,12 +36,10 @@ from .arguments import ArgumentLayout, KernelArguments
 _NO_TENSOR = TensorRef(0, (0, 0, 0, 0), "float32")
 
 
-def simulator_enabled() -> bool:
-    """``CARAFE_CUPY_SIMULATOR`` as a boolean (ValueError naming it when it is not one)."""
-    return _simulator_switch()
-
-
 _simulator_switch = _env.reader("CARAFE_CUPY_SIMULATOR", _env.boolean)  # read per launch
+# ``CARAFE_CUPY_SIMULATOR`` as a boolean (ValueError naming it when it is not one):
+# the reader itself, a call less on every public call
+simulator_enabled = _simulator_switch
 
 
 def plan_target(device: int) -> PlanTarget:
@@ -108,9 +107,13 @@ class PreparedCall:
     each with its argument layout: a call only supplies its tensors' pointers, in
     the operand order of the matching ``launch_*`` function (0 for an absent one)."""
 
-    __slots__ = ("steps",)
+    __slots__ = ("steps", "simulated")
 
-    def __init__(self, launches: tuple[Launch, ...], geometry: Geometry, refs: tuple) -> None:
+    def __init__(
+        self, launches: tuple[Launch, ...], geometry: Geometry, refs: tuple, simulated: bool
+    ) -> None:
+        # which runtime launches: part of the call signature, so not read per launch
+        self.simulated = simulated
         steps = []
         for planned in launches:
             slots = [_NO_TENSOR if index is None else refs[index] for index in planned.operands]
@@ -134,6 +137,7 @@ class PreparedCall:
 
     def run(self, pointers: tuple[int, ...], device: int, stream: int) -> None:
         pointers += (0,)
+        runtime = _SIMULATED if self.simulated else _cupy_runtime.get_runtime()
         for kernel, grid, block, layout, pick, shared_mem, module in self.steps:
             launch(
                 kernel,
@@ -144,6 +148,7 @@ class PreparedCall:
                 device,
                 stream,
                 module,
+                runtime,
             )
 
 
@@ -179,7 +184,7 @@ def _prepared(
     refs = tuple(None if item is None else TensorRef(item[1], item[0], dtype) for item in layout)
     target = DEFAULT_TARGET if simulated else _device_target(device)
     launches = _PLANNERS[operation](geometry, *refs, target)
-    return PreparedCall(launches, geometry, refs)
+    return PreparedCall(launches, geometry, refs, simulated)
 
 
 def launch_forward(
@@ -276,14 +281,18 @@ def launch(
     device: int,
     stream: int,
     module_name: str = KERNEL_MODULE,
+    runtime: Any = None,
 ) -> None:
     """The one place a kernel starts: on the GPU, or on the CPU simulator.
 
     Everything before this (kernel choice, grid, packed arguments, outputs) is the
-    same for both, so the simulator exercises the real launch code.
+    same for both, so the simulator exercises the real launch code. ``runtime``:
+    the one a prepared call already picked (the simulator's stand-in or the CuPy
+    runtime), else picked here by ``CARAFE_CUPY_SIMULATOR``.
     """
     if _launch_record.active:  # a call less per launch when nothing records
         _launch_record.note_launch(module_name, kernel_name, block, args, requested_variant)
     source = _sources.kernel_source(module_name)
-    runtime = _SIMULATED if _simulator_switch() else _cupy_runtime.get_runtime()
+    if runtime is None:
+        runtime = _SIMULATED if _simulator_switch() else _cupy_runtime.get_runtime()
     runtime.launch(module_name, source, kernel_name, grid, block, args, shared_mem, device, stream)
