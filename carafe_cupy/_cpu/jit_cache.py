@@ -14,7 +14,7 @@ cached in a private temporary folder for this process instead.
 the function is decorated. This module imports Numba only there, so ``info`` can
 read the folder without it.
 
-``load_without_set_up(dispatcher)`` lets a kernel come from the cache without
+``enable_kernel_cache(dispatcher)`` lets a kernel come from the cache without
 Numba's per-process set-up of its compiler (``refresh``: it imports every
 implementation Numba has, scipy.linalg among them, about 0.3 s), which a load
 does not use: the cached machine code only needs Numba's runtime (NRT) in place.
@@ -144,18 +144,18 @@ def _make_kernel_cache_class() -> type | None:
     return KernelCache
 
 
-def load_without_set_up(dispatcher) -> bool:
-    """Give a cached kernel (``@njit(cache=True)``) the cache whose load skips
-    Numba's compiler set-up, in the same folder. False if this Numba has no such
-    cache layout (the kernel keeps Numba's own)."""
+def enable_kernel_cache(dispatcher) -> bool:
+    """Cache a kernel (an ``@njit`` dispatcher made without ``cache=True``) in the
+    package's folder, with the cache whose load skips Numba's compiler set-up.
+    False if this Numba lays its caching out differently: the kernel then gets
+    Numba's own cache, in the same folder."""
     global _kernel_cache_class
     with _lock:
         if _kernel_cache_class is None:
             _kernel_cache_class = _make_kernel_cache_class() or type(None)
         cache_class = _kernel_cache_class
-    # only where Numba made its own function cache (cache=True)
-    if cache_class is type(None) or type(getattr(dispatcher, "_cache", None)) is not (
-            cache_class.__mro__[1]):
+    if cache_class is type(None):
+        dispatcher.enable_caching()
         return False
     dispatcher._cache = cache_class(dispatcher.py_func)
     return True

@@ -14,7 +14,7 @@ innermost scatter loops of grad_features), ``@numba_inlined_helper`` keeps it;
 Importing this module puts the package's disk cache in place (``jit_cache``)
 before any kernel is decorated, so a kernel module needs nothing else. A kernel
 loads from that cache without Numba's compiler set-up (``jit_cache.
-load_without_set_up``), and Python's cyclic garbage collector is paused while a
+enable_kernel_cache``), and Python's cyclic garbage collector is paused while a
 kernel is compiled or loaded (``collector_paused``): Numba makes hundreds of
 thousands of short-lived objects then, and with torch's in memory each full
 collection walks millions; that took 0.1 s of a 0.3 s load and about 0.5 s of a
@@ -108,8 +108,10 @@ def _compiled_with_collector_paused(dispatcher: Any) -> Any:
 def kernel(function: Callable) -> Any:
     """A kernel entry point: compiled on its first call for the argument types
     given, cached on disk, and run without the GIL."""
-    dispatcher = njit(**KERNEL_OPTIONS)(function)
-    jit_cache.load_without_set_up(dispatcher)
+    dispatcher = njit(**{**KERNEL_OPTIONS, "cache": False})(function)
+    if not hasattr(dispatcher, "py_func"):  # NUMBA_DISABLE_JIT: the Python function
+        return dispatcher
+    jit_cache.enable_kernel_cache(dispatcher)  # what cache=True does, with a lighter load
     return _compiled_with_collector_paused(dispatcher)
 
 
