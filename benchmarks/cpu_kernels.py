@@ -172,19 +172,22 @@ def first_call(reps: int) -> dict[str, list[list[float]]]:
 
 
 def _first_call_table(reps: int) -> None:
-    print(f"\n| first call, fresh process, fp32: wall s (CPU s), median of {reps} (min) | "
-          "import numba + kernels | first forward | first backward |\n"
+    print(f"\n| first call, fresh process, fp32, {reps} runs: wall s min / median / max "
+          "(CPU s, same) | import numba + kernels | first forward | first backward |\n"
           "| --- | ---: | ---: | ---: |")
     for name, runs in first_call(reps).items():
         cells = []
         for index in range(0, len(runs[0]), 2):
             wall = [run[index] for run in runs]
             cpu = [run[index + 1] for run in runs]
-            cells.append(f"{statistics.median(wall):.2f} ({statistics.median(cpu):.2f}); "
-                         f"min {min(wall):.2f} ({min(cpu):.2f})")
+            cells.append(f"{_spread(wall)} ({_spread(cpu)})")
         if len(cells) == 2:  # a training step: forward and backward in one
             cells = [cells[0], cells[1] + " (forward and backward)", ""]
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def _row(name: str, values: list[float], cpu: list[float]) -> str:
