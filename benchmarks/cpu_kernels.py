@@ -7,7 +7,7 @@ from an empty cache and from the disk cache (each in a fresh process).
     python benchmarks/cpu_kernels.py --shape 2,64,32,32 --k 3 --groups 4 --reps 9 --threads 1
     python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-reps 5   # first calls
     # first calls of this tree and of another (a worktree of an older commit), interleaved
-    python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-reps 3 --first-call-tree ../old
+    python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-tree ../old
 """
 
 from __future__ import annotations
@@ -173,8 +173,9 @@ def first_call(reps: int, trees: tuple[str, ...] = ()) -> dict[str, list[list[fl
                     if kind == "cold":
                         cache = next(caches)
                     env = dict(base, PYTHONPATH=root, CARAFE_CUPY_CPU_CACHE=cache, **extra)
+                    # run in the tree: `python -c` puts the working folder first on sys.path
                     out = subprocess.run(
-                        [sys.executable, "-c", FIRST_CALL, steps, str(pause)],
+                        [sys.executable, "-c", FIRST_CALL, steps, str(pause)], cwd=root,
                         env=env, check=True, capture_output=True, text=True).stdout
                     result[name + label].append([float(value) for value in out.split()])
     return result
