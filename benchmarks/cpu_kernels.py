@@ -6,6 +6,8 @@ from an empty cache and from the disk cache (each in a fresh process).
     python benchmarks/cpu_kernels.py                       # N=2, C=256, 52x84 -> 104x168, k5 G1 s2
     python benchmarks/cpu_kernels.py --shape 2,64,32,32 --k 3 --groups 4 --reps 9 --threads 1
     python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-reps 5   # first calls
+    # first calls of this tree and of another (a worktree of an older commit), interleaved
+    python benchmarks/cpu_kernels.py --reps 1 --no-memory --first-call-tree ../old
 """
 
 from __future__ import annotations
@@ -149,42 +151,53 @@ FIRST_CALL_ROWS = (
 )
 
 
-def first_call(reps: int) -> dict[str, list[list[float]]]:
+def first_call(reps: int, trees: tuple[str, ...] = ()) -> dict[str, list[list[float]]]:
     """Per row of FIRST_CALL_ROWS, ``reps`` measurements of (wall, CPU) seconds per step,
     each in a fresh process; "cold" ones with a new empty private cache folder,
-    "cached" ones with that folder filled by the process before (same rows order)."""
-    result: dict[str, list[list[float]]] = {name: [] for name, *_ in FIRST_CALL_ROWS}
+    "cached" ones with that folder filled by the process before (same rows order).
+    With ``trees`` (other source trees of the package, e.g. a worktree of an older
+    commit), each row is measured for this tree and then each of them in turn, and
+    named with the tree."""
+    roots = {"": str(ROOT), **{f" [{tree}]": tree for tree in trees}}
+    result: dict[str, list[list[float]]] = {
+        name + label: [] for name, *_ in FIRST_CALL_ROWS for label in roots}
     base = {k: v for k, v in os.environ.items()
             if k not in ("NUMBA_CACHE_DIR", "CARAFE_CUPY_CPU_WARMUP")}
-    base.update(PYTHONPATH=str(ROOT), **{VARIABLE: "numba"})
+    base[VARIABLE] = "numba"
     with tempfile.TemporaryDirectory(prefix="carafe_cupy_bench_cpu-") as folder:
         caches = (str(Path(folder) / str(index)) for index in range(10**6))
-        for _ in range(reps):  # rows interleaved, so that each sees the same machine load
-            cache = next(caches)
-            for name, kind, steps, extra, pause in FIRST_CALL_ROWS:
-                if kind == "cold":
-                    cache = next(caches)
-                env = dict(base, CARAFE_CUPY_CPU_CACHE=cache, **extra)
-                out = subprocess.run([sys.executable, "-c", FIRST_CALL, steps, str(pause)],
-                                     env=env, check=True, capture_output=True, text=True).stdout
-                result[name].append([float(value) for value in out.split()])
+        for _ in range(reps):  # rows and trees interleaved, so each sees the same load
+            for label, root in roots.items():
+                cache = next(caches)
+                for name, kind, steps, extra, pause in FIRST_CALL_ROWS:
+                    if kind == "cold":
+                        cache = next(caches)
+                    env = dict(base, PYTHONPATH=root, CARAFE_CUPY_CPU_CACHE=cache, **extra)
+                    # run in the tree: `python -c` puts the working folder first on sys.path
+                    out = subprocess.run(
+                        [sys.executable, "-c", FIRST_CALL, steps, str(pause)], cwd=root,
+                        env=env, check=True, capture_output=True, text=True).stdout
+                    result[name + label].append([float(value) for value in out.split()])
     return result
 
 
-def _first_call_table(reps: int) -> None:
-    print(f"\n| first call, fresh process, fp32: wall s (CPU s), median of {reps} (min) | "
-          "import numba + kernels | first forward | first backward |\n"
+def _first_call_table(reps: int, trees: tuple[str, ...] = ()) -> None:
+    print(f"\n| first call, fresh process, fp32, {reps} runs: wall s min / median / max "
+          "(CPU s, same) | import numba + kernels | first forward | first backward |\n"
           "| --- | ---: | ---: | ---: |")
-    for name, runs in first_call(reps).items():
+    for name, runs in first_call(reps, trees).items():
         cells = []
         for index in range(0, len(runs[0]), 2):
             wall = [run[index] for run in runs]
             cpu = [run[index + 1] for run in runs]
-            cells.append(f"{statistics.median(wall):.2f} ({statistics.median(cpu):.2f}); "
-                         f"min {min(wall):.2f} ({min(cpu):.2f})")
+            cells.append(f"{_spread(wall)} ({_spread(cpu)})")
         if len(cells) == 2:  # a training step: forward and backward in one
             cells = [cells[0], cells[1] + " (forward and backward)", ""]
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def _row(name: str, values: list[float], cpu: list[float]) -> str:
@@ -203,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-first-call", action="store_true")
     parser.add_argument("--first-call-reps", type=int, default=3,
                         help="fresh processes per first-call measurement")
+    parser.add_argument("--first-call-tree", action="append", default=[],
+                        help="another source tree of the package whose first calls are "
+                             "measured interleaved with this one's (repeatable)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         _print_memory(args, config)
     if not args.no_first_call:
         print(f"\nload average {os.getloadavg()[0]:.1f} before the first-call runs")
-        _first_call_table(args.first_call_reps)
+        _first_call_table(args.first_call_reps, tuple(args.first_call_tree))
         print(f"load average {os.getloadavg()[0]:.1f} after them")
 
 

@@ -13,6 +13,12 @@ cached in a private temporary folder for this process instead.
 (``jit_compile`` calls it on import): Numba picks a function's cache folder when
 the function is decorated. This module imports Numba only there, so ``info`` can
 read the folder without it.
+
+``enable_kernel_cache(dispatcher)`` lets a kernel come from the cache without
+Numba's per-process set-up of its compiler (``refresh``: it imports every
+implementation Numba has, scipy.linalg among them, about 0.3 s), which a load
+does not use: the cached machine code only needs Numba's runtime (NRT) in place.
+A compile still does the whole set-up first, as Numba always does.
 """
 
 from __future__ import annotations
@@ -110,6 +116,49 @@ def _locator_class() -> type:
             return super().from_function(py_func, py_file)
 
     return PackageCacheLocator
+
+
+_kernel_cache_class: type | None = None
+
+
+def _make_kernel_cache_class() -> type | None:
+    """Numba's function cache with a load that sets up only Numba's runtime; None
+    if this Numba lays its caching out differently (its own load is kept then)."""
+    from numba.core import caching
+    from numba.core.runtime import nrt
+
+    base = caching.FunctionCache
+    needed = ("_load_overload", "_guard_against_spurious_io_errors", "load_overload")
+    if not all(hasattr(base, name) for name in needed) or not hasattr(nrt, "rtsys"):
+        return None
+
+    class KernelCache(base):
+        def load_overload(self, sig, target_context):
+            # What Numba's own load does, less target_context.refresh(): that set-up
+            # is for typing and lowering, which a load skips; the loaded code calls
+            # into the runtime, set up here (once per process; Numba's lock is held).
+            nrt.rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
+    return KernelCache
+
+
+def enable_kernel_cache(dispatcher) -> bool:
+    """Cache a kernel (an ``@njit`` dispatcher made without ``cache=True``) in the
+    package's folder, with the cache whose load skips Numba's compiler set-up.
+    False if this Numba lays its caching out differently: the kernel then gets
+    Numba's own cache, in the same folder."""
+    global _kernel_cache_class
+    with _lock:
+        if _kernel_cache_class is None:
+            _kernel_cache_class = _make_kernel_cache_class() or type(None)
+        cache_class = _kernel_cache_class
+    if cache_class is type(None):
+        dispatcher.enable_caching()
+        return False
+    dispatcher._cache = cache_class(dispatcher.py_func)
+    return True
 
 
 def register() -> bool:
