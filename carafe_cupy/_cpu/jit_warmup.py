@@ -34,8 +34,9 @@ from .jit_choice import requested
 
 ENVIRONMENT_VARIABLE = "CARAFE_CUPY_CPU_WARMUP"
 THREAD_NAME = "carafe_cupy_cpu_warmup"
-# how long a fork waits for a running task before it goes ahead regardless
-FORK_WAIT_SECONDS = 60.0
+# how long a fork waits for a running task before it goes ahead regardless (a cold
+# compile on a busy 2-core machine has taken over a minute)
+FORK_WAIT_SECONDS = 300.0
 
 _lock = threading.Lock()
 _tasks: dict[Hashable, threading.Thread] = {}
