@@ -340,9 +340,22 @@ FEATURES_QUAD_TILE = (
 
 
 def features_quad_sub_plane(plane: int) -> int:
-    """The quad kernels' sub-pixel plane: at least ``plane``, 17 (mod 32), so a
-    warp's reads hit distinct banks (as features_quad_sub_plane in the .cuh)."""
-    return plane + (17 - plane) % 32
+    """The quad kernels' sub-pixel plane: at least ``plane``, 8 (mod 32), so a
+    quarter warp's 16-byte reads hit distinct banks (as features_quad_sub_plane
+    in the .cuh)."""
+    return plane + (8 - plane) % 32
+
+
+def features_quad_shared(kernel_size: int) -> tuple[int, int]:
+    """The four-pixel grad_features' shared elements: one staged channel (4
+    sub-pixel planes of the centre rows, each row padded to a multiple of 4
+    columns), and the K mask taps of a tap row staged in the prologue."""
+    cols, rows = FEATURES_QUAD_TILE
+    s = FEATURES_QUAD_SCALE
+    pitch = -(-(cols + kernel_size - 1) // 4) * 4
+    channel = s * s * features_quad_sub_plane((rows + kernel_size - 1) * pitch)
+    tap_row = kernel_size * s * s * features_quad_sub_plane(rows * cols)
+    return channel, tap_row
 
 
 def features_quad_plan(
@@ -361,12 +374,12 @@ def features_quad_plan(
     cols, rows = FEATURES_QUAD_TILE
     centres = (rows + k - 1) * (cols + k - 1)
     accumulator = ACCUMULATOR_SIZE[dtype]
-    staged_plane = s * s * features_quad_sub_plane(centres)
+    staged_plane, tap_row = features_quad_shared(k)
     batch = _channel_batch(staged_plane * accumulator)
     normalisers = 2 * s * s * centres * accumulator  # the fused kernel's, before staging
     if batch == 0 or (from_logits and normalisers > SHARED_MEMORY_LIMIT):
         return None
-    shared = batch * staged_plane * accumulator
+    shared = max(batch * staged_plane, tap_row) * accumulator
     if from_logits:
         shared = max(shared, normalisers)
     blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
