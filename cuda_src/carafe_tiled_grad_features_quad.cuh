@@ -20,11 +20,16 @@ constexpr int CARAFE_FEATURES_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_FEAT
 template <typename scalar_t, int K>
 constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
 
-// Sub-pixel plane size: at least `plane`, and 8 (mod 32), a multiple of 4 so the
-// window rows are 16-byte aligned: a quarter warp's 16-byte reads (2 quads, 4
-// columns apart, times 4 sub-pixel planes) then cover 8 distinct groups of 4 banks.
-__host__ __device__ constexpr int features_quad_sub_plane(int plane) {
-    return plane + ((8 - plane % 32) + 32) % 32;
+// The 4 sub-pixel planes (a, b) of a staged channel or mask tap lie at a * A + b * B,
+// multiples of 4 (16-byte aligned rows) with B = 16 and A = 8 (mod 32), B at least
+// a plane: a quarter warp's 16-byte reads (2 quads, 4 columns apart, times the 4
+// planes) cover 8 distinct groups of 4 banks, and a warp's stores of 32
+// consecutive columns (16 centres in each b plane) 32 distinct banks.
+__host__ __device__ constexpr int features_quad_b_pitch(int plane) {
+    return plane + ((16 - plane % 32) + 32) % 32;
+}
+__host__ __device__ constexpr int features_quad_a_pitch(int plane) {
+    return 2 * features_quad_b_pitch(plane) + 8;
 }
 
 // Centre columns of a halo row, rounded up to 4 so every row starts 16-byte aligned.
@@ -32,57 +37,74 @@ __host__ __device__ constexpr int features_quad_centre_pitch(int centre_cols) {
     return (centre_cols + 3) / 4 * 4;
 }
 
-// The halo's staging slots: thread t stages output columns c and c + CENTRE_COLS
-// (c = t % CENTRE_COLS, the left and right halves of a halo row) in every
-// ROW_GROUPS-th row from its first, so a warp's loads cover consecutive columns
-// (whole sectors), the global offset steps by a fixed stride and the shared index
-// by a compile-time one. Column c goes to sub-pixel column c % 2, centre c / 2,
-// and c + CENTRE_COLS (an even count) to the same sub-pixel, CENTRE_COLS / 2 on.
+// The halo's staging slots. A warp stages one halo row in each of its ROWS
+// passes (row group + i * ROW_GROUPS): lane c its columns c and c + 32, so the
+// loads cover consecutive columns (whole sectors) and the stores, 16 centres of
+// each sub-pixel column, 32 distinct banks. The columns past 64 (EXTRA_COLS of
+// each row) are one element a thread. Offsets step by fixed strides, shared
+// indices by compile-time ones; the total is the halo over the threads, 9 each
+// at K = 5.
 template <typename scalar_t, int K>
 struct features_quad_slots {
-    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE;
+    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE, WARP = 32;
     static constexpr int CENTRE_ROWS = CARAFE_FEATURES_QUAD_TILE_ROWS + K - 1;
     static constexpr int CENTRE_COLS = CARAFE_FEATURES_QUAD_TILE_COLS + K - 1;
     static constexpr int CENTRE_PITCH = features_quad_centre_pitch(CENTRE_COLS);
-    static constexpr int SUB_PLANE = features_quad_sub_plane(CENTRE_ROWS * CENTRE_PITCH);
-    static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
+    static constexpr int B_PITCH = features_quad_b_pitch(CENTRE_ROWS * CENTRE_PITCH);
+    static constexpr int A_PITCH = features_quad_a_pitch(CENTRE_ROWS * CENTRE_PITCH);
+    static constexpr int CHANNEL_PLANE = S * A_PITCH;
     static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
     static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
-    static constexpr int ROW_GROUPS = THREADS / CENTRE_COLS;
-    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
-    static constexpr int HALVES = HALO_COLS / CENTRE_COLS;                  // 2 columns a row
-    static_assert(CENTRE_COLS % 2 == 0 && HALVES == S, "a row's halves share sub-pixel columns");
-    static_assert(ROW_GROUPS >= 1 && ROWS * HALVES <= 32, "the halo's rows fit one bit mask");
+    static constexpr int ROW_GROUPS = THREADS / WARP;
+    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per warp
+    static constexpr int SPANS = 2;                                         // 32 columns each
+    static constexpr int EXTRA_COLS = HALO_COLS - SPANS * WARP;
+    static_assert(ROW_GROUPS % S == 0, "a thread's rows share one sub-pixel row");
+    static_assert(EXTRA_COLS >= 0 && HALO_ROWS * EXTRA_COLS <= THREADS, "one extra a thread");
+    static_assert(ROWS * SPANS < 32, "the rows and the extra fit one bit mask");
 
     const scalar_t* first;  // this thread's first row, left column, channel 0
     index_t row_step;       // ROW_GROUPS rows of grad_output
-    index_t half_step;      // CENTRE_COLS columns of grad_output: the right half
-    int at[2];              // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
-    unsigned int loaded;    // bit HALVES * i + half: that column of row i is in the halo and image
-    unsigned int staged;    // bit i: row i is in the halo
+    index_t span_step;      // WARP columns of grad_output
+    index_t extra_offset;   // this thread's extra element, from `first`
+    int at;                 // shared index of row 0; row i: at + i * ROW_STEP
+    int extra_at;
+    unsigned int loaded;    // bit SPANS * i + span: in the halo and the image; bit EXTRA_BIT: the extra
+    unsigned int staged;    // bit i: row i is in the halo; bit EXTRA_BIT: the extra
+    static constexpr int EXTRA_BIT = ROWS * SPANS;
 
     __device__ __forceinline__ void locate(const scalar_t* channels, const strides4& gs,
                                            int thread, index_t row0, index_t col0,
                                            index_t out_height, index_t out_width) {
-        const int column = thread % CENTRE_COLS, group = thread / CENTRE_COLS;
-        const index_t x = col0 + column;
-        first = channels + (row0 + group) * gs.h + x * gs.w;
+        const int column = thread % WARP, group = thread / WARP;
+        first = channels + (row0 + group) * gs.h + (col0 + column) * gs.w;
         row_step = ROW_GROUPS * gs.h;
-        half_step = CENTRE_COLS * gs.w;
+        span_step = WARP * gs.w;
+        at = (group % S) * A_PITCH + (column % S) * B_PITCH + (group / S) * CENTRE_PITCH +
+             column / S;
         loaded = staged = 0;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
             const int r = group + i * ROW_GROUPS;
             const index_t y = row0 + r;
-            if (i < 2)
-                at[i] = ((r % S) * S + column % S) * SUB_PLANE + (r / S) * CENTRE_PITCH + column / S;
-            if (group >= ROW_GROUPS || r >= HALO_ROWS) continue;
+            if (r >= HALO_ROWS) continue;
             staged |= 1u << i;
 #pragma unroll
-            for (int half = 0; half < HALVES; ++half)
-                if (y >= 0 && y < out_height && x + half * CENTRE_COLS >= 0 &&
-                    x + half * CENTRE_COLS < out_width)
-                    loaded |= 1u << (HALVES * i + half);
+            for (int span = 0; span < SPANS; ++span) {
+                const index_t x = col0 + column + span * WARP;
+                if (y >= 0 && y < out_height && x >= 0 && x < out_width)
+                    loaded |= 1u << (SPANS * i + span);
+            }
+        }
+        constexpr int EXTRA_WIDTH = EXTRA_COLS > 0 ? EXTRA_COLS : 1;  // K = 1: no extras
+        const int extra_r = thread / EXTRA_WIDTH, extra_c = SPANS * WARP + thread % EXTRA_WIDTH;
+        const index_t y = row0 + extra_r, x = col0 + extra_c;
+        extra_offset = (index_t)(extra_r - group) * gs.h + (index_t)(extra_c - column) * gs.w;
+        extra_at = (extra_r % S) * A_PITCH + (extra_c % S) * B_PITCH +
+                   (extra_r / S) * CENTRE_PITCH + extra_c / S;
+        if (EXTRA_COLS > 0 && extra_r < HALO_ROWS) {
+            staged |= 1u << EXTRA_BIT;
+            if (y >= 0 && y < out_height && x >= 0 && x < out_width) loaded |= 1u << EXTRA_BIT;
         }
     }
 
@@ -91,23 +113,27 @@ struct features_quad_slots {
     template <typename acc_t>
     __device__ __forceinline__ void stage_channel(acc_t* halo, const scalar_t* row,
                                                   int cc) const {
-        constexpr int AT_STEP = ROW_GROUPS * CENTRE_PITCH;  // two slots down: 2 * ROW_GROUPS rows
-        acc_t value[ROWS][HALVES];
+        constexpr int ROW_STEP = ROW_GROUPS / S * CENTRE_PITCH;  // ROW_GROUPS rows down
+        constexpr int SPAN_STEP = WARP / S;                      // WARP columns on
+        acc_t extra = 0;
+        if (loaded >> EXTRA_BIT & 1u) extra = storage<scalar_t>::load(row + extra_offset);
+        acc_t value[ROWS][SPANS];
 #pragma unroll
         for (int i = 0; i < ROWS; ++i, row += row_step)
 #pragma unroll
-            for (int half = 0; half < HALVES; ++half) {
-                value[i][half] = 0;
-                if (loaded >> (HALVES * i + half) & 1u)
-                    value[i][half] = storage<scalar_t>::load(row + half * half_step);
+            for (int span = 0; span < SPANS; ++span) {
+                value[i][span] = 0;
+                if (loaded >> (SPANS * i + span) & 1u)
+                    value[i][span] = storage<scalar_t>::load(row + span * span_step);
             }
+        acc_t* plane = halo + cc * CHANNEL_PLANE;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i)
             if (staged >> i & 1u)
 #pragma unroll
-                for (int half = 0; half < HALVES; ++half)
-                    halo[cc * CHANNEL_PLANE + half * (CENTRE_COLS / S) + at[i % 2] +
-                         (i / 2) * AT_STEP] = value[i][half];
+                for (int span = 0; span < SPANS; ++span)
+                    plane[at + i * ROW_STEP + span * SPAN_STEP] = value[i][span];
+        if (staged >> EXTRA_BIT & 1u) plane[extra_at] = extra;
     }
 
     // Channels [0, count) of the batch (`channel_offset` past channel 0) into the
@@ -147,10 +173,11 @@ struct features_quad_masks {
     static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
     static constexpr int ROW_GROUPS = THREADS / COLS;     // rows a pass of the block loads
     static constexpr int PASSES = ROWS / ROW_GROUPS;      // per tap
-    // A sub-pixel plane of one tap, padded to 8 (mod 32) as the halo's.
-    static constexpr int SUB_PLANE = features_quad_sub_plane(CARAFE_FEATURES_QUAD_TILE_ROWS *
-                                                             CARAFE_FEATURES_QUAD_TILE_COLS);
-    static constexpr int TAP_PLANE = S * S * SUB_PLANE;
+    // A tap's sub-pixel planes, spaced as the halo's.
+    static constexpr int PLANE = CARAFE_FEATURES_QUAD_TILE_ROWS * CARAFE_FEATURES_QUAD_TILE_COLS;
+    static constexpr int B_PITCH = features_quad_b_pitch(PLANE);
+    static constexpr int A_PITCH = features_quad_a_pitch(PLANE);
+    static constexpr int TAP_PLANE = S * A_PITCH;
     static_assert(THREADS % COLS == 0 && ROWS % ROW_GROUPS == 0 && ROW_GROUPS % S == 0,
                   "whole mask rows a pass, each thread on one sub-pixel row");
 
@@ -158,7 +185,8 @@ struct features_quad_masks {
     static __device__ __forceinline__ void load(acc_t (&weight)[Q][K * K], acc_t* shared,
                                                 const scalar_t* masks, const strides4& ms,
                                                 const carafe_geometry& g, const tile_position& p,
-                                                index_t h0, index_t w0, int thread, int sub,
+                                                index_t h0, index_t w0, int thread, int sub_y,
+                                                int sub_x,
                                                 int local_h, int local_w) {
         constexpr int TAPS = K * K, R = (K - 1) / 2;
         const int column = thread % COLS, row_first = thread / COLS;
@@ -168,9 +196,9 @@ struct features_quad_masks {
         const index_t row_step = K * ms.c - S * ms.h, col_step = ms.c - S * ms.w;
         const index_t pass_step = ROW_GROUPS * ms.h;
         const index_t centre_w = w0 + column / S + R;  // less j: tap j's centre column
-        const int stored = (row_first % S * S + column % S) * SUB_PLANE +
+        const int stored = row_first % S * A_PITCH + column % S * B_PITCH +
                            row_first / S * CARAFE_FEATURES_QUAD_TILE_COLS + column / S;
-        const int mine = sub * SUB_PLANE + local_h * CARAFE_FEATURES_QUAD_TILE_COLS + local_w;
+        const int mine = sub_y * A_PITCH + sub_x * B_PITCH + local_h * CARAFE_FEATURES_QUAD_TILE_COLS + local_w;
 #pragma unroll 1
         for (int i = 0; i < K; ++i) {
             const scalar_t* tap_row = origin + i * row_step;
@@ -257,8 +285,8 @@ __device__ void carafe_backward_features_quad_impl(
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
 
     acc_t weight[Q][TAPS];
-    features_quad_masks<scalar_t, K>::load(weight, shared, masks, ms, g, p, h0, w0, thread, sub,
-                                           local_h, local_w);
+    features_quad_masks<scalar_t, K>::load(weight, shared, masks, ms, g, p, h0, w0, thread, sub_y,
+                                           sub_x, local_h, local_w);
 
     acc_t* halo = shared;
     slots_t slots;
@@ -268,7 +296,7 @@ __device__ void carafe_backward_features_quad_impl(
     slots.locate(grad_output + p.n * gs.n + c_begin * gs.c, gs, thread, centre_row0 * S,
                  centre_col0 * S, out_height, out_width);
     // Window of row i, column d (d = q + K - 1 - j for tap (i, j) of pixel q).
-    const int base = sub * slots_t::SUB_PLANE + (local_h + K - 1) * CENTRE_PITCH + local_w;
+    const int base = sub_y * slots_t::A_PITCH + sub_x * slots_t::B_PITCH + (local_h + K - 1) * CENTRE_PITCH + local_w;
     const int mine = 2 * sub_x + sub_y;  // the quad's pixel this lane stores
     const bool stores = h < g.height && w + mine < g.width;
     scalar_t* out = grad_features + p.n * fs.n + c_begin * fs.c + h * fs.h + (w + mine) * fs.w;

@@ -339,11 +339,13 @@ FEATURES_QUAD_TILE = (
 )
 
 
-def features_quad_sub_plane(plane: int) -> int:
-    """The quad kernels' sub-pixel plane: at least ``plane``, 8 (mod 32), so a
-    quarter warp's 16-byte reads hit distinct banks (as features_quad_sub_plane
-    in the .cuh)."""
-    return plane + (8 - plane) % 32
+def features_quad_pitches(plane: int) -> tuple[int, int]:
+    """The quad kernels' sub-pixel plane (a, b) offset a * A + b * B, as (A, B):
+    B at least ``plane`` and 16 (mod 32), A = 2B + 8, so the reads and the
+    staging stores hit distinct banks (as features_quad_a_pitch / _b_pitch in
+    the .cuh)."""
+    b_pitch = plane + (16 - plane) % 32
+    return 2 * b_pitch + 8, b_pitch
 
 
 def features_quad_shared(kernel_size: int) -> tuple[int, int]:
@@ -353,8 +355,8 @@ def features_quad_shared(kernel_size: int) -> tuple[int, int]:
     cols, rows = FEATURES_QUAD_TILE
     s = FEATURES_QUAD_SCALE
     pitch = -(-(cols + kernel_size - 1) // 4) * 4
-    channel = s * s * features_quad_sub_plane((rows + kernel_size - 1) * pitch)
-    tap_row = kernel_size * s * s * features_quad_sub_plane(rows * cols)
+    channel = s * features_quad_pitches((rows + kernel_size - 1) * pitch)[0]
+    tap_row = kernel_size * s * features_quad_pitches(rows * cols)[0]
     return channel, tap_row
 
 
