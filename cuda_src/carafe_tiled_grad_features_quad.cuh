@@ -195,7 +195,21 @@ struct features_quad_masks {
                                  ((h0 + R) * S + row_first) * ms.h + ((w0 + R) * S + column) * ms.w;
         const index_t row_step = K * ms.c - S * ms.h, col_step = ms.c - S * ms.w;
         const index_t pass_step = ROW_GROUPS * ms.h;
-        const index_t centre_w = w0 + column / S + R;  // less j: tap j's centre column
+        // bit j: tap column j's centre is inside the image; bit i * PASSES + m: tap row
+        // i's centre of pass m (tested once, not per tap row)
+        unsigned int columns_in = 0, rows_in = 0;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const index_t centre_w = w0 + column / S + R - j;
+            if (centre_w >= 0 && centre_w < g.width) columns_in |= 1u << j;
+        }
+#pragma unroll
+        for (int i = 0; i < K; ++i)
+#pragma unroll
+            for (int m = 0; m < PASSES; ++m) {
+                const index_t centre_h = h0 + (row_first + m * ROW_GROUPS) / S + R - i;
+                if (centre_h >= 0 && centre_h < g.height) rows_in |= 1u << (i * PASSES + m);
+            }
         const int stored = row_first % S * A_PITCH + column % S * B_PITCH +
                            row_first / S * CARAFE_FEATURES_QUAD_TILE_COLS + column / S;
         const int mine = sub_y * A_PITCH + sub_x * B_PITCH + local_h * CARAFE_FEATURES_QUAD_TILE_COLS + local_w;
@@ -207,10 +221,8 @@ struct features_quad_masks {
             for (int j = 0; j < K; ++j)
 #pragma unroll
                 for (int m = 0; m < PASSES; ++m) {
-                    const index_t centre_h = h0 + (row_first + m * ROW_GROUPS) / S + R - i;
                     value[j][m] = 0;
-                    if (centre_h >= 0 && centre_h < g.height && centre_w - j >= 0 &&
-                        centre_w - j < g.width)
+                    if ((rows_in >> (i * PASSES + m)) & (columns_in >> j) & 1u)
                         value[j][m] = storage<scalar_t>::load(tap_row + j * col_step +
                                                               m * pass_step);
                 }

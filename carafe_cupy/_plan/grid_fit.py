@@ -58,10 +58,12 @@ L2_SECTOR_OVERHEAD = 2.33
 class LaunchBytes:
     """Bytes a sliced launch moves through L2: ``per_slice`` for each channel
     slice (every slice re-reads its tiles' masks) and ``once`` in all (the
-    grad_output halos and the results, split among the slices)."""
+    grad_output halos and the results, split among the slices);
+    ``sector_overhead``: sectors fetched over the sectors these bytes fill."""
 
     per_slice: float = 0.0
     once: float = 0.0
+    sector_overhead: float = L2_SECTOR_OVERHEAD
 
     def total(self, slices: int) -> float:
         return self.per_slice * slices + self.once
@@ -78,7 +80,7 @@ def launch_cycles(
     """SM clocks of the launch: the busiest SM's issue time, or the L2's time
     for the launch's bytes, whichever is longer (more channel slices fill the
     grid but re-read more masks)."""
-    bytes_moved = traffic.total(slices) * L2_SECTOR_OVERHEAD
+    bytes_moved = traffic.total(slices) * traffic.sector_overhead
     l2 = bytes_moved / (L2_BYTES_PER_CLOCK_PER_SM * target.sms)
     return max(busiest_sm_cycles(cost, blocks, channels_per_block, target), l2)
 
@@ -147,9 +149,13 @@ _FEATURES_ONE_PIXEL = {
     4: KernelCost(1054, 129.0, 8, 2, 0.62),
     2: KernelCost(1079, 130.0, 8, 2, 0.60),
 }
+# The four-pixel kernel (benchmarks/results/2026-12-08-grad-features/): its
+# prologue is the straight-line code plus K trips of the mask staging loop (fp32
+# 725 + 5 x 235), a channel the tap loop (133) and the staging (66, fp16 unrolled
+# 507 / 4) plus the batch loop's share.
 _FEATURES_QUAD = {
-    4: KernelCost(1559, 268.5, 4, 3, 0.62),
-    2: KernelCost(1698, 356.0, 4, 2, 0.27),
+    4: KernelCost(1900, 208.0, 4, 3, 0.56),
+    2: KernelCost(2196, 261.0, 4, 2, 0.31),
 }
 
 
@@ -172,19 +178,25 @@ def features_cost(itemsize: int, kernel_size: int, quad: bool) -> KernelCost:
     )
 
 
-def features_launch_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> LaunchBytes:
+def features_launch_bytes(
+    geometry: Geometry, dtype: str, cols: int, rows: int, quad: bool = False
+) -> LaunchBytes:
     """What a grad_features launch of cols x rows input-pixel tiles moves through
     L2: every pixel's k² s² masks once a slice, the tiles' grad_output halos
-    (their parts inside the image) and the results once. A thread's mask loads
-    are s pixels apart, so they fetch about MASK_SECTOR_SHARE times the sectors
-    of the contiguous halo rows (the cost model's L2 time at 104 x 168 with 2 and
-    with 5 slices gives 1.7)."""
+    (their parts inside the image) and the results once. The one-pixel kernel's
+    mask loads are s pixels apart, so they fetch about MASK_SECTOR_SHARE times
+    the sectors of the contiguous halo rows (the cost model's L2 time at 104 x 168
+    with 2 and with 5 slices gives 1.7); the four-pixel kernel loads masks and
+    halo rows by consecutive columns (QUAD_SECTOR_OVERHEAD)."""
     k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
     images = geometry.batch * geometry.group_size
     pixels = geometry.height * geometry.width
-    masks = images * pixels * k * k * s * s * size * MASK_SECTOR_SHARE
+    masks = images * pixels * k * k * s * s * size * (1.0 if quad else MASK_SECTOR_SHARE)
     halo = _halo_inside(geometry.width, cols, k) * _halo_inside(geometry.height, rows, k) * s * s
-    return LaunchBytes(masks, geometry.batch * geometry.channels * (halo + pixels) * size)
+    once = geometry.batch * geometry.channels * (halo + pixels) * size
+    if quad:
+        return LaunchBytes(masks, once, QUAD_SECTOR_OVERHEAD)
+    return LaunchBytes(masks, once)
 
 
 def _halo_inside(size: int, tile: int, k: int) -> int:
@@ -198,3 +210,9 @@ def _halo_inside(size: int, tile: int, k: int) -> int:
 
 
 MASK_SECTOR_SHARE = 1.75
+# The four-pixel kernel's sectors over the bytes above: its halo rows start 4
+# columns before a 64-column boundary (5 sectors where 4 would hold a warp's
+# row) and a tap row's mask rows are shifted as much; the cost model's L2 bytes
+# over these at 26 x 42, 52 x 84, 104 x 168 and 64 x 64 (13, 5, 2, 5 slices) are
+# 1.24-1.30.
+QUAD_SECTOR_OVERHEAD = 1.3

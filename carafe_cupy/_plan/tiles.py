@@ -389,7 +389,7 @@ def features_quad_plan(
     # sliced by the busiest SM's issue time, prologue and tail round included
     cost = features_cost(ITEMSIZE[dtype], k, quad=True)
     per_group = geometry.channels // geometry.group_size
-    traffic = features_launch_bytes(geometry, dtype, cols, rows)
+    traffic = features_launch_bytes(geometry, dtype, cols, rows, quad=True)
     per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
@@ -408,7 +408,7 @@ def faster_features_plan(
     def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
         cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
         cost = replace(cost, warps=-(-plan.threads_per_block // 32))
-        traffic = features_launch_bytes(geometry, dtype, cols, rows)
+        traffic = features_launch_bytes(geometry, dtype, cols, rows, quad=is_quad)
         slices = -(-(geometry.channels // geometry.group_size) // plan.tiling[0])
         return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic, slices)
 
