@@ -151,11 +151,11 @@ _FEATURES_ONE_PIXEL = {
 }
 # The four-pixel kernel (benchmarks/results/2026-12-08-grad-features/): its
 # prologue is the straight-line code plus K trips of the mask staging loop (fp32
-# 725 + 5 x 235), a channel the tap loop (133) and the staging (66, fp16 unrolled
+# 725 + 5 x 235, fp16 725 + 5 x 258), a channel the tap loop (133) and the staging (66, fp16 unrolled
 # 507 / 4) plus the batch loop's share.
 _FEATURES_QUAD = {
     4: KernelCost(1900, 208.0, 4, 3, 0.56),
-    2: KernelCost(2196, 261.0, 4, 2, 0.31),
+    2: KernelCost(2015, 261.0, 4, 2, 0.32),
 }
 
 
