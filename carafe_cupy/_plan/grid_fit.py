@@ -143,11 +143,15 @@ def sliced_channels_per_block(
 # own body over its 4 channels, plus the tap loop and the reduction), and the
 # IPC / 4 each reaches with all its resident blocks (0.56-0.67 fp32, 0.54-0.63
 # the one-pixel fp16; the four-pixel fp16 / bf16 kernel, two blocks of 4 warps,
-# 0.25-0.29). Keyed by the storage width: fp16 and bf16 convert on staging and on
-# the store.
+# 0.32). Keyed by the storage width: fp16 and bf16 convert on staging and on
+# the store. The one-pixel fp16 takes 0.63, its figure at 52 x 84 and 64 x 64,
+# where the four-pixel kernel comes within a few per cent of it: with 0.60 this
+# estimate put it 5% above the cost model's time there (79.2 and 59.7 against
+# 75.2 and 56.3 µs) and picked the four-pixel kernel, which the model gives 78.1
+# and 58.6.
 _FEATURES_ONE_PIXEL = {
     4: KernelCost(1054, 129.0, 8, 2, 0.62),
-    2: KernelCost(1079, 130.0, 8, 2, 0.60),
+    2: KernelCost(1079, 130.0, 8, 2, 0.63),
 }
 # The four-pixel kernel (benchmarks/results/2026-12-08-grad-features/): its
 # prologue is the straight-line code plus K trips of the mask staging loop (fp32
