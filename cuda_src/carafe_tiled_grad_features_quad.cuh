@@ -213,7 +213,8 @@ struct features_quad_masks {
         const int stored = row_first % S * A_PITCH + column % S * B_PITCH +
                            row_first / S * CARAFE_FEATURES_QUAD_TILE_COLS + column / S;
         const int mine = sub_y * A_PITCH + sub_x * B_PITCH + local_h * CARAFE_FEATURES_QUAD_TILE_COLS + local_w;
-#pragma unroll 1
+        // unrolled: with a run-time i, weight[q][i * K + j] would live in local memory
+#pragma unroll
         for (int i = 0; i < K; ++i) {
             const scalar_t* tap_row = origin + i * row_step;
             acc_t value[K][PASSES];
