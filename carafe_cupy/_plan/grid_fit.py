@@ -148,18 +148,19 @@ def sliced_channels_per_block(
 # where the four-pixel kernel comes within a few per cent of it: with 0.60 this
 # estimate put it 5% above the cost model's time there (79.2 and 59.7 against
 # 75.2 and 56.3 µs) and picked the four-pixel kernel, which the model gives 78.1
-# and 58.6.
+# and 58.6 (80.0 at 52 x 84 after the mask staging was unrolled).
 _FEATURES_ONE_PIXEL = {
     4: KernelCost(1054, 129.0, 8, 2, 0.62),
     2: KernelCost(1079, 130.0, 8, 2, 0.63),
 }
 # The four-pixel kernel (benchmarks/results/2026-12-08-grad-features/): its
-# prologue is the straight-line code plus K trips of the mask staging loop (fp32
-# 725 + 5 x 235, fp16 725 + 5 x 258), a channel the tap loop (133) and the staging (66, fp16 unrolled
-# 507 / 4) plus the batch loop's share.
+# prologue is the straight-line code, the mask staging unrolled in it (fp32 1825,
+# fp16 1926); a channel is the tap loop (133, fp16 134) and the staging (66, fp16
+# unrolled over the batch 501 / 4 with the batch loop) plus the batch loop's share
+# (35 / 4); IPC / 4 0.58 at 52 x 84 (0.56-0.60 over the levels), fp16 0.31.
 _FEATURES_QUAD = {
     4: KernelCost(1825, 208.0, 4, 3, 0.58),
-    2: KernelCost(2015, 261.0, 4, 2, 0.32),
+    2: KernelCost(1926, 259.0, 4, 2, 0.31),
 }
 
 
