@@ -2,7 +2,8 @@
 (cuda_src/carafe_tiled_grad_features_quad.cuh), for benchmarks/mutate_kernels.py:
 the shuffle reduction, the register tile of masks and sums, the masks' staging
 through shared memory, the image tails, and the halo's staging slots; and the
-one-pixel kernel's sub-pixel reduction, which must associate as the shuffles do. Its four block barriers are in
+one-pixel kernel's sub-pixel reduction, which must associate as the shuffles do. Its
+four block barriers are in
 kernel_mutants_barriers.py with every other barrier.
 
 Each entry is (name, files, pattern, replacement, occurrence), the fields of
