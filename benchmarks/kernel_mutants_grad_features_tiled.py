@@ -3,8 +3,7 @@
 the shuffle reduction, the register tile of masks and sums, the masks' staging
 through shared memory, the image tails, and the halo's staging slots; and the
 one-pixel kernel's sub-pixel reduction, which must associate as the shuffles do. Its
-four block barriers are in
-kernel_mutants_barriers.py with every other barrier.
+four block barriers are in kernel_mutants_barriers.py with every other barrier.
 
 Each entry is (name, files, pattern, replacement, occurrence), the fields of
 kernel_mutants.Mutant; files are in cuda_src/.
