@@ -63,6 +63,16 @@ SITES = {
         r"(__syncthreads\(\);)(\n#pragma unroll 1\n        for \(int cc = 0; cc < count; \+\+cc\) "
         r"\{\n            const acc_t\* window = halo \+ cc \* slots_t)",
     ),
+    # its masks staged one tap row at a time through the same shared memory
+    "grad-features-quad-barrier-before-mask-row": (
+        "carafe_tiled_grad_features_quad.cuh",
+        r"(__syncthreads\(\);)(  // the previous tap row read)",
+    ),
+    "grad-features-quad-barrier-after-mask-row": (
+        "carafe_tiled_grad_features_quad.cuh",
+        r"(__syncthreads\(\);)(\n#pragma unroll\n            for \(int j = 0; j < K; \+\+j\) \{\n"
+        r"                const float4 four)",
+    ),
     # the warps' partial sums of one kernel row reuse the space of the last
     # row's (and, for the first row, the halo other warps may still read)
     "grad-masks-barrier-before-partial-sums": (

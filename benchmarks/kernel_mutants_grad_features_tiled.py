@@ -1,9 +1,9 @@
 """Mutants of grad_features with four input pixels per thread
 (cuda_src/carafe_tiled_grad_features_quad.cuh), for benchmarks/mutate_kernels.py:
-the shuffle reduction, the register tile of masks and sums, the image tails,
-and the halo's staging slots; and the one-pixel kernel's sub-pixel reduction,
-which must associate as the shuffles do. Its two block barriers are in
-kernel_mutants_barriers.py with every other barrier.
+the shuffle reduction, the register tile of masks and sums, the masks' staging
+through shared memory, the image tails, and the halo's staging slots; and the
+one-pixel kernel's sub-pixel reduction, which must associate as the shuffles do. Its
+four block barriers are in kernel_mutants_barriers.py with every other barrier.
 
 Each entry is (name, files, pattern, replacement, occurrence), the fields of
 kernel_mutants.Mutant; files are in cuda_src/.
@@ -60,14 +60,6 @@ SHUFFLES = (
 )
 
 REGISTER_TILE = (
-    # every pixel of the quad takes the first pixel's masks
-    (
-        "grad-features-quad-masks-of-first-pixel",
-        QUAD,
-        r"weight\[q\], masks, ms, g, p, h, w \+ q,",
-        "weight[q], masks, ms, g, p, h, w,",
-        0,
-    ),
     # the window column of a tap ignores the pixel's place in the quad
     (
         "grad-features-quad-tap-column-without-pixel",
@@ -83,11 +75,109 @@ REGISTER_TILE = (
         "if (j > 0 && j < K)",
         0,
     ),
+    # the window's rows, read 16 bytes at a time
     (
         "grad-features-quad-window-row-pitch",
         QUAD,
-        r"window\[d - i \* CENTRE_COLS\]",
-        "window[d - i * (CENTRE_COLS - 1)]",
+        r"window - i \* CENTRE_PITCH \+ 4 \* v\)",
+        "window - i * (CENTRE_PITCH - 4) + 4 * v)",
+        0,
+    ),
+    (
+        "grad-features-quad-window-vector-lane",
+        QUAD,
+        r"value\[4 \* v \+ 1\] = four\.y;",
+        "value[4 * v + 1] = four.x;",
+        0,
+    ),
+    (
+        "grad-features-quad-window-sub-planes-transposed",
+        QUAD,
+        r"base = sub_y \* slots_t::A_PITCH \+ sub_x \* slots_t::B_PITCH",
+        "base = sub_x * slots_t::A_PITCH + sub_y * slots_t::B_PITCH",
+        0,
+    ),
+)
+
+MASKS = (
+    # the masks staged through shared memory, a tap row at a time
+    (
+        "grad-features-quad-masks-vector-lane",
+        QUAD,
+        r"weight\[1\]\[i \* K \+ j\] = four\.y;",
+        "weight[1][i * K + j] = four.z;",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-sub-planes-transposed",
+        QUAD,
+        r"const int mine = sub_y \* A_PITCH \+ sub_x \* B_PITCH",
+        "const int mine = sub_x * A_PITCH + sub_y * B_PITCH",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-stored-planes-transposed",
+        QUAD,
+        r"const int stored = row_first % S \* A_PITCH \+ column % S \* B_PITCH",
+        "const int stored = column % S * A_PITCH + row_first % S * B_PITCH",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-pass-row",
+        QUAD,
+        r"m \* \(ROW_GROUPS / S\) \* CARAFE_FEATURES_QUAD_TILE_COLS\] = value",
+        "m * ROW_GROUPS * CARAFE_FEATURES_QUAD_TILE_COLS] = value",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-tap-row-step",
+        QUAD,
+        r"row_step = K \* ms\.c - S \* ms\.h",
+        "row_step = K * ms.c - ms.h",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-tap-column-step",
+        QUAD,
+        r"col_step = ms\.c - S \* ms\.w",
+        "col_step = ms.c - ms.w",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-pass-step",
+        QUAD,
+        r"pass_step = ROW_GROUPS \* ms\.h;",
+        "pass_step = ms.h;",
+        0,
+    ),
+    # a tap whose centre lies outside the image must weigh zero (its mask there is
+    # another pixel's, or outside the tensor)
+    (
+        "grad-features-quad-masks-column-bound",
+        QUAD,
+        r"if \(centre_w >= 0 && centre_w < g\.width\)",
+        "if (centre_w >= 0 && centre_w <= g.width)",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-columns-left-of-image",
+        QUAD,
+        r"if \(centre_w >= 0 && ",
+        "if (centre_w >= -1 && ",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-row-bound",
+        QUAD,
+        r"if \(centre_h >= 0 && centre_h < g\.height\)",
+        "if (centre_h >= 0 && centre_h <= g.height)",
+        0,
+    ),
+    (
+        "grad-features-quad-masks-rows-above-image",
+        QUAD,
+        r"if \(centre_h >= 0 && ",
+        "if (centre_h >= -1 && ",
         0,
     ),
 )
@@ -134,32 +224,32 @@ STAGING = (
         0,
     ),
     (
-        "grad-features-quad-staging-column-of-centre",
+        "grad-features-quad-staging-span-step",
         QUAD,
-        r"const index_t x = col0 \+ centre \* S;",
-        "const index_t x = col0 + centre;",
+        r"span_step = WARP \* gs\.w;",
+        "span_step = (WARP - 2) * gs.w;",
         0,
     ),
-    # the right column of a pair is never loaded (zero-filled as if outside)
+    # the right span's image test made with the left span's column
     (
-        "grad-features-quad-staging-right-column-never-loaded",
+        "grad-features-quad-staging-span-column-unchecked",
         QUAD,
-        r"loaded \|= 1u << \(S \* i \+ b\);",
-        "loaded |= 1u << (S * i);",
+        r"const index_t x = col0 \+ column \+ span \* WARP;",
+        "const index_t x = col0 + column;",
         0,
     ),
     (
         "grad-features-quad-staging-column-bound",
         QUAD,
-        r"x \+ b < out_width",
-        "x + b <= out_width",
+        r"x >= 0 && x < out_width\)\n",
+        "x >= 0 && x <= out_width)\n",
         0,
     ),
     (
         "grad-features-quad-staging-row-bound",
         QUAD,
-        r"y < out_height && x \+ b",
-        "y <= out_height && x + b",
+        r"y >= 0 && y < out_height",
+        "y >= 0 && y <= out_height",
         0,
     ),
     (
@@ -173,15 +263,58 @@ STAGING = (
     (
         "grad-features-quad-staging-planes-transposed",
         QUAD,
-        r"at\[i\] = \(r % S\) \* S \* SUB_PLANE",
-        "at[i] = (r % S) * SUB_PLANE",
+        r"at = \(group % S\) \* A_PITCH \+ \(column % S\) \* B_PITCH",
+        "at = (column % S) * A_PITCH + (group % S) * B_PITCH",
         0,
     ),
     (
-        "grad-features-quad-staging-slot-step",
+        "grad-features-quad-staging-slot-row-step",
         QUAD,
-        r"\(i / 2\) \* AT_STEP\]",
-        "(i / 2) * (AT_STEP - 1)]",
+        r"plane\[at \+ i \* ROW_STEP \+ span \* SPAN_STEP\]",
+        "plane[at + i * (ROW_STEP - 1) + span * SPAN_STEP]",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-slot-span-step",
+        QUAD,
+        r"plane\[at \+ i \* ROW_STEP \+ span \* SPAN_STEP\]",
+        "plane[at + i * ROW_STEP + span * (SPAN_STEP - 1)]",
+        0,
+    ),
+    # the columns past 64, one element a thread
+    (
+        "grad-features-quad-staging-extra-never-loaded",
+        QUAD,
+        r"if \(y >= 0 && y < out_height && x >= 0 && x < out_width\) loaded \|= 1u << EXTRA_BIT;",
+        "if (false) loaded |= 1u << EXTRA_BIT;",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-extra-column",
+        QUAD,
+        r"extra_c = SPANS \* WARP \+ thread % EXTRA_WIDTH;",
+        "extra_c = SPANS * WARP - 2 + thread % EXTRA_WIDTH;",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-extra-offset",
+        QUAD,
+        r"extra_offset = \(index_t\)\(extra_r - group\) \* gs\.h",
+        "extra_offset = (index_t)extra_r * gs.h",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-extra-planes-transposed",
+        QUAD,
+        r"extra_at = \(extra_r % S\) \* A_PITCH \+ \(extra_c % S\) \* B_PITCH",
+        "extra_at = (extra_c % S) * A_PITCH + (extra_r % S) * B_PITCH",
+        0,
+    ),
+    (
+        "grad-features-quad-staging-extra-past-halo",
+        QUAD,
+        r"if \(EXTRA_COLS > 0 && extra_r < HALO_ROWS\)",
+        "if (EXTRA_COLS > 0)",
         0,
     ),
     (
@@ -240,4 +373,4 @@ ONE_PIXEL_REDUCTION = (
     ),
 )
 
-GRAD_FEATURES_TILED = SHUFFLES + REGISTER_TILE + TAILS + STAGING + ONE_PIXEL_REDUCTION
+GRAD_FEATURES_TILED = SHUFFLES + REGISTER_TILE + MASKS + TAILS + STAGING + ONE_PIXEL_REDUCTION

@@ -20,56 +20,91 @@ constexpr int CARAFE_FEATURES_QUAD_THREADS = CARAFE_TILE_THREADS_X * CARAFE_FEAT
 template <typename scalar_t, int K>
 constexpr int carafe_features_quad_blocks_min = K <= 3 ? 4 : sizeof(scalar_t) == 4 ? 3 : 2;
 
-// Sub-pixel plane size: at least `plane`, and 17 (mod 32): odd, so a warp's 8
-// quads (4 columns apart) times 4 sub-pixel planes read 32 distinct banks.
-__host__ __device__ constexpr int features_quad_sub_plane(int plane) {
-    return plane + ((17 - plane % 32) + 32) % 32;
+// The 4 sub-pixel planes (a, b) of a staged channel or mask tap lie at a * A + b * B,
+// multiples of 4 (16-byte aligned rows) with B = 16 and A = 8 (mod 32), B at least
+// a plane: a quarter warp's 16-byte reads (2 quads, 4 columns apart, times the 4
+// planes) cover 8 distinct groups of 4 banks, and a warp's stores of 32
+// consecutive columns (16 centres in each b plane) 32 distinct banks.
+__host__ __device__ constexpr int features_quad_b_pitch(int plane) {
+    return plane + ((16 - plane % 32) + 32) % 32;
+}
+__host__ __device__ constexpr int features_quad_a_pitch(int plane) {
+    return 2 * features_quad_b_pitch(plane) + 8;
 }
 
-// The halo's staging slots: each thread stages the two output columns of one
-// centre column (both sub-pixel planes of a row) in every ROW_GROUPS-th row
-// from its first, so the global offset steps by a fixed stride and the shared
-// index by a compile-time one.
+// Centre columns of a halo row, rounded up to 4 so every row starts 16-byte aligned.
+__host__ __device__ constexpr int features_quad_centre_pitch(int centre_cols) {
+    return (centre_cols + 3) / 4 * 4;
+}
+
+// The halo's staging slots. A warp stages one halo row in each of its ROWS
+// passes (row group + i * ROW_GROUPS): lane c its columns c and c + 32, so the
+// loads cover consecutive columns (whole sectors) and the stores, 16 centres of
+// each sub-pixel column, 32 distinct banks. The columns past 64 (EXTRA_COLS of
+// each row) are one element a thread. Offsets step by fixed strides, shared
+// indices by compile-time ones; the total is the halo over the threads, 9 each
+// at K = 5.
 template <typename scalar_t, int K>
 struct features_quad_slots {
-    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE;
+    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE, WARP = 32;
     static constexpr int CENTRE_ROWS = CARAFE_FEATURES_QUAD_TILE_ROWS + K - 1;
     static constexpr int CENTRE_COLS = CARAFE_FEATURES_QUAD_TILE_COLS + K - 1;
-    static constexpr int SUB_PLANE = features_quad_sub_plane(CENTRE_ROWS * CENTRE_COLS);
-    static constexpr int CHANNEL_PLANE = S * S * SUB_PLANE;
+    static constexpr int CENTRE_PITCH = features_quad_centre_pitch(CENTRE_COLS);
+    static constexpr int B_PITCH = features_quad_b_pitch(CENTRE_ROWS * CENTRE_PITCH);
+    static constexpr int A_PITCH = features_quad_a_pitch(CENTRE_ROWS * CENTRE_PITCH);
+    static constexpr int CHANNEL_PLANE = S * A_PITCH;
     static constexpr int HALO_ROWS = CENTRE_ROWS * S, HALO_COLS = CENTRE_COLS * S;
     static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
-    static constexpr int ROW_GROUPS = THREADS / CENTRE_COLS;
-    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per thread
-    static_assert(ROW_GROUPS >= 1 && ROWS * S <= 32, "the halo's rows fit one bit mask");
+    static constexpr int ROW_GROUPS = THREADS / WARP;
+    static constexpr int ROWS = (HALO_ROWS + ROW_GROUPS - 1) / ROW_GROUPS;  // per warp
+    static constexpr int SPANS = 2;                                         // 32 columns each
+    static constexpr int EXTRA_COLS = HALO_COLS - SPANS * WARP;
+    static_assert(ROW_GROUPS % S == 0, "a thread's rows share one sub-pixel row");
+    static_assert(EXTRA_COLS >= 0 && HALO_ROWS * EXTRA_COLS <= THREADS, "one extra a thread");
+    static_assert(ROWS * SPANS < 32, "the rows and the extra fit one bit mask");
 
     const scalar_t* first;  // this thread's first row, left column, channel 0
     index_t row_step;       // ROW_GROUPS rows of grad_output
-    index_t col_step;       // one column of grad_output
-    int at[2];              // shared index of rows 0 and 1; row i: at[i % 2] + (i / 2) * step
-    unsigned int loaded;    // bit S * i + b: column b of row i is in the halo and the image
-    unsigned int staged;    // bit i: row i is in the halo
+    index_t span_step;      // WARP columns of grad_output
+    index_t extra_offset;   // this thread's extra element, from `first`
+    int at;                 // shared index of row 0; row i: at + i * ROW_STEP
+    int extra_at;
+    unsigned int loaded;    // bit SPANS * i + span: in the halo and the image; bit EXTRA_BIT: the extra
+    unsigned int staged;    // bit i: row i is in the halo; bit EXTRA_BIT: the extra
+    static constexpr int EXTRA_BIT = ROWS * SPANS;
 
     __device__ __forceinline__ void locate(const scalar_t* channels, const strides4& gs,
                                            int thread, index_t row0, index_t col0,
                                            index_t out_height, index_t out_width) {
-        const int centre = thread % CENTRE_COLS, group = thread / CENTRE_COLS;
-        const index_t x = col0 + centre * S;
-        first = channels + (row0 + group) * gs.h + x * gs.w;
+        const int column = thread % WARP, group = thread / WARP;
+        first = channels + (row0 + group) * gs.h + (col0 + column) * gs.w;
         row_step = ROW_GROUPS * gs.h;
-        col_step = gs.w;
+        span_step = WARP * gs.w;
+        at = (group % S) * A_PITCH + (column % S) * B_PITCH + (group / S) * CENTRE_PITCH +
+             column / S;
         loaded = staged = 0;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
             const int r = group + i * ROW_GROUPS;
             const index_t y = row0 + r;
-            if (i < 2) at[i] = (r % S) * S * SUB_PLANE + (r / S) * CENTRE_COLS + centre;
-            if (group >= ROW_GROUPS || r >= HALO_ROWS) continue;
+            if (r >= HALO_ROWS) continue;
             staged |= 1u << i;
 #pragma unroll
-            for (int b = 0; b < S; ++b)
-                if (y >= 0 && y < out_height && x + b >= 0 && x + b < out_width)
-                    loaded |= 1u << (S * i + b);
+            for (int span = 0; span < SPANS; ++span) {
+                const index_t x = col0 + column + span * WARP;
+                if (y >= 0 && y < out_height && x >= 0 && x < out_width)
+                    loaded |= 1u << (SPANS * i + span);
+            }
+        }
+        constexpr int EXTRA_WIDTH = EXTRA_COLS > 0 ? EXTRA_COLS : 1;  // K = 1: no extras
+        const int extra_r = thread / EXTRA_WIDTH, extra_c = SPANS * WARP + thread % EXTRA_WIDTH;
+        const index_t y = row0 + extra_r, x = col0 + extra_c;
+        extra_offset = (index_t)(extra_r - group) * gs.h + (index_t)(extra_c - column) * gs.w;
+        extra_at = (extra_r % S) * A_PITCH + (extra_c % S) * B_PITCH +
+                   (extra_r / S) * CENTRE_PITCH + extra_c / S;
+        if (EXTRA_COLS > 0 && extra_r < HALO_ROWS) {
+            staged |= 1u << EXTRA_BIT;
+            if (y >= 0 && y < out_height && x >= 0 && x < out_width) loaded |= 1u << EXTRA_BIT;
         }
     }
 
@@ -78,23 +113,27 @@ struct features_quad_slots {
     template <typename acc_t>
     __device__ __forceinline__ void stage_channel(acc_t* halo, const scalar_t* row,
                                                   int cc) const {
-        constexpr int AT_STEP = ROW_GROUPS * CENTRE_COLS;  // two slots down: 2 * ROW_GROUPS rows
-        acc_t value[ROWS][S];
+        constexpr int ROW_STEP = ROW_GROUPS / S * CENTRE_PITCH;  // ROW_GROUPS rows down
+        constexpr int SPAN_STEP = WARP / S;                      // WARP columns on
+        acc_t extra = 0;
+        if (loaded >> EXTRA_BIT & 1u) extra = storage<scalar_t>::load(row + extra_offset);
+        acc_t value[ROWS][SPANS];
 #pragma unroll
         for (int i = 0; i < ROWS; ++i, row += row_step)
 #pragma unroll
-            for (int b = 0; b < S; ++b) {
-                value[i][b] = 0;
-                if (loaded >> (S * i + b) & 1u)
-                    value[i][b] = storage<scalar_t>::load(row + b * col_step);
+            for (int span = 0; span < SPANS; ++span) {
+                value[i][span] = 0;
+                if (loaded >> (SPANS * i + span) & 1u)
+                    value[i][span] = storage<scalar_t>::load(row + span * span_step);
             }
+        acc_t* plane = halo + cc * CHANNEL_PLANE;
 #pragma unroll
         for (int i = 0; i < ROWS; ++i)
             if (staged >> i & 1u)
 #pragma unroll
-                for (int b = 0; b < S; ++b)
-                    halo[cc * CHANNEL_PLANE + b * SUB_PLANE + at[i % 2] + (i / 2) * AT_STEP] =
-                        value[i][b];
+                for (int span = 0; span < SPANS; ++span)
+                    plane[at + i * ROW_STEP + span * SPAN_STEP] = value[i][span];
+        if (staged >> EXTRA_BIT & 1u) plane[extra_at] = extra;
     }
 
     // Channels [0, count) of the batch (`channel_offset` past channel 0) into the
@@ -115,6 +154,95 @@ struct features_quad_slots {
         } else {
 #pragma unroll 1
             for (int cc = 0; cc < count; ++cc) stage_channel(halo, rows + cc * stride, cc);
+        }
+    }
+};
+
+// The masks of a tile, one tap row at a time through shared memory: the block
+// loads tap row i's K taps over the tile's 2 * TILE_ROWS x 2 * TILE_COLS mask
+// positions with consecutive threads on consecutive columns (whole sectors, where
+// a thread's own taps, s columns apart for 4 pixels, would fetch 4 times the
+// sectors), stores them as [tap][sub-pixel][row][pixel], and each thread reads
+// its quad's 4 masks of a tap with one 16-byte load. Zero where the tap's centre
+// pixel lies outside the image, as features_tap_weights.
+template <typename scalar_t, int K>
+struct features_quad_masks {
+    static constexpr int S = CARAFE_FEATURES_QUAD_SCALE, Q = CARAFE_FEATURES_QUAD_PIXELS;
+    static constexpr int COLS = CARAFE_FEATURES_QUAD_TILE_COLS * S;  // mask columns of a tile
+    static constexpr int ROWS = CARAFE_FEATURES_QUAD_TILE_ROWS * S;
+    static constexpr int THREADS = CARAFE_FEATURES_QUAD_THREADS;
+    static constexpr int ROW_GROUPS = THREADS / COLS;     // rows a pass of the block loads
+    static constexpr int PASSES = ROWS / ROW_GROUPS;      // per tap
+    // A tap's sub-pixel planes, spaced as the halo's.
+    static constexpr int PLANE = CARAFE_FEATURES_QUAD_TILE_ROWS * CARAFE_FEATURES_QUAD_TILE_COLS;
+    static constexpr int B_PITCH = features_quad_b_pitch(PLANE);
+    static constexpr int A_PITCH = features_quad_a_pitch(PLANE);
+    static constexpr int TAP_PLANE = S * A_PITCH;
+    static_assert(THREADS % COLS == 0 && ROWS % ROW_GROUPS == 0 && ROW_GROUPS % S == 0,
+                  "whole mask rows a pass, each thread on one sub-pixel row");
+
+    template <typename acc_t>
+    static __device__ __forceinline__ void load(acc_t (&weight)[Q][K * K], acc_t* shared,
+                                                const scalar_t* masks, const strides4& ms,
+                                                const carafe_geometry& g, const tile_position& p,
+                                                index_t h0, index_t w0, int thread, int sub_y,
+                                                int sub_x,
+                                                int local_h, int local_w) {
+        constexpr int TAPS = K * K, R = (K - 1) / 2;
+        const int column = thread % COLS, row_first = thread / COLS;
+        // tap (0, 0) of this thread's first mask; tap (i, j) is i * row_step + j * col_step on
+        const scalar_t* origin = masks + p.n * ms.n + (p.group * TAPS) * ms.c +
+                                 ((h0 + R) * S + row_first) * ms.h + ((w0 + R) * S + column) * ms.w;
+        const index_t row_step = K * ms.c - S * ms.h, col_step = ms.c - S * ms.w;
+        const index_t pass_step = ROW_GROUPS * ms.h;
+        // bit j: tap column j's centre is inside the image; bit i * PASSES + m: tap row
+        // i's centre of pass m (tested once, not per tap row)
+        unsigned int columns_in = 0, rows_in = 0;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const index_t centre_w = w0 + column / S + R - j;
+            if (centre_w >= 0 && centre_w < g.width) columns_in |= 1u << j;
+        }
+#pragma unroll
+        for (int i = 0; i < K; ++i)
+#pragma unroll
+            for (int m = 0; m < PASSES; ++m) {
+                const index_t centre_h = h0 + (row_first + m * ROW_GROUPS) / S + R - i;
+                if (centre_h >= 0 && centre_h < g.height) rows_in |= 1u << (i * PASSES + m);
+            }
+        const int stored = row_first % S * A_PITCH + column % S * B_PITCH +
+                           row_first / S * CARAFE_FEATURES_QUAD_TILE_COLS + column / S;
+        const int mine = sub_y * A_PITCH + sub_x * B_PITCH + local_h * CARAFE_FEATURES_QUAD_TILE_COLS + local_w;
+        // unrolled: with a run-time i, weight[q][i * K + j] would live in local memory
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            const scalar_t* tap_row = origin + i * row_step;
+            acc_t value[K][PASSES];
+#pragma unroll
+            for (int j = 0; j < K; ++j)
+#pragma unroll
+                for (int m = 0; m < PASSES; ++m) {
+                    value[j][m] = 0;
+                    if ((rows_in >> (i * PASSES + m)) & (columns_in >> j) & 1u)
+                        value[j][m] = storage<scalar_t>::load(tap_row + j * col_step +
+                                                              m * pass_step);
+                }
+            __syncthreads();  // the previous tap row read (or, first, nothing yet)
+#pragma unroll
+            for (int j = 0; j < K; ++j)
+#pragma unroll
+                for (int m = 0; m < PASSES; ++m)
+                    shared[j * TAP_PLANE + stored +
+                           m * (ROW_GROUPS / S) * CARAFE_FEATURES_QUAD_TILE_COLS] = value[j][m];
+            __syncthreads();
+#pragma unroll
+            for (int j = 0; j < K; ++j) {
+                const float4 four = *reinterpret_cast<const float4*>(shared + j * TAP_PLANE + mine);
+                weight[0][i * K + j] = four.x;
+                weight[1][i * K + j] = four.y;
+                weight[2][i * K + j] = four.z;
+                weight[3][i * K + j] = four.w;
+            }
         }
     }
 };
@@ -151,8 +279,10 @@ __device__ void carafe_backward_features_quad_impl(
     typedef features_quad_slots<scalar_t, K> slots_t;
     constexpr int TAPS = K * K, S = CARAFE_FEATURES_QUAD_SCALE, Q = CARAFE_FEATURES_QUAD_PIXELS;
     constexpr int R = (K - 1) / 2;
-    constexpr int CENTRE_COLS = slots_t::CENTRE_COLS;
-    constexpr int HALO_COLS = slots_t::HALO_COLS;
+    constexpr int CENTRE_PITCH = slots_t::CENTRE_PITCH;
+    // a window row's K + Q - 1 values, read 4 at a time from its 16-byte aligned start
+    constexpr int WINDOW_VECTORS = (K + Q - 1 + 3) / 4;
+    static_assert(sizeof(acc_t) == 4, "16-byte reads of 4 accumulators");
     CARAFE_DYNAMIC_SHARED(acc_t, shared);
     const index_t out_height = g.height * S, out_width = g.width * S;
     const index_t channels_per_group = g.channels / g.group_size;
@@ -168,11 +298,8 @@ __device__ void carafe_backward_features_quad_impl(
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
 
     acc_t weight[Q][TAPS];
-#pragma unroll
-    for (int q = 0; q < Q; ++q)
-        features_tap_weights<scalar_t, K, false>(weight[q], masks, ms, g, p, h, w + q, sub_y,
-                                                 sub_x, S, ms.c, shared, local_h, local_w + q,
-                                                 HALO_COLS);
+    features_quad_masks<scalar_t, K>::load(weight, shared, masks, ms, g, p, h0, w0, thread, sub_y,
+                                           sub_x, local_h, local_w);
 
     acc_t* halo = shared;
     slots_t slots;
@@ -182,7 +309,7 @@ __device__ void carafe_backward_features_quad_impl(
     slots.locate(grad_output + p.n * gs.n + c_begin * gs.c, gs, thread, centre_row0 * S,
                  centre_col0 * S, out_height, out_width);
     // Window of row i, column d (d = q + K - 1 - j for tap (i, j) of pixel q).
-    const int base = sub * slots_t::SUB_PLANE + (local_h + K - 1) * CENTRE_COLS + local_w;
+    const int base = sub_y * slots_t::A_PITCH + sub_x * slots_t::B_PITCH + (local_h + K - 1) * CENTRE_PITCH + local_w;
     const int mine = 2 * sub_x + sub_y;  // the quad's pixel this lane stores
     const bool stores = h < g.height && w + mine < g.width;
     scalar_t* out = grad_features + p.n * fs.n + c_begin * fs.c + h * fs.h + (w + mine) * fs.w;
@@ -200,16 +327,25 @@ __device__ void carafe_backward_features_quad_impl(
 #pragma unroll
             for (int q = 0; q < Q; ++q) sum[q] = 0;
 #pragma unroll
-            for (int i = 0; i < K; ++i)
+            for (int i = 0; i < K; ++i) {
+                acc_t value[4 * WINDOW_VECTORS];
 #pragma unroll
-                for (int d = K + Q - 2; d >= 0; --d) {
-                    const acc_t value = window[d - i * CENTRE_COLS];
+                for (int v = 0; v < WINDOW_VECTORS; ++v) {
+                    const float4 four =
+                        *reinterpret_cast<const float4*>(window - i * CENTRE_PITCH + 4 * v);
+                    value[4 * v] = four.x;
+                    value[4 * v + 1] = four.y;
+                    value[4 * v + 2] = four.z;
+                    value[4 * v + 3] = four.w;
+                }
+#pragma unroll
+                for (int d = K + Q - 2; d >= 0; --d)
 #pragma unroll
                     for (int q = 0; q < Q; ++q) {
                         const int j = q + K - 1 - d;
-                        if (j >= 0 && j < K) sum[q] += weight[q][i * K + j] * value;
+                        if (j >= 0 && j < K) sum[q] += weight[q][i * K + j] * value[d];
                     }
-                }
+            }
             const acc_t total = features_quad_total(sum, sub_y, sub_x);
             if (stores) storage<scalar_t>::store(out, total);
             out += fs.c;

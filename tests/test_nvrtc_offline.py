@@ -75,18 +75,23 @@ def within_budget(arch: str, registers: int, budget: int) -> bool:
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_STACK = re.compile(r"(\d+) bytes stack frame")
 _USAGE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
 def ptxas_report(log: str) -> dict[str, dict[str, int]]:
-    """Per kernel: registers, spill bytes, static shared memory."""
+    """Per kernel: registers, spill bytes, static shared memory, stack frame bytes."""
     report: dict[str, dict[str, int]] = {}
     current = None
     for line in log.splitlines():
         if match := _ENTRY.search(line):
-            current = report.setdefault(match.group(1), {"registers": 0, "spill": 0, "smem": 0})
+            current = report.setdefault(
+                match.group(1), {"registers": 0, "spill": 0, "smem": 0, "stack": 0}
+            )
         elif current is not None and (match := _SPILLS.search(line)):
             current["spill"] = int(match.group(1)) + int(match.group(2))
+            if stack := _STACK.search(line):
+                current["stack"] = int(stack.group(1))
         elif current is not None and (match := _USAGE.search(line)):
             current["registers"] = int(match.group(1))
             current["smem"] = int(match.group(2) or 0)
@@ -146,6 +151,10 @@ def test_tiled_modules_build_every_kernel_within_budget(tiled_compiled):
             budget = tiled_budget(name)
             assert within_budget(arch, usage["registers"], budget), f"{name}: {usage} on {arch}"
             assert usage["smem"] <= SHARED_MEMORY_LIMIT, f"{name}: {usage} on {arch}"
+            if name.startswith("carafe_backward_features_tiled") and "_p4_" in name:
+                # its register tile of masks indexed at run time would sit in local
+                # memory, which ptxas counts as a stack frame, not as a spill
+                assert usage["stack"] == 0, f"{name}: {usage} on {arch}"
 
 
 def test_report_parser_sees_spills():
@@ -155,7 +164,7 @@ def test_report_parser_sees_spills():
         "ptxas         .     8 bytes stack frame, 16 bytes spill stores, 16 bytes spill loads\n"
         "ptxas info    : Used 255 registers, 1024 bytes smem, 360 bytes cmem[0]\n"
     )
-    assert ptxas_report(log) == {"k": {"registers": 255, "spill": 32, "smem": 1024}}
+    assert ptxas_report(log) == {"k": {"registers": 255, "spill": 32, "smem": 1024, "stack": 8}}
 
 
 def test_the_budget_rule_of_the_newer_archs():

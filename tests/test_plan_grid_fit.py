@@ -91,7 +91,7 @@ def test_grad_features_takes_the_tiling_with_the_shorter_launch(hw, dtype):
     def cycles(plan, quad):
         size = _planner.ITEMSIZE[dtype]
         tile = tiles.FEATURES_QUAD_TILE if quad else (plan.block[0] // 2, plan.block[1] // 2)
-        traffic = grid_fit.features_launch_bytes(geometry, dtype, *tile)
+        traffic = grid_fit.features_launch_bytes(geometry, dtype, *tile, quad=quad)
         cost = grid_fit.features_cost(size, 5, quad)
         cost = dataclasses.replace(cost, warps=-(-plan.threads_per_block // 32))
         slices = -(-256 // plan.tiling[0])
@@ -138,10 +138,11 @@ def test_short_images_take_shorter_tiles():
 
 @pytest.mark.parametrize(
     "dtype, blocks",
-    [("float32", [260, 364, 390, 624, 320]), ("float16", [260, 252, 780, 770, 256])],
+    [("float32", [260, 364, 390, 1560, 384]), ("float16", [260, 252, 780, 770, 256])],
 )
 def test_grad_features_grid_of_the_fpn_levels(dtype, blocks):
-    # 104 x 168 fp32: 312 tiles x 2 slices of 128 channels, not 5 slices of 52
-    # (one round of 3 blocks and one of 2 instead of 4 full rounds: every slice
-    # re-reads the masks, and L2 holds the 5-slice launch back)
+    # 104 x 168 fp32: 312 tiles x 5 slices of 52 channels (4 full rounds of 3
+    # blocks), not 2 slices of 128 (one round of 3 and a partial one of 2): the
+    # four-pixel kernel reads its masks by whole sectors, so re-reading them per
+    # slice no longer makes L2 the bound; 64 x 64: 64 tiles x 6 slices
     assert [grad_features_plan(hw, dtype).blocks for hw in FPN] == blocks

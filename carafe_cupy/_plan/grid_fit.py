@@ -58,10 +58,12 @@ L2_SECTOR_OVERHEAD = 2.33
 class LaunchBytes:
     """Bytes a sliced launch moves through L2: ``per_slice`` for each channel
     slice (every slice re-reads its tiles' masks) and ``once`` in all (the
-    grad_output halos and the results, split among the slices)."""
+    grad_output halos and the results, split among the slices);
+    ``sector_overhead``: sectors fetched over the sectors these bytes fill."""
 
     per_slice: float = 0.0
     once: float = 0.0
+    sector_overhead: float = L2_SECTOR_OVERHEAD
 
     def total(self, slices: int) -> float:
         return self.per_slice * slices + self.once
@@ -78,7 +80,7 @@ def launch_cycles(
     """SM clocks of the launch: the busiest SM's issue time, or the L2's time
     for the launch's bytes, whichever is longer (more channel slices fill the
     grid but re-read more masks)."""
-    bytes_moved = traffic.total(slices) * L2_SECTOR_OVERHEAD
+    bytes_moved = traffic.total(slices) * traffic.sector_overhead
     l2 = bytes_moved / (L2_BYTES_PER_CLOCK_PER_SM * target.sms)
     return max(busiest_sm_cycles(cost, blocks, channels_per_block, target), l2)
 
@@ -141,15 +143,24 @@ def sliced_channels_per_block(
 # own body over its 4 channels, plus the tap loop and the reduction), and the
 # IPC / 4 each reaches with all its resident blocks (0.56-0.67 fp32, 0.54-0.63
 # the one-pixel fp16; the four-pixel fp16 / bf16 kernel, two blocks of 4 warps,
-# 0.25-0.29). Keyed by the storage width: fp16 and bf16 convert on staging and on
-# the store.
+# 0.32). Keyed by the storage width: fp16 and bf16 convert on staging and on
+# the store. The one-pixel fp16 takes 0.63, its figure at 52 x 84 and 64 x 64,
+# where the four-pixel kernel comes within a few per cent of it: with 0.60 this
+# estimate put it 5% above the cost model's time there (79.2 and 59.7 against
+# 75.2 and 56.3 µs) and picked the four-pixel kernel, which the model gives 78.1
+# and 58.6 (80.0 at 52 x 84 after the mask staging was unrolled).
 _FEATURES_ONE_PIXEL = {
     4: KernelCost(1054, 129.0, 8, 2, 0.62),
-    2: KernelCost(1079, 130.0, 8, 2, 0.60),
+    2: KernelCost(1079, 130.0, 8, 2, 0.63),
 }
+# The four-pixel kernel (benchmarks/results/2026-12-08-grad-features/): its
+# prologue is the straight-line code, the mask staging unrolled in it (fp32 1825,
+# fp16 1926); a channel is the tap loop (133, fp16 134) and the staging (66, fp16
+# unrolled over the batch 501 / 4 with the batch loop) plus the batch loop's share
+# (35 / 4); IPC / 4 0.58 at 52 x 84 (0.56-0.60 over the levels), fp16 0.31.
 _FEATURES_QUAD = {
-    4: KernelCost(1559, 268.5, 4, 3, 0.62),
-    2: KernelCost(1698, 356.0, 4, 2, 0.27),
+    4: KernelCost(1825, 208.0, 4, 3, 0.58),
+    2: KernelCost(1926, 259.0, 4, 2, 0.31),
 }
 
 
@@ -172,19 +183,25 @@ def features_cost(itemsize: int, kernel_size: int, quad: bool) -> KernelCost:
     )
 
 
-def features_launch_bytes(geometry: Geometry, dtype: str, cols: int, rows: int) -> LaunchBytes:
+def features_launch_bytes(
+    geometry: Geometry, dtype: str, cols: int, rows: int, quad: bool = False
+) -> LaunchBytes:
     """What a grad_features launch of cols x rows input-pixel tiles moves through
     L2: every pixel's k² s² masks once a slice, the tiles' grad_output halos
-    (their parts inside the image) and the results once. A thread's mask loads
-    are s pixels apart, so they fetch about MASK_SECTOR_SHARE times the sectors
-    of the contiguous halo rows (the cost model's L2 time at 104 x 168 with 2 and
-    with 5 slices gives 1.7)."""
+    (their parts inside the image) and the results once. The one-pixel kernel's
+    mask loads are s pixels apart, so they fetch about MASK_SECTOR_SHARE times
+    the sectors of the contiguous halo rows (the cost model's L2 time at 104 x 168
+    with 2 and with 5 slices gives 1.7); the four-pixel kernel loads masks and
+    halo rows by consecutive columns (QUAD_SECTOR_OVERHEAD)."""
     k, s, size = geometry.kernel_size, geometry.scale_factor, ITEMSIZE[dtype]
     images = geometry.batch * geometry.group_size
     pixels = geometry.height * geometry.width
-    masks = images * pixels * k * k * s * s * size * MASK_SECTOR_SHARE
+    masks = images * pixels * k * k * s * s * size * (1.0 if quad else MASK_SECTOR_SHARE)
     halo = _halo_inside(geometry.width, cols, k) * _halo_inside(geometry.height, rows, k) * s * s
-    return LaunchBytes(masks, geometry.batch * geometry.channels * (halo + pixels) * size)
+    once = geometry.batch * geometry.channels * (halo + pixels) * size
+    if quad:
+        return LaunchBytes(masks, once, QUAD_SECTOR_OVERHEAD)
+    return LaunchBytes(masks, once)
 
 
 def _halo_inside(size: int, tile: int, k: int) -> int:
@@ -198,3 +215,9 @@ def _halo_inside(size: int, tile: int, k: int) -> int:
 
 
 MASK_SECTOR_SHARE = 1.75
+# The four-pixel kernel's sectors over the bytes above: its halo rows start 4
+# columns before a 64-column boundary (5 sectors where 4 would hold a warp's
+# row) and a tap row's mask rows are shifted as much; the cost model's L2 bytes
+# over these at 26 x 42, 52 x 84, 104 x 168 and 64 x 64 (13, 5, 2, 5 slices) are
+# 1.24-1.30.
+QUAD_SECTOR_OVERHEAD = 1.3

@@ -339,10 +339,25 @@ FEATURES_QUAD_TILE = (
 )
 
 
-def features_quad_sub_plane(plane: int) -> int:
-    """The quad kernels' sub-pixel plane: at least ``plane``, 17 (mod 32), so a
-    warp's reads hit distinct banks (as features_quad_sub_plane in the .cuh)."""
-    return plane + (17 - plane) % 32
+def features_quad_pitches(plane: int) -> tuple[int, int]:
+    """The quad kernels' sub-pixel plane (a, b) offset a * A + b * B, as (A, B):
+    B at least ``plane`` and 16 (mod 32), A = 2B + 8, so the reads and the
+    staging stores hit distinct banks (as features_quad_a_pitch / _b_pitch in
+    the .cuh)."""
+    b_pitch = plane + (16 - plane) % 32
+    return 2 * b_pitch + 8, b_pitch
+
+
+def features_quad_shared(kernel_size: int) -> tuple[int, int]:
+    """The four-pixel grad_features' shared elements: one staged channel (4
+    sub-pixel planes of the centre rows, each row padded to a multiple of 4
+    columns), and the K mask taps of a tap row staged in the prologue."""
+    cols, rows = FEATURES_QUAD_TILE
+    s = FEATURES_QUAD_SCALE
+    pitch = -(-(cols + kernel_size - 1) // 4) * 4
+    channel = s * features_quad_pitches((rows + kernel_size - 1) * pitch)[0]
+    tap_row = kernel_size * s * features_quad_pitches(rows * cols)[0]
+    return channel, tap_row
 
 
 def features_quad_plan(
@@ -361,12 +376,12 @@ def features_quad_plan(
     cols, rows = FEATURES_QUAD_TILE
     centres = (rows + k - 1) * (cols + k - 1)
     accumulator = ACCUMULATOR_SIZE[dtype]
-    staged_plane = s * s * features_quad_sub_plane(centres)
+    staged_plane, tap_row = features_quad_shared(k)
     batch = _channel_batch(staged_plane * accumulator)
     normalisers = 2 * s * s * centres * accumulator  # the fused kernel's, before staging
     if batch == 0 or (from_logits and normalisers > SHARED_MEMORY_LIMIT):
         return None
-    shared = batch * staged_plane * accumulator
+    shared = max(batch * staged_plane, tap_row) * accumulator
     if from_logits:
         shared = max(shared, normalisers)
     blocks = -(-geometry.width // cols) * -(-geometry.height // rows)
@@ -374,7 +389,7 @@ def features_quad_plan(
     # sliced by the busiest SM's issue time, prologue and tail round included
     cost = features_cost(ITEMSIZE[dtype], k, quad=True)
     per_group = geometry.channels // geometry.group_size
-    traffic = features_launch_bytes(geometry, dtype, cols, rows)
+    traffic = features_launch_bytes(geometry, dtype, cols, rows, quad=True)
     per_block = max(1, sliced_channels_per_block(cost, per_group, blocks, batch, target, traffic))
     block = (TILE_THREADS[0], FEATURES_QUAD_TILE[1], 1)
     return _sliced_launch(geometry, kernel, operands, blocks, per_block, block, shared, batch)
@@ -393,7 +408,7 @@ def faster_features_plan(
     def cycles(plan: Launch, is_quad: bool, cols: int, rows: int) -> float:
         cost = features_cost(ITEMSIZE[dtype], geometry.kernel_size, is_quad)
         cost = replace(cost, warps=-(-plan.threads_per_block // 32))
-        traffic = features_launch_bytes(geometry, dtype, cols, rows)
+        traffic = features_launch_bytes(geometry, dtype, cols, rows, quad=is_quad)
         slices = -(-(geometry.channels // geometry.group_size) // plan.tiling[0])
         return launch_cycles(cost, plan.blocks, plan.tiling[0], target, traffic, slices)
 
