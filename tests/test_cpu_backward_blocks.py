@@ -1,12 +1,13 @@
-"""The compiled CPU backward's register blocks (``_cpu/jit_backward.py``) where they
-do not divide the work evenly, against the naive reference: channel passes with
-channels left over, tap lists padded to whole blocks, odd scales (a row paired
-with a spare), partial column blocks, strides split into phases, dilations,
-items of several center rows read a few at a time, and rows so long that one
-center row's masks fill the gather's scratch budget. Also: the same bits for any
-thread count and layout, one rounding for fp16/bf16, a non-finite grad_output
-kept out of the mask gradients of taps outside the input, and each gradient
-asked for alone."""
+"""The compiled CPU backward (``_cpu/jit_backward.py``: both gradients from one
+read of grad_output) where its register blocks do not divide the work evenly,
+against the naive reference: channel blocks with channels left over (the last
+block overlapping the one before it), groups smaller than a block, tap lists
+padded to whole blocks, odd scales (a row paired with a spare), partial column
+blocks, strides split into phases, dilations, and items of several chunks of
+rows (rows so long that few center rows' masks fit the scratch budget), against
+the pure-PyTorch path. Also: the same bits for any thread count and layout, one
+rounding for fp16/bf16, a non-finite grad_output kept out of the mask gradients
+of taps outside the input, and each gradient asked for alone."""
 
 from __future__ import annotations
 
@@ -22,10 +23,9 @@ from carafe_cupy._cpu import jit_backward, jit_dispatch  # noqa: E402
 from cases import assert_close, make_inputs, torch_dtypes  # noqa: E402
 from naive import naive_carafe_backward  # noqa: E402
 
-# (N, C, H, W, k, G, s, t, d). N*G = 16 makes a work item the whole height, so an
-# item spans several MASK_CHUNK passes.
+# (N, C, H, W, k, G, s, t, d). N*G = 16 makes a work item the whole height.
 BLOCKS = [
-    # 37 channels a group: a second mask pass of 5 channels, gather blocks overlapping
+    # 37 channels a group: the last block of 8 overlaps the one before by 3
     (1, 37, 6, 21, 5, 1, 2, 1, 1),
     # 5 channels a group (fewer than a gather block), 9 center rows an item, 3 blocks
     (2, 40, 9, 21, 5, 8, 2, 1, 1),
@@ -34,8 +34,7 @@ BLOCKS = [
     # strides split into phases, with dilation
     (1, 18, 11, 13, 5, 2, 1, 2, 2),
     (1, 4, 9, 17, 7, 1, 1, 3, 1),
-    # k = 7 (49 taps: 7 groups, the last padded) and rows long enough that one center
-    # row's masks fill the gather's budget (one input row a pass)
+    # k = 7 (49 taps: 7 groups, the last padded), scale 4
     (1, 2, 3, 70, 7, 1, 4, 1, 1),
     # k = 1, scale 4, dilation wider than the image
     (2, 32, 3, 4, 1, 16, 4, 1, 1),
@@ -58,13 +57,11 @@ def backward(config, dtype=torch.float64, seed=0, channels_last=False):
 
 def test_the_shapes_reach_the_blocks_edges():
     per_group = [c[1] // c[5] for c in BLOCKS]
-    assert max(per_group) > jit_backward.MASK_CHANNELS  # a second channel pass
-    assert max(per_group) % jit_backward.MASK_CHANNELS  # ... left over
-    assert min(per_group) < jit_backward.CHANNELS  # a gather block larger than the group
+    assert any(c > jit_backward.CHANNELS and c % jit_backward.CHANNELS for c in per_group)
+    assert min(per_group) < jit_backward.CHANNELS  # a block larger than the group
     assert any(c[6] % 2 for c in BLOCKS if c[6] > 1)  # a spare row
     assert any(c[4] ** 2 % jit_backward.MASK_TAPS for c in BLOCKS)  # a padded tap list
-    assert any(c[0] * c[5] >= 16 and -(-c[2] // c[7]) > jit_backward.MASK_CHUNK
-               for c in BLOCKS)  # several passes of center rows in one item
+    assert any(c[0] * c[5] >= 16 and c[2] > 1 for c in BLOCKS)  # items of several rows
 
 
 @pytest.mark.parametrize("config", BLOCKS, ids=lambda c: "-".join(map(str, c)))
@@ -75,6 +72,25 @@ def test_gradients_match_naive(config, name):
     got = backward(config, torch_dtypes()[name])
     for what, actual, expected in zip(("grad_features", "grad_masks"), got, want):
         assert_close(actual.double(), expected, name, what)
+
+
+# Rows so long that one center row's masks (taps x s x padded row) take more than half
+# the gather's budget: one input row a chunk, two chunks an item (32 rows, 16 items),
+# and with stride 2 chunks that own no center row. Checked against the pure-PyTorch
+# path (the naive reference is too slow here).
+LONG_ROWS = [(1, 3, 32, 170, 5, 1, 4, 1, 1), (1, 2, 8, 5300, 5, 1, 1, 2, 1)]
+
+
+@pytest.mark.parametrize("config", LONG_ROWS, ids=lambda c: "-".join(map(str, c)))
+def test_chunks_of_one_row_match_the_pure_pytorch_path(config, monkeypatch):
+    k, s, width = config[4], config[6], -(-config[3] // config[7]) * config[6]
+    per_center = k * k * s * width  # at least: the padded rows are longer
+    assert 2 * per_center > jit_backward.GATHER_BUDGET
+    got = backward(config)
+    monkeypatch.setenv(jit_dispatch.ENVIRONMENT_VARIABLE, "torch")
+    want = backward(config)
+    for what, actual, expected in zip(("grad_features", "grad_masks"), got, want):
+        assert_close(actual, expected.numpy(), "float64", what)
 
 
 @pytest.mark.parametrize("config", BLOCKS[:4], ids=lambda c: "-".join(map(str, c)))

@@ -1,31 +1,39 @@
-"""The backward CPU kernels, compiled by Numba: mask and feature gradients.
+"""The backward CPU kernel, compiled by Numba: both gradients from one read of
+grad_output.
 
 Same conventions as the forward (``jit_forward``; flat arrays with element
 strides, ``dims``, one work item per call, the GIL released), and the same way
 of being fast: the running sums of a block of COLUMNS output columns stay in
 vector registers while the products are added, so each value loaded from
-scratch serves several sums.
+scratch serves several sums. A work item is a band of input rows; for each
+block of CHANNELS channels it reads the grad_output rows its rows need once,
+into scratch, and computes from them:
 
-* ``grad_masks`` (center rows): a block holds MASK_TAPS taps of two output rows
-  of the same center row, which read the same input values; the group's
-  channels are the innermost loop, so one grad_output load serves MASK_TAPS
-  products and one input load two. Input rows are arranged as for the forward.
-* ``grad_features`` (input rows): the forward turned around. Input column
+* the feature gradients of its rows, the forward turned around. Input column
   m*t + p gathers, in an upsampled row of phase p, the outputs that read it:
   tap j of output column X lands on lane X + q_j*s of phase p_j, where
   shift_j = q_j*t + p_j. So tap j is one shift of the mask and grad_output
   rows, and the forward's register block (``_block_sums``: CHANNELS channels,
   one mask load for all of them) sums the taps in order; the s lanes of an
-  input column are added last, in order.
+  input column are added last, in order;
+* the mask gradients of the center rows it owns (center row c is owned by the
+  item holding input row c*t; its grad_output rows are among those read): a
+  block holds MASK_TAPS taps of two output rows of one center row, which read
+  the same input values, with the channels the innermost loop, so one
+  grad_output load serves MASK_TAPS products and one input load two. Input
+  rows are arranged as for the forward; the sums carry over from one channel
+  block to the next in scratch.
 
 Every sum adds its products in the order of the single-channel loops of the
-naive reference (grad_masks: channels in order; grad_features: tap rows i, then
-sub-rows a, then tap columns j, then the s lanes), with no fused multiply-add:
-results are the same bitwise for any thread count, block or layout. Products
-that the blocks add beyond the real ones are exact zeros (a zero mask and a
-zero grad_output from scratch padding), and a sum starting at +0 is unchanged
-by them; mask-gradient lanes whose tap reads outside the input are stored as
+naive reference (mask gradients: channels in order; feature gradients: tap rows
+i, then sub-rows a, then tap columns j, then the s lanes), with no fused
+multiply-add: results are the same bitwise for any thread count, block or
+layout (and the same as the earlier one-kernel-per-gradient code). Products the
+blocks add beyond the real ones are exact zeros (a zero mask and a zero
+grad_output from scratch padding), and a sum starting at +0 is unchanged by
+them; mask-gradient lanes whose tap reads outside the input are stored as
 zeros, never summed, so a non-finite grad_output there does not leak in.
+Scratch is bounded by the input and GATHER_BUDGET, not by the dilation.
 """
 
 from __future__ import annotations
@@ -46,11 +54,9 @@ from .jit_forward import (
 )
 from .jit_kernels import U, _geometry, _tap_columns
 
-MASK_TAPS = 8  # grad_masks: taps of two output rows summed in registers together
-MASK_CHANNELS = 32  # grad_masks: channels arranged in scratch per pass
-MASK_CHUNK = 4  # grad_masks: center rows per pass
-MASK_BLOCK = 2 * MASK_TAPS * COLUMNS  # grad_masks: the sums in registers
-GATHER_BUDGET = 1 << 17  # grad_features: mask elements in scratch (or one center row's)
+MASK_TAPS = 8  # mask gradients: taps of two output rows summed in registers together
+MASK_BLOCK = 2 * MASK_TAPS * COLUMNS  # their sums, in registers
+GATHER_BUDGET = 1 << 17  # mask elements in scratch per chunk of rows (or one center row's)
 
 
 @numba_inlined_helper
@@ -141,118 +147,141 @@ def _mask_sums(acc, totals, block_at, row_offsets, slot, upstream, go_at, go_sec
         totals[base + q] = acc[q]
 
 
-@kernel
-def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
-    """Mask gradients of batch n, group g, center rows [top, bottom): each a sum over
-    the group's channels in channel order, MASK_CHUNK center rows at a time."""
-    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
-    radius, taps, _, out_width, _, per_group = _geometry(dims)
-    reach = radius * dilation  # in input rows, either side
-    padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
-    inside_from, inside_to, column_offsets, left, pitch = _column_layout(
-        dims, radius, out_width, padded_width)
-    row_pitch = stride * pitch  # the t phases of an input row
-    chunk_rows = max(1, min(MASK_CHUNK, bottom - top))
-    # the input rows a chunk reads, inside the input: scratch does not grow with d
-    span = min(height, (chunk_rows - 1) * stride + 2 * reach + 1)
-    zero_row = span * row_pitch  # then zeros, read by the taps that pad a list
-    channel_pitch = zero_row + padded_width
-    rows = accumulation_zeros(MASK_CHANNELS * channel_pitch, features)
-    go_pitch = chunk_rows * scale * padded_width  # a channel's grad_output rows, zero-padded
-    upstream = accumulation_zeros(MASK_CHANNELS * go_pitch, features)
-    # the sums, register block by register block: (center row, pair of output rows,
-    # block of columns, group of MASK_TAPS taps); an odd scale's last row is paired
-    # with a spare whose sums are never stored
-    pairs, column_blocks = (scale + 1) // 2, padded_width // COLUMNS
-    slots = (taps + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
-    groups = slots // MASK_TAPS
-    totals = accumulation_zeros(chunk_rows * pairs * column_blocks * groups * MASK_BLOCK,
-                                features)
-    acc = _stack_array(rows, MASK_BLOCK)
-    row_offsets = np.empty(chunk_rows * slots, np.int64)  # per center row: where its taps read
-    tap_slot = np.empty(chunk_rows * taps, np.int64)  # and where each tap is in that list
-    padded = np.empty(chunk_rows, np.int64)
-    first, last = g * per_group, (g + 1) * per_group
-    for chunk in range(top, bottom, chunk_rows):
-        rows_here = min(chunk_rows, bottom - chunk)
-        first_row = max(0, chunk * stride - reach)  # arranged row 0
-        highest = min(height, chunk * stride - reach + (rows_here - 1) * stride + 2 * reach + 1)
-        for local in range(rows_here):
-            used = 0  # the taps whose row is inside and whose column is inside somewhere
+@numba_inlined_helper
+def _gather_lists(mask_offsets, go_offsets, padded, start, end, center_lo, rows, dims,
+                  inside_from, inside_to, before, pitch, slots, zero_masks, zero_go):
+    """Per input row h in [start, end) and stride phase p, the (tap, sub-row) terms
+    that reach it, in the order they are added (tap rows i, sub-rows a, tap columns
+    j): where each reads in the mask and grad_output scratch, shifted so that lane x
+    of the phase reads column x - q_j*s. Padded to whole groups of TAPS with terms
+    reading zeros (at zero_masks and zero_go)."""
+    k, scale, stride, dilation = dims[4], dims[6], dims[7], dims[8]
+    radius, taps = (k - 1) // 2, k * k
+    for h in range(start, end):
+        for p in range(stride):
+            line = (h - start) * stride + p
+            table, used = line * slots, 0
             for i in range(k):
-                source_row = (chunk + local) * stride + (i - radius) * dilation
-                for j in range(k):
-                    tap_slot[local * taps + i * k + j] = -1  # never summed: a zero
-                    if 0 <= source_row < height and inside_from[j] < inside_to[j]:
-                        tap_slot[local * taps + i * k + j] = used
-                        row_offsets[local * slots + used] = (
-                            (source_row - first_row) * row_pitch + column_offsets[j])
-                        used += 1
-            padded[local] = (used + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
-            for slot in range(used, slots):
-                row_offsets[local * slots + slot] = zero_row
-        totals.fill(0)
-        for c0 in range(first, last, MASK_CHANNELS):
-            count = min(MASK_CHANNELS, last - c0)
-            for c in range(count):
-                base = n * fs[0] + (c0 + c) * fs[1]
-                for row in range(first_row, highest):
-                    _arrange_row(rows, c * channel_pitch + (row - first_row) * row_pitch,
-                                 features, base + row * fs[2], fs[3], dims, left, pitch)
-                _load_padded_rows(upstream, c * go_pitch, padded_width, grad_output, gs, n,
-                                  c0 + c, chunk * scale, rows_here * scale, out_width)
-            for local in range(rows_here):
-                for pair in range(pairs):
-                    go_at = (local * scale + 2 * pair) * padded_width
-                    go_second = padded_width if 2 * pair + 1 < scale else 0  # or the spare
-                    for block in range(column_blocks):
-                        block_at = ((local * pairs + pair) * column_blocks + block) * groups
-                        for group in range(padded[local] // MASK_TAPS):
-                            _mask_sums(acc, totals, (block_at + group) * MASK_BLOCK,
-                                       row_offsets, local * slots + group * MASK_TAPS,
-                                       upstream, go_at + block * COLUMNS, go_second, go_pitch,
-                                       rows, block * COLUMNS, channel_pitch, count)
-        for local in range(rows_here):  # stored rounded once; taps never summed as zeros
-            for tap in range(taps):
-                slot, j = tap_slot[local * taps + tap], tap % k
-                lo, hi = (inside_from[j], inside_to[j]) if slot >= 0 else (0, 0)
-                group, t = max(slot, 0) // MASK_TAPS, max(slot, 0) % MASK_TAPS
+                reach_row = h - (i - radius) * dilation
+                if reach_row < 0 or reach_row % stride != 0 or reach_row // stride >= rows:
+                    continue
+                center = reach_row // stride - center_lo
                 for a in range(scale):
-                    y = (chunk + local) * scale + a
-                    target = U(n * ms[0] + (g * taps + tap) * ms[1] + y * ms[2])
-                    at = (((local * pairs + a // 2) * column_blocks * groups + group) * MASK_BLOCK
-                          + (a % 2 * MASK_TAPS + t) * COLUMNS)
-                    step, jump = U(ms[3]), U(groups * MASK_BLOCK)
-                    for x in range(U(out_width)):
-                        inside = U(lo) <= x < U(hi)
-                        value = totals[U(at) + x // U(COLUMNS) * jump + x % U(COLUMNS)]
-                        grad_masks[target + x * step] = narrow(value if inside else 0.0,
-                                                               grad_masks)
+                    for j in range(k):
+                        shift = (j - radius) * dilation
+                        if inside_from[j] >= inside_to[j] or shift % stride != p:
+                            continue
+                        lanes = before - shift // stride * scale
+                        mask_offsets[table + used] = (
+                            ((center * taps + i * k + j) * scale + a) * pitch + lanes)
+                        go_offsets[table + used] = (center * scale + a) * pitch + lanes
+                        used += 1
+            padded[line] = (used + TAPS - 1) // TAPS * TAPS
+            for slot in range(used, padded[line]):
+                mask_offsets[table + slot], go_offsets[table + slot] = zero_masks, zero_go
+
+
+@numba_inlined_helper
+def _mask_lists(row_offsets, tap_slot, padded, own_lo, owned, first_row, dims, inside_from,
+                inside_to, column_offsets, row_pitch, zero_row, slots):
+    """Per owned center row: the taps whose row is inside the input and whose column
+    is inside somewhere, in order, where each reads in the arranged input rows, and
+    each tap's place in that list (-1: never summed), padded to whole MASK_TAPS groups
+    with taps reading the zero row."""
+    height, k, stride, dilation = dims[2], dims[4], dims[7], dims[8]
+    radius, taps = (k - 1) // 2, k * k
+    for local in range(owned):
+        used = 0
+        for i in range(k):
+            source_row = (own_lo + local) * stride + (i - radius) * dilation
+            for j in range(k):
+                tap_slot[local * taps + i * k + j] = -1
+                if 0 <= source_row < height and inside_from[j] < inside_to[j]:
+                    tap_slot[local * taps + i * k + j] = used
+                    row_offsets[local * slots + used] = (
+                        (source_row - first_row) * row_pitch + column_offsets[j])
+                    used += 1
+        padded[local] = (used + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
+        for slot in range(used, slots):
+            row_offsets[local * slots + slot] = zero_row
+
+
+@numba_inlined_helper
+def _store_mask_gradients(grad_masks, gms, n, g, own_lo, owned, dims, totals, tap_slot,
+                          inside_from, inside_to, out_width, column_blocks, groups):
+    """The owned center rows' mask gradients from ``totals`` (register block by
+    register block), rounded once; lanes whose tap reads outside the input, and taps
+    never summed, as zeros."""
+    k, scale = dims[4], dims[6]
+    taps, pairs = k * k, (scale + 1) // 2
+    for local in range(owned):
+        for tap in range(taps):
+            slot, j = tap_slot[local * taps + tap], tap % k
+            lo, hi = (inside_from[j], inside_to[j]) if slot >= 0 else (0, 0)
+            group, t = max(slot, 0) // MASK_TAPS, max(slot, 0) % MASK_TAPS
+            for a in range(scale):
+                y = (own_lo + local) * scale + a
+                target = U(n * gms[0] + (g * taps + tap) * gms[1] + y * gms[2])
+                at = U(((local * pairs + a // 2) * column_blocks * groups + group) * MASK_BLOCK
+                       + (a % 2 * MASK_TAPS + t) * COLUMNS)
+                step = U(gms[3])
+                for column in range(column_blocks):  # a block's lanes are contiguous
+                    x0 = U(column * COLUMNS)
+                    source, lanes = at + U(column * groups * MASK_BLOCK), U(min(
+                        COLUMNS, out_width - column * COLUMNS))
+                    for q in range(lanes):
+                        inside = U(lo) <= x0 + q < U(hi)
+                        value = totals[source + q] if inside else 0.0
+                        grad_masks[target + (x0 + q) * step] = narrow(value, grad_masks)
+
+
+@numba_inlined_helper
+def _store_lanes(grad_features, base, step, lanes_row, at, columns, scale):
+    """grad_features[base + m*step] = the sum of lanes_row[at + m*s + b] over b < s in
+    order, rounded once, for m < columns (s = 1 and 2 with loops LLVM vectorises)."""
+    if scale == 1:
+        for m in range(U(columns)):
+            grad_features[base + m * step] = narrow(lanes_row[at + m], grad_features)
+    elif scale == 2:
+        for m in range(U(columns)):
+            value = lanes_row[at + m * U(2)] + lanes_row[at + m * U(2) + U(1)]
+            grad_features[base + m * step] = narrow(value, grad_features)
+    else:
+        repeat = U(scale)
+        for m in range(U(columns)):
+            value = lanes_row[at + m * repeat]
+            for b in range(U(1), repeat):
+                value += lanes_row[at + m * repeat + b]
+            grad_features[base + m * step] = narrow(value, grad_features)
 
 
 @kernel
-def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top, bottom):
-    """Feature gradients of batch n, group g, input rows [top, bottom): each input
-    column the sum, tap row by tap row, sub-row by sub-row and tap column by tap
-    column, of the outputs that read it, then of its s lanes."""
-    width, k, scale, stride, dilation = dims[3], dims[4], dims[6], dims[7], dims[8]
+def gradients(grad_output, features, masks, grad_features, grad_masks, gs, fs, ms, gfs, gms,
+              dims, n, g, top, bottom):
+    """Both gradients of batch n, group g, input rows [top, bottom), grad_output read
+    once: the feature gradients of those rows, and the mask gradients of the center
+    rows c with c*t among them (each center row's own input row), whose grad_output
+    rows the feature gradients read too. Input rows a chunk at a time, within the
+    scratch budget; in each, the group's channels CHANNELS at a time in order."""
+    height, width, k, scale, stride, dilation = (dims[2], dims[3], dims[4], dims[6], dims[7],
+                                                 dims[8])
     radius, taps, rows, out_width, _, per_group = _geometry(dims)
     reach = radius * dilation
     padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
-    inside_from, inside_to = np.empty(k, np.int64), np.empty(k, np.int64)
-    before, after = 0, 0  # the zeros a shifted mask or grad_output row reads beside the row
+    inside_from, inside_to, column_offsets, left, arranged_pitch = _column_layout(
+        dims, radius, out_width, padded_width)
+    # the gather's scratch rows: the zeros a shifted row reads beside it
+    before, after = 0, 0
     for j in range(k):
-        inside_from[j], inside_to[j], _ = _tap_columns(j, radius, dims, out_width)
         if inside_from[j] < inside_to[j]:
             lanes = (j - radius) * dilation // stride * scale  # q_j * s
             before, after = max(before, lanes), max(after, -lanes)
     pitch = before + padded_width + after
     per_center = taps * scale * pitch
-    # input rows per pass: their centers' masks within the budget (or one center row's)
     most_centers = max(1, GATHER_BUDGET // per_center)
     chunk_rows = max(1, min(bottom - top, (most_centers - 1) * stride + 1 - 2 * reach))
     centers_cap = min(rows, (chunk_rows - 1 + 2 * reach) // stride + 2)
-    zero_masks = centers_cap * per_center  # then a row of zeros, for the entries that pad
+    zero_masks = centers_cap * per_center  # then a row of zeros, for the terms that pad
     weights = accumulation_zeros(zero_masks + padded_width, masks)
     zero_go = centers_cap * scale * pitch
     channel_pitch = zero_go + padded_width
@@ -263,64 +292,90 @@ def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top
     mask_offsets = np.empty(chunk_rows * stride * slots, np.int64)
     go_offsets = np.empty(chunk_rows * stride * slots, np.int64)
     padded = np.empty(chunk_rows * stride, np.int64)
+    # the mask gradients' scratch: the input rows the owned center rows read, arranged
+    # as for the forward, and their sums, register block by register block (center
+    # row, pair of output rows, block of columns, group of MASK_TAPS taps); an odd
+    # scale's last row is paired with a spare whose sums are never stored
+    owned_cap = (chunk_rows - 1) // stride + 1
+    row_pitch = stride * arranged_pitch  # the t phases of an input row
+    span = min(height, (owned_cap - 1) * stride + 2 * reach + 1)
+    zero_row = span * row_pitch
+    arranged_channel = zero_row + padded_width
+    arranged = accumulation_zeros(CHANNELS * arranged_channel, features)
+    pairs, column_blocks = (scale + 1) // 2, padded_width // COLUMNS
+    mask_slots = (taps + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
+    groups = mask_slots // MASK_TAPS
+    totals = accumulation_zeros(owned_cap * pairs * column_blocks * groups * MASK_BLOCK,
+                                features)
+    acc = _stack_array(arranged, MASK_BLOCK)
+    row_offsets = np.empty(owned_cap * mask_slots, np.int64)
+    tap_slot = np.empty(owned_cap * taps, np.int64)
+    mask_padded = np.empty(owned_cap, np.int64)
     first, last = g * per_group, (g + 1) * per_group
     for start in range(top, bottom, chunk_rows):
         end = min(bottom, start + chunk_rows)
         center_lo = max(0, -((reach - start) // stride))  # the centers reaching [start, end)
         centers = max(0, min(rows, (end - 1 + reach) // stride + 1) - center_lo)
+        own_lo = (start + stride - 1) // stride  # the center rows this chunk owns
+        owned = max(0, min(rows, (end + stride - 1) // stride) - own_lo)
+        first_row = max(0, own_lo * stride - reach)  # arranged row 0
+        highest = min(height, (own_lo + owned - 1) * stride + reach + 1)
         for center in range(centers):
             for tap in range(taps):
                 j = tap % k
                 for a in range(scale):
-                    at = ((center * taps + tap) * scale + a) * pitch + before
-                    _load_masks(weights, at, masks, ms, n, g * taps + tap,
-                                (center_lo + center) * scale + a, inside_from[j], inside_to[j])
-        for h in range(start, end):  # each input row's and phase's list of (tap, sub-row)
-            for p in range(stride):
-                table, used = ((h - start) * stride + p) * slots, 0
-                for i in range(k):
-                    reach_row = h - (i - radius) * dilation
-                    if reach_row < 0 or reach_row % stride != 0 or reach_row // stride >= rows:
-                        continue
-                    center = reach_row // stride - center_lo
-                    for a in range(scale):
-                        for j in range(k):
-                            shift = (j - radius) * dilation
-                            if inside_from[j] >= inside_to[j] or shift % stride != p:
-                                continue
-                            lanes = before - shift // stride * scale
-                            mask_offsets[table + used] = (
-                                ((center * taps + i * k + j) * scale + a) * pitch + lanes)
-                            go_offsets[table + used] = (center * scale + a) * pitch + lanes
-                            used += 1
-                padded[table // slots] = (used + TAPS - 1) // TAPS * TAPS
-                for slot in range(used, padded[table // slots]):
-                    mask_offsets[table + slot], go_offsets[table + slot] = zero_masks, zero_go
+                    _load_masks(weights, ((center * taps + tap) * scale + a) * pitch + before,
+                                masks, ms, n, g * taps + tap, (center_lo + center) * scale + a,
+                                inside_from[j], inside_to[j])
+        _gather_lists(mask_offsets, go_offsets, padded, start, end, center_lo, rows, dims,
+                      inside_from, inside_to, before, pitch, slots, zero_masks, zero_go)
+        _mask_lists(row_offsets, tap_slot, mask_padded, own_lo, owned, first_row, dims,
+                    inside_from, inside_to, column_offsets, row_pitch, zero_row, mask_slots)
+        totals.fill(0)
         for block in range(first, last, CHANNELS):
-            # as in the forward: the last block ends at the group's end, redoing a few
-            # channels to the same bits, unless the group is smaller than a block
+            # as in the forward, the last block ends at the group's end, redoing a few
+            # channels (to the same bits) for the feature gradients, not for the mask
+            # gradients' sums; unless the group is smaller than a block
             channel = max(first, min(block, last - CHANNELS))
-            count = min(CHANNELS, last - channel)
+            count, fresh = min(CHANNELS, last - channel), block - channel
             for c in range(count):
                 _load_padded_rows(upstream, c * channel_pitch + before, pitch, grad_output, gs,
                                   n, channel + c, center_lo * scale, centers * scale, out_width)
-            for h in range(start, end):
+            for h in range(start, end):  # the feature gradients
                 for p in range(stride):
-                    table = ((h - start) * stride + p) * slots
+                    line = (h - start) * stride + p
                     columns = (width - p + stride - 1) // stride  # input columns of phase p
                     for x0 in range(0, columns * scale, COLUMNS):
-                        _block_sums(sums, weights, upstream, padded[table // slots],
-                                    mask_offsets, go_offsets, table, table, x0, x0,
+                        _block_sums(sums, weights, upstream, padded[line], mask_offsets,
+                                    go_offsets, line * slots, line * slots, x0, x0,
                                     channel_pitch)
                         for c in range(CHANNELS):
                             for q in range(U(COLUMNS)):
                                 lanes_row[U(c * padded_width + x0) + q] = sums[
                                     U(c * COLUMNS) + q]
                     for c in range(count):  # the s lanes of each input column, in order
-                        base = U(n * fs[0] + (channel + c) * fs[1] + h * fs[2] + p * fs[3])
-                        step, at, repeat = U(stride * fs[3]), U(c * padded_width), U(scale)
-                        for m in range(U(columns)):
-                            value = lanes_row[at + m * repeat]
-                            for b in range(U(1), repeat):
-                                value += lanes_row[at + m * repeat + b]
-                            grad_features[base + m * step] = narrow(value, grad_features)
+                        _store_lanes(grad_features, U(n * gfs[0] + (channel + c) * gfs[1]
+                                                      + h * gfs[2] + p * gfs[3]),
+                                     U(stride * gfs[3]), lanes_row, U(c * padded_width),
+                                     columns, scale)
+            for c in range(fresh, count if owned > 0 else fresh):  # the mask gradients
+                base = n * fs[0] + (channel + c) * fs[1]
+                for row in range(first_row, highest):
+                    _arrange_row(arranged, (c - fresh) * arranged_channel
+                                 + (row - first_row) * row_pitch, features, base + row * fs[2],
+                                 fs[3], dims, left, arranged_pitch)
+            for local in range(owned):
+                for pair in range(pairs):
+                    go_at = (fresh * channel_pitch + before
+                             + ((own_lo - center_lo + local) * scale + 2 * pair) * pitch)
+                    go_second = pitch if 2 * pair + 1 < scale else 0  # or the spare
+                    for column in range(column_blocks):
+                        block_at = ((local * pairs + pair) * column_blocks + column) * groups
+                        for group in range(mask_padded[local] // MASK_TAPS):
+                            _mask_sums(acc, totals, (block_at + group) * MASK_BLOCK,
+                                       row_offsets, local * mask_slots + group * MASK_TAPS,
+                                       upstream, go_at + column * COLUMNS, go_second,
+                                       channel_pitch, arranged, column * COLUMNS,
+                                       arranged_channel, count - fresh)
+        _store_mask_gradients(grad_masks, gms, n, g, own_lo, owned, dims, totals, tap_slot,
+                              inside_from, inside_to, out_width, column_blocks, groups)
