@@ -250,8 +250,7 @@ def test_kernels_are_cached_in_the_package_cache_folder():
     assert Path(folder).name.startswith("numba-")
     from carafe_cupy._cpu import jit_backward
 
-    assert jit_backward.grad_masks._cache._cache_path == folder
-    assert jit_backward.grad_features._cache._cache_path == folder
+    assert jit_backward.gradients._cache._cache_path == folder
 
 
 def _import_kernels(environment: dict) -> subprocess.CompletedProcess:

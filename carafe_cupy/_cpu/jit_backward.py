@@ -1,267 +1,381 @@
-"""The backward CPU kernels, compiled by Numba: mask and feature gradients.
+"""The backward CPU kernel, compiled by Numba: both gradients from one read of
+grad_output.
 
-Same conventions as ``jit_kernels`` (flat arrays with element strides, ``dims``,
-one work item per call, a fixed order of summation, the GIL released). What
-makes them fast is that the inner loops, which run over output columns with unit
-stride and are vectorised by LLVM, work on ``CHANNELS`` channels at once: a
-value shared by those channels (a mask for the feature gradients, a grad_output
-for the mask gradients) is loaded once for all of them, and every running total
-is loaded and stored once for several products instead of once for each. Each
-total still adds its products one at a time, in the order of the single-channel
-loops, so the results are those of one channel at a time, bit for bit.
+Same conventions as the forward (``jit_forward``; flat arrays with element
+strides, ``dims``, one work item per call, the GIL released), and the same way
+of being fast: the running sums of a block of COLUMNS output columns stay in
+vector registers while the products are added, so each value loaded from
+scratch serves several sums. A work item is a band of input rows; for each
+block of CHANNELS channels it reads the grad_output rows its rows need once,
+into scratch, and computes from them:
+
+* the feature gradients of its rows, the forward turned around. Input column
+  m*t + p gathers, in an upsampled row of phase p, the outputs that read it:
+  tap j of output column X lands on lane X + q_j*s of phase p_j, where
+  shift_j = q_j*t + p_j. So tap j is one shift of the mask and grad_output
+  rows, and the forward's register block (``_block_sums``: CHANNELS channels,
+  one mask load for all of them) sums the taps in order; the s lanes of an
+  input column are added last, in order;
+* the mask gradients of the center rows it owns (center row c is owned by the
+  item holding input row c*t; its grad_output rows are among those read): a
+  block holds MASK_TAPS taps of two output rows of one center row, which read
+  the same input values, with the channels the innermost loop, so one
+  grad_output load serves MASK_TAPS products and one input load two. Input
+  rows are arranged as for the forward; the sums carry over from one channel
+  block to the next in scratch.
+
+Every sum adds its products in the order of the single-channel loops of the
+naive reference (mask gradients: channels in order; feature gradients: tap rows
+i, then sub-rows a, then tap columns j, then the s lanes), with no fused
+multiply-add: results are the same bitwise for any thread count, block or
+layout (and the same as the earlier one-kernel-per-gradient code). Products the
+blocks add beyond the real ones are exact zeros (a zero mask and a zero
+grad_output from scratch padding), and a sum starting at +0 is unchanged by
+them; mask-gradient lanes whose tap reads outside the input are stored as
+zeros, never summed, so a non-finite grad_output there does not leak in.
+Scratch is bounded by the input and GATHER_BUDGET, not by the dilation.
 """
 
 from __future__ import annotations
 
-from .jit_compile import kernel, numba_inlined_helper, outlined_helper
-from .jit_dtypes import accumulation_zeros, narrow
-from .jit_kernels import (
-    U,
-    _accumulate,
-    _geometry,
-    _load_rows,
-    _load_upsampled_row,
-    _spread,
-    _store_rows,
-    _tap_table,
+import numpy as np
+
+from .jit_compile import kernel, numba_inlined_helper
+from .jit_dtypes import accumulation_zeros, narrow, widen
+from .jit_forward import (
+    BLOCK,
+    CHANNELS,
+    COLUMNS,
+    TAPS,
+    _arrange_row,
+    _block_sums,
+    _load_masks,
+    _stack_array,
 )
+from .jit_kernels import U, _geometry, _tap_columns
 
-CHANNELS = 4  # channels per pass of the inner loops (stride 1)
-SUB_BAND = 8  # rows per pass over the channels: bounds the scratch of a work item
-
-
-@numba_inlined_helper
-def _products_4(totals, at, second, upstream, ut, upstream_second, block, source, st,
-                channel_step, lo, hi):
-    """For x in [lo, hi) and channels c < 4 in order: totals[at + x] +=
-    upstream[ut + c*block + x] * source[st + c*channel_step + x], and the same for
-    a second output row (``second`` in totals, ``upstream_second`` in upstream)
-    with the same source values. One loop for both rows, so that a source value
-    serves eight products."""
-    if hi <= lo:
-        return
-    t0, t1, u0, v0, s0 = U(at + lo), U(second + lo), U(ut + lo), U(upstream_second + lo), U(
-        st + lo)
-    u1, u2, u3 = u0 + U(block), u0 + U(2 * block), u0 + U(3 * block)
-    v1, v2, v3 = v0 + U(block), v0 + U(2 * block), v0 + U(3 * block)
-    s1, s2, s3 = s0 + U(channel_step), s0 + U(2 * channel_step), s0 + U(3 * channel_step)
-    for q in range(U(hi - lo)):
-        f0, f1, f2, f3 = source[s0 + q], source[s1 + q], source[s2 + q], source[s3 + q]
-        totals[t0 + q] = (totals[t0 + q] + upstream[u0 + q] * f0 + upstream[u1 + q] * f1
-                          + upstream[u2 + q] * f2 + upstream[u3 + q] * f3)
-        totals[t1 + q] = (totals[t1 + q] + upstream[v0 + q] * f0 + upstream[v1 + q] * f1
-                          + upstream[v2 + q] * f2 + upstream[v3 + q] * f3)
-
-
-@outlined_helper
-def _products_strided(totals, at, upstream, ut, upstream_step, rows, st, row_step, lo, hi,
-                      stride, count, scale, out_width):
-    """``_products_4``'s sums for any stride, one channel and row at a time (a
-    function of its own: compiled once, and kept out of the stride-1 loops)."""
-    for a in range(scale):
-        for c in range(count):
-            _accumulate(totals, at + a * out_width, upstream,
-                        c * upstream_step + ut + a * out_width, rows, lo, hi, stride,
-                        c * row_step + st)
-
-
-@outlined_helper
-def _spread_strided(totals, up_width, weights, wt, wstep, upstream, ut, value_step, table,
-                    stride, count):
-    """``_spread_tap_row_4``'s sums for any stride, one channel and tap at a time,
-    so each target still adds its taps in order (a function of its own, like
-    ``_products_strided``)."""
-    for c in range(count):
-        for j in range(table.shape[0]):
-            _spread(totals, c * up_width, weights, wt + j * wstep, upstream,
-                    c * value_step + ut, table[j, 0], table[j, 1], stride, table[j, 2])
-
-
-@kernel
-def grad_masks(grad_output, features, grad_masks, gs, fs, ms, dims, n, g, top, bottom):
-    """Mask gradients of batch n, group g, center rows [top, bottom): each a sum
-    over the group's channels in channel order. Up to SUB_BAND center rows at a
-    time, channels outermost, so that each input row is widened once per channel."""
-    height, k, scale, stride, dilation = dims[2], dims[4], dims[6], dims[7], dims[8]
-    radius, taps, _, out_width, up_width, per_group = _geometry(dims)
-    block, first = scale * out_width, g * per_group
-    table, _, _ = _tap_table(k, radius, dims, out_width)
-    for start in range(top, bottom, SUB_BAND):
-        end = min(bottom, start + SUB_BAND)
-        band = end - start
-        row_lo = max(0, start * stride - radius * dilation)  # the input rows the band reads
-        row_count = max(0, min(height, (end - 1) * stride + radius * dilation + 1) - row_lo)
-        # taps outside stay zero; one more row takes the products of an odd scale's last
-        # row's partner, and is never stored
-        spare = band * taps * block
-        totals = accumulation_zeros(spare + out_width, features)
-        upstream = accumulation_zeros(CHANNELS * band * block, features)
-        rows = accumulation_zeros(CHANNELS * row_count * up_width, features)
-        upstream_step, row_step = band * block, row_count * up_width  # between channels
-        for c0 in range(first, first + per_group, CHANNELS):
-            count = min(CHANNELS, first + per_group - c0)
-            if count < CHANNELS:  # the channels past the group: exact zeros, adding +0
-                upstream[count * upstream_step:].fill(0)
-                rows[count * row_step:].fill(0)
-            for c in range(count):  # this pass's grad_output rows and widened input rows
-                _load_rows(upstream, c * upstream_step, grad_output, gs, n, c0 + c,
-                           start * scale, band * scale, out_width)
-                for row in range(row_count):
-                    base = n * fs[0] + (c0 + c) * fs[1] + (row_lo + row) * fs[2]
-                    at = c * row_step + row * up_width
-                    _load_upsampled_row(rows[at:at + up_width], features, base, fs[3], scale)
-            for hc in range(start, end):
-                for i in range(k):
-                    source_row = hc * stride + (i - radius) * dilation
-                    if source_row < 0 or source_row >= height:
-                        continue
-                    for j in range(k):
-                        lo, hi, offset = table[j, 0], table[j, 1], table[j, 2]
-                        at = ((hc - start) * taps + i * k + j) * block
-                        ut = (hc - start) * block
-                        st = (source_row - row_lo) * up_width + offset
-                        if stride == 1:
-                            for a in range(0, scale, 2):
-                                paired = a + 1 < scale
-                                _products_4(totals, at + a * out_width,
-                                            at + (a + 1) * out_width if paired else spare,
-                                            upstream, ut + a * out_width,
-                                            ut + (a + 1) * out_width if paired else ut,
-                                            upstream_step, rows, st, row_step, lo, hi)
-                            continue
-                        _products_strided(totals, at, upstream, ut, upstream_step, rows, st,
-                                          row_step, lo, hi, stride, count, scale, out_width)
-        for hc in range(start, end):
-            for tap in range(taps):
-                _store_rows(grad_masks, ms, n, g * taps + tap, hc * scale, scale, out_width,
-                            totals, ((hc - start) * taps + tap) * block)
+MASK_TAPS = 8  # mask gradients: taps of two output rows summed in registers together
+MASK_BLOCK = 2 * MASK_TAPS * COLUMNS  # their sums, in registers
+GATHER_BUDGET = 1 << 17  # mask elements in scratch per chunk of rows (or one center row's)
 
 
 @numba_inlined_helper
-def _gather_taps_4(target, at, target_step, weights, wt, wstep, values, vt, value_step,
-                   offset, step, count, lo, hi):
-    """For x' in [lo, hi), channels c < 4 and taps q < count (1 to 3) in order, with
-    x = x' - offset - q*step: target[at + c*target_step + x'] +=
-    weights[wt + q*wstep + x] * values[vt + c*value_step + x]. Each weight is
-    loaded once for the four channels."""
-    if hi <= lo:
-        return
-    t0, first = U(at + lo), vt + lo - offset
-    t1, t2, t3 = t0 + U(target_step), t0 + U(2 * target_step), t0 + U(3 * target_step)
-    v0, cs = U(first), U(value_step)
-    w0 = U(wt + lo - offset)
-    if count == 1:
-        for q in range(U(hi - lo)):
-            m0 = weights[w0 + q]
-            target[t0 + q] += m0 * values[v0 + q]
-            target[t1 + q] += m0 * values[v0 + cs + q]
-            target[t2 + q] += m0 * values[v0 + U(2) * cs + q]
-            target[t3 + q] += m0 * values[v0 + U(3) * cs + q]
-        return
-    v1, w1 = U(first - step), U(wt + wstep + lo - offset - step)
-    if count == 2:
-        for q in range(U(hi - lo)):
-            m0, m1 = weights[w0 + q], weights[w1 + q]
-            target[t0 + q] = target[t0 + q] + m0 * values[v0 + q] + m1 * values[v1 + q]
-            target[t1 + q] = (target[t1 + q] + m0 * values[v0 + cs + q]
-                              + m1 * values[v1 + cs + q])
-            target[t2 + q] = (target[t2 + q] + m0 * values[v0 + U(2) * cs + q]
-                              + m1 * values[v1 + U(2) * cs + q])
-            target[t3 + q] = (target[t3 + q] + m0 * values[v0 + U(3) * cs + q]
-                              + m1 * values[v1 + U(3) * cs + q])
-        return
-    v2, w2 = U(first - 2 * step), U(wt + 2 * wstep + lo - offset - 2 * step)
-    for q in range(U(hi - lo)):
-        m0, m1, m2 = weights[w0 + q], weights[w1 + q], weights[w2 + q]
-        target[t0 + q] = (target[t0 + q] + m0 * values[v0 + q] + m1 * values[v1 + q]
-                          + m2 * values[v2 + q])
-        target[t1 + q] = (target[t1 + q] + m0 * values[v0 + cs + q]
-                          + m1 * values[v1 + cs + q] + m2 * values[v2 + cs + q])
-        target[t2 + q] = (target[t2 + q] + m0 * values[v0 + U(2) * cs + q]
-                          + m1 * values[v1 + U(2) * cs + q] + m2 * values[v2 + U(2) * cs + q])
-        target[t3 + q] = (target[t3 + q] + m0 * values[v0 + U(3) * cs + q]
-                          + m1 * values[v1 + U(3) * cs + q] + m2 * values[v2 + U(3) * cs + q])
-
-
-@numba_inlined_helper
-def _spread_tap_row_4(target, at, target_step, weights, wt, wstep, values, vt, value_step,
-                      table, up_width):
-    """The taps of one tap row (stride 1), as a gather per target column, for four
-    channels at once: target[at + c*target_step + x + offset_j] +=
-    weights[wt + j*wstep + x] * values[vt + c*value_step + x], j in order for each
-    target. The targets every tap reaches take their taps two or three to a pass,
-    the rest one tap at a time."""
-    k = table.shape[0]
-    lo, hi = 0, up_width
-    for j in range(k):
-        lo, hi = max(lo, table[j, 0] + table[j, 2]), min(hi, table[j, 1] + table[j, 2])
-    if lo >= hi:
-        lo = hi = up_width
-    j = 0
-    while j < k:
-        count = 2 if k - j == 4 else min(3, k - j)
-        step = table[j + 1, 2] - table[j, 2] if count > 1 else 0
-        _gather_taps_4(target, at, target_step, weights, wt + j * wstep, wstep, values, vt,
-                       value_step, table[j, 2], step, count, lo, hi)
-        j += count
-    for j in range(k):  # the targets outside [lo, hi), one tap at a time
-        first, last, offset = table[j, 0], table[j, 1], table[j, 2]
-        for start, end in ((first + offset, min(last + offset, lo)),
-                           (max(first + offset, hi), last + offset)):
-            _gather_taps_4(target, at, target_step, weights, wt + j * wstep, wstep, values,
-                           vt, value_step, offset, 0, 1, start, end)
-
-
-@kernel
-def grad_features(grad_output, masks, grad_features, gs, ms, fs, dims, n, g, top, bottom):
-    """Feature gradients of batch n, group g, input rows [top, bottom): a gather,
-    each input row summing the outputs that read it, tap by tap, into an upsampled
-    row whose s copies of each column are added last. Up to SUB_BAND input rows
-    at a time, channels outermost, so that the masks and grad_output rows they
-    read are widened once."""
+def _column_layout(dims, radius, out_width, padded_width):
+    """The forward's arranged input rows: per tap column j the output columns
+    [inside_from[j], inside_to[j]) where it reads inside the input and its
+    offset in an arranged row, the zeros before each row and a phase's pitch."""
     k, scale, stride, dilation = dims[4], dims[6], dims[7], dims[8]
-    radius, taps, rows, out_width, up_width, per_group = _geometry(dims)
-    block, first = scale * out_width, g * per_group
-    table, _, _ = _tap_table(k, radius, dims, out_width)
-    totals = accumulation_zeros(CHANNELS * up_width, masks)
-    for start in range(top, bottom, SUB_BAND):
-        end = min(bottom, start + SUB_BAND)
-        # the center rows whose taps reach input rows [start, end)
-        center_lo = max(0, -((radius * dilation - start) // stride))
-        centers = max(0, min(rows, (end - 1 + radius * dilation) // stride + 1) - center_lo)
-        weights = accumulation_zeros(centers * taps * block, masks)
-        upstream = accumulation_zeros(CHANNELS * centers * block, masks)
+    inside_from, inside_to = np.empty(k, np.int64), np.empty(k, np.int64)
+    offsets = np.empty(k, np.int64)
+    side = 0  # the farthest a tap column reads beside the row while inside it somewhere
+    for j in range(k):
+        inside_from[j], inside_to[j], _ = _tap_columns(j, radius, dims, out_width)
+        if inside_from[j] < inside_to[j]:
+            side = max(side, abs(j - radius) * dilation)
+    left = (side + stride - 1) // stride * scale
+    pitch = left + padded_width + side // stride * scale
+    for j in range(k):
+        shift = (j - radius) * dilation
+        offsets[j] = shift % stride * pitch + left + shift // stride * scale
+    return inside_from, inside_to, offsets, left, pitch
+
+
+@numba_inlined_helper
+def _load_padded_rows(rows, at, pitch, array, strides, n, channel, y0, count, width):
+    """rows[at + a*pitch + x] = array[n, channel, y0 + a, x] for a < count, x < width."""
+    step = U(strides[3])
+    for a in range(count):
+        source = U(n * strides[0] + channel * strides[1] + (y0 + a) * strides[2])
+        target = U(at + a * pitch)
+        if step == 1:
+            for x in range(U(width)):
+                rows[target + x] = widen(array[source + x])
+        else:
+            for x in range(U(width)):
+                rows[target + x] = widen(array[source + x * step])
+
+
+@numba_inlined_helper
+def _mask_sums(acc, totals, block_at, row_offsets, slot, upstream, go_at, go_second, go_pitch,
+               rows, at_row, channel_pitch, count):
+    """One register block of mask gradients: for the MASK_TAPS taps t listed from
+    row_offsets[slot], q < COLUMNS and channels c < count in order,
+    totals[block_at + t*COLUMNS + q] += upstream[go_at + c*go_pitch + q] *
+    rows[row_offsets[slot + t] + at_row + c*channel_pitch + q], and the same for a
+    second output row (totals from block_at + MASK_TAPS*COLUMNS, upstream from
+    go_at + go_second) with the same input values.
+
+    The block's totals are contiguous and copied in and out by flat loops, and the
+    taps and columns are written out one by one (8 and 16): with constant offsets
+    into ``acc`` only, LLVM keeps the sums in vector registers across the loop over
+    channels (copies at scattered offsets, or a second loop over channels, make it
+    keep them in memory)."""
+    s, at = U(slot), U(at_row)
+    r0, r1, r2, r3 = (U(row_offsets[s]) + at, U(row_offsets[s + U(1)]) + at,
+                      U(row_offsets[s + U(2)]) + at, U(row_offsets[s + U(3)]) + at)
+    r4, r5, r6, r7 = (U(row_offsets[s + U(4)]) + at, U(row_offsets[s + U(5)]) + at,
+                      U(row_offsets[s + U(6)]) + at, U(row_offsets[s + U(7)]) + at)
+    base = U(block_at)
+    for q in range(U(MASK_BLOCK)):
+        acc[q] = totals[base + q]
+    g0, g1, jump, fc = U(go_at), U(go_at + go_second), U(go_pitch), U(channel_pitch)
+    for c in range(U(count)):
+        gc, rc = c * jump, c * fc
+        for q in range(U(COLUMNS)):
+            u, v = upstream[g0 + gc + q], upstream[g1 + gc + q]
+            f0, f1, f2, f3 = rows[r0 + rc + q], rows[r1 + rc + q], rows[r2 + rc + q], rows[
+                r3 + rc + q]
+            f4, f5, f6, f7 = rows[r4 + rc + q], rows[r5 + rc + q], rows[r6 + rc + q], rows[
+                r7 + rc + q]
+            acc[q] = acc[q] + u * f0
+            acc[16 + q] = acc[16 + q] + u * f1
+            acc[32 + q] = acc[32 + q] + u * f2
+            acc[48 + q] = acc[48 + q] + u * f3
+            acc[64 + q] = acc[64 + q] + u * f4
+            acc[80 + q] = acc[80 + q] + u * f5
+            acc[96 + q] = acc[96 + q] + u * f6
+            acc[112 + q] = acc[112 + q] + u * f7
+            acc[128 + q] = acc[128 + q] + v * f0
+            acc[144 + q] = acc[144 + q] + v * f1
+            acc[160 + q] = acc[160 + q] + v * f2
+            acc[176 + q] = acc[176 + q] + v * f3
+            acc[192 + q] = acc[192 + q] + v * f4
+            acc[208 + q] = acc[208 + q] + v * f5
+            acc[224 + q] = acc[224 + q] + v * f6
+            acc[240 + q] = acc[240 + q] + v * f7
+    for q in range(U(MASK_BLOCK)):
+        totals[base + q] = acc[q]
+
+
+@numba_inlined_helper
+def _gather_lists(mask_offsets, go_offsets, padded, start, end, center_lo, rows, dims,
+                  inside_from, inside_to, before, pitch, slots, zero_masks, zero_go):
+    """Per input row h in [start, end) and stride phase p, the (tap, sub-row) terms
+    that reach it, in the order they are added (tap rows i, sub-rows a, tap columns
+    j): where each reads in the mask and grad_output scratch, shifted so that lane x
+    of the phase reads column x - q_j*s. Padded to whole groups of TAPS with terms
+    reading zeros (at zero_masks and zero_go)."""
+    k, scale, stride, dilation = dims[4], dims[6], dims[7], dims[8]
+    radius, taps = (k - 1) // 2, k * k
+    for h in range(start, end):
+        for p in range(stride):
+            line = (h - start) * stride + p
+            table, used = line * slots, 0
+            for i in range(k):
+                reach_row = h - (i - radius) * dilation
+                if reach_row < 0 or reach_row % stride != 0 or reach_row // stride >= rows:
+                    continue
+                center = reach_row // stride - center_lo
+                for a in range(scale):
+                    for j in range(k):
+                        shift = (j - radius) * dilation
+                        if inside_from[j] >= inside_to[j] or shift % stride != p:
+                            continue
+                        lanes = before - shift // stride * scale
+                        mask_offsets[table + used] = (
+                            ((center * taps + i * k + j) * scale + a) * pitch + lanes)
+                        go_offsets[table + used] = (center * scale + a) * pitch + lanes
+                        used += 1
+            padded[line] = (used + TAPS - 1) // TAPS * TAPS
+            for slot in range(used, padded[line]):
+                mask_offsets[table + slot], go_offsets[table + slot] = zero_masks, zero_go
+
+
+@numba_inlined_helper
+def _mask_lists(row_offsets, tap_slot, padded, own_lo, owned, first_row, dims, inside_from,
+                inside_to, column_offsets, row_pitch, zero_row, slots):
+    """Per owned center row: the taps whose row is inside the input and whose column
+    is inside somewhere, in order, where each reads in the arranged input rows, and
+    each tap's place in that list (-1: never summed), padded to whole MASK_TAPS groups
+    with taps reading the zero row."""
+    height, k, stride, dilation = dims[2], dims[4], dims[7], dims[8]
+    radius, taps = (k - 1) // 2, k * k
+    for local in range(owned):
+        used = 0
+        for i in range(k):
+            source_row = (own_lo + local) * stride + (i - radius) * dilation
+            for j in range(k):
+                tap_slot[local * taps + i * k + j] = -1
+                if 0 <= source_row < height and inside_from[j] < inside_to[j]:
+                    tap_slot[local * taps + i * k + j] = used
+                    row_offsets[local * slots + used] = (
+                        (source_row - first_row) * row_pitch + column_offsets[j])
+                    used += 1
+        padded[local] = (used + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
+        for slot in range(used, slots):
+            row_offsets[local * slots + slot] = zero_row
+
+
+@numba_inlined_helper
+def _store_mask_gradients(grad_masks, gms, n, g, own_lo, owned, dims, totals, tap_slot,
+                          inside_from, inside_to, out_width, column_blocks, groups):
+    """The owned center rows' mask gradients from ``totals`` (register block by
+    register block), rounded once; lanes whose tap reads outside the input, and taps
+    never summed, as zeros."""
+    k, scale = dims[4], dims[6]
+    taps, pairs = k * k, (scale + 1) // 2
+    for local in range(owned):
+        for tap in range(taps):
+            slot, j = tap_slot[local * taps + tap], tap % k
+            lo, hi = (inside_from[j], inside_to[j]) if slot >= 0 else (0, 0)
+            group, t = max(slot, 0) // MASK_TAPS, max(slot, 0) % MASK_TAPS
+            for a in range(scale):
+                y = (own_lo + local) * scale + a
+                target = U(n * gms[0] + (g * taps + tap) * gms[1] + y * gms[2])
+                at = U(((local * pairs + a // 2) * column_blocks * groups + group) * MASK_BLOCK
+                       + (a % 2 * MASK_TAPS + t) * COLUMNS)
+                step = U(gms[3])
+                for column in range(column_blocks):  # a block's lanes are contiguous
+                    x0 = U(column * COLUMNS)
+                    source, lanes = at + U(column * groups * MASK_BLOCK), U(min(
+                        COLUMNS, out_width - column * COLUMNS))
+                    for q in range(lanes):
+                        inside = U(lo) <= x0 + q < U(hi)
+                        value = totals[source + q] if inside else 0.0
+                        grad_masks[target + (x0 + q) * step] = narrow(value, grad_masks)
+
+
+@numba_inlined_helper
+def _store_lanes(grad_features, base, step, lanes_row, at, columns, scale):
+    """grad_features[base + m*step] = the sum of lanes_row[at + m*s + b] over b < s in
+    order, rounded once, for m < columns (s = 1 and 2 with loops LLVM vectorises)."""
+    if scale == 1:
+        for m in range(U(columns)):
+            grad_features[base + m * step] = narrow(lanes_row[at + m], grad_features)
+    elif scale == 2:
+        for m in range(U(columns)):
+            value = lanes_row[at + m * U(2)] + lanes_row[at + m * U(2) + U(1)]
+            grad_features[base + m * step] = narrow(value, grad_features)
+    else:
+        repeat = U(scale)
+        for m in range(U(columns)):
+            value = lanes_row[at + m * repeat]
+            for b in range(U(1), repeat):
+                value += lanes_row[at + m * repeat + b]
+            grad_features[base + m * step] = narrow(value, grad_features)
+
+
+@kernel
+def gradients(grad_output, features, masks, grad_features, grad_masks, gs, fs, ms, gfs, gms,
+              dims, n, g, top, bottom):
+    """Both gradients of batch n, group g, input rows [top, bottom), grad_output read
+    once: the feature gradients of those rows, and the mask gradients of the center
+    rows c with c*t among them (each center row's own input row), whose grad_output
+    rows the feature gradients read too. Input rows a chunk at a time, within the
+    scratch budget; in each, the group's channels CHANNELS at a time in order."""
+    height, width, k, scale, stride, dilation = (dims[2], dims[3], dims[4], dims[6], dims[7],
+                                                 dims[8])
+    radius, taps, rows, out_width, _, per_group = _geometry(dims)
+    reach = radius * dilation
+    padded_width = (out_width + COLUMNS - 1) // COLUMNS * COLUMNS
+    inside_from, inside_to, column_offsets, left, arranged_pitch = _column_layout(
+        dims, radius, out_width, padded_width)
+    # the gather's scratch rows: the zeros a shifted row reads beside it
+    before, after = 0, 0
+    for j in range(k):
+        if inside_from[j] < inside_to[j]:
+            lanes = (j - radius) * dilation // stride * scale  # q_j * s
+            before, after = max(before, lanes), max(after, -lanes)
+    pitch = before + padded_width + after
+    per_center = taps * scale * pitch
+    most_centers = max(1, GATHER_BUDGET // per_center)
+    chunk_rows = max(1, min(bottom - top, (most_centers - 1) * stride + 1 - 2 * reach))
+    centers_cap = min(rows, (chunk_rows - 1 + 2 * reach) // stride + 2)
+    zero_masks = centers_cap * per_center  # then a row of zeros, for the terms that pad
+    weights = accumulation_zeros(zero_masks + padded_width, masks)
+    zero_go = centers_cap * scale * pitch
+    channel_pitch = zero_go + padded_width
+    upstream = accumulation_zeros(CHANNELS * channel_pitch, masks)
+    lanes_row = accumulation_zeros(CHANNELS * padded_width, masks)  # one phase's lanes
+    sums = _stack_array(weights, BLOCK)
+    slots = (k * k * scale + TAPS - 1) // TAPS * TAPS
+    mask_offsets = np.empty(chunk_rows * stride * slots, np.int64)
+    go_offsets = np.empty(chunk_rows * stride * slots, np.int64)
+    padded = np.empty(chunk_rows * stride, np.int64)
+    # the mask gradients' scratch: the input rows the owned center rows read, arranged
+    # as for the forward, and their sums, register block by register block (center
+    # row, pair of output rows, block of columns, group of MASK_TAPS taps); an odd
+    # scale's last row is paired with a spare whose sums are never stored
+    owned_cap = (chunk_rows - 1) // stride + 1
+    row_pitch = stride * arranged_pitch  # the t phases of an input row
+    span = min(height, (owned_cap - 1) * stride + 2 * reach + 1)
+    zero_row = span * row_pitch
+    arranged_channel = zero_row + padded_width
+    arranged = accumulation_zeros(CHANNELS * arranged_channel, features)
+    pairs, column_blocks = (scale + 1) // 2, padded_width // COLUMNS
+    mask_slots = (taps + MASK_TAPS - 1) // MASK_TAPS * MASK_TAPS
+    groups = mask_slots // MASK_TAPS
+    totals = accumulation_zeros(owned_cap * pairs * column_blocks * groups * MASK_BLOCK,
+                                features)
+    acc = _stack_array(arranged, MASK_BLOCK)
+    row_offsets = np.empty(owned_cap * mask_slots, np.int64)
+    tap_slot = np.empty(owned_cap * taps, np.int64)
+    mask_padded = np.empty(owned_cap, np.int64)
+    first, last = g * per_group, (g + 1) * per_group
+    for start in range(top, bottom, chunk_rows):
+        end = min(bottom, start + chunk_rows)
+        center_lo = max(0, -((reach - start) // stride))  # the centers reaching [start, end)
+        centers = max(0, min(rows, (end - 1 + reach) // stride + 1) - center_lo)
+        own_lo = (start + stride - 1) // stride  # the center rows this chunk owns
+        owned = max(0, min(rows, (end + stride - 1) // stride) - own_lo)
+        first_row = max(0, own_lo * stride - reach)  # arranged row 0
+        highest = min(height, (own_lo + owned - 1) * stride + reach + 1)
         for center in range(centers):
             for tap in range(taps):
-                _load_rows(weights, (center * taps + tap) * block, masks, ms, n,
-                           g * taps + tap, (center_lo + center) * scale, scale, out_width)
-        for c0 in range(0, per_group, CHANNELS):
-            count = min(CHANNELS, per_group - c0)
+                j = tap % k
+                for a in range(scale):
+                    _load_masks(weights, ((center * taps + tap) * scale + a) * pitch + before,
+                                masks, ms, n, g * taps + tap, (center_lo + center) * scale + a,
+                                inside_from[j], inside_to[j])
+        _gather_lists(mask_offsets, go_offsets, padded, start, end, center_lo, rows, dims,
+                      inside_from, inside_to, before, pitch, slots, zero_masks, zero_go)
+        _mask_lists(row_offsets, tap_slot, mask_padded, own_lo, owned, first_row, dims,
+                    inside_from, inside_to, column_offsets, row_pitch, zero_row, mask_slots)
+        totals.fill(0)
+        for block in range(first, last, CHANNELS):
+            # as in the forward, the last block ends at the group's end, redoing a few
+            # channels (to the same bits) for the feature gradients, not for the mask
+            # gradients' sums; unless the group is smaller than a block
+            channel = max(first, min(block, last - CHANNELS))
+            count, fresh = min(CHANNELS, last - channel), block - channel
             for c in range(count):
-                _load_rows(upstream, c * centers * block, grad_output, gs, n, first + c0 + c,
-                           center_lo * scale, centers * scale, out_width)
-            for h in range(start, end):
-                totals.fill(0)
-                for i in range(k):
-                    # the center row whose tap row i reads input row h, if any
-                    reach = h - (i - radius) * dilation
-                    if reach < 0 or reach % stride != 0 or reach // stride >= rows:
-                        continue
-                    center = reach // stride - center_lo
-                    for a in range(scale):
-                        wt = (center * taps + i * k) * block + a * out_width
-                        ut = center * block + a * out_width
-                        if stride == 1:  # channels past the group fill rows never stored
-                            _spread_tap_row_4(totals, 0, up_width, weights, wt, block,
-                                              upstream, ut, centers * block, table, up_width)
-                            continue
-                        _spread_strided(totals, up_width, weights, wt, block, upstream, ut,
-                                        centers * block, table, stride, count)
-                for c in range(count):  # the s copies of each column, added in order
-                    base = U(n * fs[0] + (first + c0 + c) * fs[1] + h * fs[2])
-                    step, row_at, repeat = U(fs[3]), U(c * up_width), U(scale)
-                    for w in range(U(up_width // scale)):
-                        value = totals[row_at + w * repeat]
-                        for b in range(U(1), repeat):
-                            value += totals[row_at + w * repeat + b]
-                        grad_features[base + w * step] = narrow(value, grad_features)
+                _load_padded_rows(upstream, c * channel_pitch + before, pitch, grad_output, gs,
+                                  n, channel + c, center_lo * scale, centers * scale, out_width)
+            for h in range(start, end):  # the feature gradients
+                for p in range(stride):
+                    line = (h - start) * stride + p
+                    columns = (width - p + stride - 1) // stride  # input columns of phase p
+                    for x0 in range(0, columns * scale, COLUMNS):
+                        _block_sums(sums, weights, upstream, padded[line], mask_offsets,
+                                    go_offsets, line * slots, line * slots, x0, x0,
+                                    channel_pitch)
+                        for c in range(CHANNELS):
+                            for q in range(U(COLUMNS)):
+                                lanes_row[U(c * padded_width + x0) + q] = sums[
+                                    U(c * COLUMNS) + q]
+                    for c in range(count):  # the s lanes of each input column, in order
+                        _store_lanes(grad_features, U(n * gfs[0] + (channel + c) * gfs[1]
+                                                      + h * gfs[2] + p * gfs[3]),
+                                     U(stride * gfs[3]), lanes_row, U(c * padded_width),
+                                     columns, scale)
+            for c in range(fresh, count if owned > 0 else fresh):  # the mask gradients
+                base = n * fs[0] + (channel + c) * fs[1]
+                for row in range(first_row, highest):
+                    _arrange_row(arranged, (c - fresh) * arranged_channel
+                                 + (row - first_row) * row_pitch, features, base + row * fs[2],
+                                 fs[3], dims, left, arranged_pitch)
+            for local in range(owned):
+                for pair in range(pairs):
+                    go_at = (fresh * channel_pitch + before
+                             + ((own_lo - center_lo + local) * scale + 2 * pair) * pitch)
+                    go_second = pitch if 2 * pair + 1 < scale else 0  # or the spare
+                    for column in range(column_blocks):
+                        block_at = ((local * pairs + pair) * column_blocks + column) * groups
+                        for group in range(mask_padded[local] // MASK_TAPS):
+                            _mask_sums(acc, totals, (block_at + group) * MASK_BLOCK,
+                                       row_offsets, local * mask_slots + group * MASK_TAPS,
+                                       upstream, go_at + column * COLUMNS, go_second,
+                                       channel_pitch, arranged, column * COLUMNS,
+                                       arranged_channel, count - fresh)
+        _store_mask_gradients(grad_masks, gms, n, g, own_lo, owned, dims, totals, tap_slot,
+                              inside_from, inside_to, out_width, column_blocks, groups)

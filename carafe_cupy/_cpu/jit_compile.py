@@ -5,10 +5,9 @@ only kernels call. A helper is compiled once per signature, without the wrappers
 Python or ctypes would need, and marked ``alwaysinline`` for LLVM (``forceinline``),
 so every kernel gets its own inlined copy as with Numba's ``inline="always"``, but
 without Numba copying and retyping the helper's IR at every call site, which costs
-compile time, most of all for helpers several kernels share. The kernels run about
-as fast either way; where a benchmark shows Numba's inlining gives faster code (the
-innermost scatter loops of grad_features), ``@numba_inlined_helper`` keeps it;
-``@outlined_helper`` is for code a kernel calls but keeps out of its hot loops.
+compile time, most of all for helpers several kernels share. The register blocks
+of the forward and the backward use ``@numba_inlined_helper`` (Numba's inlining),
+with which they were written and checked in the assembly.
 ``OVERLOAD_OPTIONS`` is for the ``@overload`` implementations (``jit_dtypes``).
 
 Importing this module puts the package's disk cache in place (``jit_cache``)
@@ -44,9 +43,6 @@ HELPER_OPTIONS: dict[str, Any] = {
     "forceinline": True,
     "no_cpython_wrapper": True,
     "no_cfunc_wrapper": True,
-}
-OUTLINED_OPTIONS: dict[str, Any] = {
-    "cache": True, "no_cpython_wrapper": True, "no_cfunc_wrapper": True,
 }
 NUMBA_INLINED_OPTIONS: dict[str, Any] = {"cache": True, "inline": "always"}
 # @overload(..., jit_options=OVERLOAD_OPTIONS): overloads have no Python wrapper anyway
@@ -120,15 +116,10 @@ def helper(function: Callable) -> Any:
     return njit(**HELPER_OPTIONS)(function)
 
 
-def outlined_helper(function: Callable) -> Any:
-    """A function kernels call that is not forced inline (LLVM still may): code a
-    kernel keeps out of its hot loops, compiled once."""
-    return njit(**OUTLINED_OPTIONS)(function)
-
-
 def numba_inlined_helper(function: Callable) -> Any:
     """A helper that Numba inlines into its callers' IR (``inline="always"``): typed
     anew at every call site, which costs compile time, but for the innermost loops
     of a kernel it can give LLVM code it optimises better; worth it only where a
-    benchmark shows it (grad_features' scatter loops: about 8% faster)."""
+    benchmark or the assembly shows it (the register blocks of the forward and
+    the backward)."""
     return njit(**NUMBA_INLINED_OPTIONS)(function)

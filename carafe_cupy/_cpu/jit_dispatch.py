@@ -251,8 +251,7 @@ def backward(
     grad_masks = torch.empty_like(masks)
     if grad_output.numel() == 0 or features.numel() == 0 or masks.numel() == 0:
         return grad_features.zero_(), grad_masks.zero_()
-    height, stride = features.shape[2], params[3]
-    rows = -(-height // stride)
+    height = features.shape[2]
     (g, gs), (f, fs), (m, ms) = _flat(grad_output), _flat(features), _flat(masks)
     (gf, gfs), (gm, gms) = _flat(grad_features), _flat(grad_masks)
 
@@ -260,9 +259,10 @@ def backward(
     batch, groups = features.shape[0], params[1]
 
     def run() -> bool:
-        _run(kernels.grad_masks, (g, f, gm, gs, fs, gms, dims), _items(batch, groups, rows))
-        # a gather over the outputs that read each input row: split by input rows
-        _run(kernels.grad_features, (g, m, gf, gs, ms, gfs, dims), _items(batch, groups, height))
+        # split by input rows: each item gathers the outputs that read its rows, and
+        # sums the mask gradients of the center rows it owns from the same grad_output
+        _run(kernels.gradients, (g, f, m, gf, gm, gs, fs, ms, gfs, gms, dims),
+             _items(batch, groups, height))
         return True
 
     return (grad_features, grad_masks) if _guarded(run) else None
