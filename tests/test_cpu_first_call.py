@@ -21,11 +21,11 @@ numba = pytest.importorskip("numba")
 
 from numba.core import event  # noqa: E402
 
-from carafe_cupy._cpu import jit_backward, jit_cache, jit_compile, jit_forward  # noqa: E402
+from carafe_cupy._cpu import jit_backward, jit_cache, jit_compile, jit_forward, jit_narrow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # a hang fails the test instead of the run
-KERNELS = (jit_forward.forward, jit_backward.grad_masks, jit_backward.grad_features)
+KERNELS = (jit_forward.forward, jit_narrow.forward, jit_backward.gradients)
 
 
 def _python(code: str, **environment: str) -> subprocess.CompletedProcess:
