@@ -12,6 +12,13 @@
 // Each warp loads its next channel batch (halo and grad_output) before it sums
 // the current one, so those loads are in flight during the FMAs.
 //
+// ROWS is K (every tap) or 1: then a block sums one kernel row's K taps, the
+// kernel row being its slice (block_position's third factor). Its halo is one
+// input row, 4 * K accumulators a thread: the small shapes' K times more
+// blocks, with every output's channels still summed in one order (ascending,
+// per subset, the subsets added in ascending order), so either form, for any
+// dtype, gives the same bits.
+//
 // The warps' partial sums are then added in parallel, in rounds: every warp
 // stores SHARE * SUBSETS units of its sums (a unit: one tap of one row, two
 // pixels) to shared memory, and each warp adds up SHARE of those units over
@@ -19,7 +26,7 @@
 // reproducible. (SHARE is CARAFE_MASKS_QUAD_SHARE, from
 // carafe_cupy/_kernels/constants.py, by which the planner sizes shared memory.)
 
-template <typename scalar_t, int K>
+template <typename scalar_t, int K, int ROWS>
 __device__ void carafe_backward_masks_quad_impl(
     const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ features,
     scalar_t* __restrict__ grad_masks, const carafe_geometry g, const strides4 gs,
@@ -27,26 +34,28 @@ __device__ void carafe_backward_masks_quad_impl(
     typedef typename storage<scalar_t>::acc_t acc_t;
     typedef typename storage<scalar_t>::raw_t raw_t;
     static_assert(sizeof(acc_t) == sizeof(float), "quads accumulate in fp32 (no fp64 build)");
-    constexpr int TAPS = K * K;
+    static_assert(ROWS == K || ROWS == 1, "every kernel row, or one");
+    constexpr int TAPS = ROWS * K;  // the taps this block sums
     constexpr int R = (K - 1) / 2;
     constexpr int LANES = CARAFE_TILE_THREADS_X;
     constexpr int TILE_W = 2 * LANES;
     constexpr int PITCH = tile_pitch<K, 2>();
     constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
-    constexpr int CHANNEL_PLANE = K * PITCH;  // K input rows serve both output rows
+    constexpr int CHANNEL_PLANE = ROWS * PITCH;  // ROWS input rows serve both output rows
     constexpr int SLOTS = (CHANNEL_PLANE + LANES - 1) / LANES;  // staged elements per lane
     constexpr int SUBSET_PLANE = BATCH * CHANNEL_PLANE;
     CARAFE_DYNAMIC_SHARED(acc_t, halo);
     const index_t s = g.scale_factor;
     const index_t out_height = g.height * s, out_width = g.width * s;
     const index_t channels_per_group = g.channels / g.group_size;
-    const tile_position p =
-        block_position((out_width + TILE_W - 1) / TILE_W, out_height / 2, 1, g.group_size);
+    const tile_position p = block_position((out_width + TILE_W - 1) / TILE_W, out_height / 2,
+                                           K / ROWS, g.group_size);
+    const int first_row = ROWS == K ? 0 : (int)p.slice;  // the block's first kernel row
     const index_t x0 = p.tile_x * TILE_W, y = p.tile_y * 2;
     const index_t x = x0 + (index_t)threadIdx.x * 2;
     const int subset = threadIdx.y, lane = threadIdx.x;
     const bool inside = x < out_width;  // x and out_width are even: x + 1 is inside too
-    const index_t row0 = y / s - R, col0 = x0 / s - R;
+    const index_t row0 = y / s - R + first_row, col0 = x0 / s - R;
 
     acc_t sum[2][2][TAPS];  // [row][column][tap]
 #pragma unroll
@@ -62,14 +71,14 @@ __device__ void carafe_backward_masks_quad_impl(
     // this subset's channels: chunk, fewer in the group's last subsets
     const index_t my_count = max((index_t)0, min(chunk, c_begin + channels_per_group - my_begin));
 
-    // A channel's halo, K rows of PITCH, is staged as SLOTS runs of 32 elements.
-    // This lane's element of each run, in the subset's first channel, is found
-    // once, clamped into the image so that every load is valid and needs no
-    // predicate: an element outside the image feeds only the sums of taps that
-    // lie outside it, which are set to zero at the end. The channel loop adds a
-    // channel offset to each address.
-    // (A subset with no channels, where the group has fewer channels than
-    // subsets, reads the group's first channel, masked.)
+    // A channel's halo, ROWS rows of PITCH, is staged as SLOTS runs of 32
+    // elements. This lane's element of each run, in the subset's first channel,
+    // is found once, clamped into the image so that every load is valid and
+    // needs no predicate: an element outside the image feeds only the sums of
+    // taps that lie outside it, which are set to zero at the end. The channel
+    // loop adds a channel offset to each address. (A subset with no channels,
+    // where the group has fewer channels than subsets, reads the group's first
+    // channel, masked.)
     const scalar_t* first_plane =
         features + p.n * fs.n + (my_count > 0 ? my_begin : c_begin) * fs.c;
     const scalar_t* quad_source[SLOTS];
@@ -81,7 +90,7 @@ __device__ void carafe_backward_masks_quad_impl(
         const index_t col = min(max(col0 + k_col, (index_t)0), g.width - 1);
         quad_source[slot] = first_plane + (row * fs.h + col * fs.w);
     }
-    const scalar_t* go_source = grad_output + p.n * gs.n + my_begin * gs.c + y * gs.h + x * gs.w;
+    const scalar_t* go_row0 = grad_output + p.n * gs.n + my_begin * gs.c + y * gs.h + x * gs.w;
     acc_t* own = halo + subset * SUBSET_PLANE;
     const acc_t* window = own + (int)(x / s - x0 / s);
 
@@ -93,7 +102,7 @@ __device__ void carafe_backward_masks_quad_impl(
     unsigned channel_keep[BATCH];
     acc_t grad[BATCH][2][2];
     index_t next_step = 0;  // the next channel's offset from quad_source
-    const scalar_t* go_next = go_source;
+    const scalar_t* go_next = go_row0;
     auto load_batch = [&](index_t first) {
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
@@ -142,7 +151,7 @@ __device__ void carafe_backward_masks_quad_impl(
         for (int cc = 0; cc < BATCH; ++cc) {
             const acc_t* w = window + cc * CHANNEL_PLANE;
 #pragma unroll
-            for (int i = 0; i < K; ++i)
+            for (int i = 0; i < ROWS; ++i)
 #pragma unroll
                 for (int j = 0; j < K; ++j) {
                     const acc_t value = w[i * PITCH + j];
@@ -162,7 +171,8 @@ __device__ void carafe_backward_masks_quad_impl(
     static_assert(ROUND_UNITS * SUBSETS * LANES * 2 <= 48 * 1024 / 4, "reduction space");
     float2* partial = reinterpret_cast<float2*>(halo);
     const index_t centre_y = y / s, centre_x = x / s;
-    scalar_t* masks_base = grad_masks + p.n * ms.n + p.group * TAPS * ms.c + x * ms.w;
+    scalar_t* masks_base =
+        grad_masks + p.n * ms.n + (p.group * K * K + first_row * K) * ms.c + x * ms.w;
 #pragma unroll
     for (int round = 0; round < ROUNDS; ++round) {
         // the halo (round 0) or the last round's units are no longer read
@@ -190,7 +200,7 @@ __device__ void carafe_backward_masks_quad_impl(
             const int t = unit >> 1, row = unit & 1;
             // A tap outside the input has no effect on the output: its gradient is
             // exactly zero, not grad_output * (zero halo), which is NaN for Inf.
-            if (!tap_inside(centre_y + t / K - R, centre_x + t % K - R, g))
+            if (!tap_inside(centre_y + first_row + t / K - R, centre_x + t % K - R, g))
                 total = make_float2(0, 0);
             pair_access<scalar_t>::store(masks_base + t * ms.c + (y + row) * ms.h, total.x,
                                          total.y);

@@ -12,6 +12,7 @@ CHANNEL_BATCH_MAX = 4  # channels staged per barrier pair, at most
 FEATURES_SLOTS = 3  # tiled grad_features: staging slots per block
 MASKS_BATCH = 2  # tiled grad_masks: channels per warp staged per warp barrier pair
 MASKS_QUAD_SHARE = 2  # grad_masks 2 x 2: units each warp adds up per reduction round
+MASKS_ROW_BLOCKS = 3  # grad_masks 2 x 2, one kernel row a block: resident blocks per SM
 FORWARD_QUAD_ROWS = 4  # forward 2 x 2: thread rows of a block (32 x 4 threads, 64 x 8 pixels)
 FORWARD_QUAD_BLOCKS = 3  # forward 2 x 2: resident blocks per SM its launch bounds ask for
 # The general kernels: channels per thread (forward, grad_features), taps per thread
@@ -27,6 +28,7 @@ _MACROS = {
     "CARAFE_FEATURES_SLOTS": FEATURES_SLOTS,
     "CARAFE_MASKS_BATCH": MASKS_BATCH,
     "CARAFE_MASKS_QUAD_SHARE": MASKS_QUAD_SHARE,
+    "CARAFE_MASKS_ROW_BLOCKS": MASKS_ROW_BLOCKS,
     "CARAFE_FORWARD_QUAD_ROWS": FORWARD_QUAD_ROWS,
     "CARAFE_FORWARD_QUAD_BLOCKS": FORWARD_QUAD_BLOCKS,
     "FORWARD_CHANNEL_STRIP": GENERAL_FORWARD_STRIP,

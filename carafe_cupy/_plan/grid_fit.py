@@ -198,3 +198,53 @@ def _halo_inside(size: int, tile: int, k: int) -> int:
 
 
 MASK_SECTOR_SHARE = 1.75
+
+
+# grad_masks' two 2 x 2 forms at k = 5, s = 2 on sm_90 (fp32; the cost model's SASS
+# loop table, benchmarks/results/2026-12-08-grad-masks/): every kernel row a block
+# (206 registers, one block an SM) or one kernel row a block (_r1: 80 registers,
+# three an SM, a fifth of the taps, the halo one input row). Per channel: the
+# channel loop's body over its batch of two. The IPC / 4 is the cost model's with
+# every resident block running: 0.57 (52 x 84, one block), 0.65 (26 x 42, three).
+# So the one-row form wins only where the whole-kernel grid leaves most SMs idle
+# (13 x 21: 26 blocks; 7.8 against 11.7 model µs); at 26 x 42 its k-fold reads
+# of grad_output and its extra round cost more (17.7 against 12.8).
+_MASKS_WHOLE = KernelCost(1257, 187.0, 8, 1, 0.57)
+_MASKS_ROW = KernelCost(630, 69.0, 8, 3, 0.65)
+
+
+def masks_cost(kernel_size: int, one_row: bool) -> KernelCost:
+    """The 2 x 2 grad_masks form's cost, the k = 5 figures with the tap work
+    scaled by the taps a block sums (k² or k) over 25 or 5."""
+    cost = _MASKS_ROW if one_row else _MASKS_WHOLE
+    taps = (kernel_size if one_row else kernel_size**2) / (5 if one_row else 25)
+    if taps == 1:
+        return cost
+    return KernelCost(
+        cost.prologue * taps, cost.per_channel * taps, cost.warps, cost.resident,
+        cost.issue_efficiency,
+    )
+
+
+def masks_launch_bytes(geometry: Geometry, dtype: str) -> LaunchBytes:
+    """What a 2 x 2 grad_masks launch moves through L2 per kernel-row slice (a
+    one-row launch has k): all of grad_output, and the features (their share of
+    rows, counted whole: a block's one input row is read by k row blocks)."""
+    size = ITEMSIZE[dtype]
+    grad_output = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
+    features = geometry.batch * geometry.channels * geometry.height * geometry.width
+    masks = geometry.batch * geometry.group_size * geometry.kernel_size**2
+    masks *= geometry.out_height * geometry.out_width
+    return LaunchBytes((grad_output + features) * size, masks * size)
+
+
+def masks_one_row_faster(
+    geometry: Geometry, dtype: str, blocks: int, per_subset: int, target: PlanTarget = DEFAULT_TARGET
+) -> bool:
+    """Whether grad_masks' one-kernel-row blocks (k times the blocks, each
+    re-reading grad_output) finish sooner than the whole-kernel blocks."""
+    k = geometry.kernel_size
+    traffic = masks_launch_bytes(geometry, dtype)
+    whole = launch_cycles(masks_cost(k, False), blocks, per_subset, target, traffic, 1)
+    rows = launch_cycles(masks_cost(k, True), blocks * k, per_subset, target, traffic, k)
+    return rows < whole

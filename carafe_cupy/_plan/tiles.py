@@ -17,6 +17,7 @@ from .grid_fit import (
     features_cost,
     features_launch_bytes,
     launch_cycles,
+    masks_one_row_faster,
     sliced_channels_per_block,
 )
 from .target import DEFAULT_TARGET, PlanTarget
@@ -215,19 +216,37 @@ def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: 
     return Launch(kernel.module, kernel.name, (blocks, 1, 1), block, shared, operands, tiling)
 
 
-def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands) -> Launch | None:
+def masks_quad_plan(
+    geometry: Geometry,
+    dtype: str,
+    kernel: KernelId,
+    operands,
+    target: PlanTarget = DEFAULT_TARGET,
+    fit_grid: bool = True,
+) -> Launch | None:
     """grad_masks with 2 x 2 pixels per thread (even s): a block per two output
-    rows of 64 pixels, its warps splitting the group's channels into subsets;
-    shared memory holds their halos, then a round of the parallel reduction
-    (MASKS_QUAD_SHARE units of two fp32 values per warp, from every warp)."""
+    rows of 64 pixels (and, in the one-kernel-row form, per kernel row), its
+    warps splitting the group's channels into subsets; shared memory holds their
+    halos, then a round of the parallel reduction (MASKS_QUAD_SHARE units of two
+    fp32 values per warp, from every warp). With ``fit_grid``, the one-row form
+    where grid_fit finds it faster (short grids); both give the same bits."""
     if geometry.scale_factor % 2:
         return None  # the four pixels share an input pixel only for even s
     k = geometry.kernel_size
     tile_w = TILE_THREADS[0] * 2
     pitch = tile_w // 2 + k
-    staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch * ACCUMULATOR_SIZE[dtype]
-    reduction = MASKS_QUAD_SHARE * MASKS_SUBSETS * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
     tiles = -(-geometry.out_width // tile_w) * (geometry.out_height // 2)
+    per_subset = max(1, -(-(geometry.channels // geometry.group_size) // MASKS_SUBSETS))
+    one_row = fit_grid and masks_one_row_faster(
+        geometry, dtype, tiles * geometry.batch * geometry.group_size, per_subset, target
+    )
+    rows = 1 if one_row else k
+    staged = MASKS_BATCH * MASKS_SUBSETS * rows * pitch * ACCUMULATOR_SIZE[dtype]
+    units = min(2 * rows * k, MASKS_QUAD_SHARE * MASKS_SUBSETS)  # of a reduction round
+    reduction = units * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
+    if one_row:
+        kernel = replace(kernel, tap_rows=1)
+        tiles *= k  # a block per kernel row: block_position's slices
     return _masks_subset_launch(geometry, kernel, operands, tiles, max(staged, reduction))
 
 
