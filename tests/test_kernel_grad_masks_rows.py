@@ -30,12 +30,15 @@ ORDERS = ("forward", "reverse", "random", "warp-serial", "random-warp")
 # (N, C, H, W, k, G, s): a channel past the last subset's end (5 channels, one a
 # subset: three subsets empty) over one tile; 2 groups of 19 channels (subsets of
 # 3: a partial batch each, the last subset short) over tiles past the first in x
-# and y; k = 3 at s = 4 (the halo's rows not the output's); one image row and s = 6.
+# and y; k = 3 at s = 4 (the halo's rows not the output's); one image row and s = 6
+# (two channels a subset: the unmasked loop only); 59 channels (subsets of 8, the
+# last of 3: one unmasked batch, then masked ones, the first of them half inside).
 CASES = [
     (1, 5, 5, 7, 5, 1, 2),
     (2, 38, 4, 37, 5, 2, 2),
     (1, 9, 4, 20, 3, 1, 4),
     (1, 16, 1, 5, 5, 1, 6),
+    (1, 59, 3, 10, 5, 1, 2),
 ]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 FORMS = {"whole": False, "one row": True}
