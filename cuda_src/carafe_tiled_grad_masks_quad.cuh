@@ -40,7 +40,10 @@ __device__ void carafe_backward_masks_quad_impl(
     constexpr int LANES = CARAFE_TILE_THREADS_X;
     constexpr int TILE_W = 2 * LANES;
     constexpr int PITCH = tile_pitch<K, 2>();
-    constexpr int BATCH = CARAFE_MASKS_BATCH, SUBSETS = CARAFE_MASKS_SUBSETS;
+    // channels a warp stages per barrier pair: more for the whole kernel (its
+    // loads in flight over more sums), the one-row blocks' registers allow two
+    constexpr int BATCH = ROWS == K ? CARAFE_MASKS_QUAD_BATCH : CARAFE_MASKS_BATCH;
+    constexpr int SUBSETS = CARAFE_MASKS_SUBSETS;
     constexpr int CHANNEL_PLANE = ROWS * PITCH;  // ROWS input rows serve both output rows
     constexpr int SLOTS = (CHANNEL_PLANE + LANES - 1) / LANES;  // staged elements per lane
     constexpr int SUBSET_PLANE = BATCH * CHANNEL_PLANE;
@@ -145,8 +148,8 @@ __device__ void carafe_backward_masks_quad_impl(
 #pragma unroll
                 for (int b = 0; b < 2; ++b)
                     current[cc][a][b] = __uint_as_float(__float_as_uint(grad[cc][a][b]) & keep[cc]);
+        load_batch();  // the next batch, in flight during the sums (issued first)
         __syncwarp();  // the quad batch staged
-        load_batch();  // the next batch, in flight during the sums
 #pragma unroll
         for (int cc = 0; cc < BATCH; ++cc) {
             const acc_t* w = window + cc * CHANNEL_PLANE;
@@ -172,8 +175,9 @@ __device__ void carafe_backward_masks_quad_impl(
         max((index_t)0, min(chunk, channels_per_group - (index_t)(SUBSETS - 1) * chunk));
     const index_t unmasked = common - common % channel_batch;
     load_batch();
-    const unsigned all[BATCH] = {~0u, ~0u};
-    static_assert(BATCH == 2, "the masks' initialiser");
+    unsigned all[BATCH];
+#pragma unroll
+    for (int cc = 0; cc < BATCH; ++cc) all[cc] = ~0u;
     for (index_t c0 = 0; c0 < unmasked; c0 += channel_batch) sum_batch(all);
     // The rest, where the group's last subsets may run past their channels: a
     // channel past the end has grad 0 and a zero halo, so adding 0 * 0 leaves

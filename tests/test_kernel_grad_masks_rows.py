@@ -29,16 +29,20 @@ pytestmark = pytest.mark.skipif(
 ORDERS = ("forward", "reverse", "random", "warp-serial", "random-warp")
 # (N, C, H, W, k, G, s): a channel past the last subset's end (5 channels, one a
 # subset: three subsets empty) over one tile; 2 groups of 19 channels (subsets of
-# 3: a partial batch each, the last subset short) over tiles past the first in x
-# and y; k = 3 at s = 4 (the halo's rows not the output's); one image row and s = 6
-# (two channels a subset: the unmasked loop only); 59 channels (subsets of 8, the
-# last of 3: one unmasked batch, then masked ones, the first of them half inside).
+# 3, the last short: masked batches only) over tiles past the first in x and y;
+# k = 3 at s = 4 (the halo's rows not the output's); one image row and s = 6;
+# subsets of 8 channels: 59 (the last of 3: the one-row form's unmasked batch of
+# two, then masked ones, the first half inside), 62 (the last of 6: the whole
+# kernel's unmasked batch of four, then a half-inside one) and 32 (4 each:
+# unmasked batches only).
 CASES = [
     (1, 5, 5, 7, 5, 1, 2),
     (2, 38, 4, 37, 5, 2, 2),
     (1, 9, 4, 20, 3, 1, 4),
     (1, 16, 1, 5, 5, 1, 6),
     (1, 59, 3, 10, 5, 1, 2),
+    (1, 62, 2, 9, 3, 1, 2),
+    (1, 32, 3, 4, 5, 1, 2),
 ]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 FORMS = {"whole": False, "one row": True}
@@ -128,6 +132,24 @@ def test_a_tap_outside_the_image_has_zero_gradient(form, value, monkeypatch):
     finite = np.isfinite(want)
     np.testing.assert_allclose(got.numpy()[finite], want[finite], rtol=1e-4, atol=1e-4)
     assert (got.numpy()[finite] == 0).any()
+
+
+@pytest.mark.parametrize("infinite", ["grad_output", "features"])
+@pytest.mark.parametrize("form", FORMS)
+def test_a_channel_past_a_short_subset_adds_nothing(form, infinite, monkeypatch):
+    # 59 channels, subsets of 8: the last holds 3 (56-58), and the channels past
+    # its end re-read channel 56. With +Inf there (in grad_output or in the
+    # features, the other tensor positive) every inside tap's sum is +Inf, not
+    # the NaN an unmasked re-read (Inf * 0) would add.
+    case = (1, 59, 3, 10, 5, 1, 2)
+    grad_output, features, masks = inputs(case)
+    grad_output, features = grad_output.abs() + 0.5, features.abs() + 0.5
+    (grad_output if infinite == "grad_output" else features)[:, 56] = float("inf")
+    got = quad(case, monkeypatch, form, tensors=(grad_output, features, masks))
+    _, _, want = harness.reference(grad_output, features, masks, 5, 1, 2)
+    assert np.isinf(want).any() and not np.isnan(want).any()
+    np.testing.assert_array_equal(np.isinf(got.numpy()), np.isinf(want))
+    assert not np.isnan(got.numpy()).any()
 
 
 @pytest.mark.parametrize("weak_barriers, order", [(1, "random-warp"), (2, "forward")])

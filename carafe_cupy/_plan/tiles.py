@@ -10,6 +10,7 @@ from typing import Optional
 from .._kernels.constants import (
     FORWARD_QUAD_ROWS,
     MASKS_BATCH,
+    MASKS_QUAD_BATCH,
     MASKS_QUAD_SHARE,
 )
 from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
@@ -203,16 +204,20 @@ def masks_row_plan(
     return _masks_subset_launch(geometry, kernel, operands, tiles, shared)
 
 
-def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: int, shared: int):
+def _masks_subset_launch(
+    geometry: Geometry, kernel: KernelId, operands, tiles: int, shared: int,
+    batch: int = MASKS_BATCH,
+):
     """A grad_masks launch: a block per output tile, image and group, its warps
-    splitting the group's channels into MASKS_SUBSETS subsets."""
+    splitting the group's channels into MASKS_SUBSETS subsets of ``batch``-channel
+    batches."""
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
     per_subset = max(1, -(-per_group // MASKS_SUBSETS))
     if blocks > MAX_GRID_X:
         return None  # the general kernels loop over any size
     block = (TILE_THREADS[0], TILE_THREADS[1], 1)
-    tiling = (per_subset, MASKS_BATCH)
+    tiling = (per_subset, batch)
     return Launch(kernel.module, kernel.name, (blocks, 1, 1), block, shared, operands, tiling)
 
 
@@ -240,14 +245,15 @@ def masks_quad_plan(
     one_row = fit_grid and masks_one_row_faster(
         geometry, dtype, tiles * geometry.batch * geometry.group_size, per_subset, target
     )
-    rows = 1 if one_row else k
-    staged = MASKS_BATCH * MASKS_SUBSETS * rows * pitch * ACCUMULATOR_SIZE[dtype]
+    rows, batch = (1, MASKS_BATCH) if one_row else (k, MASKS_QUAD_BATCH)
+    staged = batch * MASKS_SUBSETS * rows * pitch * ACCUMULATOR_SIZE[dtype]
     units = min(2 * rows * k, MASKS_QUAD_SHARE * MASKS_SUBSETS)  # of a reduction round
     reduction = units * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
     if one_row:
         kernel = replace(kernel, tap_rows=1)
         tiles *= k  # a block per kernel row: block_position's slices
-    return _masks_subset_launch(geometry, kernel, operands, tiles, max(staged, reduction))
+    shared = max(staged, reduction)
+    return _masks_subset_launch(geometry, kernel, operands, tiles, shared, batch)
 
 
 def padded_sub_plane(plane: int, tile_cols: int) -> int:
