@@ -40,9 +40,10 @@ __device__ void carafe_backward_masks_quad_impl(
     constexpr int LANES = CARAFE_TILE_THREADS_X;
     constexpr int TILE_W = 2 * LANES;
     constexpr int PITCH = tile_pitch<K, 2>();
-    // channels a warp stages per barrier pair: more for the whole kernel (its
-    // loads in flight over more sums), the one-row blocks' registers allow two
-    constexpr int BATCH = ROWS == K ? CARAFE_MASKS_QUAD_BATCH : CARAFE_MASKS_BATCH;
+    // channels a warp stages per barrier pair: more for the whole kernel at
+    // K = 5 (its loads in flight over more sums, within its one block an SM);
+    // two where registers are the kernel's occupancy (K = 3, the one-row form)
+    constexpr int BATCH = ROWS == K && K == 5 ? CARAFE_MASKS_QUAD_BATCH : CARAFE_MASKS_BATCH;
     constexpr int SUBSETS = CARAFE_MASKS_SUBSETS;
     constexpr int CHANNEL_PLANE = ROWS * PITCH;  // ROWS input rows serve both output rows
     constexpr int SLOTS = (CHANNEL_PLANE + LANES - 1) / LANES;  // staged elements per lane

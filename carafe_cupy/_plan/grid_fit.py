@@ -202,15 +202,15 @@ MASK_SECTOR_SHARE = 1.75
 
 # grad_masks' two 2 x 2 forms at k = 5, s = 2 on sm_90 (fp32; the cost model's SASS
 # loop table, benchmarks/results/2026-12-08-grad-masks/): every kernel row a block
-# (206 registers, one block an SM) or one kernel row a block (_r1: 80 registers,
-# three an SM, a fifth of the taps, the halo one input row). Per channel: the
-# channel loop's body over its batch of two. The IPC / 4 is the cost model's with
-# every resident block running: 0.57 (52 x 84, one block), 0.65 (26 x 42, three).
-# So the one-row form wins only where the whole-kernel grid leaves most SMs idle
-# (13 x 21: 26 blocks; 7.8 against 11.7 model µs); at 26 x 42 its k-fold reads
-# of grad_output and its extra round cost more (17.7 against 12.8).
-_MASKS_WHOLE = KernelCost(1257, 187.0, 8, 1, 0.57)
-_MASKS_ROW = KernelCost(630, 69.0, 8, 3, 0.65)
+# (239 registers, one block an SM, batches of four channels) or one kernel row a
+# block (_r1: 94 registers, two an SM, a fifth of the taps, the halo one input row,
+# batches of two). Per channel: the unmasked channel loop's body over its batch.
+# The IPC / 4 is the cost model's with every resident block running: 0.55 (52 x 84,
+# one block), 0.65 (the one-row form at 26 x 42). So the one-row form wins only
+# where the whole-kernel grid leaves most SMs idle (13 x 21: 26 blocks); at 26 x 42
+# its k-fold reads of grad_output and its extra rounds cost more.
+_MASKS_WHOLE = KernelCost(1222, 173.25, 8, 1, 0.55)
+_MASKS_ROW = KernelCost(664, 61.0, 8, 2, 0.65)
 
 
 def masks_cost(kernel_size: int, one_row: bool) -> KernelCost:

@@ -245,7 +245,9 @@ def masks_quad_plan(
     one_row = fit_grid and masks_one_row_faster(
         geometry, dtype, tiles * geometry.batch * geometry.group_size, per_subset, target
     )
-    rows, batch = (1, MASKS_BATCH) if one_row else (k, MASKS_QUAD_BATCH)
+    rows = 1 if one_row else k
+    # four channels a batch for the whole kernel at k = 5 (as the kernel's BATCH)
+    batch = MASKS_QUAD_BATCH if rows == k == 5 else MASKS_BATCH
     staged = batch * MASKS_SUBSETS * rows * pitch * ACCUMULATOR_SIZE[dtype]
     units = min(2 * rows * k, MASKS_QUAD_SHARE * MASKS_SUBSETS)  # of a reduction round
     reduction = units * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
