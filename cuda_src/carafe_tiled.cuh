@@ -234,9 +234,7 @@ constexpr int carafe_masks_quad_blocks_min = K <= 3 ? 2 : 1;
 
 // Even s, pair-aligned tensors: the forward's and grad_masks' 2 x 2 pixels per
 // thread (carafe_tiled_forward_quad.cuh, carafe_tiled_grad_masks_quad.cuh); the
-// forward's blocks of 32 x CARAFE_FORWARD_QUAD_ROWS threads, several an SM. grad_masks
-// also in one-kernel-row blocks (_r1, for grids the whole kernel leaves short),
-// CARAFE_MASKS_ROW_BLOCKS of them an SM.
+// forward's blocks of 32 x CARAFE_FORWARD_QUAD_ROWS threads, several an SM.
 #define CARAFE_DEFINE_TILED_PAIRS_K(suffix, scalar_t, K)                                       \
     extern "C" __global__ void __launch_bounds__(CARAFE_TILE_THREADS_X * CARAFE_FORWARD_QUAD_ROWS, \
                                                  CARAFE_FORWARD_QUAD_BLOCKS)                   \
@@ -250,7 +248,11 @@ constexpr int carafe_masks_quad_blocks_min = K <= 3 ? 2 : 1;
         carafe_backward_masks_quad_impl<scalar_t, K, K>(                                       \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
-    }                                                                                          \
+    }
+
+// grad_masks 2 x 2 in one-kernel-row blocks (_r1, built for K = 5: the grids the
+// whole-kernel blocks leave short), CARAFE_MASKS_ROW_BLOCKS of them an SM.
+#define CARAFE_DEFINE_MASKS_ROW_K(suffix, scalar_t, K)                                         \
     extern "C" __global__ void __launch_bounds__(256, CARAFE_MASKS_ROW_BLOCKS)                 \
         carafe_backward_masks_tiled_k##K##_p4_r1_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
         carafe_backward_masks_quad_impl<scalar_t, K, 1>(                                       \

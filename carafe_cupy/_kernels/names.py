@@ -151,9 +151,16 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
     if pairs_instantiated(dtype, k):
         # even s: the forward and grad_masks take 2 x 2 pixels a thread
         kernels += [KernelId("forward", dtype, k, 4), KernelId("grad_masks", dtype, k, 4)]
-        kernels.append(KernelId("grad_masks", dtype, k, 4, 1))  # one kernel row a block
         if fused_instantiated(dtype, k):
             kernels.append(KernelId("fused_forward", dtype, k, 2))
     if features_quads_instantiated(dtype, k):
         kernels.append(KernelId("grad_features", dtype, k, 4))
+    if masks_rows_instantiated(dtype, k):
+        kernels.append(KernelId("grad_masks", dtype, k, 4, 1))  # one kernel row a block
     return kernels
+
+
+def masks_rows_instantiated(dtype: str, kernel_size: int) -> bool:
+    """grad_masks 2 x 2 in one-kernel-row blocks (_r1): built where pairs are, for
+    k = 5 (the shape class whose short grids it serves)."""
+    return pairs_instantiated(dtype, kernel_size) and kernel_size == 5

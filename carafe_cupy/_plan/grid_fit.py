@@ -214,12 +214,12 @@ _MASKS_ROW = KernelCost(664, 61.0, 8, 2, 0.65)
 
 
 def masks_cost(kernel_size: int, one_row: bool) -> KernelCost:
-    """The 2 x 2 grad_masks form's cost, the k = 5 figures with the tap work
-    scaled by the taps a block sums (k² or k) over 25 or 5."""
-    cost = _MASKS_ROW if one_row else _MASKS_WHOLE
-    taps = (kernel_size if one_row else kernel_size**2) / (5 if one_row else 25)
-    if taps == 1:
-        return cost
+    """The 2 x 2 grad_masks form's cost: the one-row form's (built for k = 5), or the
+    whole kernel's k = 5 figures with the tap work scaled by k² / 25."""
+    if one_row or kernel_size == 5:
+        return _MASKS_ROW if one_row else _MASKS_WHOLE
+    taps = kernel_size**2 / 25
+    cost = _MASKS_WHOLE
     return KernelCost(
         cost.prologue * taps, cost.per_channel * taps, cost.warps, cost.resident,
         cost.issue_efficiency,

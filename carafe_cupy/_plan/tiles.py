@@ -13,7 +13,12 @@ from .._kernels.constants import (
     MASKS_QUAD_BATCH,
     MASKS_QUAD_SHARE,
 )
-from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
+from .._kernels.names import (
+    KernelId,
+    features_quads_instantiated,
+    masks_rows_instantiated,
+    pairs_instantiated,
+)
 from .grid_fit import (
     features_cost,
     features_launch_bytes,
@@ -242,7 +247,7 @@ def masks_quad_plan(
     pitch = tile_w // 2 + k
     tiles = -(-geometry.out_width // tile_w) * (geometry.out_height // 2)
     per_subset = max(1, -(-(geometry.channels // geometry.group_size) // MASKS_SUBSETS))
-    one_row = fit_grid and masks_one_row_faster(
+    one_row = fit_grid and masks_rows_instantiated(dtype, k) and masks_one_row_faster(
         geometry, dtype, tiles * geometry.batch * geometry.group_size, per_subset, target
     )
     rows = 1 if one_row else k
