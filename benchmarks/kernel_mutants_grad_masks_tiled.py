@@ -107,7 +107,8 @@ _CHANGES = {
         "for (index_t c0 = chunk; c0 < chunk; c0 += channel_batch)",
     ),
     "grad-masks-quad-grad-not-masked": (
-        r"current\[cc\]\[a\]\[b\] = __uint_as_float\(__float_as_uint\(grad\[cc\]\[a\]\[b\]\) & keep\[cc\]\);",
+        r"current\[cc\]\[a\]\[b\] = "
+        r"__uint_as_float\(__float_as_uint\(grad\[cc\]\[a\]\[b\]\) & keep\[cc\]\);",
         "current[cc][a][b] = grad[cc][a][b];",
     ),
     "grad-masks-quad-halo-not-masked": (

@@ -239,7 +239,11 @@ def masks_launch_bytes(geometry: Geometry, dtype: str) -> LaunchBytes:
 
 
 def masks_one_row_faster(
-    geometry: Geometry, dtype: str, blocks: int, per_subset: int, target: PlanTarget = DEFAULT_TARGET
+    geometry: Geometry,
+    dtype: str,
+    blocks: int,
+    per_subset: int,
+    target: PlanTarget = DEFAULT_TARGET,
 ) -> bool:
     """Whether grad_masks' one-kernel-row blocks (k times the blocks, each
     re-reading grad_output) finish sooner than the whole-kernel blocks."""

@@ -209,10 +209,8 @@ def masks_row_plan(
     return _masks_subset_launch(geometry, kernel, operands, tiles, shared)
 
 
-def _masks_subset_launch(
-    geometry: Geometry, kernel: KernelId, operands, tiles: int, shared: int,
-    batch: int = MASKS_BATCH,
-):
+def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: int,
+                         shared: int, batch: int = MASKS_BATCH):
     """A grad_masks launch: a block per output tile, image and group, its warps
     splitting the group's channels into MASKS_SUBSETS subsets of ``batch``-channel
     batches."""
@@ -226,14 +224,8 @@ def _masks_subset_launch(
     return Launch(kernel.module, kernel.name, (blocks, 1, 1), block, shared, operands, tiling)
 
 
-def masks_quad_plan(
-    geometry: Geometry,
-    dtype: str,
-    kernel: KernelId,
-    operands,
-    target: PlanTarget = DEFAULT_TARGET,
-    fit_grid: bool = True,
-) -> Launch | None:
+def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands,
+                    target: PlanTarget = DEFAULT_TARGET, fit_grid: bool = True) -> Launch | None:
     """grad_masks with 2 x 2 pixels per thread (even s): a block per two output
     rows of 64 pixels (and, in the one-kernel-row form, per kernel row), its
     warps splitting the group's channels into subsets; shared memory holds their

@@ -80,7 +80,9 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
         per_group = geometry.channels // geometry.group_size
         common = max(0, min(per_block, per_group - (TILE_THREADS[1] - 1) * per_block))
         unmasked = common - common % batch
-        return unmasked // batch if "c0 < unmasked;" in text else -(-(per_block - unmasked) // batch)
+        if "c0 < unmasked;" in text:
+            return unmasked // batch
+        return -(-(per_block - unmasked) // batch)
     if "c0 += channel_batch" in text:
         return -(-per_block // batch)
     if "cc < tail_count" in text:  # the partial batch after the whole ones
