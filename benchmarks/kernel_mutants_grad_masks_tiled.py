@@ -8,7 +8,9 @@ and its tails, and the 64-bit offsets. (The clamped staging addresses need no
 image mask: an element outside the image feeds only taps outside it, whose sums
 are zeroed. Dropping the clamp, the clamp of a channel past a subset's end or
 that of grad_output's column past the image's edge would read outside the
-tensor without changing a result, so they have no mutant: ASan sees them.)
+tensor without changing a result (its values are masked), so they have no
+mutant: ASan sees them. Skipping the batch count behind the channel clamp
+survived for that reason.)
 
 ``GRAD_MASKS_TILED`` holds (name, files, pattern, replacement, occurrence), the
 fields of kernel_mutants.Mutant; ``BARRIER_SITES`` the kernel's block barriers in
@@ -68,10 +70,6 @@ _CHANGES = {
     "grad-masks-quad-grad-output-step-skipped": (
         r"go_step \+= go_bytes;",
         "go_step += 0;",
-    ),
-    "grad-masks-quad-batch-count-skipped": (
-        r"next \+= BATCH;",
-        "next += 0;",
     ),
     "grad-masks-quad-subset-count-unclipped": (
         r"min\(chunk, c_begin \+ channels_per_group - my_begin\)",
