@@ -18,9 +18,13 @@ torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
 
+from sparse_memory import SparseArena  # noqa: E402
+
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
 from carafe_cupy._plan import tiles as _tiles  # noqa: E402
+from carafe_cupy._runtime import launch as _launch  # noqa: E402
+from carafe_cupy._torch import common as _torch_common  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler"
@@ -182,3 +186,34 @@ def test_the_planner_takes_one_row_blocks_only_where_the_grid_is_short():
     assert kernel(13, 21).endswith("_p4_r1_float32")
     assert kernel(104, 168).endswith("_p4_float32")
     assert kernel(26, 42).endswith("_p4_float32")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_channel_step_past_2_to_the_31_bytes(form, monkeypatch, tmp_path):
+    # features and grad_output whose channel stride passes 2**31 bytes (2**29 + 2**10
+    # elements of 4 bytes): each warp's second channel is a 64-bit step away; bit
+    # for bit the result on compact copies
+    case = (1, 16, 3, 4, 5, 1, 2)
+    grad_output, features, masks = inputs(case)
+    want = quad(case, monkeypatch, form, tensors=(grad_output, features, masks))
+    n, c, h, w = features.shape
+    geometry = _launch.Geometry(n, c, h, w, 5, 1, 2)
+    got = torch.full_like(masks, float("nan"))
+    arena = SparseArena(tmp_path)
+    try:
+        step = 2**29 + 2**10
+        far_features = arena.tensor(features, features.shape, (c * step, step, w + 2, 1),
+                                    features.dtype)
+        far_grad = arena.tensor(grad_output, grad_output.shape, (c * step, step, 2 * w + 2, 1),
+                                grad_output.dtype)
+        refs = [_torch_common.tensor_ref(t) for t in (far_grad, far_features, masks)]
+        _planner._backward.cache_clear()
+        with harness.simulator(), _launch_record.recording() as records:
+            _launch.launch_backward(geometry, *refs, None, _torch_common.tensor_ref(got))
+        _planner._backward.cache_clear()
+        del far_features, far_grad, refs
+    finally:
+        arena.close()
+    suffix = "_p4_r1_" if FORMS[form] else "_p4_"
+    assert [r.kernel for r in records] == [f"carafe_backward_masks_tiled_k5{suffix}float32"]
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
