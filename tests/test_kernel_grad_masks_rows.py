@@ -17,7 +17,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import kernel_harness as harness  # noqa: E402
-
 from sparse_memory import SparseArena  # noqa: E402
 
 from carafe_cupy._plan import planner as _planner  # noqa: E402
