@@ -2,10 +2,15 @@
 (cuda_src/carafe_tiled_grad_masks_quad.cuh), for benchmarks/mutate_kernels.py:
 its register tile (four sums per window value, the second output row), the
 staging with clamped addresses and channel masks, the prefetch of the next
-channel batch, the parallel cross-warp reduction and its tails, and the 64-bit
-offsets. (The clamped staging addresses need no image mask: an element outside
-the image feeds only taps outside it, whose sums are zeroed. Dropping the clamp
-would read outside the tensor without changing a result, so it has no mutant.)
+channel batch, the unmasked loop over the channels every subset holds and the
+masked rest, the one-kernel-row blocks (_r1), the parallel cross-warp reduction
+and its tails, and the 64-bit offsets. (The clamped staging addresses need no
+image mask: an element outside the image feeds only taps outside it, whose sums
+are zeroed. Dropping the clamp, the clamp of a channel past a subset's end or
+that of grad_output's column past the image's edge would read outside the
+tensor without changing a result (its values are masked), so they have no
+mutant: ASan sees them. Skipping the batch count behind the channel clamp
+survived for that reason.)
 
 ``GRAD_MASKS_TILED`` holds (name, files, pattern, replacement, occurrence), the
 fields of kernel_mutants.Mutant; ``BARRIER_SITES`` the kernel's block barriers in
@@ -42,8 +47,8 @@ _CHANGES = {
         "sum[a][b][j * K + i] += ",
     ),
     "grad-masks-quad-second-row-reads-first": (
-        r"pair_access<scalar_t>::load\(go_next \+ gs\.h, ",
-        "pair_access<scalar_t>::load(go_next, ",
+        r"pair_access<scalar_t>::load\(at\(go_row1, go_offset\), ",
+        "pair_access<scalar_t>::load(at(go_row0, go_offset), ",
     ),
     "grad-masks-quad-window-column-for-s2-only": (
         r"window = own \+ \(int\)\(x / s - x0 / s\);",
@@ -54,13 +59,17 @@ _CHANGES = {
         r"if \(slot < SLOTS - 1 \|\| lane \+ slot \* LANES < CHANNEL_PLANE\)",
         "if (true)",
     ),
-    "grad-masks-quad-prefetch-same-batch": (
-        r"load_batch\(c0 \+ channel_batch\);",
-        "load_batch(c0);",
+    "grad-masks-quad-prefetch-before-staging": (
+        r"(__syncwarp\(\);  // the warp's previous quad batch fully read\n)",
+        r"\1        load_batch();\n",
     ),
     "grad-masks-quad-channel-step-skipped": (
-        r"next_step \+= fs\.c;",
+        r"next_step \+= feature_bytes;",
         "next_step += 0;",
+    ),
+    "grad-masks-quad-grad-output-step-skipped": (
+        r"go_step \+= go_bytes;",
+        "go_step += 0;",
     ),
     "grad-masks-quad-subset-count-unclipped": (
         r"min\(chunk, c_begin \+ channels_per_group - my_begin\)",
@@ -74,6 +83,57 @@ _CHANGES = {
         r"__syncwarp\(\);  // the quad batch staged\n",
         "",
     ),
+    # the unmasked loop over the channels every subset holds, the masked rest
+    "grad-masks-quad-unmasked-to-the-chunk-end": (
+        r"const index_t unmasked = common - common % channel_batch;",
+        "const index_t unmasked = chunk - chunk % channel_batch;",
+    ),
+    "grad-masks-quad-common-of-the-second-last-subset": (
+        r"channels_per_group - \(index_t\)\(SUBSETS - 1\) \* chunk",
+        "channels_per_group - (index_t)(SUBSETS - 2) * chunk",
+    ),
+    "grad-masks-quad-unmasked-partial-batch": (
+        r"const index_t unmasked = common - common % channel_batch;",
+        "const index_t unmasked = common + common % channel_batch;",
+    ),
+    "grad-masks-quad-keep-off-by-one": (
+        r"keep\[cc\] = c0 \+ cc < my_count \? ~0u : 0u;",
+        "keep[cc] = c0 + cc <= my_count ? ~0u : 0u;",
+    ),
+    "grad-masks-quad-masked-rest-skipped": (
+        r"for \(index_t c0 = unmasked; c0 < chunk; c0 \+= channel_batch\)",
+        "for (index_t c0 = chunk; c0 < chunk; c0 += channel_batch)",
+    ),
+    "grad-masks-quad-grad-not-masked": (
+        r"current\[cc\]\[a\]\[b\] = "
+        r"__uint_as_float\(__float_as_uint\(grad\[cc\]\[a\]\[b\]\) & keep\[cc\]\);",
+        "current[cc][a][b] = grad[cc][a][b];",
+    ),
+    "grad-masks-quad-halo-not-masked": (
+        r"__float_as_uint\(storage<scalar_t>::widen\(staged\[cc\]\[slot\]\)\) & keep\[cc\]\);",
+        "__float_as_uint(storage<scalar_t>::widen(staged[cc][slot])));",
+    ),
+    # one kernel row a block (_r1): its row, halo row, tap bits and output channel
+    "grad-masks-rows-first-row-ignored": (
+        r"const int first_row = ROWS == K \? 0 : \(int\)p\.slice;",
+        "const int first_row = 0;",
+    ),
+    "grad-masks-rows-halo-row-not-shifted": (
+        r"row0 = y / s - R \+ first_row,",
+        "row0 = y / s - R,",
+    ),
+    "grad-masks-rows-tap-bits-not-shifted": (
+        r"const index_t row = centre_y \+ first_row \+ i - R;",
+        "const index_t row = centre_y + i - R;",
+    ),
+    "grad-masks-rows-output-channel-not-shifted": (
+        r"\(p\.group \* K \* K \+ first_row \* K \+ subset\)",
+        "(p.group * K * K + subset)",
+    ),
+    "grad-masks-rows-one-slice": (
+        r"K / ROWS, g\.group_size\);",
+        "1, g.group_size);",
+    ),
     # the parallel reduction and its tails
     "grad-masks-quad-units-of-one-subset": (
         r"partial\[\(v \* SUBSETS \+ subset\) \* LANES \+ lane\] =",
@@ -83,26 +143,37 @@ _CHANGES = {
         r"for \(int other = 1; other < SUBSETS; \+\+other\)",
         "for (int other = 2; other < SUBSETS; ++other)",
     ),
-    "grad-masks-quad-reducer-shares-overlap": (
-        r"const int v = subset \* CARAFE_MASKS_QUAD_SHARE \+ share;",
-        "const int v = subset + share;",
+    "grad-masks-quad-reducer-units-overlap": (
+        r"const int v = subset \* CARAFE_MASKS_QUAD_SHARE \+ row;",
+        "const int v = subset + row;",
     ),
     "grad-masks-quad-last-round-dropped": (
         r"ROUNDS = \(UNITS \+ ROUND_UNITS - 1\) / ROUND_UNITS;",
         "ROUNDS = UNITS / ROUND_UNITS;",
     ),
+    "grad-masks-quad-round-tap-wrong": (
+        r"const int t = round \* SUBSETS \+ subset;",
+        "const int t = round * SUBSETS + subset / 2;",
+    ),
+    "grad-masks-quad-tap-step-short": (
+        r"const index_t tap_step = SUBSETS \* ms\.c;",
+        "const index_t tap_step = (SUBSETS - 1) * ms.c;",
+    ),
     "grad-masks-quad-unit-row-lost": (
-        r"const int t = unit >> 1, row = unit & 1;",
-        "const int t = unit >> 1, row = 0;",
+        r"pair_access<scalar_t>::store\(tap_out \+ row \* ms\.h, ",
+        "pair_access<scalar_t>::store(tap_out, ",
     ),
     "grad-masks-quad-outside-tap-not-zeroed": (
-        r"if \(!tap_inside\(centre_y \+ t / K - R, centre_x \+ t % K - R, g\)\)\n"
-        r"                total = make_float2\(0, 0\);",
+        r"if \(!tap_in\) total = make_float2\(0, 0\);",
         "",
     ),
     "grad-masks-quad-outside-tap-rows-and-columns-swapped": (
-        r"tap_inside\(centre_y \+ t / K - R, centre_x \+ t % K - R, g\)",
-        "tap_inside(centre_y + t % K - R, centre_x + t / K - R, g)",
+        r"\(rows_inside >> \(t / K\)\) & \(cols_inside >> \(t % K\)\)",
+        "(rows_inside >> (t % K)) & (cols_inside >> (t / K))",
+    ),
+    "grad-masks-quad-column-bits-off-by-one": (
+        r"col >= 0 && col < g\.width \? 1u << j",
+        "col >= 0 && col <= g.width ? 1u << j",
     ),
     "grad-masks-quad-column-tail-off-by-one": (
         r"const bool inside = x < out_width;  // x and out_width are even",
@@ -117,17 +188,25 @@ _CHANGES = {
         r"\(my_count > 0 \? my_begin : c_begin\) \* fs\.c;",
         "(int)((my_count > 0 ? my_begin : c_begin) * fs.c);",
     ),
-    "grad-masks-quad-output-row-offset-32-bit": (
-        r"masks_base \+ t \* ms\.c \+ \(y \+ row\) \* ms\.h",
-        "masks_base + (int)(t * ms.c + (y + row) * ms.h)",
+    "grad-masks-quad-channel-bytes-32-bit": (
+        r"const index_t feature_bytes = fs\.c \* \(index_t\)sizeof\(scalar_t\);",
+        "const int feature_bytes = (int)(fs.c * (index_t)sizeof(scalar_t));",
     ),
-    "grad-masks-quad-mask-channel-offset-32-bit": (
-        r"p\.group \* TAPS \* ms\.c \+ x \* ms\.w;",
-        "(int)(p.group * TAPS * ms.c) + x * ms.w;",
+    "grad-masks-quad-grad-output-channel-bytes-32-bit": (
+        r"const index_t go_bytes = gs\.c \* \(index_t\)sizeof\(scalar_t\);",
+        "const int go_bytes = (int)(gs.c * (index_t)sizeof(scalar_t));",
+    ),
+    "grad-masks-quad-output-row-offset-32-bit": (
+        r"\(p\.group \* K \* K \+ first_row \* K \+ subset\) \* ms\.c \+ y \* ms\.h",
+        "(int)((p.group * K * K + first_row * K + subset) * ms.c + y * ms.h)",
+    ),
+    "grad-masks-quad-tap-step-32-bit": (
+        r"const index_t tap_step = SUBSETS \* ms\.c;",
+        "const int tap_step = (int)(SUBSETS * ms.c);",
     ),
     "grad-masks-quad-grad-output-offset-32-bit": (
-        r"my_begin \* gs\.c \+ y \* gs\.h \+ x \* gs\.w;",
-        "(int)(my_begin * gs.c + y * gs.h) + x * gs.w;",
+        r"\(my_count > 0 \? my_begin : c_begin\) \* gs\.c \+ y \* gs\.h \+ go_x \* gs\.w;",
+        "(int)((my_count > 0 ? my_begin : c_begin) * gs.c + y * gs.h) + go_x * gs.w;",
     ),
 }
 

@@ -42,6 +42,7 @@ KERNEL_TESTS = (
     "tests/test_kernel_forward_quad.py",  # seconds: kills its mutants first
     "tests/test_kernel_fused_quad.py",  # seconds: likewise
     "tests/test_kernel_grad_features_quad.py",  # seconds: likewise
+    "tests/test_kernel_grad_masks_rows.py",  # seconds: likewise
     "tests/test_kernel_plan_space.py",
     "tests/test_kernel_bit_exact.py",
     "tests/test_kernel_extremes.py",

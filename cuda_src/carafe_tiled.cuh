@@ -189,6 +189,11 @@ template <typename scalar_t, int K>
 constexpr int carafe_two_blocks_min =
     K <= 5 && sizeof(typename storage<scalar_t>::acc_t) == 4 ? 2 : 1;
 
+// grad_masks 2 x 2, every kernel row a block: 4 * K * K sums, two blocks an SM
+// for K = 3 (128 registers), one for K = 5.
+template <int K>
+constexpr int carafe_masks_quad_blocks_min = K <= 3 ? 2 : 1;
+
 #define CARAFE_DEFINE_TILED_FORWARD_K(suffix, scalar_t, K, PAIR)                               \
     extern "C" __global__ void __launch_bounds__(256, 1)                                           \
         carafe_forward_tiled_k##K##_p##PAIR##_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
@@ -239,9 +244,19 @@ constexpr int carafe_two_blocks_min =
                                                      CARAFE_STRIDES(o), channels_per_block,     \
                                                      (int)channel_batch);                       \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 1)                                       \
+    extern "C" __global__ void __launch_bounds__(256, carafe_masks_quad_blocks_min<K>)         \
         carafe_backward_masks_tiled_k##K##_p4_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {        \
-        carafe_backward_masks_quad_impl<scalar_t, K>(                                          \
+        carafe_backward_masks_quad_impl<scalar_t, K, K>(                                       \
+            a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
+            CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
+    }
+
+// grad_masks 2 x 2 in one-kernel-row blocks (_r1, built for K = 5: the grids the
+// whole-kernel blocks leave short), CARAFE_MASKS_ROW_BLOCKS of them an SM.
+#define CARAFE_DEFINE_MASKS_ROW_K(suffix, scalar_t, K)                                         \
+    extern "C" __global__ void __launch_bounds__(256, CARAFE_MASKS_ROW_BLOCKS)                 \
+        carafe_backward_masks_tiled_k##K##_p4_r1_##suffix(CARAFE_TILED_PARAMS(scalar_t)) {     \
+        carafe_backward_masks_quad_impl<scalar_t, K, 1>(                                       \
             a, b, out, CARAFE_GEOMETRY, CARAFE_STRIDES(a), CARAFE_STRIDES(b),                  \
             CARAFE_STRIDES(o), channels_per_block, (int)channel_batch);                        \
     }

@@ -22,7 +22,10 @@ import kernel_harness as harness  # noqa: E402
 from sparse_memory import START, SparseArena  # noqa: E402
 
 from carafe_cupy._kernels import sources as _sources  # noqa: E402
-from carafe_cupy._kernels.names import features_quads_instantiated  # noqa: E402
+from carafe_cupy._kernels.names import (  # noqa: E402
+    features_quads_instantiated,
+    masks_rows_instantiated,
+)
 from carafe_cupy._plan import planner as _planner  # noqa: E402
 from carafe_cupy._plan import record as _launch_record  # noqa: E402
 from carafe_cupy._runtime import launch as _launch  # noqa: E402
@@ -119,6 +122,8 @@ def variants(dtype: str, k: int) -> list[str]:
         names.append("fused")
         if _sources.pairs_instantiated(dtype, k):
             names.append("fused_pair")
+    if masks_rows_instantiated(dtype, k):
+        names.append("auto")  # grid fit takes grad_masks' one-kernel-row form on this grid
     return names
 
 

@@ -32,7 +32,7 @@ _GENERAL_NAME = re.compile(
     rf"({'|'.join(stem for stem, _ in _STEMS.values() if stem)})_({_DTYPES})"
 )
 _TILED_NAME = re.compile(
-    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([124]))?_({_DTYPES})"
+    rf"({'|'.join(stem for _, stem in _STEMS.values())})_k(\d+)(?:_p([124]))?(?:_r(1))?_({_DTYPES})"
 )
 _TILED_MODULE = re.compile(rf"carafe_tiled_({_DTYPES})_k(\d+)")
 
@@ -46,6 +46,7 @@ class KernelId:
     kernel_size: int | None = None
     pixels: int = 1  # pixels per thread (4: the forwards' and grad_masks' 2 x 2
     # outputs or grad_features' four input pixels)
+    tap_rows: int = 0  # kernel rows a block sums (0: all; 1: grad_masks' _r1 blocks)
 
     @property
     def variant(self) -> str:
@@ -76,7 +77,8 @@ class KernelId:
         pixels = ""
         if self.operation in _ALWAYS_PAIRED or self.pixels > 1:
             pixels = f"_p{self.pixels}"
-        return f"{tiled}_k{self.kernel_size}{pixels}_{self.dtype}"
+        rows = f"_r{self.tap_rows}" if self.tap_rows else ""
+        return f"{tiled}_k{self.kernel_size}{pixels}{rows}_{self.dtype}"
 
     @classmethod
     def parse(cls, name: str) -> KernelId:
@@ -94,9 +96,10 @@ class KernelId:
         if tiled is not None:
             kernel = cls(
                 by_stem[tiled.group(1)][0],
-                tiled.group(4),
+                tiled.group(5),
                 int(tiled.group(2)),
                 int(tiled.group(3) or 1),
+                int(tiled.group(4) or 0),
             )
             if kernel.name == name:
                 return kernel
@@ -152,4 +155,12 @@ def tiled_kernels(dtype: str, kernel_size: int) -> list[KernelId]:
             kernels.append(KernelId("fused_forward", dtype, k, 4))
     if features_quads_instantiated(dtype, k):
         kernels.append(KernelId("grad_features", dtype, k, 4))
+    if masks_rows_instantiated(dtype, k):
+        kernels.append(KernelId("grad_masks", dtype, k, 4, 1))  # one kernel row a block
     return kernels
+
+
+def masks_rows_instantiated(dtype: str, kernel_size: int) -> bool:
+    """grad_masks 2 x 2 in one-kernel-row blocks (_r1): built where pairs are, for
+    k = 5 (the shape class whose short grids it serves)."""
+    return pairs_instantiated(dtype, kernel_size) and kernel_size == 5

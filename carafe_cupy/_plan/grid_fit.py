@@ -221,3 +221,57 @@ MASK_SECTOR_SHARE = 1.75
 # over these at 26 x 42, 52 x 84, 104 x 168 and 64 x 64 (13, 5, 2, 5 slices) are
 # 1.24-1.30.
 QUAD_SECTOR_OVERHEAD = 1.3
+
+
+# grad_masks' two 2 x 2 forms at k = 5, s = 2 on sm_90 (fp32; the cost model's SASS
+# loop table, benchmarks/results/2026-12-08-grad-masks/): every kernel row a block
+# (239 registers, one block an SM, batches of four channels) or one kernel row a
+# block (_r1: 94 registers, two an SM, a fifth of the taps, the halo one input row,
+# batches of two). Per channel: the unmasked channel loop's body over its batch.
+# The IPC / 4 is the cost model's with every resident block running: 0.55 (52 x 84,
+# one block), 0.65 (the one-row form at 26 x 42). So the one-row form wins only
+# where the whole-kernel grid leaves most SMs idle (13 x 21: 26 blocks); at 26 x 42
+# its k-fold reads of grad_output and its extra rounds cost more.
+_MASKS_WHOLE = KernelCost(1222, 173.25, 8, 1, 0.55)
+_MASKS_ROW = KernelCost(664, 61.0, 8, 2, 0.65)
+
+
+def masks_cost(kernel_size: int, one_row: bool) -> KernelCost:
+    """The 2 x 2 grad_masks form's cost: the one-row form's (built for k = 5), or the
+    whole kernel's k = 5 figures with the tap work scaled by k² / 25."""
+    if one_row or kernel_size == 5:
+        return _MASKS_ROW if one_row else _MASKS_WHOLE
+    taps = kernel_size**2 / 25
+    cost = _MASKS_WHOLE
+    return KernelCost(
+        cost.prologue * taps, cost.per_channel * taps, cost.warps, cost.resident,
+        cost.issue_efficiency,
+    )
+
+
+def masks_launch_bytes(geometry: Geometry, dtype: str) -> LaunchBytes:
+    """What a 2 x 2 grad_masks launch moves through L2 per kernel-row slice (a
+    one-row launch has k): all of grad_output, and the features (their share of
+    rows, counted whole: a block's one input row is read by k row blocks)."""
+    size = ITEMSIZE[dtype]
+    grad_output = geometry.batch * geometry.channels * geometry.out_height * geometry.out_width
+    features = geometry.batch * geometry.channels * geometry.height * geometry.width
+    masks = geometry.batch * geometry.group_size * geometry.kernel_size**2
+    masks *= geometry.out_height * geometry.out_width
+    return LaunchBytes((grad_output + features) * size, masks * size)
+
+
+def masks_one_row_faster(
+    geometry: Geometry,
+    dtype: str,
+    blocks: int,
+    per_subset: int,
+    target: PlanTarget = DEFAULT_TARGET,
+) -> bool:
+    """Whether grad_masks' one-kernel-row blocks (k times the blocks, each
+    re-reading grad_output) finish sooner than the whole-kernel blocks."""
+    k = geometry.kernel_size
+    traffic = masks_launch_bytes(geometry, dtype)
+    whole = launch_cycles(masks_cost(k, False), blocks, per_subset, target, traffic, 1)
+    rows = launch_cycles(masks_cost(k, True), blocks * k, per_subset, target, traffic, k)
+    return rows < whole

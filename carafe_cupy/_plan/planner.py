@@ -205,8 +205,10 @@ def _backward(
                 geometry, dtype, KernelId("grad_masks", dtype, k), False, slots
             )
             if pairs_fit(geometry, dtype, (layout[0], layout[4])):
+                # forced, the whole-kernel blocks; auto, the form grid_fit finds faster
                 plans["tiled_pair"] = masks_quad_plan(
-                    geometry, dtype, KernelId("grad_masks", dtype, k, 4), slots
+                    geometry, dtype, KernelId("grad_masks", dtype, k, 4), slots, target,
+                    fit_grid=variant == "auto",
                 )
         plan = _choose(variant, plans, "this grad_masks")
         launches += (plan,) if plan else _general(general_masks, (0, 1, 4), geometry)

@@ -170,6 +170,7 @@ PLAN_BRANCHES = (
     "tiled_pair: forced",
     "grad_features: four pixels per thread",
     "grad_features: one pixel per thread fits the grid better",
+    "grad_masks: one kernel row a block fits the grid better",
     "fused",
     "channel batch 1",
     "channel batch 2",
@@ -208,6 +209,8 @@ def plan_branches(record: LaunchRecord) -> set[str]:
     four_pixels = record.pixels == 4 and record.operation in _INPUT_TILED
     if four_pixels:
         branches.add("grad_features: four pixels per thread")
+    if KernelId.parse(record.kernel).tap_rows == 1:
+        branches.add("grad_masks: one kernel row a block fits the grid better")
     if record.variant == "fused":
         branches.add("fused")
     elif four_pixels:

@@ -10,13 +10,20 @@ from typing import Optional
 from .._kernels.constants import (
     FORWARD_QUAD_ROWS,
     MASKS_BATCH,
+    MASKS_QUAD_BATCH,
     MASKS_QUAD_SHARE,
 )
-from .._kernels.names import KernelId, features_quads_instantiated, pairs_instantiated
+from .._kernels.names import (
+    KernelId,
+    features_quads_instantiated,
+    masks_rows_instantiated,
+    pairs_instantiated,
+)
 from .grid_fit import (
     features_cost,
     features_launch_bytes,
     launch_cycles,
+    masks_one_row_faster,
     sliced_channels_per_block,
 )
 from .target import DEFAULT_TARGET, PlanTarget
@@ -202,33 +209,50 @@ def masks_row_plan(
     return _masks_subset_launch(geometry, kernel, operands, tiles, shared)
 
 
-def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: int, shared: int):
+def _masks_subset_launch(geometry: Geometry, kernel: KernelId, operands, tiles: int,
+                         shared: int, batch: int = MASKS_BATCH):
     """A grad_masks launch: a block per output tile, image and group, its warps
-    splitting the group's channels into MASKS_SUBSETS subsets."""
+    splitting the group's channels into MASKS_SUBSETS subsets of ``batch``-channel
+    batches."""
     blocks = tiles * geometry.batch * geometry.group_size
     per_group = geometry.channels // geometry.group_size
     per_subset = max(1, -(-per_group // MASKS_SUBSETS))
     if blocks > MAX_GRID_X:
         return None  # the general kernels loop over any size
     block = (TILE_THREADS[0], TILE_THREADS[1], 1)
-    tiling = (per_subset, MASKS_BATCH)
+    tiling = (per_subset, batch)
     return Launch(kernel.module, kernel.name, (blocks, 1, 1), block, shared, operands, tiling)
 
 
-def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands) -> Launch | None:
+def masks_quad_plan(geometry: Geometry, dtype: str, kernel: KernelId, operands,
+                    target: PlanTarget = DEFAULT_TARGET, fit_grid: bool = True) -> Launch | None:
     """grad_masks with 2 x 2 pixels per thread (even s): a block per two output
-    rows of 64 pixels, its warps splitting the group's channels into subsets;
-    shared memory holds their halos, then a round of the parallel reduction
-    (MASKS_QUAD_SHARE units of two fp32 values per warp, from every warp)."""
+    rows of 64 pixels (and, in the one-kernel-row form, per kernel row), its
+    warps splitting the group's channels into subsets; shared memory holds their
+    halos, then a round of the parallel reduction (MASKS_QUAD_SHARE units of two
+    fp32 values per warp, from every warp). With ``fit_grid``, the one-row form
+    where grid_fit finds it faster (short grids); both give the same bits."""
     if geometry.scale_factor % 2:
         return None  # the four pixels share an input pixel only for even s
     k = geometry.kernel_size
     tile_w = TILE_THREADS[0] * 2
     pitch = tile_w // 2 + k
-    staged = MASKS_BATCH * MASKS_SUBSETS * k * pitch * ACCUMULATOR_SIZE[dtype]
-    reduction = MASKS_QUAD_SHARE * MASKS_SUBSETS * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
     tiles = -(-geometry.out_width // tile_w) * (geometry.out_height // 2)
-    return _masks_subset_launch(geometry, kernel, operands, tiles, max(staged, reduction))
+    per_subset = max(1, -(-(geometry.channels // geometry.group_size) // MASKS_SUBSETS))
+    one_row = fit_grid and masks_rows_instantiated(dtype, k) and masks_one_row_faster(
+        geometry, dtype, tiles * geometry.batch * geometry.group_size, per_subset, target
+    )
+    rows = 1 if one_row else k
+    # four channels a batch for the whole kernel at k = 5 (as the kernel's BATCH)
+    batch = MASKS_QUAD_BATCH if rows == k == 5 else MASKS_BATCH
+    staged = batch * MASKS_SUBSETS * rows * pitch * ACCUMULATOR_SIZE[dtype]
+    units = min(2 * rows * k, MASKS_QUAD_SHARE * MASKS_SUBSETS)  # of a reduction round
+    reduction = units * MASKS_SUBSETS * TILE_THREADS[0] * 2 * 4
+    if one_row:
+        kernel = replace(kernel, tap_rows=1)
+        tiles *= k  # a block per kernel row: block_position's slices
+    shared = max(staged, reduction)
+    return _masks_subset_launch(geometry, kernel, operands, tiles, shared, batch)
 
 
 def padded_sub_plane(plane: int, tile_cols: int) -> int:

@@ -74,6 +74,15 @@ def loop_trips(loop: Loop, launch: Launch, geometry: Geometry) -> int | None:
     per_block, batch = launch.tiling if len(launch.tiling) == 2 else (geometry.channels, 1)
     if "c0 + CARAFE_CHANNEL_BATCH_MAX <= channel_count" in text:  # whole batches only
         return per_block // batch
+    if "c0 < unmasked;" in text or "c0 = unmasked;" in text:
+        # grad_masks 2 x 2: whole batches of the channels every subset holds,
+        # then the rest, masked (TILE_THREADS[1] subsets of per_block channels)
+        per_group = geometry.channels // geometry.group_size
+        common = max(0, min(per_block, per_group - (TILE_THREADS[1] - 1) * per_block))
+        unmasked = common - common % batch
+        if "c0 < unmasked;" in text:
+            return unmasked // batch
+        return -(-(per_block - unmasked) // batch)
     if "c0 += channel_batch" in text:
         return -(-per_block // batch)
     if "cc < tail_count" in text:  # the partial batch after the whole ones

@@ -235,6 +235,8 @@ def analyse_kernel(
         (address for name, address in labels.items() if name.startswith("$")), default=None
     )
     body = [i for i in instructions if subroutine_start is None or i.address < subroutine_start]
+    fallback = _divergent_fallbacks(body, labels)
+    body = [i for i in body if i.address not in fallback]
     spans = []
     for instruction in body:
         if not instruction.opcode.startswith("BRA"):
@@ -279,6 +281,28 @@ def analyse_kernel(
         loops=tuple(loops),
         body=tuple(body),
     )
+
+
+def _divergent_fallbacks(body: list[Instruction], labels: dict[str, int]) -> set[int]:
+    """Addresses of the code a ``BRA.DIV`` jumps to: ptxas' path for a warp that
+    reaches a warp barrier (``__syncwarp``) diverged, placed after the kernel's
+    exits, from its target to the unconditional branch back. A converged warp
+    never runs it, and its branch back is no loop."""
+    fallback: set[int] = set()
+    for instruction in body:
+        if not instruction.opcode.startswith("BRA.DIV"):
+            continue
+        target = _TARGET.search(instruction.text)
+        start = labels.get(target.group(1)) if target else None
+        if start is None or start < instruction.address:
+            continue
+        for candidate in body:
+            if candidate.address < start:
+                continue
+            fallback.add(candidate.address)
+            if candidate.opcode == "BRA" and not candidate.text.startswith("@"):
+                break
+    return fallback
 
 
 # ---------------------------------------------------------------- compile, cached
