@@ -354,7 +354,7 @@ MUTANTS = (
     # ---- grid fit: grad_features' kernel, tile and slices by a launch's modelled time
     M(
         "grid-fit-slower-features-kernel",
-        TILES,
+        "_plan/features_tiles.py",
         r"return one_pixel if faster else quad",
         r"return quad if faster else one_pixel",
     ),
@@ -372,7 +372,7 @@ MUTANTS = (
     ),
     M(
         "grid-fit-one-tile-shape",
-        TILES,
+        "_plan/features_tiles.py",
         r"for tile in FEATURES_TILES_S2\n",
         r"for tile in FEATURES_TILES_S2[:1]\n",
     ),

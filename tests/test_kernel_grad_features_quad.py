@@ -159,11 +159,11 @@ def test_a_pixels_partial_sums_are_added_in_the_documented_order(variant, pixels
 def test_each_one_pixel_tile_gives_the_four_pixel_bits_in_every_order(tile, order, monkeypatch):
     # the planner's one-pixel tile shapes at s = 2, each forced in turn: ragged
     # tiles in x and y, several channel batches, two groups
-    from carafe_cupy._plan import tiles as _tiles
+    from carafe_cupy._plan import features_tiles as _features_tiles
 
     case = (2, 6, 13, 37, 5, 2)
     four, _ = quad_grad_features(case)
-    monkeypatch.setattr(_tiles, "FEATURES_TILES_S2", (tile,))
+    monkeypatch.setattr(_features_tiles, "FEATURES_TILES_S2", (tile,))
     _planner._backward.cache_clear()
     try:
         grad_output, features, masks = inputs(case)

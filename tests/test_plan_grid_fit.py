@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from carafe_cupy._plan import grid_fit, tiles
+from carafe_cupy._plan import features_tiles, grid_fit
 from carafe_cupy._plan import planner as _planner
 
 FPN = [(13, 21), (26, 42), (52, 84), (104, 168), (64, 64)]
@@ -90,7 +90,8 @@ def test_grad_features_takes_the_tiling_with_the_shorter_launch(hw, dtype):
 
     def cycles(plan, quad):
         size = _planner.ITEMSIZE[dtype]
-        tile = tiles.FEATURES_QUAD_TILE if quad else (plan.block[0] // 2, plan.block[1] // 2)
+        one_pixel_tile = (plan.block[0] // 2, plan.block[1] // 2)
+        tile = features_tiles.FEATURES_QUAD_TILE if quad else one_pixel_tile
         traffic = grid_fit.features_launch_bytes(geometry, dtype, *tile, quad=quad)
         cost = grid_fit.features_cost(size, 5, quad)
         cost = dataclasses.replace(cost, warps=-(-plan.threads_per_block // 32))
@@ -122,9 +123,10 @@ def test_at_least_a_full_wave_at_52x84(dtype):
 def test_one_pixel_tiles_take_the_shortest_launch_of_the_shapes(hw, dtype):
     geometry = _planner.Geometry(2, 256, *hw, 5, 1, 2)
     kernel = _planner.KernelId("grad_features", dtype, 5)
-    plans = [tiles._input_tile_launch(geometry, dtype, kernel, False, (), _planner.DEFAULT_TARGET,
-                                      tile) for tile in tiles.FEATURES_TILES_S2]
-    chosen = tiles.input_tile_plan(geometry, dtype, kernel, False, ())
+    target = _planner.DEFAULT_TARGET
+    plans = [features_tiles._input_tile_launch(geometry, dtype, kernel, False, (), target, tile)
+             for tile in features_tiles.FEATURES_TILES_S2]
+    chosen = features_tiles.input_tile_plan(geometry, dtype, kernel, False, ())
     assert min(cycles for _, cycles in plans) == dict(plans)[chosen]
     # one-row warps (the bank rule of the sub-pixel padding and the partial sums)
     assert chosen.block[0] == 32 and chosen.threads_per_block <= 256

@@ -18,21 +18,23 @@ from .._kernels.names import (
     fused_instantiated,
     general_kernels,
 )
+from .features_tiles import (  # noqa: F401 (re-exported for the cost model and tests)
+    faster_features_plan,
+    features_quad_plan,
+    input_tile_plan,
+    padded_sub_plane,
+)
 from .target import DEFAULT_TARGET, PlanTarget  # noqa: F401 (re-exported)
 from .tiles import (  # noqa: F401 (re-exported for the cost model and tests)
     FORWARD_PROLOGUE_BATCHES,
     FULL_WAVE_BLOCKS,
     PLANNED_SMS,
     Operand,
-    faster_features_plan,
-    features_quad_plan,
     forward_quad_plan,
     halo_extent,
-    input_tile_plan,
     masks_quad_plan,
     masks_row_plan,
     output_tile_plan,
-    padded_sub_plane,
     pairs_fit,
 )
 from .types import (  # noqa: F401 (re-exported: the planner's public names)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._plan.features_tiles import FEATURES_QUAD_TILE
 from .._plan.planner import (
     FEATURES_SLOTS,
     GENERAL_FEATURES_STRIP,
@@ -24,7 +25,6 @@ from .._plan.planner import (
     general_threads,
     halo_extent,
 )
-from .._plan.tiles import FEATURES_QUAD_TILE
 from .static import KernelStatic, Loop
 
 
