@@ -379,8 +379,14 @@ MUTANTS = (
     M(
         "grid-fit-masks-read-once",
         "_plan/grid_fit.py",
-        r"return LaunchBytes\(masks, ",
-        r"return LaunchBytes(0, ",
+        r"return LaunchBytes\(masks, once\)\n",
+        r"return LaunchBytes(0, once)\n",
+    ),
+    M(
+        "grid-fit-quad-masks-read-once",
+        "_plan/grid_fit.py",
+        r"return LaunchBytes\(masks, once, QUAD_SECTOR_OVERHEAD\)",
+        r"return LaunchBytes(0, once, QUAD_SECTOR_OVERHEAD)",
     ),
     M(
         "downpack-group-check-off",

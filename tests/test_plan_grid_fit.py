@@ -148,3 +148,15 @@ def test_grad_features_grid_of_the_fpn_levels(dtype, blocks):
     # four-pixel kernel reads its masks by whole sectors, so re-reading them per
     # slice no longer makes L2 the bound; 64 x 64: 64 tiles x 6 slices
     assert [grad_features_plan(hw, dtype).blocks for hw in FPN] == blocks
+
+
+@pytest.mark.parametrize("quad", [False, True])
+def test_every_slice_rereads_the_masks_of_its_tiles(quad):
+    # both grad_features kernels load each pixel's k² s² masks once per channel slice;
+    # the one-pixel kernel's loads fetch more sectors than they fill
+    geometry = _planner.Geometry(2, 256, 52, 84, 5, 1, 2)
+    traffic = grid_fit.features_launch_bytes(geometry, "float32", 32, 8, quad=quad)
+    masks = 2 * 1 * 52 * 84 * 25 * 4 * 4
+    share = 1.0 if quad else grid_fit.MASK_SECTOR_SHARE
+    assert traffic.per_slice == pytest.approx(masks * share)
+    assert traffic.total(3) - traffic.total(2) == pytest.approx(traffic.per_slice)
